@@ -558,6 +558,10 @@ RADSEG_WORK ?=
 # bucketed processor (sam3_parity.py; a reduced ViT and text tower on both sides; SAM3_WORK keeps both sides' files)
 SAM3_REF ?=
 SAM3_WORK ?=
+# ACTIVESAM_REF=a clone of VILA-Lab/ActiveSAM (41cad43): --dense sam3 and --dense activesam against its own code
+# (activesam_parity.py, on a reduced SAM 3; ACTIVESAM_WORK keeps both sides' files)
+ACTIVESAM_REF ?=
+ACTIVESAM_WORK ?=
 PARITY_OUT ?= parity/results
 parity: setup
 	mkdir -p $(PARITY_OUT)
@@ -612,6 +616,9 @@ parity: setup
 	$(if $(SAM3_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/sam3_parity.py --ref $(SAM3_REF) \
 	  $(if $(SAM3_WORK),--work $(SAM3_WORK)) --out $(PARITY_OUT)/sam3_parity.json > /dev/null, \
 	  @echo "make parity: pass SAM3_REF=/path/to/a/clone/of/VILA-Lab/ActiveSAM at 41cad43 (docs/parity.md)")
+	$(if $(ACTIVESAM_REF),OMP_NUM_THREADS=1 $(VENV)/bin/python parity/activesam_parity.py --ref $(ACTIVESAM_REF) \
+	  $(if $(ACTIVESAM_WORK),--work $(ACTIVESAM_WORK)) --out $(PARITY_OUT)/activesam_parity.json > /dev/null, \
+	  @echo "make parity: pass ACTIVESAM_REF=/path/to/a/clone/of/VILA-Lab/ActiveSAM at 41cad43 (docs/parity.md)")
 	$(VENV)/bin/python docgen/parity_page.py --results $(PARITY_OUT)
 
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases

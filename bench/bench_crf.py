@@ -58,8 +58,8 @@ def write_voc_like(root: Path, n: int, seed: int = 0, size: tuple[int, int] = VO
     classes; returns the opened Dataset."""
     from PIL import Image
 
+    from vpltool.config.presets import VOC_CLASSES
     from vpltool.data import open_dataset
-    from vpltool.presets import VOC_CLASSES
 
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)

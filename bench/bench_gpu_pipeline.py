@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=None, help="loading workers / CRF processes (default: each "
                     "command's own auto)")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
+    ap.add_argument("--progress", type=Path, help="also write the stages' seconds so far to this file after each "
+                    "stage (a run stopped by a time limit keeps them)")
     ap.add_argument("--rescore", type=Path, help="run nothing: recompute goal_met and the VOC projection of a "
                     "result this script printed before (its measured fields unchanged), and print it")
     benchlib.add_common_args(ap, f"{QUICK['images']} small images, the tiny random test ViT, 2 decoder iterations")
@@ -148,6 +150,11 @@ def run(tmp: Path, args) -> dict:
     logs.mkdir(exist_ok=True)
     for name, _, cmd in stages:
         seconds[name], peaks[name] = benchlib.run_child([*cmd, "--log", logs / f"{name}.log"], env)
+        if args.progress is not None:  # what a run cut short by a time limit still brings back
+            args.progress.write_text(json.dumps({"benchmark": "gpu-pipeline-partial", "images": args.images,
+                                                 "decoder_iters": args.decoder_iters, "model": args.model,
+                                                 "machine": benchlib.machine(args.device),
+                                                 "seconds": {k: round(v, 2) for k, v in seconds.items()}}))
     rates = {f"{name}_img_per_s": round(n / seconds[name], 1) for name, n, _ in stages if n}
     steady = {f"{name}_img_per_s_steady": steady_rate(logs / f"{name}.log") for name, n, _ in stages if n}
     printed = {name: printed_rate(logs / f"{name}.log") for name, _, _ in stages}

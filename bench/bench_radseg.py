@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "parity")]
-from sidebyside import Side, alternate, claim_stdout, serve  # noqa: E402
+from sidebyside import Side, alternate, claim_stdout, peak_rss_mib, serve  # noqa: E402
 
 GOAL = 0.8
 SHORT_SIDE = 336  # cfg_voc20.py of mid_res_configs, as the parity runs it
@@ -98,8 +99,8 @@ def vpltool_worker(args) -> None:
     import radseg_parity as rp
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models.dense.segmentor import query_rows, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_grad_enabled(False)
     work = args.work
@@ -168,8 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pairs", type=int, default=6, help="alternating pairs after the warm-up (median over them)")
     ap.add_argument("--text-layers", type=int, default=2, help="as radseg_parity.py's")
     ap.add_argument("--worker", choices=("reference", "vpltool"), help=argparse.SUPPRESS)
+    ap.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.work, args.ref, args.radio_ref = args.work.resolve(), args.ref.resolve(), args.radio_ref.resolve()
+    if args.setup_only:
+        import radseg_parity as rp
+
+        rp.setup(args.work, 12, args.text_layers, args.ref)
+        return
     if args.worker:
         claim_stdout()
         import torch
@@ -183,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     import benchlib
 
     torch.set_num_threads(1)  # as both timed processes run (benchlib.machine records it)
-    rp.setup(args.work, 12, args.text_layers, args.ref)  # the parity's files (its 12 photos), made when missing
+    if not all((args.work / f).exists() for f in ("c-radio_v3-b.pth.tar", f"siglip2_text_{args.text_layers}")):
+        # the parity's random files made in a process of their own: their 1.3 GB of tensors leave with it, before
+        # the two workers start (the whole bench fits a laptop of 8 GB)
+        subprocess.run([sys.executable, __file__, *map(str, argv or sys.argv[1:]), "--setup-only"], check=True)
+    rp.setup(args.work, 12, args.text_layers, args.ref)  # the parity's photos (its 12), made when missing
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
     common = ["--ref", args.ref, "--radio-ref", args.radio_ref, "--work", args.work, "--images", args.images,
@@ -215,8 +226,11 @@ def main(argv: list[str] | None = None) -> None:
         "ratios": [round(r, 3) for r in ratios], "ratio_median": round(ratio, 3),
         "cpu_seconds_median": {side: round(statistics.median(r[side]["cpu"] for r in rows), 3)
                                for side in ("vpltool", "reference")},
+        "rss_peak_mib": {**{side: max(r[side]["rss_peak_mib"] or 0 for r in rows)
+                            for side in ("vpltool", "reference")}, "driver": peak_rss_mib()},
         "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear_rates(),
         "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
+        **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
         "seconds": round(time.perf_counter() - start, 1)}, indent=1))
 
 

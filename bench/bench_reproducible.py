@@ -22,7 +22,7 @@ and keeps its files for the comparison:
 * ``fast-threads2``: fast mode with two intra-op threads a command (``OMP_NUM_THREADS=2``) where the others run one:
   what the thread count alone changes (measured, not checked).
 
-The emulation's instruction caps are the settings reproducible mode sets itself (:data:`vpltool.numerics.ISA_PINS`,
+The emulation's instruction caps are the settings reproducible mode sets itself (:data:`runtime.numerics.ISA_PINS`,
 the libraries' documented caps); in fast mode they are the only difference between the two runs of a pair.
 """
 
@@ -44,7 +44,7 @@ import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vpltool import numerics  # noqa: E402
+from vpltool.runtime import numerics  # noqa: E402
 
 # a few dozen images and short schedules: every stage of the demo runs, in minutes
 REDUCED = ("WORLD_TRAIN=24", "WORLD_VAL=12", "ITERS=60", "DEC_ITERS=30", "REFINES=none caa", "DENSE=", "DENSE_SEEDS=",

@@ -34,10 +34,10 @@ def vpltool_side(work: Path, images: int) -> dict:
     import textregion_parity as tp
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
     from vpltool.models.dense.segmentor import dense_probabilities, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(1)
     s = tp.setup(work, images, 1)
@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> None:
                       "reference": {"repo": "avaxiao/TextRegion", "commit": tp.commit_of(args.ref)},
                       "model": s["name"] + " (random, seed 0)", "config": tp.CONFIG, "images": args.images,
                       "photos": [p.name for p in s["photos"]], "threads": 1, "precision": "fp32",
-                      "rounds": rounds, "ratio_median": ratio, "goal": GOAL, "goal_met": ratio <= GOAL}, indent=1))
+                      "rounds": rounds, "ratio_median": ratio, "goal": GOAL, "goal_met": ratio <= GOAL,
+                      **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {})},
+                     indent=1))
 
 
 if __name__ == "__main__":

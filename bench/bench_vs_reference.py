@@ -150,15 +150,16 @@ def _t2d_pairs(work: Path, files: list[Path], captions) -> Path:
 
 def talk2dino_step(work: Path, refs: Path) -> None:
     """(b) the training step proper, :data:`T2D_STEPS` of them a unit, on features kept by the feature cache:
-    each step the stage's own path, its loader reading the 6 pairs' entries from disk (``CachedPairs``), the
-    cache's batch (``FeatureCache.features``), ``train_step`` (``forward_train_from``, backward, AdamW with no
-    weight decay: Adam). The entries are made once, before the timing, from the reference's view (``train_view``)
-    in one batch, so that both sides step on the same features."""
+    each step the stage's own path (``pair_batches``: the 6 pairs' entries held in memory by the cache, as the
+    stage holds them after its first epoch; the warm-up unit reads them through the loader), the cache's batch
+    (``FeatureCache.features``), ``train_step`` (``forward_train_from``, backward, AdamW with no weight decay:
+    Adam). The entries are made once, before the timing, from the reference's view (``train_view``) in one batch,
+    so that both sides step on the same features."""
     import torch
 
     from vpltool.data.pairs import open_pairs
     from vpltool.models.text.family import text_family
-    from vpltool.stages.train_text import PairViews, TrainStep, loader, make_optimizer, train_step
+    from vpltool.stages.train_text import PairViews, TrainStep, loader, make_optimizer, pair_batches, train_step
     from vpltool.stages.train_text.cache import CachedPairs, FeatureCache, as_list
 
     tp, files, _, model, tokens = _t2d_setup(work, refs)
@@ -175,11 +176,13 @@ def talk2dino_step(work: Path, refs: Path) -> None:
     cached = CachedPairs(PairViews(pairs, model.clip.tokenizer, cfg), cache)
     step = TrainStep(model, None, fam.forward_train, fam.forward_train_from)
     optimizer = make_optimizer(model, cfg)
-    plan = [[(i, 0) for i in range(len(files))]] * T2D_STEPS
+    def plan(first, end):
+        return [[(i, 0) for i in range(len(files))]] * (end - first)
 
     def unit():
         losses = []
-        for batch in loader(cached, plan, 1, collate=as_list):
+        for batch in pair_batches(cached, plan, T2D_STEPS, 0, T2D_STEPS,
+                                  lambda steps: loader(cached, steps, 1, collate=as_list)):
             assert all(it.image_features is not None and it.text_features is not None for it in batch), \
                 "a pair not read from the cache"
             out, _ = train_step(step, model, optimizer, cached.features(batch, fam, model, torch.device("cpu")),
@@ -228,9 +231,9 @@ def corrclip(work: Path, refs: Path) -> None:
     import torch
     from dense_ref_runner import mmseg_input
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     ref = clone(refs, "corrclip") / "CorrCLIPv1"
     s = cp.setup(work, 1, 1)
@@ -343,6 +346,8 @@ def measure(method: str, args) -> dict:
                                              for r in rows],
             "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
             "cpu_seconds_median": {k: v["cpu"] for k, v in med.items()},
+            "rss_peak_mib": {side: max(r[side].get("rss_peak_mib") or 0 for r in rows)
+                             for side in ("vpltool", "reference")},
             "wall_seconds_median": {k: v["wall"] for k, v in med.items()},
             "bar": BAR, "bar_met": statistics.median(ratios) <= BAR, "outputs": outputs,
             "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
@@ -352,8 +357,8 @@ def measure(method: str, args) -> dict:
 UNITS = {"talk2dino": f"(a) one training step of 6 photos at {T2D_SIDE} px (DINOv2 ViT-B/14 reg4, 12 blocks; the "
                       "toy CLIP's text tower): extraction or forward, loss, backward, Adam",
          "talk2dino_step": f"(b) {T2D_STEPS} training steps proper of the 6 photos' features (extracted once): the "
-                           "reference's train() on its saved features; vpltool's train-text step reading them from its "
-                           "feature cache on disk: loss, backward, Adam",
+                           "reference's train() on its saved features; vpltool's train-text step on them as its "
+                           "feature cache holds them in memory after a first epoch: loss, backward, Adam",
          "talk2dino_run": f"(c) a whole short run, {T2D_EPOCHS} epochs of the 6 photos at batch 6: the reference's "
                           "extraction once, the captions' features once, then train() per epoch; vpltool's "
                           "run_train_text into a new folder (the first epoch fills the feature cache, the others read "
@@ -410,15 +415,47 @@ def roofline(cpu: dict, threads: int) -> dict:
             "least_ratio_on_this_arithmetic": round(floor / cpu["reference"], 3)}
 
 
+def cpu_linear(threads: int) -> dict:
+    """The library vpltool's frozen towers took for each fp32 product shape on this machine (``VPLTOOL_CPU_LINEAR``,
+    and ``auto``'s verdicts as the workers kept them: :mod:`vpltool.models.backbones.onednn`)."""
+    from vpltool.models.backbones import onednn
+    from vpltool.runtime.numerics import cpu_linear_asked
+
+    route = cpu_linear_asked()
+    table = onednn.kept_verdicts(threads) if route == "auto" else {}
+    return {"route": route, "onednn_products": sorted(k for k, v in table.get("products", {}).items() if v["onednn"]),
+            "mkl_products": sorted(k for k, v in table.get("products", {}).items() if not v["onednn"]),
+            "libraries": {k: table[k] for k in ("mkl", "onednn") if k in table}}
+
+
+def merge(paths: list[Path]) -> dict:
+    """One result from several runs of this script (methods run apart, at other times or at once): the methods of
+    each, in the order given, each keeping its own run's command, commit, machine and note (``run``); the head is
+    the first's."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    out = {**runs[0], "methods": {}, "merged_from": [Path(p).name for p in paths]}
+    for d in runs:
+        for method, m in d["methods"].items():
+            own = {k: d.get(k) for k in ("command", "vpltool_commit", "machine", "beside", "cpu_linear") if d.get(k)}
+            out["methods"][method] = {**m, "run": own}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--refs", type=Path, required=True, help=f"a folder of the clones ({', '.join(CLONES.values())})")
+    ap.add_argument("--refs", type=Path, help=f"a folder of the clones ({', '.join(CLONES.values())})")
     ap.add_argument("--methods", default=",".join(WORKERS), help="comma-separated, of " + ", ".join(WORKERS))
     ap.add_argument("--pairs", type=int, default=5, help="alternating pairs after the warm-up (medians over them)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_vs_reference"), help="weights, photos, logs")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--merge", type=Path, nargs="+", help="print the merge of these results of this script and exit")
     args = ap.parse_args(argv)
+    if args.merge:
+        print(json.dumps(merge(args.merge), indent=1))
+        return
+    if args.refs is None:
+        ap.error("--refs is required")
     args.refs = args.refs.resolve()
     if args.worker:
         claim_stdout()
@@ -437,7 +474,11 @@ def main(argv: list[str] | None = None) -> None:
                       "vpltool_commit": commit, "threads": args.threads, "pairs": args.pairs,
                       "shared_machine": "the CPU was shared with other work while this ran (its load average "
                                         "per method); CPU-seconds of each process, medians of alternating pairs",
-                      "machine": benchlib.machine("cpu"), "methods": methods}, indent=1))
+                      **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
+                      "reference_commits": {k: benchlib.clone_commit(clone(args.refs, k)) for k in CLONES
+                                            if any(p.name.lower() == CLONES[k].lower() for p in args.refs.iterdir())},
+                      "machine": benchlib.machine("cpu"), "cpu_linear": cpu_linear(args.threads),
+                      "methods": methods}, indent=1))
 
 
 if __name__ == "__main__":

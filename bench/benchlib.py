@@ -70,15 +70,44 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_vendor() -> str | None:
+    """``GenuineIntel``, ``AuthenticAMD``, ... (``vendor_id`` of /proc/cpuinfo), None where it does not say."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), None)
+    except OSError:
+        return None
+
+
+def clone_commit(folder) -> str | None:
+    """The commit of a reference's clone: its git HEAD, or the ``COMMIT`` file a carried copy of its files holds
+    (``bench/gpu_session.sh refs``: a copy inside this repository, where git would answer this repository's HEAD)."""
+    from pathlib import Path
+
+    marker = Path(folder) / "COMMIT"
+    if marker.is_file():
+        return marker.read_text().strip() or None
+    if not (Path(folder) / ".git").exists():
+        return None
+    proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
 def machine(device: str = "cpu") -> dict:
-    """The machine a result was measured on: CPU, cores, torch, device, GPU, threads, load and nice level.
+    """The machine a result was measured on: CPU (its model, vendor, whether it has AMX tiles, the instructions
+    ATen runs), cores, torch, device, GPU, threads, load and nice level.
 
     Load and nice are recorded because the same script gives other numbers on a shared or throttled host.
     """
     import torch
 
+    from vpltool.runtime.numerics import cpu_flags
+
     info = {
         "cpu": cpu_model(),
+        "cpu_vendor": cpu_vendor(),
+        "amx": "amx_bf16" in cpu_flags(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -95,7 +124,10 @@ def machine(device: str = "cpu") -> dict:
 
 def machine_line(m: dict) -> str:
     """One readable line from :func:`machine`'s dict (used by make_table.py)."""
-    parts = [m.get("cpu") or "?", f"{m.get('cores', '?')} cores", f"torch {m.get('torch', '?')}",
+    cpu = m.get("cpu") or "?"
+    if m.get("amx") is not None:  # recorded since the CPUs' own kernels were told apart
+        cpu += " (AMX)" if m["amx"] else f" ({m.get('isa') or 'no AMX'})"
+    parts = [cpu, f"{m.get('cores', '?')} cores", f"torch {m.get('torch', '?')}",
              f"device {m.get('device', '?')}"]
     if m.get("gpu"):
         parts.append(m["gpu"])

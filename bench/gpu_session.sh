@@ -15,6 +15,18 @@
 #   bash bench/gpu_session.sh c        # THERE: set-up, the host's part with the real device, cam against
 #                                           # CLIP-ES (CLIP_ES=/path/to/a/clone, carried) with the one-image
 #                                           # phases, and the torch dense CRF (~9 min)
+#   REFS=DIR bash bench/gpu_session.sh refs  # HERE, once: .refs/ (git-ignored), the files of the reference clones
+#                                           # in DIR (bench_vs_reference.py's names) that the vs-reference benches
+#                                           # read (bench/refs_manifest.txt), each clone's commit in its COMMIT;
+#                                           # carry .refs and .whl (about 30 MiB together)
+#   bash bench/gpu_session.sh vsref    # THERE: set-up, the vs-reference benches on the host's CPU (its Xeon):
+#                                           # Talk2DINO (a), (b), (c), CorrCLIP, ProxyCLIP, TextRegion (and RADSeg
+#                                           # where transformers is installed), each a pair of one-thread
+#                                           # processes, all at once on its cores, into vs_reference_host_GPU.json,
+#                                           # textregion_host_GPU.json, radseg_host_GPU.json (~6 min)
+#   bash bench/gpu_session.sh voc      # THERE: set-up, a VOC-like run of every stage on the GPU at the size that
+#                                           # fits one call (3,000 photos, 2,000 decoder iterations), projected to
+#                                           # VOC's 10,582 and 30,000 (labelled a projection) (~7 min)
 # The device time of a session (30 min, each call's start included) fits a and b; c is for a second session.
 #
 # Each step has its own time limit (STEP_LIMIT_S scales them) and writes one JSON file (and its stderr) into
@@ -32,9 +44,24 @@ wheels() {
   local platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
   mkdir -p .whl
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
-    -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 timm==1.0.31 segment-anything==1.0 webdataset==1.0.2 braceexpand==0.1.7
+    -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 timm==1.0.31 segment-anything==1.0 webdataset==1.0.2 braceexpand==0.1.7 \
+    scikit-learn==1.6.1 joblib==1.4.2 threadpoolctl==3.6.0 einops==0.8.1  # the references of vsref: CorrCLIP's DBSCAN, ProxyCLIP
   python3 -m pip download -q --no-deps --no-binary=:all: -d .whl pydensecrf2==1.1
   ls -l .whl
+}
+
+refs() {
+  # only the files the benches' reference processes open (traced on the clones; a run from .refs checks the list)
+  local src=${REFS:?"REFS=/folder/of/the/clones (Talk2DINO, dinov2, CorrCLIP, ProxyCLIP, dino, TextRegion)"}
+  rm -rf .refs && mkdir -p .refs
+  grep -v '^#' bench/refs_manifest.txt | while read -r path; do
+    [ -n "$path" ] || continue
+    mkdir -p ".refs/$(dirname "$path")" && cp "$src/$path" ".refs/$path" || exit 2
+  done
+  for clone in .refs/*/; do
+    git -C "$src/$(basename "$clone")" rev-parse HEAD > "$clone/COMMIT"
+  done
+  du -sh .refs
 }
 
 setup() {
@@ -63,8 +90,43 @@ step() {
   echo "$name: rc $rc in $(( SECONDS - start )) s" | tee -a "$OUT_DIR/steps.log"
 }
 
+# the host CPU's vs-reference benches, each its own pair of one-thread processes, run at once (the host has 16
+# cores; each JSON says how many benches ran beside it)
+vsref() {
+  local work=/tmp/vsref
+  export VSREF_BESIDE="run at once with the other vs-reference benches of bench/gpu_session.sh vsref (up to 8 benches, 16 one-thread processes on the host's cores)"
+  for m in talk2dino talk2dino_step talk2dino_run corrclip proxyclip; do
+    local pairs=5
+    [ "$m" = talk2dino_step ] && pairs=31
+    step "vs_reference_${m}_host" 420 python3 bench/bench_vs_reference.py --refs .refs --methods "$m" --pairs $pairs \
+      --work "$work/$m" &
+  done
+  step textregion_host 420 python3 bench/bench_textregion.py --ref .refs/TextRegion --work "$work/textregion" \
+    --rounds 5 &
+  if python3 -c "import transformers" 2>/dev/null; then  # RADSeg's SigLIP 2 text tower (not carried: 14 MB more)
+    step radseg_host 420 python3 bench/bench_radseg.py --ref .refs/RADSeg --radio-ref .refs/RADIO --work "$work/radseg" &
+  else
+    echo "radseg_host: skipped (this machine has no transformers)" | tee -a "$OUT_DIR/steps.log"
+  fi
+  wait
+  python3 bench/bench_vs_reference.py --merge "$OUT_DIR"/vs_reference_*_host_"$GPU".json \
+    > "$OUT_DIR/vs_reference_host_$GPU.json" && rm -f "$OUT_DIR"/vs_reference_*_host_"$GPU".json
+}
+
 case "$PART" in
   wheels) wheels ;;
+  refs) refs ;;
+  vsref)
+    setup
+    { grep -m1 "model name" /proc/cpuinfo; grep -o -m1 -w amx_bf16 /proc/cpuinfo || echo "no amx_bf16"; nproc; } \
+      | tee "$OUT_DIR/cpu_host.txt"
+    vsref
+    ;;
+  voc)
+    setup
+    step gpu_pipeline_voc 450 python3 bench/bench_gpu_pipeline.py --device cuda --images 3000 --decoder-iters 2000 \
+      --progress "$OUT_DIR/gpu_pipeline_voc_${GPU}_partial.json"
+    ;;
   a)
     setup
     step pytest_cuda 100 python3 -m pytest -q -m cuda -p no:cacheprovider

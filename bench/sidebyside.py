@@ -5,8 +5,9 @@ it imports nothing from vpltool, so a reference's process never meets vpltool's 
 A worker builds its models once, then answers one line per command on a private copy of its stdout (its own
 ``sys.stdout`` and file descriptor 1 go to stderr, so a reference's prints cannot corrupt the protocol):
 
-* ``run``: one unit of work; answers ``{"cpu": s, "wall": s}``, the process's CPU-seconds (user + sys, every thread:
-  ``time.process_time``) and the wall time of the unit alone;
+* ``run``: one unit of work; answers ``{"cpu": s, "wall": s, "rss_peak_mib": MiB}``, the process's CPU-seconds
+  (user + sys, every thread: ``time.process_time``), the wall time of the unit alone, and the process's peak
+  resident memory so far (:func:`peak_rss_mib`: its building included);
 * ``save PATH``: ``torch.save`` of what the last unit returned (the driver compares the two sides' outputs);
 * ``quit``.
 """
@@ -34,6 +35,17 @@ def claim_stdout() -> None:
         sys.stdout = sys.stderr
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB: Linux's ``VmHWM`` of its own address space (``ru_maxrss`` would
+    count the parent's resident memory at the fork that started it), None where there is no ``/proc``."""
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return round(kib / 1024, 1)
+
+
 def serve(unit: Callable[[], object]) -> None:
     """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit."""
     claim_stdout()
@@ -45,7 +57,8 @@ def serve(unit: Callable[[], object]) -> None:
         if cmd == "run":
             cpu, wall = time.process_time(), time.perf_counter()
             out = unit()
-            print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall}), file=proto)
+            print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
+                              "rss_peak_mib": peak_rss_mib()}), file=proto)
         elif cmd.startswith("save "):
             import torch
 
@@ -105,4 +118,4 @@ def alternate(first: Side, second: Side, pairs: int) -> list[dict]:
     return rows
 
 
-__all__ = ["claim_stdout", "serve", "Side", "alternate"]
+__all__ = ["claim_stdout", "peak_rss_mib", "serve", "Side", "alternate"]

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils import flop_counter  # noqa: E402
 
-from vpltool import io, presets  # noqa: E402
+from vpltool import io  # noqa: E402
 from vpltool.config import (  # noqa: E402
     CamConfig,
     CrfConfig,
@@ -52,6 +52,7 @@ from vpltool.config import (  # noqa: E402
     LearnPrototypesConfig,
     PredictConfig,
     RuntimeConfig,
+    presets,  # noqa: E402
 )
 from vpltool.data import open_dataset  # noqa: E402
 from vpltool.models import ModelSpec, load_backbone  # noqa: E402

@@ -505,6 +505,24 @@ def vs_reference_section(d: dict) -> list[str]:
     lines = [sentence(d.get("shared_machine")), "", *table(
         ["method", "unit of work", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
          f"bar ≤ {next(iter(d['methods'].values()))['bar']}", "outputs"], rows, "llrrrll")]
+    peaks = {m: v["rss_peak_mib"] for m, v in d["methods"].items() if v.get("rss_peak_mib")}
+    if peaks:
+        lines += ["", "Peak resident memory of each side's process (MiB, vpltool / reference): " + "; ".join(
+            f"{m} {num(p['vpltool'])} / {num(p['reference'])}" for m, p in peaks.items()) + "."]
+    routes = [(m, v.get("run", {}).get("cpu_linear") or d.get("cpu_linear")) for m, v in d["methods"].items()]
+    routes = [(m, r) for m, r in routes if r]
+    if routes:
+        said = {json.dumps(r, sort_keys=True): r for _, r in routes}
+        for r in said.values():
+            onednn = r.get("onednn_products") or []
+            mkl = len(r.get("mkl_products", []))
+            how = "" if r["route"] != "auto" else \
+                f"; oneDNN's for {', '.join(onednn)}, MKL's for the {mkl} other shapes this machine measured" \
+                if onednn else f"; MKL's for every shape this machine measured ({mkl})"
+            lines += ["", f"The frozen towers' fp32 products: `VPLTOOL_CPU_LINEAR={r['route']}`{how}."]
+    beside = {v.get("run", {}).get("beside") or d.get("beside") for v in d["methods"].values()} - {None}
+    for note in sorted(beside):
+        lines += ["", sentence(note)]
     for method, m in d["methods"].items():
         if "roofline" in m:  # the floor under a unit both sides spend in the same GEMMs
             r = m["roofline"]
@@ -538,10 +556,23 @@ SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_sectio
                              "(bench_vs_reference.py)", vs_reference_section)}
 
 
+# results whose figures hold for the CPU they ran on alone (the two CPU libraries' speeds differ by CPU): their title
+# names it, so that each machine has its own table
+PER_CPU = ("vs-reference", "radseg-vs-reference", "textregion-vs-reference", "cpu_linear")
+
+
+def cpu_label(data: dict) -> str:
+    m = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+    amx = {True: ", AMX", False: ", no AMX"}.get(m.get("amx"), "")
+    return f"{m.get('cpu', 'CPU not recorded')}{amx}"
+
+
 def section(path: Path, data: dict) -> list[str]:
     """One benchmark's section: header, headline table (or the generic list), peak memory, all fields."""
     name = data.get("benchmark", path.stem)
     title, render = SECTIONS.get(name, (name, None))
+    if name in PER_CPU:
+        title = f"{title} · {cpu_label(data)}"
     lines = header(data, path, title)
     try:
         body = render(data) if render else None

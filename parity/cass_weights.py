@@ -108,7 +108,7 @@ def last_block_tokens(bb, x) -> tuple:
     import torch
     import torch.nn.functional as F
 
-    from vpltool.models.backbones.dino import _dino_attention
+    from vpltool.models.backbones.dino_attention import dino_attention
     from vpltool.models.dense.cass import cass_proxy_input
 
     p = bb.patch_size
@@ -119,7 +119,7 @@ def last_block_tokens(bb, x) -> tuple:
         m = bb.proxy.model
         t, grid = bb.proxy._dino_tokens(cass_proxy_input(x[0], bb.proxy.mean, bb.proxy.std, bb.proxy.patch_size))
         for blk in m.blocks[:-1]:
-            t = t + blk.ls1(_dino_attention(blk.attn, blk.norm1(t)))
+            t = t + blk.ls1(dino_attention(blk.attn, blk.norm1(t)))
             t = t + blk.ls2(blk.mlp(blk.norm2(t)))
         d = m.blocks[-1].norm1(t)[0, bb.proxy.n_prefix :]
         d = F.interpolate(d.T.reshape(1, -1, *grid), size=tuple(enc.grid), mode="bilinear", align_corners=False)

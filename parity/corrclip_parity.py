@@ -26,25 +26,30 @@ Compared per photo: the cosine logits the segmentor hands ``postprocess_result``
 probabilities and the labels after the map correction; per window DBSCAN's clusters (recorded from the clone's
 scikit-learn call) against vpltool's on the clone's own distance matrix. Bar: max |Δ| <= 1e-4 (fp32, CPU) and
 >= 99.9 % equal labels.
+
+The merge's parity (``query_merge`` in the JSON; ``--merge-images`` photos): the clone run again on its class file
+with one more query on rows 1, 4, 5, 10 and 20 (``parity_setup.synonym_class_file``), where its
+``postprocess_result`` merges the rows into classes by position; vpltool's labels with ``--query-merge reference``
+(the bar) and with its default ``max`` (each class over its own queries: the share that agrees) against its labels.
+
+The set-up, the clone's process and the run are ``parity_setup``'s (shared with OV-Stitcher's, TextRegion's and
+RADSeg's runners).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "bench")]
+import parity_setup as ps
 
-BAR = 1e-4
-LABELS_BAR = 0.999
-MODEL = "ViT-B-16-quickgelu"
+BAR, LABELS_BAR = ps.BAR, ps.LABELS_BAR
+MODEL = ps.CLIP_MODEL
 PROXY_MODEL = "vit_base_patch8_224.dino"
+# the shared pieces, importable from here as before (ov_stitcher_parity.py's)
+commit_of, file_digest, max_abs = ps.commit_of, ps.file_digest, ps.max_abs
 
 
 def region_maps(photos: list[Path], folder: Path) -> list[Path]:
@@ -68,36 +73,13 @@ def region_maps(photos: list[Path], folder: Path) -> list[Path]:
 
 
 def setup(work: Path, images: int, text_layers: int) -> dict:
-    import bench_cam
-    import dense_parity as dp
     import ovss_parity as op
 
-    work.mkdir(parents=True, exist_ok=True)
-    name, config_dir = dp.model_config(work, MODEL, text_layers)
-    pt, st = work / "weights.pt", work / "weights.safetensors"
-    marker = work / "weights.json"
-    if not (pt.is_file() and st.is_file() and marker.is_file() and json.loads(marker.read_text()) == {"model": name}):
-        bench_cam.make_weights(work, name, config_dir)
-        marker.write_text(json.dumps({"model": name}))
-    voc = work / "voc"
-    photos = sorted((voc / "JPEGImages").glob("*.jpg"))
-    if len(photos) != images:
-        import shutil
-
-        shutil.rmtree(voc, ignore_errors=True)
-        shutil.rmtree(work / "masks", ignore_errors=True)
-        bench_cam.make_voc(voc, images)
-        photos = sorted((voc / "JPEGImages").glob("*.jpg"))
+    clip = ps.clip_weights(work, text_layers, MODEL)
+    photos = ps.parity_photos(work, images, derived=("masks",))
     masks = region_maps(photos, work / "masks")
     dino = op.proxy_weights(work, pos_std=1.0)
-    return {"name": name, "config_dir": config_dir, "pt": pt, "st": st, "photos": photos, "masks": masks,
-            "dino": dino}
-
-
-def file_digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return {**clip, "photos": photos, "masks": masks, "dino": dino}
 
 
 def reference_stamp(args, s: dict) -> dict:
@@ -112,32 +94,19 @@ def overrides(args) -> dict:
     return {"slide_crop": args.slide_crop, "slide_stride": args.slide_stride}
 
 
+def reference_args(args, s: dict, photos: list[Path] | None = None) -> list[str]:
+    """The clone's runner's arguments (``corrclip_ref_runner.py``; ``photos``: these, not all)."""
+    return ["--clone", str(args.ref), "--dino-clone", str(args.dino_ref), "--dino-weights", str(s["dino"]),
+            "--clip-weights", str(s["pt"]), "--model-config", str(Path(s["config_dir"]) / f"{s['name']}.json"),
+            "--masks", str(s["masks"][0].parent), "--short-side", str(args.short_side),
+            "--overrides", json.dumps(overrides(args)), *map(str, photos or s["photos"])]
+
+
 def run_reference(args, s: dict, out: Path) -> bool:
     """The clone's run (``corrclip_ref_runner.py``, its own process) into ``out``; an output there with the same
     :func:`reference_stamp` is reused. Returns whether it was reused."""
-    stamp = reference_stamp(args, s)
-    done = out / "stamp.json"
-    if (out / "meta.json").is_file() and done.is_file() and json.loads(done.read_text()) == stamp:
-        return True
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).parent / "corrclip_ref_runner.py"), "--clone", str(args.ref),
-           "--dino-clone", str(args.dino_ref), "--dino-weights", str(s["dino"]), "--clip-weights", str(s["pt"]),
-           "--model-config", str(Path(s["config_dir"]) / f"{s['name']}.json"), "--masks", str(s["masks"][0].parent),
-           "--out", str(out), "--threads", str(args.threads), "--short-side", str(args.short_side),
-           "--overrides", json.dumps(overrides(args)), *map(str, s["photos"])]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    done.write_text(json.dumps(stamp))
-    return False
-
-
-def max_abs(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return ps.run_reference("corrclip_ref_runner.py", reference_args(args, s), reference_stamp(args, s), out,
+                            args.threads)
 
 
 def vpltool_outputs(bb, x, text, idx, n_classes: int, ids, ori: tuple[int, int], settings):
@@ -200,11 +169,11 @@ def compare(args, s: dict, ref: Path, work: Path) -> dict:
     import numpy as np
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
     from vpltool.models.dense.corrclip import dbscan_labels, map_correction
     from vpltool.models.dense.segmentor import dense_probabilities
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(args.threads)
     meta = json.loads((ref / "meta.json").read_text())
@@ -258,16 +227,68 @@ def compare(args, s: dict, ref: Path, work: Path) -> dict:
             "reference_seconds": meta["seconds"]}
 
 
-def corrclip_method(args, s: dict):
+def corrclip_method(args, s: dict, query_merge: str | None = None):
     """``--dense corrclip`` resolved as `segment` resolves it: its VOC21 defaults with this run's short side and
-    windows, the proxy DINO from the parity file, the region masks from the parity folder."""
+    windows, the proxy DINO from the parity file, the region masks from the parity folder (``query_merge``: its
+    ``--query-merge``, None: the default)."""
     from vpltool.config import SegmentConfig
     from vpltool.models.dense.method import resolve_method
 
     cfg = SegmentConfig.of(dense="corrclip", short_side=args.short_side, slide_crop=args.slide_crop,
-                        slide_stride=args.slide_stride, proxy_model=PROXY_MODEL, proxy_weights=str(s["dino"]),
-                        region_masks=str(s["masks"][0].parent))
+                           slide_stride=args.slide_stride, proxy_model=PROXY_MODEL, proxy_weights=str(s["dino"]),
+                           region_masks=str(s["masks"][0].parent), query_merge=query_merge)
     return resolve_method(cfg)
+
+
+def merge_parity(args, s: dict, work: Path, runner: str, method_of, templates, stamp: dict) -> dict:
+    """The merge's parity (module docstring), for CorrCLIP and OV-Stitcher: the clone's run on the synonym class
+    file (``runner`` with ``--name-path``, the first ``--merge-images`` photos; reused by its stamp), then vpltool's
+    logits on the same inputs and its labels, after the map correction, at each ``--query-merge``, at the config's
+    threshold and at the argmax."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from vpltool.models import ModelSpec
+    from vpltool.models.backbones.prompts import encode_names
+    from vpltool.models.dense.segmentor import segment_logits
+
+    photos = s["photos"][: args.merge_images]
+    names = ps.synonym_class_file(args.ref / "configs" / "cls_voc21.txt", work / "synonyms" / "cls_voc21.txt")
+    out = work / "ref_synonyms"
+    stamp = {**stamp, "name_path": ps.file_digest(names), "photos": [ps.file_digest(p) for p in photos]}
+    reused = ps.run_reference(runner, [*reference_args(args, s, photos), "--name-path", str(names)], stamp, out,
+                              args.threads)
+    meta = json.loads((out / "meta.json").read_text())
+    methods = {m: method_of(args, s, query_merge=m) for m in ("reference", "max")}
+    settings = methods["reference"].settings
+    bb = methods["reference"].load(ModelSpec(s["name"], str(s["st"]), config_dir=str(s["config_dir"])), "cpu")
+    words, idx = meta["query_words"], torch.tensor(meta["query_idx"])
+    n_classes = int(idx.max()) + 1
+    with torch.no_grad():
+        text = encode_names(bb, words, templates)
+    worst, equal, total = 0.0, {(m, t): 0 for m in methods for t in ("threshold", "argmax")}, 0
+    for i, photo in enumerate(photos):
+        r = torch.load(out / f"photo_{i:03d}.pt")
+        x, ori = r["input"], tuple(meta["photos"][i]["ori_shape"])
+        extras = {"regions": torch.from_numpy(np.load(work / "masks" / f"{photo.stem}.npz")["instance_mask"])}
+        with torch.no_grad():
+            logits = segment_logits(bb, x, text, settings, [ori], [dict(extras)])[0]
+            worst = max(worst, ps.max_abs(logits, r["logits"][0]))
+            for m, method in methods.items():
+                argmax = replace(settings, prob_threshold=0.0)
+                for t, run, want in (("threshold", settings, r["pred"][0]), ("argmax", argmax, r["pred_argmax"][0])):
+                    probs, labels = method.hooks.probabilities(bb, logits, idx, n_classes, run)
+                    labels = method.hooks.postprocess(bb, probs, labels, extras, run)[1]
+                    equal[m, t] += int((labels == want).sum())
+        total += r["pred"][0].numel()
+    share = {m: (equal[m, "threshold"] + equal[m, "argmax"]) / max(2 * total, 1) for m in methods}
+    argmax_share = {m: equal[m, "argmax"] / max(total, 1) for m in methods}
+    return {"class_file": f"its cls_voc21.txt with one more query on rows {', '.join(map(str, ps.SYNONYM_ROWS))}",
+            "queries": len(words), "classes": n_classes, "images": len(photos), "output_reused": reused,
+            "seg_logits": worst, "labels_equal": share, "labels_equal_argmax": argmax_share,
+            "bar_met": bool(worst <= BAR and share["reference"] >= LABELS_BAR)}
 
 
 def page(r: dict) -> dict:
@@ -285,12 +306,21 @@ def page(r: dict) -> dict:
             "rows": [["dense logits, max abs diff", r["seg_logits"]], ["probabilities, max abs diff", r["probs"]],
                      ["labels equal (threshold 0.2 and argmax, after the map correction)", r["labels_equal"]],
                      ["DBSCAN clusterings equal", f"{r['dbscan_equal']} of {r['dbscan_calls']}"],
-                     ["text rows, max abs diff", r["text_rows"]]]}
+                     ["text rows, max abs diff", r["text_rows"]], *merge_rows(r)]}
 
 
-def commit_of(folder: Path) -> str | None:
-    proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+def merge_rows(r: dict) -> list[list]:
+    """The page's rows of the merge's parity (CorrCLIP's and OV-Stitcher's)."""
+    m = r.get("query_merge")
+    if m is None:
+        return []
+    where = f"synonyms on rows {', '.join(map(str, ps.SYNONYM_ROWS))}, {m['images']} photos"
+    return [[f"labels equal, --query-merge reference ({where}; threshold and argmax)",
+             m["labels_equal"]["reference"]],
+            ["labels equal, --query-merge max, vpltool's default (the same; not a bar)", m["labels_equal"]["max"]],
+            ["the same at the argmax alone: reference / max", f"{m['labels_equal_argmax']['reference']:.4g} / "
+             f"{m['labels_equal_argmax']['max']:.4g}"],
+            ["dense logits with those queries, max abs diff", m["seg_logits"]]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -299,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dino-ref", type=Path, required=True, help="a clone of facebookresearch/dino")
     ap.add_argument("--work", type=Path, default=None, help="keeps the weights, photos, masks and the clone's output")
     ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--merge-images", type=int, default=3, help="photos of the merge's parity (0: none)")
     ap.add_argument("--text-layers", type=int, default=1, help="text blocks of the random model (0: its own 12)")
     ap.add_argument("--short-side", type=int, default=200, help="both sides' short side (its VOC21 config: 336)")
     ap.add_argument("--slide-crop", type=int, default=224, help="both sides' window (its VOC21 config: 336)")
@@ -307,27 +338,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    import tempfile
+    args.ref = args.ref.resolve()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        start = time.perf_counter()
+    def result(work: Path) -> dict:
+        from vpltool.config.presets import IMAGENET_TEMPLATES
+
         s = setup(work, args.images, args.text_layers)
         ref_out = work / "ref"
         reused = run_reference(args, s, ref_out)
-        result = {"reference": {"repo": "zdk258/CorrCLIP", "folder": "CorrCLIPv1", "commit": commit_of(args.ref),
-                                "dino": "facebookresearch/dino", "dino_commit": args.dino_commit,
-                                "output_reused": reused},
-                  "run": {"short_side": args.short_side, "slide_crop": args.slide_crop,
-                          "slide_stride": args.slide_stride, "config": "configs/cfg_voc21.py"},
-                  "model": s["name"], "proxy": PROXY_MODEL, "images": args.images, "threads": args.threads,
-                  "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, ref_out, work)}
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        result["page"] = page(result)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+        out = {"reference": {"repo": "zdk258/CorrCLIP", "folder": "CorrCLIPv1", "commit": commit_of(args.ref),
+                             "dino": "facebookresearch/dino", "dino_commit": args.dino_commit,
+                             "output_reused": reused},
+               "run": {"short_side": args.short_side, "slide_crop": args.slide_crop,
+                       "slide_stride": args.slide_stride, "config": "configs/cfg_voc21.py"},
+               "model": s["name"], "proxy": PROXY_MODEL, "images": args.images, "threads": args.threads,
+               "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, ref_out, work)}
+        if args.merge_images:
+            out["query_merge"] = merge_parity(args, s, work, "corrclip_ref_runner.py", corrclip_method,
+                                              list(IMAGENET_TEMPLATES), reference_stamp(args, s))
+            out["bar_met"] = out["bar_met"] and out["query_merge"]["bar_met"]
+        return out
+
+    ps.run(args, result, page)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def run(args) -> None:
             cfg["scale"] = (max(cfg["scale"]), args.short_side)
         mod = importlib.import_module("corrclip_segmentor")
         kwargs = {k: v for k, v in cfg["model"].items() if k != "type"}
-        kwargs.update(name_path=str((clone / kwargs["name_path"]).resolve()), device="cpu",
+        names = args.name_path or clone / kwargs["name_path"]  # --name-path: the merge's parity
+        kwargs.update(name_path=str(names.resolve()), device="cpu",
                       instance_mask_path=str(args.masks.resolve()), **json.loads(args.overrides))
         with torch.no_grad(), fp32_clip(mod, args.model_config.resolve(), args.clip_weights.resolve()), \
                 proxy_hub(args), half_is_identity():
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-config", type=Path, required=True, help="the open_clip config (NAME.json)")
     ap.add_argument("--masks", type=Path, required=True, help="the region masks' folder (<stem>.npz)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--name-path", type=Path, default=None, help="a class file in place of the config's "
+                    "(the merge's parity: synonyms on other rows than the background's)")
     ap.add_argument("--overrides", default="{}", help="JSON: segmentor keyword arguments over the config's")
     ap.add_argument("--short-side", type=int, default=0, help="the Resize's short side in place of the config's")
     ap.add_argument("--threads", type=int, default=1)

@@ -270,8 +270,8 @@ class Vpltool:
 
     def rows(self, words: list[str]):
         """``[Q, D]`` unit rows of ``words`` with vpltool's ``imagenet`` templates."""
+        from vpltool.config.presets import IMAGENET_TEMPLATES
         from vpltool.models.backbones.prompts import encode_names
-        from vpltool.presets import IMAGENET_TEMPLATES
 
         key = tuple(words)
         if key not in self._rows:
@@ -304,8 +304,8 @@ def write_self_reference(vt: Vpltool, work: Path, photos: Path, images: int) -> 
     import torch
     from dense_ref_runner import mmseg_input, patch_inputs
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models.dense.segmentor import grid_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     words = ["grass", "sky", "aeroplane", "cat", "person", "man"]  # background words, then classes and a synonym
     query_idx = [0, 0, 1, 2, 3, 3]
@@ -383,8 +383,8 @@ def compare_variant(vt: Vpltool, name: str, ref: Path) -> dict:
     """Points a-c of the module docstring for one variant whose reference outputs are in ``ref``."""
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models.dense.segmentor import grid_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     meta = json.loads((ref / "meta.json").read_text())
     words, query_idx = meta["query_words"], torch.tensor(meta["query_idx"])

@@ -29,6 +29,11 @@ Compared per photo: the cosine logits its ``predict`` hands ``postprocess_result
 labels after the map correction (at its threshold and at the argmax); its DBSCAN clustering (recorded from its
 scikit-learn call) against vpltool's on the same distance matrix. Bar: max |Δ| <= 1e-4 and >= 99.9 % equal labels.
 Each side's CPU-seconds per photo (one thread) are recorded too: ``bench/bench_ov_stitcher.py`` measures the ratio.
+
+The merge's parity (``query_merge``; ``--merge-images`` photos) is ``corrclip_parity.merge_parity``: its class file
+with one more query on rows 1, 4, 5, 10 and 20, whose rows its ``postprocess_result`` (CorrCLIP's) merges by
+position, against ``--query-merge reference`` and ``max``. The set-up, the clone's process and the run are
+``parity_setup``'s.
 """
 
 from __future__ import annotations
@@ -36,17 +41,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "bench")]
-from corrclip_parity import PROXY_MODEL, commit_of, file_digest, max_abs, setup, vpltool_outputs  # noqa: E402
+import parity_setup as ps
+from corrclip_parity import (
+    PROXY_MODEL,
+    commit_of,
+    file_digest,
+    max_abs,
+    merge_parity,
+    merge_rows,
+    reference_args,
+    setup,
+    vpltool_outputs,
+)
 
-BAR = 1e-4
-LABELS_BAR = 0.999
+BAR, LABELS_BAR = ps.BAR, ps.LABELS_BAR
 REPO = "atw617/OV-Stitcher"
 COMMIT = "91a94894e4e4b277de2c26faba43b46c2a41204d"  # ov_stitcher_segmentor.py, open_clip/, base_config.py, prompts/
 CONFIG_COMMIT = "2bb65864c0f231cdfab2df041a4613a320013366"  # configs/cfg_*.py, configs/cls_all.txt
@@ -75,36 +86,21 @@ def reference_stamp(args, s: dict) -> dict:
 def run_reference(args, s: dict, out: Path) -> bool:
     """The clone's run (``ov_stitcher_ref_runner.py``, its own process) into ``out``; an output there with the
     same :func:`reference_stamp` is reused. Returns whether it was reused."""
-    stamp = reference_stamp(args, s)
-    done = out / "stamp.json"
-    if (out / "meta.json").is_file() and done.is_file() and json.loads(done.read_text()) == stamp:
-        return True
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).parent / "ov_stitcher_ref_runner.py"), "--clone", str(args.ref),
-           "--dino-clone", str(args.dino_ref), "--dino-weights", str(s["dino"]), "--clip-weights", str(s["pt"]),
-           "--model-config", str(Path(s["config_dir"]) / f"{s['name']}.json"), "--masks", str(s["masks"][0].parent),
-           "--out", str(out), "--threads", str(args.threads), "--short-side", str(args.short_side),
-           "--overrides", json.dumps(overrides(args)), *map(str, s["photos"])]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    done.write_text(json.dumps(stamp))
-    return False
+    return ps.run_reference("ov_stitcher_ref_runner.py", reference_args(args, s), reference_stamp(args, s), out,
+                            args.threads)
 
 
-def ov_stitcher_method(args, s: dict):
+def ov_stitcher_method(args, s: dict, query_merge: str | None = None):
     """``--dense ov-stitcher`` resolved as `segment` resolves it: its VOC21 defaults with this run's short side and
-    windows, the proxy DINO from the parity file, the region masks from the parity folder."""
+    windows, the proxy DINO from the parity file, the region masks from the parity folder (``query_merge``: its
+    ``--query-merge``, None: the default)."""
     from vpltool.config import SegmentConfig
     from vpltool.models.dense.method import resolve_method
 
     cfg = SegmentConfig.of(dense="ov-stitcher", templates="ov-stitcher", short_side=args.short_side,
                            slide_crop=args.slide_crop, slide_stride=args.slide_stride, proxy_model=PROXY_MODEL,
-                           proxy_weights=str(s["dino"]), region_masks=str(s["masks"][0].parent))
+                           proxy_weights=str(s["dino"]), region_masks=str(s["masks"][0].parent),
+                           query_merge=query_merge)
     return resolve_method(cfg)
 
 
@@ -189,7 +185,7 @@ def page(r: dict) -> dict:
             "rows": [["dense logits, max abs diff", r["seg_logits"]], ["probabilities, max abs diff", r["probs"]],
                      ["labels equal (threshold 0.1 and argmax, after the map correction)", r["labels_equal"]],
                      ["DBSCAN clusterings equal", f"{r['dbscan_equal']} of {r['dbscan_calls']}"],
-                     ["text rows (its class-biased templates), max abs diff", r["text_rows"]]]}
+                     ["text rows (its class-biased templates), max abs diff", r["text_rows"]], *merge_rows(r)]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dino-ref", type=Path, required=True, help="a clone of facebookresearch/dino")
     ap.add_argument("--work", type=Path, default=None, help="keeps the weights, photos, masks and the clone's output")
     ap.add_argument("--images", type=int, default=12)
+    ap.add_argument("--merge-images", type=int, default=3, help="photos of the merge's parity (0: none)")
     ap.add_argument("--text-layers", type=int, default=1, help="text blocks of the random model (0: its own 12)")
     ap.add_argument("--short-side", type=int, default=224, help="both sides' short side (its VOC21 config: 448)")
     ap.add_argument("--slide-crop", type=int, default=224, help="both sides' window (its VOC21 config: 336)")
@@ -207,28 +204,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
     args.ref = args.ref.resolve()
-    import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        start = time.perf_counter()
+    def result(work: Path) -> dict:
+        from vpltool.models.backbones.prompts import resolve_templates
+
         s = setup(work, args.images, args.text_layers)
         ref_out = work / f"ref_{args.short_side}_{args.slide_crop}_{args.slide_stride}"
         reused = run_reference(args, s, ref_out)
-        result = {"reference": {"repo": REPO, "commit": COMMIT, "config_commit": CONFIG_COMMIT,
-                                "clone_commit": commit_of(args.ref), "files_sha256": clone_files(args.ref),
-                                "dino": "facebookresearch/dino", "dino_commit": args.dino_commit,
-                                "output_reused": reused},
-                  "run": {"short_side": args.short_side, "slide_crop": args.slide_crop,
-                          "slide_stride": args.slide_stride, "config": "configs/cfg_voc21.py"},
-                  "model": s["name"], "proxy": PROXY_MODEL, "images": args.images, "threads": args.threads,
-                  "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, ref_out)}
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        result["page"] = page(result)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+        out = {"reference": {"repo": REPO, "commit": COMMIT, "config_commit": CONFIG_COMMIT,
+                             "clone_commit": commit_of(args.ref), "files_sha256": clone_files(args.ref),
+                             "dino": "facebookresearch/dino", "dino_commit": args.dino_commit,
+                             "output_reused": reused},
+               "run": {"short_side": args.short_side, "slide_crop": args.slide_crop,
+                       "slide_stride": args.slide_stride, "config": "configs/cfg_voc21.py"},
+               "model": s["name"], "proxy": PROXY_MODEL, "images": args.images, "threads": args.threads,
+               "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, ref_out)}
+        if args.merge_images:
+            out["query_merge"] = merge_parity(args, s, work, "ov_stitcher_ref_runner.py", ov_stitcher_method,
+                                              resolve_templates("ov-stitcher"), reference_stamp(args, s))
+            out["bar_met"] = out["bar_met"] and out["query_merge"]["bar_met"]
+        return out
+
+    ps.run(args, result, page)
 
 
 if __name__ == "__main__":

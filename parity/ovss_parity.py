@@ -483,8 +483,8 @@ def run_trident(work: Path, args) -> dict:
     import torch
 
     from vpltool.config.dense import DENSE_SEGMENTORS
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models.dense.segmentor import dense_probabilities
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     start = time.perf_counter()
     clone = next((p for p in args.ref.iterdir() if p.name.lower() == "trident"), None) if args.ref else None

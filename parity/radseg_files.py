@@ -159,5 +159,28 @@ def tiny_files(folder: Path, model: str, classes: list[str]) -> tuple[Path, Path
     return ckpt, write_text_folder(folder / "text", TINY_TEXT, prompt_words(list(classes)))
 
 
+def main() -> None:
+    """``python parity/radseg_files.py OUT --classes cat,dog``: a seeded random C-RADIOv3-B checkpoint and a SigLIP
+    2 text folder knowing the classes' prompt words, to try ``--dense radseg`` without its weights (its masks are
+    meaningless); prints the command that runs them."""
+    ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="the folder to write (radio.pth.tar and text/)")
+    ap.add_argument("--classes", default="cat,dog", help="the class names the text folder's vocabulary knows")
+    ap.add_argument("--text-layers", type=int, default=2, help="text blocks (SigLIP 2 g/16's own: 27)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    ckpt = write_radio_checkpoint(args.out / "radio.pth.tar", seed=args.seed)
+    words = prompt_words(classes)  # a vocabulary of the prompts' words alone (Gemma's 256,000 rows: 1.2 GB)
+    text = write_text_folder(args.out / "text", {**SIGLIP2_G_TEXT, "num_hidden_layers": args.text_layers,
+                                                 "vocab_size": len(words) + 3}, words, seed=args.seed)
+    print(f"wrote {ckpt} and {text}; try: vpltool segment PHOTOS -o MASKS --dense radseg --classes "
+          f"{','.join(classes)} --proxy-weights {ckpt} --language-model {text}")
+
+
 __all__ = ["TEACHERS", "SIGLIP2_G_TEXT", "TINY_TEXT", "tiny_files", "mlp2_state", "radio_state",
            "write_radio_checkpoint", "prompt_words", "write_text_folder"]
+
+
+if __name__ == "__main__":
+    main()

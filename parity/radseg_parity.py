@@ -22,30 +22,26 @@ windows 336/112, its own class file). vpltool gets the same normalised input ten
 hooks. Compared per photo: the windows' features before the global aggregation, the query probabilities at the
 photo's size (``seg_logits``) and the labels, each also with the prompt denoising off (the reference's
 ``predict`` again at threshold 0: random weights may leave no prompt at 0.5). Bar: max |Δ| <= 1e-4 (fp32, CPU)
-and >= 99.9 % equal labels.
+and >= 99.9 % equal labels. The set-up, the clones' process and the run are ``parity_setup``'s (shared with
+CorrCLIP's, OV-Stitcher's and TextRegion's runners).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "bench")]
+import parity_setup as ps
 
-BAR = 1e-4
-LABELS_BAR = 0.999
+BAR, LABELS_BAR = ps.BAR, ps.LABELS_BAR
+commit_of, file_digest, max_abs = ps.commit_of, ps.file_digest, ps.max_abs
 RADIO = "naflexvit_base_patch16_radio_v3"
 CONFIG = "configs/mid_res_configs/cfg_voc20.py"
 
 
 def setup(work: Path, images: int, text_layers: int, clone: Path) -> dict:
-    import bench_cam
     import radseg_files as rf
 
     work.mkdir(parents=True, exist_ok=True)
@@ -56,30 +52,7 @@ def setup(work: Path, images: int, text_layers: int, clone: Path) -> dict:
     if not (text / "model.safetensors").is_file():
         rf.write_text_folder(text, {**rf.SIGLIP2_G_TEXT, "num_hidden_layers": text_layers},
                              rf.prompt_words(classes))
-    voc = work / "voc"
-    photos = sorted((voc / "JPEGImages").glob("*.jpg"))
-    if len(photos) != images:
-        import shutil
-
-        shutil.rmtree(voc, ignore_errors=True)
-        bench_cam.make_voc(voc, images)
-        photos = sorted((voc / "JPEGImages").glob("*.jpg"))
-    return {"ckpt": ckpt, "text": text, "photos": photos, "classes": classes}
-
-
-def file_digest(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    paths = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
-    for p in paths:
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def commit_of(folder: Path) -> str | None:
-    proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    return {"ckpt": ckpt, "text": text, "photos": ps.parity_photos(work, images), "classes": classes}
 
 
 def run_reference(args, s: dict, out: Path) -> bool:
@@ -89,27 +62,10 @@ def run_reference(args, s: dict, out: Path) -> bool:
              "text": file_digest(s["text"]), "photos": [file_digest(p) for p in s["photos"]],
              "short_side": args.short_side, "config": CONFIG,
              "runner": file_digest(Path(__file__).parent / "radseg_ref_runner.py")}
-    done = out / "stamp.json"
-    if (out / "meta.json").is_file() and done.is_file() and json.loads(done.read_text()) == stamp:
-        return True
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).parent / "radseg_ref_runner.py"), "--clone", str(args.ref),
-           "--radio-clone", str(args.radio_ref), "--checkpoint", str(s["ckpt"]), "--text-folder", str(s["text"]),
-           "--config", CONFIG, "--out", str(out), "--threads", str(args.threads),
-           "--short-side", str(args.short_side), *map(str, s["photos"])]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    done.write_text(json.dumps(stamp))
-    return False
-
-
-def max_abs(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
+    return ps.run_reference("radseg_ref_runner.py", [
+        "--clone", str(args.ref), "--radio-clone", str(args.radio_ref), "--checkpoint", str(s["ckpt"]),
+        "--text-folder", str(s["text"]), "--config", CONFIG, "--short-side", str(args.short_side),
+        *map(str, s["photos"])], stamp, out, args.threads, env={"HF_HUB_OFFLINE": "1"})
 
 
 def radseg_method(args, s: dict):
@@ -126,9 +82,9 @@ def radseg_method(args, s: dict):
 def compare(args, s: dict, ref: Path) -> dict:
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models.dense.radseg import denoised_labels, query_probabilities, scga, window_features
     from vpltool.models.dense.segmentor import query_rows, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(args.threads)
     meta = json.loads((ref / "meta.json").read_text())
@@ -213,25 +169,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        start = time.perf_counter()
+    def result(work: Path) -> dict:
         s = setup(work, args.images, args.text_layers, args.ref)
         reused = run_reference(args, s, work / "ref")
-        result = {"reference": {"repo": "RADSeg-OVSS/RADSeg", "commit": commit_of(args.ref),
-                                "radio": "NVlabs/RADIO", "radio_commit": commit_of(args.radio_ref),
-                                "output_reused": reused},
-                  "run": {"short_side": args.short_side, "config": f"evaluation/2d/{CONFIG}"},
-                  "model": RADIO, "text_layers": args.text_layers, "images": args.images, "threads": args.threads,
-                  "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, work / "ref")}
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        result["page"] = page(result)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+        return {"reference": {"repo": "RADSeg-OVSS/RADSeg", "commit": commit_of(args.ref),
+                              "radio": "NVlabs/RADIO", "radio_commit": commit_of(args.radio_ref),
+                              "output_reused": reused},
+                "run": {"short_side": args.short_side, "config": f"evaluation/2d/{CONFIG}"},
+                "model": RADIO, "text_layers": args.text_layers, "images": args.images, "threads": args.threads,
+                "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, work / "ref")}
+
+    ps.run(args, result, page)
 
 
 if __name__ == "__main__":

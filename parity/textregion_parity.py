@@ -32,24 +32,32 @@ points, where its 2048 would hold ~10 GB of this CPU's memory) against
 Compared per photo: the logits its softmax receives (divided by the scale), the class probabilities, the labels
 (its threshold and the argmax), and the number of regions kept after the global-patch filter. Bar: max |Δ| <= 1e-4
 (fp32, CPU) and >= 99.9 % equal labels.
+
+"fp32" here is its arithmetic, not its weights: its ``custom_clip.load`` builds the model with OpenAI's
+``build_model``, which converts the linear, convolution and attention weights (and ``proj``, ``text_projection``)
+to fp16 before ``model.float()`` on the CPU, so it computes in fp32 on weights rounded to fp16 values. The parity's
+random weights are made fp16 values (``bench_cam.make_weights``), so both sides read the same numbers. With
+``--rounding-images N`` the clone also runs on the same weights unrounded (an fp32 checkpoint, as a user's own is),
+and the JSON's ``fp16_rounding`` says how far vpltool's logits, which keep the file's fp32 values, then are from its.
+
+The merge's parity (``query_merge``; ``--merge-images`` photos): the clone run again on its class file with one
+more query on rows 1, 4, 5, 10 and 20 (``parity_setup.synonym_class_file``), whose rows its ``postprocess_result``
+merges by position, against vpltool's labels with ``--query-merge reference`` (the bar) and ``max`` (the share that
+agrees). The set-up, the clone's process and the run are ``parity_setup``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "bench")]
+import parity_setup as ps
 
-BAR = 1e-4
-LABELS_BAR = 0.999
-MODEL = "ViT-B-16-quickgelu"
+BAR, LABELS_BAR = ps.BAR, ps.LABELS_BAR
+MODEL = ps.CLIP_MODEL
+commit_of, file_digest, max_abs = ps.commit_of, ps.file_digest, ps.max_abs
 CONFIG = "configs/cfg_ds/cfg_voc21.py"
 SAM2_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 # both generators' prompts a decoder call (the reference's 2048 holds ~10 GB on a CPU); a batch's order is the same
@@ -94,33 +102,9 @@ def region_masks(photos: list[Path], folder: Path) -> list[Path]:
 
 
 def setup(work: Path, images: int, text_layers: int) -> dict:
-    import bench_cam
-    import dense_parity as dp
-
-    work.mkdir(parents=True, exist_ok=True)
-    name, config_dir = dp.model_config(work, MODEL, text_layers)
-    pt, st = work / "weights.pt", work / "weights.safetensors"
-    marker = work / "weights.json"
-    if not (pt.is_file() and st.is_file() and marker.is_file() and json.loads(marker.read_text()) == {"model": name}):
-        bench_cam.make_weights(work, name, config_dir)
-        marker.write_text(json.dumps({"model": name}))
-    voc = work / "voc"
-    photos = sorted((voc / "JPEGImages").glob("*.jpg"))
-    if len(photos) != images:
-        import shutil
-
-        shutil.rmtree(voc, ignore_errors=True)
-        shutil.rmtree(work / "masks", ignore_errors=True)
-        bench_cam.make_voc(voc, images)
-        photos = sorted((voc / "JPEGImages").glob("*.jpg"))
-    return {"name": name, "config_dir": config_dir, "pt": pt, "st": st, "photos": photos,
-            "masks": region_masks(photos, work / "masks")}
-
-
-def file_digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    clip = ps.clip_weights(work, text_layers, MODEL)
+    photos = ps.parity_photos(work, images, derived=("masks",))
+    return {**clip, "photos": photos, "masks": region_masks(photos, work / "masks")}
 
 
 def reference_stamp(args, s: dict) -> dict:
@@ -131,50 +115,155 @@ def reference_stamp(args, s: dict) -> dict:
                 "textregion_ref_runner.py"))}
 
 
+def reference_args(args, s: dict, photos: list[Path] | None = None, weights: Path | None = None) -> list[str]:
+    """The clone's runner's arguments (``textregion_ref_runner.py``; ``photos`` and ``weights``: these in place of
+    the run's)."""
+    return ["--clone", str(args.ref), "--config", args.config, "--clip-weights", str(weights or s["pt"]),
+            "--masks", str(s["masks"][0].parent), "--scale", args.scale, *map(str, photos or s["photos"])]
+
+
 def run_reference(args, s: dict, out: Path) -> bool:
     """The clone's run (``textregion_ref_runner.py``, its own process) into ``out``; an output there with the same
     :func:`reference_stamp` is reused. Returns whether it was reused."""
-    stamp = reference_stamp(args, s)
-    done = out / "stamp.json"
-    if (out / "meta.json").is_file() and done.is_file() and json.loads(done.read_text()) == stamp:
-        return True
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, str(Path(__file__).parent / "textregion_ref_runner.py"), "--clone", str(args.ref),
-           "--config", args.config, "--clip-weights", str(s["pt"]), "--masks", str(s["masks"][0].parent),
-           "--out", str(out), "--threads", str(args.threads), "--scale", args.scale, *map(str, s["photos"])]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    done.write_text(json.dumps(stamp))
-    return False
+    return ps.run_reference("textregion_ref_runner.py", reference_args(args, s), reference_stamp(args, s), out,
+                            args.threads)
 
 
-def max_abs(a, b) -> float:
-    return float((a.float() - b.float()).abs().max())
-
-
-def textregion_method(folder: Path, scale: tuple[int, int]):
+def textregion_method(folder: Path, scale: tuple[int, int], query_merge: str | None = None):
     """``--dense textregion`` resolved as `segment` resolves it: its VOC21 defaults (this run's Resize scale), the
-    region masks from the parity folder."""
+    region masks from the parity folder (``query_merge``: its ``--query-merge``, None: the default)."""
     from vpltool.config import SegmentConfig
     from vpltool.models.dense.method import resolve_method
 
-    cfg = SegmentConfig.of(dense="textregion", region_masks=str(folder), long_side=scale[0], short_side=scale[1])
+    cfg = SegmentConfig.of(dense="textregion", region_masks=str(folder), long_side=scale[0], short_side=scale[1],
+                           query_merge=query_merge)
     return resolve_method(cfg)
+
+
+def side_run(args, s: dict, work: Path, name: str, photos: list[Path], extra: list[str], stamp: dict,
+             weights: Path | None = None) -> tuple[Path, bool]:
+    """One more run of the clone into ``work/name`` on ``photos`` (``extra`` arguments, ``weights`` in place of the
+    run's), reused by its stamp."""
+    out = work / name
+    stamp = {**reference_stamp(args, s), **stamp, "photos": [file_digest(p) for p in photos]}
+    return out, ps.run_reference("textregion_ref_runner.py", [*reference_args(args, s, photos, weights), *extra],
+                                 stamp, out, args.threads)
+
+
+def vpltool_logits(bb, settings, text, r: dict, ori, mask_path: Path):
+    """vpltool's logits ``[Q, H0, W0]`` of one reference photo (its input, CLIP-normalised; its masks)."""
+    import numpy as np
+    import torch
+
+    from vpltool.models.dense.segmentor import segment_logits
+
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bb.mean, bb.std))
+    masks = torch.from_numpy(np.load(mask_path)["masks"])
+    with torch.no_grad():
+        return segment_logits(bb, (r["input"] / 255.0 - mean) / std, text, settings, [ori], [{"masks": masks}])[0]
+
+
+def merge_parity(args, s: dict, work: Path) -> dict:
+    """The merge's parity (module docstring): the clone on the synonym class file, vpltool's labels at each
+    ``--query-merge`` (its threshold and the argmax) against its."""
+    from dataclasses import replace
+
+    import torch
+
+    from vpltool.config.presets import IMAGENET_TEMPLATES
+    from vpltool.models import ModelSpec
+    from vpltool.models.backbones.prompts import encode_names
+
+    photos = s["photos"][: args.merge_images]
+    names = ps.synonym_class_file(args.ref / "configs" / "cls_voc21.txt", work / "synonyms" / "cls_voc21.txt")
+    out, reused = side_run(args, s, work, "ref_synonyms", photos, ["--name-path", str(names)],
+                           {"name_path": file_digest(names)})
+    meta = json.loads((out / "meta.json").read_text())
+    scale = tuple(meta["resize_scale"])
+    methods = {m: textregion_method(s["masks"][0].parent, scale, m) for m in ("reference", "max")}
+    settings = methods["reference"].settings
+    bb = methods["reference"].load(ModelSpec(s["name"], str(s["st"]), config_dir=str(s["config_dir"])), "cpu")
+    words, idx = meta["query_words"], torch.tensor(meta["query_idx"])
+    n_classes = int(idx.max()) + 1
+    with torch.no_grad():
+        text = encode_names(bb, words, list(IMAGENET_TEMPLATES))
+    worst, equal, total = 0.0, {(m, t): 0 for m in methods for t in ("threshold", "argmax")}, 0
+    for i, photo in enumerate(photos):
+        r = torch.load(out / f"photo_{i:03d}.pt")
+        logits = vpltool_logits(bb, settings, text, r, tuple(meta["photos"][i]["ori_shape"]),
+                                work / "masks" / f"{photo.stem}.npz")
+        worst = max(worst, max_abs(logits, r["logits"][0]))
+        with torch.no_grad():
+            for m, method in methods.items():
+                argmax = replace(settings, prob_threshold=0.0)
+                for t, run, want in (("threshold", settings, r["pred"][0]), ("argmax", argmax, r["pred_argmax"][0])):
+                    labels = method.hooks.probabilities(bb, logits, idx, n_classes, run)[1]
+                    equal[m, t] += int((labels == want).sum())
+        total += r["pred"][0].numel()
+    share = {m: (equal[m, "threshold"] + equal[m, "argmax"]) / max(2 * total, 1) for m in methods}
+    argmax_share = {m: equal[m, "argmax"] / max(total, 1) for m in methods}
+    return {"class_file": f"its cls_voc21.txt with one more query on rows {', '.join(map(str, ps.SYNONYM_ROWS))}",
+            "queries": len(words), "classes": n_classes, "images": len(photos), "output_reused": reused,
+            "seg_logits": worst, "labels_equal": share, "labels_equal_argmax": argmax_share,
+            "bar_met": bool(worst <= BAR and share["reference"] >= LABELS_BAR)}
+
+
+def unrounded_weights(s: dict, work: Path) -> tuple[Path, Path]:
+    """The run's random CLIP without the rounding to fp16 values (``bench_cam.make_weights``' draw, seed 0), as
+    ``.pt`` and ``.safetensors``, made once."""
+    import torch
+    from safetensors.torch import save_file
+
+    from vpltool.models import ModelSpec, create_model
+
+    folder = work / "unrounded"
+    pt, st = folder / "weights.pt", folder / "weights.safetensors"
+    if not (pt.is_file() and st.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, _ = create_model(ModelSpec(s["name"], "none", config_dir=str(s["config_dir"])))
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        torch.save(state, pt)
+        save_file(state, str(st))
+    return pt, st
+
+
+def rounding_parity(args, s: dict, work: Path) -> dict:
+    """The clone on the run's weights unrounded (fp32 values its loader rounds to fp16) against vpltool on the same
+    file (its fp32 values kept): how far its weight rounding moves the logits (module docstring)."""
+    import torch
+
+    from vpltool.config.presets import IMAGENET_TEMPLATES
+    from vpltool.models import ModelSpec
+    from vpltool.models.backbones.prompts import encode_names
+
+    pt, st = unrounded_weights(s, work)
+    photos = s["photos"][: args.rounding_images]
+    out, reused = side_run(args, s, work, "ref_unrounded", photos, [], {"weights": file_digest(pt)}, weights=pt)
+    meta = json.loads((out / "meta.json").read_text())
+    method = textregion_method(s["masks"][0].parent, tuple(meta["resize_scale"]))
+    bb = method.load(ModelSpec(s["name"], str(st), config_dir=str(s["config_dir"])), "cpu")
+    with torch.no_grad():
+        text = encode_names(bb, meta["query_words"], list(IMAGENET_TEMPLATES))
+    worst = 0.0
+    for i, photo in enumerate(photos):
+        r = torch.load(out / f"photo_{i:03d}.pt")
+        logits = vpltool_logits(bb, method.settings, text, r, tuple(meta["photos"][i]["ori_shape"]),
+                                work / "masks" / f"{photo.stem}.npz")
+        worst = max(worst, max_abs(logits, r["logits"][0]))
+    return {"images": len(photos), "output_reused": reused, "seg_logits": worst,
+            "text_rows": max_abs(text, torch.load(out / "text.pt")["query_features"])}
 
 
 def compare(args, s: dict, ref: Path) -> dict:
     import numpy as np
     import torch
 
+    from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
     from vpltool.models.backbones.prompts import encode_names
     from vpltool.models.dense.segmentor import dense_probabilities, segment_logits
-    from vpltool.presets import IMAGENET_TEMPLATES
 
     torch.set_num_threads(args.threads)
     meta = json.loads((ref / "meta.json").read_text())
@@ -251,22 +340,10 @@ def generator_parity(args, s: dict, work: Path) -> dict:
     ckpt = sam2_checkpoint(work)
     out = work / "ref_generator"
     stamp = {**reference_stamp(args, s), "sam2": file_digest(ckpt), "points_per_batch": POINTS_PER_BATCH}
-    done = out / "stamp.json"
-    reused = (out / "meta.json").is_file() and done.is_file() and json.loads(done.read_text()) == stamp
-    if not reused:
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, str(Path(__file__).parent / "textregion_ref_runner.py"), "--clone", str(args.ref),
-               "--config", args.config, "--generator", "--sam2-config", SAM2_CONFIG, "--sam2-checkpoint", str(ckpt),
-               "--points-per-batch", str(POINTS_PER_BATCH),
-               "--out", str(out), "--threads", str(args.threads), "--scale", args.scale, *map(str, s["photos"])]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore",
-               "CUDA_VISIBLE_DEVICES": ""}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-        done.write_text(json.dumps(stamp))
+    reused = ps.run_reference("textregion_ref_runner.py", [
+        "--clone", str(args.ref), "--config", args.config, "--generator", "--sam2-config", SAM2_CONFIG,
+        "--sam2-checkpoint", str(ckpt), "--points-per-batch", str(POINTS_PER_BATCH), "--scale", args.scale,
+        *map(str, s["photos"])], stamp, out, args.threads)
     meta = json.loads((out / "meta.json").read_text())
     scale = meta["resize_scale"]
     cfg = SegmentConfig.of(dense="textregion", region_masks="sam2", long_side=scale[0], short_side=scale[1])
@@ -312,6 +389,19 @@ def page(r: dict) -> dict:
                      ["probabilities, max abs diff", r["probs"]],
                      ["labels equal (threshold 0.4 and argmax)", r["labels_equal"]],
                      ["text rows, max abs diff", r["text_rows"]],
+                     *([[f"labels equal, --query-merge reference (synonyms on rows "
+                         f"{', '.join(map(str, ps.SYNONYM_ROWS))}, {r['query_merge']['images']} photos; threshold "
+                         "and argmax)", r["query_merge"]["labels_equal"]["reference"]],
+                        ["labels equal, --query-merge max, vpltool's default (the same; not a bar)",
+                         r["query_merge"]["labels_equal"]["max"]],
+                        ["the same at the argmax alone: reference / max",
+                         f"{r['query_merge']['labels_equal_argmax']['reference']:.4g} / "
+                         f"{r['query_merge']['labels_equal_argmax']['max']:.4g}"],
+                        ["logits with those queries, max abs diff", r["query_merge"]["seg_logits"]]]
+                       if "query_merge" in r else []),
+                     *([[f"its fp16 weight rounding: logits on an unrounded fp32 checkpoint, max abs diff "
+                         f"({r['fp16_rounding']['images']} photos; not a bar)", r["fp16_rounding"]["seg_logits"]]]
+                       if "fp16_rounding" in r else []),
                      *([["SAM 2 generator: masks a photo (reference / vpltool)", ", ".join(
                          f"{p['regions']} / {p['regions_vpltool']}" for p in r["generator"]["photos"])],
                         ["SAM 2 generator: mask values, max abs diff (bar: one float16 step, 2^-9)",
@@ -320,16 +410,14 @@ def page(r: dict) -> dict:
                        if "generator" in r else [])]}
 
 
-def commit_of(folder: Path) -> str | None:
-    proc = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", type=Path, required=True, help="a clone of avaxiao/TextRegion (e392cd2)")
     ap.add_argument("--work", type=Path, default=None, help="keeps the weights, photos, masks and the clone's output")
     ap.add_argument("--images", type=int, default=12)
+    ap.add_argument("--merge-images", type=int, default=3, help="photos of the merge's parity (0: none)")
+    ap.add_argument("--rounding-images", type=int, default=0,
+                    help="photos of its fp16 weight rounding on an unrounded checkpoint (0: none)")
     ap.add_argument("--text-layers", type=int, default=1, help="text blocks of the random model (0: its own 12)")
     ap.add_argument("--config", default=CONFIG)
     ap.add_argument("--scale", default="", help="JSON [long, short]: both sides' Resize in place of the config's")
@@ -337,29 +425,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sam2", action="store_true", help="also its SAM 2 generator (the sam2 package)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args(argv)
-    import tempfile
+    args.ref = args.ref.resolve()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = (args.work or Path(tmp)).resolve()
-        start = time.perf_counter()
+    def result(work: Path) -> dict:
         s = setup(work, args.images, args.text_layers)
         ref_out = work / "ref"
         reused = run_reference(args, s, ref_out)
         meta = json.loads((ref_out / "meta.json").read_text())
-        result = {"reference": {"repo": "avaxiao/TextRegion", "commit": commit_of(args.ref),
-                                "output_reused": reused, "stubbed": meta["stubbed"]},
-                  "run": {"config": args.config, "resize_scale": meta["resize_scale"]},
-                  "model": s["name"], "images": args.images, "threads": args.threads,
-                  "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, ref_out)}
+        out = {"reference": {"repo": "avaxiao/TextRegion", "commit": commit_of(args.ref), "output_reused": reused,
+                             "stubbed": meta["stubbed"]},
+               "run": {"config": args.config, "resize_scale": meta["resize_scale"]},
+               "model": s["name"], "images": args.images, "threads": args.threads,
+               "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}, **compare(args, s, ref_out)}
+        if args.merge_images:
+            out["query_merge"] = merge_parity(args, s, work)
+            out["bar_met"] = out["bar_met"] and out["query_merge"]["bar_met"]
+        if args.rounding_images:
+            out["fp16_rounding"] = rounding_parity(args, s, work)
         if args.sam2:
-            result["generator"] = generator_parity(args, s, work)
-            result["bar_met"] = result["bar_met"] and result["generator"]["bar_met"]
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        result["page"] = page(result)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+            out["generator"] = generator_parity(args, s, work)
+            out["bar_met"] = out["bar_met"] and out["generator"]["bar_met"]
+        return out
+
+    ps.run(args, result, page)
 
 
 if __name__ == "__main__":

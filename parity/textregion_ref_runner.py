@@ -1,5 +1,6 @@
 """Run TextRegion's OWN segmentor (avaxiao/TextRegion ``model_semantic.py``, ``CLIPWithSAM2ForSegmentation``) from a
-clone, on the CPU in fp32, without mmseg / mmengine / SAM 2: the reference half of ``textregion_parity.py``.
+clone, on the CPU in fp32 arithmetic (its weights rounded to fp16 values: 3. below), without mmseg / mmengine / SAM 2:
+the reference half of ``textregion_parity.py``.
 
     python textregion_ref_runner.py --clone TextRegion --clip-weights W.pt --masks NPZ_DIR --out OUT \\
         PHOTO.jpg ... [--config configs/cfg_ds/cfg_voc21.py] [--threads 1]
@@ -13,8 +14,12 @@ It imports nothing from vpltool. Around the clone's unchanged code:
    the photo's masks read from ``--masks`` (``<stem>.npz``, key ``masks``: ``[R, H0, W0]``, as its generator's
    ``segmentations`` are, float16) so that both sides pool over the same regions; its ``predictor._transforms`` (the
    image's SAM 2 input) is the identity, which only that generator reads;
-3. ``clip_pretrained='openai'`` with ``clip_architecture`` = ``--clip-weights`` (a state dict in OpenAI's layout,
-   which its ``custom_clip.load`` builds and, on the CPU, keeps in fp32);
+3. ``clip_pretrained='openai'`` with ``clip_architecture`` = ``--clip-weights`` (a state dict in OpenAI's layout),
+   which its ``custom_clip.load`` builds with OpenAI's ``build_model``: that converts the linear, convolution and
+   attention weights and ``proj`` / ``text_projection`` to fp16 (``convert_weights``), and ``load`` then calls
+   ``model.float()`` on the CPU. So "fp32" here is the arithmetic: the weights are the file's rounded to fp16
+   values (the parity's are fp16 values already, ``bench_cam.make_weights``; with an fp32 checkpoint its logits
+   move from vpltool's, which keeps the file's values: ``textregion_parity.py --rounding-images``);
 4. the hard-coded ``.to(device="cuda")`` of its ``predict`` goes to the CPU, and ``torch.cuda.is_bf16_supported``
    is False there, so its autocast is fp32;
 5. the segmentor's arguments are ``--config``'s (``_base_`` first, ``sam2_cfg`` merged as mmengine merges it),
@@ -190,7 +195,8 @@ def run(args) -> None:
             (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
             return
         kwargs = {k: v for k, v in cfg["model"].items() if k != "type"}
-        kwargs.update(name_path=str((clone / kwargs["name_path"]).resolve()), clip_pretrained="openai",
+        names = args.name_path or clone / kwargs["name_path"]  # --name-path: the merge's parity
+        kwargs.update(name_path=str(names.resolve()), clip_pretrained="openai",
                       clip_architecture=str(args.clip_weights.resolve()), clip_download_root=None,
                       config=args.config, device="cpu", dtype="fp32", sam2_cfg=MmcvConfig(kwargs["sam2_cfg"]),
                       **json.loads(args.overrides))
@@ -255,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--points-per-batch", type=int, default=0, help="its generator's points a decoder call (its "
                     "load_sam2's 2048 when 0)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--name-path", type=Path, default=None, help="a class file in place of the config's "
+                    "(the merge's parity: synonyms on other rows than the background's)")
     ap.add_argument("--scale", default="", help="JSON [long, short]: the Resize scale in place of the config's")
     ap.add_argument("--overrides", default="{}", help="JSON: segmentor keyword arguments over the config's")
     ap.add_argument("--threads", type=int, default=1)

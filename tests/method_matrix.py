@@ -31,7 +31,10 @@ STAGES = ("segment", "cam", "predict", "benchmark", "python")
 NEEDS = {"corrclip": {"region_masks": "{regions}"}, "textregion": {"region_masks": "{soft_regions}"},
          "ov-stitcher": {"region_masks": "{regions}", "short_side": 112, "slide_crop": 112, "slide_stride": 56},
          "radseg": {"proxy_model": "vpl_test_radio_v3", "proxy_weights": "{radio}",
-                    "language_model": "{language_model}"}}
+                    "language_model": "{language_model}"},
+         # SAM 3's methods: the sam3 family's tiny SAM 3 (112 px: a 56-pixel preview); no WordNet here
+         "sam3": {"sam3_weights": "{sam3}"},
+         "activesam": {"sam3_weights": "{sam3}", "preview_resolution": 56, "hypernym_tokens": 0}}
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Inputs:
     model_config_dir: str
     radio: str = ""  # a tiny C-RADIOv3 as NVlabs/RADIO's hub checkpoint ("": transformers missing, not made)
     language_model: str = ""  # a tiny SigLIP 2 text tower's Hugging Face folder beside it
+    sam3: str = ""  # the sam3 family's tiny SAM 3 in Hugging Face's layout ("": transformers missing, not made)
 
 
 def make_inputs(root: Path, world: Path, prototypes: Path, decoder: Path) -> Inputs:
@@ -72,7 +76,19 @@ def make_inputs(root: Path, world: Path, prototypes: Path, decoder: Path) -> Inp
         masks = np.stack([(ids == i) * 3.0 for i in range(3)]).astype(np.float16)  # [3, h, w] in [0, 3]
         np.savez_compressed(soft / f"{stem}.npz", masks=masks)
     return Inputs(str(root), str(photos), str(regions), str(soft), str(world), str(prototypes), str(decoder),
-                  str(voc21), str(TESTS / "assets" / "model_configs"), *_radseg_files(root / "radseg"))
+                  str(voc21), str(TESTS / "assets" / "model_configs"), *_radseg_files(root / "radseg"),
+                  _sam3_file(root / "sam3"))
+
+
+def _sam3_file(folder: Path) -> str:
+    """The sam3 family's tiny seeded SAM 3 (``write_tiny``); ``""`` without transformers (its cells are skipped)."""
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return ""
+    from vpltool.models.backbones.sam3_files import write_tiny
+
+    return str(write_tiny(folder, "hf"))
 
 
 def _radseg_files(folder: Path) -> tuple[str, str]:

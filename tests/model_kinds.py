@@ -26,7 +26,7 @@ TOY = ["--model", "vpltool-toy", *rc.TEXT_ARGS]
 
 # a model file damaged as a broken download, a careless edit or a copy over it leaves it
 DAMAGES = ("every weight NaN", "one value NaN", "one value inf", "cut short", "a tensor missing",
-           "a tensor reshaped")
+           "a tensor reshaped", "another architecture", "every weight 0")
 # the bytes changed under the same name: another model of the same architecture copied over the file
 REPLACED = ("replaced between a run and its resume", "replaced between check and load", "replaced while it loads")
 
@@ -139,6 +139,11 @@ def damage(path: Path, how: str, pick: int = 0, cut: float = 0.5) -> None:
     key = floats[pick % len(floats)]
     if how == "every weight NaN":  # H1: every floating-point tensor times NaN, the same header
         state = {k: v * float("nan") if v.is_floating_point() else v for k, v in state.items()}
+    elif how == "every weight 0":  # a placeholder, or a save that wrote no values (an all-zero DINOv3 was taken)
+        state = {k: v * 0 if v.is_floating_point() else v for k, v in state.items()}
+    elif how == "another architecture":  # every matrix 16 wider (a text tower of another width: open_clip asserted)
+        state = {k: torch.nn.functional.pad(v, (0, 16)) if v.is_floating_point() and v.ndim >= 2 else v
+                 for k, v in state.items()}
     elif how == "a tensor missing":
         del state[key]
     elif how == "a tensor reshaped":

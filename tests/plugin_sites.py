@@ -62,6 +62,13 @@ BROKEN = {
         "    spread: float | None = knob('--overlay', 'an option segment has already')\n"
         "def register():\n    register_dense_method('badknob', DenseMethodSpec(DENSE_SEGMENTORS['naclip'], "
         "module='bad_knob', knobs_class=Knobs))\n")}),
+    "vpltool-numpy-hooks": ("numpy_hooks:register", {
+        "numpy_hooks": SPEC + "def register():\n    register_dense_method('numpy-hooks', DenseMethodSpec("
+                              "DENSE_SEGMENTORS['naclip'], module='numpy_hooks_method'))\n",
+        "numpy_hooks_method": "from vpltool.models.dense import DenseHooks, DENSE_PRESETS\n"
+                              "class Hooks(DenseHooks, method='numpy-hooks', preset=DENSE_PRESETS['naclip']):\n"
+                              "    def postprocess(self, bb, probs, labels, extras, settings):\n"
+                              "        return probs.numpy(), labels.numpy()\n"}),
     "vpltool-bad-text": ("bad_text:register", {
         "bad_text": "from vpltool.plugins import TextFamilyRow, register_text_family\n"
                     "def register():\n    register_text_family('badtext', TextFamilyRow('bad_text_family', "
@@ -85,3 +92,28 @@ def run_with(sites: list[Path], script: str, *args: str, timeout: float = 600) -
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# plugins whose own code would end, or take over, the process that loads them: each is one line and left out (the
+# first two), or loads without touching the command line or vpltool's output (the last two)
+RUDE = {
+    "vpltool-exits": ("exits:register", {"exits": SPEC + (
+        "import sys\n"
+        "def register():\n    register_dense_method('exits', DenseMethodSpec(DENSE_SEGMENTORS['naclip'], "
+        "module='exits'))\n    sys.exit(0)\n")}),
+    "vpltool-interrupts": ("interrupts:register", {"interrupts": "def register():\n    raise KeyboardInterrupt\n"}),
+    "vpltool-argparse": ("argparse_plugin:register", {"argparse_plugin": SPEC + (
+        "import argparse\n"
+        "parser = argparse.ArgumentParser(prog='argparse-plugin')\n"
+        "parser.add_argument('--plugin-level', type=int, default=1)\n"
+        "ARGS = parser.parse_args()  # at import: it would read (and refuse, or answer --help to) vpltool's own\n"
+        "def register():\n    register_dense_method('argparsed', DenseMethodSpec(DENSE_SEGMENTORS['naclip'], "
+        "module='argparse_plugin'))\n")}),
+    "vpltool-prints": ("prints:register", {"prints": "def register():\n    print('hello from a plugin')\n"}),
+}
+
+
+def write_rude(site: Path) -> Path:
+    for name, (entry, modules) in RUDE.items():
+        fake_dist(site, name, entry, modules)
+    return site

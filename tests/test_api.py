@@ -266,3 +266,7 @@ def test_every_example_of_docs_api_md_runs_on_the_toy_model(tmp_path, monkeypatc
     assert 0.0 <= namespace["scores"]["miou"] <= 1.0
     assert isinstance(namespace["emb"], vpltool.Embedding) and namespace["emb"].kept  # the second pass's examples
     assert np.array_equal(io.read_mask(tmp_path / "val_000000_mask.png"), namespace["a"].labels)  # same photo, names
+    # each class list the page gives a named photo holds that photo's own classes (labels.csv)
+    truth = dict(line.split(",") for line in (tmp_path / "world" / "labels.csv").read_text().splitlines()[1:])
+    calls = re.findall(r'\("world/images/(val_\d+)\.png",\s*\[([^\]]*)\]', "\n".join(blocks))
+    assert calls and all(set(truth[stem].split(";")) <= set(re.findall(r'"([^"]+)"', names)) for stem, names in calls)

@@ -72,10 +72,11 @@ def test_embed_refuses_what_has_no_image_side_of_its_own(tiny_pgseg_checkpoint, 
     from vpltool.models.dense import dense_hooks
 
     assert [m for m in vpltool.list_methods(family="clip") if not embeddable(dense_hooks(m))] == \
-        ["cass", "trident", "corrclip", "ov-stitcher", "textregion", "radseg"]  # their window logits read the
-    # names (object presence, SAM, regions, RADSeg's text-scored windows); OV-Stitcher's own segmentor stitches the
-    # windows inside the models, per image with its region map; TextRegion's region tokens are pooled over each
-    # photo's own region masks and scored against the text before they are painted back, so no patch grid stands alone
+        ["cass", "trident", "corrclip", "ov-stitcher", "textregion", "radseg", "sam3", "activesam"]  # their window
+    # logits read the names (object presence, SAM, regions, RADSeg's text-scored windows); OV-Stitcher's own segmentor
+    # stitches the windows inside the models, per image with its region map; TextRegion's region tokens are pooled
+    # over each photo's own region masks and scored against the text before they are painted back, so no patch grid
+    # stands alone; SAM 3 and ActiveSAM prompt SAM 3 with the words themselves (no CLIP patch embedding at all)
     pgseg = vpltool.segmenter("pgseg", checkpoint=tiny_pgseg_checkpoint, device="cpu")
     with pytest.raises(VplError, match=r"^embed: a PGSeg / GroupViT checkpoint's zero-shot hook .*takes the photo "
                                        r"and the class names' text in one call"):
@@ -119,6 +120,26 @@ def test_a_result_saves_draws_and_measures_itself_as_the_cli_does(world, photo, 
         assert boxes[name] == ((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) if len(ys) else None)
     with pytest.raises(VplError, match=r"mask.jpg: a mask is saved as a .png"):
         result.save(tmp_path / "mask.jpg")
+    for alpha in (2, -0.1, float("nan")):  # the colours' share of a pixel: in [0, 1]
+        with pytest.raises(VplError, match=r"overlay alpha=.*: give the colours' share of each pixel, in \[0, 1\]"):
+            result.overlay(alpha=alpha)
+
+
+def test_the_legend_of_a_large_photo_grows_with_it():
+    """A 12-megapixel photo's legend is Pillow's bitmap font enlarged 4 times, whole pixels (nearest): 44-pixel
+    letters, legible when the picture is shown whole; a photo up to a 1000-pixel side keeps the 14-pixel rows."""
+    from vpltool.io.overlays import class_overlay
+
+    mask = np.zeros((3000, 4000), np.int64)
+    mask[1000:2000, 1000:3000] = 1
+    big = class_overlay(np.full((3000, 4000, 3), 128, np.uint8), mask, ["background", "triangle"])
+    legend = big[3000:]
+    assert big.shape == (3000 + 4 * 18, 4000, 3)
+    assert np.array_equal(np.repeat(np.repeat(legend[::4, ::4], 4, 0), 4, 1), legend)  # 4x4 blocks: enlarged
+    dark = np.nonzero((legend < 60).all(-1))[0]
+    assert dark.max() - dark.min() >= 40  # letters and swatch outlines 44 pixels high
+    small = class_overlay(np.full((96, 96, 3), 128, np.uint8), mask[:96, :96], ["background", "triangle"])
+    assert small.shape == (96 + 18, 96, 3)
 
 
 def test_list_models_and_pretrained_as_open_clip_lists_them():

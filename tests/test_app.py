@@ -137,3 +137,43 @@ def test_a_port_in_use_is_one_line_and_the_page_s_files_go(tmp_path, monkeypatch
     assert r.exit_code == 2 and r.output.strip() == (f"error: --port {port} is in use on 127.0.0.1; pass another "
                                                      "--port, or 0 for a free one"), r.output
     assert not list(tmp_path.iterdir())
+
+
+def test_a_warning_of_the_library_reaches_the_page_s_status(world, tmp_path, monkeypatch):
+    """The toy CLIP's unknown-word warning is a warning: line of the page's status under the result (it went to the
+    server's terminal alone)."""
+    import tempfile
+
+    from vpltool.api.app import Page, PageDefaults
+    from vpltool.config.app import AppConfig
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    page = Page(AppConfig(demo_photos=1), PageDefaults(device="cpu"))
+    _, _, mask, status = page.segment(str(page.photos[0]), "triangle, cross|plus", "maskclip", "vpltool-toy", "none",
+                                      APP_TOY_TEMPLATES, APP_TOY_BACKGROUND, None)
+    lines = status.splitlines()
+    assert lines[0].startswith("✓ maskclip on vpltool-toy: val_000000.png (96x96)") and mask, status
+    assert lines[1:] and all(x.startswith("warning: ") for x in lines[1:]), status
+    assert "the toy CLIP does not know 'plus'" in lines[1], status
+
+
+def test_share_offline_is_one_line_before_anything_loads(monkeypatch):
+    """--share needs Gradio's share servers: where they cannot be reached, one line and exit 2, before any model
+    loads (Gradio printed eight lines)."""
+    import socket
+
+    from vpltool.api import app as page
+
+    real = socket.getaddrinfo
+
+    def lookup(host, *args, **kwargs):
+        if host == page.SHARE_HOST:
+            raise socket.gaierror("offline")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(page, "Page", lambda *a, **k: pytest.fail("the page was built"))
+    r = CliRunner().invoke(app, ["app", "--share", "--port", "0", "--device", "cpu"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "error: --share makes a public link through Gradio's share servers (api.gradio.app), which cannot be reached "
+        "from here (offline?); drop --share to serve this machine alone, or --host 0.0.0.0 for your network"], r.output

@@ -203,3 +203,34 @@ def test_weights_from_a_file_take_the_normalisation_every_tag_of_the_model_agree
     monkeypatch.setattr(oc, "get_pretrained_cfg", lambda model, tag: {"mean": (0.5,) * 3, "std": (0.5,) * 3})
     bb = load_model("clip", ModelSpec("vpl-test-sl2", str(path), config_dir=CONFIGS))
     assert bb.mean == (0.5,) * 3 and bb.std == (0.5,) * 3
+
+
+def test_siglip2_s_tokenizer_offline_is_refused_before_any_model_builds(monkeypatch, world, tmp_path):
+    """SigLIP 2's Gemma tokenizer comes from the hub: uncached and offline, segment and text-prototypes refuse in one
+    line naming --model before the model builds (open_clip would retry the hub for minutes after building it); a
+    local-dir folder whose config names a hub tokenizer must hold its files; an image stage needs none."""
+    import huggingface_hub
+
+    import vpltool.models.backbones.clip as clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name, **_: None)  # an empty cache
+    monkeypatch.setattr(clip, "create_model", lambda spec: pytest.fail("the model was built"))
+    r = _invoke("segment", world, "--split", "val", "-o", tmp_path / "seg", "--model", "ViT-B-16-SigLIP2",
+                "--pretrained", "none", "--dense", "naclip", "--classes", "circle,star", "--device", "cpu")
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1, r.output
+    assert errors[0].startswith("error: --model ViT-B-16-SigLIP2: its tokenizer (timm/ViT-B-16-SigLIP2, from the "
+                                "Hugging Face hub) is not in the local cache and the hub is unreachable"), errors[0]
+    assert "--model local-dir:DIR" in errors[0] and not (tmp_path / "seg").exists()
+    folder = tmp_path / "sl2"
+    folder.mkdir()
+    cfg = json.loads((Path(CONFIGS) / "vpl-test-sl2.json").read_text())
+    cfg["text_cfg"]["hf_tokenizer_name"] = "timm/ViT-B-16-SigLIP2"
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    with pytest.raises(VplError, match=r"--model local-dir:.*sl2: its config names the tokenizer timm/ViT-B-16-SigLIP2"
+                                       r", whose files open_clip reads from the folder itself, and it holds none"):
+        clip.check_tokenizer(ModelSpec(f"local-dir:{folder}", "none"))
+    (folder / "tokenizer.json").write_text("{}")
+    clip.check_tokenizer(ModelSpec(f"local-dir:{folder}", "none"))  # its files there: nothing to refuse
+    clip.check_tokenizer(ModelSpec("ViT-B-16", "none"))  # open_clip's own BPE: nothing to fetch

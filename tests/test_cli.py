@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from vpltool import io
 from vpltool.cli import app
 from vpltool.demo.make_world import write_dataset
+from vpltool.runtime.numerics import run_numerics
 
 import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
 
@@ -168,7 +169,8 @@ def test_summaries_say_what_each_number_is(world, features_dir, text_protos, tmp
     pseudo.mkdir()
     for item in dataset.items:  # ground truth as pseudo masks
         shutil.copy(item.gt, pseudo / f"{item.id}.png")
-    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                          numerics=run_numerics())  # the mode every stage records (ground truth: no dtype)
     r = _invoke("train-decoder", pseudo, "-p", vision, "-o", tmp_path / "decoder", "--iters", "4", "--batch-size",
                 "2", "--dim", "16", "--layers", "1", "--heads", "2", "--crop-size", "64", "--workers", "1",
                 "--device", "cpu")

@@ -299,3 +299,45 @@ def test_sam2_regions_are_its_generator_painted_as_the_reference(tmp_path):
     record = source_record("sam2:sam2_hiera_t.yaml", "vit_b", str(checkpoint))
     assert record["settings"]["multimask_output"] is False and record["sam_model"] is None
     assert len(record["weights_sha256"]) == 64
+
+
+def _reference_postprocess(seg_logit, query_idx, logit_scale, prob_thd):
+    """CorrCLIP's postprocess_result restated (OV-Stitcher's and TextRegion's merge the same way), on the query rows
+    in its class file's order: the softmax, the first Q - C + 1 rows' max, then each later row one class."""
+    probs = (seg_logit * logit_scale).softmax(0)
+    num_cls, num_queries = int(max(query_idx)) + 1, len(query_idx)
+    if num_cls != num_queries:
+        probs = torch.cat([probs[: num_queries - num_cls + 1].max(0, keepdim=True)[0],
+                           probs[num_queries - num_cls + 1:]])
+    pred = probs.argmax(0)
+    pred[probs.max(0)[0] < prob_thd] = 0
+    return probs, pred
+
+
+def test_query_merge_reference_is_the_references_merge_by_position_and_max_each_classs_own():
+    """--query-merge reference repeats the references' merge by position: with synonyms on the background's row
+    alone it equals max; with a synonym on a class's row it moves the later rows onto the next classes, as their
+    code does, and max keeps each class's own."""
+    from vpltool.config import SegmentConfig
+    from vpltool.errors import VplError
+    from vpltool.models.dense.queries import merged_probabilities, reference_query_class
+
+    # vpltool's order: class 1..3's queries, then the background's words (class 0)
+    plain = torch.tensor([1, 2, 3, 0, 0])
+    assert torch.equal(reference_query_class(plain), plain)  # synonyms on the background's row alone
+    synonyms = torch.tensor([1, 2, 2, 3, 0, 0])  # class 2 has two queries
+    assert reference_query_class(synonyms).tolist() == [0, 1, 2, 3, 0, 0]
+    file_order = torch.tensor([4, 5, 0, 1, 2, 3])  # the class file's rows: background, then classes 1..3
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 7, 9, generator=gen) * 0.3
+    settings = SegmentConfig.of(dense="corrclip").resolved()
+    want_probs, want = _reference_postprocess(logits[file_order], [0, 0, 1, 2, 2, 3], settings.logit_scale,
+                                              settings.prob_threshold)
+    cfg = SegmentConfig.of(dense="corrclip", query_merge="reference")
+    probs, labels = merged_probabilities(cfg, logits, synonyms, 4, settings)
+    assert torch.equal(labels, want) and torch.allclose(probs, want_probs, atol=1e-7)
+    _, own = merged_probabilities(SegmentConfig.of(dense="corrclip"), logits, synonyms, 4, settings)
+    assert not torch.equal(own, want)  # max: each class over its own rows, where the reference's shifted them
+    with pytest.raises(VplError, match="--query-merge 'median'"):
+        SegmentConfig.of(dense="textregion", query_merge="median")
+    assert SegmentConfig.of(dense="ov-stitcher", query_merge="reference").knobs.query_merge == "reference"

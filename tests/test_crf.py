@@ -18,7 +18,10 @@ from vpltool.errors import ContractError, MissingDependencyError, VplError
 from vpltool.io import mask_path
 from vpltool.ops.densecrf import dense_crf
 from vpltool.ops.kernels import cams_to_labels, clip_es_image, crf_probabilities, pseudo_labels
+from vpltool.runtime.numerics import run_numerics
 from vpltool.stages.crf import refine_image, run_crf
+
+NUMERICS = run_numerics("fp32")  # what a `cam` run records of its dtype and mode
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
                                reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
@@ -48,8 +51,9 @@ def _write_cam_folder(folder: Path, dataset, size_override: dict[str, tuple[int,
         if size_override and item.id in size_override:
             cams = np.zeros((len(item.labels), *size_override[item.id]), np.float32)
         io.write_cam(io.cam_path(folder, item.id), torch.from_numpy(cams), item.labels, classes=dataset.classes,
-                     params={}, id=item.id, image_size=list(cams.shape[1:]))
-    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+                     params={}, id=item.id, image_size=list(cams.shape[1:]), numerics=NUMERICS)
+    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                          numerics=NUMERICS)  # what every stage records (the record and each item): dtype and mode
     return folder
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpltool import presets
+from vpltool.config import presets
 from vpltool.data import Dataset, Item, check_sizes, open_dataset, write_manifest
 from vpltool.data.common import split_id
 from vpltool.errors import ContractError, VplError, VplWarning

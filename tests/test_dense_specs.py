@@ -44,7 +44,8 @@ def test_each_method_names_its_reference_s_class_file_set():
     expected = {"naclip": "sclip", "sc-clip": "sclip", "cass": "sclip", "sclip": "sclip", "clearclip": "clearclip",
                 "proxyclip": "proxyclip", "trident": "proxyclip", "corrclip": "corrclip", "ov-stitcher": "corrclip",
                 "textregion": "proxyclip",
-                "radseg": "proxyclip"}  # RADSeg's five cls_*.txt are ProxyCLIP's bytes (radseg_parity.py checks)
+                "radseg": "proxyclip",  # RADSeg's five cls_*.txt are ProxyCLIP's bytes (radseg_parity.py checks)
+                "sam3": "activesam", "activesam": "activesam"}  # ActiveSAM's cls_*.txt, its SAM 3 row's too
     assert {m: REFERENCE_SETS[m] for m in expected} == expected
     for spec in DENSE_SPECS.values():  # a named set is a folder of files
         assert spec.class_files is None or (ASSETS / spec.class_files / "voc21.txt").is_file()
@@ -55,11 +56,11 @@ def test_each_method_names_its_reference_s_class_file_set():
 def test_a_knob_value_that_reads_a_shared_option_makes_it_live():
     from vpltool.config import SegmentConfig
 
-    (knob,) = DENSE_SPECS["corrclip"].knobs  # --region-masks sam reads --sam-model / --sam-weights
-    assert knob.uses == ("sam_model", "sam_weights")
+    knob, merge = DENSE_SPECS["corrclip"].knobs  # --region-masks sam reads --sam-model / --sam-weights
+    assert knob.uses == ("sam_model", "sam_weights") and merge.field == "query_merge" and not merge.uses
     assert "sam_weights" not in SegmentConfig.of(dense="corrclip", region_masks="sam").inert()
     assert SegmentConfig.of(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
-        "without --region-masks sam or sam2")
+        "without --region-masks sam or sam2 or sam3")
     assert "sam_weights" in SegmentConfig(dense="naclip").inert()  # SAM's options without a method that reads them
 
 
@@ -74,7 +75,7 @@ def test_a_knob_two_methods_read_is_one_option_naming_both():
         SegmentConfig.of(dense="naclip", region_masks="masks/")
     cfg = SegmentConfig.of(dense="ov-stitcher", region_masks="masks/")
     assert cfg.knobs.region_masks == "masks/" and "region_masks" not in cfg.inert()
-    assert cfg.inert()["sam_model"] == "without --region-masks sam or sam2"
+    assert cfg.inert()["sam_model"] == "without --region-masks sam or sam2 or sam3"
     params = {p.name: p for p in _command("segment").params}
     assert params["region_masks"].help.startswith("--dense corrclip, ov-stitcher and textregion: ")
 
@@ -141,7 +142,8 @@ def test_a_method_that_needs_a_per_image_input_is_refused_by_cam_and_predict_nam
     assert "textregion" not in PLAIN_METHODS and "naclip" in PLAIN_METHODS
     assert segment_only("naclip", "cam") is None
     why = segment_only("textregion", "cam")
-    assert why.startswith("cam --dense textregion: the method needs region masks (--region-masks) per photo, which "
+    assert why.startswith("cam --dense textregion: the method needs region masks per photo (segment --region-masks), "
+                          "which "
                           "only `vpltool segment` takes") and "--dense textregion" not in why.split("(")[-1]
     with pytest.raises(VplError, match=r"^predict --dense textregion: the method needs region masks"):
         PredictConfig(dense="textregion", classes="a,b")

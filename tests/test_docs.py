@@ -213,3 +213,42 @@ def test_train_decoder_help_shows_each_recipes_defaults_and_the_cpu_recipe():
                     "[default: 320 (vpl/weclip/weclip+), 224 (cpu)]",
                     "[default: 6 (vpl), 4 (weclip/weclip+), 8 (cpu)]"):
         assert default in text, default
+
+
+def test_install_md_names_each_package_of_an_extra():
+    """docs/install.md's row of each extra names every package pyproject.toml puts in it (its test row left out
+    gradio, transformers and segment-anything)."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    page = (ROOT / "docs" / "install.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([a-z0-9]+)` \| (.*) \|$", page, flags=re.M)}
+    missing = {}
+    for extra, packages in extras.items():
+        names = [re.split(r"[<>=!~\[ ;]", p, maxsplit=1)[0] for p in packages]
+        row = rows.get(extra, "").lower()
+        missing.update({f"{extra}: {n}": row for n in names if n.lower().replace("_", "-") not in row})
+    assert not missing, missing
+
+
+def test_the_readme_s_toy_photo_example_runs_offline(tmp_path, monkeypatch):
+    """The README's offline variant of its first photo example runs as written (the world made smaller), on the
+    toy CLIP, and finds the photo's triangle and cross."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from vpltool import io
+    from vpltool.cli import app
+
+    block = next(b for b in re.findall(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), flags=re.S | re.M)
+                 if "vpltool-toy" in b)
+    lines = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VPLTOOL_DEVICE", "cpu")
+    for words in lines:
+        assert words[0] == "vpltool", words
+        extra = ["--train", "1", "--val", "2"] if words[1] == "make-world" else []
+        r = CliRunner().invoke(app, [*words[1:], *extra])
+        assert r.exit_code == 0, (words, r.output)
+    found = np.unique(io.read_mask(tmp_path / "runs" / "toy" / "val_000000.png"))
+    assert set(found) >= {1, 2} and (tmp_path / "runs" / "toy" / "overlays" / "val_000000.jpg").is_file()

@@ -20,6 +20,7 @@ default); ``make fuzz`` runs a longer one. A fault it finds is fixed as a class 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -201,8 +202,11 @@ def _holds(ws: rc.Workspace, args: list[str], out: Path, own: tuple[Path, ...] =
     ``out``. Returns the exit code and the output."""
     before = rc.disk_state(ws.root)
     r = rc.invoke(*args)
+    # a command ends what it started: a loading worker left running went on writing into the next case's workspace
+    left_running = multiprocessing.active_children()
     after = rc.disk_state(ws.root)
     shown = f"vpltool {' '.join(map(repr, args))[:600]}\n{r.output[-1500:]}"
+    assert not left_running, (shown, "processes still running after the command returned", left_running)
     assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit)), shown
     assert r.exit_code in (0, 2), shown
     lines = [line for line in r.output.splitlines() if line.strip()]
@@ -248,12 +252,24 @@ def _mutations(ws: rc.Workspace):
         "pseudo-decoder": lambda copy, out: ["train-decoder", copy, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
         "photos": lambda copy, out: ["extract", copy, "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--workers",
                                      "1"],
+        "plain-photos": lambda copy, out: ["segment", copy, "-o", out, *rc.TINY, *rc.CPU, "--dense", "maskclip",
+                                           "--classes", "star", *rc.TEXT_ARGS],
     }
 
 
 def _sources(ws: rc.Workspace) -> dict[str, Path]:
     return {"features": ws.features, "cams": ws.cams, "cams-eval": ws.cams, "pseudo": ws.pseudo,
-            "pseudo-decoder": ws.pseudo, "photos": ws.world}
+            "pseudo-decoder": ws.pseudo, "photos": ws.world, "plain-photos": _plain_photos(ws)}
+
+
+def _plain_photos(ws: rc.Workspace) -> Path:
+    """A folder of two photos (the world's val images), no dataset around them: what `segment PHOTOS` reads."""
+    folder = ws.root / "fuzz_plain_photos"
+    if not folder.is_dir():
+        folder.mkdir()
+        for image in sorted((ws.world / "images").glob("val_*.png")):
+            shutil.copy(image, folder / image.name)
+    return folder
 
 
 def _other_run(ws: rc.Workspace, kind: str) -> Path | None:
@@ -311,6 +327,14 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
     target = items[pick % len(items)]
     if how == "other run":
         shutil.copyfile(other / target.name, target)
+    elif how == "special file":  # a FIFO or a link to /dev/zero under an image's name (both skipped silently once)
+        target.unlink()
+        os.mkfifo(target) if pick % 2 == 0 else target.symlink_to("/dev/zero")
+    elif how == "extreme shape":  # a photo 100,000 wide and 16 tall, the least side taken (a 0-pixel side once)
+        import numpy as np
+        from PIL import Image
+
+        Image.fromarray(np.full((16, 100_000, 3), pick % 256, np.uint8)).save(target, format="PNG")
     elif how == "truncate":
         data = target.read_bytes()
         target.write_bytes(data[:int(len(data) * cut)])
@@ -329,10 +353,11 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
         record.write_text(json.dumps(data))
 
 
-KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos"]
+KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos", "plain-photos"]
 # what a damage makes of each kind of input: an unreadable file (never certified) or a valid one of other content
 # (a photo or a model replaced by another is another input, and may be certified as such)
-UNREADABLE = ("other format", "truncate")
+UNREADABLE = ("other format", "truncate", "special file")
+PHOTO_DAMAGES = ("special file", "extreme shape")  # what a folder of photos holds that no stage folder does
 FOREIGN = ("other item", "other run")  # another item's file, the same item's file of another run: never certified
 
 
@@ -340,6 +365,7 @@ FOREIGN = ("other item", "other run")  # another item's file, the same item's fi
 def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     source = _sources(ws)[kind]
     copy, out = ws.root / f"damaged_{kind}", ws.root / f"fuzz_damaged_{kind}"
+    photos = kind in ("photos", "plain-photos")
     inner = (lambda root: root / "images") if kind == "photos" else (lambda root: root)  # where the damage goes
     # the command on the clean input, at the same paths: what an exit 0 on a damaged copy must have made
     shutil.copytree(source, copy)
@@ -349,20 +375,23 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     other = _other_run(ws, kind)
 
     @FUZZ
-    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run"]),
+    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run", *PHOTO_DAMAGES]),
            pick=st.integers(0, 50), cut=st.sampled_from([0.0, 0.01, 0.5, 0.99]))
     @example(how="other run", pick=0, cut=0.5)  # every time: a finished folder holding another run's item
+    @example(how="special file", pick=0, cut=0.5)  # and a FIFO named like a photo
     def run(how, pick, cut):
         if how == "other run" and other is None:
             return  # photos and models have no run
+        if how in PHOTO_DAMAGES and not photos:
+            return  # a stage folder's item is read from its record: a FIFO there is a missing item
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy)
-        _mutate(inner(copy), how, pick, cut, other, "val_" if kind == "photos" else "")
+        _mutate(inner(copy), how, pick, cut, other, "val_" if photos else "")
         code, output = _holds(ws, [str(a) for a in _mutations(ws)[kind](copy, out)], out, own=(copy,))
         # a damaged input is never certified: whatever it let through, it did not finish
-        stage_folder = kind != "photos"
-        unreadable = how == "other format" or (how == "truncate" and cut < 0.99)
+        stage_folder = not photos
+        unreadable = how in ("other format", "special file") or (how == "truncate" and cut < 0.99)
         if unreadable or (how in FOREIGN and stage_folder):
             assert not (out / "_stage.json").exists() and not (out / "scores.json").exists(), (kind, how, pick, cut)
         # what it let through (an edit the command does not read) made the clean input's result, not another one
@@ -465,7 +494,8 @@ def test_a_damaged_model_file_is_refused_in_one_line(ws, family, how):
         mk.damage(kind.weights_file(model), how, pick, cut)
         code, output = _holds(ws, [str(a) for a in kind.command(ws, model, out)], out, own=(model,))
         if code == 0:
-            assert how != "every weight NaN" and _result(out, output) == _clean_result(ws, family), \
+            assert how not in ("every weight NaN", "every weight 0") and \
+                _result(out, output) == _clean_result(ws, family), \
                 (family, how, pick, cut, output[-600:])
         else:
             assert model.name in rc.error_lines(output)[0], (family, how, pick, cut, output[-600:])
@@ -581,5 +611,183 @@ def test_a_damaged_shard_is_refused_or_every_sample_trained_on(ws):
                               own=(copy,))
         if code == 0:
             assert io.read_record(out / io.STAGE_RECORD)["count"] == count, (how, pick, output[-600:])
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- a method's output
+# every --dense method whose output a broken plugin or a bug could damage (each method that needs no side file:
+# the others run the same writing path), each damage of tests/bad_output_method.py: drawn, never written
+def _plain_methods() -> list[str]:
+    from vpltool.config.dense import PLAIN_METHODS
+
+    return list(PLAIN_METHODS)
+
+
+def test_a_dense_methods_damaged_output_is_never_written(ws):
+    """A method's output (its postprocess hook's, or the shared path's) damaged as a plugin or a bug damages it:
+    labels past the classes or 255, negative, half-size, float; probabilities NaN, above 1, of another shape. Each
+    is one line naming the method, and no mask is written (they were written and certified)."""
+    import bad_output_method as bom
+
+    out = ws.root / "fuzz_method_output"
+
+    @FUZZ
+    @given(method=st.sampled_from(_plain_methods()), damage=st.sampled_from(sorted(bom.DAMAGES)))
+    @example(method="naclip", damage="a label past the classes")  # every time: the held-back class
+    @example(method="maskclip", damage="a half-size label map")
+    def run(method, damage):
+        shutil.rmtree(out, ignore_errors=True)
+        with bom.damaged_postprocess(method, damage):
+            code, output = _holds(ws, ["segment", str(ws.world), "--split", "val", "-o", str(out), *rc.TINY,
+                                       *rc.CPU, "--dense", method, "--classes", "star,circle"], out)
+        assert code == 2 and f"--dense {method}" in rc.error_lines(output)[0], (method, damage, output[-600:])
+        assert not list(out.glob("*.png")), (method, damage)
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- an edited record
+def _leaves(record: object, path: tuple = ()) -> list[tuple]:
+    """Every field of a JSON record, nested ones too, as key paths (``("numerics", "dtype")``)."""
+    if isinstance(record, dict):
+        found = [path] if path else []
+        return found + [p for k, v in record.items() for p in _leaves(v, (*path, k))]
+    return [path] if path else []
+
+
+def _edited(value: object, pick: int) -> object:
+    """Another value of a field: a dtype or mode name flipped (the edit a user makes to pass a check), a number
+    moved, a string changed, or the field deleted (``...``)."""
+    flips = {"bf16": "fp32", "fp32": "bf16", "fast": "reproducible", "reproducible": "fast"}
+    if pick % 3 == 0:
+        return ...
+    if value in flips:
+        return flips[value]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    return None
+
+
+def test_an_edited_record_never_mixes_dtypes(ws):
+    """A field of an extract folder's ``_stage.json`` edited (nested ones too: its ``numerics``) or deleted, and cam
+    run at a drawn ``--precision``: exit 2 in one line, or exit 0 having made every CAM in the dtype every feature
+    file's own header records (bf16 features once reached `cam --precision fp32`, certified, by an edited dtype)."""
+    import json
+
+    from vpltool import io
+
+    copy, out = ws.root / "fuzz_record_features", ws.root / "fuzz_record_cams"
+    made = {io.header_numerics(io.read_header(p)).get("dtype") for p in ws.features.glob("*.safetensors")}
+    other = {"bf16": "fp32", "fp32": "bf16"}[made.pop()]
+
+    @FUZZ
+    @given(field=st.sampled_from(_leaves(json.loads((ws.features / "_stage.json").read_text()))),
+           pick=st.integers(0, 50), precision=st.sampled_from(["auto", "fp32", "bf16"]))
+    @example(field=("numerics", "dtype"), pick=1, precision=other)  # every time: the held-back class
+    @example(field=("numerics",), pick=0, precision=other)
+    def run(field, pick, precision):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(ws.features, copy)
+        record = json.loads((copy / "_stage.json").read_text())
+        holder = record
+        for key in field[:-1]:
+            holder = holder[key]
+        value = _edited(holder[field[-1]], pick)
+        if value is ...:
+            del holder[field[-1]]
+        else:
+            holder[field[-1]] = value
+        (copy / "_stage.json").write_text(json.dumps(record))
+        code, output = _holds(ws, ["cam", str(copy), "-p", str(ws.text), "-o", str(out), "--precision", precision,
+                                   *rc.CPU], out, own=(copy,))
+        if code == 0:
+            features = {io.header_numerics(io.read_header(p)).get("dtype") for p in copy.glob("*.safetensors")}
+            cams = {io.header_numerics(io.read_header(p)).get("dtype") for p in out.glob("*.safetensors")}
+            assert cams == features, (field, value, precision, features, cams)
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- the environment
+SWITCHES = ["1", "0", "true", "False", "YES", "no", "on", "off", "", " 1 ", "2", "-1", "garbage", "y", "enable",
+            "1.0", "tru", "on\t"]
+
+
+def test_a_switch_of_the_environment_is_read_as_said_or_refused(ws):
+    """``VPLTOOL_REPRODUCIBLE`` and ``VPLTOOL_ASSUME_AMX`` drawn from the words people write: an on word asks the
+    mode (in this process, where torch is loaded, said in its warning), an off word or none runs in fast mode, and
+    anything else is one line naming the variable (``yes`` once ran in fast mode silently, ``2`` was ignored)."""
+    from unittest import mock
+
+    from vpltool.runtime import numerics
+
+    @FUZZ
+    @given(name=st.sampled_from([numerics.MODE_ENV, numerics.ASSUME_AMX_ENV]),
+           value=st.one_of(st.sampled_from(SWITCHES), st.text(st.characters(blacklist_characters="\x00",
+                                                                             blacklist_categories=("Cs",)),
+                                                              max_size=6)))
+    @example(name=numerics.MODE_ENV, value="yes")  # every time: the held-back class
+    @example(name=numerics.MODE_ENV, value="2")
+    def run(name, value):
+        word = value.strip().lower()
+        out = ws.root / "fuzz_switch"
+        shutil.rmtree(out, ignore_errors=True)
+        with mock.patch.dict(os.environ, {name: value}), \
+                mock.patch.dict(numerics._state, {"late": None, "warned": False}):
+            code, output = _holds(ws, ["text-prototypes", str(ws.features), "-o", str(out / "text.safetensors"),
+                                       *rc.TEXT_ARGS, *rc.CPU], out)
+        if word and word not in (*numerics.ON_WORDS, *numerics.OFF_WORDS):
+            assert code == 2 and rc.error_lines(output)[0].startswith(f"error: {name}="), (name, value, output)
+            return
+        assert code == 0, (name, value, output)
+        asked = name == numerics.MODE_ENV and word in numerics.ON_WORDS
+        assert ("VPLTOOL_REPRODUCIBLE=1 asked" in output) == asked, (name, value, output)
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- the Python door
+DOOR_VALUES = [None, 0, 5, -1, 1.5, True, "", "x", ["a"], ("a", "b"), {"a": 1}, b"x", Path("x")]
+
+
+def test_the_python_door_answers_any_type_in_one_line(ws):
+    """:func:`vpltool.segmenter` and a call, one keyword given a value of any type: a segmenter (or a result), or a
+    :class:`~vpltool.errors.VplError`; never another exception (``templates=[...]``, ``model=None``,
+    ``batch_size='2'`` were raw AttributeErrors and TypeErrors)."""
+    import numpy as np
+
+    import vpltool
+    from vpltool.config import SegmentConfig
+    from vpltool.errors import VplError
+
+    keywords = sorted({*SegmentConfig.option_names("maskclip"), "model", "pretrained", "batch_size", "device",
+                       "precision"} - {"dense", "classes"})
+    base = {"model": "vpl-test-vit", "pretrained": "none", "device": "cpu", "templates": "a photo of a {}.",
+            "background": "grass,sky"}
+
+    @FUZZ
+    @given(key=st.sampled_from(keywords), value=st.sampled_from(DOOR_VALUES), per_call=st.booleans())
+    @example(key="templates", value=["a"], per_call=False)  # every time: the held-back classes
+    @example(key="model", value=None, per_call=False)
+    @example(key="batch_size", value="x", per_call=True)
+    def run(key, value, per_call):
+        try:
+            if per_call:
+                seg = ws.segmenter()
+                seg(np.zeros((32, 32, 3), np.uint8), ["star"], **{key: value})
+            else:
+                vpltool.segmenter("maskclip", **{**base, key: value})
+        except VplError as e:
+            assert "\n" not in str(e), (key, value, str(e))
+        try:
+            vpltool.list_methods(value)
+        except VplError:
+            pass
 
     run()

@@ -2,7 +2,7 @@
 
 The layers are folders: the CLI (``vpltool/cli/``, and the front door ``vpltool/__init__.py``, ``__main__.py``) on
 top, the stages (``vpltool/stages/``: one module or package per command, peers) below it, the core (every other
-package and module: models, data, io, config, runtime, ops, decoder, errors, device, presets) at the bottom. The demo
+package and module: models, data, io, config, runtime, ops, decoder, plugins, errors, device) at the bottom. The demo
 world (``vpltool/demo/``) is a plugin: it registers itself through the entry point, and nothing below the CLI names
 it. The stage list is read from the folder, so a new stage is checked the day it lands.
 
@@ -22,9 +22,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vpltool"
 STAGE_DIR = PACKAGE / "stages"
-# the stage modules and packages, read from the folder: peers that never import each other
-STAGES = tuple(sorted(p.stem for p in STAGE_DIR.iterdir()
-                      if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()))
+# the stage modules and packages, read from the folder: peers that never import each other. A module whose name
+# starts with "_" is no command: what several stages share in the stage layer (stages/_masks.py, the one path from a
+# method's labels to the masks on disk); every stage may import it, and it imports no stage
+STAGES = tuple(sorted(p.stem for p in STAGE_DIR.iterdir() if not p.name.startswith("_")
+                      and (p.suffix == ".py" or (p / "__init__.py").is_file())))
 # a stage that runs others, and the stages it runs (and nothing else): `benchmark` is `segment` (a CLIP's, or a
 # text-supervised family's checkpoint: segment_text) then `eval` per dataset, the same functions the two commands call
 COMPOSITES = {"benchmark": {"segment", "segment_text", "eval"}}
@@ -130,6 +132,12 @@ def _stage(module: str) -> str | None:
     return parts[2] if len(parts) > 2 and parts[1] == "stages" and parts[2] in STAGES else None
 
 
+def _shared(module: str) -> bool:
+    """A shared module of the stage layer (``vpltool.stages._masks``), or the stages package itself."""
+    parts = module.split(".")
+    return module == "vpltool.stages" or (len(parts) > 2 and parts[1] == "stages" and parts[2].startswith("_"))
+
+
 def _under(module: str, roots: tuple[str, ...]) -> bool:
     return any(module == r or module.startswith(r + ".") for r in roots if r != "vpltool") or module in roots
 
@@ -138,7 +146,7 @@ def layer(module: str) -> int:
     """2: the CLI and the front door; 1: a stage (or the stages package); 0: the core. Plugins are their own."""
     if _under(module, TOP):
         return 2
-    return 1 if module == "vpltool.stages" or _stage(module) else 0
+    return 1 if _shared(module) or _stage(module) else 0
 
 
 def upward(graph: dict[str, set[str]]) -> list[str]:
@@ -154,7 +162,7 @@ def upward(graph: dict[str, set[str]]) -> list[str]:
                 bad.append(f"{m} -> {t}")
             elif layer(t) > layer(m):
                 bad.append(f"{m} -> {t}")
-            elif layer(m) == layer(t) == 1 and _stage(m) != _stage(t) and t != "vpltool.stages":
+            elif layer(m) == layer(t) == 1 and _stage(m) != _stage(t) and not _shared(t):
                 if _stage(t) not in COMPOSITES.get(_stage(m) or "", ()):
                     bad.append(f"{m} -> {t}")
     return bad
@@ -199,6 +207,9 @@ def test_no_import_runs_up_the_layers():
     (("vpltool.demo.toyclip", "vpltool.models"), False),  # a plugin on the core
     (("vpltool.cli.demo", "vpltool.demo"), False),
     (("vpltool.stages.cam.stage", "vpltool.stages.cam.caa"), False),  # inside one stage
+    (("vpltool.stages.segment", "vpltool.stages._masks"), False),  # a stage and what the stages share
+    (("vpltool.stages._masks", "vpltool.stages.segment"), True),  # ... which imports no stage
+    (("vpltool.io.stage", "vpltool.stages._masks"), True),  # nor does the core import it
     (("vpltool.io.stage", "vpltool"), False),  # the version
 ])
 def test_the_check_finds_an_upward_arrow(edge, up):

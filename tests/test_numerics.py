@@ -1,4 +1,4 @@
-"""The numeric mode (vpltool.numerics): the AMX switch, reproducible mode's pins and what a run records of them.
+"""The numeric mode (vpltool.runtime.numerics): the AMX switch, reproducible mode's pins and what a run records of them.
 
 The pins are read when a library loads, so every check of them runs a fresh Python process.
 """
@@ -13,9 +13,10 @@ import sys
 import pytest
 import torch
 
-from vpltool import io, numerics
+from vpltool import io
 from vpltool.device import cpu_has_amx, resolve_precision
 from vpltool.errors import ContractError, VplError, VplWarning
+from vpltool.runtime import numerics
 
 CPU = torch.device("cpu")
 
@@ -49,7 +50,7 @@ def test_the_pins_name_only_the_avx512_features_the_cpu_has(monkeypatch):
     monkeypatch.setattr(numerics, "x86", lambda: True)
     avx2 = numerics.pinned_environment({"avx", "avx2", "fma"})
     avx512 = numerics.pinned_environment({"avx2", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
-    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and avx2["MKL_CBWR"] == "AVX2,STRICT"
+    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and avx2["MKL_CBWR"] == "COMPATIBLE"
     assert avx2["OMP_NUM_THREADS"] == "1" and avx2[numerics.MODE_ENV] == "1"
     assert "OPENCV_CPU_DISABLE" not in avx2  # OpenCV prints a line for each feature the CPU lacks
     assert avx512["OPENCV_CPU_DISABLE"] == "AVX512F,AVX512-COMMON,AVX512-SKX"
@@ -57,20 +58,46 @@ def test_the_pins_name_only_the_avx512_features_the_cpu_has(monkeypatch):
     assert "ATEN_CPU_CAPABILITY" not in numerics.pinned_environment(set())  # threads alone off x86
 
 
-PROBE = ("import json, vpltool, torch, numpy; from vpltool.numerics import run_numerics; "
+PROBE = ("import json, vpltool, torch, numpy; from vpltool.runtime.numerics import mkl_branch, run_numerics; "
          "print(json.dumps([run_numerics(torch.float32, 'auto'), torch.backends.cpu.get_cpu_capability(), "
-         "torch.get_num_threads()]))")
+         "torch.get_num_threads(), mkl_branch()]))")
 
 
 @pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="an x86-64 CPU with AVX2")
 def test_reproducible_mode_pins_torch_and_numpy_before_they_load():
     got = _fresh(PROBE, {numerics.MODE_ENV: "1", "OMP_NUM_THREADS": "2"})
     assert got.returncode == 0, got.stderr
-    record, capability, threads = json.loads(got.stdout)
+    record, capability, threads, branch = json.loads(got.stdout)
     assert record == {"dtype": "fp32", "precision": "auto", "mode": "reproducible", "isa": "AVX2", "threads": 1}
     assert (capability, threads) == ("AVX2", 1)  # ATen's kernels and torch's threads as pinned
+    # MKL's vendor-neutral branch as MKL reports it (its AVX2 branch is Intel's alone: an AMD CPU ran AUTO there)
+    assert branch in ("COMPATIBLE", None), branch
     fast = json.loads(_fresh(PROBE, {}).stdout)[0]
     assert fast["mode"] == "fast" and fast["amx"] == ("amx_bf16" in numerics.cpu_flags())
+
+
+@pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="an x86-64 CPU with AVX2")
+def test_reproducible_yes_is_reproducible_mode_before_torch_loads():
+    """``VPLTOOL_REPRODUCIBLE=yes`` (or true, on, any case) asks the mode as ``1`` does (once: fast, silently)."""
+    got = _fresh(PROBE, {numerics.MODE_ENV: "Yes"})
+    assert got.returncode == 0, got.stderr
+    record, capability, threads, _ = json.loads(got.stdout)
+    assert record["mode"] == "reproducible" and (capability, threads) == ("AVX2", 1)
+
+
+@pytest.mark.parametrize("name", [numerics.MODE_ENV, numerics.ASSUME_AMX_ENV])
+def test_a_switch_takes_the_usual_words_and_refuses_any_other(monkeypatch, name):
+    for word, on in [("1", True), ("true", True), (" YES ", True), ("on", True), ("0", False), ("False", False),
+                     ("no", False), ("off", False), ("", None)]:
+        monkeypatch.setenv(name, word)
+        assert numerics.switch(name) is on, word
+    for word in ("2", "garbage", "1.0", "y es"):
+        monkeypatch.setenv(name, word)
+        with pytest.raises(VplError, match=rf"^{name}={word!r}: not a switch; set it to 1 \(or true, yes, on\) "):
+            numerics.check_switches()
+    monkeypatch.setenv(numerics.ASSUME_AMX_ENV, "true")
+    monkeypatch.delenv(numerics.MODE_ENV, raising=False)
+    assert cpu_has_amx() and resolve_precision("auto", CPU) == torch.bfloat16  # once: this CPU's, silently
 
 
 def test_the_mode_asked_after_torch_loaded_is_said_and_recorded_as_fast():

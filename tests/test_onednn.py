@@ -126,3 +126,73 @@ def test_self_attention_is_the_module_s_own(masked):
         assert got is not None and got.shape == want.shape and (got - want).abs().max() < 1e-5
         assert onednn.self_attention(mha, h.bfloat16(), mask) is None  # not fp32: the caller runs the module
         assert onednn.self_attention(nn.MultiheadAttention(64, 4), h) is None  # sequence-first: the module's own
+
+
+@pytest.fixture
+def auto_route(monkeypatch, tmp_path):
+    """The auto route with its cache in ``tmp_path`` and this process's verdicts forgotten."""
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
+    monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    return tmp_path / onednn.CACHE_NAME
+
+
+def test_the_auto_route_takes_the_library_this_cpu_ran_faster_once_and_keeps_the_verdict(monkeypatch, auto_route):
+    import json
+
+    timed = []
+    speed = {(64, 96): 0.5, (96, 64): 1.2}  # oneDNN's share of MKL's time, as a calibration would find it
+
+    def calibrate(k, n, rows):
+        timed.append((k, n, rows))
+        return speed[(k, n)]
+
+    monkeypatch.setattr(onednn, "calibrate", calibrate)
+    assert onednn.takes_onednn(300, 64, 96) and not onednn.takes_onednn(300, 96, 64)
+    assert onednn.takes_onednn(1000, 64, 96) and timed == [(64, 96, 256), (96, 64, 256)]  # 1000 rows: 256's bucket
+    assert not onednn.takes_onednn(onednn.MIN_ROWS - 1, 64, 96)  # a product this small stays with MKL unmeasured
+    kept = json.loads(auto_route.read_text())["machines"]
+    (table,) = kept.values()
+    assert table["products"]["64x96@256"]["onednn"] and not table["products"]["96x64@256"]["onednn"]
+    assert table["torch"] == torch.__version__ and table["threads"] == torch.get_num_threads()
+    # another process on this machine reads the verdicts; another library version measures again
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    assert onednn.takes_onednn(300, 64, 96) and len(timed) == 2
+    versions = onednn.library_versions()
+    monkeypatch.setattr(onednn, "library_versions", lambda: {**versions, "onednn": "99.0"})
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    assert onednn.takes_onednn(300, 64, 96) and len(timed) == 3
+    assert len(json.loads(auto_route.read_text())["machines"]) == 2
+
+
+def test_a_calibration_times_both_libraries_on_the_shape():
+    ratio = onednn.calibrate(64, 96, 16)
+    assert 0.05 < ratio < 20
+
+
+def test_either_library_can_be_forced_and_another_value_is_refused(monkeypatch, auto_route):
+    from vpltool.errors import VplError
+
+    monkeypatch.setattr(onednn, "calibrate", lambda *a: pytest.fail("a forced route measures nothing"))
+    x, w = torch.randn(8, 64), torch.randn(96, 64)
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")
+    assert not onednn.applies(x, w)
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "oneDNN ")
+    assert onednn.applies(x, w)
+    with onednn.references_library():  # a product a method compares with a threshold: MKL's, whatever is asked
+        assert not onednn.applies(x, w)
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "blas")
+    with pytest.raises(VplError, match=r"^VPLTOOL_CPU_LINEAR='blas': choose auto .*, mkl or onednn, or unset it$"):
+        onednn.applies(x, w)
+
+
+def test_the_command_line_refuses_a_route_of_no_library_before_anything_loads(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "VPLTOOL_CPU_LINEAR": "fastest"}
+    out = subprocess.run([sys.executable, "-m", "vpltool", "extract", str(tmp_path / "missing"), "-o",
+                          str(tmp_path / "f")], env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: VPLTOOL_CPU_LINEAR='fastest': choose auto (each product measured once on this CPU), mkl or onednn, "
+        "or unset it"] and not (tmp_path / "f").exists()

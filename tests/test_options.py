@@ -230,7 +230,7 @@ def test_class_names_are_unique_and_background_only_first(classes, words):
 
 
 def test_background_words_that_are_classes_are_refused_but_presets_drop_them():
-    from vpltool.presets import VOC_CLASSES
+    from vpltool.config.presets import VOC_CLASSES
     from vpltool.stages.text_prototypes import resolve_background
 
     with pytest.raises(VplError, match="'Sky' is also a class"):

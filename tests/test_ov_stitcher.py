@@ -153,3 +153,23 @@ def test_segment_runs_on_real_photos_with_region_masks(tiny_spec, tmp_path):
         assert mask.shape == ids.shape
         for v in (7, 8, 9):
             assert len(np.unique(mask[ids == v])) == 1
+
+
+@pytest.mark.parametrize("proxy", ["vpl_test_dinov3", "vpl_test_radio_v3"])
+def test_a_dinov3_or_radio_proxy_is_refused_before_any_model_loads_naming_the_option(proxy, world, tmp_path):
+    """OV-Stitcher rebuilds its proxy's last block with DINO's forward: a DINOv3 (RoPE) or C-RADIOv3 proxy is one line
+    naming --proxy-model, before any model loads (it was refused mid-run, naming an internal function)."""
+    import tiny_towers  # noqa: F401 (registers the tiny DINOv3 and C-RADIOv3 in timm)
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    out = tmp_path / "seg"
+    r = CliRunner().invoke(app, ["segment", str(world), "--split", "val", "-o", str(out), "--classes", "circle,star",
+                                 "--model", "vpl-test-vit", "--pretrained", "none", "--dense", "ov-stitcher",
+                                 "--proxy-model", proxy, "--proxy-weights", "none", "--region-masks", "sam",
+                                 "--sam-model", "toy", "--sam-weights", "none", "--device", "cpu"])
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "segment:" not in r.output, r.output
+    assert errors[0].startswith(f"error: --proxy-model {proxy}: --dense ov-stitcher rebuilds its proxy's last block")
+    assert "--proxy-model vit_base_patch8_224.dino" in errors[0] and not out.exists()

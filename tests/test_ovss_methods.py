@@ -256,6 +256,24 @@ def test_proxyclip_features_match_the_public_arithmetic(bb, dino):
     assert (got - want).abs().max().item() < 1e-5
 
 
+def test_proxyclip_s_proxy_takes_mkl_s_products_whatever_the_route(bb, dino, monkeypatch):
+    """ProxyCLIP masks its proxy's similarities below 0: the proxy's products are MKL's, the references' library,
+    even where oneDNN is asked (onednn.references_library); CLIP's tower takes the route."""
+    from vpltool.models.backbones import onednn
+    from vpltool.models.dense import proxyclip
+
+    if not onednn.available():
+        pytest.skip("this torch has no oneDNN linear op")
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "onednn")
+    inside, calls = [], []
+    own_linear, own_tokens = onednn.linear, dino.final_tokens
+    monkeypatch.setattr(onednn, "linear", lambda *a: (calls.append(bool(inside)), own_linear(*a))[1])
+    monkeypatch.setattr(dino, "final_tokens", lambda x: (inside.append(1), own_tokens(x), inside.clear())[1])
+    with torch.no_grad():
+        proxyclip.proxy_tokens(bb.with_dense("proxyclip", proxy=dino), torch.randn(1, 3, 80, 80))
+    assert calls and not any(calls)  # oneDNN's products, none of them the proxy's
+
+
 def test_proxyclip_without_a_proxy_model_is_one_line(bb):
     with pytest.raises(VplError, match="--dense proxyclip needs a proxy vision model"):
         bb.with_dense("proxyclip").dense_features(torch.zeros(1, 3, 32, 32))

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from vpltool.config import SegmentConfig
+from vpltool.config.presets import VOC_CLASSES
 from vpltool.data.class_files import class_file_queries, read_class_file
 from vpltool.data.pairs import check_pairs, open_pairs
 from vpltool.errors import VplError
-from vpltool.presets import VOC_CLASSES
 
 
 # ------------------------------------------------------------------------------------------------ class files
@@ -271,3 +271,16 @@ def test_a_schedule_that_climbs_is_warned_about():
         pgseg_recipe("cpu", min_lr=0.1)
     with pytest.warns(UserWarning, match="--warmup-lr 0.01 is above --lr 0.001: the warm-up descends"):
         pgseg_recipe("cpu", warmup_lr=0.01)
+
+
+def test_reproducible_after_the_command_says_where_it_goes():
+    """``vpltool cam ... --reproducible``: click's "No such option", with where vpltool's own option goes (it once
+    said no more)."""
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    r = CliRunner().invoke(app, ["cam", "features", "-p", "text.safetensors", "-o", "out", "--reproducible"])
+    assert r.exit_code == 2
+    assert ("No such option: --reproducible; it is vpltool's own, so it goes before the command: vpltool "
+            "--reproducible cam ... (or VPLTOOL_REPRODUCIBLE=1 before it)") in " ".join(r.output.split())

@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from vpltool.config.pgseg import pgseg_recipe
+from vpltool.config.presets import IMAGENET_TEMPLATES
 from vpltool.data.nouns import NltkNouns, VocabularyNouns, noun_prompts, noun_source, read_vocabulary
 from vpltool.demo.make_world import write_dataset
 from vpltool.errors import VplError
 from vpltool.models.text.pgseg import build_model, tiny_config, tokenizer
-from vpltool.presets import IMAGENET_TEMPLATES
 
 
 def _hand_loss(img: np.ndarray, txt: np.ndarray, scale: float) -> float:

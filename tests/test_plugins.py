@@ -34,7 +34,9 @@ out = {"dense_help": seg["dense"].help, "smooth": seg["smooth_size"].opts, "smoo
        "presets": "example-smooth" in BENCHMARK_PRESETS, "cam": cli["cam"].params[0].name,
        "methods": list_methods(), "families": families(), "installed": plugins.installed(),
        "summary": list_methods("example*", details=True)["example-smooth"],
-       "heavy": [m for m in ("torch", "vpltool_example.method", "vpltool_example.family") if m in sys.modules]}
+       "root_help": __import__("typer.testing").testing.CliRunner().invoke(app, ["--help"]).output,
+       "heavy": [m for m in ("torch", "vpltool_example.method", "vpltool_example.attention", "vpltool_example.family")
+                 if m in sys.modules]}
 print(json.dumps(out))
 """
 
@@ -46,9 +48,11 @@ def test_the_example_is_listed_and_its_knob_is_an_option_without_importing_its_m
     assert got["benchmark"] and got["presets"]
     assert "example-smooth" in got["methods"] and got["methods"].index("example-smooth") < got["methods"].index("pgseg")
     assert "example-mean" in got["families"]
-    assert got["installed"]["dense"] == {"example-smooth": "vpltool-example 0.1.0"}
+    assert got["installed"]["dense"] == dict.fromkeys(("example-smooth", "example-vv"), "vpltool-example 0.1.0")
     assert got["summary"].startswith("a dense CLIP method of the plugin vpltool-example 0.1.0; its segmentor: ")
     assert got["heavy"] == []  # the light module alone: torch and its method load when the method runs
+    methods = got["root_help"].split("Methods:")[1]  # `vpltool --help` ends with the methods, the plugin's too
+    assert "segment --dense METHOD: none, maskclip" in methods and "example-smooth" in methods, got["root_help"]
 
 
 RUNS = """
@@ -105,9 +109,12 @@ r = CliRunner()
 plain = r.invoke(app, [*args, "-o", out + "/naclip", "--dense", "naclip"])
 misspelt = r.invoke(app, [*args, "-o", out + "/misspelt", "--dense", "misspelt"])
 clash = r.invoke(app, [*args, "-o", out + "/clash", "--dense", "clash"])
+numpy = r.invoke(app, [*args, "-o", out + "/numpy", "--dense", "numpy-hooks"])
+helped = r.invoke(app, ["segment", "--help"])
 from vpltool import list_methods
 print(json.dumps({"plain": [plain.exit_code, plain.output], "misspelt": [misspelt.exit_code, misspelt.output],
-                  "clash": [clash.exit_code, clash.output[-600:]], "methods": list_methods()}))
+                  "clash": [clash.exit_code, clash.output[-600:]], "methods": list_methods(),
+                  "numpy": [numpy.exit_code, numpy.output], "help": [helped.exit_code, helped.output]}))
 """
 
 
@@ -117,23 +124,33 @@ def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(exampl
     code, output = got["plain"]
     assert code == 0, output
     lines = [line for line in output.splitlines() if line.startswith("warning: plugin ")]
-    assert len(lines) == 4, output  # the misspelt hook is found when its method runs, not before
+    assert len(lines) == 5, output  # the misspelt hook too: its module is read (not imported) when it registers
     words = {"vpltool-broken-import 0.1.0": "failed (ModuleNotFoundError: No module named 'no_such_package_xyz')",
              "vpltool-clash 0.1.0": "--dense method 'naclip' is vpltool's own; the plugin's is not loaded",
              "vpltool-bad-knob 0.1.0": "its option --overlay is already one of vpltool's; it is left out",
-             "vpltool-bad-text 0.1.0": "its configuration bad_text_config:Config cannot be imported"}
+             "vpltool-bad-text 0.1.0": "its configuration bad_text_config:Config cannot be imported",
+             "vpltool-misspelt 0.1.0": "--dense method 'misspelt': its module misspelt_method: Hooks.dense_logit is "
+                                       "no dense hook; did you mean 'dense_logits'?"}
     for dist, said in words.items():
         (line,) = [x for x in lines if x.startswith(f"warning: plugin {dist}:")]
         assert said in line and f"pip uninstall {dist.split()[0]}" in line, line
-    code, output = got["misspelt"]
+    code, output = got["misspelt"]  # left out: no such method, and the line that says why
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
-    assert errors[0].startswith("error: plugin vpltool-misspelt 0.1.0: --dense misspelt's module misspelt_method "
-                                "cannot be used (") and "'dense_logit' is no dense hook" in errors[0]
+    assert "--dense 'misspelt'" in errors[0] and "Hooks.dense_logit is no dense hook" in output
     assert got["clash"][0] == 2 and "--dense 'clash'" in got["clash"][1]  # its method is not there: no such name
-    assert "misspelt" in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
+    assert "misspelt" not in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
+    code, output = got["help"]  # --help too says which plugins are broken, before the help
+    assert code == 0 and sorted(x for x in output.splitlines() if x.startswith("warning: plugin ")) == sorted(lines)
     assert "badknob" in got["methods"]  # its method stays, with its knob at its default
     assert set(BROKEN) >= {d.split()[0] for d in words}
+    code, output = got["numpy"]  # its post-process returns numpy arrays: one line naming the hook, nothing written
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in output, output
+    assert errors[0].startswith("error: plugin vpltool-numpy-hooks 0.1.0: --dense numpy-hooks: its hook postprocess "
+                                "returned a tuple of 2 (a numpy array "), errors[0]
+    assert "pip uninstall vpltool-numpy-hooks" in errors[0]
+    assert not list((tmp_path / "numpy").glob("*.png"))
 
 
 def test_a_row_added_in_process_joins_every_list_derived_from_the_table(monkeypatch):
@@ -171,14 +188,14 @@ def test_a_row_added_in_process_joins_every_list_derived_from_the_table(monkeypa
 @pytest.fixture
 def own_problems(monkeypatch):
     """The problem lines this test adds are its own: every later command of this process would warn them."""
-    from vpltool import entry_points
+    from vpltool.plugins import entry_points
 
     monkeypatch.setattr(entry_points, "_PROBLEMS", list(entry_points._PROBLEMS))
 
 
 def test_a_clash_or_a_malformed_row_is_one_problem_line_and_is_left_out(own_problems):
-    from vpltool import entry_points
     from vpltool.config.dense import DENSE_CHOICES, DENSE_SEGMENTORS, DENSE_SPECS, DenseMethodSpec
+    from vpltool.plugins import entry_points
 
     naclip = DENSE_SEGMENTORS["naclip"]
     entry_points.add("dense", "naclip", DenseMethodSpec(naclip, module="elsewhere"))
@@ -226,3 +243,191 @@ def test_a_text_family_from_a_plugin_segments_by_its_checkpoint(world, tmp_path)
     got = run_with([site], TEXT_RUN, str(world), str(tmp_path))
     assert got["exit"] == 0 and "segment (toytext): 3 masks" in got["output"], got["output"]
     assert got["methods"] == ["toytext"] and got["labels"] == [96, 96]
+
+
+RUDE_RUN = """
+import json, subprocess, sys
+from vpltool import list_methods, plugins
+methods = list_methods()  # a Python program: the plugin's sys.exit must not end it
+said = plugins.problems()
+def vpltool(*args):
+    done = subprocess.run([sys.executable, "-m", "vpltool", *args], capture_output=True, text=True)
+    return [done.returncode, done.stdout, done.stderr]
+print(json.dumps({"methods": methods, "problems": said, "version": vpltool("-V"),
+                  "help": vpltool("segment", "--help")}))
+"""
+
+
+def test_a_plugin_that_exits_interrupts_parses_argv_or_prints_is_kept_inside_its_line(tmp_path):
+    """sys.exit(0) and KeyboardInterrupt in register() are one line each and the plugin is left out (the row it
+    added before exiting too), in a Python program and on the command line; a plugin that runs argparse when imported
+    sees no command line, and one that prints does not print into `vpltool -V`."""
+    from plugin_sites import write_rude
+
+    got = run_with([write_rude(tmp_path / "site")], RUDE_RUN)
+    lines = {d: [x for x in got["problems"] if x.startswith(f"plugin {d} 0.1.0:")]
+             for d in ("vpltool-exits", "vpltool-interrupts", "vpltool-argparse", "vpltool-prints")}
+    (exits,) = lines["vpltool-exits"]
+    assert "failed (it called sys.exit(0))" in exits and "pip uninstall vpltool-exits" in exits, exits
+    (interrupted,) = lines["vpltool-interrupts"]
+    assert "failed (KeyboardInterrupt in it)" in interrupted, interrupted
+    assert lines["vpltool-argparse"] == [] and lines["vpltool-prints"] == []
+    assert "exits" not in got["methods"] and "argparsed" in got["methods"] and "naclip" in got["methods"]
+    code, out, err = got["version"]
+    assert code == 0 and out.splitlines() == [f"vpltool {__import__('vpltool').__version__}"], (out, err)
+    assert "hello from a plugin" not in out + err and "Traceback" not in err
+    code, out, err = got["help"]
+    assert code == 0 and out.startswith("Usage: python -m vpltool segment") and "argparse-plugin" not in out + err
+    assert "argparsed" in out, out
+
+
+def test_a_hook_that_returns_another_kind_is_one_line_naming_it():
+    """What a class's own hook returns is checked where it returns (DenseHooks' RETURNS): None, a numpy array, a
+    tensor of another rank or a list of the wrong count is one ContractError naming the method and the hook."""
+    import numpy as np
+    import torch
+
+    from vpltool.errors import ContractError
+    from vpltool.models.dense import DENSE_PRESETS, DenseHooks
+
+    class Hooks(DenseHooks, method="test-returns", preset=DENSE_PRESETS["naclip"]):
+        def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+            return self.cfg
+
+        def feature_grid(self, bb, size):
+            return np.array(size) // 16
+
+        def postprocess(self, bb, probs, labels, extras, settings):
+            return probs, labels.float()
+
+        def probabilities(self, bb, logits, query_class, n_classes, settings):
+            return logits.softmax(0), logits.argmax(0)  # a row per query, not per class
+
+    probs, labels = torch.rand(2, 4, 5), torch.zeros(4, 5, dtype=torch.int64)
+    text, pixels = torch.zeros(3, 8), torch.zeros(1, 3, 32, 40)
+    for hooks, call, said in (
+            (Hooks(None), lambda h: h.dense_logits(None, pixels, text, [(4, 5)], None, [{}]), "returned None; it "
+             "returns a list of one [Q, H0, W0] float tensor per image, at its size"),
+            (Hooks([torch.zeros(3, 4, 6)]), lambda h: h.dense_logits(None, pixels, text, [(4, 5)], None, [{}]),
+             "returned a list of 1 (a 3-d torch.float32 tensor [3, 4, 6])"),
+            (Hooks(), lambda h: h.feature_grid(None, (32, 48)), "returned a numpy array [2] int64"),
+            (Hooks(), lambda h: h.postprocess(None, probs, labels, {}, None), "returned a tuple of 2 (a 3-d "
+             "torch.float32 tensor [2, 4, 5], a 2-d torch.float32 tensor [4, 5])"),
+            (Hooks(), lambda h: h.probabilities(None, torch.rand(3, 4, 5), torch.tensor([0, 1, 1]), 2, None),
+             "returned a tuple of 2 (a 3-d torch.float32 tensor [3, 4, 5]")):
+        with pytest.raises(ContractError) as e:
+            call(hooks)
+        assert str(e.value).startswith("--dense test-returns: its hook ") and said in str(e.value), str(e.value)
+    # what keeps its contract passes through unchanged
+    assert Hooks().probabilities(None, torch.rand(2, 4, 5), torch.arange(2), 2, None)[1].dtype == torch.int64
+
+
+def test_a_plugin_knob_that_refuses_a_value_with_value_error_is_one_line(monkeypatch):
+    """A plugin's knobs class refusing a value as dataclasses commonly do (ValueError in __post_init__) is one
+    VplError naming the method, the plugin and the value, on the command line (exit 2) and in Python."""
+    from dataclasses import dataclass
+
+    import vpltool
+    from vpltool.config.dense import DENSE_SEGMENTORS, DENSE_SPECS, DenseMethodSpec, MethodKnobs, SegmentConfig, knob
+    from vpltool.errors import VplError
+    from vpltool.plugins import VplError as PluginsVplError
+
+    @dataclass(frozen=True)
+    class Knobs(MethodKnobs):
+        spread: int | None = knob("--spread", "a stand-in knob.")
+
+        def __post_init__(self) -> None:
+            if self.spread is not None and self.spread < 0:
+                raise ValueError("negative spread")
+
+    monkeypatch.setitem(DENSE_SPECS, "test-valueerror", DenseMethodSpec(DENSE_SEGMENTORS["naclip"],
+                                                                        module="test_plugins", knobs_class=Knobs))
+    with pytest.raises(VplError, match=r"^--dense test-valueerror \(plugin this process\): negative spread \(given "
+                                       r"--spread -1\)$"):
+        SegmentConfig.of(dense="test-valueerror", spread=-1)
+    with pytest.raises(VplError, match="negative spread"):
+        vpltool.segmenter("test-valueerror", spread=-1)
+    assert SegmentConfig.of(dense="test-valueerror", spread=2).knobs == Knobs(spread=2)
+    assert PluginsVplError is VplError  # the type a plugin raises: vpltool's own one-line error
+
+
+def test_a_knob_s_help_gets_its_methods_prefix_once():
+    """`--help` puts `--dense NAME: ` before a knob's text (knob()'s docstring says so); a plugin's text that starts
+    with it already is not prefixed twice."""
+    from vpltool.cli.dense_options import knob_help
+
+    assert knob_help(("cass",), "the share [default: 0.1].") == "--dense cass: the share [default: 0.1]."
+    assert knob_help(("my-method",), "--dense my-method: the share.") == "--dense my-method: the share."
+
+
+ATTENTION_RUN = """
+import json, sys
+import torch
+import tiny_towers  # registers the tiny SigLIP 2 tower in timm
+from typer.testing import CliRunner
+import vpltool
+from vpltool.cli import app
+from vpltool.errors import VplError
+from vpltool.models import ModelSpec, load_model
+from vpltool_example.attention import vv_attention
+world, out, *tiny = sys.argv[1:]
+configs = tiny[5]
+text = ["--templates", "a photo of a {}.", "--background", "grass,sky"]
+run = CliRunner().invoke(app, ["segment", world, "--split", "val", "-o", out, "--classes", "circle,star", *tiny,
+                               "--dense", "example-vv", "--short-side", "64", "--device", "cpu", *text])
+# its features by hand: blocks 0..L-2, then the last block's q, k, v, its v-v attention, out_proj (no residual, no
+# MLP), ln_post and the projection
+bb = load_model("clip", ModelSpec("vpl-test-vit", "none", config_dir=configs), "cpu", dense="example-vv")
+pixels = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    got = bb.dense_features(pixels)
+    enc = bb.encode(pixels, stop=bb.n_blocks - 1)
+    attn = bb.model.visual.transformer.resblocks[-1].attn
+    h = bb.model.visual.transformer.resblocks[-1].ln_1(enc.tokens)
+    b, n, width = h.shape
+    v = torch.nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)[2]
+    v = v.reshape(b, n, attn.num_heads, -1).transpose(1, 2)
+    mixed = attn.out_proj(vv_attention(v).transpose(1, 2).reshape(b, n, width))
+    want = bb.dense(mixed)
+sl2 = vpltool.segmenter("example-vv", model="vpl-test-sl2", pretrained="none", model_config_dir=configs,
+                        short_side=64, templates=text[1], background=text[3], device="cpu")
+photo = sorted(__import__("pathlib").Path(world, "images").glob("val_*"))[0]
+try:
+    vpltool.segmenter("example-smooth", model="vpl-test-sl2", pretrained="none", model_config_dir=configs)
+    refused = ""
+except VplError as e:
+    refused = str(e)
+# a plugin's CLIP family by --model FAMILY:SPEC, on the command line and in Python
+import numpy as np
+from PIL import Image
+clip = CliRunner().invoke(app, ["segment", world, "--split", "val", "-o", out + "-clip", "--classes", "circle,star",
+                                "--model", "example-clip:vpl-test-vit@3", "--short-side", "64", "--device", "cpu",
+                                *text])
+seg = vpltool.segmenter("naclip", model="example-clip:vpl-test-vit@3", short_side=64, templates=text[1],
+                        background=text[3], device="cpu")
+same = bool((np.asarray(Image.open(f"{out}-clip/{photo.stem}.png")) == seg(str(photo), ["circle", "star"]).labels
+             ).all()) if clip.exit_code == 0 else False
+print(json.dumps({"exit": run.exit_code, "output": run.output[-800:], "apart": float((got - want).abs().max()),
+                  "sl2": list(sl2(str(photo), ["circle", "star"]).labels.shape), "refused": refused,
+                  "timm": list(vpltool.list_methods()), "shape": list(got.shape),
+                  "clip": [clip.exit_code, clip.output[-800:]], "same": same,
+                  "model": json.load(open(f"{out}-clip/_stage.json"))["params"]["model"]}))
+"""
+
+
+def test_the_example_attention_method_and_clip_family_run(example_site, world, tmp_path):
+    """example-vv, a preset and one attention hook: `segment --dense example-vv` runs; its features are its v-v
+    attention on the last block's values by hand; it runs on a SigLIP 2 tower (its row says timm_tower=True), where
+    example-smooth, whose row does not, is refused before a model loads with the plugin's own reason. The example's
+    backbone family example-clip is named by --model example-clip:ARCH@SEED and segmenter(model=...)."""
+    got = run_with([example_site], ATTENTION_RUN, str(world), str(tmp_path / "seg"), *TINY)
+    assert got["exit"] == 0 and "segment (example-vv): 3 masks" in got["output"], got["output"]
+    assert got["apart"] < 1e-5 and got["shape"][:2] == [2, 20]
+    assert got["sl2"] == [96, 96]
+    # (the Python door names its keyword: method, not --dense)
+    assert got["refused"].startswith("method example-smooth (plugin vpltool-example 0.1.0) does not say it runs on a "
+                                     "timm image tower"), got["refused"]
+    assert "timm_tower=True" in got["refused"]
+    # the example's CLIP family: --model example-clip:ARCH@SEED segments, as vpltool.segmenter does, and is recorded
+    assert got["clip"][0] == 0 and "segment (naclip): 3 masks" in got["clip"][1], got["clip"][1]
+    assert got["same"] and got["model"]["model"] == "example-clip:vpl-test-vit@3"

@@ -182,7 +182,10 @@ def test_modality_gap_is_zero_for_text_and_shrinks_when_prototypes_move_to_their
 def _write_problem(root: Path, *, dim: int = 16, n_images: int = 6, grid=(4, 4), seed: int = 0,
                    classes=CLASSES, text_dim: int | None = None, background=("sky", "road")) -> dict[str, Path]:
     """`extract`, `cam` and `text-prototypes` outputs for a tiny synthetic dataset (16x16 px images)."""
+    from vpltool.runtime.numerics import run_numerics
+
     g = torch.Generator().manual_seed(seed)
+    made = run_numerics()  # synthetic: no --precision made them (dtype None goes with every run)
     feats, cams = root / "features", root / "cams"
     feats.mkdir(parents=True), cams.mkdir()
     c, model = len(classes) - 1, {"model": "synthetic", "pretrained": "none"}
@@ -191,10 +194,11 @@ def _write_problem(root: Path, *, dim: int = 16, n_images: int = 6, grid=(4, 4),
         item = f"img_{i:02d}"
         io.write_tensors(io.feature_path(feats, item), {"dense": torch.randn(*grid, dim, generator=g).half()},
                          kind="features", classes=classes, id=item, image_size=[16, 16], input_size=[16, 16],
-                         grid=list(grid), labels=labels, model=model, embed_dim=dim)
+                         grid=list(grid), labels=labels, model=model, embed_dim=dim, numerics=made)
         io.write_cam(io.cam_path(cams, item), torch.rand(len(labels), 16, 16, generator=g), labels[::-1],
-                     classes=classes, params={}, id=item, image_size=[16, 16])
-    io.write_stage_record(feats, "extract", params={"model": model}, inputs={}, count=n_images, classes=list(classes))
+                     classes=classes, params={}, id=item, image_size=[16, 16], numerics=made)
+    io.write_stage_record(feats, "extract", params={"model": model}, inputs={}, count=n_images, classes=list(classes),
+                          numerics=made)  # what every stage records (the record and each item): dtype and mode
     text = root / "text.safetensors"
     d = text_dim or dim
     io.write_prototypes(text, io.Prototypes(
@@ -202,7 +206,7 @@ def _write_problem(root: Path, *, dim: int = 16, n_images: int = 6, grid=(4, 4),
         torch.cat([torch.arange(1, c + 1), torch.zeros(len(background), dtype=torch.long)]),
         list(classes[1:]) + list(background), classes=classes, temperature=0.01, source="text", model=model))
     io.write_stage_record(cams, "cam", params={"prototypes": {"sha256": io.sha256_file(text)}}, count=n_images,
-                          inputs={"features": io.sha256_file(io.stage_record_path(feats))})
+                          inputs={"features": io.sha256_file(io.stage_record_path(feats))}, numerics=made)
     return {"features": feats, "cams": cams, "text": text}
 
 

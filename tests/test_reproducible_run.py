@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vpltool import numerics
+from vpltool.runtime import numerics
 
 # (not marked numeric: it sets the AMX switch itself, and clears it from the environment it is given)
 pytestmark = pytest.mark.skipif(not numerics.x86() or "avx2" not in numerics.cpu_flags(), reason="x86-64 with AVX2")
@@ -27,8 +27,13 @@ import vpltool  # first: the mode's pins act before torch and numpy load
 from vpltool.cli import app
 
 for args in json.loads(sys.argv[1]):
-    app(args, standalone_mode=False)
+    code = app(args, standalone_mode=False)  # the CLI's error line printed, its exit code returned
+    if code:
+        sys.exit(code)
 """
+# the same, with the tests' tiny timm towers registered first (RADSeg's tiny C-RADIOv3 and SigLIP 2 tower)
+RUN_TOWERS = RUN.replace("from vpltool.cli import app", f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                         "import tiny_towers\ntiny_towers.register()\nfrom vpltool.cli import app")
 # an AVX2-only x86-64 machine without AMX, emulated: each library capped at AVX2 by its documented setting, glibc's
 # AVX-512 ifuncs off (bench/bench_reproducible.py's emulation)
 GLIBC_AVX2 = "glibc.cpu.hwcaps=-AVX512F,-AVX512CD,-AVX512BW,-AVX512DQ,-AVX512VL"
@@ -84,3 +89,49 @@ def test_reproducible_mode_gives_the_same_bytes_on_an_emulated_avx2_machine_and_
             if k.endswith("tensors")}
     differ = [k for k in fast if fast[k] != slow[k]]
     assert any(k.startswith("cams/") for k in differ), "the emulated AVX2 machine changed no CAM in fast mode"
+
+
+def _segment_commands(inputs, out: Path) -> list[list[str]]:
+    """``segment --dense M`` of the method matrix's photo into ``out/M``, one command per method it can run here
+    (tests/method_matrix.py: each method's proxy, SAM, region masks and RADSeg's tiny towers)."""
+    import method_matrix as mm
+
+    from vpltool.config.dense import DENSE_SPECS
+
+    tiny = ["--model", "vpl-test-vit", "--pretrained", "none", "--model-config-dir", inputs.model_config_dir]
+    commands = []
+    for method in DENSE_SPECS:
+        if mm.missing_inputs(method, inputs):
+            continue
+        own = mm.method_options(method, inputs)
+        side = own.pop("short_side", mm.SIDE)
+        commands.append(["segment", inputs.photos, "-o", str(out / method), "--classes", ",".join(mm.CLASSES), *tiny,
+                         "--dense", method, "--short-side", str(side), *mm._flags(mm.TEXT), *mm._flags(own),
+                         "--device", "cpu", "--workers", "1"])
+    return commands
+
+
+def _run_commands(commands: list[list[str]], env: dict[str, str]) -> None:
+    base = {k: v for k, v in os.environ.items()
+            if k not in numerics.pinned_environment() and k != numerics.ASSUME_AMX_ENV}
+    done = subprocess.run([sys.executable, "-c", RUN_TOWERS, json.dumps(commands)],
+                          env={**base, "OMP_NUM_THREADS": "2", **env}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_every_dense_method_gives_the_same_bytes_in_reproducible_mode_on_an_emulated_avx2_machine(tmp_path):
+    """Each ``--dense`` method (training-free, with its proxy DINO, SAM, region masks), not only the demo's stages:
+    CASS's cell of the README once moved with the CPU in reproducible mode (a library its randomised SVD and
+    spectra reach). Its masks made here and on an emulated AVX2-only machine are the same bytes."""
+    import method_matrix as mm
+
+    inputs = mm.make_inputs(tmp_path / "inputs", tmp_path, tmp_path, tmp_path)
+    commands = _segment_commands(inputs, tmp_path / "run")
+    assert len(commands) >= 10, [c[c.index("--dense") + 1] for c in commands]
+    _run_commands(commands, {numerics.MODE_ENV: "1"})
+    (tmp_path / "run").rename(tmp_path / "here")
+    _run_commands(commands, {numerics.MODE_ENV: "1", **avx2_machine()})
+    here, avx2 = _files(tmp_path / "here"), _files(tmp_path / "run")
+    masks = {k.partition("/")[0] for k in here if k.endswith(".png")}
+    assert masks == {c[c.index("--dense") + 1] for c in commands} and here.keys() == avx2.keys()
+    assert [k for k in here if here[k] != avx2[k]] == []

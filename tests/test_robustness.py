@@ -519,6 +519,28 @@ def test_bad_input_message_exit_code_and_what_is_left(case_rows, index):
     assert not case.unexpected(outcome), (command, case.unexpected(outcome))
 
 
+@pytest.fixture(scope="module")
+def numeric_ws(tmp_path_factory):
+    return rc.Workspace(tmp_path_factory.mktemp("numeric_cases"))
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("index", [i for i, c in enumerate(rc.CASES) if c.numeric],
+                         ids=[_slug(c.name) for c in rc.CASES if c.numeric])
+def test_a_case_that_computes_keeps_its_message_and_its_row_on_every_cpu(numeric_ws, index):
+    """The cases whose run computes in ``--precision auto``'s dtype or with the CPU's kernels, run alone: their
+    premise holds and their row of docs/robustness.md is the same, in the suite's pass as on a CPU with AMX (bf16:
+    a Talk2DINO cache entry's key hashes the dtype; T-NPR's empty rows were once a matter of rounding)."""
+    case = rc.CASES[index]
+    args, outcome = case.run(numeric_ws)
+    assert outcome.exit_code == case.exit_code and not outcome.traceback, outcome
+    for fragment in case.expect:
+        assert fragment in outcome.seen, (fragment, outcome.seen)
+    assert not case.unexpected(outcome), case.unexpected(outcome)
+    row = rc.render([(case, case.command(numeric_ws, args, outcome.env), outcome)]).splitlines()[-1]
+    assert row in DOC.read_text().splitlines(), ("docs/robustness.md's row differs on this run", row)
+
+
 def test_every_option_a_message_names_is_one_of_its_command(case_rows):
     """A fix that names an option names one the command has (or the vpltool command it names: "re-run `vpltool
     crf` with a lower --confidence"): `benchmark` said "pass --overwrite", `predict` "change --templates"."""

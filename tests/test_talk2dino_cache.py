@@ -180,3 +180,42 @@ def test_the_frozen_hooks_go_together(monkeypatch):
     with pytest.raises(TypeError, match="defines frozen_image_features but not forward_train_from, frozen_identity, "
                                         "frozen_text_features"):
         register_text_family(Half())
+
+
+def test_a_run_holds_its_features_in_memory_and_takes_its_later_epochs_from_there(world, tmp_path, monkeypatch):
+    from vpltool.stages import train_text
+    from vpltool.stages.train_text import cache
+
+    made, own = [], train_text.loader
+    monkeypatch.setattr(train_text, "loader", lambda *a, **k: (made.append(1), own(*a, **k))[1])
+    _train(world, tmp_path / "held")  # 2 epochs: the first through the loader, the second from memory
+    assert len(made) == 1
+    made.clear()
+    monkeypatch.setattr(cache, "HOLD_SHARE", 0.0)  # nothing may be held: every epoch through the loader and files
+    _train(world, tmp_path / "streamed")
+    assert len(made) == 2
+    assert _same(_checkpoint(tmp_path / "held"), _checkpoint(tmp_path / "streamed"))
+
+
+def test_overwrite_keeps_the_last_result_until_a_checkpoint_and_a_cache_link_stays_a_link(world, tmp_path):
+    """``--overwrite`` replaces a finished run's model, checkpoint, record and log only once the new run writes a
+    checkpoint of its own (a run stopped before one leaves them whole, its log lines unwritten); a cache reached
+    through a link to another identity's is emptied, not unlinked (rmtree refused a link), and stays a link."""
+    run = tmp_path / "run"
+    _train(world, run, epochs=1)  # 4 iterations, a checkpoint every 2
+    kept = {p: p.read_bytes() for p in (run / "talk2dino.safetensors", run / "_stage.json", run / "log.jsonl",
+                                         run / "checkpoints" / "last.safetensors")}
+    run_train_text(world, run, _cfg(epochs=1), RuntimeConfig(device="cpu", workers=1, overwrite=True), stop_after=1)
+    assert {p: p.read_bytes() for p in kept} == kept
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(run / "cache", elsewhere)
+    (run / "cache").symlink_to(elsewhere)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run_train_text(world, run, _cfg(epochs=1, crop_size=48), RuntimeConfig(device="cpu", workers=1,
+                                                                                overwrite=True))
+    said = [str(w.message) for w in seen if issubclass(w.category, VplWarning)]
+    assert any("crop_size 32 there, 48 here" in s and f"through the link to {elsewhere}" in s for s in said), said
+    assert (run / "cache").is_symlink() and len(_entries(run)) == 16 == len(list(elsewhere.glob("image/*/*")))
+    assert kept[run / "talk2dino.safetensors"] != (run / "talk2dino.safetensors").read_bytes()  # replaced at last
+    assert [r["iter"] for r in io.read_log(run / "log.jsonl")] == [1, 2, 3, 4]  # this run's lines, once each

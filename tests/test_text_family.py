@@ -151,3 +151,72 @@ def test_train_text_trains_a_family_that_is_its_module_and_row(family, world, tm
     assert not (tmp_path / "bad").exists()
     knobs = runner.invoke(app, ["train-text", "--family", "toytext", "--knobs"])
     assert knobs.exit_code == 0 and "npr" in knobs.output and "--set npr=..." in knobs.output, knobs.output
+
+
+def test_a_family_on_the_base_writes_five_hooks_and_segments_and_trains(monkeypatch, world, tmp_path):
+    """TextFamilyBase gives twelve hooks their defaults: tests/text_family_base_stand_in.py writes tokenizer,
+    model_config, build_model, forward_train and class_scores, and its checkpoint round-trips, `segment --model
+    basetoy:FILE` and the Python door give the same labels, and `train-text --family basetoy` trains it. A base
+    subclass that lacks one is refused naming it."""
+    import text_family_base_stand_in as based
+    import torch
+
+    from vpltool.models.text.base import TextFamilyBase
+
+    based.install_row(monkeypatch)
+    fam = text_family(based.NAME)
+    assert isinstance(fam, TextFamilyBase) and fam.missing() == []
+    own = {n for n, v in vars(type(fam)).items() if callable(v) and not isinstance(v, type) and n[0] != "_"}
+    assert own == {"tokenizer", "model_config", "build_model", "forward_train", "class_scores"}
+
+    class Lacking(based.BaseToyFamily):
+        class_scores = TextFamilyBase.class_scores
+
+    with pytest.raises(TypeError, match=r"hook\(s\) class_scores missing \(TextFamilyBase's subclass writes"):
+        register_text_family(Lacking())
+
+    model = fam.build_model(fam.model_config(based.BaseToyTrainConfig(crop_size=32)), seed=0)
+    ckpt = fam.save_checkpoint(tmp_path / "basetoy.safetensors", model)
+    assert fam.check_checkpoint(ckpt) == model.cfg
+    loaded = fam.load_model(ckpt)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    x = fam.image_tensor(image, 32)
+    text = fam.class_text_embeddings(loaded, fam.class_tokens(["circle", "star"], fam.tokenizer(model.cfg),
+                                                              ["a photo of a {}.", "a {}."]))
+    whole = fam.zero_shot_logits(loaded, x, text, bg_thresh=0.2)
+    assert x.shape == (1, 3, 32, 45) and whole.shape == (1, 3, 32, 45) and torch.all(whole[:, 0] == 0.2)
+    slide = fam.zero_shot_logits(loaded, x, text, with_bg=False, mode="slide", crop=32, stride=16)
+    one = fam.zero_shot_logits(loaded, x, text, with_bg=False, mode="slide", crop=64, stride=32)  # one window
+    assert slide.shape == (1, 2, 32, 45) and torch.equal(one, whole[:, 1:]) and not torch.equal(slide, one)
+
+    runner = CliRunner()
+    out = tmp_path / "seg"
+    r = runner.invoke(app, ["segment", str(world), "--split", "val", "--model", f"basetoy:{ckpt}", "-o", str(out),
+                            "--classes", "circle,star", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    import vpltool
+    from vpltool.data import open_dataset
+
+    item = open_dataset(world, "val").items[0]
+    got = vpltool.segmenter("basetoy", checkpoint=ckpt, device="cpu")(item.image, ["circle", "star"])
+    assert np.array_equal(got.labels, io.read_mask(io.mask_path(out, item.id)).astype(np.int64))
+    r = runner.invoke(app, ["train-text", str(world), "--family", "basetoy", "--recipe", "tiny", "--device", "cpu",
+                            "--workers", "1", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0 and (tmp_path / "run" / "basetoy.safetensors").is_file(), r.output
+
+
+def test_a_text_family_module_that_registers_nothing_names_the_call_it_lacks(monkeypatch, tmp_path):
+    """A row whose module registers no family is one line naming register_text_family (the call a text family
+    makes), not the backbone families' register_family."""
+    from vpltool.errors import VplError
+    from vpltool.models import registry
+    from vpltool.models.registry import TextFamilyRow
+
+    (tmp_path / "empty_family_module.py").write_text('"""Registers nothing."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.TEXT_FAMILIES, "emptyfam", TextFamilyRow(
+        "empty_family_module", "text_family_stand_in:ToyTextTrainConfig", ("emptyfam",), "an empty family", "a file"))
+    with pytest.raises(VplError, match=r"registers no text-supervised family 'emptyfam' \(it calls vpltool\.models\."
+                                       r"text\.family\.register_text_family\(family\) once"):
+        text_family("emptyfam")

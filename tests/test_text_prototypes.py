@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vpltool import io, presets
-from vpltool.config import TextPrototypesConfig
+from vpltool import io
+from vpltool.config import TextPrototypesConfig, presets
 from vpltool.errors import VplError
 from vpltool.models import load_backbone
 from vpltool.stages.text_prototypes import (

@@ -144,14 +144,15 @@ def test_each_model_mixes_its_tokens_as_its_own_code():
     """DINO writes softmax(q kᵀ · scale) v out (vpltool: by blocks of query rows, the same sums), DINOv2 calls the
     fused kernel (vpltool too, by the model's name); both are that product."""
     from vpltool.models.backbones import dino as family
+    from vpltool.models.backbones import dino_attention as da
 
     model = load_dino(DinoSpec("test_vit", "none")).model
     assert not family.DinoBackbone(model, "cpu", DinoSpec("vit_base_patch8_224.dino", "none")).fused
     assert family.DinoBackbone(model, "cpu", DinoSpec("vit_small_patch14_reg4_dinov2.lvd142m", "none")).fused
     g = torch.Generator().manual_seed(3)
-    q, k, v = torch.randn(3, 2, 4, family.ROWS + 37, 16, generator=g)  # more rows than one block
+    q, k, v = torch.randn(3, 2, 4, da.ROWS + 37, 16, generator=g)  # more rows than one block
     whole = ((q @ k.transpose(-2, -1)) * 0.25).softmax(-1) @ v
-    assert (family._written_attention(q, k, v, 0.25) - whole).abs().max() < 1e-6
+    assert (da.written_attention(q, k, v, 0.25) - whole).abs().max() < 1e-6
     assert (torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25) - whole).abs().max() < 1e-5
 
 
@@ -160,6 +161,7 @@ def test_the_demo_dino_moves_not_a_bit(monkeypatch):
     dense short sides up to 192): its tokens and last qkv with the attention written out by blocks of query rows
     equal those of the whole ``[N, N]`` product, as the family computed it before, bit for bit."""
     from vpltool.models.backbones import dino as family
+    from vpltool.models.backbones import dino_attention as da
 
     toy = family.Path(family.__file__).resolve().parents[2] / "assets" / "toy-dino" / "model.safetensors"
     dino = load_dino(DinoSpec("test_vit", str(toy)))
@@ -167,8 +169,23 @@ def test_the_demo_dino_moves_not_a_bit(monkeypatch):
     pixels = [torch.randn(1, 3, side, side, generator=g) for side in (96, 144, 192, 448)]
     with torch.no_grad():
         now = [dino.tokens_and_last_qkv(p)[:2] for p in pixels]
-        monkeypatch.setattr(family, "_written_attention", lambda q, k, v, scale: ((q @ k.transpose(-2, -1)) * scale)
+        monkeypatch.setattr(da, "written_attention", lambda q, k, v, scale: ((q @ k.transpose(-2, -1)) * scale)
                             .softmax(dim=-1) @ v)
         before = [dino.tokens_and_last_qkv(p)[:2] for p in pixels]
-    assert not dino.fused and (448 // 16) ** 2 + 1 > 6 * family.ROWS  # 785 tokens at 448: seven row blocks
+    assert not dino.fused and (448 // 16) ** 2 + 1 > 6 * da.ROWS  # 785 tokens at 448: seven row blocks
     assert all(torch.equal(a, b) for x, y in zip(now, before) for a, b in zip(x, y))
+
+
+def test_a_cpu_batch_runs_in_groups_with_the_whole_batch_s_bits(monkeypatch):
+    from vpltool.models.backbones import dino as dino_module
+
+    dino = load_dino(DinoSpec("test_vit", "none", "bicubic-antialias"))
+    pixels = torch.randn(5, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = dino.tokens_and_last_qkv(pixels)
+        tokens = 1 + (64 // dino.patch_size) * (48 // dino.patch_size)
+        hidden = dino.model.blocks[0].mlp.fc1.out_features
+        monkeypatch.setattr(dino_module, "CPU_GROUP_BYTES", 2 * tokens * hidden * 4)  # two images a group
+        assert dino._cpu_groups(pixels) == 3
+        grouped = dino.tokens_and_last_qkv(pixels)
+    assert torch.equal(whole[0], grouped[0]) and torch.equal(whole[1], grouped[1]) and whole[2] == grouped[2]

@@ -26,9 +26,9 @@ __version__ = "0.1.0"
 # its agent (vpltool.cli.errors), and a rank whose agent died while it was still starting (importing torch takes
 # seconds on a loaded machine) must see that, not tie itself to init, which adopted it
 LAUNCHED_BY = os.getppid()
-# reproducible mode pins each library's instructions and threads before torch, numpy and OpenCV load (vpltool.numerics)
-if os.environ.get("VPLTOOL_REPRODUCIBLE", "").strip() == "1":
-    from .numerics import ask_reproducible
+# reproducible mode pins each library's instructions and threads before torch, numpy and OpenCV load (runtime.numerics)
+if os.environ.get("VPLTOOL_REPRODUCIBLE", "").strip().lower() in ("1", "true", "yes", "on"):  # numerics.ON_WORDS
+    from .runtime.numerics import ask_reproducible
 
     ask_reproducible()
 

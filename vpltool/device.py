@@ -11,8 +11,8 @@ import time
 import numpy as np
 import torch
 
-from . import numerics
 from .errors import VplError
+from .runtime import numerics
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -125,21 +125,27 @@ def cpu_has_amx() -> bool:
     but no AMX, 1.35x *slower*; with neither (AVX2 only) bf16 is emulated. ``VPLTOOL_ASSUME_AMX=1`` (``0``) answers
     as a CPU with (without) AMX would, so that a machine without AMX computes what one with it does.
     """
-    assumed = os.environ.get(numerics.ASSUME_AMX_ENV, "").strip()
-    if assumed in ("0", "1"):
-        return assumed == "1"
+    assumed = numerics.switch(numerics.ASSUME_AMX_ENV)  # 1/true/yes/on, 0/false/no/off; another value: one line
+    if assumed is not None:
+        return assumed
     return "amx_bf16" in numerics.cpu_flags()
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+def resolve_precision(precision: str, device: torch.device, follow: str | None = None) -> torch.dtype:
     """The dtype of the frozen blocks. 'auto' = bf16 on CUDA and on CPUs with AMX, fp32 on other CPUs, and fp32
-    everywhere in reproducible mode (:mod:`vpltool.numerics`: the one dtype every CPU computes alike).
+    everywhere in reproducible mode (:mod:`vpltool.runtime.numerics`: the one dtype every CPU computes alike).
+
+    ``follow``: the dtype a stage's inputs record (:func:`vpltool.io.recorded_dtype`: ``fp32``, ``bf16``): 'auto' is
+    that dtype then, outside reproducible mode, so that a plain later stage computes as its inputs were made (a
+    plain `cam` after `extract --precision fp32` on a CPU with AMX was refused: "made at fp32; this run is at bf16").
 
     fp16 is refused on the CPU (no fast kernels, and a narrower range than bf16 for nothing).
     """
     if precision == "auto":
         if numerics.reproducible_asked():
             return torch.float32
+        if follow in _DTYPES and not (follow == "fp16" and device.type == "cpu"):
+            return _DTYPES[follow]
         return torch.bfloat16 if device.type == "cuda" or cpu_has_amx() else torch.float32
     if precision not in _DTYPES:
         raise VplError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import os
+import sys
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,20 +30,35 @@ TITLE = "vpltool: segment a photo by class names"
 
 
 def require_gradio() -> None:
-    """One line when the ``app`` extra is missing (nothing imported)."""
-    import importlib.util
-
-    if importlib.util.find_spec("gradio") is None:
-        raise MissingDependencyError("vpltool app needs Gradio: pip install 'vpltool[app]'")
+    """One line when the ``app`` extra is missing, or installed but broken (it does not import: a dependency of
+    another version, a file missing), before any model loads: Gradio is imported here (:func:`gradio`)."""
+    gradio()
 
 
 def gradio():
-    """Gradio, imported with its analytics and version check off (and Hugging Face's telemetry)."""
-    require_gradio()
+    """Gradio, imported with its analytics and version check off (and Hugging Face's telemetry); one line
+    (:class:`~vpltool.errors.MissingDependencyError`) when it is not installed or does not import."""
+    import importlib.util
+
+    if "gradio" in sys.modules and sys.modules["gradio"] is not None:
+        return sys.modules["gradio"]
+    try:
+        found = importlib.util.find_spec("gradio")
+    except (ImportError, ValueError):  # a package whose __spec__ is broken
+        found = None
+    if found is None:
+        raise MissingDependencyError("vpltool app needs Gradio: pip install -e '.[app]' in vpltool's checkout "
+                                     "(make setup installs it)")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import gradio as gr
-
+    try:
+        import gradio as gr
+    except Exception as e:  # noqa: BLE001 (whatever a broken install raises: one line, never a traceback)
+        where = found.origin or (list(found.submodule_search_locations or []) or ["?"])[0]
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise MissingDependencyError(f"vpltool app: Gradio is installed ({where}) but does not import "
+                                     f"({type(e).__name__}: {text}); reinstall it: pip install --force-reinstall "
+                                     "gradio (or pip install -e '.[app]' in vpltool's checkout)") from None
     return gr
 
 
@@ -166,26 +182,45 @@ class Page:
                 background: str, threshold: float | None, progress: Any = None):
         """The button's action (inputs not preprocessed: the photo is Gradio's upload record, its file as sent).
         Returns ``(overlay, legend HTML, mask PNG path, status line)``; a :class:`VplError` is the status line."""
+        import warnings
+
+        from ..errors import VplWarning
+
         path, name = _upload(photo)
-        try:
-            if path is None:
-                raise VplError("photo: upload or drop a photo, or pick one of the demo world's below")
-            if progress is not None:
-                progress(0.1, desc=f"loading {method} on {model}")
-            seg = self.segmenters.get(method, model.strip(), (pretrained or "").strip(), templates, background)
-            if progress is not None:
-                progress(0.5, desc=f"segmenting {name}")
-            result = seg(path, classes, **({} if threshold is None else {"threshold": threshold}))
-            out = Path(tempfile.mkdtemp(prefix="mask-", dir=self.folder))
-            mask = result.save(out / f"{Path(name).stem}_mask.png")
-        except VplError as e:
-            line = str(e).replace(str(path), name) if path is not None else str(e)
-            return None, "", None, f"error: {line}"
+        # what the library warns (the toy CLIP's unknown words, a class found nowhere) is shown in the page's status
+        # under the result, as `segment` prints it under its run, not only in the server's terminal
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always", VplWarning)
+            try:
+                if path is None:
+                    raise VplError("photo: upload or drop a photo, or pick one of the demo world's below")
+                if progress is not None:
+                    progress(0.1, desc=f"loading {method} on {model}")
+                seg = self.segmenters.get(method, model.strip(), (pretrained or "").strip(), templates, background)
+                if progress is not None:
+                    progress(0.5, desc=f"segmenting {name}")
+                result = seg(path, classes, **({} if threshold is None else {"threshold": threshold}))
+                out = Path(tempfile.mkdtemp(prefix="mask-", dir=self.folder))
+                mask = result.save(out / f"{Path(name).stem}_mask.png")
+            except VplError as e:
+                line = str(e).replace(str(path), name) if path is not None else str(e)
+                return None, "", None, f"error: {line}{_warning_lines(said, path, name)}"
         found = [c for c, box in result.boxes().items() if box is not None and c != "background"]
         h, w = result.labels.shape
         status = (f"✓ {seg.method} on {model}: {name} ({w}x{h}), {len(found)} of {len(result.classes) - 1} classes "
-                  f"found: {', '.join(found) or 'none'}")
+                  f"found: {', '.join(found) or 'none'}{_warning_lines(said, path, name)}")
         return result.overlay(), shares_table(result), str(mask), status
+
+
+def _warning_lines(caught: list, path: str | None, name: str) -> str:
+    """The library's warnings of one action as ``warning:`` lines after the status (each once, in order; the
+    upload's temporary path shown as the name the user knows)."""
+    from ..errors import VplWarning
+
+    lines = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, VplWarning))
+    if path is not None:
+        lines = dict.fromkeys(line.replace(str(path), name) for line in lines)
+    return "".join(f"\nwarning: {line}" for line in lines)
 
 
 def _upload(photo: Any) -> tuple[str | None, str]:
@@ -237,7 +272,7 @@ def build_page(page: Page):
                 overlay = gr.Image(label="Overlay", type="pil", format="png", interactive=False, elem_id="overlay")
                 legend = gr.HTML(elem_id="shares")
                 mask = gr.File(label="Palette mask (PNG)", interactive=False, elem_id="mask")
-                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+                status = gr.Textbox(label="Status", interactive=False, max_lines=8, elem_id="status")
         method.change(lambda m: method_summary(m), method, about)
         model.change(lambda m: (pretrained_for(m, ""), *query_defaults(m)), model, [pretrained, tmpl, bg])
 
@@ -255,6 +290,8 @@ def serve(cfg: AppConfig, defaults: PageDefaults, on_ready=None) -> None:
     are removed when it stops."""
     import shutil
 
+    if cfg.share:  # Gradio's share servers, before anything loads: offline, one line, not Gradio's eight
+        check_share()
     page = Page(cfg, defaults)
     # Gradio's own files (uploads, the examples' copies) in the page's folder, unless the user keeps them elsewhere
     os.environ.setdefault("GRADIO_TEMP_DIR", str(page.folder / "gradio"))
@@ -280,6 +317,22 @@ def serve(cfg: AppConfig, defaults: PageDefaults, on_ready=None) -> None:
         shutil.rmtree(page.folder, ignore_errors=True)
 
 
+SHARE_HOST = "api.gradio.app"  # where Gradio asks for a *.gradio.live tunnel
+
+
+def check_share() -> None:
+    """One line when ``--share`` cannot work: the share servers' address does not resolve (offline, or a network
+    that blocks them)."""
+    import socket
+
+    try:
+        socket.getaddrinfo(SHARE_HOST, 443)
+    except OSError:
+        raise VplError(f"--share makes a public link through Gradio's share servers ({SHARE_HOST}), which cannot be "
+                       "reached from here (offline?); drop --share to serve this machine alone, or --host 0.0.0.0 for "
+                       "your network") from None
+
+
 def _free_port(host: str) -> int:
     import socket
 
@@ -288,5 +341,5 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-__all__ = ["Page", "PageDefaults", "Segmenters", "build_page", "demo_photos", "gradio", "pretrained_for",
-           "query_defaults", "require_gradio", "serve", "shares_table"]
+__all__ = ["Page", "PageDefaults", "Segmenters", "build_page", "check_share", "demo_photos", "gradio",
+           "pretrained_for", "query_defaults", "require_gradio", "serve", "shares_table"]

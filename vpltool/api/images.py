@@ -2,10 +2,11 @@
 
 A photo is a path (checked and decoded as `segment` checks and decodes a file: its extension, its header, its size,
 EXIF orientation applied), an ``http://`` or ``https://`` URL (downloaded, then read as that file), a PIL image (any
-mode, its EXIF orientation applied), an ``[H, W, 3]`` uint8 numpy array, or a torch tensor ``[3, H, W]``: uint8 0..255
-or float in [0, 1] (torchvision's ``to_tensor`` / ``read_image`` layouts). An array or tensor is RGB unless the call
-says ``image_format="BGR"`` (OpenCV's order; SAM's ``set_image`` takes the same word). Every one is checked for the
-size `segment` refuses (:func:`vpltool.io.check_image_side`). Torch is imported only when a tensor is given.
+mode, its EXIF orientation applied), an ``[H, W, 3]`` numpy array (uint8, or float in [0, 1] as scikit-image and
+matplotlib give photos), or a torch tensor ``[3, H, W]``: uint8 0..255 or float in [0, 1] (torchvision's
+``to_tensor`` / ``read_image`` layouts). A ``file://`` URL is the path it names. An array or tensor is RGB unless
+the call says ``image_format="BGR"`` (OpenCV's order; SAM's ``set_image`` takes the same word). Every one is checked
+for the size `segment` refuses (:func:`vpltool.io.check_image_side`). Torch is imported only when a tensor is given.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 
 from ..errors import VplError
 
-TAKES = "a path, a URL, a PIL image, an [H, W, 3] uint8 array or a [3, H, W] uint8 or float tensor"
+TAKES = ("a path, a URL, a PIL image, an [H, W, 3] uint8 or float array or a [3, H, W] uint8 or float tensor (floats "
+         "in [0, 1])")
 IMAGE_FORMATS = ("RGB", "BGR")  # the channel order of an array or tensor (SAM's set_image(image_format=...))
 URL_SCHEMES = ("http://", "https://")
 URL_TIMEOUT = 30.0  # seconds for a URL's server to answer
@@ -47,6 +49,19 @@ def is_url(image: Any) -> bool:
     return isinstance(image, str) and image[:8].lower().startswith(URL_SCHEMES)
 
 
+def file_url_path(image: Any) -> Any:
+    """A ``file://`` URL (``file:///home/me/cat%20photo.jpg``) as the path it names (``Path`` folded its ``//``
+    and the "not found" line showed ``file:/home/me/cat%20photo.jpg``); anything else as it is."""
+    if not (isinstance(image, str) and image[:7].lower() == "file://"):
+        return image
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(image)
+    if parsed.netloc not in ("", "localhost"):
+        raise VplError(f"{image}: a file:// URL of another host ({parsed.netloc}); give a path on this machine")
+    return unquote(parsed.path)
+
+
 def name_of(image: Any, index: int | None = None) -> str:
     """How a one-line error names a photo: its path or URL, or ``image`` / ``images[i]`` and its kind."""
     if isinstance(image, (str, os.PathLike)):
@@ -62,6 +77,7 @@ def photo_item(image: Any):
 
     if is_url(image):  # no file to find a method's side input by: the URL's last name as its id
         return Item(Path(image.split("?")[0].rstrip("/")).stem or "image", None, ())  # type: ignore[arg-type]
+    image = file_url_path(image)
     if isinstance(image, (str, os.PathLike)):
         return Item(Path(image).stem, Path(image), ())
     return Item("image", None, ())  # type: ignore[arg-type]
@@ -80,6 +96,7 @@ def as_rgb(image: Any, index: int | None = None, image_format: str = "RGB") -> n
     it and the fix); ``index``: its place in a batch, for the message; ``image_format``: the channel order of an
     array or tensor (a file, a URL and a PIL image know their own, and are refused with ``"BGR"``)."""
     bgr = check_image_format(image_format)
+    image = file_url_path(image)
     where = name_of(image, index)
     if bgr and not (isinstance(image, np.ndarray) or type(image).__module__.split(".")[0] == "torch"):
         raise VplError(f"{where}: image_format='BGR' is for arrays and tensors (OpenCV's order); a file, a URL or "
@@ -175,9 +192,25 @@ def _url_suffix(url: str, data: bytes) -> str:
 
 
 def _from_array(a: np.ndarray, where: str) -> np.ndarray:
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise VplError(f"{where}: an array of {a.dtype} {tuple(a.shape)}; give [H, W, 3] uint8 RGB")
-    return a
+    """An ``[H, W, 3]`` array: uint8 as it is, or float in [0, 1] (scikit-image's and matplotlib's photos) as a
+    float tensor is read: ``round(255 * x)``."""
+    if a.ndim != 3 or a.shape[2] != 3 or not (a.dtype == np.uint8 or np.issubdtype(a.dtype, np.floating)):
+        raise VplError(f"{where}: an array of {a.dtype} {tuple(a.shape)}; give [H, W, 3] uint8 RGB, or float in [0, 1]")
+    if a.dtype == np.uint8:
+        return a
+    x = a.astype(np.float32)
+    _check_unit(x, where, "array")
+    return np.ascontiguousarray(np.round(x * 255).astype(np.uint8))
+
+
+def _check_unit(x: Any, where: str, what: str) -> None:
+    """A float photo's values finite and in [0, 1]; one line otherwise (a 0..255 photo given as floats)."""
+    if x.size if isinstance(x, np.ndarray) else x.numel():
+        finite = bool(np.isfinite(x).all()) if isinstance(x, np.ndarray) else bool(x.isfinite().all())
+        lo, hi = (float(x.min()), float(x.max())) if finite else (float("nan"), float("nan"))
+        if not (finite and lo >= 0 and hi <= 1):
+            raise VplError(f"{where}: float values from {lo:g} to {hi:g}; a float photo is in [0, 1] (divide a 0..255 "
+                           f"{what} by 255, or give it as uint8)")
 
 
 def _from_tensor(t: Any, where: str) -> np.ndarray:
@@ -194,10 +227,7 @@ def _from_tensor(t: Any, where: str) -> np.ndarray:
     if not t.is_floating_point():
         raise VplError(f"{where}: a {t.dtype} tensor; give uint8 (0..255) or float in [0, 1]")
     t = t.float()
-    if t.numel() and not (torch.isfinite(t).all() and t.min() >= 0 and t.max() <= 1):
-        lo, hi = (float(t.min()), float(t.max())) if torch.isfinite(t).all() else (float("nan"), float("nan"))
-        raise VplError(f"{where}: float values from {lo:g} to {hi:g}; a float photo is in [0, 1] (divide a 0..255 "
-                       "tensor by 255, or give it as uint8)")
+    _check_unit(t, where, "tensor")
     return np.ascontiguousarray((t * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
 
@@ -208,6 +238,7 @@ def folder_photos(source: Any) -> tuple[Iterable, int | None, Any]:
     lazily."""
     if is_url(source):
         return [source], 1, lambda i, photo: photo
+    source = file_url_path(source)
     if isinstance(source, (str, os.PathLike)):
         from ..data.images import open_images
 
@@ -232,5 +263,5 @@ def chunks(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-__all__ = ["IMAGE_FORMATS", "TAKES", "as_rgb", "check_image_format", "chunks", "folder_photos", "is_batch", "is_url",
-           "name_of", "photo_item", "photos"]
+__all__ = ["IMAGE_FORMATS", "TAKES", "as_rgb", "check_image_format", "chunks", "file_url_path", "folder_photos",
+           "is_batch", "is_url", "name_of", "photo_item", "photos"]

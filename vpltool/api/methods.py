@@ -35,6 +35,10 @@ def list_methods(filter: str | Sequence[str] = "", family: str | None = None, de
     table = method_families()
     if family is not None and family not in set(table.values()):
         raise VplError(f"list_methods(family={family!r}): choose {', '.join(sorted(set(table.values())))}")
+    if not isinstance(filter, str) and not (isinstance(filter, (list, tuple))
+                                            and all(isinstance(p, str) for p in filter)):
+        raise VplError(f"list_methods({filter!r}): the filter is a pattern ('*clip*') or a list of them, not "
+                       f"{'an' if type(filter).__name__[0] in 'aeiou' else 'a'} {type(filter).__name__}")
     patterns = [filter] if isinstance(filter, str) else list(filter)
     patterns = [p.lower() for p in patterns if p] or ["*"]
     names = [name for name, fam in table.items() if (family is None or fam == family)

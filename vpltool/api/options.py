@@ -147,6 +147,77 @@ def class_entries(classes: Any, candidate_labels: Any = None) -> list[str]:
     return entries
 
 
+# the fields whose value may be a list of words, joined as the command line's comma-separated value
+_WORD_LISTS = ("background",)
+_HINTS = {"templates": "a string: one template with '{}' ('a photo of a {}.'), a set's name ('imagenet', "
+                       "'clip-es') or a file of one template a line"}
+
+
+def typed_options(options: dict, config: type) -> dict:
+    """``options`` (a stage's or a segmenter's, by their Python names) checked against the types ``config``'s
+    fields declare (a dataclass of :mod:`vpltool.config`; a name it has no field of is left to its own check): a
+    path given as a ``Path`` for a text field is its string, ``background=['grass', 'sky']`` is ``'grass,sky'``; any
+    other type is one line naming the keyword, never a raw AttributeError or TypeError later (``templates=[...]``,
+    ``background=5``, ``batch_size='2'``, ``batch_size=True``, ``batch_size=1.5``)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(config)
+    names = {f.name for f in dataclasses.fields(config)}
+    out = dict(options)
+    for key, value in options.items():
+        if key not in names or value is None and _allows(hints[key], type(None)):
+            continue
+        if key in _WORD_LISTS and isinstance(value, (list, tuple)) and all(isinstance(w, str) for w in value):
+            bad = next((w for w in value if "," in w or not w.strip()), None)
+            if bad is not None:
+                raise VplError(f"{key}: the word {bad!r} is empty or holds a comma; give one word an entry")
+            out[key] = value = ",".join(w.strip() for w in value)
+        if isinstance(value, os.PathLike) and _allows(hints[key], str):
+            out[key] = value = os.fspath(value)
+        if not _of_type(value, hints[key]):
+            kind = type(value).__name__
+            raise VplError(f"{key}={value!r}: {'an' if kind[0] in 'aeiou' else 'a'} {kind}; give "
+                           f"{_HINTS.get(key) or _what(hints[key], key)}")
+    return out
+
+
+def _kinds(hint: Any) -> tuple:
+    import typing
+
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is None:
+        return (hint,)
+    if args and (origin is typing.Union or type(hint).__name__ == "UnionType"):
+        return tuple(k for a in args for k in _kinds(a))
+    return (origin,)
+
+
+def _allows(hint: Any, kind: type) -> bool:
+    return kind in _kinds(hint)
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    kinds = [k for k in _kinds(hint) if isinstance(k, type)]
+    if not kinds:
+        return True  # an annotation this check does not read: the config's own check decides
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, int) and float in kinds:
+        return True  # an int where a float is asked (a threshold of 1)
+    return any(isinstance(value, k) for k in kinds if k is not type(None))
+
+
+def _what(hint: Any, key: str) -> str:
+    words = {str: "a string", int: "a whole number", float: "a number", bool: "True or False", tuple: "a tuple",
+             type(None): "None (the default)"}
+    said = [words.get(k, getattr(k, "__name__", str(k))) for k in _kinds(hint)]
+    if key in _WORD_LISTS:
+        said.insert(1, "a list of words")
+    return " or ".join(dict.fromkeys(said))
+
+
 def call_options(options: dict, allowed: Sequence[str], aliases: dict[str, str], where: str) -> dict:
     """A call's per-call options by their own names (``threshold`` -> the family's name); one line for an
     unknown one (the closest name), and for an alias given beside its name with another value."""
@@ -206,6 +277,22 @@ def unknown_option(where: str, name: str, options: Sequence[str]) -> VplError:
     return VplError(f"{where}: unknown option {name!r};{hint} its options are {', '.join(options)}")
 
 
+def model_names(model: Any, pretrained: Any) -> tuple[str, str]:
+    """``model=`` and ``pretrained=`` as `segment`'s ``--model`` / ``--pretrained`` take them: strings (a weights
+    file as a ``Path`` is its string); ``model=None`` or a ``Path`` is one line with the forms a model takes."""
+    if not isinstance(model, str):
+        folder = f"'local-dir:{os.fspath(model)}'" if isinstance(model, os.PathLike) else "'local-dir:/path'"
+        raise VplError(f"model={model!r}: give the model by name as a string: an open_clip name ('ViT-B-16'; "
+                       f"vpltool.list_models()), {folder} for a model folder, or 'pgseg:FILE' for a checkpoint; "
+                       "leave model out for the default")
+    if isinstance(pretrained, os.PathLike):
+        pretrained = os.fspath(pretrained)
+    if not isinstance(pretrained, str):
+        raise VplError(f"pretrained={pretrained!r}: give a tag ('openai'; vpltool.list_pretrained(model)), a weights "
+                       "file, or 'none' for random weights")
+    return model, pretrained
+
+
 def segmenting(method: str | None, model: str, checkpoint: str | os.PathLike | None) -> tuple[str, str, Any]:
     """``(method, model, checkpoint)`` as :func:`vpltool.segmenter` takes them -> ``(family, method, checkpoint)``:
     ``model="NAME:FILE"`` (:func:`vpltool.models.registry.model_family`) is ``method=NAME, checkpoint=FILE``;
@@ -241,6 +328,8 @@ def text_options(family: str, options: dict, where: str) -> dict:
     return {**defaults, **options}
 
 
-__all__ = ["ALIASES", "PER_CALL", "RUNTIME", "TEXT_ALIASES", "TEXT_PER_CALL", "call_options", "class_entries",
+__all__ = ["ALIASES", "PER_CALL", "RUNTIME", "TEXT_ALIASES", "TEXT_PER_CALL", "typed_options", "model_names",
+           "call_options",
+           "class_entries",
            "dense_options", "device_name", "keyword_line", "method_option", "python_lines", "segmenting",
            "text_options", "torch_dtype_pointer", "unknown_option"]

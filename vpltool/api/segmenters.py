@@ -36,10 +36,12 @@ from .options import (
     dense_options,
     device_name,
     method_option,
+    model_names,
     python_lines,
     segmenting,
     text_options,
     torch_dtype_pointer,
+    typed_options,
     unknown_option,
 )
 from .results import Segmentation
@@ -86,7 +88,8 @@ class DenseSegmenter(Segmenter):
     def _options(self, options: dict) -> tuple:
         """``(DenseSettings, batch size)`` of a call: the segmenter's, with the call's :data:`PER_CALL` options
         checked as `segment` checks them (:class:`SegmentConfig`)."""
-        given = call_options(options, (*PER_CALL, "batch_size"), ALIASES, f"seg(...) with method {self.method!r}")
+        given = typed_options(call_options(options, (*PER_CALL, "batch_size"), ALIASES,
+                                           f"seg(...) with method {self.method!r}"), SegmentConfig)
         batch = checked_batch_size(given.pop("batch_size")) if "batch_size" in given else self.batch_size
         return (replace(self.cfg, **given).resolved() if given else self.settings), batch
 
@@ -154,11 +157,13 @@ class DenseSegmenter(Segmenter):
         from ..models.dense.bands import check_photo_memory
         from ..models.dense.segmentor import scores_batch, short_side_size
         from ..runtime.batches import BatchRunner, plan_batches, resolve_batch_size
+        from ..stages._masks import Producer, check_output
         from ..stages.segment import class_names
         from .embed import check_owner, kept_features
 
         settings, batch_size = run
         classes = ("background", *class_names(entries))
+        producer = Producer.dense(self.method, len(classes))
         names = [name_of(photo, i) for i, photo in given]
         sizes = [tuple(rgb.shape[:2]) for rgb in rgbs]
         synonyms, _, background = self.query_words(entries)  # as `segment` counts them, before anything runs
@@ -185,6 +190,7 @@ class DenseSegmenter(Segmenter):
 
                 done = [pair for part in runner(len(index), chunk) for pair in part]
                 for i, (probs, labels) in zip(index, done):
+                    check_output(producer, names[i], sizes[i], probs, labels)  # as a mask `segment` writes
                     out[i] = segmentation(probs, labels, classes, tensors, rgbs[i])
         return out
 
@@ -237,6 +243,7 @@ class TextSegmenter(Segmenter):
 
     def _run(self, rgbs: list, given: list, entries: list[str], tensors: bool, run: tuple,
              embedding: Embedding | None = None) -> list[Segmentation]:
+        from ..stages._masks import Producer, check_output
         from ..stages.segment_text import image_scores, text_names, text_queries
 
         weights = next(self.model.parameters())
@@ -247,10 +254,12 @@ class TextSegmenter(Segmenter):
             classes, bg_words = text_names(key, self.background)
             self._queries[key] = classes, text_queries(self.family, self.model, classes, bg_words, self.device)
         classes, text = self._queries[key]
+        producer = Producer.text_family(self.family.name, self.checkpoint, len(classes) + 1)
         out = []
-        for rgb in rgbs:  # one photo a forward, as `segment --model NAME:FILE` runs them
+        for (i, photo), rgb in zip(given, rgbs):  # one photo a forward, as `segment --model NAME:FILE` runs them
             logits, labels = image_scores(self.family, self.model, rgb, text, len(classes), run[0],
                                           self.short_side, self.slide, self.device)
+            check_output(producer, name_of(photo, i), rgb.shape[:2], None, labels)  # as a mask `segment` writes
             out.append(segmentation(logits, labels, ("background", *classes), tensors, rgb))
         return out
 
@@ -290,8 +299,10 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
     """
     torch_dtype_pointer(options)
     method, checkpoint = method_option("segmenter", method, checkpoint, options)
+    model, pretrained = model_names(model, pretrained)
     if "device" in options:
         options["device"] = device_name(options["device"])
+    options = typed_options(typed_options(options, SegmentConfig), RuntimeConfig)
     runtime = RuntimeConfig(**{k: options.pop(k) for k in RUNTIME if k in options})
     family, method, checkpoint = segmenting(method, model, checkpoint)
     if family != "clip":  # a text-supervised family's checkpoint

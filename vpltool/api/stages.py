@@ -54,6 +54,9 @@ def configs(stage: str, config: type, options: dict[str, Any], runtime: bool = T
         from .segmenters import unknown_option
 
         raise unknown_option(f"vpltool.api.{stage}", unknown[0], sorted(allowed))
+    from .options import typed_options
+
+    options = typed_options(typed_options(options, config), RuntimeConfig)  # one line for a value of another type
     rt = RuntimeConfig(**{k: v for k, v in options.items() if k in _RUNTIME})
     make = config.of if hasattr(config, "of") else config
     return make(**{k: v for k, v in options.items() if k in own}), rt
@@ -226,9 +229,11 @@ def segment(data: PathLike, out: PathLike, classes: str | Sequence[str] | None =
     ``short_side``, ``slide_crop``, ``slide_stride``, ``background``). ``overlay``: also
     ``OUT/overlays/<id>.jpg``."""
     from ..data import open_dataset
+    from .options import model_names
     from .segmenters import class_entries, method_option, segmenting
 
     method, checkpoint = method_option("vpltool.api.segment", method, checkpoint, options)
+    model, pretrained = model_names(model, pretrained)
     family, method, checkpoint = segmenting(method, model, checkpoint)  # model="NAME:FILE": checkpoint=FILE
     entries = None if classes is None else class_entries(classes)
     if family != "clip":  # a text-supervised family's checkpoint

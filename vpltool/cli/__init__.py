@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .. import entry_points
+from ..plugins import entry_points
 
 # the options below are made from the method tables, the plugins' rows with them: a broken plugin's line is shown
 # per command, as one warning line (friendly_errors), not by Python's display while this module imports
@@ -22,7 +22,7 @@ from . import app as app_command  # noqa: E402
 from . import benchmark, cam, demo, pgseg, pipeline, report, sam_pseudo, segment, train_text, training  # noqa: E402
 from .errors import friendly_errors  # noqa: E402
 from .options import option_blocks  # noqa: E402
-from .root import app, help_cmd  # noqa: E402
+from .root import Command, app, help_cmd  # noqa: E402
 
 DEMO = "Demo world"
 # name, function, help panel; `vpltool --help` lists them in this order: the stages in pipeline order, then the demo
@@ -54,8 +54,8 @@ COMMANDS = (
 )
 for _name, _command, _panel in COMMANDS:
     # option_blocks: a block parameter becomes its options; friendly_errors: one line and exit 2 for a user's mistake
-    app.command(_name, rich_help_panel=_panel)(friendly_errors(option_blocks(_command)))
-app.command("help")(help_cmd)  # last in the list: `vpltool help` and `vpltool help COMMAND`
+    app.command(_name, rich_help_panel=_panel, cls=Command)(friendly_errors(option_blocks(_command)))
+app.command("help", cls=Command)(help_cmd)  # last in the list: `vpltool help` and `vpltool help COMMAND`
 
 
 COMPLETE_VAR = "_VPLTOOL_COMPLETE"

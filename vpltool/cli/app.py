@@ -38,7 +38,8 @@ def app_cmd(
 ) -> None:
     """Serve an interactive page: drop a photo, type class names, pick a method and a model, and see the overlay,
     each class's share of the photo, and the palette mask PNG to download (segment's mask for the same photo and
-    names). Offline with the toy CLIP by default; Gradio's analytics off. Needs pip install 'vpltool[app]'.
+    names). Offline with the toy CLIP by default; Gradio's analytics off. Needs Gradio: make setup installs it, or
+    pip install -e '.[app]' in vpltool's checkout.
 
     \b
     Example:

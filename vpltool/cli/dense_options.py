@@ -60,9 +60,9 @@ SamModelOpt = Annotated[str, typer.Option("--sam-model", help=f"The SAM image en
                                           "vpltool/assets/toy-sam, `train-toy-sam`).")]
 SamWeightsOpt = Annotated[Optional[str], typer.Option(
     "--sam-weights", help=f"SAM's weights of --dense {_SAM}{_SAM_USERS}: a local file (SAM's released checkpoint, e.g. "
-    "sam_vit_b_01ec64.pth, or the image encoder's tensors) | none (random, seeded: tests). Required with "
-    f"{_SAM}. With --region-masks sam3: SAM 3's, a facebook/sam3 folder (config.json + model.safetensors) or Meta's "
-    "sam3.pt.", show_default=False)]
+    "sam_vit_b_01ec64.pth for vit_b, or the image encoder's tensors; --sam-model toy's is vpltool/assets/toy-sam/"
+    f"model.safetensors in the package) | none (random, seeded: tests). Required with {_SAM}. With --region-masks "
+    "sam3: SAM 3's, a facebook/sam3 folder (config.json + model.safetensors) or Meta's sam3.pt.", show_default=False)]
 ResidualOpt = Annotated[Optional[bool], typer.Option(
     "--residual/--no-residual", help="Keep (or drop) the last block's residual and FFN, in place of the --dense "
     "method's (ClearCLIP's ignore_residual=True is --no-residual).", show_default=False)]
@@ -104,8 +104,15 @@ def _knob_type(field: str) -> object:
     owners = KNOB_METHODS[field]
     kind = DENSE_SPECS[owners[0]].knobs_class.types()[field]
     knob = KNOBS[field]
-    return Annotated[Optional[kind], typer.Option(knob.option, help=f"--dense {_methods(owners)}: {knob.help}",
+    return Annotated[Optional[kind], typer.Option(knob.option, help=knob_help(owners, knob.help),
                                                   show_default=False)]
+
+
+def knob_help(owners: tuple[str, ...], text: str) -> str:
+    """A knob's ``--help``: ``--dense NAME: `` (the methods that read it) before the knob's own text, which
+    :func:`vpltool.config.knobs.knob` says not to start so; a text that does anyway keeps its own."""
+    prefix = f"--dense {_methods(owners)}: "
+    return text if text.startswith(("--dense ", prefix)) else prefix + text
 
 
 # every method's own knobs, in DENSE_SPECS' order

@@ -24,6 +24,7 @@ from typing import NoReturn
 import typer
 
 from ..errors import VplError, VplWarning, write_error
+from ..runtime.numerics import check_switches
 from .options import _FILE_OPTIONS, _EmptySpelling, _FolderSpelling
 from .output import _LOG, err, say
 
@@ -62,6 +63,7 @@ def friendly_errors(fn: Callable) -> Callable:
                 warnings.filterwarnings("ignore", FORK_WARNING, DeprecationWarning)
                 warnings.showwarning = functools.partial(_show_warning, warnings.showwarning, verbose)
                 _plugin_lines()
+                check_switches()  # VPLTOOL_REPRODUCIBLE=2 or =garbage: one line, never read as fast mode silently
                 _check_file_options(kwargs)
                 _check_given_options(fn, kwargs)
                 if log_file is not None:
@@ -98,7 +100,8 @@ def friendly_errors(fn: Callable) -> Callable:
 def _plugin_lines() -> None:
     """Each broken plugin's line (:func:`vpltool.plugins.problems`) as one warning line of this command; those
     that arise later in it are warned as they come."""
-    from .. import entry_points, plugins
+    from .. import plugins
+    from ..plugins import entry_points
 
     for line in plugins.problems():
         warnings.warn(VplWarning(line), stacklevel=2)
@@ -207,6 +210,10 @@ def _check_file_options(kwargs: dict) -> None:
         if any("\x00" in str(v) for v in (value if isinstance(value, (list, tuple)) else [value])):
             option = _spelling(name)
             raise VplError(f"{option}: its value holds a NUL byte (\\x00), which no path or name can hold; remove it")
+        url = next((v for v in (value if isinstance(value, (list, tuple)) else [value])
+                    if isinstance(v, Path) and str(v).lower().startswith(("file:/", "http:/", "https:/"))), None)
+        if url is not None:  # a path parameter given a URL (Path folded its '//': the line said "file:/x: not found")
+            _refuse_url(_spelling(name), str(url))
         if isinstance(value, _EmptySpelling) and name in _FILE_OPTIONS:
             option, example = _FILE_OPTIONS[name]
             raise VplError(f"{option} '': an empty file name; give a file name, e.g. {example}"
@@ -215,6 +222,20 @@ def _check_file_options(kwargs: dict) -> None:
             option, example = _FILE_OPTIONS[name]
             raise VplError(f"{option} {value}/: ends with '/', so it names a folder, but {option} is a file; give a "
                            f"file name, e.g. {value / example}")
+
+
+def _refuse_url(option: str, url: str) -> None:
+    """One line for a URL given where the command line reads a path: a ``file:`` URL's own path, else where URLs
+    are read (the Python segmenter downloads ``http(s)://`` photos)."""
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition(":")
+    if scheme.lower() == "file":
+        path = unquote("/" + rest.lstrip("/"))
+        raise VplError(f"{option} {scheme}://{rest.lstrip('/') and '/' + rest.lstrip('/')}: a file:// URL; the command "
+                       f"line takes the path itself: {path}")
+    raise VplError(f"{option} {scheme}://{rest.lstrip('/')}: a URL; the command line reads files: download it "
+                   "first, or segment it from Python (vpltool.segmenter(...)(url, names) downloads it)")
 
 
 @contextmanager

@@ -50,8 +50,10 @@ OutFile = Annotated[Path, typer.Option("--out", "-o", parser=file_path, metavar=
                                        help="Output file (written atomically).")]
 Device = Annotated[str, typer.Option(envvar="VPLTOOL_DEVICE", help="auto | cpu | cuda | cuda:N",
                                      rich_help_panel=RUNTIME)]
-Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (bf16 on CUDA and on CPUs with AMX, else fp32) | "
-                                        "fp32 | bf16 | fp16 (CUDA only).", rich_help_panel=RUNTIME)]
+Precision = Annotated[str, typer.Option(help="Frozen blocks: auto (the dtype the command's inputs record, where "
+                                        "they record one: features, CAMs, masks; else bf16 on CUDA and on CPUs with "
+                                        "AMX, fp32 otherwise) | fp32 | bf16 | fp16 (CUDA only).",
+                                        rich_help_panel=RUNTIME)]
 BatchSize = Annotated[Optional[int], typer.Option(
     help="Images per batch (equal input sizes are batched) [default: auto: 32 on CUDA, halved on out-of-memory; on "
     "a CPU 8 for extract, 1 for cam and predict].", show_default=False, rich_help_panel=RUNTIME)]
@@ -164,7 +166,7 @@ def _kept(option: inspect.Parameter, plugin: str | None, taken: set[str], fn: Ca
         return True
     if plugin is None:  # vpltool's own: a bug of its option tables, never to be hidden
         raise TypeError(f"{fn.__name__}: option {sorted(clash)[0]} is spelled twice")
-    from ..entry_points import problem, uninstall_hint
+    from ..plugins.entry_points import problem, uninstall_hint
 
     problem(f"plugin {plugin}: its option {sorted(clash)[0]} is already one of vpltool's; it is left out (the "
             f"method runs with its default): rename it in the plugin's knobs class{uninstall_hint(plugin)}")

@@ -9,14 +9,79 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
+
+
+def _warn_broken_plugins() -> None:
+    """Each broken plugin's line (:func:`vpltool.plugins.problems`) as one ``warning:`` line on stderr, once per
+    process, before a help text: `segment --help` runs no command, whose start would show them."""
+    if _SHOWN:
+        return
+    _SHOWN.append(True)
+    from ..plugins.entry_points import problems
+
+    for line in problems():
+        typer.echo(f"warning: {line}", err=True)
+
+
+_SHOWN: list[bool] = []
+
+
+class Group(TyperGroup):
+    """`vpltool`: its help says which plugins are broken first (:func:`_warn_broken_plugins`) and ends with the
+    methods `segment` takes, the plugins' among them (read when the help is shown)."""
+
+    def get_help(self, ctx):
+        _warn_broken_plugins()
+        return super().get_help(ctx)
+
+    def invoke(self, ctx):
+        """``--reproducible`` (vpltool's own option) given after a command (``vpltool cam --reproducible``) is
+        refused, as click refuses any unknown option, with where it goes."""
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # click's NoSuchOption (typer's vendored click or click itself: by its name)
+            if type(e).__name__ == "NoSuchOption" and getattr(e, "option_name", None) == "--reproducible":
+                e.message = ("No such option: --reproducible; it is vpltool's own, so it goes before the command: "
+                             f"vpltool --reproducible {ctx.invoked_subcommand or 'COMMAND'} ... (or "
+                             "VPLTOOL_REPRODUCIBLE=1 before it)")
+            raise
+
+    def format_epilog(self, ctx, formatter) -> None:
+        from ..api.methods import method_families
+
+        table = method_families()
+        dense = [name for name, fam in table.items() if fam == "clip"]
+        text = [name for name, fam in table.items() if fam != "clip"]
+        import textwrap
+
+        width = max((formatter.width or 80) - 2, 40)
+        lines = [f"segment --dense METHOD: {', '.join(dense)}.",
+                 f"segment --model NAME:FILE (a text-supervised checkpoint): {', '.join(text)}.",
+                 "vpltool.list_methods(details=True) says what each is; docs/open-vocabulary.md compares them."]
+        formatter.write_paragraph()
+        formatter.write_text("Methods:")
+        for line in lines:  # whole names: a method's name is never cut at its hyphen
+            formatter.write("".join(f"{row}\n" for row in textwrap.wrap(line, width, initial_indent="  ",
+                                                                         subsequent_indent="    ",
+                                                                         break_on_hyphens=False)))
+        super().format_epilog(ctx, formatter)
+
+
+class Command(TyperCommand):
+    """A command: its help says which plugins are broken first (:func:`_warn_broken_plugins`)."""
+
+    def get_help(self, ctx):
+        _warn_broken_plugins()
+        return super().get_help(ctx)
 
 # Plain click help (rich_markup_mode=None): typer's rich panels cut long option names at 80 columns
 # ("--rsc-temperat…"), showed flags as "<bool>" and ate "[default: ...]" as markup; plain help wraps instead, and
 # docs/cli.md is the same text (docgen/cli_docs.py)
 app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False, add_completion=True,
+    cls=Group, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_show_locals=False, add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
     help="Weakly-supervised semantic segmentation with CLIP (CLIP-ES + VPL). One stage per command; stages "
     "exchange safetensors and palette PNGs on disk, so any stage can be swapped or re-run alone.",
@@ -40,7 +105,7 @@ def root(
 ) -> None:
     """Weakly-supervised semantic segmentation with CLIP: one stage per command, files in between."""
     if reproducible:  # before any command loads torch, numpy or OpenCV (this package imports none of them)
-        from ..numerics import ask_reproducible
+        from ..runtime.numerics import ask_reproducible
 
         ask_reproducible()
 
@@ -66,4 +131,4 @@ def help_cmd(
         typer.echo(sub.get_help(sub_ctx))
 
 
-__all__ = ["app", "help_cmd"]
+__all__ = ["app", "help_cmd", "Command", "Group"]

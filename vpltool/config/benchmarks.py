@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..entry_points import DerivedMap
+from ..plugins.entry_points import DerivedMap
 from .dense import DENSE_SPECS, KNOBS
 from .method_presets import BENCHMARK_NAMES, MethodPresets
 from .method_presets import CFG_FILES as _CFG
@@ -189,8 +189,10 @@ def presets_markdown() -> str:
         # CASS's knobs, a preset's prompt set (OV-Stitcher's templates), then the not-run ones
         knobs = {**{k: s[k] for k in (*_METHOD_KNOBS, "templates") if k in s}, **row["extra"]}
         extra = (" (+ " + ", ".join(f"{k} {v}" for k, v in knobs.items()) + ")") if knobs else ""
-        side = f"{s['short_side']} (long {s['long_side']})" if s.get("long_side") else s["short_side"]
-        lines.append(f"| {row['method']} | {row['benchmark']} | {side} | {window} | {s['logit_scale']:g} | "
+        # a method whose model reads the photo at its own side (SAM 3's) and scores without a logit scale: "-"
+        side = f"{s['short_side']} (long {s['long_side']})" if s.get("long_side") else s.get("short_side", "-")
+        scale = f"{s['logit_scale']:g}" if "logit_scale" in s else "-"
+        lines.append(f"| {row['method']} | {row['benchmark']} | {side} | {window} | {scale} | "
                      f"{s['prob_threshold']:g} | {s['area_threshold'] or '-'} | {s['pamr_steps'] or '-'} | "
                      f"{s.get('class_file', 'its own')} | {row['repo']}: {row['source']}{extra} |")
     return "\n".join(lines) + "\n"

@@ -33,11 +33,19 @@ def did_you_mean(value: Any, choices: Iterable[str]) -> str:
     return f" did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
-def choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+# torch's and numpy's names of the dtypes --precision names (transformers' torch_dtype, a habit from other tools)
+DTYPE_NAMES = {"float32": "fp32", "float": "fp32", "fp": "fp32", "bfloat16": "bf16", "float16": "fp16",
+               "half": "fp16", "bfloat": "bf16"}
+
+
+def choice(option: str, value: Any, choices: tuple[str, ...], aliases: dict[str, str] | None = None) -> None:
+    """One line for ``value`` not in ``choices``: the closest (difflib), or the choice an alias names (``float32``
+    is ``fp32`` for ``--precision``: ``aliases``)."""
     if value in choices:
         return
     listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
-    hint = did_you_mean(value, choices)
+    named = (aliases or {}).get(str(value).strip().lower().removeprefix("torch."))
+    hint = f" did you mean {named!r}?" if named in choices else did_you_mean(value, choices)
     require(False, f"{option} {value!r}:{hint} choose {listed}" if hint else f"{option} {value!r}: choose {listed}")
 
 
@@ -53,6 +61,15 @@ def at_least(option: str, value: int | None, low: int, *, allow_none: bool = Fal
     if value is None and allow_none:
         return
     require(value is not None and value >= low, f"{option} {value}: must be >= {low}{why}")
+
+
+def whole_number(option: str, value: Any, *, allow_none: bool = False) -> None:
+    """An option that counts (a batch size, workers): an int, not a bool, a float or a string (from Python:
+    ``batch_size='2'`` once raised a TypeError, ``1.5`` and ``True`` were taken)."""
+    if value is None and allow_none:
+        return
+    require(isinstance(value, int) and not isinstance(value, bool),
+            f"{option} {value!r}: not a whole number (a {type(value).__name__}); give one, e.g. 2")
 
 
 def fraction(option: str, value: float) -> None:

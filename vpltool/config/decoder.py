@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..presets import check_class_names
 from .checks import at_least, choice, fraction, non_negative, override, positive, require, seed_value
 from .dense import DENSE_CHOICES, PROXY_METHODS, segment_only
+from .presets import check_class_names
 from .stages import CRF_BACKENDS, MAX_LR, MAX_TOKENS, MIN_SIDE
 
 OPTIMIZERS = ("sgd", "adamw")

@@ -12,10 +12,12 @@ from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..entry_points import DerivedMap, DerivedTuple, PluginTable
 from ..errors import VplError, VplWarning
+from ..plugins.entry_points import DerivedMap, DerivedTuple, PluginTable
+from . import dense_knobs, dense_presets
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
 from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
+from .dense_plugins import HOOK_NAMES, check_hooks_source, method_knobs  # noqa: F401 (HOOK_NAMES: read here)
 from .dense_presets import CORRCLIP_PRESETS, OV_STITCHER_PRESETS, RADSEG_PRESETS, TEXTREGION_PRESETS
 from .knobs import Knob, MethodKnobs, knob  # noqa: F401 (the knobs of a method are written with these)
 from .method_presets import MethodPresets
@@ -97,8 +99,8 @@ class DenseMethodSpec:
     module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
     proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
     sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
-    # a per-image input only `segment` takes (TextRegion's region masks: "region masks (--region-masks)"), so cam
-    # --dense and predict --dense, which take none, refuse it; None: none
+    # an input only `segment` takes (TextRegion's region masks: "region masks per photo (--region-masks)"; SAM 3's
+    # model), so cam --dense and predict --dense, which take none, refuse it; None: none
     segment_only: str | None = None
     # its own settings, a MethodKnobs dataclass of the knobs only it reads (its per-dataset knobs; with_knobs hook)
     knobs_class: type[MethodKnobs] = MethodKnobs
@@ -111,6 +113,7 @@ class DenseMethodSpec:
     # the distribution of a plugin's method ("vpltool-example 0.1.0"; set when it registers, for messages), whose
     # module is then a full dotted name; None: vpltool's own (module relative to vpltool.models.dense)
     plugin: str | None = None
+    timm_tower: bool = False  # runs on a timm tower (SigLIP 2, PE-Core): it changes the last block's attention alone
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -123,22 +126,27 @@ class DenseMethodSpec:
 _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_side=448, slide_crop=448,
                                    slide_stride=224, crop_mode="pad", whole="direct")
 
+# SAM 3's methods read the decoded photo (SAM 3 resizes it to its own square input), not the shared resize's
+_SAM3_ONLY = "SAM 3's model in place of a CLIP (segment --sam3-weights)"
+_SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1008, slide_crop=0, slide_stride=112,
+                               crop_mode="floor", whole="direct")
+
 
 # the spec table: every --dense method, in --help's order. A new method is a row here (and, unless it only mixes
 # the last block, a module in vpltool/models/dense/); a plugin's method is a row its package registers
 # (vpltool.plugins.register_dense_method), after these
 _OWN_SPECS: dict[str, DenseMethodSpec] = {
-    "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
-    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
+    "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
+    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
     # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
     "sclip": DenseMethodSpec(DenseSettings(logit_scale=65.0, prob_threshold=0.1, short_side=336, slide_crop=224,
                                            slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
-                             class_files="sclip"),
-    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip"),
+                             class_files="sclip", timm_tower=True),
+    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
     # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
     "naclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
                                             slide_stride=112, crop_mode="floor", whole="input", pamr_steps=10),
-                              class_files="sclip"),
+                              class_files="sclip", timm_tower=True),
     # scclip_segmentor.py + cfg_voc21.py: logit scale 50, prob_thd 0.15, area_thd 0.1, slide 224/112, short 336
     "sc-clip": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224,
                                              slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
@@ -180,7 +188,8 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
     "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
                                                 slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
                                   module="textregion", class_files="proxyclip", knobs_class=TextRegionKnobs,
-                                  presets=TEXTREGION_PRESETS, segment_only="region masks (--region-masks)"),
+                                  presets=TEXTREGION_PRESETS,
+                                  segment_only="region masks per photo (segment --region-masks)"),
     # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
     # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
     # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
@@ -189,12 +198,19 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
                               module="radseg", proxy_model="naflexvit_base_patch16_radio_v3", class_files="proxyclip",
                               knobs_class=RadsegKnobs,
                               presets=RADSEG_PRESETS),
+    # VILA-Lab/ActiveSAM base.py's FrozenSAM3Segmentor + cfg_voc21.py: SAM 3 prompted with each word; prob_thd 0.4
+    "sam3": DenseMethodSpec(_SAM3_SETTINGS, module="sam3", class_files="activesam", knobs_class=dense_knobs.Sam3Knobs,
+                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY),
+    # its segmentor.py + base_config.py + cfg_voc21.py: expansion, preview, buckets, MABC at prob_thd 0.4
+    "activesam": DenseMethodSpec(_SAM3_SETTINGS, module="activesam", class_files="activesam",
+                                 knobs_class=dense_knobs.ActiveSamKnobs, presets=dense_presets.ACTIVESAM_PRESETS,
+                                 segment_only=_SAM3_ONLY),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
 
 
 def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
-    """A plugin's spec row checked (:class:`~vpltool.entry_points.PluginTable`): one line for what is wrong."""
+    """A plugin's spec row checked (:class:`~vpltool.plugins.entry_points.PluginTable`): one line for what is wrong."""
     if not isinstance(spec, DenseMethodSpec):
         raise VplError(f"register_dense_method takes a DenseMethodSpec, not a {type(spec).__name__}")
     if not _NAME.fullmatch(name):
@@ -204,6 +220,7 @@ def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
                        "DenseHooks class (imported when the method is used)")
     check_knobs_class(spec.knobs_class, {k.field: k for row in DENSE_SPECS.rows_so_far().values()
                                          for k in row.knobs})
+    check_hooks_source(spec.module)
     if spec.presets is not None and spec.presets.defaults.get("dense") != name:
         raise VplError(f"its presets' defaults name --dense {spec.presets.defaults.get('dense')!r}; give "
                        f"dense={name!r} there")
@@ -224,6 +241,7 @@ PROXY_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.it
                              DENSE_SPECS)
 PROXY_MODELS = DerivedMap(lambda: {name: spec.proxy_model for name, spec in DENSE_SPECS.items()
                                    if spec.proxy_model}, DENSE_SPECS)
+TIMM_METHODS = DerivedTuple(lambda: tuple(n for n, s in DENSE_SPECS.items() if s.timm_tower), DENSE_SPECS)  # timm_tower
 SAM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.sam),
                            DENSE_SPECS)  # take SAM's image encoder too
 # the methods that need no side model and no per-image input (cam --dense seeds, predict --dense)
@@ -248,7 +266,7 @@ def segment_only(method: str, command: str) -> str | None:
     spec = DENSE_SPECS.get(method)
     if spec is None or not spec.segment_only:
         return None
-    return (f"{command} --dense {method}: the method needs {spec.segment_only} per photo, which only `vpltool "
+    return (f"{command} --dense {method}: the method needs {spec.segment_only}, which only `vpltool "
             f"segment` takes; choose another --dense method here ({', '.join(PLAIN_METHODS[1:])})")
 
 
@@ -363,7 +381,7 @@ class SegmentConfig:
                     f"--dense {owners}, or drop {flag}")
             warnings.warn(VplWarning(ignored_option(flag, shown_value(value), f"without --dense {owners}")),
                           stacklevel=2)
-        return cls(dense=dense, knobs=own_class(**knobs), **options)
+        return cls(dense=dense, knobs=method_knobs(dense, DENSE_SPECS[dense], knobs, KNOBS), **options)
 
     @classmethod
     def option_names(cls, dense: str | None = None) -> list[str]:
@@ -374,11 +392,11 @@ class SegmentConfig:
     def flat(self) -> dict[str, Any]:
         """Every setting by field name, the method's knobs beside the shared ones (how a stage records them, and
         :meth:`of` takes them back)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "knobs"}
-        out.update({f.name: getattr(self.knobs, f.name) for f in fields(self.knobs)})
-        if out["long_side"] is None:  # newer than the runs recorded before it: left out at None (the method's), so
-            del out["long_side"]  # that they resume with the same parameters
-        return out
+        # long_side and a knob(newer=True), newer than runs recorded before them, left out at None: those resume
+        out = {f.name: v for f in fields(self) if f.name != "knobs"
+               if (v := getattr(self, f.name)) is not None or f.name != "long_side"}
+        return out | {f.name: v for f in fields(self.knobs) if (v := getattr(self.knobs, f.name)) is not None
+                      or not f.metadata.get("newer")}
 
     def inert(self) -> dict[str, str]:
         """The proxy options have no effect without a proxy method (:data:`PROXY_METHODS`), SAM's without a method
@@ -422,8 +440,6 @@ DENSE_OPTION_NAMES = {"--short-side": "--dense-side", "--logit-scale": "--dense-
 def dense_config(**given) -> SegmentConfig:
     """The :class:`SegmentConfig` of `cam --dense` / `predict --dense` (its :meth:`~SegmentConfig.resolved` settings
     checked too), its one-line errors naming their ``--dense-*`` options, not segment's."""
-    import re
-
     try:
         cfg = SegmentConfig.of(**given)
         cfg.resolved()

@@ -9,8 +9,9 @@ The option names, their help and the field names are those the methods had as fi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from .checks import at_least, fraction, positive, require
+from .checks import at_least, choice, fraction, positive, require
 from .knobs import MethodKnobs, knob
 
 
@@ -84,6 +85,21 @@ class TridentKnobs(MethodKnobs):
         at_least("--minimal-area", self.minimal_area, 1, allow_none=True, why=" half-resolution pixels")
 
 
+# what --sam-weights is for each --sam-model: segment-anything's released checkpoints, and the demo world's toy SAM,
+# shipped in the package (vpltool/assets/toy-sam, made by `train-toy-sam`)
+SAM_RELEASES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
+TOY_SAM = Path(__file__).resolve().parents[1] / "assets" / "toy-sam" / "model.safetensors"
+
+
+def sam_weights_hint(sam_model: str) -> str:
+    """What to pass as ``--sam-weights`` for ``--sam-model sam_model``, for messages."""
+    if sam_model == "toy":
+        return f"--sam-weights {TOY_SAM} (the demo world's toy SAM, shipped with vpltool)"
+    release = SAM_RELEASES.get(sam_model, SAM_RELEASES["vit_b"])
+    return (f"--sam-weights FILE, SAM's released checkpoint of --sam-model {sam_model} ({release}, from "
+            "segment-anything's model card)")
+
+
 def _region_masks() -> str | None:
     """The knob CorrCLIP, OV-Stitcher and TextRegion share (each class declares it alike, so --region-masks is one
     option whose help says what each method reads)."""
@@ -101,6 +117,23 @@ def _region_masks() -> str | None:
         uses=("sam_model", "sam_weights"), when=("sam", "sam2", "sam3"))
 
 
+QUERY_MERGES = ("max", "reference")  # --query-merge: each class its queries' max | its reference's, by position
+
+
+def _query_merge() -> str | None:
+    """The knob CorrCLIP, OV-Stitcher and TextRegion share: how their query rows become classes."""
+    return knob(
+        "--query-merge", "how the query rows' probabilities become classes: max (each class the max over its own "
+        "queries) | reference (as its reference's code merges them, by position: the first Q-C+1 rows to the first "
+        "class, each later row to the next class; the same where synonyms sit on a class file's first row alone, as "
+        "in the references' own files, and other classes' rows elsewhere) [default: max].", newer=True)
+
+
+def _check_query_merge(value: str | None) -> None:
+    if value is not None and value not in QUERY_MERGES:
+        choice("--query-merge", value, QUERY_MERGES)
+
+
 @dataclass(frozen=True)
 class CorrCLIPKnobs(MethodKnobs):
     """CorrCLIP's class-agnostic region masks per image (:mod:`vpltool.models.dense.corrclip.regions`)."""
@@ -108,6 +141,10 @@ class CorrCLIPKnobs(MethodKnobs):
     # a folder of <image stem>.npz files (key instance_mask) | sam (segment-anything's automatic mask generator:
     # --sam-model, --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
     region_masks: str | None = _region_masks()
+    query_merge: str | None = _query_merge()  # max | reference (postprocess_result's merge by position)
+
+    def __post_init__(self) -> None:
+        _check_query_merge(self.query_merge)
 
 
 @dataclass(frozen=True)
@@ -127,9 +164,12 @@ class TextRegionKnobs(MethodKnobs):
         "--region-crop", "the side in pixels of each view, the photo's and its tiles' (its crop_size) [default: "
         "336, base_config.py].")
 
+    query_merge: str | None = _query_merge()  # max | reference (model_semantic.py's merge by position)
+
     def __post_init__(self) -> None:
         at_least("--points-per-side", self.points_per_side, 1, allow_none=True, why=" points")
         at_least("--region-crop", self.region_crop, 16, allow_none=True, why=" pixels")
+        _check_query_merge(self.query_merge)
 
 
 @dataclass(frozen=True)
@@ -138,6 +178,10 @@ class OVStitcherKnobs(MethodKnobs):
     :data:`vpltool.models.dense.ov_stitcher.SAM_SETTINGS`)."""
 
     region_masks: str | None = _region_masks()
+    query_merge: str | None = _query_merge()  # max | reference (CorrCLIP's postprocess_result, as its code has it)
+
+    def __post_init__(self) -> None:
+        _check_query_merge(self.query_merge)
 
 
 @dataclass(frozen=True)
@@ -161,4 +205,86 @@ class RadsegKnobs(MethodKnobs):
         positive("--scga-scale", self.scga_scale, allow_none=True, upper=1000.0)
 
 
-__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs"]
+def _sam3_weights() -> str | None:
+    """The knob SAM 3 and ActiveSAM share (each class declares it alike: one --sam3-weights option)."""
+    return knob(
+        "--sam3-weights", "SAM 3's weights: a local folder in Hugging Face's layout (facebook/sam3: config.json, "
+        "model.safetensors) or Meta's checkpoint file (sam3.pt, as ActiveSAM and Meta's package load it).")
+
+
+def _confidence_threshold() -> float | None:
+    """The instance-score threshold both SAM 3 methods read (declared alike)."""
+    return knob(
+        "--confidence-threshold", "an instance mask of a concept prompt is kept when its score (sigmoid of its "
+        "logit times the prompt's presence) is above this (its confidence_threshold) [default: 0.5 sam3, "
+        "base.py; 0.3 activesam, base_config.py].")
+
+
+SAM3_HEADS = ("instance", "semantic", "both")
+
+
+@dataclass(frozen=True)
+class Sam3Knobs(MethodKnobs):
+    """SAM 3 per concept prompt (:mod:`vpltool.models.dense.sam3`; None = the "SAM 3" row's protocol: instance
+    masks above 0.5, no semantic head, no presence gate)."""
+
+    sam3_weights: str | None = _sam3_weights()
+    confidence_threshold: float | None = _confidence_threshold()
+    sam3_heads: str | None = knob(
+        "--sam3-heads", "which of SAM 3's outputs make a prompt's score map: instance (its kept masks, each "
+        "pixel the max of mask probability x score), semantic (its semantic head) or both (their pixelwise max, "
+        "as ActiveSAM fuses them) [default: instance].")
+    presence_gate: bool | None = knob(
+        "--presence-gate/--no-presence-gate", "multiply each prompt's score map by its presence score (ActiveSAM "
+        "and SegEarth-OV3 do; an instance score holds it already) [default: off].")
+
+    def __post_init__(self) -> None:
+        if self.confidence_threshold is not None:
+            fraction("--confidence-threshold", self.confidence_threshold)
+        if self.sam3_heads is not None:
+            require(self.sam3_heads in SAM3_HEADS, f"--sam3-heads {self.sam3_heads!r}: give one of "
+                    f"{', '.join(SAM3_HEADS)}")
+
+
+@dataclass(frozen=True)
+class ActiveSamKnobs(MethodKnobs):
+    """ActiveSAM's settings (:mod:`vpltool.models.dense.activesam`; None = configs/base_config.py's)."""
+
+    sam3_weights: str | None = _sam3_weights()
+    confidence_threshold: float | None = _confidence_threshold()
+    neighbor_tokens: int | None = knob(
+        "--neighbor-tokens", "context tokens per class from its most similar other classes (its neighbor_tokens; "
+        "0 = none) [default: 2, base_config.py].")
+    hypernym_tokens: int | None = knob(
+        "--hypernym-tokens", "context tokens per class from its WordNet hypernyms, read through nltk's wordnet "
+        "data (its hypernym_tokens; 0 = none, and no WordNet needed) [default: 2, base_config.py].")
+    bucket_size: int | None = knob(
+        "--bucket-size", "concept prompts decoded together in one SAM 3 forward (its bucket_size) [default: 32].")
+    preview_resolution: int | None = knob(
+        "--preview-resolution", "the side in pixels of the presence preview that prunes the vocabulary (its "
+        "preview_resolution; a multiple of the ViT's patch x window) [default: 672].")
+    quantile_alpha: float | None = knob(
+        "--quantile-alpha", "the preview keeps the classes whose presence is at least its (1 - alpha) quantile "
+        "(its quantile_alpha) [default: 0.2].")
+    max_active: int | None = knob(
+        "--max-active", "at most this many classes are decoded at full resolution; a vocabulary no larger skips "
+        "the preview (its pruner_max_active) [default: 40].")
+    mabc_exponent: float | None = knob(
+        "--mabc-exponent", "margin-aware background calibration: a pixel whose s1 sqrt(s1 - s2) is below "
+        "prob_threshold ** this is background (its mabc_exponent) [default: 1.25].")
+
+    def __post_init__(self) -> None:
+        if self.confidence_threshold is not None:
+            fraction("--confidence-threshold", self.confidence_threshold)
+        for option, value in (("--neighbor-tokens", self.neighbor_tokens), ("--hypernym-tokens", self.hypernym_tokens)):
+            at_least(option, value, 0, allow_none=True, why=" tokens (0 = none)")
+        at_least("--bucket-size", self.bucket_size, 1, allow_none=True, why=" prompts")
+        at_least("--preview-resolution", self.preview_resolution, 14, allow_none=True, why=" pixels")
+        at_least("--max-active", self.max_active, 1, allow_none=True, why=" classes")
+        if self.quantile_alpha is not None:
+            fraction("--quantile-alpha", self.quantile_alpha)
+        positive("--mabc-exponent", self.mabc_exponent, allow_none=True, upper=100.0)
+
+
+__all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs",
+           "Sam3Knobs", "ActiveSamKnobs", "SAM3_HEADS", "QUERY_MERGES"]

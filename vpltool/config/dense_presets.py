@@ -146,5 +146,32 @@ RADSEG_PRESETS = MethodPresets(
     " prediction_thresh 0)", _radseg_benchmarks(), RADSEG_EXTRA, config_files=RADSEG_CONFIGS)
 
 
+def _activesam_benchmarks() -> dict:
+    """VILA-Lab/ActiveSAM configs/cfg_*.py: each benchmark's prob_thd where set (VOC21 0.4, Context60 0.1, COCO-Object
+    0.4; elsewhere base.py's 0.0, no background), each with its line; its class file is the preset's class set."""
+    thresholds = {"voc21": ("cfg_voc21.py", 0.4), "context60": ("cfg_context60.py", 0.1),
+                  "coco-object": ("cfg_coco_object.py", 0.4)}
+    return {bench: {"prob_threshold": (value, f"configs/{cfg}:6")} for bench, (cfg, value) in thresholds.items()}
+
+
+# base.py's FrozenSAM3Segmentor defaults (prob_thd 0.0, confidence_threshold 0.5) under each benchmark's config; the
+# "SAM 3" row: per query word SAM 3's kept instance masks, no semantic head, no presence gate (docs/open-vocabulary.md)
+SAM3_PRESETS = MethodPresets(
+    "VILA-Lab/ActiveSAM@41cad43 (FrozenSAM3Segmentor, its SAM 3 row)",
+    {"dense": "sam3", "prob_threshold": 0.0, "slide_crop": 0, "pamr_steps": 0, "area_threshold": 0.0,
+     "confidence_threshold": 0.5, "sam3_heads": "instance", "presence_gate": False},
+    "activesam/model/base.py:28,30 (__init__ defaults: prob_thd 0.0, confidence_threshold 0.5)",
+    _activesam_benchmarks())
+
+# configs/base_config.py's model dict under each benchmark's config
+ACTIVESAM_PRESETS = MethodPresets(
+    "VILA-Lab/ActiveSAM@41cad43",
+    {"dense": "activesam", "prob_threshold": 0.0, "slide_crop": 0, "pamr_steps": 0, "area_threshold": 0.0,
+     "neighbor_tokens": 2, "hypernym_tokens": 2, "bucket_size": 32, "confidence_threshold": 0.3,
+     "preview_resolution": 672, "quantile_alpha": 0.2, "max_active": 40, "mabc_exponent": 1.25},
+    "configs/base_config.py:9-22 (model dict); activesam/model/base.py:28 (prob_thd 0.0)", _activesam_benchmarks())
+
+
 __all__ = ["CORRCLIP_PRESETS", "OV_STITCHER_PRESETS", "TEXTREGION_CONFIGS", "TEXTREGION_PRESETS", "RADSEG_CONFIGS",
-           "RADSEG_EXTRA", "RADSEG_PRESETS"]
+           "RADSEG_EXTRA", "RADSEG_PRESETS",
+           "SAM3_PRESETS", "ACTIVESAM_PRESETS"]

@@ -29,16 +29,22 @@ class Knob:
 
 
 def knob(option: str, help: str, *, uses: tuple[str, ...] = (), when: tuple[str, ...] = (),
-         needs: str | None = None) -> Any:
+         needs: str | None = None, newer: bool = False) -> Any:
     """A field of a :class:`MethodKnobs` class: default None (the method's own value, or the benchmark preset's),
     its option and ``--help`` text in the field's metadata (:class:`Knob` says what each is)::
 
         @dataclass(frozen=True)
         class CassKnobs(MethodKnobs):
             global_weight: float | None = knob("--global-weight", "the image embedding's share ... [default: 0.1].")
-    """
+
+    ``help`` is what follows ``--dense NAME: `` in ``--help``: the command line puts the names of the methods that
+    read the knob first (``--global-weight  --dense cass: the image embedding's share ...``), so the text starts
+    with what the knob is, lower-case, and ends with its default in ``[default: ...]`` (None shows no value).
+
+    ``newer``: a knob added to a method after runs of it were recorded: a stage record leaves it out at None (the
+    method's own value, what those runs ran), so that they resume with the same parameters."""
     return field(default=None, metadata={"option": option, "help": help, "uses": tuple(uses), "when": tuple(when),
-                                         "needs": needs})
+                                         "needs": needs, "newer": newer})
 
 
 @dataclass(frozen=True)

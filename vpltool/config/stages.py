@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .checks import at_least, choice, fraction, positive, require, seed_value
+from .checks import DTYPE_NAMES, at_least, choice, fraction, positive, require, seed_value, whole_number
 
 IGNORE_INDEX = 255  # VOC convention: boundary / unknown pixels in masks
 DEFAULT_MODEL = "ViT-B-16"
@@ -39,7 +39,9 @@ class RuntimeConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        choice("--precision", self.precision, ("auto", "fp32", "bf16", "fp16"), DTYPE_NAMES)
+        whole_number("--batch-size", self.batch_size, allow_none=True)
+        whole_number("--workers", self.workers, allow_none=True)
         at_least("--batch-size", self.batch_size, 1, allow_none=True)
         at_least("--workers", self.workers, 0, allow_none=True, why=" (0 = one per CPU core)")
 

@@ -66,6 +66,9 @@ class TextTrainConfig:
     FINAL: ClassVar[str] = "model.safetensors"  # the trained model in --out: what `segment --model NAME:FILE` takes
     CHECKPOINT_KIND: ClassVar[str] = "text-checkpoint"  # the kind of checkpoints/last.safetensors (model + AdamW)
     FILE_KINDS: ClassVar[dict[str, str]] = {}  # kind -> what it is (messages), for each kind of file it writes
+    # the optimiser's kernels: "foreach" (a few multi-tensor kernels, bit for bit a per-parameter loop) or "fused" (one
+    # kernel a parameter: the same update, rounded otherwise); make_optimizer of vpltool.stages.train_text.steps
+    ADAM_KERNELS: ClassVar[str] = "foreach"
 
     recipe: str = "reference"
     family: str = ""  # the family trained (a name of vpltool.models.registry.TEXT_FAMILIES)

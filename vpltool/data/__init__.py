@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..config.presets import MAX_CLASSES
 from ..errors import ContractError, VplError, VplWarning
 from ..io import (
     check_image_side,
@@ -27,7 +28,6 @@ from ..io import (
     sha256_file,
     stage_record_path,
 )
-from ..presets import MAX_CLASSES
 from .benchmarks import BENCHMARKS, open_benchmark, parse_benchmark_path
 from .coco import is_coco_root, open_coco
 from .common import IMAGE_EXTS, LAYOUTS, MANIFEST_FORMAT, Dataset, Item, layout_folders

@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config.presets import BACKGROUND, VOC_CLASSES, preset_for
 from ..errors import VplError
-from ..presets import BACKGROUND, VOC_CLASSES, preset_for
 from . import benchmark_classes as names
 from .common import LAYOUT_FOLDERS, Dataset, Item, check_id, read_lines
 

@@ -39,8 +39,8 @@ import os
 from pathlib import Path
 
 from ..config.dense import DENSE_SPECS
-from ..entry_points import DerivedMap
 from ..errors import VplError
+from ..plugins.entry_points import DerivedMap
 
 BACKGROUND_WORD = "background"
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "class_files"
@@ -137,14 +137,14 @@ def query_separator(lines: list[str]) -> str:
 
 def check_class_file(spec: str | os.PathLike, names: list[str], synonyms: list[list[str]],
                      background: list[str]) -> None:
-    """The checks ``--classes`` gets (:func:`vpltool.presets.check_class_names`), for a class file laid over the
+    """The checks ``--classes`` gets (:func:`vpltool.config.presets.check_class_names`), for a class file laid over the
     dataset's class ``names``: a query in two classes, or 'background' as a class's query, is one line; so is a
     class whose only query is another class's name (the file is shifted by a missing or extra line). A
     background query that is also a class's query is warned about, not refused: SCLIP's own coco-object file asks
     ``bed`` on both lines, and a reference's file is run as it ships."""
     import warnings
 
-    from .. import presets
+    from ..config import presets
     from ..errors import VplWarning
 
     path = class_file_path(spec)

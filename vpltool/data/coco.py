@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config.presets import BACKGROUND, COCO_CLASSES
 from ..errors import ContractError, VplError
-from ..presets import BACKGROUND, COCO_CLASSES
 from .common import IMAGE_EXTS, Dataset, Item, check_id, index_files, missing_image, read_lines, warn_unlabelled
 
 # --------------------------------------------------------------------------------------------- COCO

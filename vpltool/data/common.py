@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..config.presets import BACKGROUND
 from ..errors import VplError, VplWarning
 from ..io.digests import note_digest
 from ..io.files import check_id, comment_problem, not_utf8, sha256_file, text_lines  # noqa: F401 (check_id, not_utf8: the readers import them here)
-from ..presets import BACKGROUND
 
 MANIFEST_FORMAT = "vpltool.manifest/1"
 # every still-photo format Pillow decodes by itself (vpltool.io.images reads them all alike); the earlier of two
@@ -201,6 +201,8 @@ def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = Fa
         for entry in entries:
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() not in rank or not is_file(entry):
+                if ext.lower() in rank and not entry.is_dir():
+                    _refuse_special(entry)  # a pipe, a device, a link to nothing: never skipped unsaid
                 continue
             old = index.get(k := key(stem))
             if old is not None and strict:
@@ -217,6 +219,25 @@ def is_file(entry: os.DirEntry) -> bool:
     except OSError as e:
         raise VplError(f"{entry.path}: cannot be read ({e.strerror}); a broken or looping symlink? remove it or "
                        "point it at the image") from None
+
+
+def _refuse_special(entry: os.DirEntry) -> None:
+    """One line for a folder entry named like an input file that is no regular file: a FIFO, a link to a device
+    (``/dev/zero``), a socket, a link to nothing; each was skipped silently, one image fewer than the folder shows."""
+    import stat
+
+    try:
+        mode = os.stat(entry.path).st_mode
+    except FileNotFoundError:
+        what = f"a link to {os.readlink(entry.path)}, which is not there" if entry.is_symlink() else "gone"
+    except OSError as e:
+        what = f"unreadable ({e.strerror})"
+    else:
+        what = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        if entry.is_symlink():
+            what = f"a link to {os.readlink(entry.path)}, {what}"
+    raise VplError(f"{entry.path}: {what}, not an image file; remove it, or put the image itself there")
 
 
 def read_lines(path: Path) -> list[str]:

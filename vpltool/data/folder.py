@@ -7,9 +7,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..config.presets import BACKGROUND, preset_for
 from ..errors import ContractError, VplError
 from ..io import read_json
-from ..presets import BACKGROUND, preset_for
 from .common import (
     IMAGE_EXTS,
     Dataset,

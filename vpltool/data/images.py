@@ -13,9 +13,9 @@ import os
 import warnings
 from pathlib import Path
 
+from ..config.presets import BACKGROUND
 from ..errors import VplError, VplWarning
 from ..io import note_source
-from ..presets import BACKGROUND
 from .common import IMAGE_EXTS, LAYOUT_FOLDERS, LAYOUTS, Dataset, Item, index_files
 
 IMAGE = "image"  # Dataset.kind of one photo (its root is the file)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import IGNORE_INDEX
+from ..config.presets import BACKGROUND, preset_for
 from ..errors import ContractError
 from ..io import files, read_json
-from ..presets import BACKGROUND, preset_for
 from .common import MANIFEST_FORMAT, Dataset, Item, check_id, missing_image, warn_unlabelled
 
 

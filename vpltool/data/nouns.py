@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.presets import IMAGENET_TEMPLATES
 from ..errors import VplError
-from ..presets import IMAGENET_TEMPLATES
 
 NOUN_TAGS = ("NN", "NNS", "NNP", "VBG", "VB", "VBD", "VBN", "VBP", "VBZ")  # builder.py's get_tag(..., [...])
 _WORD = re.compile(r"[a-z0-9][a-z0-9'\-]*")

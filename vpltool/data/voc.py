@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.presets import BACKGROUND, VOC_CLASSES, preset_for
 from ..errors import ContractError, VplError
-from ..presets import BACKGROUND, VOC_CLASSES, preset_for
 from .common import (
     IMAGE_EXTS,
     Dataset,

@@ -30,7 +30,7 @@ from PIL import Image
 
 from .. import io
 from ..errors import VplError
-from ..numerics import run_numerics
+from ..runtime.numerics import run_numerics
 from .config import PairsConfig
 from .scenes import SceneConfig, check_config, render_scene
 from .toyclip import scene_seed

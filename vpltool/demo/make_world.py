@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image
 
 from .. import io
+from ..config.presets import BACKGROUND
 from ..errors import VplError
-from ..numerics import run_numerics
-from ..presets import BACKGROUND
+from ..runtime.numerics import run_numerics
 from .config import LAYOUTS, WorldConfig
 from .scenes import CLASSES, Scene, SceneConfig, check_config, generate_scenes, split_seed
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import presets
+from ..config import presets
 from ..errors import VplWarning
 
 UNKNOWN = 0  # a word outside the vocabulary: the padding id, whose row no training prompt ever held inside it

@@ -19,6 +19,7 @@
 No pickle anywhere. Everything is importable from ``vpltool.io`` itself.
 """
 
+from .cam_inputs import cam_items, read_cam_item
 from .digests import check_loaded_files, file_stamp, naming_scope, note_digest, read_as_named
 from .events import check_events_folder, check_tensorboard, open_events
 from .files import (
@@ -62,7 +63,15 @@ from .images import (
     write_picture,
     write_png,
 )
-from .inputs import NOT_FILES, changed_inputs, files_digest, param_changes, shown_path, weights_identity
+from .inputs import (
+    NOT_FILES,
+    changed_inputs,
+    files_digest,
+    not_a_file,
+    param_changes,
+    shown_path,
+    weights_identity,
+)
 from .kinds import (
     CAM_DEBUG_KIND,
     CAM_KIND,
@@ -71,7 +80,6 @@ from .kinds import (
     CamMaps,
     Features,
     Prototypes,
-    cam_items,
     cam_path,
     feature_path,
     features_header,
@@ -80,7 +88,6 @@ from .kinds import (
     prototypes_meta,
     read_cam,
     read_cam_debug,
-    read_cam_item,
     read_feature_tensors,
     read_features,
     read_prototypes,
@@ -92,7 +99,8 @@ from .kinds import (
     write_features,
     write_prototypes,
 )
-from .locks import output_lock, replace_lock
+from .locks import being_written, output_lock, replace_lock
+from .made import folder_made, recorded_dtype
 from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, read_run_metrics
 from .photo_files import cut_short, leave_out, note_source
 from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
@@ -166,7 +174,7 @@ __all__ = [
     "jsonable", "make_folder", "raise_write_error", "read_json", "read_log", "sha256_file", "trim_log", "write_json",
     "write_log",
     "write_text",
-    "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file",
+    "NAME_MAX", "by_content", "check_id", "id_problem", "is_regular_file", "name_problem", "named_file", "not_a_file",
     "numbered_lines", "text_lines",
     "check_log_target", "run_outputs",
     "MASK_SUFFIX", "check_image_side", "image_orientation",
@@ -179,7 +187,8 @@ __all__ = [
     "write_cam_debug", "write_features", "write_prototypes",
     "LOCK_FILE", "RUN_RECORD", "SHARD_RECORD", "STAGE_RECORD", "StageFolder", "StageSummary", "changed_keys",
     "finished_shards", "item_done",
-    "output_lock", "replace_lock", "prepare_stage_dir", "read_record", "read_stage_record", "record_stage",
+    "being_written", "output_lock", "replace_lock", "prepare_stage_dir", "read_record", "read_stage_record",
+    "record_stage",
     "recorded_model", "recorded_dataset_identity", "DATASET_INPUTS", "dataset_inputs",
     "stage_record_path", "write_stage_record", "recorded_ids",
     "write_side_record", "SIDE_RECORD", "DECODER_FILES", "check_outputs", "folder_owner", "check_tensorboard",
@@ -194,5 +203,6 @@ __all__ = [
     "NOT_FILES", "changed_inputs", "files_digest", "param_changes", "shown_path", "weights_identity",
     "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
-    "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem",
+    "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem", "folder_made",
+    "recorded_dtype",
 ]  # fmt: skip

@@ -40,13 +40,20 @@ _MEMO: dict[tuple, str] = {}
 _SEEN: dict[str, tuple[list[int], str]] = {}
 
 
-def cache_file() -> Path | None:
-    """Where the digests are kept, or None when ``VPLTOOL_CACHE_DIR`` is set empty."""
+def cache_folder() -> Path | None:
+    """The user's cache folder for vpltool (``$VPLTOOL_CACHE_DIR``, else ``$XDG_CACHE_HOME/vpltool``, else
+    ``~/.cache/vpltool``), or None when ``VPLTOOL_CACHE_DIR`` is set empty: what is kept there only saves time."""
     folder = os.environ.get(CACHE_ENV)
     if folder is None:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         folder = os.path.join(base, "vpltool")
-    return Path(folder) / CACHE_NAME if folder else None
+    return Path(folder) if folder else None
+
+
+def cache_file() -> Path | None:
+    """Where the digests are kept, or None when ``VPLTOOL_CACHE_DIR`` is set empty."""
+    folder = cache_folder()
+    return folder / CACHE_NAME if folder is not None else None
 
 
 def _hash(path: str | os.PathLike) -> str:
@@ -199,5 +206,5 @@ def check_loaded_files(before: dict[Path, list[int] | None], fix: str = "run it 
                            f"then, {short(digest)} now), so the model loaded is not the one the run records; {fix}")
 
 
-__all__ = ["CACHED_BYTES", "CACHE_ENV", "cache_file", "check_loaded_files", "file_stamp", "naming_scope", "note_digest",
-           "read_as_named", "sha256_file"]
+__all__ = ["CACHED_BYTES", "CACHE_ENV", "cache_file", "cache_folder", "check_loaded_files", "file_stamp",
+           "naming_scope", "note_digest", "read_as_named", "sha256_file"]

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import VplError
 from .files import by_content, file_identity, jsonable
 
 # values of a weights option that name no file (timm's hub weights, random weights)
@@ -208,5 +209,23 @@ def _placed(key: str, inputs: Mapping[str, Any]) -> Any:
     return value
 
 
-__all__ = ["DERIVED", "NOT_FILES", "changed_inputs", "changed_keys", "files_digest", "param_changes", "placed",
-           "shown_path", "weights_identity"]
+def not_a_file(path: str | os.PathLike, what: str, fix: str) -> VplError:
+    """The one line for ``path`` where a ``what`` file belongs (``"DINO weights"``) that is no regular file: a folder
+    says so and names the weights files in it (a folder was "file not found"), anything else is not found."""
+    path = Path(path)
+    if path.is_dir():
+        try:
+            inside = sorted(p.name for p in path.iterdir()
+                            if p.suffix in (".safetensors", ".pth", ".pt", ".bin", ".tar") and p.is_file())
+        except OSError:
+            inside = []
+        held = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+        return VplError(f"{path}: a folder, not a {what} file{held}; give the file itself: {fix}")
+    if path.exists():
+        return VplError(f"{path}: not a regular file (a device, a pipe or a socket), where a {what} file belongs; "
+                        f"{fix}")
+    return VplError(f"{path}: {what} file not found; {fix}")
+
+
+__all__ = ["DERIVED", "NOT_FILES", "changed_inputs", "changed_keys", "files_digest", "not_a_file", "param_changes",
+           "placed", "shown_path", "weights_identity"]

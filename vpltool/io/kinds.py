@@ -152,7 +152,7 @@ class Prototypes:
         temperature: the softmax temperature the prototypes were made for (1/logit_scale for text, tau_I for
             vision prototypes); `cam` uses it unless told otherwise.
         classes: class names, index 0 = background. source: 'text' | 'vision'. model: the CLIP identity.
-        numerics: the dtype and numeric mode of the run that made the file (:mod:`vpltool.numerics`; None: a file
+        numerics: the dtype and numeric mode of the run that made the file (:mod:`runtime.numerics`; None: a file
             of an older vpltool, or not read from a file).
     """
 
@@ -162,7 +162,7 @@ class Prototypes:
         self.vectors, self.row_class, self.row_names = vectors, row_class, list(row_names)
         self.classes, self.temperature, self.source = list(classes), float(temperature), source
         self.model, self.params, self.path = dict(model), dict(params or {}), path
-        self.numerics = numerics  # the dtype and mode that made the file (vpltool.numerics), None when unrecorded
+        self.numerics = numerics  # the dtype and mode that made the file (runtime.numerics), None when unrecorded
 
     @property
     def dim(self) -> int:
@@ -370,34 +370,6 @@ def read_cam(path: str | os.PathLike, classes: Sequence[str] | None = None,
                             "[0, 1]; the file is damaged: re-run `vpltool cam` (with --overwrite)")
     size = _cam_image_size(f, maps.shape[1:])
     return CamMaps(upsample_maps(maps, size), labels, f)
-
-
-def cam_items(cams_dir: str | os.PathLike, dataset) -> tuple[list[str], dict[str, Any]]:
-    """The ids of a `cam` folder's files and its dataset's items by id (:meth:`vpltool.data.Dataset.by_id`); a file
-    of an image the dataset lacks is one line (the dataset changed after `cam`)."""
-    ids, items = item_ids(cams_dir), dataset.by_id()
-    unknown = [i for i in ids if i not in items]
-    if unknown:
-        raise ContractError(f"{cam_path(cams_dir, unknown[0])}: image '{unknown[0]}' is not in dataset "
-                            f"{dataset.root} (split {dataset.split}); was the dataset changed after `cam`?")
-    return ids, items
-
-
-def read_cam_item(cams_dir: str | os.PathLike, item_id: str, image_path: str | os.PathLike, labels: Sequence[int],
-                  classes: Sequence[str]) -> tuple[np.ndarray, CamMaps]:
-    """One image (``[H, W, 3]`` uint8 RGB) and its CAMs (:func:`read_cam`; ``labels``: the item's image-level
-    labels, which the file's must be), as `crf` and `sam-pseudo` read them; ContractError when they or the sizes
-    differ."""
-    from .images import load_image
-
-    maps = read_cam(cam_path(cams_dir, item_id), classes, labels)
-    image = load_image(image_path)
-    if image.shape[:2] != maps.cams.shape[1:]:
-        raise ContractError(
-            f"{maps.file.path}: CAMs are for a {maps.cams.shape[1]}x{maps.cams.shape[2]} image but {image_path} is "
-            f"{image.shape[0]}x{image.shape[1]}; the image changed after `cam`: re-run `vpltool cam`"
-        )
-    return image, maps
 
 
 def _cam_image_size(f: TensorFile, grid: Sequence[int]) -> tuple[int, int]:

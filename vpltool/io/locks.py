@@ -220,6 +220,24 @@ def output_lock(folder: str | os.PathLike, shard: tuple[int, int] = (0, 1),
         yield
 
 
+def being_written(folder: str | os.PathLike) -> bool:
+    """Whether a vpltool run holds ``folder``'s lock now (it is writing there: a reader must wait), probed without
+    taking it over and without writing anything (no lock file is made where there is none)."""
+    try:
+        fh = open(Path(folder) / LOCK_FILE, "rb")
+    except OSError:
+        return False
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 @contextlib.contextmanager
 def replace_lock(target: str | os.PathLike) -> Iterator[None]:
     """Hold the lock of an output that is built elsewhere and moved into place as a whole (`report`'s folder): a
@@ -258,4 +276,4 @@ def _remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["SHARD_NAME", "output_lock", "replace_lock"]
+__all__ = ["SHARD_NAME", "being_written", "output_lock", "replace_lock"]

@@ -86,7 +86,7 @@ def writing_digest(folder: str | os.PathLike) -> str | None:
 
 
 def writing_numerics(folder: str | os.PathLike) -> Any:
-    """The numerics (:func:`vpltool.numerics.run_numerics`) of the run under way in ``folder`` (its ``_run.json``),
+    """The numerics (:func:`runtime.numerics.run_numerics`) of the run under way in ``folder`` (its ``_run.json``),
     which every item it writes records; None outside a run or for a run that records none."""
     found = _record_run(Path(folder), (RUN_RECORD,))
     return None if found is None else found[3]

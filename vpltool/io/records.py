@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, numerics
+from .. import __version__
 from ..errors import ContractError, VplWarning
+from ..runtime import numerics
 from .files import id_problem, read_json, write_json
 
 FORMAT_VERSION = "1"  # of files (`vpltool.format`) and records (`format`)
@@ -29,7 +30,7 @@ SHARD_RECORD = "_shard.{index}-of-{count}.json"  # a shard (--shard i/n) finishe
 SIDE_RECORD = "_side.json"  # a side folder's record: {"stage": ..., "option": ...}
 RUN_DIGEST = "run_digest"  # the run that writes the items (vpltool.io.provenance), in _run.json and _stage.json
 DECODER_FILES = ("decoder.safetensors", "checkpoints", "log.jsonl")  # what marks a train-decoder folder
-# the dtype and numeric mode of the run that made a folder or file (vpltool.numerics.run_numerics), in records and,
+# the dtype and numeric mode of the run that made a folder or file (runtime.numerics.run_numerics), in records and,
 # as ``vpltool.numerics``, in safetensors metadata; records of a vpltool before it hold none (read as before)
 NUMERICS = "numerics"
 
@@ -158,7 +159,7 @@ def numerics_problem(found: Any) -> str | None:
 
 
 def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, str], weights: bool = False) -> None:
-    """Refuse to compute with ``own`` numerics (this run's, :func:`vpltool.numerics.run_numerics`) from an input
+    """Refuse to compute with ``own`` numerics (this run's, :func:`vpltool.runtime.numerics.run_numerics`) from an input
     made in another dtype or numeric mode, before any model loads: one line naming the file and the fix.
 
     Args:

@@ -34,7 +34,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ContractError, VplError
-from ..numerics import describe, mismatch
+from ..runtime.numerics import describe, mismatch
 from .files import make_folder, read_json, write_json
 from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
@@ -133,7 +133,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
     ``overwrite`` the records are removed first, so that an interrupted re-run can never look complete; a folder of
     another stage is refused even then (``--overwrite`` never turns it into this stage's).
 
-    ``numerics`` (the run's dtype and numeric mode, :func:`vpltool.numerics.run_numerics`) is recorded in both
+    ``numerics`` (the run's dtype and numeric mode, :func:`vpltool.runtime.numerics.run_numerics`) is recorded in both
     records and by every item the run writes; a folder made in another dtype or mode is refused like other
     parameters (a folder of a vpltool that recorded none is resumed as before).
 
@@ -266,7 +266,7 @@ class StageFolder:
             (a resume keeps them as done, and the record will vouch for them) are checked on entering, before the
             folder changes, to be the folder's run's (:func:`vpltool.io.provenance.check_present`: a file of another
             run copied in is one line).
-        numerics: the run's dtype and numeric mode (:func:`vpltool.numerics.run_numerics`), recorded in both
+        numerics: the run's dtype and numeric mode (:func:`vpltool.runtime.numerics.run_numerics`), recorded in both
             records and every item (a resume in another is refused).
         older: an earlier vpltool's form of the params, made today's (:func:`begin_stage_run`).
     """

@@ -44,7 +44,7 @@ def write_tensors(
         classes: class names, index 0 = background.
         params: the producing stage's parameters (JSON-able).
         extra: more ``vpltool.<key>`` metadata; non-strings are JSON-encoded. ``numerics``: the dtype and mode of
-            the run that made the file (:func:`vpltool.numerics.run_numerics`); an item of a stage folder takes its
+            the run that made the file (:func:`runtime.numerics.run_numerics`); an item of a stage folder takes its
             run's from the folder's ``_run.json`` when not given.
     """
     meta = {

@@ -1,4 +1,5 @@
-"""The values rule of every weights file, made once: each floating-point tensor finite (no NaN, no inf).
+"""The values rule of every weights file, made once: each floating-point tensor finite (no NaN, no inf), and not
+every one of them 0.
 
 A leaf module (it imports nothing of vpltool but its errors), so that the registry's ``load_model``
 (:mod:`vpltool.models.registry`), which applies the rule to every model a family loads, and the file readers of
@@ -7,6 +8,7 @@ A leaf module (it imports nothing of vpltool but its errors), so that the regist
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -18,22 +20,39 @@ def is_finite(tensor) -> bool:
     """Whether a torch tensor holds no NaN and no inf (True for an integer or empty one). One pass that allocates
     nothing of the tensor's size: ``aminmax`` propagates NaN, and an inf is an extreme (ten times quicker than
     ``isfinite(t).all()``: ViT-B/16's 150 M weights in 0.03 CPU-s)."""
+    extremes = _extremes(tensor)
+    return extremes is None or all(math.isfinite(v) for v in extremes)
+
+
+def _extremes(tensor) -> tuple[float, float] | None:
+    """``(min, max)`` of a floating-point torch tensor (NaN propagates), None for an integer, empty or meta one."""
     import torch
 
     if not tensor.is_floating_point() or not tensor.numel() or tensor.device.type == "meta":
-        return True
+        return None
     low, high = torch.aminmax(tensor.detach())
-    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+    return float(low), float(high)
 
 
 def check_weight_values(where: str | os.PathLike, tensors: Iterable[tuple[str, Any]], fix: str) -> None:
     """The values rule of every weights file, made once (:func:`vpltool.models.registry.load_model` applies it to
     every model a family loads, :func:`vpltool.io.tensors.check_weights` to a file's tensors): each
     floating-point tensor of ``tensors`` (name, tensor) finite, else one line naming ``where`` (the file), the
-    first such tensor and ``fix``. A NaN weight gives NaN scores everywhere and every pixel one class, certified."""
+    first such tensor and ``fix``. A NaN weight gives NaN scores everywhere and every pixel one class, certified.
+    A file whose every floating-point weight is 0 (a placeholder, a save that wrote no values) is refused too: its
+    features are 0 everywhere, and every pixel scored alike, certified."""
+    floats, nonzero = 0, False
     for key, value in tensors:
-        if not is_finite(value):
+        extremes = _extremes(value)
+        if extremes is None:
+            continue
+        if not all(math.isfinite(v) for v in extremes):
             raise VplError(f"{where}: tensor {key!r} holds NaN or inf; {fix}")
+        floats += 1
+        nonzero = nonzero or extremes != (0.0, 0.0)
+    if floats and not nonzero:
+        raise VplError(f"{where}: every weight is 0 (its {floats} floating-point tensors): a placeholder or a save "
+                       f"that wrote no values; {fix}")
 
 
 __all__ = ["check_weight_values", "is_finite"]

@@ -18,7 +18,7 @@ from typing import Any
 # CLI's family names, :func:`.registry.model_family`) stays torch-free, and a stage pays for torch, open_clip and timm
 # only when it names what needs them
 _LAZY = {
-    "load_backbone": "backbones.clip",
+    **dict.fromkeys(("load_backbone", "check_tokenizer"), "backbones.clip"),
     **dict.fromkeys(("DENSE_METHODS", "DENSE_PRESETS", "DenseMixing", "dense_mixing"), "dense"),
     **dict.fromkeys(("DinoBackbone", "DinoSpec", "check_dino", "load_dino"), "backbones.dino"),
     **dict.fromkeys(("GRADCAM_LAYERS", "BatchGradCam", "GradCam", "SoftmaxRows"), "backbones.gradcam"),

@@ -35,8 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..entry_points import DerivedMap, PluginTable
 from ..errors import VplError
+from ..plugins.entry_points import DerivedMap, PluginTable
 
 DEFAULT_FIX = "re-download it, or pass the file of that model"
 
@@ -107,13 +107,14 @@ def _plugin_text_row(name: str, row: Any, dist: str) -> TextFamilyRow:
     if ":" not in row.config or not row.module:
         raise VplError("its row names its module and its configuration class as 'module:Class'")
     from ..config.text import TextTrainConfig
+    from ..plugins.entry_points import PluginFailure, plugin_code
 
     module, _, cls_name = row.config.partition(":")
     try:  # torch-free by the interface's contract: the command line reads it for --help
-        cls = getattr(importlib.import_module(module), cls_name)
-    except Exception as e:  # the plugin's own code
-        raise VplError(f"its configuration {row.config} cannot be imported ({type(e).__name__}: "
-                       f"{(str(e).strip().splitlines() or [''])[0]})") from None
+        with plugin_code() as said:
+            cls = getattr(importlib.import_module(module), cls_name)
+    except PluginFailure as e:  # the plugin's own code (sys.exit and Ctrl-C in it too)
+        raise VplError(f"its configuration {row.config} cannot be imported ({e.cause}{said.tail()})") from None
     if not (isinstance(cls, type) and issubclass(cls, TextTrainConfig)):
         raise VplError(f"its configuration {row.config} is no TextTrainConfig subclass")
     if name in BACKBONES:
@@ -130,6 +131,8 @@ def _plugin_backbone(name: str, module: Any, dist: str) -> str:
         raise VplError("register_backbone_family takes the family's module as a full dotted name")
     if name in TEXT_FAMILIES.rows_so_far():
         raise VplError(f"{name!r} is a text-supervised family's name")
+    if name in ("local-dir", "hf-hub"):  # --model FAMILY:SPEC names a plugin's CLIP family
+        raise VplError(f"{name!r} is a --model prefix of open_clip's")
     return module
 
 
@@ -182,22 +185,24 @@ def family(name: str) -> Family:
 def _import_family(name: str, module: str) -> None:
     """Import family ``name``'s module; a plugin's that fails (or registers no family ``name``) is one line naming
     its distribution and the fix."""
-    from ..entry_points import uninstall_hint
+    from ..plugins.entry_points import PluginFailure, plugin_code, uninstall_hint
 
     dist = BACKBONES.plugin(name) or TEXT_FAMILIES.plugin(name)
     if dist is None:
         importlib.import_module(module)
         return
+    what = "text-supervised family" if name in TEXT_FAMILIES else "model family"
     try:
-        importlib.import_module(module)
-    except Exception as e:  # the plugin's own code
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise VplError(f"plugin {dist}: the model family {name!r}'s module {module} cannot be used ({text}); fix "
-                       f"the plugin{uninstall_hint(dist)}") from None
+        with plugin_code() as said:
+            importlib.import_module(module)
+    except PluginFailure as e:  # the plugin's own code (sys.exit and Ctrl-C in it too)
+        raise VplError(f"plugin {dist}: the {what} {name!r}'s module {module} cannot be used ({e.cause}"
+                       f"{said.tail()}); fix the plugin{uninstall_hint(dist)}") from None
     if name not in _FAMILIES:
-        raise VplError(f"plugin {dist}: its module {module} registers no model family {name!r} (it calls "
-                       f"vpltool.models.register_family({name!r}, load, ...) once); fix the plugin"
-                       f"{uninstall_hint(dist)}")
+        call = (f"vpltool.models.text.family.register_text_family(family) once, with an object whose name is {name!r}"
+                if name in TEXT_FAMILIES else f"vpltool.models.register_family({name!r}, load, ...) once")
+        raise VplError(f"plugin {dist}: its module {module} registers no {what} {name!r} (it calls {call}); fix the "
+                       f"plugin{uninstall_hint(dist)}")
 
 
 def family_module(name: str) -> ModuleType:

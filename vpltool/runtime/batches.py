@@ -212,12 +212,21 @@ def load_batches(n: int, batches: list[list[int]], load: Callable[[int], dict[st
         pin_memory=device.type == "cuda", prefetch_factor=4 if 0 < n_workers < 4 else None,
         persistent_workers=False, worker_init_fn=functools.partial(die_with_parent, os.getpid()),
     )
+    batches_ = iter(data)
     try:
-        yield from data
+        yield from batches_
     except Exception as e:  # a worker's VplError arrives re-raised as the same type with the worker's traceback
         if isinstance(e, VplError):
             raise type(e)(_one_line(e)) from None
         raise
+    finally:
+        # the workers ended before the stage returns, however it ends: left to the garbage collector (an error's
+        # traceback holds this frame), a worker still inside ``load(i)`` went on after the command had returned
+        # in a Python program or a test (a model load that a worker had begun, writing its digest cache)
+        shutdown = getattr(batches_, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del batches_
 
 
 def die_with_parent(parent: int, worker_id: int = 0) -> None:

@@ -48,9 +48,9 @@ from .. import io
 from ..config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_params, worker_count
 from ..data import open_recorded
 from ..errors import VplError, VplWarning
-from ..numerics import run_numerics
 from ..ops.densecrf import densecrf_module, resolve_backend, unary
 from ..ops.kernels import crf_probabilities, refine_image
+from ..runtime.numerics import run_numerics
 
 STAGE = "crf"
 MAX_CHUNK = 8  # images per pool task: amortises the task round trip, small enough to keep workers balanced
@@ -246,10 +246,10 @@ def run_crf(
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the cam folder": cams_dir},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     ids, items = io.cam_items(cams_dir, dataset)
-    made = record.get(io.NUMERICS)
+    made = io.folder_made(cams_dir, record, "cam")  # the record's, then each CAM file's own (its header)
     # crf takes no --precision: its masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
-    numerics = run_numerics(made.get("dtype") if isinstance(made, dict) else None)
-    io.check_numerics(numerics, (cams_dir, made, "cam"))
+    numerics = run_numerics(made[0][1].get("dtype") if isinstance(made[0][1], dict) else None)
+    io.check_numerics(numerics, *made)
     start = time.perf_counter()
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
     # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock

@@ -32,9 +32,9 @@ from ..data import open_recorded
 from ..device import resolve_device
 from ..errors import VplError
 from ..models import GRADCAM_LAYERS, ClipBackbone, ModelSpec, load_model
-from ..numerics import run_numerics
 from ..ops.kernels import MiouAccumulator, cams_to_labels, upsample
 from ..runtime.batches import run_image_batches
+from ..runtime.numerics import run_numerics
 
 KINDS = ("pixel", *(f"gradcam_{layer}" for layer in GRADCAM_LAYERS))
 
@@ -141,7 +141,7 @@ def run_diagnose(features: str | Path, prototypes: Sequence[str | Path], text: s
                                 else None) for i, p in enumerate(paths)]
     text_protos = files[0] if text is not None else None
     numerics = run_numerics()  # fp32 (no --precision): the features' and prototypes' mode must be this run's
-    io.check_numerics(numerics, (features, record.get(io.NUMERICS), "extract"), *(f.made() for f in files))
+    io.check_numerics(numerics, *io.folder_made(features, record, "extract"), *(f.made() for f in files))
     dataset = open_recorded(features)
     io.check_outputs("diagnose", {"--json": (json_out, "file", "diagnosis")}, overwrite=overwrite,
                      inputs={"the extract folder": features, "--text": text,

@@ -360,6 +360,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
         io.check_writable_target(json_out, ".json", "--json")  # before minutes of scoring, not after
     if per_image_out is not None:
         io.check_writable_target(per_image_out, ".json", "--per-image")
+    if io.being_written(folder):  # its masks and record are being made or replaced: nothing to score yet
+        raise VplError(f"{folder}: another vpltool run is writing it now; wait for it to finish, then score it")
     stage = _scored_stage(folder)
     if not io.stage_record_path(folder).is_file() and io.finished_shards(folder):
         io.read_stage_record(folder, stage or "segment")  # the one line naming the pending shards
@@ -415,7 +417,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     result.update(scored_what(folder, stage, dataset.split))
     record_path = io.stage_record_path(folder)
     made = io.read_record(record_path).get(io.NUMERICS) if record_path.is_file() else None
-    if made is not None:  # the dtype and numeric mode that made what was scored (vpltool.numerics)
+    if made is not None:  # the dtype and numeric mode that made what was scored (vpltool.runtime.numerics)
         result[io.NUMERICS] = made
     each = result.pop("per_image", None)
     if per_image_out is not None:

@@ -27,8 +27,8 @@ from ..data import Dataset, Item, check_sizes
 from ..device import autocast, resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError, VplWarning
 from ..models import ClipBackbone, ModelSpec, load_model
-from ..numerics import run_numerics
 from ..runtime.batches import image_names, image_stage, run_image_batches
+from ..runtime.numerics import run_numerics
 
 STAGE = "extract"
 

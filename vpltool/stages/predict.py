@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import io, presets
-from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, to_params
+from .. import io
+from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, presets, to_params
 from ..decoder import (
     SegDecoder,
     decoder_forward,
@@ -49,10 +49,10 @@ from ..decoder import (
 )
 from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
-from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
-from ..numerics import run_numerics
+from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, check_tokenizer, load_model
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
 from ..runtime.batches import image_names, image_stage, run_image_batches, to_device
+from ..runtime.numerics import run_numerics
 
 STAGE = "predict"
 
@@ -290,7 +290,8 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     dense last block (:mod:`vpltool.models.dense.segmentor`, the method's settings), the decoder's own text templates
     and background words as queries; the decoder itself is not run (names it never trained on)."""
     from ..models.dense.method import resolve_method
-    from ..models.dense.segmentor import dense_mask_stage, settings_params
+    from ..models.dense.segmentor import settings_params
+    from ._masks import DenseJob, dense_mask_stage
 
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())
     prompts = recorded_prompts(f)
@@ -305,11 +306,15 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
     model = ModelSpec.from_identity(f.meta("model"), f.path, model_at)
     method.check_backbone(model)  # its CLIP takes the method (a timm tower: the mixing presets), before it loads
+    if not method.hooks.own_backbone:
+        check_tokenizer(model)  # the names are encoded: the CLIP's tokenizer is made here (SigLIP 2's: the hub's)
     synonyms = [[n.replace("_", " ")] for n in cfg.classes]
-    return dense_mask_stage(STAGE, out, params, inputs, dataset, classes, shard, runtime, device, dtype, settings,
-                            lambda: method.load(model, device, backbone),
-                            (synonyms, prompts["templates"], prompts["background_words"]), "--classes", on_start,
-                            on_item, older=method.hooks.older_record)
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
+                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision, device),
+                            older=method.hooks.older_record)
+    job = DenseJob(cfg.dense, classes, settings, dtype, lambda: method.load(model, device, backbone),
+                   (synonyms, prompts["templates"], prompts["background_words"]), "--classes")
+    return dense_mask_stage(folder, dataset, job, runtime, device, on_start, on_item)
 
 
 def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,

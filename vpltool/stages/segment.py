@@ -24,27 +24,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .. import io, presets
-from ..config import RuntimeConfig, SegmentConfig, to_params
+from .. import io
+from ..config import NOT_COMPARED, RuntimeConfig, SegmentConfig, presets, to_params
 from ..data import Dataset
-from ..device import resolve_device, resolve_precision
+from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
-from ..models import ClipBackbone, ModelSpec
+from ..models import ClipBackbone, ModelSpec, check_tokenizer
 from ..models.backbones.prompts import prompt_files, resolve_background, resolve_templates
 from ..models.dense.method import proxy_spec, sam_spec  # noqa: F401 (importable from here too)
 from ..models.dense.segmentor import (  # the segmentor's pure functions, importable from here too
     class_probabilities,
     dense_logits,
-    dense_mask_stage,
     dense_probabilities,
     pamr,
     query_rows,
     segment_logits,
     settings_params,
     short_side_size,
-    write_dense_masks,
 )
+from ..runtime.numerics import run_numerics
+from ._masks import DenseJob, dense_mask_stage
 
 STAGE = "segment"
 SYNONYM_SEPARATOR = "|"  # 'tv monitor|television|screen': one class, three queries
@@ -149,7 +149,10 @@ def check_dense(cfg: SegmentConfig, spec: ModelSpec | None = None):
     method, or a missing or foreign proxy / SAM file)."""
     from ..models.dense.method import resolve_method
 
-    return resolve_method(cfg, spec)
+    method = resolve_method(cfg, spec)
+    if spec is not None and not method.hooks.own_backbone:  # its text is encoded: the CLIP's tokenizer is made here
+        check_tokenizer(spec)
+    return method
 
 
 def load_dense(spec: ModelSpec, method, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
@@ -206,13 +209,14 @@ def run_segment(
             params[key] = io.weights_identity(params[key])
     for key, path in prompt_files(cfg.templates, cfg.background).items():  # likewise a prompt file
         params[key] = io.file_identity(path.resolve())
-    summary = dense_mask_stage(STAGE, out, params, dataset.inputs(), dataset, classes, shard, runtime, device, dtype,
-                               settings, lambda: load_dense(spec, method, device, backbone),
-                               (synonyms, templates, background),
-                               "--class-file / --templates" if cfg.class_file else
-                               "--classes / --templates / --background",
-                               on_start, on_item, max_side_option="--max-side {}",
-                               older=method.hooks.older_record)
+    folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED,
+                            inputs=dataset.inputs(), shard=shard_from_env(shard),
+                            numerics=run_numerics(dtype, runtime.precision, device), older=method.hooks.older_record)
+    job = DenseJob(cfg.dense, classes, settings, dtype, lambda: load_dense(spec, method, device, backbone),
+                   (synonyms, templates, background),
+                   "--class-file / --templates" if cfg.class_file else "--classes / --templates / --background",
+                   max_side_option="--max-side {}")
+    summary = dense_mask_stage(folder, dataset, job, runtime, device, on_start, on_item)
     if overlay:
         write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
     return summary
@@ -228,4 +232,4 @@ __all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec", "sam_spe
            "load_dense", "class_list", "run_segment", "settings_params", "class_synonyms", "class_names",
            "check_queries",
            "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",
-           "segment_logits", "short_side_size", "write_dense_masks"]
+           "segment_logits", "short_side_size"]

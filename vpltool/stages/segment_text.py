@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import io, presets
-from ..config import RuntimeConfig
+from .. import io
+from ..config import RuntimeConfig, presets
 from ..config.checks import at_least
 from ..config.text import ZeroShotSettings
 from ..data import Dataset
@@ -35,7 +35,8 @@ from ..errors import VplError
 from ..io.overlays import overlay_folder, write_overlays
 from ..models.dense.bands import WHOLE_BUDGET, logit_bands
 from ..models.registry import load_model, text_config
-from ..runtime.batches import run_image_batches
+from ..runtime.batches import image_stage
+from ._masks import Producer, write_masks
 
 STAGE = "segment"
 
@@ -96,7 +97,7 @@ def run_segment_text(
     coloured overlays. ``shard``: ``(i, n)``, this process's share of the images (None: torchrun's rank, or every
     image)."""
     from ..device import shard_from_env
-    from ..numerics import run_numerics
+    from ..runtime.numerics import run_numerics
 
     own = zero_shot_settings(family)
     bg_thresh = own.bg_thresh if bg_thresh is None else bg_thresh
@@ -119,44 +120,41 @@ def run_segment_text(
               "template_list": templates, family: io.file_identity(checkpoint),
               "model": {"model": family, "pretrained": str(checkpoint)}}  # the records' model: a family and a file
 
-    def work(todo: list[str]) -> None:
-        device = resolve_device(runtime.device)
+    device = resolve_device(runtime.device)
+
+    def work(items: list, sizes: list[tuple[int, int]]) -> None:
         model = load_model(family, checkpoint, device)  # the registry's door: every weight checked
         text = text_queries(fam, model, names, bg_words, device)
-        _masks(dataset, todo, out, fam, model, text, len(names), bg_thresh, short_side, slide, device, runtime, on_item)
+        producer = Producer.text_family(family, checkpoint, len(classes))
+        _masks(items, sizes, out, producer, fam, model, text, len(names), (bg_thresh, short_side, slide), device,
+               runtime, on_item)
 
     numerics = run_numerics()  # the families run in fp32 (no --precision); another mode is said in a warning
     io.check_numerics(numerics, (checkpoint, io.file_numerics(checkpoint), "train-text"), weights=True)
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=dataset.inputs(),
                             shard=shard_from_env(shard), numerics=numerics)
     start = time.perf_counter()
-    summary = folder.run([it.id for it in dataset.items], io.mask_path, work, on_start, classes=classes)
+    summary = image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start,
+                          classes=classes)
     if overlay:
         write_overlays(dataset.items, out, classes, STAGE, runtime.overwrite)
         summary.seconds = time.perf_counter() - start  # the run's time holds the overlays'
     return summary
 
 
-def _masks(dataset: Dataset, todo: list[str], out: Path, fam, model, text: torch.Tensor, n_names: int,
-           bg_thresh: float, short_side: int, slide: tuple[int, int], device, runtime: RuntimeConfig,
-           on_item) -> None:
-    """The masks of the ids ``todo`` on the shared loop (:func:`vpltool.runtime.batches.run_image_batches`), one
-    image a batch (each is read at its own size): decoded ahead, segmented (:func:`image_scores`), written behind."""
-    by_id = dataset.by_id()
-    items = [by_id[i] for i in todo]
+def _masks(items: list, sizes: list[tuple[int, int]], out: Path, producer: Producer, fam, model, text: torch.Tensor,
+           n_names: int, zero_shot: tuple, device, runtime: RuntimeConfig, on_item) -> None:
+    """The masks of ``items`` (their photos' ``sizes``) on the shared mask path
+    (:func:`vpltool.stages._masks.write_masks`: decoded ahead, segmented (:func:`image_labels`), checked and
+    written behind), one image a batch (each is read at its own size). ``zero_shot``: ``(bg_thresh, short_side,
+    slide)``."""
 
-    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: the batch's one image -> its mask
+    def compute(batch: dict) -> Callable[[slice], list]:  # on the device: the batch's one image -> its labels
         image = batch["image"][0]
-        return lambda part: {"masks": [image_labels(fam, model, image, text, n_names, bg_thresh, short_side, slide,
-                                                    device).to(torch.uint8)]}
+        return lambda part: [(None, image_labels(fam, model, image, text, n_names, *zero_shot, device))]
 
-    def write(index: list[int], t: dict) -> None:  # on a writer thread
-        for i, mask in zip(index, t["masks"]):
-            io.write_mask(io.mask_path(out, items[i].id), mask.cpu().numpy(), items[i].id)
-
-    run_image_batches([0] * len(items), lambda i: {"image": io.load_image(items[i].image)}, run, write, device,
-                      runtime, lambda i: str(items[i].image), "pass a smaller --short-side or --slide-crop", on_item,
-                      batch_size=1)
+    write_masks(out, items, sizes, producer, [0] * len(items), lambda i: {"image": io.load_image(items[i].image)},
+                compute, device, runtime, "pass a smaller --short-side or --slide-crop", on_item, batch_size=1)
 
 
 def _model_logits(fam, model, image, text: torch.Tensor, bg_thresh: float, short_side: int,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from .. import io, presets
-from ..config import TextPrototypesConfig, to_params
+from .. import io
+from ..config import TextPrototypesConfig, presets, to_params
 from ..data import recorded_folders
 from ..device import resolve_device
-from ..models import ClipBackbone, ModelSpec, load_model
+from ..models import ClipBackbone, ModelSpec, check_tokenizer, load_model
 from ..models.backbones.prompts import (  # the prompt rules, shared with `segment` and `cam --dense` on the core
     BACKGROUND_FILE,
     TEMPLATE_FILE,
@@ -27,7 +27,7 @@ from ..models.backbones.prompts import (  # the prompt rules, shared with `segme
     resolve_templates,
     template_problem,
 )
-from ..numerics import run_numerics
+from ..runtime.numerics import run_numerics
 
 
 def build_text_prototypes(bb: ClipBackbone, classes: Sequence[str],
@@ -79,6 +79,7 @@ def run_text_prototypes(classes: Sequence[str], out: str | Path, spec: ModelSpec
     check_class_names(classes)
     resolve_templates(cfg.templates, per_class=False)
     resolve_background(cfg.background, presets.preset_for(classes), classes)
+    check_tokenizer(spec)  # before the model builds: SigLIP 2's tokenizer offline is one line, not minutes of retries
     bb = load_model("clip", spec, resolve_device(device))
     protos = build_text_prototypes(bb, classes, cfg)
     io.write_prototypes(out, protos, numerics=run_numerics())  # fp32 on every device: no --precision takes part

@@ -13,6 +13,7 @@ from vpltool.plugins import (
     DenseSettings,
     MethodKnobs,
     MethodPresets,
+    VplError,
     knob,
     register_backbone_family,
     register_dense_method,
@@ -30,8 +31,6 @@ class SmoothKnobs(MethodKnobs):
 
     def __post_init__(self) -> None:
         if self.smooth_size is not None and (self.smooth_size < 1 or self.smooth_size % 2 == 0):
-            from vpltool.errors import VplError
-
             raise VplError(f"--smooth-size {self.smooth_size}: give an odd number of pixels >= 1 (1 = off)")
 
 
@@ -45,7 +44,13 @@ PRESETS = MethodPresets("vpltool-example (tests/plugin_example)",
 
 
 def register() -> None:
-    """The entry point: the method's row and the family's module, nothing loaded."""
+    """The entry point: the methods' rows and the family's module, nothing loaded."""
     register_dense_method(METHOD, DenseMethodSpec(SETTINGS, module="vpltool_example.method", knobs_class=SmoothKnobs,
                                                   presets=PRESETS))
+    # an attention method: NACLIP's segmentor, its last block's attention its own (vpltool_example/attention.py);
+    # it reads only the block's q, k, v, so it runs on a timm tower (SigLIP 2, PE-Core) too
+    register_dense_method("example-vv", DenseMethodSpec(SETTINGS, module="vpltool_example.attention",
+                                                        timm_tower=True))
     register_backbone_family("example-mean", "vpltool_example.family")
+    # a CLIP family: --model example-clip:ARCH@SEED in every stage, vpltool.segmenter(model="example-clip:...")
+    register_backbone_family("example-clip", "vpltool_example.clip_family")

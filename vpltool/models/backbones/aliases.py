@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ... import entry_points
 from ...errors import VplError
+from ...plugins import entry_points
 
 EXTRA_CONFIG = "vpltool.json"  # beside open_clip_config.json in a local-dir model: tokenizer + attention window
 PLUGIN_GROUP = entry_points.GROUP
@@ -24,12 +24,14 @@ def register_model(alias: str, folder: Callable[[], Path]) -> None:
     """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
     ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
     _MODELS[alias] = folder
+    entry_points.undoable(lambda: _MODELS.pop(alias, None))  # gone again if its plugin then fails
 
 
 def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
     """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
     a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
     _TOKENIZERS[kind] = factory
+    entry_points.undoable(lambda: _TOKENIZERS.pop(kind, None))
 
 
 def registered_models() -> list[str]:

@@ -35,18 +35,25 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...errors import VplError
-from ...io import is_regular_file
+from ...io import is_regular_file, not_a_file
 from ..registry import register_family
+from .dino_attention import dino_attention, fused_qkv, layer_scaled, mean_attention_weights, written_attention
 from .dino_weights import DINO_WEIGHTS_FIX, cached_hub_file, file_weights, spec_files, weights_fix
 from .loading import _offline
 from .onednn import use_onednn
-from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv
+from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv, timm_forward
 
 # how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
 # (:func:`vpltool.models.dense.resize_positional`): "bicubic-dino", the +0.1 scale factor of DINO and of DINOv2's
 # plain hub models; "bicubic-antialias", to the size with the antialiased kernel, as DINOv2's *_reg hub models
 # (interpolate_offset 0, interpolate_antialias True) and timm's own resample
 DINO_POS_RESIZE = ("bicubic-dino", "bicubic-antialias")
+# the largest activation of a group of images :meth:`DinoBackbone._dino_forward` runs at once on the CPU. glibc's
+# malloc serves a block larger than 32 MiB (its largest mmap threshold) by a fresh mapping and unmaps it on free, so
+# each such activation of each block is page-faulted in again: 750,000 faults, 1.5 of a Talk2DINO step's 12.5
+# CPU-seconds (6 images at 448 px, DINOv2 ViT-B on an Intel Xeon: a block's 76 MB MLP layer). Blocks under it are
+# reused from the heap. Every product and the attention are per image: the same bits in groups.
+CPU_GROUP_BYTES = 16 << 20
 # models whose own code mixes a block's tokens with the fused kernel (DINOv2's Attention); the others' writes the
 # weights out (DINO's), and vpltool's forward does as each does (DinoBackbone.fused)
 FUSED_MODELS = ("dinov2",)
@@ -109,7 +116,7 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     if spec.weights != "hub":
         path = Path(spec.weights).expanduser()
         if not is_regular_file(path):
-            raise VplError(f"{path}: DINO weights file not found; pass an existing file to --dino-weights")
+            raise not_a_file(path, "DINO weights", "pass an existing file to --dino-weights")
         file_weights(path, model.state_dict(), shapes_only=True, report=report, fix=weights_fix(spec.model))
         return str(path)
     cached = cached_hub_file(timm, spec.model)
@@ -159,13 +166,13 @@ class DinoBackbone:
         self.spec, self.device, self.blocks = spec, device, blocks
         # timm's own forward for a model whose tokens vpltool's DINO forward does not make (RoPE: DINOv3; its own
         # embedding: C-RADIOv3's NaFlexViT); its blocks must be ones whose mixing timm_blocks repeats
-        self.own_forward = getattr(model, "rope", None) is not None or not hasattr(model, "patch_embed")
+        self.own_forward = timm_forward(model)
         if self.own_forward:
             check_blocks(blocks, f"--dino-model {spec.model if spec else type(model).__name__}")
         ps = (model.patch_embed if hasattr(model, "patch_embed") else model.embeds).patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         self.n_prefix = int(getattr(model, "num_prefix_tokens", 1))
-        # how vpltool's forward mixes a block's tokens, as the model's own code does (:func:`_dino_attention`):
+        # how vpltool's forward mixes a block's tokens, as the model's own code does (:func:`dino_attention`):
         # DINOv2's Attention calls the fused kernel; DINO's writes the weights out (a method's parity against it
         # can hinge on that rounding: ProxyCLIP masks its proxy similarities at 0)
         self.fused = spec is not None and any(n in spec.model for n in FUSED_MODELS)
@@ -208,9 +215,14 @@ class DinoBackbone:
         """DINO's / DINOv2's own forward on timm's modules (:meth:`_dino_tokens`, then every block, then the final
         norm): ``[B, 3, H, W]`` -> (``[B, hw, C]`` final-norm patch tokens, ``[B, prefix + hw, 3C]`` what the last
         block's fused ``qkv`` linear returned (``last_qkv``; else None), grid). Each block mixes its tokens with
-        :func:`_dino_attention` (fused; the last one's from that same qkv). ``tokens`` False: the forward stops
+        :func:`dino_attention` (fused; the last one's from that same qkv). ``tokens`` False: the forward stops
         after the last block's ``norm1`` and ``qkv`` (a method that reads that qkv alone), and the tokens are None.
         """
+        groups = self._cpu_groups(pixels)
+        if groups > 1:  # the images in groups (the arithmetic is per image: the same bits)
+            parts = [self._dino_forward(p, last_qkv, tokens) for p in pixels.tensor_split(groups)]
+            x, qkv = (None if parts[0][i] is None else torch.cat([p[i] for p in parts]) for i in (0, 1))
+            return x, qkv, parts[0][2]
         m = self.model
         x, grid = self._dino_tokens(pixels)
         qkv, last = None, len(m.blocks) - 1
@@ -220,9 +232,20 @@ class DinoBackbone:
                 qkv = blk.attn.qkv(h)
                 if not tokens:
                     return None, qkv, grid
-            x = x + blk.ls1(_dino_attention(blk.attn, h, qkv, self.fused))
-            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+            x = x + layer_scaled(blk.ls1, dino_attention(blk.attn, h, qkv, self.fused))
+            x = x + layer_scaled(blk.ls2, blk.mlp(blk.norm2(x)))
         return m.norm(x)[:, self.n_prefix :], qkv, grid
+
+    def _cpu_groups(self, pixels: torch.Tensor) -> int:
+        """In how many groups :meth:`_dino_forward` runs a CPU batch: the fewest whose largest activation (a block's
+        MLP hidden layer, ``images x tokens x hidden`` floats) fits :data:`CPU_GROUP_BYTES`; 1 on other devices."""
+        if pixels.device.type != "cpu" or pixels.shape[0] < 2:
+            return 1
+        mlp = getattr(self.model.blocks[0], "mlp", None)
+        hidden = getattr(getattr(mlp, "fc1", None), "out_features", None) or 4 * int(self.model.embed_dim)
+        tokens = self.n_prefix + (pixels.shape[-2] // self.patch_size) * (pixels.shape[-1] // self.patch_size)
+        per_image = tokens * hidden * (torch.finfo(self.model_dtype).bits // 8)
+        return min(pixels.shape[0], -(-pixels.shape[0] * per_image // CPU_GROUP_BYTES))
 
     def _dino_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """DINO's / DINOv2's ``prepare_tokens`` on timm's modules: ``[B, 3, H, W]`` -> (``[B, prefix + hw, C]``,
@@ -244,7 +267,15 @@ class DinoBackbone:
         if getattr(m, "no_embed_class", False):  # a zero class row, dropped again below
             pos = torch.cat([pos.new_zeros(1, pos.shape[-1]), pos])
         native = m.patch_embed.grid_size
-        pos = resize_positional(pos, (int(native[0]), int(native[1])), grid, self.pos_resize).to(x.dtype)
+        # the resized table of the last grid, kept (a batch in groups, a run of same-sized images) until the model's
+        # table changes (its version counter) or another grid, dtype or device is asked
+        key = (grid, x.dtype, x.device, m.pos_embed._version, m.pos_embed.data_ptr(), torch.is_grad_enabled())
+        kept = getattr(self, "_pos_kept", None)
+        if kept is not None and kept[0] == key:
+            pos = kept[1]
+        else:
+            pos = resize_positional(pos, (int(native[0]), int(native[1])), grid, self.pos_resize).to(x.dtype)
+            self._pos_kept = (key, pos)
         if getattr(m, "no_embed_class", False):
             x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x + pos[None, 1:]], dim=1)
         else:
@@ -263,7 +294,7 @@ class DinoBackbone:
         (:meth:`_timm_forward`)."""
         if self.own_forward:
             tokens, qkv = self._timm_forward(pixels.to(self.device), last_qkv=True)
-            return tokens, _fused_qkv(qkv), self._grid(pixels)
+            return tokens, fused_qkv(qkv), self._grid(pixels)
         return self._dino_forward(pixels.to(self.device), last_qkv=True)
 
     def last_qkv(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -271,7 +302,7 @@ class DinoBackbone:
         alone; the last block's attention and MLP and the final norm are not run): ``[B, 3, H, W]`` normalised
         pixels -> (``[B, prefix + hw, 3C]``, ``(h, w)``), as :meth:`tokens_and_last_qkv`'s."""
         if self.own_forward:
-            return _fused_qkv(self._timm_forward(pixels.to(self.device), last_qkv=True, tokens=False)[1]), \
+            return fused_qkv(self._timm_forward(pixels.to(self.device), last_qkv=True, tokens=False)[1]), \
                 self._grid(pixels)
         _, qkv, grid = self._dino_forward(pixels.to(self.device), tokens=False)
         return qkv, grid
@@ -284,7 +315,7 @@ class DinoBackbone:
             raise VplError("last_block_input runs vpltool's DINO forward: a DINO or DINOv2 ViT, not DINOv3 / C-RADIOv3")
         x, grid = self._dino_tokens(pixels.to(self.device))
         for blk in self.model.blocks[:-1]:
-            x = x + blk.ls1(_dino_attention(blk.attn, blk.norm1(x), fused=self.fused))
+            x = x + blk.ls1(dino_attention(blk.attn, blk.norm1(x), fused=self.fused))
             x = x + blk.ls2(blk.mlp(blk.norm2(x)))
         return x, grid
 
@@ -293,7 +324,7 @@ class DinoBackbone:
         (:attr:`fused`), for a block a method runs on tokens of its own (OV-Stitcher's stitched last block)."""
         if self.fused:
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        return _written_attention(q, k, v, scale)
+        return written_attention(q, k, v, scale)
 
     def last_keys(self, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """The keys of the last block (CASS's ``get_intermediate_feat(x)`` qkv ``[1]``): ``[B, 3, H, W]`` pixels
@@ -349,7 +380,7 @@ class DinoBackbone:
         finally:
             for hook in hooks:
                 hook.remove()
-        maps = [_attention_weights(b.attn, x)[0, self.n_prefix:, self.n_prefix:] for b, x in zip(wanted, inputs)]
+        maps = [mean_attention_weights(b.attn, x)[0, self.n_prefix:, self.n_prefix:] for b, x in zip(wanted, inputs)]
         att = torch.stack(maps).mean(0)
         if att.shape[0] != grid[0] * grid[1]:
             raise VplError(f"--dino-model: {att.shape[0]} patch tokens for a {grid[0]}x{grid[1]} grid; the model "
@@ -392,58 +423,8 @@ class DinoBackbone:
         return next(self.model.parameters()).dtype
 
 
-def _dino_attention(attn, x: torch.Tensor, qkv: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:
-    """DINO's ``Attention.forward`` on timm's ``Attention`` module, ``proj(softmax((q kᵀ) scale) v)`` on ``x``
-    ``[B, N, C]`` -> ``[B, N, C]`` (``qkv``: the module's ``qkv(x)`` when the caller has it already). ``fused``:
-    ``F.scaled_dot_product_attention``, as DINOv2's own ``Attention`` calls it; else written out as DINO's own
-    code writes it (:func:`_written_attention`). Neither keeps the weights: a method that reads them recomputes
-    them (:func:`_attention_weights`)."""
-    b, n, c = x.shape
-    heads = attn.num_heads
-    qkv = (attn.qkv(x) if qkv is None else qkv).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = attn.q_norm(qkv[0]), attn.k_norm(qkv[1]), qkv[2]
-    if fused:
-        mixed = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-    else:
-        mixed = _written_attention(q, k, v, attn.scale)
-    return attn.proj(mixed.transpose(1, 2).reshape(b, n, c))
-
-
-# query rows per block of the written-out attention: a [rows, N] block of one head's weights stays in the cache
-# (0.9 MB at DINO B/8's 1,765 tokens of a 336-pixel window; 256 rows were as fast)
-ROWS = 128
-
-
-def _written_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """``softmax((q kᵀ) scale) v`` of ``[B, heads, N, hd]`` q, k, v, in DINO's order (the product, the scale,
-    the softmax, the product with v), one head and :data:`ROWS` query rows at a time: each row's sums are the ones
-    the whole ``[B, heads, N, N]`` product makes (a random DINO B/8's final tokens equal bit for bit on the
-    project's 2-core EPYC), without writing that tensor out: its forward took 1.2x the CPU-seconds at 785 tokens
-    and 1.6x at 1,765 that way."""
-    n = q.shape[-2]
-    rows = [torch.cat([((qh[r:r + ROWS] @ kh.T) * scale).softmax(-1) @ vh for r in range(0, n, ROWS)])
-            for qh, kh, vh in zip(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))]
-    return torch.stack(rows).unflatten(0, q.shape[:2])
-
-
-def _fused_qkv(qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``(q, k, v)``, each ``[B, heads, N, hd]`` -> ``[B, N, 3 * heads * hd]`` in a fused ``qkv`` linear's layout."""
-    q, k, v = qkv
-    b, heads, n, hd = q.shape
-    return torch.stack([q, k, v], 2).permute(0, 3, 2, 1, 4).reshape(b, n, 3 * heads * hd)
-
-
-def _attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
-    """``[B, N, N]`` head-mean ``softmax(q k^T * scale)`` of timm ``Attention`` module ``attn`` on its input ``x``
-    ``[B, N, C]`` (recomputed: the fused kernel does not return the weights)."""
-    b, n, _ = x.shape
-    heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)
-
-
 register_family("dino", load_dino, check_dino, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
                 module=__name__, files=spec_files, fix=DINO_WEIGHTS_FIX)
 
 __all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]
+

@@ -6,7 +6,7 @@ in the cache, a file that holds another architecture) is a one-line :class:`~vpl
 **Registration point** (:mod:`.aliases`, torch-free). Packages plug models and tokenizers in without the core
 knowing their names: :func:`register_model` maps an alias (``--model NAME``) to a local open_clip folder,
 :func:`register_tokenizer` maps the ``"tokenizer"`` kind named in a folder's ``vpltool.json`` to a factory. Plugins
-are found through the ``vpltool.plugins`` entry-point group (:mod:`vpltool.entry_points`; the demo world registers
+are found through the ``vpltool.plugins`` entry-point group (:mod:`plugins.entry_points`; the demo world registers
 its toy CLIP there).
 """
 
@@ -332,7 +332,9 @@ def create_model(spec: ModelSpec):
     path = Path(pretrained).expanduser()
     if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
         if not path.is_file():
-            raise VplError(f"{path}: weights file not found")
+            from ...io import not_a_file
+
+            raise not_a_file(path, "weights", "pass the model's weights file to --pretrained")
         try:
             with no_weight_init(), assign_loaded_weights():
                 return open_clip.create_model(spec.model, pretrained=str(path),
@@ -347,11 +349,12 @@ def create_model(spec: ModelSpec):
 def _load_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
-    return RuntimeError, KeyError, IndexError, ValueError, SafetensorError
+    return RuntimeError, KeyError, IndexError, ValueError, AssertionError, SafetensorError
 
 
 # what open_clip raises for weights that do not fit its model (torch's load_state_dict: RuntimeError; its own
-# conversions of an older layout: KeyError, IndexError; a file cut short: SafetensorError, or a zip's RuntimeError)
+# conversions of an older layout: KeyError, IndexError; its resize of another architecture's positional tables:
+# AssertionError, "text pos_embed width changed!"; a file cut short: SafetensorError, or a zip's RuntimeError)
 _LOAD_ERRORS = _load_errors()
 
 

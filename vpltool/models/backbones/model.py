@@ -27,6 +27,7 @@ attention window in early blocks (``{"attention_window": {"size": 3, "blocks": [
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -292,7 +293,10 @@ class ClipBackbone(TextTower):
                 self._bias_cache[key] = neighbourhood_bias(grid, self.mixing.gaussian_std, x.device, x.dtype,
                                                            lead=self.n_prefix)
             bias = self._bias_cache[key]
-        return mix_last_block(self.tower.mixing_block(grid), x, self.mixing, bias)
+        attend = None
+        if self.mixing.attention == "hook":  # the method's own attention on this block's q, k, v
+            attend = functools.partial(self.hooks.attention, grid=tuple(grid), lead=self.n_prefix)
+        return mix_last_block(self.tower.mixing_block(grid), x, self.mixing, bias, attend=attend)
 
     def dense_features(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` float32 CLIP-normalised pixels (H, W multiples of the patch size) -> ``[B, h*w, D]``

@@ -1,25 +1,52 @@
-"""fp32 linear layers through oneDNN's matrix product on the CPU, for a frozen model's inference.
+"""fp32 linear layers through oneDNN's or MKL's matrix product on the CPU, whichever this CPU runs faster, for a
+frozen model's inference.
 
-torch's fp32 ``F.linear`` on the CPU calls MKL's sgemm. On an AMD CPU MKL runs narrower kernels than the CPU has, so
-the same product through oneDNN (also inside torch: ``torch.ops.mkldnn._linear_pointwise``, the op torch's own
-compiler emits for a CPU linear) takes about half the time on an AVX-512 AMD EPYC (``bench/bench_radseg.py`` prints
-both rates as ``linear``). The arithmetic is the same, fp32 products summed in fp32, only in another order: the
-results differ from MKL's by float rounding.
+torch's fp32 ``F.linear`` on the CPU calls MKL's sgemm; the same product through oneDNN (also inside torch:
+``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for a CPU linear) is the other library.
+Which one is faster is the CPU's and the libraries' affair, not this project's: on its 2-core AMD EPYC (AVX-512) MKL
+ran a ViT-B's layers at half oneDNN's rate, while on an Intel Xeon with AMX (Emerald Rapids) MKL was as fast or
+faster at every size (``bench/bench_cpu_linear.py``, ``bench/results/cpu_linear*.json``). Both add fp32 products in
+fp32 (oneDNN's ``brg_matmul:avx512_core``, its default ``strict`` fpmath: no bf16 inside, on AMX too); the results
+differ in the last bits, by the order of the sums.
+
+**The route** (:func:`takes_onednn`): ``VPLTOOL_CPU_LINEAR`` = ``auto`` (the default) measures each product shape
+once on this machine, the first time one is run: a product of ``K`` inputs, ``N`` outputs and ``R`` rows is timed at
+``R``'s bucket (:data:`BUCKETS`: the largest at most ``R``) through both libraries, :data:`PAIRS` alternating pairs
+of CPU-seconds (:func:`calibrate`), and oneDNN is taken where it took at most :data:`CLEAR_WIN` of MKL's time (else
+MKL, torch's default and the references' library). The verdicts are kept in the user's cache
+(``~/.cache/vpltool/cpu_linear.json``, :func:`vpltool.io.digests.cache_folder`), one table per machine: the CPU's
+model and flags, torch's, MKL's and oneDNN's versions and the thread count (:func:`machine_key`); another machine or
+a library upgrade measures again. ``mkl`` and ``onednn`` force either library; another value is refused in one line
+(:func:`..runtime.numerics.cpu_linear_asked`). Products of fewer than :data:`MIN_ROWS` rows stay with MKL: oneDNN's
+call costs more than such a product (1.1 to 2.1 times MKL's time at 1 and 2 rows on both CPUs above).
 
 :func:`use_onednn` turns a module's ``nn.Linear`` layers into :class:`OneDnnLinear` (the same class with another
-``forward``: parameters, state dict and ``.to`` unchanged). It calls oneDNN only where that is the same
-computation: fp32 input and weights on the CPU, the weights contiguous, and no gradient asked of the layer; anything
-else (bf16, CUDA, training) goes through ``F.linear`` as before. In reproducible mode (:mod:`vpltool.numerics`) it
-changes nothing: that mode pins MKL's code path (``MKL_CBWR``), which has no counterpart in oneDNN.
+``forward``: parameters, state dict and ``.to`` unchanged), whose fp32 CPU inference takes the route. Only where that
+is the same computation: fp32 input and weights on the CPU, the weights contiguous, and no gradient asked of the
+layer; anything else (bf16, CUDA, training, autocast, a graph torch.compile traces) goes through ``F.linear`` as
+before. In reproducible mode (:mod:`..runtime.numerics`) MKL's product is always the one: that mode pins MKL's code
+path (``MKL_CBWR``), which has no counterpart in oneDNN. Inside :func:`references_library` too: a method whose
+arithmetic compares a product's result with a threshold (ProxyCLIP's proxy similarity masked below 0) runs that
+product in MKL's, the references' library, so that the comparison sees the reference's bits on every CPU (on the
+Intel Xeon above, oneDNN's last bits moved 2 of ProxyCLIP's 6.2 million similarities across its 0 and its logits by
+1.2e-4; MKL's DINO tokens equal the reference's bit for bit).
 
 Where a method calls a layer's weights itself (a packed ``in_proj_weight``, a slice of it), :func:`f_linear` is
-``F.linear`` with the same choice; :func:`self_attention` is ``nn.MultiheadAttention``'s inference through it (the
-module's own fast path runs MKL's product inside one kernel). Fewer than :data:`MIN_ROWS` rows stay with MKL: on
-this project's AMD EPYC, one thread, oneDNN took 0.45 to 0.71 of MKL's time on a ViT-B's layers from 4 to 1,768
-rows, 1.10 to 1.23 at 2 rows (``bench/bench_cpu_linear.py``, ``bench/results/cpu_linear.json``).
+``F.linear`` with the same route; :func:`self_attention` is ``nn.MultiheadAttention``'s inference through it (the
+module's own fast path runs MKL's product inside one kernel).
 """
 
 from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import statistics
+import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -51,24 +78,197 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
 
 # fewer rows than this stay with MKL's product (module docstring)
 MIN_ROWS = 4
-ENABLED = True  # False: every product through F.linear (a test's, or a timing's, switch)
+# a product of R rows is decided at the largest of these at most R (its calibration runs that many rows)
+BUCKETS = (4, 16, 64, 256, 1024)
+CLEAR_WIN = 0.9  # oneDNN is taken where its CPU-seconds were at most this share of MKL's (the median of the pairs)
+PAIRS = 5  # alternating pairs of a calibration
+SIDE_S = 0.004  # each side's timed stretch of a pair: at least this many CPU-seconds of calls (one call at most)
+CACHE_NAME = "cpu_linear.json"
+_FORMAT = 1
+MAX_MACHINES = 16  # tables kept in the cache file (the latest)
+
+_DECIDED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, bucket, threads) -> oneDNN taken, this process's
+_MEASURED: dict[str, dict] = {}  # "KxN@bucket" -> {"onednn": bool, "ratio": oneDNN / MKL} this process measured
+_PINNED = [0]  # depth of references_library() blocks
+
+
+def library_versions() -> dict[str, str]:
+    """torch's, and the MKL and oneDNN builds inside it (``torch.__config__.show()``)."""
+    shown = torch.__config__.show()
+    mkl = re.search(r"Math Kernel Library Version ([^\n]*?) for", shown)
+    dnn = re.search(r"MKL-DNN v([\d.]+)(?: \(Git Hash (\w+)\))?", shown)
+    return {"torch": torch.__version__, "mkl": mkl.group(1) if mkl else "none",
+            "onednn": (dnn.group(1) + (f"+{dnn.group(2)[:7]}" if dnn.group(2) else "")) if dnn else "none"}
+
+
+def machine_key() -> tuple[str, dict]:
+    """``(key, what it names)``: this machine's CPU (its model name and a digest of its feature flags), the library
+    versions and torch's thread count; a calibration holds for that key alone."""
+    from ...runtime.numerics import cpu_flags
+
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
+    what = {"cpu": model, "cpu_flags_sha256": flags, "amx": "amx_bf16" in cpu_flags(), **library_versions(),
+            "threads": torch.get_num_threads()}
+    return json.dumps(what, sort_keys=True), what
+
+
+def _cache_path():
+    from ...io.digests import cache_folder
+
+    folder = cache_folder()
+    return None if folder is None else folder / CACHE_NAME
+
+
+def _read_cache() -> dict:
+    path = _cache_path()
+    try:
+        data = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    return data.get("machines", {}) if isinstance(data, dict) and data.get("format") == _FORMAT else {}
+
+
+def _keep(shape: str, verdict: dict) -> None:
+    """Add one verdict to this machine's table in the cache file (read again first: another process may have
+    written; written atomically). A cache that cannot be written is ignored: it only saves a calibration."""
+    path = _cache_path()
+    if path is None:
+        return
+    key, what = machine_key()
+    try:
+        machines = _read_cache()
+        entry = machines.pop(key, None) or {**what, "products": {}}
+        entry["products"][shape] = verdict
+        machines[key] = entry  # the latest last; the oldest dropped beyond MAX_MACHINES
+        kept = dict(list(machines.items())[-MAX_MACHINES:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.write_text(json.dumps({"format": _FORMAT, "machines": kept}, indent=1))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _bucket(rows: int) -> int:
+    return max(b for b in BUCKETS if b <= rows)
+
+
+def calibrate(k: int, n: int, rows: int) -> float:
+    """oneDNN's CPU-seconds over MKL's for an fp32 product ``[rows, k] x [k, n]`` plus a bias, on this process's
+    threads: the median over :data:`PAIRS` alternating pairs (the order swapped every pair), each side running the
+    product on random unit-scale inputs for at least :data:`SIDE_S` CPU-seconds (a few ms: well above the clock's
+    resolution, well below a stage's start-up)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
+    sides = (lambda: F.linear(x, w, b), lambda: linear(x, w, b))
+    with torch.no_grad():
+        for run in sides:  # each library's first call of a shape (its kernel chosen, its buffers made)
+            run()
+        start = time.process_time()
+        sides[0]()
+        calls = max(1, int(SIDE_S / max(time.process_time() - start, 1e-6)))
+        ratios = []
+        for p in range(PAIRS):
+            spent = [0.0, 0.0]
+            for i in ((0, 1) if p % 2 == 0 else (1, 0)):
+                start = time.process_time()
+                for _ in range(calls):
+                    sides[i]()
+                spent[i] = time.process_time() - start
+            ratios.append(spent[1] / max(spent[0], 1e-9))
+    return statistics.median(ratios)
+
+
+def takes_onednn(rows: int, k: int, n: int) -> bool:
+    """Whether an fp32 CPU product of ``rows`` rows, ``k`` inputs and ``n`` outputs goes through oneDNN
+    (:func:`linear`) rather than MKL's ``F.linear``, by the route (module docstring): reproducible mode and
+    :func:`references_library` MKL; ``VPLTOOL_CPU_LINEAR=mkl`` / ``onednn`` as forced; ``auto`` this machine's
+    calibration of the shape's bucket, measured now when there is none."""
+    from ...runtime.numerics import cpu_linear_asked, reproducible_asked
+
+    if rows < MIN_ROWS or _PINNED[0] or reproducible_asked():
+        return False
+    route = cpu_linear_asked()
+    if route != "auto":
+        return route == "onednn"
+    key = (k, n, _bucket(rows), torch.get_num_threads())
+    decided = _DECIDED.get(key)
+    if decided is None:
+        decided = _DECIDED[key] = _verdict(k, n, key[2])
+    return decided
+
+
+def _verdict(k: int, n: int, bucket: int) -> bool:
+    """The cache's verdict for this machine, else a calibration now (kept in the cache)."""
+    shape = f"{k}x{n}@{bucket}"
+    kept = _read_cache().get(machine_key()[0], {}).get("products", {}).get(shape)
+    if isinstance(kept, dict) and isinstance(kept.get("onednn"), bool):
+        return kept["onednn"]
+    ratio = calibrate(k, n, bucket)
+    verdict = {"onednn": ratio <= CLEAR_WIN, "ratio": round(ratio, 3),
+               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _MEASURED[shape] = verdict
+    _keep(shape, verdict)
+    return verdict["onednn"]
+
+
+def kept_verdicts(threads: int = 1) -> dict:
+    """This machine's table in the cache file at ``threads`` threads (what a bench's worker decided, read by its
+    driver): ``{"cpu", ..., "products": {"KxN@bucket": {"onednn", "ratio", "measured"}}}``, or ``{}``."""
+    own = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _read_cache().get(machine_key()[0], {})
+    finally:
+        torch.set_num_threads(own)
+
+
+def verdicts() -> dict[str, bool]:
+    """The route of every product shape this process has decided, ``{"KxN@bucket": oneDNN taken}`` (benches
+    record it)."""
+    return {f"{k}x{n}@{b}" + (f"/{t} threads" if t != 1 else ""): v for (k, n, b, t), v in sorted(_DECIDED.items())}
+
+
+@contextlib.contextmanager
+def references_library() -> Iterator[None]:
+    """Inside the block, every product takes MKL's, torch's default and the references' library, whatever the
+    route (module docstring): for products whose results a method compares with a threshold."""
+    _PINNED[0] += 1
+    try:
+        yield
+    finally:
+        _PINNED[0] -= 1
 
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`f_linear` takes oneDNN's product for ``x`` and ``weight``: fp32 both, on the CPU, the weight
-    contiguous, at least :data:`MIN_ROWS` rows, no gradient asked for, no autocast, not reproducible mode."""
-    from ...numerics import reproducible_asked
-
-    if not ENABLED or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+    contiguous, no gradient asked for, no autocast, not inside a graph torch.compile traces, and the route
+    (:func:`takes_onednn`) says oneDNN for this shape."""
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
         return False
-    if weight.device.type != "cpu" or not weight.is_contiguous() or x.dim() < 2 \
-            or x.numel() < MIN_ROWS * x.shape[-1]:
+    if weight.device.type != "cpu" or not weight.is_contiguous() or x.dim() < 2 or weight.dim() != 2:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # oneDNN's op has no backward
     if torch.is_autocast_enabled("cpu"):
         return False  # autocast would have run F.linear in its own dtype
-    return available() and not reproducible_asked()
+    if torch.compiler.is_compiling():
+        return False  # the compiler chooses its own CPU product
+    if not available():
+        return False
+    k = x.shape[-1]
+    return takes_onednn(x.numel() // max(k, 1), k, weight.shape[0])
 
 
 def f_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,7 +298,7 @@ def use_onednn(*modules: nn.Module, out_proj: bool = False) -> int:
     ``out_proj`` also each ``nn.MultiheadAttention``'s ``out_proj`` an :class:`OneDnnOutProj` (a ``--dense``
     method calls it on its own); returns how many (0 in reproducible mode, or where this torch has no oneDNN).
     The classes are module-level: a converted model pickles (a worker process) and deep-copies as before."""
-    from ...numerics import reproducible_asked
+    from ...runtime.numerics import reproducible_asked
 
     if reproducible_asked() or not available():
         return 0
@@ -132,5 +332,6 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
     return f_linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
-__all__ = ["MIN_ROWS", "available", "applies", "linear", "f_linear", "OneDnnLinear", "OneDnnOutProj", "use_onednn",
-           "self_attention"]
+__all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "f_linear", "library_versions",
+           "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "references_library", "self_attention",
+           "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ... import io, presets
+from ... import io
+from ...config import presets
 from ...errors import VplError
 
 
@@ -119,7 +120,7 @@ def resolve_templates(spec: str, per_class: bool = True) -> list[str]:
 
 def check_class_names(classes: Sequence[str], where: str = "--classes") -> None:
     """Class names (index 0 = 'background') must be unique and 'background' only at 0
-    (:func:`vpltool.presets.check_class_names`, the rule `predict --classes` follows too)."""
+    (:func:`vpltool.config.presets.check_class_names`, the rule `predict --classes` follows too)."""
     if len(classes) < 2 or classes[0] != "background":
         raise VplError("classes must start with 'background' and name at least one class")
     presets.check_class_names(classes[1:], where)

@@ -247,7 +247,11 @@ class SigLIP2Text:
         return {k: v.to(self.device) for k, v in out.items()}
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
+    def encode(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """``batch_size`` prompts at a time: at 256, the MLP of SigLIP 2 g's width (64 tokens x 4,304 a prompt) and
+        transformers' tanh GELU's temporaries took 0.8 GB above the weights (bench/bench_radseg.py's worker); at 64,
+        0.4 GB, and the same rows bit for bit (each row is its own arithmetic; MKL's kernels for 64 x 64 rows and
+        more are those of 256 x 64)."""
         rows = [self.model(**self.tokens(prompts[i:i + batch_size])).pooler_output.float()
                 for i in range(0, len(prompts), batch_size)]
         return torch.cat(rows) if rows else torch.zeros(0, self.dim)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ...io import check_weights, is_regular_file, read_weights
+from ...io import check_weights, is_regular_file, not_a_file, read_weights
 from ..registry import register_family
 
 
@@ -209,7 +209,7 @@ def check_sam(spec: SamSpec) -> str | None:
         return None
     path = Path(spec.weights).expanduser()
     if not is_regular_file(path):
-        raise VplError(f"{path}: SAM weights file not found; {FIX}")
+        raise not_a_file(path, "SAM weights", FIX)
     with torch.device("meta"):
         expected = _build(arch).state_dict()
     _encoder_state(path, spec, expected, shapes_only=True)

@@ -177,6 +177,9 @@ class Sam3Grounding:
     pred_boxes: torch.Tensor
     pred_masks: torch.Tensor | None = None
     semantic_seg: torch.Tensor | None = None
+    # the prompts whose heads ran when ``ground`` was given a score (``masks=0.5``): the rows of pred_masks and
+    # semantic_seg, in this order; None: every prompt's (or none, with the head skipped)
+    mask_prompts: list[int] | None = None
 
     def scores(self) -> torch.Tensor:
         """``[K, Q]`` each query's probability: ``sigmoid(pred_logits) * sigmoid(presence)`` (Meta's
@@ -292,7 +295,7 @@ class Sam3:
     # ----------------------------------------------------------------------------------------- grounding
     @torch.no_grad()
     def ground(self, image: Sam3Image, text: Sam3Text, index: Sequence[int] | torch.Tensor | None = None,
-               masks: bool = True, geometry_token: bool = True) -> Sam3Grounding:
+               masks: bool | float = True, geometry_token: bool = True) -> Sam3Grounding:
         """K prompts against the encoded images (Meta's ``forward_grounding`` with an empty geometric prompt).
 
         Args:
@@ -300,7 +303,10 @@ class Sam3:
             text: K prompts (:meth:`encode_text`, :meth:`Sam3Text.with_tokens`).
             index: ``[K]`` the image each prompt reads (Meta's ``img_ids``); None: image 0 for all (one image) or
                 prompt k reads image k (as many images as prompts).
-            masks: run the segmentation head (False: ActiveSAM's preview, which reads the presence alone).
+            masks: run the segmentation head (False: ActiveSAM's preview, which reads the presence alone); a score
+                (0.5): run it for the prompts with a query scoring above it alone (:meth:`Sam3Grounding.scores`;
+                ``mask_prompts`` says which): what a prompt with no kept instance needs of it is nothing, when its
+                semantic head is not read (the "SAM 3" row of ``--dense sam3``).
             geometry_token: the geometry encoder's token of the empty geometric prompt appended to the prompt, as
                 Meta's model does (False: transformers' text-only forward, which leaves it out).
         """
@@ -335,10 +341,15 @@ class Sam3:
         logits = m.dot_product_scoring(decoder_hidden_states=hidden[-1:], text_features=enc.text_features,
                                        text_mask=valid)[0, ..., 0]
         out = Sam3Grounding(logits, dec.presence_logits[-1].reshape(k), boxes)
-        if masks:
-            heads = m.mask_decoder(decoder_queries=hidden[-1], backbone_features=feats,
-                                   encoder_hidden_states=enc.last_hidden_state, prompt_features=prompt,
-                                   prompt_mask=valid)
+        rows = None
+        if masks is not False and masks is not True:  # a score: the heads of the prompts with a query above it
+            rows = torch.nonzero((out.scores() > float(masks)).any(1)).flatten()
+            out.mask_prompts = rows.tolist()
+        if masks is not False and (rows is None or len(rows)):
+            pick = slice(None) if rows is None else rows
+            heads = m.mask_decoder(decoder_queries=hidden[-1][pick], backbone_features=[f[pick] for f in feats],
+                                   encoder_hidden_states=enc.last_hidden_state[pick], prompt_features=prompt[pick],
+                                   prompt_mask=valid[pick])
             out.pred_masks, out.semantic_seg = heads.pred_masks, heads.semantic_seg
         return out
 

@@ -155,5 +155,11 @@ def forward_capturing(model, pixels: torch.Tensor, wanted, stop: bool = False
     return out, seen
 
 
-__all__ = ["forward_capturing", "BLOCKS", "ATTENTIONS", "check_blocks", "heads_qkv", "attention_weights",
-           "attention_output", "scale_1", "scale_2", "run_block"]
+def timm_forward(model) -> bool:
+    """Whether a timm DINO runs timm's own forward, not vpltool's (RoPE: DINOv3; its own embedding: C-RADIOv3's
+    NaFlexViT): :attr:`vpltool.models.backbones.dino.DinoBackbone.own_forward`."""
+    return getattr(model, "rope", None) is not None or not hasattr(model, "patch_embed")
+
+
+__all__ = ["timm_forward", "forward_capturing", "BLOCKS", "ATTENTIONS", "check_blocks", "heads_qkv",
+           "attention_weights", "attention_output", "scale_1", "scale_2", "run_block"]

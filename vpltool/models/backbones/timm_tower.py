@@ -28,8 +28,9 @@ What vpltool takes from them follows TextRegion (avaxiao/TextRegion @ e392cd2, t
 
 ``--dense`` methods beyond the last block's mixing read open_clip's ``nn.MultiheadAttention`` modules or the class
 token (SC-CLIP's fused levels, ProxyCLIP's and Trident's value path, CASS's class-token embedding, CorrCLIP's region
-tokens): :data:`TIMM_METHODS` lists what a timm tower runs, and the clip family refuses the others before any model
-loads (:func:`vpltool.models.backbones.clip.check_backbone`).
+tokens): :data:`TIMM_METHODS` lists what a timm tower runs (the spec rows that say ``timm_tower=True``: the mixing
+presets, and a plugin whose attention hook reads only q, k and v), and the clip family refuses the others before any
+model loads (:func:`vpltool.models.backbones.clip.check_backbone`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config.dense import TIMM_METHODS  # the --dense rows that say they run on a timm tower (timm_tower=True)
 from ...errors import VplError
 from .timm_blocks import check_blocks, heads_qkv, run_block, scale_1, scale_2
 
-# the --dense methods a timm tower runs: the last block's token mixing alone (vpltool.models.dense.mixing)
-TIMM_METHODS = ("none", "maskclip", "sclip", "clearclip", "naclip")
 TRUNKS = ("VisionTransformer", "Eva")  # timm classes whose embedding :meth:`TimmTower.embed` repeats
 _LINEAR = (nn.Linear, nn.Identity, nn.Dropout)  # what may follow the pooling head: affine, so means commute
 

@@ -64,14 +64,14 @@ def dense_hooks(name: str, cfg: Any = None) -> DenseHooks:
 def _plugin_module(name: str, spec) -> Any:
     """A plugin method's module, imported; an import that fails (a missing package, a misspelt hook refused
     where its class is written, a name its class claims twice) is one line naming the plugin's distribution."""
-    from ...entry_points import uninstall_hint
+    from ...plugins.entry_points import PluginFailure, plugin_code, uninstall_hint
 
     try:
-        return importlib.import_module(spec.module)
-    except Exception as e:  # the plugin's own code
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise VplError(f"plugin {spec.plugin}: --dense {name}'s module {spec.module} cannot be used ({text}); fix "
-                       f"the plugin{uninstall_hint(spec.plugin)}") from None
+        with plugin_code() as said:
+            return importlib.import_module(spec.module)
+    except PluginFailure as e:  # the plugin's own code (sys.exit and Ctrl-C in it too)
+        raise VplError(f"plugin {spec.plugin}: --dense {name}'s module {spec.module} cannot be used ({e.cause}"
+                       f"{said.tail()}); fix the plugin{uninstall_hint(spec.plugin)}") from None
 
 
 class _Presets(Mapping):

@@ -9,6 +9,10 @@ A method that reads more than the last block's input subclasses it once in its o
 Registration is the class statement: a public name that is no hook (:data:`HOOK_NAMES`; a misspelt
 ``dense_logit``) is refused there, in one line, so a typo never falls back to the default path unnoticed. Helpers
 go in the module, or start with ``_``. A pure-mixing preset (``mixing.py``) has no class: the defaults run it.
+Each hook a class defines is checked where it returns (:data:`RETURNS`: the kind, the rank and the count of what it
+gives, as each hook's docstring says): a hook that returns a numpy array, None or a tensor of another rank is one
+:class:`~vpltool.errors.ContractError` line naming the method, its plugin and the hook, never a raw error further
+on (the values of the labels and probabilities a run writes are checked where the masks are written).
 
 When each hook runs, for one image of ``segment`` (``[B, 3, H, W]`` float32 CLIP-normalised ``pixels`` after the
 method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's size ``(H0, W0)``):
@@ -22,7 +26,9 @@ method's short-side resize; ``text`` ``[Q, D]`` unit query rows; each image's si
 3. :meth:`~DenseHooks.dense_logits` on the device, per batch: the whole segmentor, by default mmseg's slide
    inference (:func:`vpltool.models.dense.segmentor.dense_logits`), which calls per window
    :meth:`~DenseHooks.grid_logits` (by default the cosine of :meth:`~DenseHooks.features` with the text, on
-   :meth:`~DenseHooks.feature_grid`) and once per input :meth:`~DenseHooks.input_embedding`;
+   :meth:`~DenseHooks.feature_grid`; the default features run the last block with the preset's mixing, which for
+   ``attention="hook"`` calls :meth:`~DenseHooks.attention` on its q, k, v) and once per input
+   :meth:`~DenseHooks.input_embedding`;
 4. PAMR (shared), then :meth:`~DenseHooks.probabilities`: by default the softmax over the queries, the threshold and
    the argmax (shared), then :meth:`~DenseHooks.postprocess` per image, with the image's extras (what step 3 left in
    them too).
@@ -37,18 +43,17 @@ A method that runs on no CLIP (RADSeg: C-RADIOv3 and its SigLIP 2 adaptor) gives
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ...config.dense_plugins import HOOK_NAMES  # every hook, in the order it runs (torch-free there)
 from ...errors import ContractError
 
-# every hook, in the order it runs; a subclass's public names must be among them
-HOOK_NAMES = ("check", "check_items", "record", "older_record", "with_knobs", "backbone", "query_text",
-              "extra_inputs", "dense_logits", "input_embedding", "grid_logits", "features", "feature_grid",
-              "probabilities", "postprocess")
 _REGISTRY: dict[str, type[DenseHooks]] = {}
 
 
@@ -80,6 +85,10 @@ class DenseHooks:
             raise ContractError(f"{where}: --dense {method!r} is {'vpltool' if spec.plugin is None else spec.plugin}"
                                 f"'s method (module {spec.module}); name the class's own method")
         cls.method, cls.preset = method, preset
+        for name in RETURNS:
+            fn = vars(cls).get(name)
+            if inspect.isfunction(fn) and not getattr(fn, "_checked", False):
+                setattr(cls, name, _checked(fn, name))
         cls.own_segmentor = cls.dense_logits is not DenseHooks.dense_logits
         cls.own_postprocess = cls.postprocess is not DenseHooks.postprocess
         cls.own_backbone = cls.backbone is not DenseHooks.backbone
@@ -191,6 +200,18 @@ class DenseHooks:
         encoded = bb.encode(pixels, stop=bb.n_blocks - 1, fp16_pos=fp16_pos)
         return bb.dense(bb.last_block(encoded.tokens, encoded.grid))
 
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int], lead: int
+                  ) -> torch.Tensor:
+        """The last block's attention, for a preset whose ``attention`` is ``"hook"`` (how most training-free
+        methods differ: NACLIP's, ClearCLIP's, SCLIP's are this one function). ``q``, ``k``, ``v``: ``[B, heads, L,
+        hd]`` as the model computes them (open_clip's packed projection; a timm tower's after its norms and RoPE),
+        ``L = lead + h * w`` tokens (``lead``: the class token, or none on SigLIP 2; ``grid`` ``(h, w)``) -> ``[B,
+        heads, L, hd]``, the heads' outputs before ``out_proj``. The block then adds its input and runs its MLP as
+        the preset's ``residual`` and ``ffn`` say, and :meth:`features` goes on (``ln_post``, ``proj``). Default:
+        CLIP's own, ``softmax(q kᵀ / sqrt(hd)) v``."""
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+        return weights @ v
+
     def feature_grid(self, bb, size: tuple[int, int]) -> tuple[int, int]:
         """The ``(h, w)`` grid of :meth:`features` for an input of ``size`` ``(H, W)`` pixels. Default: CLIP's
         patch grid."""
@@ -217,9 +238,115 @@ class DenseHooks:
         return probs, labels
 
 
+def _is_tensor(x: Any, ndim: int, floating: bool | None = None) -> bool:
+    """``x`` is a torch tensor of rank ``ndim`` (floating-point, or integer, when ``floating`` says which)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != ndim:
+        return False
+    return floating is None or (x.dtype.is_floating_point if floating else
+                                not x.dtype.is_floating_point and not x.dtype.is_complex and x.dtype != torch.bool)
+
+
+def _probs_labels(out: Any, shape: tuple[int, ...] | None) -> bool:
+    """``(probs [C, H, W] float, labels [H, W] integer)``, of ``shape`` ``(C, H, W)`` when known."""
+    if not (isinstance(out, tuple) and len(out) == 2 and _is_tensor(out[0], 3, True) and _is_tensor(out[1], 2, False)):
+        return False
+    return shape is None or (tuple(out[0].shape) == shape and tuple(out[1].shape) == shape[1:])
+
+
+def _logits_list(out: Any, a: dict[str, Any]) -> bool:
+    """One ``[Q, H0, W0]`` float tensor per image, at its size (``Q`` the text's rows where the text is a tensor; a
+    method's own text, its ``query_text`` hook's, says nothing of its rows)."""
+    sizes, text = list(a["sizes"]), a["text"]
+    q = int(text.shape[0]) if isinstance(text, torch.Tensor) else None
+    return (isinstance(out, (list, tuple)) and len(out) == len(sizes)
+            and all(_is_tensor(x, 3, True) and tuple(x.shape[1:]) == tuple(map(int, size))
+                    and (q is None or x.shape[0] == q) for x, size in zip(out, sizes)))
+
+
+def _is_mixing(out: Any) -> bool:
+    from .mixing import DenseMixing
+
+    return isinstance(out, DenseMixing)
+
+
+def _grid(out: Any) -> bool:
+    return (isinstance(out, (tuple, list)) and len(out) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in out))
+
+
+# what each hook returns (``args``: its arguments by the base class's names), as its docstring says: checked where
+# a class's own hook returns, so that a plugin's numpy array or None is one line naming the hook
+RETURNS: dict[str, tuple[str, Any]] = {
+    "record": ("a dict of JSON values", lambda out, a: isinstance(out, dict)),
+    "older_record": ("a dict (the params, as record() writes them now)", lambda out, a: isinstance(out, dict)),
+    "with_knobs": ("the method's DenseMixing", lambda out, a: _is_mixing(out)),
+    "backbone": ("the model the segmentor runs", lambda out, a: out is not None),
+    "extra_inputs": ("a dict of per-image inputs by key", lambda out, a: isinstance(out, dict)),
+    "dense_logits": ("a list of one [Q, H0, W0] float tensor per image, at its size",
+                     lambda out, a: _logits_list(out, a)),
+    "input_embedding": ("a [B, D] float tensor, or None", lambda out, a: out is None or _is_tensor(out, 2, True)),
+    "grid_logits": ("a [B, hw, Q] float tensor", lambda out, a: _is_tensor(out, 3, True)),
+    "features": ("a [B, hw, D] float tensor", lambda out, a: _is_tensor(out, 3, True)),
+    "attention": ("a [B, heads, L, hd] float tensor, v's shape",
+                  lambda out, a: _is_tensor(out, 4, True) and out.shape == a["v"].shape),
+    "feature_grid": ("a tuple (h, w) of two ints", lambda out, a: _grid(out)),
+    "probabilities": ("a tuple (probabilities [C, H0, W0] float tensor, labels [H0, W0] integer tensor)",
+                      lambda out, a: _probs_labels(out, (int(a["n_classes"]), *a["logits"].shape[-2:]))),
+    "postprocess": ("a tuple (probabilities [C, H0, W0] float tensor, labels [H0, W0] integer tensor) of the "
+                    "shapes it was given", lambda out, a: _probs_labels(out, tuple(a["probs"].shape))),
+}
+
+
+def described(value: Any) -> str:
+    """What a hook returned, in a few words: ``None``, ``a numpy array [2, 3] float32``, ``a 2-d torch.int64
+    tensor [4, 4]``, ``a tuple of 3``."""
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return f"a {value.ndim}-d {value.dtype} tensor {list(value.shape)}"
+    if isinstance(value, np.ndarray):
+        return f"a numpy array {list(value.shape)} {value.dtype}"
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(described(v) for v in value[:3]) + (", ..." if len(value) > 3 else "")
+        return f"a {type(value).__name__} of {len(value)} ({inner})"
+    return f"a {type(value).__module__}.{type(value).__qualname__}".replace("builtins.", "")
+
+
+def _checked(fn: Any, name: str) -> Any:
+    """Hook ``fn`` (a class's own ``name``) checked where it returns: :data:`RETURNS`' rule, else one line."""
+    want, ok = RETURNS[name]
+    base = inspect.signature(getattr(DenseHooks, name))
+
+    @functools.wraps(fn)
+    def hook(self, *args: Any, **kwargs: Any) -> Any:
+        out = fn(self, *args, **kwargs)
+        try:
+            given = base.bind(self, *args, **kwargs).arguments
+        except TypeError:  # called with a subclass's own keyword: its arguments unread, its result unchecked
+            return out
+        if not ok(out, given):
+            raise ContractError(_broken_hook(type(self).method, name, f"returned {described(out)}; it returns {want}"))
+        return out
+
+    hook._checked = True
+    return hook
+
+
+def _broken_hook(method: str | None, name: str, what: str) -> str:
+    """The one line of a hook that broke its contract: the method, its plugin's distribution and the fix."""
+    from ...config.dense import DENSE_SPECS
+    from ...plugins.entry_points import uninstall_hint
+
+    spec = DENSE_SPECS.get(method)
+    dist = spec.plugin if spec is not None else None
+    who = f"plugin {dist}: --dense {method}" if dist else f"--dense {method}"
+    fix = f"fix the plugin{uninstall_hint(dist)}" if dist else "a vpltool bug: please report it"
+    return f"{who}: its hook {name} {what}; {fix}"
+
+
 def hooks_class(method: str) -> type[DenseHooks] | None:
     """The registered :class:`DenseHooks` subclass of ``method`` (its module imported already), or None."""
     return _REGISTRY.get(method)
 
 
-__all__ = ["DenseHooks", "HOOK_NAMES", "hooks_class"]
+__all__ = ["DenseHooks", "HOOK_NAMES", "RETURNS", "described", "hooks_class"]

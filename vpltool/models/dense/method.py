@@ -5,11 +5,15 @@ its class-file set and its benchmark presets), made and checked by :func:`resolv
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ...config.dense import DENSE_SPECS, DenseMethodSpec, DenseSettings, SegmentConfig
-from ...errors import VplError
+from ...config.dense_knobs import sam_weights_hint
+from ...errors import VplError, VplWarning
 from . import dense_hooks, dense_mixing
 from .hooks import DenseHooks
 from .mixing import DenseMixing
@@ -92,8 +96,28 @@ class DenseMethod:
 def proxy_error(e: VplError, dense: str) -> VplError:
     """The dino family's one line about a ``--dense`` method's proxy, with the options that gave it (the family
     names its own, ``--dino-model`` and ``--dino-weights``)."""
-    return VplError(str(e).replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
-                    .replace("--affinity dino", f"--dense {dense}"))
+    return VplError(_proxy_words(str(e), dense))
+
+
+def _proxy_words(text: str, dense: str) -> str:
+    return (text.replace("--dino-model", "--proxy-model").replace("--dino-weights", "--proxy-weights")
+            .replace("--affinity dino", f"--dense {dense}"))
+
+
+@contextlib.contextmanager
+def proxy_words(dense: str) -> Iterator[None]:
+    """The dino family's warnings while it checks a ``--dense`` method's proxy, said with the options that gave it
+    (a checkpoint's stripped ``model.`` prefix was said under ``--dino-weights``, an option `segment` lacks)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except VplError as e:
+            raise proxy_error(e, dense) from None
+    for w in caught:
+        message = w.message if not isinstance(w.message, VplWarning) else VplWarning(_proxy_words(str(w.message),
+                                                                                                   dense))
+        warnings.warn_explicit(message, w.category, w.filename, w.lineno)
 
 
 def method_mixing(cfg: SegmentConfig, hooks: DenseHooks) -> tuple[DenseMixing, bool]:
@@ -119,10 +143,8 @@ def proxy_spec(cfg: SegmentConfig):
     if not DENSE_SPECS[cfg.dense].proxy_model:
         return None
     spec = DinoSpec(cfg.proxy_model, cfg.proxy_weights)
-    try:
+    with proxy_words(cfg.dense):  # the dino family names its own options
         check_model("dino", spec)
-    except VplError as e:  # the dino family names its own options
-        raise proxy_error(e, cfg.dense) from None
     return spec
 
 
@@ -135,9 +157,8 @@ def sam_spec(cfg: SegmentConfig):
     if not DENSE_SPECS[cfg.dense].sam:
         return None
     if cfg.sam_weights is None:
-        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass --sam-weights FILE (SAM's released "
-                       f"checkpoint of --sam-model {cfg.sam_model}, e.g. sam_vit_b_01ec64.pth; none: random weights, "
-                       "for tests only)")
+        raise VplError(f"--dense {cfg.dense} needs SAM's image encoder: pass {sam_weights_hint(cfg.sam_model)}; "
+                       "none: random weights, for tests only")
     # --sam-refine prompts SAM's mask decoder: the file must hold it (one line for an encoder-only file)
     spec = SamSpec(cfg.sam_model, cfg.sam_weights, prompt=cfg.resolved().sam_refine)
     check_model("sam", spec)

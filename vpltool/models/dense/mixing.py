@@ -59,7 +59,7 @@ from ...errors import VplError
 from ..backbones.onednn import f_linear
 
 DENSE_METHODS = DENSE_CHOICES  # the spec table's names (vpltool.config.dense.DENSE_SPECS)
-ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy", "spectral")
+ATTENTIONS = ("qk", "identity", "qq+kk", "qq", "kk", "prior+kk", "proxy", "spectral", "hook")
 POS_INTERPOLATIONS = ("bilinear", "bicubic-dino", "bicubic-antialias")
 
 
@@ -71,7 +71,8 @@ class DenseMixing:
         method: the preset's name (one of :data:`DENSE_METHODS`).
         attention: ``qk`` (CLIP's own), ``identity`` (each token keeps its value: MaskCLIP), ``qq+kk`` (SCLIP's
             ``softmax(q qᵀ s) + softmax(k kᵀ s)``), ``qq`` (ClearCLIP), ``kk`` (NACLIP, with Ω when
-            ``gaussian_std > 0``).
+            ``gaussian_std > 0``), ``hook`` (the method's own: its :meth:`~vpltool.models.dense.DenseHooks.attention`
+            hook on the block's q, k and v, which applies no Ω itself).
         residual: the block's output adds its input (``x + attn``); False: the attention output alone.
         ffn: the block's MLP (``+ mlp(ln_2(.))``) runs after the attention.
         pos_interpolation: ``bilinear`` (CLIP-ES: resized to the grid), ``bicubic-dino`` (the +0.1 scale factor) or
@@ -174,7 +175,7 @@ def neighbourhood_bias(grid: tuple[int, int], std: float, device=None, dtype=tor
 
 
 def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tensor | None = None,
-                    prior: torch.Tensor | None = None) -> torch.Tensor:
+                    prior: torch.Tensor | None = None, attend: Any = None) -> torch.Tensor:
     """The last block's attention under ``mixing``: ``out_proj(A v)`` per head.
 
     Args:
@@ -185,6 +186,8 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
         bias: ``[L, L]`` added to the scaled logits before the softmax (Ω), or None.
         prior: ``[B, L, L]`` attention logits shared by the heads (``prior+kk``: SC-CLIP's masked similarity,
             ``-inf`` where masked).
+        attend: ``attend(q, k, v) -> [B, heads, L, hd]`` (``hook``: the method's attention hook, each ``[B, heads,
+            L, hd]``).
 
     Returns:
         ``[B, L, width]``.
@@ -203,6 +206,10 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
         q, k, v = (t.reshape(b, n, heads, width // heads).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, hd]
     if mixing.attention == "identity":
         out = v
+    elif mixing.attention == "hook":  # a method's own attention (DenseHooks.attention)
+        if attend is None:
+            raise VplError(f"--dense {mixing.method}: its attention is its hook's, and none was given")
+        out = attend(q, k, v)
     elif mixing.attention == "prior+kk":  # SC-CLIP's custom_attn: the mean of the two softmaxes
         if prior is None:
             raise VplError("--dense: the prior+kk attention needs its prior (SC-CLIP's similarity)")
@@ -227,13 +234,15 @@ def mixed_attention(attn, h: torch.Tensor, mixing: DenseMixing, bias: torch.Tens
     return attn.out_proj(out)
 
 
-def mix_last_block(blk, x: torch.Tensor, mixing: DenseMixing, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Run open_clip's ``ResidualAttentionBlock`` ``blk`` on ``[B, L, width]`` tokens with ``mixing``.
+def mix_last_block(blk, x: torch.Tensor, mixing: DenseMixing, bias: torch.Tensor | None = None,
+                   attend: Any = None) -> torch.Tensor:
+    """Run open_clip's ``ResidualAttentionBlock`` ``blk`` on ``[B, L, width]`` tokens with ``mixing`` (``attend``:
+    the method's attention hook, for ``attention='hook'``: :func:`mixed_attention`).
 
     ``x' = [x +] ls_1(attn)``, then ``x' = x' + ls_2(mlp(ln_2(x')))`` when ``mixing.ffn`` (``ls_*`` are identities
     in CLIP). Returns ``[B, L, width]``.
     """
-    a = blk.ls_1(mixed_attention(blk.attn, blk.ln_1(x), mixing, bias))
+    a = blk.ls_1(mixed_attention(blk.attn, blk.ln_1(x), mixing, bias, attend=attend))
     x = x + a if mixing.residual else a
     if mixing.ffn:
         x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))

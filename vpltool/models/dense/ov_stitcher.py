@@ -32,8 +32,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ...config.dense import DEFAULT_PROXY_MODEL
 from ...errors import VplError
-from ..backbones.onednn import f_linear
+from ..backbones.onednn import f_linear, references_library
 from .concept_regions import fill_regions
 from .corrclip import (
     Correlation,
@@ -102,12 +103,13 @@ def dino_features(proxy, pixels: torch.Tensor, boxes, size: tuple[int, int]) -> 
     Returns:
         (``[H // p * W // p, C]`` float32 unit features, the grid ``(H // p, W // p)``).
     """
-    x, grid = proxy.last_block_input(pixels)  # [N, prefix + hw, C], each block mixed as the model's code
     blk, k = proxy.model.blocks[-1], proxy.n_prefix
+    with references_library():  # CorrCLIP's merging compares their similarities with eps: the reference's bits
+        x, grid = proxy.last_block_input(pixels)  # [N, prefix + hw, C], each block mixed as the model's code
+        # what the reference stitches: get_intermediate_layers(n=2)[0] (the final norm of this input) and the last
+        # block's fused qkv (its forward hook), the prefix tokens dropped; one stitch for all four
+        parts = torch.cat([proxy.model.norm(x), blk.attn.qkv(blk.norm1(x))], dim=-1)[:, k:]
     c = x.shape[-1]
-    # what the reference stitches: get_intermediate_layers(n=2)[0] (the final norm of this input) and the last
-    # block's fused qkv (its forward hook), the prefix tokens dropped; one stitch for all four
-    parts = torch.cat([proxy.model.norm(x), blk.attn.qkv(blk.norm1(x))], dim=-1)[:, k:]
     st = stitch(_grid_maps(parts, grid), boxes, proxy.patch_size, size)
     fgrid = tuple(st.shape[-2:])
     base, q, kk, v = st.flatten(1).T.split(c, dim=-1)  # [n, C] each
@@ -258,6 +260,20 @@ def ov_stitcher_logits(bb, pixels: torch.Tensor, text: torch.Tensor, ids, sizes,
     return out
 
 
+def _runs_timm_forward(name: str) -> bool:
+    """Whether proxy ``name`` runs timm's own forward (DINOv3, C-RADIOv3:
+    :func:`~vpltool.models.backbones.timm_blocks.timm_forward`), from the model built on the meta device (no memory,
+    no weights); False for a name timm does not know (the dino family's check says so)."""
+    from ..backbones.dino import import_timm
+    from ..backbones.timm_blocks import timm_forward
+
+    timm = import_timm()
+    if not timm.is_model(name):
+        return False
+    with torch.device("meta"):
+        return timm_forward(timm.create_model(name, num_classes=0))
+
+
 class Hooks(CorrCLIPHooks, method=METHOD, preset=PRESET):
     """OV-Stitcher's hooks: CorrCLIP's (each image's region map, ``regions``, the photo's ``[H0, W0]`` int64 ids,
     its record and its map correction after the argmax) with OV-Stitcher's SAM settings, its windows checked and
@@ -269,6 +285,11 @@ class Hooks(CorrCLIPHooks, method=METHOD, preset=PRESET):
         super().check()
         s = self.cfg.resolved()
         check_windows(s.slide_crop, s.short_side, CORRELATION.pad_multiple)
+        if _runs_timm_forward(self.cfg.proxy_model):  # before any model loads: its last block is rebuilt here
+            raise VplError(f"--proxy-model {self.cfg.proxy_model}: --dense {METHOD} rebuilds its proxy's last block "
+                           "on stitched windows with DINO's and DINOv2's forward, and this is a DINOv3 or C-RADIOv3 "
+                           f"(RoPE, or NaFlexViT's own embedding); pass a DINO or DINOv2 ViT, e.g. --proxy-model "
+                           f"{DEFAULT_PROXY_MODEL} (its reference's)")
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         fill_regions(self, extras, pixels.device)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import VplError
-from ..backbones.onednn import f_linear
+from ..backbones.onednn import f_linear, references_library
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 
@@ -49,7 +49,8 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
 
     Returns:
         ``[B, HW, width]``: ``out_proj(softmax(gamma (S - beta mean S)) v')`` per head, ``S`` the tokens' cosine
-        (its mean per image; with ``cfg.pooled_mean`` over the whole batch), negatives ``-inf``, ``v'`` CLIP's patch
+        (its mean per image; with ``cfg.pooled_mean`` over the whole batch), negatives ``-inf`` (a row of nothing
+        else: the token alone), ``v'`` CLIP's patch
         values resized bilinearly (align_corners False) from ``(h, w)`` to ``(H, W)``. Row-major grids (the code
         reshapes with ``(w, h)``: the same on its square windows).
     """
@@ -63,7 +64,13 @@ def proxy_attention_tokens(blk, x: torch.Tensor, grid: tuple[int, int], proxy: t
     similarity = unit @ unit.transpose(1, 2)  # [B, HW, HW]
     mean = similarity.mean() if cfg.pooled_mean else similarity.mean(dim=(1, 2), keepdim=True)
     similarity = (similarity - mean * cfg.beta) * cfg.gamma
-    similarity = torch.where(similarity < 0, torch.full_like(similarity, float("-inf")), similarity)
+    negative = similarity < 0
+    # a token whose every similarity is masked (a blank photo: all tokens alike, mean S > 1 / beta, so even its own
+    # S of 1 falls below the mean) got a softmax of -inf only: NaN, in the reference too, and NaN masks; it attends
+    # to itself alone, its most similar token. Every other row is the reference's, bit for bit
+    alone = negative.all(dim=-1, keepdim=True) & torch.eye(negative.shape[-1], dtype=torch.bool,
+                                                           device=negative.device)
+    similarity = torch.where(negative & ~alone, torch.full_like(similarity, float("-inf")), similarity)
     weights = F.softmax(similarity, dim=-1)
     v = v[:, 1:].reshape(b, grid[0], grid[1], heads, hd).permute(0, 3, 4, 1, 2).reshape(b * heads, hd, *grid)
     v = F.interpolate(v, size=tuple(proxy_grid), mode="bilinear", align_corners=False)
@@ -87,7 +94,8 @@ def proxy_tokens(bb, pixels: torch.Tensor, fp16_pos: bool = False) -> tuple[torc
     raw = pixels.to(bb.device).float() * bb._stats[1] + bb._stats[0]
     mean = torch.tensor(bb.proxy.mean, device=raw.device).view(1, 3, 1, 1)
     std = torch.tensor(bb.proxy.std, device=raw.device).view(1, 3, 1, 1)
-    feats, grid = bb.proxy.final_tokens(((raw - mean) / std).to(pixels.dtype))
+    with references_library():  # its similarity is masked below 0: the reference's bits (onednn.py)
+        feats, grid = bb.proxy.final_tokens(((raw - mean) / std).to(pixels.dtype))
     tokens = proxy_attention_tokens(bb.blocks[-1], encoded.tokens, encoded.grid, feats.to(encoded.tokens.dtype),
                                     grid, bb.mixing.proxy)
     return tokens, grid

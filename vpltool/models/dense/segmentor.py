@@ -21,20 +21,17 @@ What MaskCLIP / SCLIP / ClearCLIP / NACLIP's segmentors do (``clip_segmentor.py`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ... import io
 from ...config.dense import SAM_REFINE_FIELDS
 from ...device import autocast
-from ...errors import ContractError, VplError
-from ...runtime.batches import image_names, run_image_batches
+from ...ops.sizes import keep_ratio_size
 from .bands import (
     WHOLE_BUDGET,
     banded_probabilities,
@@ -50,9 +47,9 @@ MMSEG_LONG_EDGE = 2048  # the methods' configs: Resize(scale=(2048, short), keep
 
 
 def short_side_size(height: int, width: int, short: int, long: int = MMSEG_LONG_EDGE) -> tuple[int, int]:
-    """``(H, W)`` after mmseg's keep-ratio resize to short side ``short`` (long side at most ``long``)."""
-    f = min(long / max(height, width), short / min(height, width))
-    return int(height * f + 0.5), int(width * f + 0.5)
+    """``(H, W)`` after mmseg's keep-ratio resize to short side ``short`` (long side at most ``long``), each side at
+    least 32 pixels (:func:`vpltool.ops.sizes.keep_ratio_size`)."""
+    return keep_ratio_size(height, width, short, long)
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
@@ -311,10 +308,12 @@ def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
                  extras: Sequence[dict] | None = None, scores: bool = True, budget: int | None = None
                  ) -> list[tuple[torch.Tensor | None, torch.Tensor]]:
     """B images of one input size (``[B, 3, H, W]`` normalised, :func:`dense_input` then ``bb.pixels``) -> per
-    image ``([C, H0, W0]`` float32 class probabilities in [0, 1] (None unless ``scores``), ``[H0, W0]`` int64
+    image ``([C, H0, W0]`` float32 class probabilities in [0, 1] (without ``scores``: those the method made anyway, at
+    the photo's size, else None), ``[H0, W0]`` int64
     labels, 0 = background``)`` on the device, at each image's size ``sizes[i]``, after the method's
     ``postprocess`` hook (Trident's ``--sam-refine``). ``extras``: per image its ``extra_inputs`` (copied: the hooks
-    may add to them). The per-image work of `segment` (:func:`labels_batch`) and of :class:`vpltool.api.Segmenter`:
+    may add to them). The per-image work of `segment` (:func:`vpltool.stages._masks.dense_masks`, which checks
+    and writes it) and of :class:`vpltool.api.Segmenter`:
     one function, so a photo segmented from Python gets the CLI's mask. A photo too large to compute whole in
     ``budget`` bytes is computed in column bands (:func:`photo_logits`). Under ``settings.max_side`` a larger photo
     is computed at its :func:`~vpltool.models.dense.bands.working_size`, and its labels (and scores) enlarged,
@@ -338,17 +337,8 @@ def scores_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torc
         if work[i] != tuple(sizes[i]):
             labels = enlarge(labels, sizes[i])
             probs = enlarge(probs, sizes[i]) if scores else None
-        out.append((probs if scores else None, labels))
+        out.append((probs, labels))  # without ``scores``, what the method made anyway (the writer checks them)
     return out
-
-
-def labels_batch(bb, pixels: torch.Tensor, text: torch.Tensor, query_class: torch.Tensor,
-                 n_classes: int, settings, sizes: Sequence[tuple[int, int]], dtype: torch.dtype,
-                 extras: Sequence[dict] | None = None) -> list[torch.Tensor]:
-    """B images of one input size -> B ``[H0, W0]`` uint8 masks on the device (:func:`scores_batch`'s labels;
-    nothing waits for the device unless the method's ``postprocess`` does)."""
-    return [labels.to(torch.uint8) for _, labels in scores_batch(bb, pixels, text, query_class, n_classes, settings,
-                                                                 sizes, dtype, extras, scores=False)]
 
 
 def dense_input(pre, image: np.ndarray, size: tuple[int, int], extras: dict | None = None) -> dict:
@@ -375,75 +365,7 @@ def settings_params(settings) -> dict:
             and not (k in SAM_REFINE_FIELDS and not refine)}  # likewise the refinement's, when it is off
 
 
-def dense_mask_stage(stage: str, out: Path, params: dict, inputs: dict, dataset, classes: list[str], shard,
-                     runtime, device, dtype, settings, backbone, queries: tuple, query_options: str,
-                     on_start=None, on_item=None, max_side_option: str | None = None, older=None):
-    """The stage body of `segment` and of `predict --classes --dense`: the stage folder of ``stage`` in ``out``
-    (``params``, ``inputs``, the rank's or ``shard``'s slice), then for the images not done yet their header sizes,
-    the CLIP (``backbone()``, called only when there is work: it returns the model with its ``--dense`` set), the
-    query rows of ``queries`` = ``(synonyms per class, templates, background words)`` and the masks
-    (:func:`write_dense_masks`) over ``classes``. A query the tokenizer refuses is one line naming
-    ``query_options``; a photo too large for the free memory, one naming ``max_side_option`` (`segment`'s
-    ``--max-side {}``) at the value that fits, where the command has it. ``older``: the hooks' ``older_record``.
-
-    Returns:
-        :class:`vpltool.io.StageSummary`.
-    """
-    from ...config import NOT_COMPARED
-    from ...device import shard_from_env
-    from ...numerics import run_numerics
-    from ...runtime.batches import image_stage
-    from .bands import check_photo_memory
-
-    def work(items: list, sizes: list[tuple[int, int]]) -> None:
-        check_photo_memory([it.image for it in items], sizes, sum(map(len, queries[0])) + len(queries[2]), settings,
-                           max_side_option=max_side_option)
-        bb = backbone()
-        try:
-            text, query_class = query_rows(bb, *queries)
-        except VplError as e:  # e.g. a word the toy CLIP's tokenizer does not know
-            raise VplError(f"{query_options}: {e}") from None
-        write_dense_masks(bb, items, sizes, text, query_class, len(classes), settings, out, runtime, dtype, on_item)
-
-    folder = io.StageFolder(out, stage, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
-                            shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision, device),
-                            older=older)
-    return image_stage(folder, dataset, io.mask_path, runtime.loader_workers(device), work, on_start, classes=classes)
-
-
-def write_dense_masks(bb, items: list, sizes: list[tuple[int, int]], text: torch.Tensor,
-             query_class: torch.Tensor, n_classes: int, settings, out: Path, runtime,
-             dtype: torch.dtype, on_item) -> None:
-    """Masks ``<out>/<id>.png`` of ``items`` (their ``(H0, W0)`` ``sizes``) over ``n_classes`` classes: images
-    batched by input size on the shared pipeline (:mod:`vpltool.runtime.batches`), loaded ahead, segmented on the device
-    (:func:`labels_batch`), written behind. Shared by `segment` and `predict --classes --dense`."""
-    inputs = [short_side_size(h, w, settings.short_side, settings.long_side) for h, w in sizes]
-    pre = bb.preprocessor
-    text, query_class = text.to(bb.device), query_class.to(bb.device)
-
-    def load(i: int) -> dict:  # in a loading worker: the uint8 image resized (here or on the device)
-        image = io.load_image(items[i].image)
-        if tuple(image.shape[:2]) != tuple(sizes[i]):
-            raise ContractError(f"{items[i].image}: decoded to {image.shape[0]}x{image.shape[1]}, but its header said "
-                                f"{sizes[i][0]}x{sizes[i][1]}; the file changed during the run: run again")
-        return dense_input(pre, image, inputs[i], bb.hooks.extra_inputs(items[i], image))
-
-    def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its masks
-        index = batch["index"]
-        pixels = bb.pixels(batch["pixels"], inputs[index[0]])
-        extras = batch_extras(batch, len(index))  # what the method's extra_inputs hook added per image
-        return lambda part: {"masks": labels_batch(bb, pixels[part], text, query_class, n_classes, settings,
-                                                   [sizes[i] for i in index[part]], dtype, extras[part])}
-
-    def write(index: list[int], t: dict) -> None:  # on a writer thread
-        for i, mask in zip(index, t["masks"]):
-            io.write_mask(io.mask_path(out, items[i].id), np.asarray(mask.numpy(), dtype=np.uint8), items[i].id)
-
-    run_image_batches(inputs, load, run, write, bb.device, runtime, image_names(items, sizes),
-                      "pass a smaller --short-side or --slide-crop, or a smaller --batch-size", on_item)
-
-
 __all__ = ["short_side_size", "window_starts", "slide_windows", "pad_size", "grid_logits", "window_logits",
            "dense_logits", "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE",
-           "query_rows", "segment_logits", "source_logits", "photo_logits", "scores_batch", "labels_batch",
-           "dense_input", "batch_extras", "write_dense_masks", "settings_params"]
+           "query_rows", "segment_logits", "source_logits", "photo_logits", "scores_batch", "dense_input",
+           "batch_extras", "settings_params"]

@@ -13,6 +13,9 @@ A family is:
    :class:`~vpltool.config.text.TextTrainConfig` subclass: training fields, recipes, zero-shot defaults, file
    names and kinds) and the names it segments under (``--model NAME:FILE``).
 
+A family that subclasses :class:`vpltool.models.text.base.TextFamilyBase` writes five hooks and takes the others'
+defaults (its docstring lists them).
+
 Registration refuses (``TypeError``, one line) a family that lacks a hook or defines a public name that is not one
 (a misspelt hook would otherwise never be called), whose ``name`` has no registry row, or whose ``TrainConfig`` is
 not the class its row names. Shapes: ``B`` images, ``N`` class names, ``T`` templates, ``L`` the text context,
@@ -171,14 +174,19 @@ def register_text_family(impl: TextSegFamily) -> TextSegFamily:
             ``TrainConfig`` other than the one its row names.
     """
     from ..registry import TEXT_FAMILIES, register_family, text_config
+    from .base import EXTRAS, TextFamilyBase
 
     public = {n for n in dir(impl) if not n.startswith("_")}
-    missing = sorted(set(HOOKS) - public)
-    unknown = sorted(public - set(HOOKS) - set(FROZEN_HOOKS))
+    based = isinstance(impl, TextFamilyBase)  # the base's defaults, and its own names (ModelConfig, class_scores)
+    missing = impl.missing() if based else sorted(set(HOOKS) - public)
+    unknown = sorted(public - set(HOOKS) - set(FROZEN_HOOKS) - (set(EXTRAS) | {"missing"} if based else set()))
     frozen = sorted(public & set(FROZEN_HOOKS))
     where = f"text-supervised family {getattr(impl, 'name', type(impl).__name__)!r}"
     if missing:
-        raise TypeError(f"{where}: hook(s) {', '.join(missing)} missing (TextSegFamily: {', '.join(HOOKS)})")
+        what = ("TextFamilyBase's subclass writes tokenizer, model_config, build_model, forward_train and "
+                "class_scores (or zero_shot_logits)" if based else f"TextSegFamily: {', '.join(HOOKS)}; or subclass "
+                "vpltool.models.text.base.TextFamilyBase, whose defaults leave five")
+        raise TypeError(f"{where}: hook(s) {', '.join(missing)} missing ({what})")
     if unknown:
         raise TypeError(f"{where}: {', '.join(unknown)} is not a hook of TextSegFamily (its hooks: "
                         f"{', '.join(HOOKS)}; FrozenSide's, optional: {', '.join(FROZEN_HOOKS)}); make a helper "

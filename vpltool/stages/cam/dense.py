@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,8 +26,9 @@ from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec
 from ...models.dense.bands import check_photo_memory
 from ...models.dense.segmentor import batch_extras, dense_input, photo_logits, settings_params, short_side_size
-from ...numerics import run_numerics
 from ...runtime.batches import image_names, image_stage, run_image_batches
+from ...runtime.numerics import run_numerics
+from .._masks import Producer, check_output
 
 STAGE = "cam"
 
@@ -46,12 +48,15 @@ def dense_class_probs(logits: torch.Tensor, rows: torch.Tensor, n_labels: int, l
     return torch.cat([background, probs[:n_labels]])
 
 
-def postprocessed_maps(bb, probs: torch.Tensor, extras: dict, settings) -> torch.Tensor:
+def postprocessed_maps(bb, probs: torch.Tensor, extras: dict, settings, photo: Any = "the photo") -> torch.Tensor:
     """A method's ``postprocess`` hook on one image's ``[1 + K, H, W]`` probabilities (:func:`dense_class_probs`)
     and their argmax (no threshold: `cam` leaves the background to the CRF) -> its ``[K, H, W]`` maps. A pixel the
     hook gives another label than its probabilities' argmax (a region vote, CorrCLIP's) takes the pixel's top
-    probability in that label's map, swapped with the label it had, so that the maps' argmax is the hook's."""
+    probability in that label's map, swapped with the label it had, so that the maps' argmax is the hook's. The
+    hook's output is checked as a mask's (:func:`vpltool.stages._masks.check_output`; ``photo`` names it)."""
+    size, producer = tuple(probs.shape[-2:]), Producer.dense(bb.hooks.method or "none", len(probs))
     probs, labels = bb.hooks.postprocess(bb, probs, probs.argmax(0), extras, settings)
+    check_output(producer, photo, size, probs, labels)
     probs, labels = probs.float(), labels.to(probs.device).long()
     top, best = probs.max(0)
     moved = labels != best
@@ -152,7 +157,7 @@ def _run(bb: ClipBackbone, items: list, sizes: list, protos: io.Prototypes, sett
                         maps[:, :, x0:x1] = band_maps.transpose(1, 2)
             if post:
                 with torch.no_grad():
-                    maps = postprocessed_maps(bb, maps, extra, settings)
+                    maps = postprocessed_maps(bb, maps, extra, settings, items[i].image)
             out_maps.append(maps)
         return out_maps
 

@@ -103,7 +103,7 @@ class FromFeatures:
 
     def made_from(self) -> list[tuple]:
         """``(path, numerics, command)`` of the inputs, for :func:`vpltool.io.check_numerics`."""
-        return [(self.features, self.record.get(io.NUMERICS), "extract"), self.protos.made()]
+        return [*io.folder_made(self.features, self.record, "extract"), self.protos.made()]  # each file's own too
 
     def folders(self):
         return recorded_folders(self.features)

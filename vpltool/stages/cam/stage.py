@@ -29,8 +29,8 @@ from ...data import Dataset, is_extract_folder
 from ...device import resolve_device, resolve_precision, shard_from_env
 from ...errors import ContractError, VplError
 from ...models import ClipBackbone, ModelSpec, load_model
-from ...numerics import run_numerics
 from ...runtime.batches import cuda_paths, run_image_batches, to_device
+from ...runtime.numerics import run_numerics
 from .caa import Refined, affinity, box_coords, caa_transition, check_affinity, mean_attention, refine, refine_batch
 from .gradcam import ImageTokens, PrototypeRows, gradcam_batch, gradcam_image, row_names, temperature_of
 from .sources import FromDataset, FromFeatures, attention_blocks_for, frozen_tokens
@@ -156,9 +156,10 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     """The stage on either source, through the shared pipeline of :mod:`vpltool.runtime.batches` (plan, load ahead, run
     batched, write behind) inside the skeleton of :class:`vpltool.io.StageFolder`."""
     device = resolve_device(runtime.device)
-    dtype = resolve_precision(runtime.precision, device)
+    made = src.made_from()
+    dtype = resolve_precision(runtime.precision, device, io.recorded_dtype(*made))  # auto: the features' dtype
     numerics = run_numerics(dtype, runtime.precision, device)
-    io.check_numerics(numerics, *src.made_from())  # the features and prototypes: this run's dtype and mode
+    io.check_numerics(numerics, *made)  # the features and prototypes: this run's dtype and mode
     temperature = temperature_of(cfg, src.protos)
     params = {**to_params(cfg), "temperature": temperature,
               "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ... import io, presets
-from ...config import RuntimeConfig
+from ... import io
+from ...config import RuntimeConfig, presets
 from ...config.checks import at_least
 from ...data import Dataset, open_source, recorded_folders
 from ...device import resolve_device, shard_from_env
 from ...errors import VplError
-from ...numerics import run_numerics
 from ...runtime.batches import image_names, image_stage, run_image_batches
+from ...runtime.numerics import run_numerics
 from .dense import maps_writer
 
 STAGE = "cam"

@@ -40,7 +40,7 @@ from ...config import LearnPrototypesConfig, RuntimeConfig, to_params
 from ...data import open_if_present, recorded_folders
 from ...device import resolve_device, resolve_precision, seed_everything
 from ...errors import ContractError, VplError
-from ...numerics import run_numerics
+from ...runtime.numerics import run_numerics
 from .descent import (
     Chunk,
     ChunkBuilder,
@@ -108,7 +108,8 @@ def check_inputs(features_dir: str | Path, cams_dir: str | Path, text_prototypes
         _log.warning("%s: the CAMs were made from other prototypes than %s", cams_dir, text_prototypes)
     items.sort(key=lambda it: (len(it[1]), it[1], it[0]))
     records = {"features": feat_sha, "cams": io.sha256_file(io.stage_record_path(cams_dir))}
-    made = [(features_dir, record.get(io.NUMERICS), "extract"), (cams_dir, cam_record.get(io.NUMERICS), "cam"),
+    # the folders' records and each item's own (its header): an edited record lets no item of another dtype in
+    made = [*io.folder_made(features_dir, record, "extract"), *io.folder_made(cams_dir, cam_record, "cam"),
             text.made()]
     return Inputs(features_dir, cams_dir, text, classes, dim, items, records, made)
 
@@ -289,7 +290,7 @@ def run_learn_prototypes(
         on_start(cfg.iters)
     seed_everything(cfg.seed)
     device = resolve_device(runtime.device)
-    compute = resolve_precision(runtime.precision, device)
+    compute = resolve_precision(runtime.precision, device, io.recorded_dtype(*inp.made))  # auto: the inputs' dtype
     numerics = run_numerics(compute, runtime.precision, device)
     io.check_numerics(numerics, *inp.made)
     budget = memory_budget(cfg, device)

@@ -26,7 +26,7 @@ no such class goes to background (or to a class it covers 85 % of); the order of
 class looks at every mask once, and unions do not depend on order), the order of the classes does.
 
 **SAM 3 prompted with the labels** (``--masks sam3``; :func:`~.rules.prompted_masks`): SAM 3 is asked for each
-image-level label's name (:func:`vpltool.presets.spoken_names`); an instance it keeps (probability above
+image-level label's name (:func:`vpltool.config.presets.spoken_names`); an instance it keeps (probability above
 ``--sam3-threshold``, Meta's 0.5) stays when at least ``--sam3-gate`` of its pixels carry that label in the CAM's
 label (step 1); a pixel inside staying instances takes the most probable one's label; a label SAM 3 misses (or
 whose instances the gate drops) keeps the CAM's mask; the rest is background. No published code to follow: the
@@ -48,7 +48,7 @@ import numpy as np
 from ... import io
 from ...config import SAM_COVERAGE, RuntimeConfig, SamPseudoConfig, to_params
 from ...data import open_recorded
-from ...numerics import run_numerics
+from ...runtime.numerics import run_numerics
 from .rules import merge_masks, prompted_masks
 from .sources import FOLDER_FORMAT, FolderMasks, mask_source, read_mask_png
 
@@ -117,10 +117,10 @@ def run_sam_pseudo(
     shard = shard_from_env(shard)
     record = io.read_stage_record(cams_dir, "cam")
     dataset = open_recorded(cams_dir)
-    made = record.get(io.NUMERICS)
+    made = io.folder_made(cams_dir, record, "cam")  # the record's, then each CAM file's own (its header)
     # no --precision: the masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
-    numerics = run_numerics(made.get("dtype") if isinstance(made, dict) else None)
-    io.check_numerics(numerics, (cams_dir, made, "cam"))
+    numerics = run_numerics(made[0][1].get("dtype") if isinstance(made[0][1], dict) else None)
+    io.check_numerics(numerics, *made)
     source = mask_source(cfg, dataset.classes)
     folder_masks = source if isinstance(source, FolderMasks) else None
     weights = None if folder_masks else cfg.sam_weights

@@ -133,7 +133,7 @@ class Sam3Masks:
     in_loader = False
 
     def __init__(self, cfg: SamPseudoConfig, classes: Sequence[str]):
-        from ...presets import spoken_names
+        from ...config.presets import spoken_names
 
         self.cfg, self.model, self.text = cfg, None, None
         self.names = ["background", *spoken_names(classes)]  # SAM 3's prompt for class id k: names[k]

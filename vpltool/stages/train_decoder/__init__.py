@@ -42,13 +42,7 @@ from torch import Tensor
 from ... import io
 from ...config import PSEUDO_STAGES, DecoderConfig, RuntimeConfig, to_params
 from ...data import open_dataset, open_recorded
-from ...decoder import (
-    SegDecoder,
-    block_features,
-    feature_blocks,
-    refresh_bank,
-    save_decoder,
-)
+from ...decoder import SegDecoder, block_features, feature_blocks, refresh_bank, save_decoder
 from ...device import resolve_precision, seed_everything
 from ...errors import VplError
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
@@ -86,6 +80,7 @@ from .steps import (
     checked_numerics,
     compile_iteration,
     compute_losses,
+    followed_runtime,
     load_checkpoint,
     lr_at,
     make_optimizer,
@@ -418,8 +413,8 @@ def run_train_decoder(
             ckpt = prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # before any model loads: a refused resume costs nothing and leaves the folder
                 _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world, numerics)
-            run = _Run(cfg, runtime, rank, world, device, protos, pairs, out_dir, inputs, backbone, label_map,
-                       {**extra_meta, io.NUMERICS: numerics})  # recorded in the decoder and its checkpoints
+            run = _Run(cfg, followed_runtime(runtime, numerics), rank, world, device, protos, pairs, out_dir, inputs,
+                       backbone, label_map, {**extra_meta, io.NUMERICS: numerics})  # auto: the masks' dtype
             start = run.restore(ckpt)
             # a resumed run counts on from its checkpoint, and from when the iterations begin
             ready = (lambda: on_start(cfg.iters, start)) if on_start and rank == 0 else None

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ... import io, presets
-from ...config import MAX_TOKENS, DecoderConfig
+from ... import io
+from ...config import MAX_TOKENS, DecoderConfig, presets
 from ...data import open_dataset
 from ...errors import VplError
 from ...models import ModelSpec

@@ -28,7 +28,7 @@ from ...decoder import (
     upsample_logits,
 )
 from ...device import autocast, resolve_precision
-from ...numerics import run_numerics
+from ...runtime.numerics import run_numerics
 from ...runtime.ranks import check_resumable
 
 RESUMABLE_CHANGES = ("checkpoint_every", "val_every", "log_every", "compile")  # fields a resumed run may change
@@ -323,12 +323,26 @@ INPUT_OPTIONS = {"pseudo": "PSEUDO (the pseudo masks)", "prototypes": "--prototy
 
 
 def checked_numerics(runtime, device, protos: io.Prototypes, masks: tuple[Path, dict] | None) -> dict[str, Any]:
-    """This run's dtype and numeric mode (:func:`vpltool.numerics.run_numerics`), refused (one line) where the
-    prototypes or the pseudo masks (``(folder, its record)``; None: WeCLIP's online masks) were made in another."""
-    numerics = run_numerics(resolve_precision(runtime.precision, device), runtime.precision, device)
-    made = [] if masks is None else [(masks[0], masks[1].get(io.NUMERICS), masks[1]["stage"])]
-    io.check_numerics(numerics, protos.made(), *made)
+    """This run's dtype and numeric mode (:func:`vpltool.runtime.numerics.run_numerics`; ``--precision auto``: the dtype
+    the inputs record), refused (one line) where the prototypes or the pseudo masks (``(folder, its record)``;
+    None: WeCLIP's online masks) were made in another. The trainer computes at its ``dtype``
+    (:func:`followed_runtime`)."""
+    made = [protos.made(), *([] if masks is None else io.folder_made(masks[0], masks[1], masks[1]["stage"],
+                                                                      items=False))]
+    dtype = resolve_precision(runtime.precision, device, io.recorded_dtype(*made))  # auto: the masks' dtype
+    numerics = run_numerics(dtype, runtime.precision, device)
+    io.check_numerics(numerics, *made)
     return numerics
+
+
+def followed_runtime(runtime, numerics: dict[str, Any]):
+    """``runtime`` with ``--precision auto`` resolved to the dtype :func:`checked_numerics` followed, so that the
+    trainer's frozen blocks run at it (its record still says auto: the numerics keep ``precision``)."""
+    from dataclasses import replace
+
+    if runtime.precision != "auto" or numerics.get("dtype") is None:
+        return runtime
+    return replace(runtime, precision=numerics["dtype"])
 
 
 def _check_resumable(f: io.TensorFile, cfg: DecoderConfig, inputs: dict[str, Any], world: int = 1,

@@ -47,16 +47,17 @@ from torch import Tensor
 
 from ... import io
 from ...config import RuntimeConfig, to_params
+from ...config.presets import IMAGENET_TEMPLATES
 from ...config.text import TextTrainConfig
 from ...data.nouns import noun_prompts, noun_source
 from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs, whole_view
 from ...device import seed_everything
 from ...errors import VplError, VplWarning
-from ...numerics import run_numerics
-from ...presets import IMAGENET_TEMPLATES
 from ...runtime.batches import die_with_parent
+from ...runtime.numerics import run_numerics
 from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
-from .cache import CACHE_DIR, CachedPairs, FeatureCache, as_list, cache_off
+from .cache import CACHE_DIR, CachedPairs, FeatureCache, as_list, cache_off, check_cache_folder, pair_batches
+from .last_run import LastRun
 from .steps import (
     TextTrainSummary,
     TrainStep,
@@ -64,6 +65,7 @@ from .steps import (
     _mean_losses,
     diverged,
     gather_ranks,
+    load_init,
     lr_at,
     make_optimizer,
     schedule_lr,
@@ -209,14 +211,16 @@ def _tokenizer(fam, model_cfg) -> tuple[Callable, Callable[[str], int], int]:
 
 # ------------------------------------------------------------------------------------------------ the run
 def _prepare_out(out_dir: Path, cfg: TextTrainConfig, resume: bool, overwrite: bool, rank: int,
-                 world: int) -> Path | None:
-    """:func:`vpltool.runtime.ranks.prepare_run_folder` for this stage's files."""
+                 world: int) -> tuple[Path | None, LastRun]:
+    """:func:`vpltool.runtime.ranks.prepare_run_folder` for this stage's files, which ``--overwrite`` replaces only
+    once this run has a checkpoint of its own (:class:`LastRun`)."""
     ckpt, final = out_dir / CHECKPOINT, out_dir / cfg.FINAL
     return prepare_run_folder(out_dir, ckpt, [
         (final, "holds a trained model; pass --overwrite or choose another --out"),  # (it keeps its last checkpoint)
         (ckpt, "holds an interrupted run; pass --resume to continue or --overwrite"),
-    ], [*(out_dir / name for name, *_ in writes(cfg).values()), io.stage_record_path(out_dir)], resume=resume,
-        overwrite=overwrite, rank=rank, world=world)
+    ], [], resume=resume, overwrite=overwrite, rank=rank, world=world), LastRun(
+        [*(out_dir / name for name, *_ in writes(cfg).values()), io.stage_record_path(out_dir)], out_dir / LOG,
+        active=overwrite and not resume and rank == 0)
 
 
 def _files(family: str) -> str:
@@ -224,18 +228,6 @@ def _files(family: str) -> str:
     from ...models.registry import TEXT_FAMILIES
 
     return TEXT_FAMILIES[family].files
-
-
-def _load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:
-    """``--init``'s weights into ``model``: keys it lacks are left as initialised (a GroupViT release has no NPR
-    prototypes); a key of no parameter here, or of another shape, is another architecture: one line."""
-    own = model.state_dict()
-    foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
-    if foreign:
-        raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); the "
-                       "model is the file's architecture with the settings given (PGSeg: --npr / --no-npr and "
-                       "--groups): pass those the file was trained with, or a checkpoint of the architecture you want")
-    model.load_state_dict(state, strict=False)
 
 
 def _check_resumable(f: io.TensorFile, cfg: TextTrainConfig, params: dict[str, Any], inputs: dict[str, Any],
@@ -342,7 +334,9 @@ def run_train_text(
         total = cfg.epochs * per_epoch
         io.make_folder(out_dir)
         with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
-            ckpt = _prepare_out(out_dir, cfg, resume, runtime.overwrite, rank, world)
+            if (off := cache_off(fam, cfg)) is None:
+                check_cache_folder(out_dir / CACHE_DIR)  # a file there, before anything is written
+            ckpt, previous = _prepare_out(out_dir, cfg, resume, runtime.overwrite, rank, world)
             numerics = run_numerics()  # fp32 (no --precision); a resume in another mode is refused
             if ckpt is not None:  # checked before anything is written: a refused resume leaves no trace
                 head = io.read_checkpoint(ckpt, kind=cfg.CHECKPOINT_KIND, header_only=True)[2]
@@ -354,7 +348,7 @@ def run_train_text(
             seed_everything(cfg.seed)
             model = fam.build_model(model_cfg, seed=cfg.seed)  # the same initial weights on every rank
             if init_state is not None:
-                _load_init(model, init_state, init)
+                load_init(model, init_state, init)
             if world > 1 and device.type == "cuda":
                 model = fam.for_ranks(model)  # PGSeg: its projectors' SyncBatchNorm (no CPU kernels)
             model = model.to(device)
@@ -365,7 +359,7 @@ def run_train_text(
                 model.load_state_dict(model_state, strict=True)
                 optimizer.load_state_dict(optim_state)
                 start = int(f.meta("iteration"))
-            if (off := cache_off(fam, cfg)) and rank == 0:
+            if off and rank == 0:
                 warnings.warn(VplWarning(off), stacklevel=2)
             cache = None if off is not None else FeatureCache.open(out_dir / CACHE_DIR, {  # (the batch's size too:
                 **fam.frozen_identity(model), "crop_size": cfg.crop_size, "min_scale": cfg.min_scale,  # a backbone's
@@ -382,14 +376,14 @@ def run_train_text(
             stop = total if stop_after is None else min(total, stop_after)
             views = PairViews(pairs, tokenize, cfg, find_nouns)
             data = views if cache is None else CachedPairs(views, cache)
-            batches = loader(data,
-                             GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed, start, stop),
-                             runtime.loader_workers(device.type), pin=device.type == "cuda",
-                             collate=None if cache is None else as_list)
+            batches = pair_batches(
+                data, lambda first, end: GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed,
+                                                       first, end), per_epoch, start, stop,
+                lambda plan: loader(data, plan, runtime.loader_workers(device.type), pin=device.type == "cuda",
+                                    collate=None if cache is None else as_list))
             every = cfg.checkpoint_every or per_epoch
-            log_path = out_dir / LOG
             if rank == 0:  # the log of this run: to its checkpoint (a resume), or none (a fresh start)
-                io.trim_log(log_path, start)
+                previous.start(start)
             if on_start is not None and rank == 0:
                 on_start(total, start)
             first = last = None
@@ -418,11 +412,12 @@ def run_train_text(
                         first = got["loss"] if first is None else first
                         last = got["loss"]
                         if rank == 0:
-                            io.append_log(log_path, record)
+                            previous.log(record)
                             if board is not None:
                                 for k, v in {**got, "lr": lr, "grad_norm": float(norm)}.items():
                                     board.add_scalar(f"train/{k}", v, n)
                     if rank == 0 and (n % every == 0 or n == total):
+                        previous.replace()  # --overwrite: the last run's files go only now
                         io.write_checkpoint(out_dir / CHECKPOINT, model.state_dict(), optimizer.state_dict(), n,
                                             classes=[], config=params, kind=cfg.CHECKPOINT_KIND, train_config=params,
                                             model_config=model_cfg.to_dict(), inputs=inputs, world_size=world,

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ...config.text import TextTrainConfig
+from ...errors import VplError
 
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -77,15 +79,18 @@ def gather_ranks(x: Tensor) -> Tensor:
 
 def make_optimizer(model: torch.nn.Module, cfg: TextTrainConfig) -> torch.optim.AdamW:
     """AdamW over two groups as utils/optimizer.py ``set_weight_decay``: weight decay on the matrices, none on
-    biases and 1-d parameters (norms, scales). PyTorch's multi-tensor (``foreach``) AdamW: a few kernels over
-    all parameters instead of a dozen small ones per parameter, bit for bit the reference's per-parameter loop
-    (the fused AdamW is faster still but rounds otherwise, which the hard assignment's argmax can amplify)."""
+    biases and 1-d parameters (norms, scales). Its kernels are the config's ``ADAM_KERNELS``: PyTorch's
+    multi-tensor (``foreach``) AdamW, a few kernels over all parameters instead of a dozen small ones per
+    parameter, bit for bit the reference's per-parameter loop (PGSeg: the fused AdamW is faster still but rounds
+    otherwise, which the hard assignment's argmax can amplify); or the ``fused`` AdamW, one kernel a parameter
+    (Talk2DINO, where the update is most of a cached step)."""
     decay, plain = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (plain if p.ndim == 1 or name.endswith(".bias") else decay).append(p)
     return torch.optim.AdamW([{"params": decay}, {"params": plain, "weight_decay": 0.0}], lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=True)
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             **{cfg.ADAM_KERNELS: True})
 
 
 def train_step(step: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -176,5 +181,17 @@ def _mean_losses(losses: dict[str, Tensor], world: int) -> dict[str, float]:
     return dict(zip(names, row.tolist()))
 
 
-__all__ = ["schedule_lr", "lr_at", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "diverged",
+def load_init(model: torch.nn.Module, state: dict[str, Tensor], where: Any) -> None:
+    """``--init``'s weights into ``model``: keys it lacks are left as initialised (a GroupViT release has no NPR
+    prototypes); a key of no parameter here, or of another shape, is another architecture: one line."""
+    own = model.state_dict()
+    foreign = [k for k in state if k not in own or own[k].shape != state[k].shape]
+    if foreign:
+        raise VplError(f"--init {where}: {len(foreign)} tensors do not fit this model (first {foreign[0]!r}); the "
+                       "model is the file's architecture with the settings given (PGSeg: --npr / --no-npr and "
+                       "--groups): pass those the file was trained with, or a checkpoint of the architecture you want")
+    model.load_state_dict(state, strict=False)
+
+
+__all__ = ["load_init", "schedule_lr", "lr_at", "TrainStep", "gather_ranks", "make_optimizer", "train_step", "diverged",
            "shown_losses", "TextTrainSummary"]

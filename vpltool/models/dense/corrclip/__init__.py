@@ -123,6 +123,11 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         raise VplError(f"--dense {self.method} has no features without each image's region map: its segmentor "
                        "(segment, vpltool.segmenter) gives them their masks")
 
+    def probabilities(self, bb, logits, query_class, n_classes, settings):
+        from ..queries import merged_probabilities
+
+        return merged_probabilities(self.cfg, logits, query_class, n_classes, settings)  # --query-merge
+
     def postprocess(self, bb, probs, labels, extras, settings):
         return probs, map_correction(labels, torch.as_tensor(extras["regions"]))
 

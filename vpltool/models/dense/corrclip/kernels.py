@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ....errors import VplError
-from ...backbones.onednn import f_linear
+from ...backbones.onednn import f_linear, references_library
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,8 @@ def dino_query_keys(proxy, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[in
     DINO stops there, :meth:`~vpltool.models.backbones.dino.DinoBackbone.last_qkv`): ``[B, 3, H, W]`` pixels
     normalised with the proxy's mean / std -> (``[B, hw, C]`` unit rows, the class token dropped, every head's
     ``q + k`` as one vector; the DINO grid)."""
-    qkv, grid = proxy.last_qkv(pixels)
+    with references_library():  # DBSCAN compares their similarities with eps: the reference's bits (onednn.py)
+        qkv, grid = proxy.last_qkv(pixels)
     b, n, _ = qkv.shape
     qkv = qkv.reshape(b, n, 3, -1)
     return F.normalize((qkv[:, :, 0] + qkv[:, :, 1])[:, proxy.n_prefix :], dim=-1), grid

@@ -223,8 +223,11 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
         raise VplError(NEED.format(method=method))
     if value == "sam" or value.startswith("sam2"):
         if sam_weights is None:
-            raise VplError(f"--region-masks {value} needs the model's weights: pass --sam-weights FILE (SAM's "
-                           "released checkpoint, or SAM2's with sam2)")
+            from ....config.dense_knobs import sam_weights_hint
+
+            what = ("--sam-weights FILE, SAM2's released checkpoint" if value.startswith("sam2") else
+                    sam_weights_hint(sam_model))
+            raise VplError(f"--region-masks {value} needs the model's weights: pass {what}")
         if value == "sam":
             from ...backbones.sam import SamSpec
             from ...registry import check_model

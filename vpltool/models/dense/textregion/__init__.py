@@ -123,6 +123,11 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
         raise VplError("--dense textregion has no features without each image's region masks: its segmentor "
                        "(segment, vpltool.segmenter) gives them their masks")
 
+    def probabilities(self, bb, logits, query_class, n_classes, settings):
+        from ..queries import merged_probabilities
+
+        return merged_probabilities(self.cfg, logits, query_class, n_classes, settings)  # --query-merge
+
 
 __all__ = ["Hooks", "PRESET", "RegionPooling", "MaskGenerator", "pooling", "generator_settings", "clip_views",
            "feature_masks", "global_patch_filter", "multi_resolution", "photo_logits", "region_logits",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ....ops.sizes import keep_ratio_size
 from ...dense.segmentor import slide_windows
 from .model import PGSeg
 
@@ -39,9 +40,9 @@ def class_tokens(names: Sequence[str], tokenize: Callable[[list[str]], torch.Ten
 
 def resized_size(h: int, w: int, short: int, long: int = 2048) -> tuple[int, int]:
     """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)`` = mmcv's ``rescale_size``: the factor
-    ``min(long / max(h, w), short / min(h, w))``, each side ``int(side * factor + 0.5)``."""
-    scale = min(short / min(h, w), long / max(h, w))
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    ``min(long / max(h, w), short / min(h, w))``, each side ``int(side * factor + 0.5)``, at least 32 pixels
+    (:func:`vpltool.ops.sizes.keep_ratio_size`: a 100,000 x 16 photo had a side of 0)."""
+    return keep_ratio_size(h, w, short, long)
 
 
 def image_tensor(image, short_side: int, long_side: int = 2048) -> torch.Tensor:

@@ -45,6 +45,10 @@ class Talk2DINOTrainConfig(TextTrainConfig):
     STAGE: ClassVar[str] = "train-text"
     FINAL: ClassVar[str] = "talk2dino.safetensors"
     CHECKPOINT_KIND: ClassVar[str] = "talk2dino-checkpoint"
+    # Adam over the projection alone, in one kernel a parameter: once the features are cached the update is half a
+    # step's CPU-seconds, and this kernel takes a third of the multi-tensor one's; it rounds otherwise than the
+    # reference's per-parameter loop (the same update to float rounding: bench_vs_reference.py's unit (b))
+    ADAM_KERNELS: ClassVar[str] = "fused"
     FILE_KINDS: ClassVar[dict[str, str]] = {"talk2dino-model": "a trained Talk2DINO projection (`train-text`)",
                                             "talk2dino-checkpoint": "a Talk2DINO training checkpoint (`train-text`)"}
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ....ops.sizes import keep_ratio_size
 from ...dense.segmentor import pamr, slide_windows
 from .net import Talk2DINO, interpolate_square
 
@@ -62,9 +63,9 @@ def class_text_embeddings(model: Talk2DINO, tokens: Tensor) -> Tensor:
 
 
 def resized_size(h: int, w: int, short: int, long: int = 2048) -> tuple[int, int]:
-    """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)`` (mmcv ``rescale_size``)."""
-    scale = min(short / min(h, w), long / max(h, w))
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    """mmseg ``Resize(img_scale=(long, short), keep_ratio=True)`` (mmcv ``rescale_size``), each side at least 32
+    pixels (:func:`vpltool.ops.sizes.keep_ratio_size`)."""
+    return keep_ratio_size(h, w, short, long)
 
 
 def image_tensor(image: np.ndarray, short_side: int = 448, long_side: int = 2048) -> Tensor:

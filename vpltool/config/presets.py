@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import VplError
+from ..errors import VplError
 
 BACKGROUND = "background"
 
@@ -173,7 +173,12 @@ def check_class_names(names: Sequence[str], option: str = "--classes",
                        f"{MAX_CLASSES} classes")
     if any(not name.strip() for name in names):
         raise VplError(f"{option}: an empty class name; give names like cat,dog")
-    from .io.files import comment_problem
+    broken = next((w for group in (synonyms or [[n] for n in names]) for w in [*group]
+                   if any(c in w for c in "\n\r\t\v\f")), None)
+    if broken is not None:  # a pasted list: 'cat\ndog' was one class, and its prompt two lines
+        raise VplError(f"{option}: {broken!r} holds a line break or a tab, so it would be one class; give one class "
+                       "an entry, e.g. cat,dog")
+    from ..io.files import comment_problem
 
     seen: dict[str, str] = {}
     words = synonyms if synonyms is not None else [[name] for name in names]

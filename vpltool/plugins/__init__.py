@@ -14,25 +14,53 @@ when the method or family is used. It calls the functions here:
   `benchmark` (with its spec row's ``presets``), :func:`vpltool.segmenter` and :func:`vpltool.list_methods`; its
   knobs (the spec row's ``knobs_class``) become options of `segment` and `benchmark`;
 * :func:`register_backbone_family` ``(name, module)``: ``vpltool.models.load_model(name, spec)`` (the module calls
-  :func:`vpltool.models.register_family` when imported);
+  :func:`vpltool.models.register_family` when imported); a family whose load gives a CLIP
+  (:class:`vpltool.models.ClipBackbone`) is ``--model name:SPEC`` in every stage and
+  ``vpltool.segmenter(model="name:SPEC")``;
 * :func:`register_text_family` ``(name, row)``: ``--model NAME:FILE`` and ``train-text --family name`` (the row's
   module calls :func:`vpltool.models.text.family.register_text_family`);
 * :func:`register_model` / :func:`register_tokenizer`: a CLIP alias and a tokenizer (the demo world's toy CLIP).
 
-A plugin that fails (its function raises, a row is malformed, a name is vpltool's own or another plugin's, its
-module does not import or misspells a hook) is one line naming its distribution and the fix, and is left out; the
-commands that do not use it go on.
+A plugin that fails (its function raises or calls ``sys.exit``, a row is malformed, a name is vpltool's own or
+another plugin's, its module is not installed, does not import or misspells a hook) is one line naming its
+distribution and the fix, and is left out; the commands that do not use it go on. Its code runs with ``sys.argv`` as
+the program's name alone and its prints kept out of vpltool's output (:func:`vpltool.plugins.entry_points.plugin_code`).
+
+A plugin tells its user of a mistake by raising :class:`VplError` (a bad setting in its knobs class's
+``__post_init__``, a missing file in its ``check`` hook): the command line prints its message as one ``error:``
+line and exits 2, and the Python door raises it as vpltool's own. A knobs class's ``ValueError`` or ``TypeError`` is
+taken as such too.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import VplError
 from . import entry_points
-from .config.dense import DenseMethodSpec, DenseSettings, MethodKnobs, knob
-from .config.method_presets import MethodPresets
-from .models.backbones.aliases import register_model, register_tokenizer
-from .models.registry import TextFamilyRow
+
+if TYPE_CHECKING:
+    from ..config.dense import DenseMethodSpec
+    from ..models.registry import TextFamilyRow
+
+# the names a plugin writes its rows with, each read from its module on first use: config.dense and models.registry
+# read their plugins' rows through .entry_points, so this package imports neither when they import it
+_LAZY = {
+    **dict.fromkeys(("DenseMethodSpec", "DenseSettings", "MethodKnobs", "knob"), "vpltool.config.dense"),
+    "MethodPresets": "vpltool.config.method_presets",
+    **dict.fromkeys(("register_model", "register_tokenizer"), "vpltool.models.backbones.aliases"),
+    "TextFamilyRow": "vpltool.models.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vpltool.plugins' has no attribute {name!r}")
 
 
 def register_dense_method(name: str, spec: DenseMethodSpec) -> None:
@@ -54,8 +82,8 @@ def register_text_family(name: str, row: TextFamilyRow) -> None:
 
 def problems() -> list[str]:
     """The one line of every plugin that failed so far (the plugins are read first)."""
-    from .config.dense import DENSE_SPECS
-    from .models.registry import BACKBONES, TEXT_FAMILIES
+    from ..config.dense import DENSE_SPECS
+    from ..models.registry import BACKBONES, TEXT_FAMILIES
 
     for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES):
         len(table)  # read: each table checks its plugins' rows
@@ -64,8 +92,8 @@ def problems() -> list[str]:
 
 def installed() -> dict[str, Any]:
     """``{kind: {name: distribution}}`` of the plugins' rows in use (``dense``, ``family``, ``text``)."""
-    from .config.dense import DENSE_SPECS
-    from .models.registry import BACKBONES, TEXT_FAMILIES
+    from ..config.dense import DENSE_SPECS
+    from ..models.registry import BACKBONES, TEXT_FAMILIES
 
     return {table.kind: {n: table.plugin(n) for n in table if table.plugin(n)}
             for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES)}
@@ -73,4 +101,4 @@ def installed() -> dict[str, Any]:
 
 __all__ = ["register_dense_method", "register_backbone_family", "register_text_family", "register_model",
            "register_tokenizer", "problems", "installed", "DenseMethodSpec", "DenseSettings", "MethodKnobs", "knob",
-           "MethodPresets", "TextFamilyRow"]
+           "MethodPresets", "TextFamilyRow", "VplError"]

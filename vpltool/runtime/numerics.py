@@ -4,9 +4,10 @@
   torch a thread per core, and ``--precision auto`` is bf16 on CUDA and on CPUs with AMX. The same command gives other
   float bits on another CPU: fp32 features moved 2e-3 between AVX2 and AVX-512 kernels, CAMs 1e-4, and bf16 (AMX)
   features 0.066 from fp32; a decoder trained on them moves by points of mIoU.
-* **reproducible** (``VPLTOOL_REPRODUCIBLE=1``, or ``vpltool --reproducible COMMAND``, which sets it for the command
-  and the processes it starts): the same bits on every x86-64 CPU with AVX2 (Haswell and later, AMD Zen, AVX-512 and
-  AMX machines alike), with the same package versions. It pins, before torch, numpy and OpenCV load
+* **reproducible** (``VPLTOOL_REPRODUCIBLE=1``, or ``true``, ``yes``, ``on``: another value than those and ``0``,
+  ``false``, ``no``, ``off`` is refused, :func:`switch`; or ``vpltool --reproducible COMMAND``, which sets it for the
+  command and the processes it starts): the same bits on every x86-64 CPU with AVX2 (Haswell and later, AMD Zen,
+  AVX-512 and AMX machines alike), with the same package versions. It pins, before torch, numpy and OpenCV load
   (:func:`ask_reproducible`; the library reads each setting once, when it loads):
 
   - the dtype: ``--precision auto`` is fp32 (:func:`vpltool.device.resolve_precision`);
@@ -42,6 +43,10 @@ MODE_ENV = "VPLTOOL_REPRODUCIBLE"  # "1": reproducible mode
 # proves what one with it computes: the suite's numeric tests run both ways); reproducible mode ignores it
 ASSUME_AMX_ENV = "VPLTOOL_ASSUME_AMX"
 MODES = ("fast", "reproducible")
+# which library multiplies the frozen towers' fp32 linear layers on the CPU (vpltool.models.backbones.onednn): "auto"
+# (the default: each product measured once on this CPU and kept in the user's cache), "mkl" or "onednn"
+CPU_LINEAR_ENV = "VPLTOOL_CPU_LINEAR"
+CPU_LINEAR_ROUTES = ("auto", "mkl", "onednn")
 PINNED_ISA = "AVX2"  # the widest level every x86-64 CPU of the last decade has
 THREADS = 1
 
@@ -50,7 +55,11 @@ ISA_PINS = {
     "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's ATen kernels (torch.backends.cpu.get_cpu_capability() says AVX2)
     "DNNL_MAX_CPU_ISA": "AVX2",  # oneDNN, inside torch: convolutions (CLIP's patch embedding), some matmuls
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL, inside torch: fp32 matrix products
-    "MKL_CBWR": "AVX2,STRICT",  # MKL's conditional numerical reproducibility: one code path for every CPU
+    # MKL's conditional numerical reproducibility: one code path for every CPU. Its ISA branches (AVX2, AVX512) are
+    # Intel's: on an AMD CPU MKL takes its AUTO branch in their place (oneMKL's CNR guide), which moved one cell of
+    # the README's reproducible table (CASS, 35.2 on an AMD EPYC, 35.0 on an Intel Xeon). COMPATIBLE (SSE2 without
+    # rcpps/rsqrtps) is the branch every x86-64 CPU runs alike; its fp32 products run at a third of AVX2's
+    "MKL_CBWR": "COMPATIBLE",
     "OPENBLAS_CORETYPE": "Haswell",  # the OpenBLAS of numpy and scipy: its AVX2 kernels
     # numpy's dispatched SIMD loops above AVX2 (numpy >= 2.4 names; a name this CPU lacks is skipped silently)
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
@@ -69,9 +78,56 @@ DTYPES = tuple(_DTYPE_NAMES.values())
 _state: dict[str, Any] = {"late": None, "warned": False}
 
 
+# the words an on/off environment variable takes, any case (what shells, CI systems and dotenv files write);
+# unset or empty is off too
+ON_WORDS = ("1", "true", "yes", "on")
+OFF_WORDS = ("0", "false", "no", "off")
+# what each switch does on and off, for the line that refuses another value
+_SWITCHES = {MODE_ENV: ("for reproducible mode", "(or unset it) for fast mode"),
+             ASSUME_AMX_ENV: ("to resolve --precision auto as on a CPU with AMX",
+                              "as on a CPU without (unset it: as this CPU)")}
+
+
+def switch(name: str) -> bool | None:
+    """An on/off environment variable: True for :data:`ON_WORDS`, False for :data:`OFF_WORDS`, None when unset or
+    empty; any other value (``2``, ``garbage``) is one line (:class:`~vpltool.errors.VplError`), never read as off."""
+    raw = os.environ.get(name, "")
+    word = raw.strip().lower()
+    if not word:
+        return None
+    if word in ON_WORDS or word in OFF_WORDS:
+        return word in ON_WORDS
+    from ..errors import VplError
+
+    on, off = _SWITCHES.get(name, ("to turn it on", "to turn it off"))
+    raise VplError(f"{name}={raw!r}: not a switch; set it to 1 (or true, yes, on) {on}, or 0 (false, no, off) {off}")
+
+
+def check_switches() -> None:
+    """Every switch of vpltool's environment read once: one line for a value that is no switch."""
+    for name in _SWITCHES:
+        switch(name)
+    cpu_linear_asked()  # VPLTOOL_CPU_LINEAR of no library, refused here too
+
+
 def reproducible_asked() -> bool:
-    """Whether this process was asked for reproducible mode (``VPLTOOL_REPRODUCIBLE=1``)."""
-    return os.environ.get(MODE_ENV, "").strip() == "1"
+    """Whether this process was asked for reproducible mode (``VPLTOOL_REPRODUCIBLE=1``, ``true``, ``yes``, ``on``);
+    another value that is no switch is one line (:func:`switch`)."""
+    return bool(switch(MODE_ENV))
+
+
+def cpu_linear_asked() -> str:
+    """The library asked for the frozen towers' fp32 linear layers on the CPU (``VPLTOOL_CPU_LINEAR``): ``auto``
+    (unset or empty), ``mkl`` or ``onednn``; one line for another value. Reproducible mode takes MKL's whatever this
+    says (:mod:`vpltool.models.backbones.onednn`)."""
+    raw = os.environ.get(CPU_LINEAR_ENV, "")
+    value = raw.strip().lower() or "auto"
+    if value not in CPU_LINEAR_ROUTES:
+        from ..errors import VplError
+
+        raise VplError(f"{CPU_LINEAR_ENV}={raw!r}: choose auto (each product measured once on this CPU), mkl or "
+                       f"onednn, or unset it")
+    return value
 
 
 def cpu_flags() -> set[str]:
@@ -119,6 +175,28 @@ def dtype_name(dtype: Any) -> str | None:
     return _DTYPE_NAMES.get(str(dtype).removeprefix("torch."), str(dtype))
 
 
+# oneMKL's named CNR branches (mkl_cbwr_get's values)
+_MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2", 9: "AVX",
+                 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+
+
+def mkl_branch() -> str | None:
+    """The code branch torch's MKL runs (``COMPATIBLE``, ``AVX2``, ``AUTO``, ...), read from MKL itself; None where
+    torch has no MKL with that service (another BLAS, another platform)."""
+    import ctypes
+
+    import torch
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        get = lib.mkl_serv_cbwr_get
+    except (OSError, AttributeError):
+        return None
+    get.restype, get.argtypes = ctypes.c_int, [ctypes.c_int]
+    value = get(1)  # MKL_CBWR_BRANCH
+    return _MKL_BRANCHES.get(value, str(value))
+
+
 def _not_pinned() -> list[str]:
     """Why this process does not run as reproducible mode pins it (empty: it does), from what each library reports
     where it can (ATen's capability, torch's threads, numpy's and OpenCV's features) and from the load order."""
@@ -132,6 +210,9 @@ def _not_pinned() -> list[str]:
             why.append(f"ATen runs {torch.backends.cpu.get_cpu_capability()}")
         if torch.get_num_threads() != THREADS:
             why.append(f"torch runs {torch.get_num_threads()} threads")
+        branch = mkl_branch()
+        if branch is not None and branch != ISA_PINS["MKL_CBWR"]:
+            why.append(f"MKL runs its {branch} branch")
     if "numpy" in sys.modules and x86():
         try:
             from numpy._core._multiarray_umath import __cpu_features__ as have
@@ -166,7 +247,7 @@ def run_numerics(dtype: Any = None, precision: str | None = None, device: Any = 
                 "threads": THREADS}
     if why and not _state["warned"]:
         _state["warned"] = True
-        from .errors import VplWarning
+        from ..errors import VplWarning
 
         warnings.warn(VplWarning(f"{MODE_ENV}=1 asked, but {'; '.join(why)}: this run is in fast mode (its files say "
                                  "so); set it before Python starts, or import vpltool before torch and numpy"),
@@ -212,6 +293,7 @@ def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
     return mode if what == "mode" or not made else f"{made}, {mode}"
 
 
-__all__ = ["ASSUME_AMX_ENV", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
-           "ask_reproducible", "cpu_flags", "describe", "dtype_name", "mismatch", "pinned_environment",
-           "reproducible_asked", "run_numerics"]
+__all__ = ["ON_WORDS", "OFF_WORDS", "switch", "check_switches", "ASSUME_AMX_ENV", "CPU_LINEAR_ENV",
+           "CPU_LINEAR_ROUTES", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
+           "ask_reproducible", "cpu_flags", "cpu_linear_asked", "describe", "dtype_name", "mismatch",
+           "pinned_environment", "reproducible_asked", "run_numerics"]

@@ -16,12 +16,13 @@ here without an import circle.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import VplError, VplWarning
+from ..errors import VplError, VplWarning
 
 GROUP = "vpltool.plugins"
 IN_PROCESS = "this process"  # the distribution of a row registered by a direct call, not from an entry point
@@ -42,6 +43,7 @@ _ROWS: list[Registration] = []
 _PROBLEMS: list[str] = []
 _STATE = {"loaded": False, "quiet": False}
 _CURRENT: list[str] = []  # the distribution whose entry point runs now (a stack: an entry point may read a table)
+_UNDO: list[Callable[[], Any]] = []  # what the running entry point's register calls outside _ROWS would take back
 
 
 def _dist_of(ep: Any) -> str:
@@ -50,8 +52,10 @@ def _dist_of(ep: Any) -> str:
 
 
 def load() -> None:
-    """Call every entry point of :data:`GROUP` once (later calls return at once). One that raises is a problem line
-    (:func:`problem`), never an exception: a broken plugin must not stop the commands that do not use it."""
+    """Call every entry point of :data:`GROUP` once (later calls return at once). One that fails is a problem line
+    (:func:`problem`), never an exception: a broken plugin must not stop the commands that do not use it. Each runs
+    under :func:`plugin_code` (its ``sys.exit``, a Ctrl-C, its prints and its reading of ``sys.argv`` kept inside),
+    and one that fails is left out whole: the rows it added before failing are dropped."""
     if _STATE["loaded"]:
         return
     _STATE["loaded"] = True
@@ -60,14 +64,79 @@ def load() -> None:
     for ep in entry_points(group=GROUP):
         dist = _dist_of(ep)
         _CURRENT.append(dist)
+        rows, undo = len(_ROWS), len(_UNDO)
         try:
-            ep.load()()
-        except Exception as e:  # the plugin's own code: any failure is its, reported in one line
-            text = (str(e).strip().splitlines() or [""])[0]
-            problem(f"plugin {dist}: its entry point {ep.name} = {ep.value} failed ({type(e).__name__}: {text}); "
-                    f"it is not loaded: fix or reinstall it, or remove it (pip uninstall {dist.split()[0]})")
+            with plugin_code() as said:
+                ep.load()()
+        except PluginFailure as e:
+            del _ROWS[rows:]
+            while len(_UNDO) > undo:
+                _UNDO.pop()()
+            problem(f"plugin {dist}: its entry point {ep.name} = {ep.value} failed ({e.cause}{said.tail()}); it is "
+                    f"not loaded: fix or reinstall it, or remove it (pip uninstall {dist.split()[0]})")
         finally:
+            del _UNDO[undo:]
             _CURRENT.pop()
+
+
+class PluginFailure(Exception):
+    """A plugin's code failed under :func:`plugin_code`; ``cause`` says how, in brackets after "failed":
+    ``ValueError: ...``, ``it called sys.exit(0)``, ``KeyboardInterrupt in it``."""
+
+    def __init__(self, cause: str):
+        super().__init__(cause)
+        self.cause = cause
+
+
+class _Said:
+    """What a plugin's code printed while :func:`plugin_code` held it (stdout and stderr together)."""
+
+    def __init__(self) -> None:
+        import io
+
+        self.buffer = io.StringIO()
+
+    def tail(self) -> str:
+        """``, after printing '<its last line>'`` (what argparse's usage error says), or ``""``."""
+        lines = [line.strip() for line in self.buffer.getvalue().splitlines() if line.strip()]
+        return f", after printing {lines[-1][:160]!r}" if lines else ""
+
+
+@contextlib.contextmanager
+def plugin_code() -> Iterator[_Said]:
+    """Run a plugin's own code (its entry point, the module its row names) inside this block:
+
+    * what it prints goes to the block's buffer, not to the command's output (`vpltool -V` prints the version
+      alone); a failure quotes its last line;
+    * it sees ``sys.argv`` as ``[program]``: a plugin that parses the command line when imported (argparse) never
+      reads, nor answers, vpltool's own arguments (`vpltool segment --help` is vpltool's help);
+    * what it raises, ``sys.exit`` and ``KeyboardInterrupt`` included, leaves as one :class:`PluginFailure`, never
+      ending the process: the caller reports it in one line and leaves the plugin out.
+    """
+    import sys
+
+    said, argv = _Said(), sys.argv
+    sys.argv = argv[:1]
+    try:
+        with contextlib.redirect_stdout(said.buffer), contextlib.redirect_stderr(said.buffer):
+            yield said
+    except SystemExit as e:
+        code = e.code if e.code is None or isinstance(e.code, int) else repr(str(e.code)[:80])
+        raise PluginFailure(f"it called sys.exit({'' if code is None else code})") from None
+    except KeyboardInterrupt as e:
+        raise PluginFailure(f"{type(e).__name__} in it") from None
+    except Exception as e:  # the plugin's own code: any failure is its, reported in one line
+        text = (str(e).strip().splitlines() or [""])[0]
+        raise PluginFailure(f"{type(e).__name__}: {text}" if text else type(e).__name__) from None
+    finally:
+        sys.argv = argv
+
+
+def undoable(undo: Callable[[], Any]) -> None:
+    """What a register call that keeps its row outside :data:`_ROWS` (a CLIP alias, a tokenizer) does to take it
+    back, run if the entry point that made the call then fails (the plugin is left out whole)."""
+    if _CURRENT:
+        _UNDO.append(undo)
 
 
 def add(kind: str, name: str, row: Any) -> None:
@@ -260,4 +329,4 @@ class DerivedMap(Derived, Mapping):
 
 
 __all__ = ["GROUP", "IN_PROCESS", "Registration", "PluginTable", "Derived", "DerivedTuple", "DerivedMap", "load",
-           "add", "problem", "problems", "hold_warnings", "uninstall_hint"]
+           "add", "problem", "problems", "hold_warnings", "uninstall_hint", "plugin_code", "PluginFailure", "undoable"]

@@ -1,0 +1,299 @@
+"""SAM 3 as open-vocabulary segmentation (``--dense sam3``, ActiveSAM's ``FrozenSAM3Segmentor`` protocol) and
+ActiveSAM (``--dense activesam``): the pure parts on hand-checked cases (the lexical canonicalisation, WordNet's
+hypernyms from a small WordNet in nltk's format, the context bank, the preview's pruning, the bucket schedule, the
+class collapse and both background rules), the presets, and the command line. Their exactness against the
+reference's own code is parity/activesam_parity.py's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "parity")]
+
+from vpltool.errors import VplError  # noqa: E402
+from vpltool.models.dense.activesam import calibration, context, pruning, vocabulary  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def wordnet_data(tmp_path_factory):
+    """The tests' WordNet (parity/wordnet_fixture.py) as nltk reads it: NLTK_DATA pointing at it."""
+    pytest.importorskip("nltk")
+    import wordnet_fixture
+
+    root = tmp_path_factory.mktemp("nltk_data")
+    wordnet_fixture.write(root)
+    return root
+
+
+def _fresh_wordnet(monkeypatch, root):
+    """nltk's ``wordnet`` loader made anew (a loaded one keeps its reader) over ``root`` alone."""
+    import nltk
+    from nltk.corpus.reader import WordNetCorpusReader
+    from nltk.corpus.util import LazyCorpusLoader
+
+    monkeypatch.setattr(nltk.data, "path", [str(root)])
+    vocabulary.wordnet.cache_clear()
+    loader = LazyCorpusLoader("wordnet", WordNetCorpusReader, None)
+    monkeypatch.setattr("nltk.corpus.wordnet", loader)
+    return loader
+
+
+def test_canonical_names():
+    assert vocabulary.canonical("aeroplane") == "airplane"
+    assert vocabulary.canonical("Traffic-Light") == "traffic light"
+    assert vocabulary.canonical("tvmonitor") == "tv monitor"
+    assert vocabulary.canonical("wallbrick") == "brick wall"
+    assert vocabulary.canonical("wallbrick", universal=False) == "wallbrick"
+    assert vocabulary.canonical("mouse") == "computer mouse"
+    assert vocabulary.canonical("Cat") == "Cat"  # any other name unchanged, case too
+
+
+def test_hypernyms_from_a_small_wordnet(wordnet_data, monkeypatch):
+    wn = _fresh_wordnet(monkeypatch, wordnet_data)
+    assert vocabulary.hypernyms("dog", 2, wn) == ["canine", "domestic animal"]
+    assert vocabulary.hypernyms("dog", 1, wn) == ["canine"]
+    assert vocabulary.hypernyms("horse", 2, wn) == ["equine", "odd-toed ungulate"]  # by synset name
+    assert vocabulary.hypernyms(vocabulary.canonical("aeroplane"), 2, wn) == ["heavier-than-air craft"]
+    assert vocabulary.hypernyms("sheep", 2, wn) == []  # not in this WordNet
+    assert vocabulary.hypernyms("potted plant", 2, wn) == []
+
+
+def test_wordnet_missing_is_one_line(tmp_path, monkeypatch):
+    """Offline without WordNet's data (or without nltk): one line naming the fix, never a silent empty bank."""
+    pytest.importorskip("nltk")
+    _fresh_wordnet(monkeypatch, tmp_path)  # an nltk_data folder without corpora/wordnet
+    with pytest.raises(VplError) as e:
+        vocabulary.wordnet()
+    assert "\n" not in str(e.value) and "nltk.downloader wordnet" in str(e.value) and "--hypernym-tokens 0" in str(
+        e.value)
+    vocabulary.wordnet.cache_clear()
+    monkeypatch.setitem(sys.modules, "nltk.corpus", None)  # nltk not installed
+    with pytest.raises(VplError, match="nltk, which is not installed: install nltk"):
+        vocabulary.wordnet()
+    vocabulary.wordnet.cache_clear()
+
+
+def test_pooled_embeddings_and_neighbor_tokens():
+    torch.manual_seed(0)
+    embeds = torch.randn(3, 5, 8)
+    pad = torch.tensor([[False, False, True, True, True], [False] * 5, [False, True, True, True, True]])
+    pooled = context.pooled_embeddings(embeds, pad)
+    assert torch.allclose(pooled[0], embeds[0, :2].mean(0)) and torch.allclose(pooled[2], embeds[2, 0])
+    resizer = torch.nn.Linear(8, 4)
+    tokens = context.neighbor_tokens(pooled, resizer, 2)
+    unit = torch.nn.functional.normalize(pooled, dim=-1)
+    for i in range(3):
+        others = [j for j in range(3) if j != i]
+        cos = torch.stack([unit[i] @ unit[j] for j in others])
+        order = cos.argsort(descending=True)
+        w = cos[order].softmax(0)
+        want = resizer(torch.stack([pooled[others[k]] * w[n] for n, k in enumerate(order.tolist())]))
+        assert torch.allclose(tokens[i], want, atol=1e-6)
+
+
+def test_context_bank_tokens_and_padding():
+    torch.manual_seed(1)
+    table = {w: torch.randn(6) for w in ["a", "b", "c", "x", "y"]}
+    resizer = torch.nn.Linear(6, 3)
+    hyp = {"a": ["x", "y"], "b": ["y"], "c": []}
+    bank = context.context_bank(["a", "b", "c"], lambda ws: torch.stack([table[w] for w in ws]), resizer, 1, 2,
+                                lambda w, n: hyp[w][:n])
+    tokens, pad = bank.tokens([2, 0])  # a bucket of words c, a
+    assert tokens.shape == (3, 2, 3) and pad.tolist() == [[False, True, True], [False, False, False]]
+    assert torch.equal(tokens[1:, 0], torch.zeros(2, 3))  # c has no hypernym: zeros, not attended
+    assert torch.allclose(tokens[1, 1], resizer(table["x"]), atol=1e-6)
+    assert torch.allclose(tokens[2, 1], resizer(table["y"]), atol=1e-6)
+    none = context.context_bank(["a"], lambda ws: torch.stack([table[w] for w in ws]), resizer, 0, 2,
+                                lambda w, n: [])
+    assert none.tokens([0]) is None
+
+
+def test_pruning_and_buckets():
+    assert pruning.buckets(70, 32) == [list(range(32)), list(range(32, 64)), list(range(64, 70))]
+    assert pruning.needs_preview(41, 40) and not pruning.needs_preview(40, 40)
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.2, 0.8, 0.3, 0.05, 0.7, 0.6, 0.4])
+    # the 0.8 quantile of these ten (linear interpolation): 0.72; kept: 0.9 and 0.8
+    assert pruning.active_words(scores, 0.2, 40) == [1, 4]
+    assert pruning.active_words(scores, 0.5, 3) == [1, 4, 7]  # 5 at or above the median, the 3 highest kept
+    assert pruning.active_words(torch.zeros(5), 0.2, 40) == [0, 1, 2, 3, 4]  # all tie at the quantile
+
+
+def test_class_collapse_and_threshold_rule():
+    scores = torch.tensor([[[0.2, 0.1]], [[0.6, 0.05]], [[0.3, 0.35]]])  # 3 words, 1x2 pixels
+    query_class = torch.tensor([0, 1, 1])  # words 1 and 2 are aliases of class 1
+    probs = calibration.class_scores(scores, query_class, 2)
+    assert torch.allclose(probs, torch.tensor([[[0.2, 0.1]], [[0.6, 0.35]]]))
+    assert calibration.threshold_background(probs, 0.4).tolist() == [[1, 0]]
+    assert calibration.threshold_background(probs, 0.0).tolist() == [[1, 1]]
+
+
+def test_mabc():
+    # pixel 1: s1 0.9, s2 0.1 -> 0.9 sqrt(0.8) = 0.805; pixel 2: s1 0.6, s2 0.55 -> 0.134; pixel 3: s1 0.5, s2 0.0
+    probs = torch.tensor([[[0.9, 0.55, 0.0]], [[0.1, 0.6, 0.5]], [[0.0, 0.0, 0.0]]])
+    labels = calibration.mabc_labels(probs.clone(), 0.4, 1.25)  # T = 0.4 ** 1.25 = 0.318
+    assert labels.tolist() == [[0, 0, 1]]  # pixel 1: class 0 kept (it is the argmax); pixel 2: background
+    assert calibration.mabc_labels(probs, 0.0, 1.25).tolist() == [[0, 1, 1]]  # off
+    assert calibration.mabc_labels(probs, 0.4, 1.25, background=2).tolist() == [[0, 2, 1]]
+
+
+def test_presets_are_its_configs():
+    from vpltool.config.benchmarks import BENCHMARK_PRESETS
+
+    act, sam3 = BENCHMARK_PRESETS["activesam"], BENCHMARK_PRESETS["sam3"]
+    assert set(act.names) == set(sam3.names) == {"voc21", "context60", "coco-object", "voc20", "context59",
+                                                  "coco-stuff", "cityscapes", "ade20k"}
+    assert act.settings("voc21")["prob_threshold"] == 0.4 and act.settings("context60")["prob_threshold"] == 0.1
+    assert act.settings("ade20k")["prob_threshold"] == 0.0 and act.settings("ade20k")["max_active"] == 40
+    assert act.settings("voc21")["confidence_threshold"] == 0.3
+    assert sam3.settings("voc21")["confidence_threshold"] == 0.5 and sam3.settings("voc21")["sam3_heads"] == "instance"
+    for bench in act.names:
+        kind, name = act.settings(bench)["class_file"].split(":")
+        assert (ROOT / "vpltool" / "assets" / "class_files" / kind / f"{name}.txt").is_file()
+
+
+def test_segment_help_lists_both_and_bad_knobs():
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+    from vpltool.config import SegmentConfig
+
+    text = " ".join(CliRunner().invoke(app, ["segment", "--help"]).output.split())
+    for word in ("sam3", "activesam", "--sam3-weights", "--max-active", "--mabc-exponent", "--sam3-heads"):
+        assert word in text, word
+    with pytest.raises(VplError, match="--sam3-heads 'mask': give one of instance, semantic, both"):
+        SegmentConfig.of("sam3", sam3_heads="mask")
+    with pytest.raises(VplError, match="--quantile-alpha 2.0: must be in"):
+        SegmentConfig.of("activesam", quantile_alpha=2.0)
+
+
+def test_word_scores_fold_the_kept_instances():
+    from types import SimpleNamespace
+
+    from vpltool.models.dense.sam3 import Sam3Settings, word_scores
+
+    torch.manual_seed(2)
+    masks, scores, semantic = torch.rand(3, 4, 5), torch.tensor([0.9, 0.35, 0.6]), torch.rand(4, 5)
+    concept = SimpleNamespace(masks=masks, scores=scores, presence=0.7, semantic=semantic)
+    inst = torch.zeros(4, 5)
+    for i in range(3):
+        inst = torch.maximum(inst, masks[i] * scores[i])
+    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "instance", False))[0], inst)
+    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "both", True))[0],
+                          torch.maximum(inst, semantic) * 0.7)
+    none = SimpleNamespace(masks=torch.zeros(0, 4, 5), scores=torch.zeros(0), presence=0.7, semantic=semantic)
+    assert word_scores([none], Sam3Settings(0.3, "instance", False)).abs().max() == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_sam3(tmp_path_factory):
+    """The sam3 family's tiny seeded random SAM 3 (Hugging Face's layout: 112 px, windows of 4)."""
+    from vpltool.models.backbones.sam3_files import write_tiny
+
+    return write_tiny(tmp_path_factory.mktemp("sam3") / "hf", "hf")
+
+
+def test_activesam_flow_preview_buckets_and_context(tiny_sam3, wordnet_data, monkeypatch):
+    """The four parts in order on the tiny SAM 3: the bank's tokens, the preview at its side with the head skipped
+    and every word, the kept words decoded in buckets at SAM 3's side with 2 + 2 context tokens each."""
+    from vpltool.models import load_model
+    from vpltool.models.backbones.sam3 import Sam3Spec
+    from vpltool.models.dense import activesam
+
+    _fresh_wordnet(monkeypatch, wordnet_data)
+    sam = load_model("sam3", Sam3Spec(str(tiny_sam3)), "cpu")
+    calls, ground = [], sam.ground
+
+    def spy(image, text, index=None, masks=True, geometry_token=True):
+        calls.append((image.size, int(text.features.shape[0]), int(text.features.shape[1]), masks))
+        return ground(image, text, index, masks, geometry_token)
+
+    monkeypatch.setattr(sam, "ground", spy)
+    words = ["background", "aeroplane", "cat", "dog", "person", "sheep", "bus"]
+    s = activesam.ActiveSamSettings()
+    s.max_active, s.bucket_size, s.preview_resolution = 3, 2, 56
+    bank = activesam.build_bank(sam, words, s)
+    assert bank.has_hypernym.sum(1).tolist() == [0, 1, 1, 2, 2, 0, 1]  # aeroplane read as airplane
+    text = sam.encode_text([vocabulary.canonical(w) for w in words])
+    photo = torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8)
+    scores, active, presence = activesam.activesam_scores(sam, photo, text, (20, 30), s, bank)
+    assert [c for c in calls if c[0] == 56] == [(56, 2, 32, False)] * 3 + [(56, 1, 32, False)]
+    assert 1 <= len(active) <= 3 and active == pruning.active_words(presence, 0.2, 3)
+    full = [c for c in calls if c[0] == sam.image_size]
+    assert full == [(sam.image_size, len(b), 32 + 4, True) for b in pruning.buckets(len(active), 2)]
+    dropped = [i for i in range(len(words)) if i not in active]
+    assert scores[dropped].abs().max() == 0 and scores.shape == (7, 20, 30)
+
+
+def _cli(*args, env=None):
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env)
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    from vpltool.demo.make_world import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("world"), n_train=2, n_val=1, seed=0)
+
+
+def test_segment_end_to_end_resume_and_bad_input(tiny_sam3, small_world, wordnet_data, tmp_path, monkeypatch):
+    """Both methods through `segment` on the demo world with the tiny random SAM 3 (its masks mean nothing; the
+    run is real): masks at each scene's size, a rerun resumes, and bad input is one line before any model loads."""
+    import numpy as np
+    from PIL import Image
+
+    from vpltool import io
+
+    common = ["--sam3-weights", tiny_sam3, "--device", "cpu", "--workers", "0", "--prob-threshold", "0"]
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "s3", *common)
+    assert r.exit_code == 0, r.output
+    masks = sorted((tmp_path / "s3").glob("*.png"))
+    assert len(masks) == 3 and all(np.asarray(Image.open(m)).shape == (96, 96) for m in masks)
+    assert np.asarray(Image.open(masks[0])).max() <= 8
+    assert io.read_stage_record(tmp_path / "s3", "segment")["params"]["sam3_heads"] is None
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "s3", *common)
+    assert r.exit_code == 0 and "3 already done" in r.output, r.output
+    _fresh_wordnet(monkeypatch, wordnet_data)
+    r = _cli("segment", small_world, "--dense", "activesam", "-o", tmp_path / "act", *common,
+             "--preview-resolution", "56", "--max-active", "4", "--bucket-size", "3")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "act").glob("*.png"))) == 3
+    # bad input: no weights; another model's file; WordNet missing (each one line, exit 2, nothing written)
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "bad")
+    assert r.exit_code == 2 and "--sam3-weights" in r.output and not (tmp_path / "bad").exists(), r.output
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "bad", "--sam3-weights", other)
+    assert r.exit_code == 2 and str(other.name) in r.output and not (tmp_path / "bad").exists(), r.output
+    _fresh_wordnet(monkeypatch, tmp_path)
+    r = _cli("segment", small_world, "--dense", "activesam", "-o", tmp_path / "bad", *common)
+    assert r.exit_code == 2 and "nltk.downloader wordnet" in r.output and not (tmp_path / "bad").exists()
+
+
+def test_ground_runs_the_heads_of_prompts_with_a_kept_query_alone(tiny_sam3):
+    """The family's ``ground(..., masks=score)``, which the SAM 3 row uses: the heads of the prompts with a query
+    above the score, the same rows as the whole heads give."""
+    from vpltool.models import load_model
+    from vpltool.models.backbones.sam3 import Sam3Spec
+
+    sam = load_model("sam3", Sam3Spec(str(tiny_sam3)), "cpu")
+    image = sam.encode_image(sam.prepare(torch.randint(0, 255, (40, 50, 3), dtype=torch.uint8)))
+    text = sam.encode_text(["cat", "dog", "sofa", "sky"])
+    whole = sam.ground(image, text)
+    scores = whole.scores()
+    cut = float(scores.max(1).values.median())  # about half the prompts keep a query
+    part = sam.ground(image, text, masks=cut)
+    rows = [k for k in range(4) if bool((scores[k] > cut).any())]
+    assert part.mask_prompts == rows and 0 < len(rows) < 4
+    assert torch.allclose(part.pred_masks, whole.pred_masks[rows], atol=1e-5)
+    assert torch.allclose(part.semantic_seg, whole.semantic_seg[rows], atol=1e-5)
+    none = sam.ground(image, text, masks=1.0)
+    assert none.mask_prompts == [] and none.pred_masks is None

@@ -1,0 +1,223 @@
+"""SAM 3 as open-vocabulary semantic segmentation (``--dense sam3``): each query word a concept prompt, as
+VILA-Lab/ActiveSAM's ``FrozenSAM3Segmentor`` (``activesam/model/base.py``) runs the "SAM 3" row of its table; no
+CLIP. Restated from a reading of its code; what the row runs where the base class is abstract is written in
+docs/open-vocabulary.md ("SAM 3 as it is").
+
+One photo ``[H0, W0, 3]`` uint8, ``Q`` query words (each class's names, then the background words; no template):
+
+1. the family's ``prepare``: the photo resized to SAM 3's square input (bilinear with antialiasing, on the uint8
+   image, as Meta's ``Sam3Processor``'s torchvision transform), normalised; SAM 3's image encoder once;
+2. per word, its concept prompt grounded on the photo's features (the family's ``ground``; the words' text encoded
+   once per run, the prompts in buckets of :data:`BUCKET`: one forward decodes many prompts, each on its own, as one
+   prompt per forward would);
+3. :func:`word_scores`: per word its instance masks whose score ``sigmoid(logit) * presence`` is above
+   ``--confidence-threshold``, each resized bilinearly to the photo, its sigmoid times its score, the pixelwise max
+   over them (``--sam3-heads instance``, the row's reading); ``semantic``: the semantic head's sigmoid, resized;
+   ``both``: their pixelwise max (ActiveSAM's fusion); ``--presence-gate``: times the prompt's presence;
+4. the :meth:`Hooks.probabilities` hook: each class the max of its words, the argmax, and pixels whose top class
+   score is below ``--prob-threshold`` to background (:mod:`.activesam.calibration`).
+
+The model is the ``sam3`` family's (:mod:`vpltool.models.backbones.sam3`: ``prepare``, ``encode_image``,
+``encode_text``, ``ground``, ``concepts``: Meta's processor's calls, written once there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...errors import VplError
+from .hooks import DenseHooks
+from .mixing import DenseMixing
+
+PRESET = DenseMixing("sam3")  # no CLIP block is mixed: the name alone
+BUCKET = 8  # prompts grounded in one forward (smaller than ActiveSAM's 32: less memory traffic on a CPU); the
+# result is each prompt's own
+MASK_CHUNK = 16  # instance masks folded at a time
+
+
+@dataclass(frozen=True)
+class Sam3Settings:
+    """The settings a run of either SAM 3 method uses (its knobs resolved; None given = these)."""
+
+    confidence_threshold: float = 0.5  # base.py's confidence_threshold
+    heads: str = "instance"
+    presence_gate: bool = False
+
+
+def sam3_settings(cfg) -> Sam3Settings:
+    """``cfg.knobs``' values where given (a :class:`~vpltool.config.SegmentConfig`'s)."""
+    knobs = getattr(cfg, "knobs", None)
+    names = {"confidence_threshold": "confidence_threshold", "sam3_heads": "heads", "presence_gate": "presence_gate"}
+    return Sam3Settings(**{ours: getattr(knobs, field) for field, ours in names.items()
+                           if getattr(knobs, field, None) is not None})
+
+
+@dataclass(frozen=True)
+class ConceptPrompts:
+    """The ``text`` SAM 3's methods hand their segmentor (their ``query_text`` hook): the query words themselves."""
+
+    words: tuple[str, ...]
+
+    def to(self, device) -> ConceptPrompts:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+def word_scores(concepts: Sequence[Any], settings: Sam3Settings) -> torch.Tensor:
+    """Step 3 for K prompts' results at the photo's size (the family's ``Sam3.concepts``: each its kept instance
+    ``masks`` ``[n, H0, W0]`` probabilities, their ``scores`` ``[n]``, its ``semantic`` ``[H0, W0]`` probability and
+    ``presence``) -> ``[K, H0, W0]`` score maps in [0, 1]."""
+    out = []
+    for c in concepts:
+        maps = []
+        if settings.heads in ("instance", "both"):
+            inst = c.semantic.new_zeros(c.semantic.shape)
+            for i in range(0, len(c.scores), MASK_CHUNK):  # the pixelwise max of mask x score, from zeros
+                part = c.masks[i:i + MASK_CHUNK] * c.scores[i:i + MASK_CHUNK, None, None]
+                inst = torch.maximum(inst, part.amax(0))
+            maps.append(inst)
+        if settings.heads in ("semantic", "both"):
+            maps.append(c.semantic)
+        score = maps[0] if len(maps) == 1 else torch.maximum(maps[0], maps[1])
+        out.append(score * c.presence if settings.presence_gate else score)
+    return torch.stack(out)
+
+
+def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
+    """Steps 1-3 for one photo: ``sam`` the family's model, ``text`` its encoding of the Q words (once per run) ->
+    ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
+    from dataclasses import replace
+
+    image = sam.encode_image(sam.prepare(photo))
+    n, threshold = int(text.features.shape[0]), settings.confidence_threshold
+    out = []
+    for start in range(0, n, BUCKET):
+        index = list(range(start, min(start + BUCKET, n)))
+        if settings.heads != "instance":
+            out.append(word_scores(sam.concepts(sam.ground(image, text.select(index)), size, threshold), settings))
+            continue
+        # instance masks alone: a prompt none of whose queries is kept scores 0 everywhere, so the segmentation
+        # head runs for the others only (the same numbers, without the work the reference throws away)
+        g = sam.ground(image, text.select(index), masks=threshold)
+        maps = torch.zeros(len(index), *size, device=g.pred_logits.device)
+        if g.mask_prompts:
+            rows = g.mask_prompts
+            kept = replace(g, pred_logits=g.pred_logits[rows], presence_logits=g.presence_logits[rows],
+                           pred_boxes=g.pred_boxes[rows], mask_prompts=None)
+            maps[rows] = word_scores(sam.concepts(kept, size, threshold), settings).to(maps.dtype)
+        out.append(maps)
+    return torch.cat(out)
+
+
+class Sam3Backbone:
+    """The model SAM 3's methods run (``bb`` in their hooks): ``sam``, the ``sam3`` family's model (``Sam3``; its
+    ``nn.Module`` is ``model``), and what the shared segmentor reads of a backbone. The photo reaches the method
+    whole (its ``extra_inputs``): the shared resize is not used, so its ``pixels`` are a placeholder."""
+
+    tokenizer = None  # the words are prompts as they are: no unknown word to warn of
+
+    def __init__(self, sam, hooks, device):
+        self.sam, self.model, self.hooks, self.device = sam, sam.model, hooks, torch.device(device)
+        self.embed_dim, self.patch_size = int(sam.width), int(sam.patch)
+        self._text: dict = {}
+
+    def text_of(self, words: Sequence[str]):
+        """The words' encoding (``Sam3.encode_text``), made once per vocabulary: the prompts of every photo and
+        bucket are picked from it (ActiveSAM's per-prompt text cache)."""
+        key = tuple(words)
+        if key not in self._text:
+            self._text = {key: self.sam.encode_text(list(words))}
+        return self._text[key]
+
+    @property
+    def preprocessor(self):
+        return _Placeholder()
+
+    def pixels(self, loaded, size) -> torch.Tensor:
+        """The placeholders (a collated batch, or a list of them) as ``[B, 3, 1, 1]`` float32 on the device."""
+        batch = torch.stack(list(loaded)) if isinstance(loaded, (list, tuple)) else loaded
+        return batch.to(self.device, torch.float32)
+
+    def encode_text(self, prompts, exact: bool = False) -> torch.Tensor:
+        raise VplError(f"--dense {self.hooks.method} prompts SAM 3 with the words themselves; it has no text rows")
+
+    def to(self, device) -> Sam3Backbone:
+        return Sam3Backbone(self.sam.to(device), self.hooks, device)
+
+
+class _Placeholder:
+    """The shared loader's preprocessing, unused here: one zero pixel per photo (SAM 3 reads the photo itself)."""
+
+    def loaded(self, image, size) -> torch.Tensor:
+        return torch.zeros(3, 1, 1, dtype=torch.uint8)
+
+
+def load_sam3(cfg, device):
+    """The ``sam3`` family's model of ``cfg``'s ``--sam3-weights`` (through the registry's door: digest, finite
+    weights)."""
+    from ..backbones.sam3 import Sam3Spec
+    from ..registry import load_model
+
+    return load_model("sam3", Sam3Spec(_weights(cfg)), device)
+
+
+def _weights(cfg) -> str:
+    weights = getattr(getattr(cfg, "knobs", None), "sam3_weights", None) if cfg is not None else None
+    if not weights:
+        method = getattr(cfg, "dense", "sam3")
+        raise VplError(f"--dense {method} needs SAM 3's weights: pass --sam3-weights, a local folder of "
+                       "facebook/sam3 (Hugging Face's layout) or Meta's sam3.pt")
+    return weights
+
+
+def check_sam3(cfg) -> None:
+    """One line, before any model loads, for no weights given or a file that is not SAM 3's."""
+    from ..backbones.sam3 import Sam3Spec
+    from ..registry import check_model
+
+    check_model("sam3", Sam3Spec(_weights(cfg)))
+
+
+class Hooks(DenseHooks, method="sam3", preset=PRESET):
+    """SAM 3 per concept prompt: its own model (:meth:`backbone`), the words as prompts (:meth:`query_text`), its
+    segmentor (:func:`sam3_scores`) and the background rule (:meth:`probabilities`)."""
+
+    def check(self) -> None:
+        check_sam3(self.cfg)
+
+    def record(self) -> dict:
+        return {"sam3": vars(sam3_settings(self.cfg))}
+
+    def backbone(self, device):
+        return Sam3Backbone(load_sam3(self.cfg, device), self, device)
+
+    def query_text(self, bb, names, templates):
+        return ConceptPrompts(tuple(names))
+
+    def extra_inputs(self, item, image):
+        return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
+
+    def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        knobs = sam3_settings(self.cfg)
+        encoded = bb.text_of(text.words)
+        return [sam3_scores(bb.sam, extras[i]["photo"], encoded, tuple(size), knobs)
+                for i, size in enumerate(sizes)]
+
+    def features(self, bb, pixels, fp16_pos=False):
+        raise VplError("--dense sam3 has no CLIP features: it segments through segment or vpltool.segmenter")
+
+    def probabilities(self, bb, logits, query_class, n_classes, settings):
+        from .activesam.calibration import class_scores, threshold_background  # (the package imports this module)
+
+        probs = class_scores(logits, query_class, n_classes)
+        return probs, threshold_background(probs, settings.prob_threshold)
+
+
+__all__ = ["Hooks", "PRESET", "BUCKET", "Sam3Settings", "sam3_settings", "ConceptPrompts", "word_scores",
+           "sam3_scores", "Sam3Backbone", "load_sam3", "check_sam3"]
