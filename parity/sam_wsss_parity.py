@@ -35,19 +35,11 @@ import vpltool  # noqa: F401  (before numpy and torch: VPLTOOL_REPRODUCIBLE=1, t
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from benchlib import machine  # noqa: E402
+from benchlib import clone_commit, machine  # noqa: E402
 
 COMMIT = "4885dde"
 METHODS = {"max_iou_imp2": "max-iou-imp2", "max_iou_imp": "max-iou-imp", "max_iou": "max-iou"}
 TOY_SAM = ROOT / "vpltool" / "assets" / "toy-sam-world20" / "model.safetensors"
-
-
-def _git_head(clone: Path) -> str | None:
-    try:
-        return subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def photo_cams(work: Path, n: int) -> Path:
@@ -185,7 +177,7 @@ def main() -> None:
               for s in ("sam", "folder") if s in r)
     print(json.dumps({
         "machine": machine(),
-        "reference": {"repo": "cskyl/SAM_WSSS", "commit": _git_head(args.ref) or f"{COMMIT} (the clone has no .git)",
+        "reference": {"repo": "cskyl/SAM_WSSS", "commit": clone_commit(args.ref) or f"{COMMIT} (the clone has no .git)",
                       "licence": "none: run from the clone, nothing copied"},
         "sam_weights": str(args.sam_weights.relative_to(ROOT) if args.sam_weights.is_relative_to(ROOT)
                            else args.sam_weights),

@@ -13,6 +13,7 @@ from PIL import Image
 from vpltool import io
 from vpltool.config import RuntimeConfig, SamPseudoConfig
 from vpltool.errors import VplError
+from vpltool.runtime.numerics import run_numerics
 from vpltool.stages.sam_pseudo import merge_masks
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
@@ -86,6 +87,7 @@ def test_the_mask_order_does_not_matter_and_ignore_pixels_are_no_class():
 # --------------------------------------------------------------------------------------------- the stage
 TOY = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-sam-world20" / "model.safetensors"
 needs_toy = pytest.mark.skipif(not TOY.is_file(), reason="sam-pseudo's toy SAM is missing")
+NUMERICS = run_numerics("fp32")  # what a `cam` run records of its dtype and mode
 # the demo's settings (the Makefile's SAM_PSEUDO_ARGS)
 DEMO = SamPseudoConfig(sam_model="toy", sam_weights=str(TOY), points_per_side=8, pred_iou_thresh=0.4,
                        stability_score_thresh=0.4)
@@ -106,8 +108,9 @@ def _cams(world: Path, folder: Path, split: str = "val") -> Path:
         maps = [np.clip(m * 2.0, 0, 1) for m in maps]
         cams = np.stack(maps) if maps else np.zeros((0, *gt.shape), np.float32)
         io.write_cam(io.cam_path(folder, item.id), torch.from_numpy(cams), item.labels, classes=data.classes,
-                     params={}, id=item.id, image_size=list(gt.shape))
-    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": data.identity()}, count=len(data.items))
+                     params={}, id=item.id, image_size=list(gt.shape), numerics=NUMERICS)
+    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": data.identity()}, count=len(data.items),
+                          numerics=NUMERICS)  # what every stage records (the record and each item): dtype and mode
     return folder
 
 
@@ -186,6 +189,28 @@ def test_a_mask_folder_is_read_as_amg_writes_it_and_checked_before_any_work(worl
             sam_pseudo.run_sam_pseudo(cams, tmp_path / f"out_{name}", cfg, ONE)
         assert want[name] in str(e.value) and "\n" not in str(e.value), str(e.value)
         assert not (tmp_path / f"out_{name}").exists() or not list((tmp_path / f"out_{name}").glob("*.png"))
+
+
+
+def test_the_cams_numerics_are_checked_as_crf_checks_them_and_recorded(world, tmp_path):
+    """The masks record the CAMs' dtype and mode (numerics, as every stage's); CAMs whose record lost its numerics,
+    or a CAM file whose header disagrees with its record (an edited record), are one line before anything is
+    written (io.folder_made, as crf reads them)."""
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+
+    cams = _cams(world, tmp_path / "cams")
+    ids = io.item_ids(cams)
+    cfg = SamPseudoConfig(masks=str(_no_masks(tmp_path, ids)), start="argmax")
+    run_sam_pseudo(cams, tmp_path / "ok", cfg, ONE)
+    assert io.read_record(io.stage_record_path(tmp_path / "ok"))[io.NUMERICS]["dtype"] == "fp32"
+    record = io.read_record(io.stage_record_path(cams))
+    for name, numerics, want in (("lost", None, "records no 'numerics'"),
+                                 ("edited", {**NUMERICS, "dtype": "bf16"}, "made at fp32")):
+        io.write_stage_record(cams, "cam", params={}, inputs=record["inputs"], count=len(ids), numerics=numerics)
+        with pytest.raises(VplError) as e:
+            run_sam_pseudo(cams, tmp_path / name, cfg, ONE)
+        assert want in str(e.value) and "\n" not in str(e.value), str(e.value)
+        assert not (tmp_path / name).exists() or not list((tmp_path / name).glob("*.png"))
 
 
 # --------------------------------------------------------------------------------------------- SAM 3's rule
