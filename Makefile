@@ -310,20 +310,21 @@ CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 	$(CRF)
 %/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
 	$(CRF)
-# SAM's pseudo masks of refinement R (PSEUDO with sam): RUN[/R]/sam/pseudo from RUN[/R]/cams_vision (make prefers
-# these rules to the crf ones above: the shorter stem)
-SAM_PSEUDO_RUN = $(VPL) sam-pseudo $(<D) -o $(@D) --sam-model $(SAM_PSEUDO_MODEL) --sam-weights $(SAM_PSEUDO_WEIGHTS) \
-  $(SAM_PSEUDO_ARGS) --device $(DEVICE) --overwrite
-%/sam/pseudo/_stage.json: %/cams_vision/_stage.json $(wildcard $(SAM_PSEUDO_WEIGHTS))
-	$(SAM_PSEUDO_RUN)
-%/sam/pseudo_val/_stage.json: %/cams_vision_val/_stage.json $(wildcard $(SAM_PSEUDO_WEIGHTS))
-	$(SAM_PSEUDO_RUN)
-SAM3_PSEUDO_RUN = $(VPL) sam-pseudo $(<D) -o $(@D) --masks sam3 --sam-weights $(SAM3_PSEUDO_WEIGHTS) \
-  $(SAM3_PSEUDO_ARGS) --device $(DEVICE) --overwrite
-%/sam3/pseudo/_stage.json: %/cams_vision/_stage.json
-	$(SAM3_PSEUDO_RUN)
-%/sam3/pseudo_val/_stage.json: %/cams_vision_val/_stage.json
-	$(SAM3_PSEUDO_RUN)
+# sam-pseudo's rules (PSEUDO's words but crf; vpltool.config.SAM_PSEUDO_RULES, which tests check this against):
+# rule K's pseudo masks of refinement R are `sam-pseudo --masks K` of RUN[/R]/cams_vision in RUN[/R]/K/pseudo
+# (make prefers these rules to the crf ones above: the shorter stem), with K's options SAM_OPTS_K and the weights
+# file it waits for, SAM_DEPS_K
+SAM_RULES = sam sam3
+SAM_OPTS_sam = --sam-model $(SAM_PSEUDO_MODEL) --sam-weights $(SAM_PSEUDO_WEIGHTS) $(SAM_PSEUDO_ARGS)
+SAM_DEPS_sam = $(wildcard $(SAM_PSEUDO_WEIGHTS))
+SAM_OPTS_sam3 = --sam-weights $(SAM3_PSEUDO_WEIGHTS) $(SAM3_PSEUDO_ARGS)
+define sam_rule
+%/$(1)/pseudo/_stage.json: %/cams_vision/_stage.json $$(SAM_DEPS_$(1))
+	$$(VPL) sam-pseudo $$(<D) -o $$(@D) --masks $(1) $$(SAM_OPTS_$(1)) --device $$(DEVICE) --overwrite
+%/$(1)/pseudo_val/_stage.json: %/cams_vision_val/_stage.json $$(SAM_DEPS_$(1))
+	$$(VPL) sam-pseudo $$(<D) -o $$(@D) --masks $(1) $$(SAM_OPTS_$(1)) --device $$(DEVICE) --overwrite
+endef
+$(foreach k,$(SAM_RULES),$(eval $(call sam_rule,$(k))))
 # eval: a folder of the training split is scored on EVAL_SPLIT, one of VAL_SPLIT on its own split
 # (its own files, like its folders, are re-made with --overwrite: also those of a vpltool that recorded no file kinds)
 $(RUN)/metrics/%_val.json: $(RUN)/%_val/_stage.json
@@ -343,14 +344,16 @@ $(RUN)/vision_prototypes.safetensors: $(RUN)/cams_text/_stage.json $(RUN)/text_p
 ## CAMs from the vision prototypes, and their mIoU
 cams-vision: $(RUN)/metrics/cams_vision.json
 
-# the pseudo-mask candidates: each refinement's CRF masks (R) and, with sam in PSEUDO, its SAM masks (R+sam);
-# $(call cand_dir,C) / $(call cand_metrics,C): candidate C's folder (pseudo, decoder, pred_train) and its scores'
-cand_base = $(patsubst %+sam,%,$(patsubst %+sam3,%,$(1)))
-cand_kind = $(if $(filter %+sam,$(1)),/sam,$(if $(filter %+sam3,$(1)),/sam3))
+# the pseudo-mask candidates: each refinement's CRF masks (R) and, for each rule K of SAM_RULES in PSEUDO, its
+# sam-pseudo masks (R+K); $(call cand_dir,C) / $(call cand_metrics,C): candidate C's folder (pseudo, decoder,
+# pred_train) and its scores'; $(call cand_rule,C): C's rule K, none for a CRF candidate
+cand_rule = $(strip $(foreach k,$(SAM_RULES),$(if $(filter %+$(k),$(1)),$(k))))
+cand_base = $(if $(call cand_rule,$(1)),$(patsubst %+$(call cand_rule,$(1)),%,$(1)),$(1))
+cand_kind = $(addprefix /,$(call cand_rule,$(1)))
 cand_dir = $(call refine_dir,$(call cand_base,$(1)))$(call cand_kind,$(1))
 cand_metrics = $(call refine_metrics,$(call cand_base,$(1)))$(call cand_kind,$(1))
 CANDIDATES = $(foreach r,$(or $(REFINES),$(REFINE)),$(if $(filter crf,$(PSEUDO)),$(r)) \
-  $(if $(filter sam,$(PSEUDO)),$(r)+sam) $(if $(filter sam3,$(PSEUDO)),$(r)+sam3))
+  $(addprefix $(r)+,$(filter $(SAM_RULES),$(PSEUDO))))
 # more than one candidate, or REFINES named: the choice runs (choose-pseudo)
 CHOOSING = $(or $(REFINES),$(word 2,$(CANDIDATES)))
 ## Pseudo masks from the vision-prototype CAMs (dense CRF; with PSEUDO=sam also SAM's), and their mIoU (with REFINES:
@@ -404,8 +407,8 @@ $(RUN)/features_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 COMPARED = $(foreach r,$(REFINES) $(AFFINITY_ROWS),$(addprefix $(call refine_metrics,$(r))/,cams_text.json cams_vision.json \
   pseudo_text.json pseudo.json $(if $(HELDOUT),cams_text_val.json cams_vision_val.json pseudo_text_val.json \
   pseudo_val.json)))
-# SAM's pseudo masks beside the CRF's, on both splits, for each refinement of REFINES (PSEUDO with sam)
-SAM_COMPARED = $(foreach k,$(filter sam sam3,$(PSEUDO)),$(foreach r,$(or $(REFINES),$(REFINE)),\
+# sam-pseudo's masks beside the CRF's, on both splits, for each refinement of REFINES (PSEUDO with a SAM rule)
+SAM_COMPARED = $(foreach k,$(filter $(SAM_RULES),$(PSEUDO)),$(foreach r,$(or $(REFINES),$(REFINE)),\
   $(addprefix $(call cand_metrics,$(r)+$(k))/,pseudo.json $(if $(HELDOUT),pseudo_val.json))))
 refines: $(COMPARED) $(SAM_COMPARED)
 
@@ -774,10 +777,7 @@ pgseg: setup
   %/pseudo_val/_stage.json \
   %/pseudo_text/_stage.json \
   %/pseudo_text_val/_stage.json \
-  %/sam/pseudo/_stage.json \
-  %/sam/pseudo_val/_stage.json \
-  %/sam3/pseudo/_stage.json \
-  %/sam3/pseudo_val/_stage.json \
+  $(foreach k,$(SAM_RULES),%/$(k)/pseudo/_stage.json %/$(k)/pseudo_val/_stage.json) \
   $(RUN)/metrics/%_val.json \
   $(RUN)/metrics/%.json \
   %/decoder/decoder.safetensors \

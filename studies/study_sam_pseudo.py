@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from study_decoder_seeds import _vpl  # noqa: E402  (a vpltool command in make demo's reproducible mode)
+
 from benchlib import machine  # noqa: E402
 
 TOY = ROOT / "vpltool" / "assets" / "toy-sam-world20" / "model.safetensors"
@@ -152,15 +152,6 @@ def choose(args) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- seeds
-def _vpl(*args: object) -> None:
-    """A vpltool command in reproducible mode, `make demo`'s (its inputs were made in it)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VPLTOOL_REPRODUCIBLE": "1"}
-    cmd = [sys.executable, "-m", "vpltool", *map(str, args)]
-    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stderr[-3000:]}")
-
-
 def _score(folder: Path, split: str | None = None) -> float:
     """mIoU % of a mask folder (eval, once: its JSON beside it)."""
     scored = folder.parent / f"{folder.name}.score.json"
@@ -191,7 +182,7 @@ def _spread(values: list[float]) -> dict:
 
 
 def seeds(args) -> dict:
-    from vpltool.demo.choose_pseudo import SAM, split_candidate
+    from vpltool.demo.choose_pseudo import split_candidate
 
     choice = json.loads((args.run / "metrics" / "pseudo_choice.json").read_text())
     metrics = json.loads((args.run / "metrics.json").read_text())
@@ -201,8 +192,8 @@ def seeds(args) -> dict:
         for c in choice["candidates"]}, "chosen": choice["chosen"], "refine": refine,
         "chance": {s: {k: 100 * v for k, v in c.items() if k != "images"} for s, c in metrics["chance"].items()},
         "candidates": {}}
-    for name in (refine, refine + SAM):
-        base = Path(next(c["folder"] for c in choice["candidates"] if c["refine"] == name)).parent
+    for c in (c for c in choice["candidates"] if split_candidate(c["refine"])[0] == refine):  # R, R+sam, R+sam3
+        name, base = c["refine"], Path(c["folder"]).parent
         rows = [decoder_scores(args.run, base, s) for s in args.seeds]
         out["candidates"][name] = {
             "folder": str(base), "masks": {"train": _score(base / "pseudo"), "val": _score(base / "pseudo_val")},

@@ -6,31 +6,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from vpltool import io
+from vpltool.config import PSEUDO_RULES
+from vpltool.demo.choose_pseudo import split_candidate
 from vpltool.stages.eval import scored_what
 
 
-def _where(root: Path, refine: str, own: str) -> tuple[Path, Path, bool]:
-    """Candidate ``refine``'s folder and metrics folder as the Makefile lays them out (``R+sam``: R's ``sam/``), and
-    whether it is a sam-pseudo candidate."""
-    base, sam = (refine[:-4], True) if refine.endswith("+sam") else (refine, False)
+def _where(root: Path, refine: str, own: str) -> tuple[Path, Path, str | None]:
+    """Candidate ``refine``'s folder and metrics folder as the Makefile lays them out (``R+K``: R's ``K/``), and its
+    sam-pseudo rule K (None: a crf candidate)."""
+    base, rule = split_candidate(refine)
     folder = root if base == own else root / base
     metrics = root / "metrics" if base == own else root / "metrics" / base
-    return (folder / "sam", metrics / "sam", True) if sam else (folder, metrics, False)
+    return (folder / rule, metrics / rule, rule) if rule else (folder, metrics, None)
 
 
 def candidate(root: Path, refine: str, miou: object, own: str = "none", split: str = "train") -> Path:
     """``refine``'s ``cams_vision`` and ``pseudo`` records laid out as the Makefile does (``root`` for ``own``, else
-    ``root/refine``; ``R+sam``: a `sam-pseudo` folder at ``R``'s ``sam/pseudo``), and its eval JSON
+    ``root/refine``; ``R+K``: a `sam-pseudo --masks K` folder at ``R``'s ``K/pseudo``), and its eval JSON
     (``root/metrics[/refine]/pseudo.json``) scoring ``pseudo`` on ``split``."""
-    base, metrics, sam = _where(root, refine, own)
-    cams, pseudo = (base.parent if sam else base) / "cams_vision", base / "pseudo"
+    base, metrics, rule = _where(root, refine, own)
+    cams, pseudo = (base.parent if rule else base) / "cams_vision", base / "pseudo"
     for folder in (cams, pseudo):
         folder.mkdir(parents=True, exist_ok=True)
-    if not io.stage_record_path(cams).is_file():  # R and R+sam share R's CAMs
-        io.write_stage_record(cams, "cam", params={"refine": refine.removesuffix("+sam")}, inputs={}, count=0)
+    if not io.stage_record_path(cams).is_file():  # R and R+K share R's CAMs
+        io.write_stage_record(cams, "cam", params={"refine": split_candidate(refine)[0]}, inputs={}, count=0)
     dataset = {"kind": "folder", "root": str(root / "world"), "split": split}
-    stage = "sam-pseudo" if sam else "crf"
-    io.write_stage_record(pseudo, stage, params={"confidence": 0.95},
+    stage = PSEUDO_RULES[rule or "crf"]
+    io.write_stage_record(pseudo, stage, params={"masks": rule} if rule else {"confidence": 0.95},
                           inputs={"cams": io.sha256_file(io.stage_record_path(cams)), "dataset": dataset}, count=0)
     scored = metrics / "pseudo.json"
     scored.parent.mkdir(parents=True, exist_ok=True)

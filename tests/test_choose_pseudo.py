@@ -191,3 +191,40 @@ def test_sam_pseudo_masks_are_candidates_beside_the_crf_masks_of_their_refinemen
         choose_pseudo(run, ["caa", "caa+sam"], by="masks", overwrite=True)
     with pytest.raises(VplError, match=re.escape("unknown refinement 'caa+sgc+sam+sam'")):
         choose_pseudo(run, ["caa+sgc+sam+sam"], by="masks")
+
+
+def test_every_sam_pseudo_rule_is_a_candidate_by_the_same_path(tmp_path):
+    """Each rule K of config.SAM_PSEUDO_RULES (sam, sam3) gives candidates R+K, in RUN[/R]/K/, told apart by their
+    records (sam-pseudo's recorded --masks), not their folders: a sam folder whose record says sam3 is named."""
+    from vpltool.config import SAM_PSEUDO_RULES
+    from vpltool.demo.choose_pseudo import make_fix, recorded_refinement, split_candidate
+
+    assert SAM_PSEUDO_RULES == ("sam", "sam3")
+    names = ["none", "none+sam", "none+sam3", "caa+sgc", "caa+sgc+sam", "caa+sgc+sam3"]
+    run = scored_run(tmp_path, dict(zip(names, (0.30, 0.31, 0.32, 0.33, 0.34, 0.35))))
+    for name, miou in zip(names, (0.60, 0.61, 0.66, 0.62, 0.63, 0.64)):
+        decoder_candidate(run, name, miou)
+    assert [split_candidate(n) for n in names[3:]] == [("caa+sgc", None), ("caa+sgc", "sam"), ("caa+sgc", "sam3")]
+    assert recorded_refinement(run / "caa+sgc" / "sam3" / "pseudo") == "caa+sgc+sam3"
+    choice = choose_pseudo(run, names)
+    assert choice["chosen"] == "none+sam3"
+    assert choice["decoder"] == str(run / "sam3" / "decoder" / "decoder.safetensors")
+    assert choose_pseudo(run, names, by="masks", overwrite=True)["folder"] == str(run / "caa+sgc" / "sam3" / "pseudo")
+    assert "PSEUDO='crf sam sam3'" in make_fix("pseudo", run, names)
+    record = io.read_record(run / "sam" / "pseudo" / "_stage.json")
+    io.write_stage_record(run / "sam" / "pseudo", "sam-pseudo", params={"masks": "sam3"}, count=0,
+                          inputs=record["inputs"])
+    with pytest.raises(VplError, match=re.escape("sam/pseudo: made by `sam-pseudo --masks sam3` (its record), not "
+                                                 "none+sam; re-make none+sam's masks there")):
+        choose_pseudo(run, names, by="masks", overwrite=True)
+
+
+def test_the_makefiles_sam_rules_are_configs():
+    """The Makefile's SAM_RULES (one pattern rule each, candidates R+K) are config.SAM_PSEUDO_RULES, in order."""
+    from pathlib import Path
+
+    from vpltool.config import SAM_PSEUDO_RULES
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    rules = re.search(r"^SAM_RULES = (.*)$", makefile, re.M)
+    assert rules is not None and tuple(rules.group(1).split()) == SAM_PSEUDO_RULES

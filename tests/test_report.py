@@ -87,3 +87,38 @@ def test_dense_rows_follow_the_pipeline_and_are_no_refinement(run, tmp_path):
     console = Console(width=200, record=True)
     console.print(format_report(report))
     assert "--dense naclip" in console.export_text()
+
+
+def test_each_sam_pseudo_rule_has_its_rows_and_can_be_the_decoders(run, tmp_path):
+    """RUN/metrics[/R]/K/ (sam-pseudo's rule K: sam, sam3) adds K's row, one per refinement; K/ is no refinement;
+    the row of the chosen R+K carries the arrow, and the caption what each rule's first folder was made with."""
+    from rich.console import Console
+
+    from vpltool.demo.choose_pseudo import choose_pseudo
+    from vpltool.demo.report import RULE_STAGES
+
+    rules = run / ".." / "rules"
+    shutil.copytree(run, rules)
+    for name, miou in (("caa", 0.30), ("caa+sam", 0.40), ("none", 0.20), ("none+sam3", 0.50)):
+        candidate(rules, name, miou, own="caa")
+    choice = choose_pseudo(rules, ["caa", "caa+sam", "none", "none+sam3"], by="masks")
+    report = run_demo_report(rules)
+    titles = {k: t for t, k in RULE_STAGES.items()}
+    rows = [(r["stage"], r["refine"], r["train"]["miou"]) for r in report["stages"] if r["stage"] in RULE_STAGES]
+    assert rows == [(titles["sam"], "caa", 0.40), (titles["sam3"], "none", 0.50)]
+    refines = {r["refine"] for r in report["stages"] if r["stage"] != "decoder prediction"}
+    assert refines == {"caa", "none"} and choice["chosen"] == "none+sam3"  # sam/, sam3/: no refinement's rows
+    console = Console(width=240, record=True)
+    console.print(format_report(report))
+    shown = console.export_text()
+    assert "none → decoder" in shown and "pseudo masks for the decoder: none+sam3" in shown
+    assert report["sam"] == "+sam: --masks sam; +sam3: --masks sam3"  # the stand-ins record --masks alone
+    # a real record: the merge, the start and a toy SAM whose record names the world it was trained on
+    toy = tmp_path / "toy" / "model.safetensors"
+    io.write_json(toy.with_suffix(".json"), {"world": {"seed": 20}})
+    record = io.read_record(rules / "sam" / "pseudo" / "_stage.json")
+    io.write_stage_record(rules / "sam" / "pseudo", "sam-pseudo", count=0, inputs=record["inputs"], params={
+        "masks": "sam", "merge": "max-iou-imp2", "start": "crf", "sam_model": "toy", "sam_weights": str(toy)})
+    note = run_demo_report(rules, overwrite=True)["sam"]
+    assert note.startswith("+sam: --masks sam --merge max-iou-imp2 --start crf --sam-model toy (a toy trained on "
+                           "world seed 20") and note.endswith("; +sam3: --masks sam3")

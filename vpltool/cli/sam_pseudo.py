@@ -24,7 +24,8 @@ def sam_pseudo_cmd(
                                        "(FOLDER/<image id>/<k>.png, 255 inside a mask) | sam3 (the other rule: SAM 3 "
                                        "prompted with each label's name, --sam-weights its weights).")] = _P.masks,
     sam_model: Annotated[str, typer.Option(help="The SAM of --masks sam: vit_b | vit_l | vit_h | toy (the demo "
-                                           "world's: vpltool/assets/toy-sam-world20, trained on another world).")]
+                                           "world's: vpltool/assets/toy-sam-world20, trained on another world by "
+                                           "`make toy-sam-world20`).")]
         = _P.sam_model,
     sam_weights: Annotated[Optional[str], typer.Option(help="Its weights: a local file (SAM's released checkpoint, "
                                                        "e.g. sam_vit_h_4b8939.pth; SAM 2's with sam2; SAM 3's "

@@ -64,11 +64,13 @@ from .stages import (
     MIN_TEMPERATURE,
     NOT_COMPARED,
     PARITIES,
+    PSEUDO_RULES,
     PSEUDO_STAGES,
     REFINES,
     REGULARIZATIONS,
     SAM_COVERAGE,
     SAM_MERGES,
+    SAM_PSEUDO_RULES,
     SAM_STARTS,
     TARGETS,
     CamConfig,
@@ -80,6 +82,7 @@ from .stages import (
     RuntimeConfig,
     SamPseudoConfig,
     TextPrototypesConfig,
+    pseudo_rule,
     worker_count,
 )
 
@@ -97,5 +100,6 @@ __all__ = [
     "require", "choice", "positive", "at_least", "fraction", "non_negative", "seed_value", "MAX_SEED",
     "MIN_TEMPERATURE", "CAM_ATTENTION_BLOCKS", "MIN_SCALE", "CRF_BACKENDS", "GRADCAM_CUDA_PRECISION",
     "DENSE_CHOICES", "DENSE_SEGMENTORS", "DenseSettings", "SegmentConfig", "dense_help", "dense_config",
-    "PSEUDO_STAGES", "SAM_MERGES", "SAM_COVERAGE", "SAM_STARTS", "SamPseudoConfig",
+    "PSEUDO_STAGES", "PSEUDO_RULES", "SAM_PSEUDO_RULES", "pseudo_rule", "SAM_MERGES", "SAM_COVERAGE", "SAM_STARTS",
+    "SamPseudoConfig",
 ]  # fmt: skip

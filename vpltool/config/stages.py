@@ -340,6 +340,22 @@ class CrfConfig:
 # `sam-pseudo`: pseudo masks from SAM's masks and the CAMs. The stages whose folders are pseudo masks of the
 # crf kind (a label PNG per image, 255 = ignore): train-decoder, eval, choose-pseudo and report read either
 PSEUDO_STAGES = ("crf", "sam-pseudo")
+# the pseudo-mask rules a Make run chooses among (the Makefile's PSEUDO words) -> the stage that makes their masks:
+# crf's, and `sam-pseudo --masks K` for each other rule K (sam: SAM's automatic masks merged, also from SAM 2 or a
+# folder; sam3: SAM 3 prompted with the labels). Refinement R's masks of rule K are choose-pseudo's candidate R+K,
+# in the folder K/ below R's (the Makefile's SAM_RULES, one pattern rule each); a folder's record says its rule
+PSEUDO_RULES = {"crf": "crf", "sam": "sam-pseudo", "sam3": "sam-pseudo"}
+SAM_PSEUDO_RULES = tuple(k for k, stage in PSEUDO_RULES.items() if stage == "sam-pseudo")
+
+
+def pseudo_rule(stage: str, params: dict) -> str | None:
+    """The rule of :data:`PSEUDO_RULES` a pseudo-mask folder was made by, from its record's ``stage`` and ``params``
+    (sam-pseudo records its ``masks``: a rule's name, or a generator or folder of the automatic rule, the first);
+    None for a folder of another stage."""
+    if stage == "sam-pseudo":
+        masks = params.get("masks")
+        return masks if masks in SAM_PSEUDO_RULES else SAM_PSEUDO_RULES[0]
+    return stage if stage in PSEUDO_RULES else None
 # the merge rules of SAM-enhanced pseudo labels (Chen et al. 2023, cskyl/SAM_WSSS @4885dde, merge/max_iou*.py; the
 # released code's default is max_iou_imp2): per class of the CAM's label, in increasing class order, every SAM
 # mask not taken by an earlier class whose pixels are more than half that class's (all three) or that holds at

@@ -16,10 +16,10 @@ train a decoder (``RUN[/R]/decoder``), which predicts the training split (``RUN[
 decoder seeds it picked the best refinement on val in 5 of 6 cases (docs/pipeline.md,
 studies/study_pseudo_choice.py). ``--by masks`` keeps the masks' own mIoU (no decoders needed).
 
-A candidate ``R+sam`` is refinement R's `sam-pseudo` masks (SAM's masks assigned to the classes of R's vision CAMs):
-the same folders one level down, ``RUN[/R]/sam/pseudo``, ``RUN[/R]/sam/decoder``, ``RUN[/R]/sam/pred_train`` and
-their scores under ``RUN/metrics[/R]/sam/``, chosen by the same rule; ``R+sam3`` likewise under ``sam3/`` (SAM 3
-prompted with the labels).
+A candidate ``R+K`` is refinement R's masks of the pseudo-mask rule K (:data:`vpltool.config.SAM_PSEUDO_RULES`:
+``sam``, SAM's automatic masks assigned to the classes of R's vision CAMs; ``sam3``, SAM 3 prompted with the labels),
+made by `sam-pseudo`: the same folders one level down, ``RUN[/R]/K/pseudo``, ``RUN[/R]/K/decoder``,
+``RUN[/R]/K/pred_train`` and their scores under ``RUN/metrics[/R]/K/``, chosen by the same rule.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import io
-from ..config import PSEUDO_STAGES, REFINES
+from ..config import PSEUDO_RULES, PSEUDO_STAGES, REFINES, SAM_PSEUDO_RULES, pseudo_rule
 from ..errors import VplError
 
 CHOICE_FILE = "pseudo_choice.json"  # under RUN/metrics; demo-report reads it
@@ -40,24 +40,25 @@ RULES = {"decoder": "the highest mIoU on the training split of the decoder train
 BY = tuple(RULES)
 
 
-# a candidate's suffix -> the folder below its refinement's that holds its sam-pseudo masks and decoder (and below
-# its metrics folder, their scores): SAM's automatic masks (+sam) or SAM 3 prompted with the labels (+sam3)
-SAM_KINDS = {"+sam": "sam", "+sam3": "sam3"}
-SAM, SAM_DIR = "+sam", "sam"  # the automatic masks' (the demo's)
-
-
 def split_candidate(name: str) -> tuple[str, str | None]:
-    """``R`` -> (R, None): refinement R's CRF masks; ``R+sam`` -> (R, "sam"), ``R+sam3`` -> (R, "sam3"): its
-    sam-pseudo masks of that kind (the folder they live in)."""
-    for suffix, kind in SAM_KINDS.items():
-        if name.endswith(suffix):
-            return name[: -len(suffix)], kind
+    """``R`` -> (R, None): refinement R's CRF masks; ``R+K`` -> (R, K) for a rule K of
+    :data:`~vpltool.config.SAM_PSEUDO_RULES` (``R+sam``, ``R+sam3``): its sam-pseudo masks of that rule, which is
+    also the folder they live in."""
+    for rule in SAM_PSEUDO_RULES:
+        if name.endswith("+" + rule):
+            return name[: -len(rule) - 1], rule
     return name, None
+
+
+def candidate_name(refine: str, rule: str) -> str:
+    """The candidate of refinement ``refine``'s masks of ``rule`` (:data:`~vpltool.config.PSEUDO_RULES`): ``R`` for
+    crf's, ``R+K`` for sam-pseudo's rule K."""
+    return f"{refine}+{rule}" if rule in SAM_PSEUDO_RULES else refine
 
 
 def refinement_dir(run: Path, refine: str, run_refine: str | None) -> Path:
     """The folder holding candidate ``refine``'s mask folder and decoder: ``run`` for the run's own refinement, else
-    ``run/R``; ``R+sam``'s is that folder's ``sam/`` (``R+sam3``'s, ``sam3/``)."""
+    ``run/R``; ``R+K``'s is that folder's ``K/``."""
     base, kind = split_candidate(refine)
     folder = run if base == run_refine else run / base
     return folder / kind if kind else folder
@@ -72,7 +73,7 @@ def metrics_dir(run: Path, refine: str, run_refine: str | None) -> Path:
 def make_fix(target: str, run: Path, refines: Sequence[str]) -> str:
     """The Make command that re-makes ``target`` for this run and these candidates, as a fix to quote: the
     Makefile's own RUN and REFINES are the demo's, so a bare ``make pseudo`` would make another run's folders
-    (``R+sam`` candidates: REFINES R and PSEUDO with sam)."""
+    (``R+K`` candidates: REFINES R and PSEUDO with K)."""
     parts = [split_candidate(r) for r in refines]
     bases = list(dict.fromkeys(b for b, _ in parts))
     kinds = list(dict.fromkeys(kind or "crf" for _, kind in parts))
@@ -83,15 +84,16 @@ def make_fix(target: str, run: Path, refines: Sequence[str]) -> str:
 def recorded_refinement(pseudo: Path) -> str:
     """The candidate a mask folder is, read from the records: the ``--refine`` of the CAMs a `crf` folder was made
     from (its record names the digest of their record, which must be that of the ``cams_vision`` folder beside it,
-    the Makefile's layout), or ``R+sam`` (``R+sam3`` for SAM 3's rule) for a `sam-pseudo` folder at
-    ``.../sam/pseudo`` made from the ``cams_vision`` two levels up; one line otherwise."""
+    the Makefile's layout), or ``R+K`` for a `sam-pseudo` folder of rule K (its record's, :func:`vpltool.config.
+    pseudo_rule`) at ``.../K/pseudo`` made from the ``cams_vision`` two levels up; one line otherwise."""
     record = io.read_record(io.stage_record_path(pseudo))
     if record["stage"] not in PSEUDO_STAGES:
         raise VplError(f"{pseudo}: holds `{record['stage']}` output, expected `crf` or `sam-pseudo` pseudo masks; a "
                        "pseudo-mask candidate is the crf (or sam-pseudo) folder of its refinement's vision CAMs")
-    sam = record["stage"] == "sam-pseudo"
-    cams = (pseudo.parent.parent if sam else pseudo.parent) / "cams_vision"
-    command = "sam-pseudo" if sam else "crf"
+    command = record["stage"]
+    rule = pseudo_rule(command, record.get("params", {}))
+    # RUN[/R]/pseudo's CAMs are beside it, RUN[/R]/K/pseudo's (rule K of sam-pseudo) a level up
+    cams = (pseudo.parent.parent if rule in SAM_PSEUDO_RULES else pseudo.parent) / "cams_vision"
     cams_record = io.stage_record_path(cams)
     if not cams_record.is_file() or io.sha256_file(cams_record) != record["inputs"].get("cams"):
         raise VplError(f"{pseudo}: its record names CAMs other than {cams} (or none), so its refinement is unknown; "
@@ -99,9 +101,7 @@ def recorded_refinement(pseudo: Path) -> str:
     refine = io.read_record(cams_record)["params"].get("refine")
     if refine not in REFINES:
         raise VplError(f"{cams_record}: records no known --refine ({refine!r}); re-run its `vpltool cam`")
-    if not sam:
-        return refine
-    return refine + ("+sam3" if record.get("params", {}).get("masks") == "sam3" else SAM)
+    return candidate_name(refine, rule)
 
 
 def _own_refinement(run: Path, run_refine: str | None) -> str | None:
@@ -254,7 +254,8 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
     for name in [*among, *([run_refine] if run_refine is not None else [])]:
         if split_candidate(name)[0] not in REFINES or (name == run_refine and split_candidate(name)[1]):
             raise VplError(f"choose-pseudo: unknown refinement {name!r}; use one of {', '.join(REFINES)} (a "
-                           f"candidate may add +sam or +sam3: that refinement's sam-pseudo masks)")
+                           f"candidate may add {' or '.join('+' + k for k in SAM_PSEUDO_RULES)}: that "
+                           "refinement's sam-pseudo masks of that rule)")
     if not among:
         raise VplError("choose-pseudo: name at least one refinement to choose among (e.g. none caa caa+sgc)")
     if pick != "auto" and pick not in among:
@@ -274,14 +275,16 @@ def choose_pseudo(run: str | Path, among: Sequence[str], run_refine: str | None 
         if not io.stage_record_path(folder).is_file():
             raise VplError(f"{folder}: no finished pseudo masks there (folder or its _stage.json missing); make "
                            f"{name}'s masks and score them on train ({remake_masks})")
-        stage, wanted = io.record_stage(folder), "sam-pseudo" if split_candidate(name)[1] else "crf"
+        stage, wanted = io.record_stage(folder), PSEUDO_RULES[split_candidate(name)[1] or "crf"]
         if stage in PSEUDO_STAGES and stage != wanted:
             raise VplError(f"{folder}: holds `{stage}` output where {name}'s `{wanted}` masks belong; re-make "
                            f"{name}'s masks there ({remake_masks})")
         made_by = recorded_refinement(folder)
         if made_by != name:
-            raise VplError(f"{folder}: made from CAMs of --refine {made_by} (its cams_vision record), not {name}; "
-                           f"re-make {name}'s masks there ({remake_masks})")
+            (base, rule), want = split_candidate(made_by), split_candidate(name)[0]
+            how = (f"from CAMs of --refine {made_by} (its cams_vision record)" if base != want else
+                   f"by `sam-pseudo --masks {rule}` (its record)")
+            raise VplError(f"{folder}: made {how}, not {name}; re-make {name}'s masks there ({remake_masks})")
         scored = checked_score(metrics_dir(run, name, own) / "pseudo.json", folder, split, remake_masks)
         split = scored["split"]  # every candidate on the first one's split
         if candidates:  # every candidate from the first one's dataset

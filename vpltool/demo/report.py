@@ -28,14 +28,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import io
-from ..config import EvalConfig
+from ..config import SAM_PSEUDO_RULES, EvalConfig
 from ..data import open_recorded
 from ..ops.kernels import MiouAccumulator, cams_to_labels
-from .choose_pseudo import CHOICE_FILE, SAM_KINDS, describe, refinement_dir, split_candidate
+from .choose_pseudo import CHOICE_FILE, describe, refinement_dir, split_candidate
 
 CHANCE_IMAGES = 500  # a floor needs no more; the demo world's default train split has exactly 500
-SAM_STAGE = "SAM pseudo masks (sam-pseudo, from vision CAMs)"
-SAM3_STAGE = "SAM 3 pseudo masks (sam-pseudo --masks sam3, from vision CAMs)"
+# the rows of `sam-pseudo`'s rules (the Makefile's PSEUDO words but crf; config.SAM_PSEUDO_RULES): rule K's masks of
+# refinement R in RUN[/R]/K/pseudo, scored under RUN/metrics[/R]/K/; a row's title -> its rule
+SAM_NAMES = {"sam": "SAM", "sam3": "SAM 3"}  # what a rule's row calls its model (another rule: its own name)
+RULE_STAGES = {f"{SAM_NAMES.get(k, k)} pseudo masks (sam-pseudo --masks {k}, from vision CAMs)": k
+               for k in SAM_PSEUDO_RULES}
 
 # (display name, metrics file of the training split or None, of the held-out split or None), in pipeline order
 STAGES = (
@@ -43,13 +46,11 @@ STAGES = (
     ("CAM, vision prototypes (W learned on train)", "cams_vision.json", "cams_vision_val.json"),
     ("CRF masks from text CAMs", "pseudo_text.json", "pseudo_text_val.json"),
     ("CRF pseudo masks (from vision CAMs)", "pseudo.json", "pseudo_val.json"),
-    # `sam-pseudo` (the Makefile's PSEUDO with sam, sam3): RUN[/R]/sam/pseudo, scored under RUN/metrics[/R]/sam/
-    (SAM_STAGE, "sam/pseudo.json", "sam/pseudo_val.json"),
-    (SAM3_STAGE, "sam3/pseudo.json", "sam3/pseudo_val.json"),
+    *((title, f"{k}/pseudo.json", f"{k}/pseudo_val.json") for title, k in RULE_STAGES.items()),
     ("decoder prediction", None, "pred_val.json"),
 )
-# shown only where scored (the Makefile makes them when it compares REFINES, and with PSEUDO's sam)
-OPTIONAL = {"CRF masks from text CAMs", SAM_STAGE, SAM3_STAGE}
+# shown only where scored (the Makefile makes them when it compares REFINES, and with PSEUDO's sam rules)
+OPTIONAL = {"CRF masks from text CAMs", *RULE_STAGES}
 SPLITS = ("train", "val")
 
 
@@ -96,7 +97,7 @@ def compared_refinements(run: Path) -> list[str]:
     metrics = run / "metrics"
     if not metrics.is_dir():
         return []
-    return sorted(d.name for d in metrics.iterdir() if d.is_dir() and d.name not in (DENSE_DIR, *SAM_KINDS.values()))
+    return sorted(d.name for d in metrics.iterdir() if d.is_dir() and d.name not in (DENSE_DIR, *SAM_PSEUDO_RULES))
 
 
 def collect(run: Path, choice: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -283,23 +284,33 @@ def run_demo_report(run: str | Path, seed: int = 0, overwrite: bool = False) -> 
 
 
 def sam_note(run: Path) -> str | None:
-    """What the run's SAM masks were made with (the first `sam-pseudo` folder's record): the rule, its start label,
-    the model and, for a toy SAM, the world seed that trained it (from its record beside the weights)."""
-    for refine in [None, *compared_refinements(run)]:
-        folder = (run if refine is None else run / refine) / "sam" / "pseudo"
-        if not io.stage_record_path(folder).is_file():
-            continue
-        record = io.read_record(io.stage_record_path(folder))
-        params = record.get("params", {})
-        what = f"{params.get('merge')} from {params.get('start')}, SAM {params.get('sam_model') or '(a folder)'}"
-        world = _toy_world(params.get("sam_weights"))
-        if world is not None:
-            own = _world_seed(run)
-            what += (f" (a toy trained on world seed {world}'s train scenes, never this run's, world seed {own})"
-                     if own is not None and own != world else
-                     f" (a toy trained on world seed {world}: this run's world is {own if own is not None else '?'})")
-        return what
-    return None
+    """What the run's `sam-pseudo` masks were made with, rule by rule (the record of each rule's first folder, as
+    :func:`_made_with` words it), None where there are none."""
+    notes = []
+    for rule in SAM_PSEUDO_RULES:
+        folders = ((run if refine is None else run / refine) / rule / "pseudo"
+                   for refine in [None, *compared_refinements(run)])
+        folder = next((f for f in folders if io.stage_record_path(f).is_file()), None)
+        if folder is not None:
+            params = io.read_record(io.stage_record_path(folder)).get("params", {})
+            notes.append(f"+{rule}: {_made_with(run, params)}")
+    return "; ".join(notes) or None
+
+
+NOTED = ("masks", "merge", "start", "sam_model", "sam3_gate")  # a sam-pseudo record's options a note gives
+
+
+def _made_with(run: Path, params: dict[str, Any]) -> str:
+    """A `sam-pseudo` record's ``params`` as its options (:data:`NOTED`, those it records: a rule records only
+    its own), and the world a toy SAM was trained on."""
+    what = " ".join(f"--{k.replace('_', '-')} {params[k]}" for k in NOTED if params.get(k) is not None)
+    world = _toy_world(params.get("sam_weights"))
+    if world is not None:
+        own = _world_seed(run)
+        what += (f" (a toy trained on world seed {world}'s train scenes, never this run's, world seed {own})"
+                 if own is not None and own != world else
+                 f" (a toy trained on world seed {world}: this run's world is {own if own is not None else '?'})")
+    return what
 
 
 def _world_seed(run: Path) -> int | None:
@@ -341,7 +352,7 @@ def format_report(report: dict[str, Any]):
         if previous is not None and row["stage"] != previous:
             table.add_section()
         chosen = choice["chosen"] if choice else None
-        kind = {SAM_STAGE: "+sam", SAM3_STAGE: "+sam3"}.get(row["stage"], "")
+        kind = f"+{RULE_STAGES[row['stage']]}" if row["stage"] in RULE_STAGES else ""
         decoder_input = bool(choice) and (row["stage"].startswith("CRF pseudo") or kind) and \
             f"{row['refine']}{kind}" == chosen
         refine = f"{row.get('refine') or '—'}{' → decoder' if decoder_input else ''}"
@@ -370,9 +381,9 @@ def format_report(report: dict[str, Any]):
     table.caption = ("W is learned on train only. CAM rows: GradCAM at the last block's input (the paper's layer), "
                      f"refined by `cam --refine`; R@A: `--refine R --affinity A` (CAA from DINO's attention, or "
                      f"mixed with CLIP's). Images scored: {images}.")
-    sam = report.get("sam")  # the SAM behind the SAM rows (sam_note)
+    sam = report.get("sam")  # the SAM behind the sam-pseudo rows (sam_note)
     if sam:
-        table.caption += f"\nSAM pseudo masks: {sam}."
+        table.caption += f"\nsam-pseudo masks: {sam}."
     if choice:
         table.caption += f"\n{describe(choice)}; val is never used for the choice."
     return table
