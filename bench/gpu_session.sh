@@ -24,6 +24,9 @@
 #                                           # where transformers is installed), each a pair of one-thread
 #                                           # processes, all at once on its cores, into vs_reference_host_GPU.json,
 #                                           # textregion_host_GPU.json, radseg_host_GPU.json (~6 min)
+#   bash bench/gpu_session.sh session  # THERE: set-up, pytest -m cuda (SAM 3's and ActiveSAM's cells among the
+#                                           # method matrix's) beside vsref on the host's other cores (~8 min);
+#                                           # carry .whl and .refs
 #   bash bench/gpu_session.sh voc      # THERE: set-up, a VOC-like run of every stage on the GPU at the size that
 #                                           # fits one call (3,000 photos, 2,000 decoder iterations), projected to
 #                                           # VOC's 10,582 and 30,000 (labelled a projection) (~7 min)
@@ -45,7 +48,10 @@ wheels() {
   mkdir -p .whl
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
     -d .whl open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 timm==1.0.31 segment-anything==1.0 webdataset==1.0.2 braceexpand==0.1.7 \
-    scikit-learn==1.6.1 joblib==1.4.2 threadpoolctl==3.6.0 einops==0.8.1  # the references of vsref: CorrCLIP's DBSCAN, ProxyCLIP
+    scikit-learn==1.6.1 joblib==1.4.2 threadpoolctl==3.6.0 einops==0.8.1 \
+    transformers==5.24.0 huggingface_hub==1.31.0 tokenizers==0.23.3 safetensors==0.8.0 nltk==3.10.4 regex==2026.11.19
+  # the references of vsref (CorrCLIP's DBSCAN, ProxyCLIP); vpltool[sam3] (transformers 5.24 and the versions it
+  # checks at import) and vpltool[activesam] (nltk)
   python3 -m pip download -q --no-deps --no-binary=:all: -d .whl pydensecrf2==1.1
   ls -l .whl
 }
@@ -94,7 +100,7 @@ step() {
 # cores; each JSON says how many benches ran beside it)
 vsref() {
   local work=/tmp/vsref
-  export VSREF_BESIDE="run at once with the other vs-reference benches of bench/gpu_session.sh vsref (up to 8 benches, 16 one-thread processes on the host's cores)"
+  export VSREF_BESIDE="run at once with the other vs-reference benches of bench/gpu_session.sh vsref (up to 8 benches, 16 one-thread processes on the host's cores)${VSREF_NOTE:+, $VSREF_NOTE}"
   for m in talk2dino talk2dino_step talk2dino_run corrclip proxyclip; do
     local pairs=5
     [ "$m" = talk2dino_step ] && pairs=31
@@ -121,6 +127,16 @@ case "$PART" in
     { grep -m1 "model name" /proc/cpuinfo; grep -o -m1 -w amx_bf16 /proc/cpuinfo || echo "no amx_bf16"; nproc; } \
       | tee "$OUT_DIR/cpu_host.txt"
     vsref
+    ;;
+  session)
+    setup
+    { grep -m1 "model name" /proc/cpuinfo; grep -o -m1 -w amx_bf16 /proc/cpuinfo || echo "no amx_bf16"; nproc; } \
+      | tee "$OUT_DIR/cpu_host.txt"
+    # the CUDA tests on two of the host's threads, the vs-reference pairs (one thread each) on the others
+    OMP_NUM_THREADS=2 step pytest_cuda 300 python3 -m pytest -q -m cuda -p no:cacheprovider -rs \
+      --junitxml="$OUT_DIR/pytest_cuda.xml" &
+    VSREF_NOTE="beside pytest -m cuda (two threads)" vsref
+    wait
     ;;
   voc)
     setup
