@@ -78,12 +78,15 @@ def write_cam_folder(folder: Path, dataset, make_cams) -> Path:
     import torch
 
     from vpltool import io
+    from vpltool.runtime.numerics import run_numerics
 
     for item in dataset.items:
         cams = make_cams(item)
         io.write_cam(io.cam_path(folder, item.id), torch.from_numpy(cams), item.labels, classes=dataset.classes,
-                     params={}, id=item.id, image_size=list(cams.shape[1:]))
-    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+                     params={}, id=item.id, image_size=list(cams.shape[1:]),
+                     numerics=run_numerics())
+    io.write_stage_record(folder, "cam", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                          numerics=run_numerics())
     return folder
 
 
@@ -236,6 +239,7 @@ def score_normalised_rule(cams_dir: Path, dataset, folder: Path) -> dict:
     """The rejected --no-crf rule: 255 where ``max(P / sum P) < 0.95``; scored like the stage outputs."""
     from vpltool import io
     from vpltool.ops.kernels import crf_probabilities, pseudo_labels
+    from vpltool.runtime.numerics import run_numerics
 
     for item in dataset.items:
         maps = io.read_cam(io.cam_path(cams_dir, item.id), dataset.classes)
@@ -243,7 +247,8 @@ def score_normalised_rule(cams_dir: Path, dataset, folder: Path) -> dict:
         probs = crf_probabilities(cams, 1.0)
         probs /= np.maximum(probs.sum(0, keepdims=True), 1e-6)
         io.write_mask(folder / f"{item.id}.png", pseudo_labels(probs, labels, 0.95))
-    io.write_stage_record(folder, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    io.write_stage_record(folder, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                          numerics=run_numerics())
     return score(folder, dataset)
 
 

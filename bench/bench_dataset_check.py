@@ -46,6 +46,7 @@ def main() -> None:
     from vpltool import io
     from vpltool.data import check_recorded, common, open_dataset
     from vpltool.demo.make_world import write_dataset
+    from vpltool.runtime.numerics import run_numerics
 
     out = {"machine": machine(), "repeats": args.repeats, "splits": {}}
     with tempfile.TemporaryDirectory(prefix="vpltool-dataset-check-") as tmp:
@@ -54,7 +55,8 @@ def main() -> None:
             dataset = open_dataset(world, split)
             folder = Path(tmp) / f"features_{split}"
             folder.mkdir()
-            io.write_stage_record(folder, "extract", params={}, inputs=dataset.inputs(), count=len(dataset.items))
+            io.write_stage_record(folder, "extract", params={}, inputs=dataset.inputs(), count=len(dataset.items),
+                                  numerics=run_numerics())
             out["splits"][split] = {
                 "images": len(dataset.items),
                 "open_dataset": timed_ms(lambda: open_dataset(world, split), args.repeats),

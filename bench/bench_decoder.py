@@ -52,6 +52,7 @@ from vpltool.demo import TOY_DIR, TOY_MODEL  # noqa: E402
 from vpltool.demo.make_world import write_dataset  # noqa: E402
 from vpltool.demo.scenes import BACKGROUNDS  # noqa: E402
 from vpltool.models import ModelSpec, load_backbone  # noqa: E402
+from vpltool.runtime.numerics import run_numerics  # noqa: E402
 from vpltool.stages.text_prototypes import build_text_prototypes  # noqa: E402
 from vpltool.stages.train_decoder import run_train_decoder  # noqa: E402
 
@@ -84,7 +85,8 @@ def make_inputs(tmp: Path, n: int, spec: ModelSpec, bb) -> tuple[Path, Path]:
     pseudo.mkdir()
     for item in dataset.items:
         shutil.copy(item.gt, pseudo / f"{item.id}.png")
-    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                          numerics=run_numerics())
     cfg = TextPrototypesConfig(templates="a photo of a {}.", background=",".join(BACKGROUNDS))
     io.write_prototypes(tmp / "protos.safetensors", build_text_prototypes(bb, dataset.classes, cfg))
     return pseudo, tmp / "protos.safetensors"
@@ -107,7 +109,8 @@ def make_voc_inputs(tmp: Path, n: int, spec: ModelSpec, bb, scale: float = 1.0) 
             mask[(r < 1.2) & (r >= 1)] = 255
             mask[r < 1] = label
         io.write_mask(pseudo / f"{item.id}.png", mask)
-    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items))
+    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()}, count=len(dataset.items),
+                          numerics=run_numerics())
     cfg = TextPrototypesConfig(templates="clip-es", background="voc")
     io.write_prototypes(tmp / "protos.safetensors", build_text_prototypes(bb, dataset.classes, cfg))
     return pseudo, tmp / "protos.safetensors"

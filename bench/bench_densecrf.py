@@ -312,6 +312,7 @@ def voc_like(tmp: Path, n: int, scale: float) -> Path:
 
     from vpltool import io
     from vpltool.data import open_dataset
+    from vpltool.runtime.numerics import run_numerics
 
     dataset = open_dataset(make_voc(tmp / "voc", n, scale), "train")
     rng, photos = np.random.default_rng(1), {}
@@ -322,9 +323,10 @@ def voc_like(tmp: Path, n: int, scale: float) -> Path:
         image = photos[photo]
         maps = torch.from_numpy(patch_maps(image, len(item.labels), rng))
         io.write_cam(io.cam_path(tmp / "cams", item.id), maps, item.labels, classes=dataset.classes, params={},
-                     id=item.id, image_size=list(image.shape[:2]))
+                     id=item.id, image_size=list(image.shape[:2]),
+                     numerics=run_numerics())
     io.write_stage_record(tmp / "cams", "cam", params={}, inputs={"dataset": dataset.identity()},
-                          count=len(dataset.items))
+                          count=len(dataset.items), numerics=run_numerics())
     return tmp / "cams"
 
 
@@ -333,13 +335,15 @@ def subset_folder(cams: Path, out: Path, n: int) -> Path:
     import shutil
 
     from vpltool import io
+    from vpltool.runtime.numerics import run_numerics
 
     out.mkdir(parents=True)
     ids = io.item_ids(cams)[:n]
     for i in ids:
         shutil.copy(io.cam_path(cams, i), io.cam_path(out, i))
     record = io.read_stage_record(cams, "cam")
-    io.write_stage_record(out, "cam", params=record["params"], inputs=record["inputs"], count=len(ids))
+    io.write_stage_record(out, "cam", params=record["params"], inputs=record["inputs"], count=len(ids),
+                          numerics=run_numerics())
     return out
 
 

@@ -306,12 +306,15 @@ def _decoder(tmp: Path, voc: Path, warm, protos: Path, spec, run_train_decoder, 
     does not depend on its weights)."""
     import numpy as np
 
+    from vpltool.runtime.numerics import run_numerics
+
     pseudo = tmp / "pseudo"
     pseudo.mkdir()
     for item in warm.items:
         h, w = io.image_size(item.image)
         io.write_mask(pseudo / f"{item.id}.png", np.zeros((h, w), np.uint8))
-    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": warm.identity()}, count=len(warm.items))
+    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": warm.identity()}, count=len(warm.items),
+                          numerics=run_numerics())
     cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
     run_train_decoder(pseudo, protos, tmp / "decoder", cfg, RuntimeConfig(device="cpu", workers=1))  # weights only
     return tmp / "decoder" / "decoder.safetensors"

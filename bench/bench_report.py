@@ -72,6 +72,7 @@ def fabricate_run(run: Path, world: Path, seed: int = 0) -> int:
 
     from vpltool import io
     from vpltool.data import open_dataset
+    from vpltool.runtime.numerics import run_numerics
 
     dataset = open_dataset(world, "train_aug")
     ident = {"dataset": dataset.identity()}
@@ -86,11 +87,14 @@ def fabricate_run(run: Path, world: Path, seed: int = 0) -> int:
             noise = torch.from_numpy(rng.random((max(len(item.labels), 1), 4, 4), dtype=np.float32))
             maps = F.interpolate(noise[None], size=(h // PATCH, w // PATCH), mode="bilinear")[0, : len(item.labels)]
             io.write_cam(io.cam_path(run / name, item.id), maps, item.labels, image_size=(h, w),
-                         classes=dataset.classes, params=params, id=item.id)
-        io.write_stage_record(run / name, "cam", params=params, inputs=ident, count=len(ids), ids=ids)
+                         classes=dataset.classes, params=params, id=item.id,
+                         numerics=run_numerics())
+        io.write_stage_record(run / name, "cam", params=params, inputs=ident, count=len(ids), ids=ids,
+                              numerics=run_numerics())
     for item in dataset.items:
         io.write_mask(io.mask_path(run / "pseudo", item.id), np.roll(io.read_mask(item.gt), 8, axis=1))
-    io.write_stage_record(run / "pseudo", "crf", params={"confidence": 0.95}, inputs=ident, count=len(ids), ids=ids)
+    io.write_stage_record(run / "pseudo", "crf", params={"confidence": 0.95}, inputs=ident, count=len(ids), ids=ids,
+                          numerics=run_numerics())
     return len(ids)
 
 

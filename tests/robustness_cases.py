@@ -2025,7 +2025,7 @@ def _lambda_negative(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("eval of an extract folder", "features: holds `extract` output",
-      "expected `cam`, `crf`, `predict` or `segment` output")
+      "expected `cam`, `crf`, `sam-pseudo`, `predict` or `segment` output")
 def _eval_features(ws: Workspace) -> Iterator[list[object]]:
     yield ["eval", ws.features]
 

@@ -28,10 +28,17 @@ SEGMENTER = "vpltool.segmenter('maskclip', model='vpl-test-vit', pretrained='non
 
 
 # ---- H: a --dense method's output is checked before a mask is written (vpltool.stages._masks), built-in or plugin
-def _bad_output_case(damage: str, *expect: str):
+# a damage of shape or dtype is caught a step earlier, where the postprocess hook returns (models/dense/hooks.py)
+HOOK_LINE = ("plugin this process: --dense test-bad-output: its hook postprocess returned",
+             "of the shapes it was given; fix the plugin")
+
+
+def _bad_output_case(damage: str, *expect: str, by_hook: bool = False):
+    lines = HOOK_LINE if by_hook else ("--dense test-bad-output (plugin this process): its output for "
+                                       "world/images/val_00000", *expect, "so it is not used: fix the plugin")
+
     @case(f"segment --dense by a method (a plugin) whose output is damaged: {damage} (once written and certified)",
-          "--dense test-bad-output (plugin this process): its output for world/images/val_00000", *expect,
-          "so it is not used: fix the plugin")
+          *lines)
     def _row(ws: Workspace) -> Iterator[list[object]]:
         with bom.registered(damage) as method:
             yield ["segment", ws.world, "-o", ws.out("seg_bad_output"), *SEG_VAL, "--dense", method]
@@ -42,11 +49,11 @@ def _bad_output_case(damage: str, *expect: str):
 _bad_output_case("a label past the classes", "holds labels from 0 to 3 (1 pixel outside 0..2 and not 255)")
 _bad_output_case("labels past 255", "holds labels from 300 to ", "outside 0..2 and not 255")
 _bad_output_case("negative labels", "holds labels from -1 to ")
-_bad_output_case("a half-size label map", "is a 48x48 label map, the photo is 96x96")
-_bad_output_case("float labels", "holds float32 labels, not integers (class indices)")
+_bad_output_case("a half-size label map", by_hook=True)
+_bad_output_case("float labels", by_hook=True)
 _bad_output_case("NaN probabilities", "gives 1 probability that is NaN or inf")
 _bad_output_case("probabilities above 1", "probabilities outside [0, 1]")
-_bad_output_case("probabilities of another shape", "gives probabilities of shape (2, 96, 96), not (3, 96, 96)")
+_bad_output_case("probabilities of another shape", by_hook=True)
 
 
 @case("predict --classes --dense by a method whose labels pass the classes (the same check as segment's)",
@@ -59,8 +66,7 @@ def _predict_bad_output(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("cam --dense by a method whose postprocess gives a half-size label map (once a RuntimeError in its maps)",
-      "--dense test-bad-output (plugin this process): its output for world/images/train_00000",
-      "label map, the photo is 96x96")
+      *HOOK_LINE)
 def _cam_bad_output(ws: Workspace) -> Iterator[list[object]]:
     with bom.registered("a half-size label map") as method:
         yield ["cam", ws.world, "--split", "train", "-p", ws.text, "-o", ws.out("cams_bad_output"), "--dense",
@@ -95,7 +101,7 @@ def _edit_record(folder: Path, edit) -> None:
 
 
 @case("cam --precision fp32 on bf16 features whose _stage.json was edited to say fp32 (once certified)",
-      "features_dtype_edited/train_000000.safetensors: made at bf16 (--precision auto on a CPU with AMX), but its "
+      "features_dtype_edited/train_000000.safetensors: made at bf16 (auto precision on a CPU with AMX), but its "
       "folder's _stage.json says at fp32", "the record was edited or the file is another run's",
       "re-run `vpltool extract` there with --overwrite")
 def _cam_on_edited_dtype(ws: Workspace) -> Iterator[list[object]]:
@@ -496,7 +502,7 @@ def _eval_while_written(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- L: --precision auto in a later stage follows the dtype its inputs record
 @case("cam --precision fp32 on features made at bf16 (an explicit dtype is never changed: refused as before)",
-      "features_amx_fp32: made at bf16 (--precision auto on a CPU with AMX); this run is at fp32: pass --precision "
+      "features_amx_fp32: made at bf16 (auto precision on a CPU with AMX); this run is at fp32: pass --precision "
       "bf16 to this command")
 def _cam_explicit_fp32_on_bf16(ws: Workspace) -> Iterator[list[object]]:
     yield ["cam", _amx_features(ws, "features_amx_fp32"), "-p", ws.text, "-o", ws.out("cams_fp32_of_amx"),

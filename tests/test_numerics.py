@@ -115,8 +115,8 @@ BF16 = {**FAST, "dtype": "bf16", "amx": True}
 
 
 def test_a_file_of_another_dtype_or_mode_is_refused_in_one_line():
-    with pytest.raises(ContractError, match=r"features: made at bf16 \(--precision auto on a CPU with AMX\); this run "
-                                            r"is at fp32 \(--precision auto\): pass --precision bf16 to this command, "
+    with pytest.raises(ContractError, match=r"features: made at bf16 \(auto precision on a CPU with AMX\); this run "
+                                            r"is at fp32 \(auto precision\): pass --precision bf16 to this command, "
                                             r"or re-run `vpltool extract` .* with --precision fp32"):
         io.check_numerics(FAST, ("features", BF16, "extract"))
     with pytest.raises(ContractError, match=r"cams: made in reproducible mode; this run is in fast mode: run this "
@@ -132,19 +132,19 @@ def test_a_file_of_another_dtype_or_mode_is_refused_in_one_line():
 def test_a_file_of_another_dtype_and_mode_names_both():
     """A reproducible (fp32) file read by a fast run at auto on an AMX CPU (bf16) differs in both: the line had named
     the dtype alone, found on a Xeon with AMX. And bf16 at auto on CUDA is said as such, not as an AMX CPU's."""
-    with pytest.raises(ContractError, match=r"features: made at fp32 \(--precision auto\), in reproducible mode; this "
-                                            r"run is at bf16 \(--precision auto on a CPU with AMX\), in fast mode: run "
+    with pytest.raises(ContractError, match=r"features: made at fp32 \(auto precision\), in reproducible mode; this "
+                                            r"run is at bf16 \(auto precision on a CPU with AMX\), in fast mode: run "
                                             r"this command in reproducible mode with --precision fp32, or re-run "
                                             r"`vpltool extract` \(and what it was made from\) as this run is"):
         io.check_numerics(BF16, ("features", REPRO, "extract"))
-    with pytest.raises(ContractError, match=r"made at fp32 \(--precision auto\); this run is at bf16 \(--precision "
-                                            r"auto on CUDA\)"):
+    with pytest.raises(ContractError, match=r"made at fp32 \(auto precision\); this run is at bf16 \(auto "
+                                            r"precision on CUDA\)"):
         io.check_numerics({**BF16, "device": "cuda"}, ("features", FAST, "extract"))
 
 
 def test_trained_weights_of_another_dtype_or_mode_are_used_with_a_warning():
     # a decoder trained at fp32 predicting at bf16 (as a CLIP's fp32 weights run at bf16): said, not refused
-    with pytest.warns(VplWarning, match=r"decoder.safetensors: made at fp32 \(--precision auto\); this run is at "
+    with pytest.warns(VplWarning, match=r"decoder.safetensors: made at fp32 \(auto precision\); this run is at "
                                         r"bf16 .*its weights are used as they are"):
         io.check_numerics(BF16, ("decoder.safetensors", FAST, "train-decoder"), weights=True)
     with pytest.warns(VplWarning, match="made in reproducible mode; this run is in fast mode"):

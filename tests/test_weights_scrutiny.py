@@ -14,12 +14,13 @@ from vpltool.io import check_weights
 
 
 def test_the_checker_names_the_file_and_the_tensor():
-    want = {"a.weight": torch.zeros(2, 3), "b.bias": torch.zeros(2)}
-    cases = [({"a.weight": torch.zeros(2, 3)}, "lacks tensor 'b.bias'"),
-             ({**want, "c": torch.zeros(1)}, "holds tensor 'c', which this model does not have"),
-             ({**want, "b.bias": torch.zeros(3)}, "tensor 'b.bias' is \\[3\\], this model's is \\[2\\]"),
-             ({**want, "b.bias": torch.zeros(2, dtype=torch.int64)}, "tensor 'b.bias' is int64, not the float"),
-             ({**want, "a.weight": torch.full((2, 3), float("inf"))}, "tensor 'a.weight' holds NaN or inf")]
+    want = {"a.weight": torch.ones(2, 3), "b.bias": torch.ones(2)}  # not all zeros: that is a line of its own
+    cases = [({"a.weight": torch.ones(2, 3)}, "lacks tensor 'b.bias'"),
+             ({**want, "c": torch.ones(1)}, "holds tensor 'c', which this model does not have"),
+             ({**want, "b.bias": torch.ones(3)}, "tensor 'b.bias' is \\[3\\], this model's is \\[2\\]"),
+             ({**want, "b.bias": torch.ones(2, dtype=torch.int64)}, "tensor 'b.bias' is int64, not the float"),
+             ({**want, "a.weight": torch.full((2, 3), float("inf"))}, "tensor 'a.weight' holds NaN or inf"),
+             ({k: torch.zeros_like(v) for k, v in want.items()}, "every weight is 0")]
     for state, message in cases:
         with pytest.raises(VplError, match=f"^m.pth: {message}"):
             check_weights("m.pth", state, want, fix="fix it")

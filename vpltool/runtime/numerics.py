@@ -278,14 +278,14 @@ def mismatch(found: Mapping[str, Any] | None, own: Mapping[str, Any]) -> str | N
 
 
 def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
-    """How a file was made, for messages: ``what`` = ``dtype`` -> ``at bf16 (--precision auto on a CPU with AMX)``,
+    """How a file was made, for messages: ``what`` = ``dtype`` -> ``at bf16 (auto precision on a CPU with AMX)``,
     ``mode`` -> ``in fast mode``, ``both`` -> the two, the dtype where there is one."""
     dtype, asked = numerics.get("dtype"), numerics.get("precision")
     how = ""
     if dtype is not None and asked == "auto":
         where = "on CUDA" if numerics.get("device") == "cuda" else "on a CPU with AMX"
-        how = f" (--precision auto {where})" if dtype == "bf16" and numerics.get("mode") == "fast" \
-            else " (--precision auto)"
+        how = f" (auto precision {where})" if dtype == "bf16" and numerics.get("mode") == "fast" \
+            else " (auto precision)"
     made = f"at {dtype}{how}" if dtype is not None else ""
     mode = f"in {numerics.get('mode', 'fast')} mode"
     if what == "dtype":

@@ -190,11 +190,11 @@ def calibrate(k: int, n: int, rows: int) -> float:
     return statistics.median(ratios)
 
 
-def takes_onednn(rows: int, k: int, n: int) -> bool:
+def takes_onednn(rows: int, k: int, n: int, measure: bool = True) -> bool:
     """Whether an fp32 CPU product of ``rows`` rows, ``k`` inputs and ``n`` outputs goes through oneDNN
     (:func:`linear`) rather than MKL's ``F.linear``, by the route (module docstring): reproducible mode and
     :func:`references_library` MKL; ``VPLTOOL_CPU_LINEAR=mkl`` / ``onednn`` as forced; ``auto`` this machine's
-    calibration of the shape's bucket, measured now when there is none."""
+    calibration of the shape's bucket, measured now when there is none (``measure`` False: MKL's then)."""
     from ...runtime.numerics import cpu_linear_asked, reproducible_asked
 
     if rows < MIN_ROWS or _PINNED[0] or reproducible_asked():
@@ -205,6 +205,8 @@ def takes_onednn(rows: int, k: int, n: int) -> bool:
     key = (k, n, _bucket(rows), torch.get_num_threads())
     decided = _DECIDED.get(key)
     if decided is None:
+        if not measure:
+            return False
         decided = _DECIDED[key] = _verdict(k, n, key[2])
     return decided
 
@@ -253,8 +255,8 @@ def references_library() -> Iterator[None]:
 
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`f_linear` takes oneDNN's product for ``x`` and ``weight``: fp32 both, on the CPU, the weight
-    contiguous, no gradient asked for, no autocast, not inside a graph torch.compile traces, and the route
-    (:func:`takes_onednn`) says oneDNN for this shape."""
+    contiguous, no gradient asked for, no autocast, and the route (:func:`takes_onednn`) says oneDNN for this shape
+    (in a graph torch.compile traces, without measuring one)."""
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
         return False
     if weight.device.type != "cpu" or not weight.is_contiguous() or x.dim() < 2 or weight.dim() != 2:
@@ -263,12 +265,12 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False  # oneDNN's op has no backward
     if torch.is_autocast_enabled("cpu"):
         return False  # autocast would have run F.linear in its own dtype
-    if torch.compiler.is_compiling():
-        return False  # the compiler chooses its own CPU product
     if not available():
         return False
     k = x.shape[-1]
-    return takes_onednn(x.numel() // max(k, 1), k, weight.shape[0])
+    # inside a graph torch.compile traces, the route as the eager forward took it (a verdict measured, or forced),
+    # so that a compiled run is the eager one bit for bit; a shape never measured takes MKL's (no timing in a trace)
+    return takes_onednn(x.numel() // max(k, 1), k, weight.shape[0], measure=not torch.compiler.is_compiling())
 
 
 def f_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
