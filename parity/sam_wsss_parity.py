@@ -51,6 +51,7 @@ def photo_cams(work: Path, n: int) -> Path:
 
     from vpltool import io
     from vpltool.data import open_dataset
+    from vpltool.runtime.numerics import run_numerics
 
     voc = work / "voc"
     if len(list((voc / "JPEGImages").glob("*.jpg"))) != n:
@@ -69,8 +70,9 @@ def photo_cams(work: Path, n: int) -> Path:
                 m += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s)).astype(np.float32)
             maps.append((m - m.min()) / max(float(m.max() - m.min()), 1e-6))
         io.write_cam(io.cam_path(cams, item.id), torch.from_numpy(np.stack(maps)), item.labels,
-                     classes=data.classes, params={}, id=item.id, image_size=[h, w])
-    io.write_stage_record(cams, "cam", params={}, inputs={"dataset": data.identity()}, count=len(data.items))
+                     classes=data.classes, params={}, id=item.id, image_size=[h, w], numerics=run_numerics("fp32"))
+    io.write_stage_record(cams, "cam", params={}, inputs={"dataset": data.identity()}, count=len(data.items),
+                          numerics=run_numerics("fp32"))  # what a `cam` run records (the stage compares it)
     return cams
 
 
@@ -152,6 +154,25 @@ def run_set(name: str, cams: Path, args, work: Path) -> dict:
         rows[method] = row
     return {"images": len(ids), "masks_per_image": float(np.mean(masks)), "max_masks": int(max(masks)),
             "methods": rows}
+
+
+def page(r: dict) -> dict:
+    """docs/parity.md's section of a result (docgen/parity_page.py reads it)."""
+    rows = []
+    for name, found in r["sets"].items():
+        for rule, sides in found["methods"].items():
+            for side, v in sides.items():
+                if isinstance(v, dict) and "pixels_equal" in v:
+                    how = "SAM run by the stage" if side == "sam" else "amg.py's mask folders"
+                    rows.append([f"{name} ({found['images']} images, {found['masks_per_image']:.1f} masks each): "
+                                 f"{rule}, {how}: pixels equal", v["pixels_equal"]])
+    return {"title": "SAM-enhanced pseudo labels (`vpltool sam-pseudo --masks sam`)",
+            "command": "`python parity/sam_wsss_parity.py --ref SAM_WSSS --work W --run runs/demo` "
+                       "(`parity/sam_wsss_ref_runner.py` runs the clone's `Processor.generate_merged_masks`). Clone: "
+                       f"cskyl/SAM_WSSS `{COMMIT}` (no licence: run from the clone, nothing copied); the toy SAM of "
+                       "world seed 20's automatic masks; the 12 parity photos with seeded CAM-like maps, and the "
+                       "demo's 200 val scenes with its run's vision CAMs (reproducible mode).",
+            "bar": r["bar"], "rows": rows}
 
 
 def main() -> None:
