@@ -210,7 +210,8 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
                 for i, size in enumerate(sizes)]
 
     def features(self, bb, pixels, fp16_pos=False):
-        raise VplError("--dense sam3 has no CLIP features: it segments through segment or vpltool.segmenter")
+        raise VplError(f"--dense {self.method} has no CLIP features: it segments through segment or "
+                       "vpltool.segmenter")
 
     def probabilities(self, bb, logits, query_class, n_classes, settings):
         from .activesam.calibration import class_scores, threshold_background  # (the package imports this module)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from ..hooks import DenseHooks
 from ..mixing import DenseMixing
-from ..sam3 import BUCKET, ConceptPrompts, Sam3Backbone, Sam3Settings, check_sam3, load_sam3, word_scores
+from ..sam3 import BUCKET, Sam3Settings, word_scores
+from ..sam3 import Hooks as Sam3Hooks
 from .calibration import class_scores, mabc_labels
 from .context import ContextBank, context_bank, pooled_embeddings
 from .pruning import active_words, buckets, needs_preview
@@ -91,25 +91,17 @@ def activesam_scores(sam, photo, text, size, s: ActiveSamSettings, bank: Context
     return scores, active, presence
 
 
-class Hooks(DenseHooks, method="activesam", preset=PRESET):
-    """ActiveSAM's hooks: SAM 3 (:meth:`backbone`), the words as prompts, its four parts."""
+class Hooks(Sam3Hooks, method="activesam", preset=PRESET):
+    """ActiveSAM's hooks: SAM 3's own (its model, the words as prompts, the photo; :class:`..sam3.Hooks`), and its
+    four parts in place of SAM 3's scores and background rule."""
 
     def check(self) -> None:
-        check_sam3(self.cfg)
+        super().check()
         if ActiveSamSettings(self.cfg).hypernym_tokens > 0:
             wordnet()  # one line when nltk or its WordNet data is missing, before any model loads
 
     def record(self) -> dict:
         return {"activesam": vars(ActiveSamSettings(self.cfg))}
-
-    def backbone(self, device):
-        return Sam3Backbone(load_sam3(self.cfg, device), self, device)
-
-    def query_text(self, bb, names, templates):
-        return ConceptPrompts(tuple(names))
-
-    def extra_inputs(self, item, image):
-        return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         s = ActiveSamSettings(self.cfg)
@@ -119,11 +111,6 @@ class Hooks(DenseHooks, method="activesam", preset=PRESET):
         encoded = bb.text_of([canonical(w) for w in text.words])
         return [activesam_scores(bb.sam, extras[i]["photo"], encoded, tuple(size), s, self._bank)[0]
                 for i, size in enumerate(sizes)]
-
-    def features(self, bb, pixels, fp16_pos=False):
-        from ....errors import VplError
-
-        raise VplError("--dense activesam has no CLIP features: it segments through segment or vpltool.segmenter")
 
     def probabilities(self, bb, logits, query_class, n_classes, settings):
         s = ActiveSamSettings(self.cfg)
