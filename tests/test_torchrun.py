@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from vpltool import io
+from vpltool.errors import VplError
 from vpltool.io.images import ID_CHUNK
 
 import pace
@@ -276,6 +277,37 @@ def test_each_command_kind_on_a_rank_without_a_group(monkeypatch, capsys):
         _on_ranks(cam_cmd, (), {})
     assert seen == [("eval", (0, 1)), ("cam", (0, 2)), ("cam", (1, 2))]
     assert "rank 1 of 2: `vpltool eval` runs on rank 0 only; nothing to do here" in capsys.readouterr().err
+
+
+def test_a_rank_orphaned_before_vpltool_was_imported_stops_in_one_line(monkeypatch):
+    """A torchrun rank whose agent was killed between the fork and ``import vpltool`` read init (or a subreaper)
+    as the process that started it: a parent that runs no Python is no torchrun agent, and the rank stops with one
+    line before it waits on the dead agent's store (how a rank outlived ``kill -9`` of torchrun on a loaded CI)."""
+    import vpltool
+    from vpltool.cli.errors import _on_ranks
+    from vpltool.device import runs_python
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert runs_python(os.getpid()) and runs_python(python.pid)
+        assert not runs_python(sleeper.pid)
+        ran = []
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setattr(vpltool, "LAUNCHED_BY", sleeper.pid)  # adopted by a process that is no agent
+        monkeypatch.setattr(os, "getppid", lambda: sleeper.pid)
+        with pytest.raises(VplError, match=rf"torchrun's agent \(gone before this rank began; its parent is now "
+                                           rf"pid {sleeper.pid}, which runs no Python\), which started this rank, "
+                                           "has ended; the rank stops without running"):
+            _on_ranks(lambda: ran.append(1), (), {})
+        assert not ran
+    finally:
+        for proc in (sleeper, python):
+            proc.kill()
+            proc.wait()
+    assert not runs_python(sleeper.pid)  # gone: no agent
 
 
 def test_what_torch_says_of_a_lost_peer_is_one_line():

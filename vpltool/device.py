@@ -7,6 +7,7 @@ import os
 import random
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,6 +75,19 @@ def torchrun_rank() -> tuple[int, int] | None:
     if not 0 <= index < count:
         raise VplError(f"RANK={rank} WORLD_SIZE={world}: RANK must be in 0..WORLD_SIZE-1 (0..{count - 1}); {fix}")
     return index, count
+
+
+def runs_python(pid: int) -> bool:
+    """Whether the process ``pid`` runs a Python interpreter (its command line names one: torchrun's agent is
+    ``python .../torchrun`` or ``python -m torch.distributed.run``, or a script calling ``elastic_launch``); True
+    where ``/proc`` cannot say (not Linux). A torchrun rank whose parent is not Python was adopted by init or a
+    subreaper (systemd, tini, a shell): its agent died before the rank could read who started it."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return not Path("/proc/self/cmdline").exists()  # no /proc here: nothing to tell by
+    args = [a.decode(errors="replace") for a in argv if a]
+    return any("python" in Path(a).name or "torch" in a for a in args)
 
 
 def tie_to_parent(parent: int, watch: bool = False) -> bool:

@@ -129,10 +129,14 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
 
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun rank dies with its agent: kill -9 of torchrun ends it
         from .. import LAUNCHED_BY
+        from ..device import runs_python
 
-        if os.getppid() != LAUNCHED_BY:  # orphaned while it started: init (or a subreaper) adopted it
-            raise VplError(f"torchrun's agent (pid {LAUNCHED_BY}), which started this rank, has ended; the rank "
-                           "stops without running: start the command again")
+        # orphaned while it started (init or a subreaper adopted it), even before vpltool was imported
+        if os.getppid() != LAUNCHED_BY or not runs_python(LAUNCHED_BY):
+            agent = (f"(pid {LAUNCHED_BY})" if runs_python(LAUNCHED_BY) or os.getppid() != LAUNCHED_BY else
+                     f"(gone before this rank began; its parent is now pid {LAUNCHED_BY}, which runs no Python)")
+            raise VplError(f"torchrun's agent {agent}, which started this rank, has ended; the rank stops without "
+                           "running: start the command again")
         tie_to_parent(LAUNCHED_BY, watch=True)
 
     kind = getattr(fn, "vpl_ranks", None) or (ranks.SPLIT if "shard" in inspect.signature(fn).parameters else
