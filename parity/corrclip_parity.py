@@ -306,21 +306,7 @@ def page(r: dict) -> dict:
             "rows": [["dense logits, max abs diff", r["seg_logits"]], ["probabilities, max abs diff", r["probs"]],
                      ["labels equal (threshold 0.2 and argmax, after the map correction)", r["labels_equal"]],
                      ["DBSCAN clusterings equal", f"{r['dbscan_equal']} of {r['dbscan_calls']}"],
-                     ["text rows, max abs diff", r["text_rows"]], *merge_rows(r)]}
-
-
-def merge_rows(r: dict) -> list[list]:
-    """The page's rows of the merge's parity (CorrCLIP's and OV-Stitcher's)."""
-    m = r.get("query_merge")
-    if m is None:
-        return []
-    where = f"synonyms on rows {', '.join(map(str, ps.SYNONYM_ROWS))}, {m['images']} photos"
-    return [[f"labels equal, --query-merge reference ({where}; threshold and argmax)",
-             m["labels_equal"]["reference"]],
-            ["labels equal, --query-merge max, vpltool's default (the same; not a bar)", m["labels_equal"]["max"]],
-            ["the same at the argmax alone: reference / max", f"{m['labels_equal_argmax']['reference']:.4g} / "
-             f"{m['labels_equal_argmax']['max']:.4g}"],
-            ["dense logits with those queries, max abs diff", m["seg_logits"]]]
+                     ["text rows, max abs diff", r["text_rows"]], *ps.merge_rows(r)]}
 
 
 def main(argv: list[str] | None = None) -> None:

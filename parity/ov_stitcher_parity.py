@@ -51,7 +51,6 @@ from corrclip_parity import (
     file_digest,
     max_abs,
     merge_parity,
-    merge_rows,
     reference_args,
     setup,
     vpltool_outputs,
@@ -185,7 +184,7 @@ def page(r: dict) -> dict:
             "rows": [["dense logits, max abs diff", r["seg_logits"]], ["probabilities, max abs diff", r["probs"]],
                      ["labels equal (threshold 0.1 and argmax, after the map correction)", r["labels_equal"]],
                      ["DBSCAN clusterings equal", f"{r['dbscan_equal']} of {r['dbscan_calls']}"],
-                     ["text rows (its class-biased templates), max abs diff", r["text_rows"]], *merge_rows(r)]}
+                     ["text rows (its class-biased templates), max abs diff", r["text_rows"]], *ps.merge_rows(r)]}
 
 
 def main(argv: list[str] | None = None) -> None:

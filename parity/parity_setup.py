@@ -128,6 +128,22 @@ def synonym_class_file(source: Path, target: Path, rows: tuple[int, ...] = SYNON
     return target
 
 
+def merge_rows(r: dict, logits: str = "dense logits") -> list[list]:
+    """A parity page's rows of the merge's parity (``r["query_merge"]``, written by CorrCLIP's, OV-Stitcher's and
+    TextRegion's runners: the reference run on :func:`synonym_class_file`'s classes against vpltool's
+    ``--query-merge``); none where the run made none. ``logits``: how the page names the compared logits."""
+    m = r.get("query_merge")
+    if m is None:
+        return []
+    where = f"synonyms on rows {', '.join(map(str, SYNONYM_ROWS))}, {m['images']} photos"
+    return [[f"labels equal, --query-merge reference ({where}; threshold and argmax)",
+             m["labels_equal"]["reference"]],
+            ["labels equal, --query-merge max, vpltool's default (the same; not a bar)", m["labels_equal"]["max"]],
+            ["the same at the argmax alone: reference / max", f"{m['labels_equal_argmax']['reference']:.4g} / "
+             f"{m['labels_equal_argmax']['max']:.4g}"],
+            [f"{logits} with those queries, max abs diff", m["seg_logits"]]]
+
+
 def run(args, result: Callable[[Path], dict], page: Callable[[dict], dict]) -> dict:
     """A parity runner's main: ``result(work)`` (``--work`` or a temporary folder) with its ``seconds`` and its
     ``page`` section, printed as one JSON object and written to ``args.out`` when given."""

@@ -389,16 +389,7 @@ def page(r: dict) -> dict:
                      ["probabilities, max abs diff", r["probs"]],
                      ["labels equal (threshold 0.4 and argmax)", r["labels_equal"]],
                      ["text rows, max abs diff", r["text_rows"]],
-                     *([[f"labels equal, --query-merge reference (synonyms on rows "
-                         f"{', '.join(map(str, ps.SYNONYM_ROWS))}, {r['query_merge']['images']} photos; threshold "
-                         "and argmax)", r["query_merge"]["labels_equal"]["reference"]],
-                        ["labels equal, --query-merge max, vpltool's default (the same; not a bar)",
-                         r["query_merge"]["labels_equal"]["max"]],
-                        ["the same at the argmax alone: reference / max",
-                         f"{r['query_merge']['labels_equal_argmax']['reference']:.4g} / "
-                         f"{r['query_merge']['labels_equal_argmax']['max']:.4g}"],
-                        ["logits with those queries, max abs diff", r["query_merge"]["seg_logits"]]]
-                       if "query_merge" in r else []),
+                     *ps.merge_rows(r, logits="logits"),
                      *([[f"its fp16 weight rounding: logits on an unrounded fp32 checkpoint, max abs diff "
                          f"({r['fp16_rounding']['images']} photos; not a bar)", r["fp16_rounding"]["seg_logits"]]]
                        if "fp16_rounding" in r else []),
