@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "parity")]
-from sidebyside import Side, alternate, claim_stdout, serve  # noqa: E402
+from sidebyside import claim_stdout, race, serve  # noqa: E402
 
 GOAL = 0.8
 
@@ -137,17 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--ref", args.ref, "--method", args.method, "--work", args.work, "--images", args.images,
               "--overrides", json.dumps(ap.OVERRIDES[args.method])]
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
-    ours = Side("vpltool", [sys.executable, __file__, "--worker", "vpltool", *common], args.work / "vpltool.log", env)
-    ref = Side("reference", [sys.executable, __file__, "--worker", "reference", *common],
-               args.work / "reference.log", env)
-    try:
-        rows = alternate(ref, ours, args.pairs)
-        ours.save(args.work / "vpltool_out.pt")
-        ref.save(args.work / "reference_out.pt")
-    finally:
-        ours.close()
-        ref.close()
-    a, b = torch.load(args.work / "vpltool_out.pt"), torch.load(args.work / "reference_out.pt")
+    rows, a, b = race(__file__, common, args.work, env, args.pairs)
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     print(json.dumps({

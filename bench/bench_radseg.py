@@ -41,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "parity")]
-from sidebyside import Side, alternate, claim_stdout, peak_rss_mib, serve  # noqa: E402
+from sidebyside import claim_stdout, peak_rss_mib, race, serve  # noqa: E402
 
 GOAL = 0.8
 SHORT_SIDE = 336  # cfg_voc20.py of mid_res_configs, as the parity runs it
@@ -200,17 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     common = ["--ref", args.ref, "--radio-ref", args.radio_ref, "--work", args.work, "--images", args.images,
               "--text-layers", args.text_layers]
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
-    ours = Side("vpltool", [sys.executable, __file__, "--worker", "vpltool", *common], args.work / "vpltool.log", env)
-    ref = Side("reference", [sys.executable, __file__, "--worker", "reference", *common],
-               args.work / "reference.log", env)
-    try:
-        rows = alternate(ref, ours, args.pairs)
-        ours.save(args.work / "vpltool_out.pt")
-        ref.save(args.work / "reference_out.pt")
-    finally:
-        ours.close()
-        ref.close()
-    outputs = compare(torch.load(args.work / "vpltool_out.pt"), torch.load(args.work / "reference_out.pt"))
+    rows, ours, ref = race(__file__, common, args.work, env, args.pairs)
+    outputs = compare(ours, ref)
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     print(json.dumps({

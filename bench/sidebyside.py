@@ -118,4 +118,23 @@ def alternate(first: Side, second: Side, pairs: int) -> list[dict]:
     return rows
 
 
-__all__ = ["claim_stdout", "peak_rss_mib", "serve", "Side", "alternate"]
+def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[list[dict], object, object]:
+    """A side-by-side bench's two workers (``script --worker vpltool|reference *common``, their logs in ``work``)
+    timed in ``pairs`` alternating pairs, the reference first (:func:`alternate`); returns those rows and each
+    side's outputs (vpltool's, then the reference's), saved to ``work`` and read back. Both workers are closed
+    whatever happens."""
+    import torch
+
+    ours = Side("vpltool", [sys.executable, script, "--worker", "vpltool", *common], work / "vpltool.log", env)
+    ref = Side("reference", [sys.executable, script, "--worker", "reference", *common], work / "reference.log", env)
+    try:
+        rows = alternate(ref, ours, pairs)
+        ours.save(work / "vpltool_out.pt")
+        ref.save(work / "reference_out.pt")
+    finally:
+        ours.close()
+        ref.close()
+    return rows, torch.load(work / "vpltool_out.pt"), torch.load(work / "reference_out.pt")
+
+
+__all__ = ["claim_stdout", "peak_rss_mib", "serve", "Side", "alternate", "race"]
