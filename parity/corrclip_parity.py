@@ -283,12 +283,8 @@ def merge_parity(args, s: dict, work: Path, runner: str, method_of, templates, s
                     labels = method.hooks.postprocess(bb, probs, labels, extras, run)[1]
                     equal[m, t] += int((labels == want).sum())
         total += r["pred"][0].numel()
-    share = {m: (equal[m, "threshold"] + equal[m, "argmax"]) / max(2 * total, 1) for m in methods}
-    argmax_share = {m: equal[m, "argmax"] / max(total, 1) for m in methods}
-    return {"class_file": f"its cls_voc21.txt with one more query on rows {', '.join(map(str, ps.SYNONYM_ROWS))}",
-            "queries": len(words), "classes": n_classes, "images": len(photos), "output_reused": reused,
-            "seg_logits": worst, "labels_equal": share, "labels_equal_argmax": argmax_share,
-            "bar_met": bool(worst <= BAR and share["reference"] >= LABELS_BAR)}
+    return ps.merge_result(equal, total, worst, queries=len(words), classes=n_classes, images=len(photos),
+                           reused=reused)
 
 
 def page(r: dict) -> dict:

@@ -128,6 +128,20 @@ def synonym_class_file(source: Path, target: Path, rows: tuple[int, ...] = SYNON
     return target
 
 
+def merge_result(equal: dict, total: int, worst: float, *, queries: int, classes: int, images: int,
+                 reused: bool) -> dict:
+    """The ``query_merge`` section of a parity JSON (CorrCLIP's, OV-Stitcher's, TextRegion's runners): ``equal``
+    ``{(merge, "threshold" | "argmax"): pixels equal to the reference's}`` for each ``--query-merge``, of ``total``
+    pixels a kind; ``worst`` the largest logit difference. The bar: ``reference``'s labels and the logits."""
+    merges = list(dict.fromkeys(m for m, _ in equal))  # in the order the runner counted them
+    share = {m: (equal[m, "threshold"] + equal[m, "argmax"]) / max(2 * total, 1) for m in merges}
+    argmax_share = {m: equal[m, "argmax"] / max(total, 1) for m in merges}
+    return {"class_file": f"its cls_voc21.txt with one more query on rows {', '.join(map(str, SYNONYM_ROWS))}",
+            "queries": queries, "classes": classes, "images": images, "output_reused": reused,
+            "seg_logits": worst, "labels_equal": share, "labels_equal_argmax": argmax_share,
+            "bar_met": bool(worst <= BAR and share["reference"] >= LABELS_BAR)}
+
+
 def merge_rows(r: dict, logits: str = "dense logits") -> list[list]:
     """A parity page's rows of the merge's parity (``r["query_merge"]``, written by CorrCLIP's, OV-Stitcher's and
     TextRegion's runners: the reference run on :func:`synonym_class_file`'s classes against vpltool's
