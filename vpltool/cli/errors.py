@@ -132,8 +132,9 @@ def _on_ranks(fn: Callable, args: tuple, kwargs: dict):
         from ..device import runs_python
 
         # orphaned while it started (init or a subreaper adopted it), even before vpltool was imported
-        if os.getppid() != LAUNCHED_BY or not runs_python(LAUNCHED_BY):
-            agent = (f"(pid {LAUNCHED_BY})" if runs_python(LAUNCHED_BY) or os.getppid() != LAUNCHED_BY else
+        adopted = os.getppid() != LAUNCHED_BY
+        if adopted or not runs_python(LAUNCHED_BY):
+            agent = (f"(pid {LAUNCHED_BY})" if adopted else
                      f"(gone before this rank began; its parent is now pid {LAUNCHED_BY}, which runs no Python)")
             raise VplError(f"torchrun's agent {agent}, which started this rank, has ended; the rank stops without "
                            "running: start the command again")
