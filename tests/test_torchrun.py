@@ -288,8 +288,15 @@ def test_a_rank_orphaned_before_vpltool_was_imported_stops_in_one_line(monkeypat
     from vpltool.device import runs_python
 
     sleeper = subprocess.Popen(["sleep", "30"])
-    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    python = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
     try:
+        # each child read only once it runs its own program: until its exec, /proc shows the forking pytest's
+        # command line, or none
+        assert python.stdout.readline().strip() == "up"
+        budget = Budget(10)
+        while not budget.expired() and not Path(f"/proc/{sleeper.pid}/cmdline").read_bytes().startswith(b"sleep"):
+            time.sleep(0.01)
         assert runs_python(os.getpid()) and runs_python(python.pid)
         assert not runs_python(sleeper.pid)
         ran = []
