@@ -421,7 +421,10 @@ def disk_changes(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int,
 
 
 def describe_left(left: list[str]) -> str:
-    """``left`` for the table: a new folder with its file count, other paths as they are; "nothing" when empty."""
+    """``left`` for the table: a new folder with its file count, other paths as they are (a path held k times, as
+    keyed names are, shown once as ``PATH ×k``); "nothing" when empty."""
+    from collections import Counter
+
     new_dirs = list(dict.fromkeys(p for p in left if p.endswith("/") and not any(p.startswith(d) and p != d
                                                                                  for d in left if d.endswith("/"))))
     shown = []
@@ -429,7 +432,8 @@ def describe_left(left: list[str]) -> str:
         inside = [p for p in left if p.startswith(d) and not p.endswith("/")]
         shown.append(f"{d} ({len(inside)} file{'s' if len(inside) != 1 else ''}: {', '.join(_short(inside))})"
                      if inside else f"{d} (empty)")
-    shown += [p for p in left if not p.endswith("/") and not any(p.startswith(d) for d in new_dirs)]
+    rest = Counter(p for p in left if not p.endswith("/") and not any(p.startswith(d) for d in new_dirs))
+    shown += [f"{p} ×{k}" if k > 1 else p for p, k in rest.items()]
     return "; ".join(shown) or "nothing"
 
 
@@ -6613,6 +6617,19 @@ def _keyed_names(text: str) -> str:
     return re.sub(r"(cache/(?:image|text)/<kk>/)[0-9a-f]{64}\b", r"\1<key>", text)
 
 
+def keyed_left(left: list[str]) -> list[str]:
+    """``left`` (:func:`disk_changes`) as no machine changes it: each keyed name as :func:`_keyed_names` shows it,
+    the ``<kk>/`` shard folders themselves left out, the changed paths then the removed ones (``-path``), each
+    sorted, as :func:`disk_changes` gives them.
+    A key follows the CPU (:func:`_keyed_names`), so which entries share a shard folder, whether a re-made entry's
+    shard folder was already there, and where ``<kk>/`` sorts beside ``_layout.json`` (a digit before ``_``, a letter
+    after) all do too; the entries themselves, and what happened to each, do not."""
+    import re
+
+    keyed = [p for p in map(_keyed_names, left) if not re.search(r"cache/(?:image|text)/<kk>/$", p)]
+    return sorted(p for p in keyed if not p.startswith("-")) + sorted(p for p in keyed if p.startswith("-"))
+
+
 def without_scores(text: str) -> str:
     """``text`` with each mIoU and loss figure shown as ``·`` (``mIoU 14.68`` → ``mIoU ·``, ``loss 2.06 → 4.62`` →
     ``loss · → ·``, ``(2.984e+28 → 2.984e+28 nats)`` → ``(· → · nats)``). These come from float sums whose last
@@ -6631,7 +6648,7 @@ def render(rows: list[tuple[Case, str, Outcome]]) -> str:
     """The markdown page: one row per case, in the order of :data:`CASES`."""
     lines = [HEADER, "| case | command | exit code | what the user sees | left on disk |", "|---|---|---|---|---|"]
     for c, command, outcome in rows:
-        left = _cell(describe_left([_keyed_names(p) for p in outcome.left])) if outcome.left else "nothing"
+        left = _cell(describe_left(keyed_left(outcome.left))) if outcome.left else "nothing"
         seen = without_scores(_stable(outcome.seen))
         lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} | {left} |")
     return "\n".join(lines) + "\n"
