@@ -11,6 +11,7 @@ kernel, the platform or the mapping says no, nothing is dropped and nothing fail
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import sys
 
@@ -39,6 +40,11 @@ def file_backed(address: int) -> bool:
     return False
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def page_out(address: int, nbytes: int) -> bool:
     """Ask the kernel to drop the whole pages of ``[address, address + nbytes)`` from this process's resident set
     (``madvise(MADV_PAGEOUT)``); True where it was done. A page only partly inside is kept (its rest may be
@@ -52,8 +58,7 @@ def page_out(address: int, nbytes: int) -> bool:
     if end <= start:
         return False
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        done = libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(MADV_PAGEOUT)) == 0
+        done = _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(MADV_PAGEOUT)) == 0
     except (OSError, AttributeError):
         done = False
     _refused = not done
