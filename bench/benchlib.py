@@ -136,18 +136,20 @@ def _int(value: str | None) -> int | None:
 
 def blas_route() -> dict:
     """Which libraries torch's CPU products go through: its BLAS build (``BLAS_INFO``), the MKL and oneDNN inside
-    it, and vpltool's fp32 linear route (``VPLTOOL_CPU_LINEAR``: auto measures per shape, mkl / onednn forced)."""
+    it, and vpltool's fp32 linear route (``VPLTOOL_CPU_LINEAR``: auto measures per shape, mkl / onednn forced;
+    reproducible mode takes MKL's whatever it says)."""
     import re
 
     import torch
 
     from vpltool.models.backbones.onednn import library_versions
-    from vpltool.runtime.numerics import cpu_linear_asked
+    from vpltool.runtime.numerics import cpu_linear_asked, reproducible_asked
 
     blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
     versions = library_versions()
     return {"blas_info": blas.group(1) if blas else None, "mkl": versions["mkl"], "onednn": versions["onednn"],
-            "mkldnn_enabled": bool(torch.backends.mkldnn.is_available()), "vpltool_cpu_linear": cpu_linear_asked()}
+            "mkldnn_enabled": bool(torch.backends.mkldnn.is_available()), "vpltool_cpu_linear": cpu_linear_asked(),
+            "reproducible_mode": reproducible_asked()}  # reproducible mode: MKL's product whatever the route says
 
 
 def cpu_identity(cpuinfo: str | None = None) -> dict:
