@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> None:
                          "ms_median": {k: round(statistics.median(v), 4) for k, v in ms.items()},
                          "ratio_median": round(statistics.median(ratios), 3), "max_abs_vs_float64": error,
                          "routed": onednn.applies(x, w)})
-    print(json.dumps({"benchmark": "cpu_linear", "machine": benchlib.machine("cpu"), "threads": 1, "precision": "fp32",
+    rates = {f"{side}_gflops": round(max(2 * r["rows"] * r["in"] * r["out"] / r["ms_median"][side] / 1e6
+                                         for r in rows_out), 1) for side in ("mkl", "onednn")}
+    print(json.dumps({"benchmark": "cpu_linear", "machine": benchlib.machine("cpu", {"what": "the fastest shape",
+                                                                                     **rates}),
+                      "threads": 1, "precision": "fp32",
                       "pairs": args.pairs, "shapes": rows_out}, indent=1))
 
 

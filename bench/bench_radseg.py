@@ -138,28 +138,6 @@ def compare(ours: dict, ref: dict) -> dict:
             "queries_kept": int((ref["probs"].flatten(1).amax(1) > 0).sum()), "shape": list(plain.shape)}
 
 
-def linear_rates(repeats: int = 5) -> dict:
-    """GFLOP/s of one fp32 product the size of the backbone's MLP on two 336-pixel windows (914 x 768 -> 3072), one
-    thread: ``F.linear`` (MKL) and oneDNN's (:func:`vpltool.models.backbones.onednn.linear`)."""
-    import torch
-    import torch.nn.functional as F
-
-    from vpltool.models.backbones.onednn import available, linear
-
-    gen = torch.Generator().manual_seed(0)
-    x, w, b = (torch.randn(*s, generator=gen) for s in ((914, 768), (3072, 768), (3072,)))
-    out = {}
-    for name, fn in (("mkl", F.linear), ("onednn", linear if available() else None)):
-        if fn is None:
-            continue
-        fn(x, w, b)
-        start = time.process_time()
-        for _ in range(repeats):
-            fn(x, w, b)
-        out[f"{name}_gflops"] = round(2 * 914 * 768 * 3072 * repeats / (time.process_time() - start) / 1e9, 1)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", type=Path, required=True, help="a clone of RADSeg-OVSS/RADSeg (05ec86f)")
@@ -202,10 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
     rows, ours, ref = race(__file__, common, args.work, env, args.pairs)
     outputs = compare(ours, ref)
+    linear = benchlib.gemm_rates()  # the backbone's MLP on two 336-pixel windows, each library's fp32 GEMM rate
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     print(json.dumps({
-        "benchmark": "radseg-vs-reference", "machine": benchlib.machine("cpu"), "threads": 1, "precision": "fp32",
+        "benchmark": "radseg-vs-reference", "machine": benchlib.machine("cpu", linear), "threads": 1,
+        "precision": "fp32",
         "command": " ".join(["python", "bench/bench_radseg.py", *map(str, argv or sys.argv[1:])]),
         "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
         "reference": {"repo": "RADSeg-OVSS/RADSeg", "commit": rp.commit_of(args.ref), "radio": "NVlabs/RADIO",
@@ -219,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                                for side in ("vpltool", "reference")},
         "rss_peak_mib": {**{side: max(r[side]["rss_peak_mib"] or 0 for r in rows)
                             for side in ("vpltool", "reference")}, "driver": peak_rss_mib()},
-        "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear_rates(),
+        "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear,
         "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
         "seconds": round(time.perf_counter() - start, 1)}, indent=1))

@@ -415,6 +415,18 @@ def roofline(cpu: dict, threads: int) -> dict:
             "least_ratio_on_this_arithmetic": round(floor / cpu["reference"], 3)}
 
 
+def gemm_of(methods: dict) -> dict | None:
+    """Each library's fastest fp32 GEMM rate the roofline measured on this CPU (GFLOP/s), for the machine's
+    identity: ``{"mkl_gflops", "onednn_gflops"}``; None where no roofline ran."""
+    gemms = methods.get("talk2dino", {}).get("roofline", {}).get("gemms")
+    if not gemms:
+        return None
+    rates = {"mkl_gflops": "gflops_per_s_torch", "onednn_gflops": "gflops_per_s_onednn"}
+    return {"what": "the fastest of the DINO's GEMM shapes (roofline)",
+            **{name: max(g[key] for g in gemms.values() if key in g) for name, key in rates.items()
+               if any(key in g for g in gemms.values())}}
+
+
 def cpu_linear(threads: int) -> dict:
     """The library vpltool's frozen towers took for each fp32 product shape on this machine (``VPLTOOL_CPU_LINEAR``,
     and ``auto``'s verdicts as the workers kept them: :mod:`vpltool.models.backbones.onednn`)."""
@@ -477,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
                       **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
                       "reference_commits": {k: benchlib.clone_commit(clone(args.refs, k)) for k in CLONES
                                             if any(p.name.lower() == CLONES[k].lower() for p in args.refs.iterdir())},
-                      "machine": benchlib.machine("cpu"), "cpu_linear": cpu_linear(args.threads),
+                      "machine": benchlib.machine("cpu", gemm_of(methods)), "cpu_linear": cpu_linear(args.threads),
                       "methods": methods}, indent=1))
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from benchlib import machine
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -69,7 +71,8 @@ def main() -> None:
         par(images[b:b + 1], batch[b:b + 1])
     par_crops = time.process_time() - t0
     print(json.dumps({
-        "recipe": "weclip", "model": "vpltool-toy", "iters": args.iters, "batch_size": args.batch_size,
+        "recipe": "weclip", "machine": machine("cpu"), "model": "vpltool-toy", "iters": args.iters,
+        "batch_size": args.batch_size,
         "crop_size": args.crop_size, "decoder": "dim 64, 1 layer, 4 heads", "device": "cpu",
         "threads": torch.get_num_threads(), "iters_per_s": round(summary.iters_per_s, 4),
         "cpu_s_per_iter_incl_setup": round(cpu / args.iters, 3),

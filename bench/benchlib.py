@@ -79,6 +79,106 @@ def cpu_vendor() -> str | None:
         return None
 
 
+# The ISA flags that decide which kernels torch's libraries run (fp32 GEMM: avx2 / avx512f; bf16: avx512_bf16,
+# amx_bf16 with amx_tile; fp16: avx512_fp16; int8: avx_vnni), as /proc/cpuinfo's flags name them.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni")
+
+# Generation by (vendor, family, model), as Linux names them. Intel family 6: arch/x86/include/asm/intel-family.h
+# (INTEL_HASWELL_X 0x3F ... INTEL_GRANITERAPIDS_D 0xAE). AMD: arch/x86/kernel/cpu/amd.c, bsp_init_amd's "Figure out
+# Zen generations" (family 0x17 Zen / Zen 2, 0x19 Zen 3 / Zen 4, 0x1A Zen 5 / Zen 6, with their model ranges).
+INTEL_FAMILY_6 = {0x3F: "Haswell-X", 0x4F: "Broadwell-X", 0x55: "Skylake-X", 0x6A: "Ice Lake-X", 0x6C: "Ice Lake-D",
+                  0x8F: "Sapphire Rapids", 0xCF: "Emerald Rapids", 0xAD: "Granite Rapids-X",
+                  0xAE: "Granite Rapids-D"}
+AMD_ZEN = {0x17: (((0x00, 0x2F), "Zen"), ((0x50, 0x5F), "Zen"), ((0x30, 0x4F), "Zen 2"), ((0x60, 0x7F), "Zen 2"),
+                  ((0x90, 0x91), "Zen 2"), ((0xA0, 0xAF), "Zen 2")),
+           0x19: (((0x00, 0x0F), "Zen 3"), ((0x20, 0x5F), "Zen 3"), ((0x10, 0x1F), "Zen 4"), ((0x60, 0xAF), "Zen 4")),
+           0x1A: (((0x00, 0x2F), "Zen 5"), ((0x40, 0x4F), "Zen 5"), ((0x60, 0x7F), "Zen 5"), ((0x50, 0x5F), "Zen 6"),
+                  ((0x80, 0xAF), "Zen 6"), ((0xC0, 0xCF), "Zen 6"))}
+
+
+def cpu_generation(vendor: str | None, family: int | None, model: int | None) -> str | None:
+    """The CPU's generation from its ``vendor_id``, ``cpu family`` and ``model`` (:data:`INTEL_FAMILY_6`,
+    :data:`AMD_ZEN`): ``"Emerald Rapids"``, ``"Zen 4"``; None where the table does not know it."""
+    if family is None or model is None:
+        return None
+    if vendor == "GenuineIntel" and family == 6:
+        return INTEL_FAMILY_6.get(model)
+    if vendor == "AuthenticAMD":
+        return next((name for (low, high), name in AMD_ZEN.get(family, ()) if low <= model <= high), None)
+    return None
+
+
+def _cpuinfo(text: str | None = None) -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (or of ``text``); {} where there is none."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                text = f.read()
+        except OSError:
+            return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def blas_route() -> dict:
+    """Which libraries torch's CPU products go through: its BLAS build (``BLAS_INFO``), the MKL and oneDNN inside
+    it, and vpltool's fp32 linear route (``VPLTOOL_CPU_LINEAR``: auto measures per shape, mkl / onednn forced;
+    reproducible mode takes MKL's whatever it says)."""
+    import re
+
+    import torch
+
+    from vpltool.models.backbones.onednn import library_versions
+    from vpltool.runtime.numerics import cpu_linear_asked, reproducible_asked
+
+    blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    versions = library_versions()
+    return {"blas_info": blas.group(1) if blas else None, "mkl": versions["mkl"], "onednn": versions["onednn"],
+            "mkldnn_enabled": bool(torch.backends.mkldnn.is_available()), "vpltool_cpu_linear": cpu_linear_asked(),
+            "reproducible_mode": reproducible_asked()}  # reproducible mode: MKL's product whatever the route says
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """The CPU exactly, as /proc/cpuinfo names it (or ``cpuinfo``, that file's text): vendor, family, model, model
+    name, stepping, microcode, the ISA flags of :data:`ISA_FLAGS` (each True or False), the core count, the
+    generation where :func:`cpu_generation` knows it, and torch's version and BLAS route (:func:`blas_route`).
+    A figure measured on one CPU generation says nothing of another: "AMD EPYC" covers several."""
+    import torch
+
+    info = _cpuinfo(cpuinfo)
+    vendor, family, model = info.get("vendor_id"), _int(info.get("cpu family")), _int(info.get("model"))
+    flags = set(info.get("flags", "").split())
+    return {"vendor": vendor, "family": family, "model": model,
+            "model_name": info.get("model name") or platform.processor() or platform.machine(),
+            "stepping": _int(info.get("stepping")), "microcode": info.get("microcode"),
+            "generation": cpu_generation(vendor, family, model), "isa_flags": {f: f in flags for f in ISA_FLAGS},
+            "cores": os.cpu_count(), "torch": torch.__version__, "blas": blas_route()}
+
+
+def cpu_name(identity: dict) -> str:
+    """One readable name from :func:`cpu_identity`'s dict: ``"Intel Emerald Rapids (family 6, model 207)"``,
+    or the model name with its family and model and "generation unknown" where the table does not know it."""
+    vendor = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}.get(identity.get("vendor"), identity.get("vendor"))
+    where = f"family {identity.get('family')}, model {identity.get('model')}"
+    if identity.get("generation"):
+        return f"{vendor} {identity['generation']} ({identity.get('model_name')}; {where})"
+    return f"{identity.get('model_name')} ({where}; generation unknown)"
+
+
 def clone_commit(folder) -> str | None:
     """The commit of a reference's clone: its git HEAD, or the ``COMMIT`` file a carried copy of its files holds
     (``bench/gpu_session.sh refs``: a copy inside this repository, where git would answer this repository's HEAD)."""
@@ -93,11 +193,15 @@ def clone_commit(folder) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
-def machine(device: str = "cpu") -> dict:
+def machine(device: str = "cpu", gemm_gflops: dict | None = None) -> dict:
     """The machine a result was measured on: CPU (its model, vendor, whether it has AMX tiles, the instructions
-    ATen runs), cores, torch, device, GPU, threads, load and nice level.
+    ATen runs; exactly, in ``cpu_identity``: :func:`cpu_identity`), cores, torch, device, GPU, threads, load and
+    nice level; ``gemm_gflops``, where the bench measured them, each library's fp32 GEMM rate on this CPU
+    (``{"mkl_gflops": ..., "onednn_gflops": ...}``: :func:`gemm_rates`).
 
-    Load and nice are recorded because the same script gives other numbers on a shared or throttled host.
+    Every bench script's JSON takes its ``machine`` from here (``tests/test_benchlib.py`` checks each script), so
+    every figure names the CPU generation it came from. Load and nice are recorded because the same script gives
+    other numbers on a shared or throttled host.
     """
     import torch
 
@@ -116,17 +220,48 @@ def machine(device: str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "nice": os.nice(0) if hasattr(os, "nice") else None,
+        "cpu_identity": cpu_identity(),
     }
+    if gemm_gflops:
+        info["cpu_identity"]["gemm_gflops"] = gemm_gflops
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
 
 
+def gemm_rates(rows: int = 914, k: int = 768, n: int = 3072, repeats: int = 5) -> dict:
+    """GFLOP/s of one fp32 product ``[rows, k] x [k, n]`` plus a bias on this process's threads, through each of
+    torch's CPU libraries: ``F.linear`` (MKL's) and oneDNN's (:func:`vpltool.models.backbones.onednn.linear`). The
+    default is a ViT-B's MLP on two 336-pixel windows (RADSeg's)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vpltool.models.backbones.onednn import available, linear
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=gen) for s in ((rows, k), (n, k), (n,)))
+    out = {"shape": f"{rows}x{k}x{n}"}
+    for name, fn in (("mkl", F.linear), ("onednn", linear if available() else None)):
+        if fn is None:
+            continue
+        fn(x, w, b)
+        start = time.process_time()
+        for _ in range(repeats):
+            fn(x, w, b)
+        out[f"{name}_gflops"] = round(2 * rows * k * n * repeats / (time.process_time() - start) / 1e9, 1)
+    return out
+
+
 def machine_line(m: dict) -> str:
-    """One readable line from :func:`machine`'s dict (used by make_table.py)."""
-    cpu = m.get("cpu") or "?"
-    if m.get("amx") is not None:  # recorded since the CPUs' own kernels were told apart
-        cpu += " (AMX)" if m["amx"] else f" ({m.get('isa') or 'no AMX'})"
+    """One readable line from :func:`machine`'s dict (used by make_table.py): the CPU by its generation where
+    the record names its family and model (:func:`cpu_name`), else as recorded, with "generation not recorded"."""
+    identity = m.get("cpu_identity")
+    if isinstance(identity, dict):
+        cpu = cpu_name(identity) + (" (AMX)" if identity.get("isa_flags", {}).get("amx_tile")
+                                    else f" ({m.get('isa') or 'no AMX'})")
+    else:
+        kind = "" if m.get("amx") is None else ("AMX; " if m["amx"] else f"{m.get('isa') or 'no AMX'}; ")
+        cpu = f"{m.get('cpu') or '?'} ({kind}generation not recorded)"
     parts = [cpu, f"{m.get('cores', '?')} cores", f"torch {m.get('torch', '?')}",
              f"device {m.get('device', '?')}"]
     if m.get("gpu"):
@@ -205,4 +340,5 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-__all__ = ["cpu_model", "machine", "machine_line", "Peak", "PeakMemory", "synchronize"]
+__all__ = ["cpu_generation", "cpu_identity", "cpu_model", "cpu_name", "gemm_rates", "machine", "machine_line", "Peak",
+           "PeakMemory", "synchronize"]

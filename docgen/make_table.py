@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # benchlib, shared with the speed benchmarks
-from benchlib import machine_line  # noqa: E402
+from benchlib import ISA_FLAGS, cpu_name, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 # sections in pipeline order, others after
@@ -76,7 +76,7 @@ def machine_of(data: dict) -> str:
     m = data.get("machine")
     if isinstance(m, dict):
         return machine_line(m)
-    return str(m) if m else "not recorded"
+    return f"{m} (generation not recorded)" if m else "not recorded (no CPU named, so generation not recorded)"
 
 
 def peak_memory(data: dict) -> list[str]:
@@ -562,9 +562,80 @@ PER_CPU = ("vs-reference", "radseg-vs-reference", "textregion-vs-reference", "cp
 
 
 def cpu_label(data: dict) -> str:
+    return cpu_of(data)
+
+
+def cpu_of(data: dict) -> str:
+    """The CPU a result came from, with whether it has AMX: its generation where the record holds its identity
+    (``benchlib.cpu_name``), else the name recorded, marked "generation not recorded" (a record of "AMD EPYC"
+    alone covers several generations)."""
+    m = data.get("machine")
+    if isinstance(m, dict) and isinstance(m.get("cpu_identity"), dict):
+        identity = m["cpu_identity"]
+        amx = identity.get("isa_flags", {}).get("amx_tile")
+        return f"{cpu_name(identity)}{', AMX' if amx else ', no AMX'}"
+    if isinstance(m, dict) and m.get("cpu"):
+        amx = {True: "AMX; ", False: "no AMX; "}.get(m.get("amx"), "")
+        return f"{m['cpu']} ({amx}generation not recorded)"
+    return f"{str(m).split(',')[0]} (generation not recorded)" if m else "CPU not recorded"
+
+
+def gemm_of(data: dict) -> dict:
+    """Each library's fp32 GEMM rate (GFLOP/s) that a result measured on its CPU: the machine's identity's, else an
+    older result's own fields (RADSeg's ``linear``; the roofline's fastest shape; cpu_linear's fastest shape)."""
     m = data.get("machine") if isinstance(data.get("machine"), dict) else {}
-    amx = {True: ", AMX", False: ", no AMX"}.get(m.get("amx"), "")
-    return f"{m.get('cpu', 'CPU not recorded')}{amx}"
+    if (m.get("cpu_identity") or {}).get("gemm_gflops"):
+        return m["cpu_identity"]["gemm_gflops"]
+    if isinstance(data.get("linear"), dict):
+        return data["linear"]
+    gemms = ((data.get("methods") or {}).get("talk2dino") or {}).get("roofline", {}).get("gemms")
+    if isinstance(gemms, dict):
+        rates = {"mkl_gflops": "gflops_per_s_torch", "onednn_gflops": "gflops_per_s_onednn"}
+        return {name: max(g[key] for g in gemms.values() if key in g) for name, key in rates.items()
+                if any(key in g for g in gemms.values())}
+    if data.get("benchmark") == "cpu_linear" and isinstance(data.get("shapes"), list):
+        return {f"{side}_gflops": max(2 * r["rows"] * r["in"] * r["out"] / r["ms_median"][side] / 1e6
+                                      for r in data["shapes"]) for side in ("mkl", "onednn")}
+    return {}
+
+
+def cpus_section(results: list[tuple[Path, dict]]) -> list[str]:
+    """One table per CPU that a figure on this page came from: its identity where recorded, and its result files.
+    A ratio or rate holds for the CPU of its table, not for a vendor's CPUs in general."""
+    by_cpu: dict[str, list[tuple[Path, dict]]] = {}
+    for path, data in results:
+        by_cpu.setdefault(cpu_of(data), []).append((path, data))
+    lines = ["## The CPUs these figures came from", "",
+             "One table per CPU. A figure holds for the CPU of its table: the same script gives other ratios on "
+             "another generation (oneDNN's and MKL's fp32 products, for one, rank differently from one CPU to "
+             "the next), so no figure here is a claim about a vendor's CPUs in general.", ""]
+    for name, items in sorted(by_cpu.items()):
+        lines += [f"### CPU: {name}", ""]
+        identity = next((d["machine"]["cpu_identity"] for _, d in items if isinstance(d.get("machine"), dict)
+                         and isinstance(d["machine"].get("cpu_identity"), dict)), None)
+        if identity:
+            flags = ", ".join(f for f in ISA_FLAGS if identity.get("isa_flags", {}).get(f)) or "none of them"
+            blas = identity.get("blas") or {}
+            lines += [f"Vendor {identity.get('vendor')}, family {identity.get('family')}, model "
+                      f"{identity.get('model')}, stepping {identity.get('stepping')}, microcode "
+                      f"{identity.get('microcode')}; {identity.get('cores')} cores; of {', '.join(ISA_FLAGS)}: "
+                      f"{flags}; torch {identity.get('torch')}, BLAS {blas.get('blas_info')} (MKL "
+                      f"{blas.get('mkl')}, oneDNN {blas.get('onednn')}).", ""]
+        elif name == "CPU not recorded":
+            lines += ["These results record no machine (parity runs: their bars are of exactness, not speed).", ""]
+        else:
+            lines += [f"The records name this CPU only as \"{name.split(' (')[0]}\": its family and model were not "
+                      "recorded, so its generation is unknown and its figures are that machine's alone.", ""]
+        rows = []
+        for path, data in items:
+            m = data.get("machine") if isinstance(data.get("machine"), dict) else {}
+            gemm = gemm_of(data)
+            rows.append([f"`{path.name}`", data.get("benchmark", path.stem), m.get("device", "—"),
+                         num(m.get("load_average_1min")), num(gemm.get("mkl_gflops")),
+                         num(gemm.get("onednn_gflops"))])
+        lines += [*table(["result", "benchmark", "device", "load", "MKL fp32 GFLOP/s", "oneDNN fp32 GFLOP/s"],
+                         rows, "llllrr"), ""]
+    return lines
 
 
 def section(path: Path, data: dict) -> list[str]:
@@ -630,6 +701,7 @@ def main(argv: list[str] | None = None) -> None:
              "re-run `make bench` (or one script, then `make_table.py`) to refresh. On a GPU machine lent for a "
              "session, `bench/gpu_session.sh` runs the GPU's share (its header says how); its results are "
              "kept here with the GPU in their names (`*_h100.json`).", ""]
+    lines += cpus_section(results)
     for path, data in results:
         lines += section(path, data)
     args.out.write_text("\n".join(lines).rstrip() + "\n")

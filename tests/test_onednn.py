@@ -145,7 +145,7 @@ def test_the_auto_route_takes_the_library_this_cpu_ran_faster_once_and_keeps_the
 
     def calibrate(k, n, rows):
         timed.append((k, n, rows))
-        return speed[(k, n)]
+        return [speed[(k, n)]] * onednn.PAIRS
 
     monkeypatch.setattr(onednn, "calibrate", calibrate)
     assert onednn.takes_onednn(300, 64, 96) and not onednn.takes_onednn(300, 96, 64)
@@ -166,8 +166,34 @@ def test_the_auto_route_takes_the_library_this_cpu_ran_faster_once_and_keeps_the
 
 
 def test_a_calibration_times_both_libraries_on_the_shape():
-    ratio = onednn.calibrate(64, 96, 16)
-    assert 0.05 < ratio < 20
+    ratios = onednn.calibrate(64, 96, 16)
+    assert len(ratios) == onednn.PAIRS and all(0.05 < r < 20 for r in ratios)
+
+
+@pytest.mark.parametrize(("ratios", "onednn_taken"), [
+    ([0.50, 0.52, 0.48, 0.55, 0.51, 0.49, 0.53], True),  # a clear win in every pair
+    ([0.85, 0.88, 0.86, 0.87, 0.89, 0.84, 0.86], True),  # a small win, but in every pair: beyond the spread
+    ([0.82, 0.95, 0.70, 1.05, 0.85, 0.88, 0.80], False),  # median 0.85, but one pair lost: within the spread
+    ([0.91, 0.92, 0.93, 0.90, 0.95, 0.94, 0.92], False),  # faster in every pair, not by the clear win
+    ([1.20, 1.30, 1.10, 1.25, 1.15, 1.22, 1.18], False),  # MKL faster
+])
+def test_onednn_is_taken_only_where_it_wins_beyond_the_spread_of_the_pairs(ratios, onednn_taken):
+    verdict = onednn.decide(ratios)
+    assert verdict["onednn"] is onednn_taken and verdict["pairs"] == len(ratios)
+    assert verdict["ratio"] == pytest.approx(sorted(ratios)[len(ratios) // 2], abs=1e-3)
+    assert verdict["slowest"] == pytest.approx(max(ratios), abs=1e-3)
+
+
+def test_a_loaded_pair_keeps_mkl_in_the_auto_route(monkeypatch, auto_route):
+    """The same shape's calibration with and without one lost pair: the verdict follows the spread, not the median."""
+    import json
+
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.8, 0.8, 0.8, 1.02, 0.8, 0.8, 0.8])
+    assert not onednn.takes_onednn(300, 64, 96)
+    kept = json.loads(auto_route.read_text())["machines"]
+    (table,) = kept.values()
+    assert table["products"]["64x96@256"] | {"measured": None} == {"onednn": False, "ratio": 0.8, "slowest": 1.02,
+                                                                    "pairs": 7, "measured": None}
 
 
 def test_either_library_can_be_forced_and_another_value_is_refused(monkeypatch, auto_route):

@@ -14,6 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import VplError
+from . import pages
+
+# A weight over PAGED_BYTES that a file backs is checked CHUNK_BYTES at a time, and each chunk's pages handed back:
+# a file-backed table read whole stays resident (SigLIP 2's 1.1 GB token table, of which a run reads a few rows).
+PAGED_BYTES = 64 * 2**20
+CHUNK_BYTES = 16 * 2**20
 
 
 def is_finite(tensor) -> bool:
@@ -25,13 +31,42 @@ def is_finite(tensor) -> bool:
 
 
 def _extremes(tensor) -> tuple[float, float] | None:
-    """``(min, max)`` of a floating-point torch tensor (NaN propagates), None for an integer, empty or meta one."""
+    """``(min, max)`` of a floating-point torch tensor (NaN propagates), None for an integer, empty or meta one.
+    A tensor over :data:`PAGED_BYTES` that a file backs is read a chunk at a time (:func:`_paged_extremes`)."""
     import torch
 
     if not tensor.is_floating_point() or not tensor.numel() or tensor.device.type == "meta":
         return None
-    low, high = torch.aminmax(tensor.detach())
+    tensor = tensor.detach()
+    if _is_mapped(tensor):
+        return _paged_extremes(tensor)
+    low, high = torch.aminmax(tensor)
     return float(low), float(high)
+
+
+def _is_mapped(tensor) -> bool:
+    """A contiguous CPU tensor over :data:`PAGED_BYTES` whose data a file backs (a memory-mapped load)."""
+    return (tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() > PAGED_BYTES
+            and tensor.is_contiguous() and pages.file_backed(tensor.data_ptr()))
+
+
+def _paged_extremes(tensor) -> tuple[float, float]:
+    """``(min, max)`` of a file-backed tensor, :data:`CHUNK_BYTES` at a time, each chunk's pages handed back once
+    read (:func:`vpltool.io.pages.page_out`): the same pair as one ``aminmax`` (NaN, found in any chunk, makes
+    both NaN), with at most one chunk resident, not the whole mapping."""
+    import torch
+
+    flat = tensor.reshape(-1)
+    step = max(1, CHUNK_BYTES // tensor.element_size())
+    low, high = math.inf, -math.inf
+    for start in range(0, flat.numel(), step):
+        part = flat[start:start + step]
+        lo, hi = (float(v) for v in torch.aminmax(part))
+        pages.page_out(part.data_ptr(), part.numel() * part.element_size())
+        if math.isnan(lo) or math.isnan(hi):
+            return math.nan, math.nan
+        low, high = min(low, lo), max(high, hi)
+    return low, high
 
 
 def check_weight_values(where: str | os.PathLike, tensors: Iterable[tuple[str, Any]], fix: str) -> None:

@@ -2,23 +2,25 @@
 frozen model's inference.
 
 torch's fp32 ``F.linear`` on the CPU calls MKL's sgemm; the same product through oneDNN (also inside torch:
-``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for a CPU linear) is the other library.
-Which one is faster is the CPU's and the libraries' affair, not this project's: on its 2-core AMD EPYC (AVX-512) MKL
-ran a ViT-B's layers at half oneDNN's rate, while on an Intel Xeon with AMX (Emerald Rapids) MKL was as fast or
-faster at every size (``bench/bench_cpu_linear.py``, ``bench/results/cpu_linear*.json``). Both add fp32 products in
-fp32 (oneDNN's ``brg_matmul:avx512_core``, its default ``strict`` fpmath: no bf16 inside, on AMX too); the results
-differ in the last bits, by the order of the sums.
+``torch.ops.mkldnn._linear_pointwise``, the op torch's own compiler emits for a CPU linear) is the other library. Which
+one is faster is the CPU's and the libraries' affair, not this project's: on one 2-core AMD EPYC (AVX-512; its
+generation not recorded) MKL ran a ViT-B's layers at half oneDNN's rate, while on an Intel Xeon with AMX (Emerald
+Rapids) MKL was as fast or faster at every size (``bench/bench_cpu_linear.py``, ``bench/results/cpu_linear*.json``).
+Both add fp32 products in fp32 (oneDNN's ``brg_matmul:avx512_core``, its default ``strict`` fpmath: no bf16 inside, on
+AMX too); the results differ in the last bits, by the order of the sums.
 
-**The route** (:func:`takes_onednn`): ``VPLTOOL_CPU_LINEAR`` = ``auto`` (the default) measures each product shape
-once on this machine, the first time one is run: a product of ``K`` inputs, ``N`` outputs and ``R`` rows is timed at
-``R``'s bucket (:data:`BUCKETS`: the largest at most ``R``) through both libraries, :data:`PAIRS` alternating pairs
-of CPU-seconds (:func:`calibrate`), and oneDNN is taken where it took at most :data:`CLEAR_WIN` of MKL's time (else
-MKL, torch's default and the references' library). The verdicts are kept in the user's cache
-(``~/.cache/vpltool/cpu_linear.json``, :func:`vpltool.io.digests.cache_folder`), one table per machine: the CPU's
-model and flags, torch's, MKL's and oneDNN's versions and the thread count (:func:`machine_key`); another machine or
-a library upgrade measures again. ``mkl`` and ``onednn`` force either library; another value is refused in one line
-(:func:`..runtime.numerics.cpu_linear_asked`). Products of fewer than :data:`MIN_ROWS` rows stay with MKL: oneDNN's
-call costs more than such a product (1.1 to 2.1 times MKL's time at 1 and 2 rows on both CPUs above).
+**The route** (:func:`takes_onednn`): ``VPLTOOL_CPU_LINEAR`` = ``auto`` (the default) measures each product shape once
+on this machine, the first time one is run: a product of ``K`` inputs, ``N`` outputs and ``R`` rows is timed at ``R``'s
+bucket (:data:`BUCKETS`: the largest at most ``R``) through both libraries, :data:`PAIRS` alternating pairs of
+CPU-seconds (:func:`calibrate`), and oneDNN is taken only where it wins beyond the pairs' spread (:func:`decide`): at
+most :data:`CLEAR_WIN` of MKL's time at the median, and faster in every pair, the slowest included. Else MKL, torch's
+default and the references' library: on a shared CPU, a verdict that one loaded pair could flip is no verdict. The
+verdicts are kept in the user's cache
+(``~/.cache/vpltool/cpu_linear.json``, :func:`vpltool.io.digests.cache_folder`), one table per machine: the CPU's model
+and flags, torch's, MKL's and oneDNN's versions and the thread count (:func:`machine_key`); another machine or a library
+upgrade measures again. ``mkl`` and ``onednn`` force either library; another value is refused in one line
+(:func:`..runtime.numerics.cpu_linear_asked`). Products of fewer than :data:`MIN_ROWS` rows stay with MKL: oneDNN's call
+costs more than such a product (1.1 to 2.1 times MKL's time at 1 and 2 rows on both CPUs above).
 
 :func:`use_onednn` turns a module's ``nn.Linear`` layers into :class:`OneDnnLinear` (the same class with another
 ``forward``: parameters, state dict and ``.to`` unchanged), whose fp32 CPU inference takes the route. Only where that
@@ -81,10 +83,10 @@ MIN_ROWS = 4
 # a product of R rows is decided at the largest of these at most R (its calibration runs that many rows)
 BUCKETS = (4, 16, 64, 256, 1024)
 CLEAR_WIN = 0.9  # oneDNN is taken where its CPU-seconds were at most this share of MKL's (the median of the pairs)
-PAIRS = 5  # alternating pairs of a calibration
+PAIRS = 7  # alternating pairs of a calibration: its spread (the slowest pair) is known, not one reading
 SIDE_S = 0.004  # each side's timed stretch of a pair: at least this many CPU-seconds of calls (one call at most)
 CACHE_NAME = "cpu_linear.json"
-_FORMAT = 1
+_FORMAT = 2  # 2: verdicts with margin (:func:`decide`); a format-1 cache's single-median verdicts are measured again
 MAX_MACHINES = 16  # tables kept in the cache file (the latest)
 
 _DECIDED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, bucket, threads) -> oneDNN taken, this process's
@@ -164,11 +166,11 @@ def _bucket(rows: int) -> int:
     return max(b for b in BUCKETS if b <= rows)
 
 
-def calibrate(k: int, n: int, rows: int) -> float:
+def calibrate(k: int, n: int, rows: int) -> list[float]:
     """oneDNN's CPU-seconds over MKL's for an fp32 product ``[rows, k] x [k, n]`` plus a bias, on this process's
-    threads: the median over :data:`PAIRS` alternating pairs (the order swapped every pair), each side running the
-    product on random unit-scale inputs for at least :data:`SIDE_S` CPU-seconds (a few ms: well above the clock's
-    resolution, well below a stage's start-up)."""
+    threads, one ratio per pair of :data:`PAIRS` alternating pairs (the order swapped every pair), each side running
+    the product on random unit-scale inputs for at least :data:`SIDE_S` CPU-seconds (a few ms: well above the
+    clock's resolution, well below a stage's start-up). :func:`decide` reads them."""
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
     sides = (lambda: F.linear(x, w, b), lambda: linear(x, w, b))
@@ -187,7 +189,16 @@ def calibrate(k: int, n: int, rows: int) -> float:
                     sides[i]()
                 spent[i] = time.process_time() - start
             ratios.append(spent[1] / max(spent[0], 1e-9))
-    return statistics.median(ratios)
+    return ratios
+
+
+def decide(ratios: list[float]) -> dict:
+    """The verdict of a calibration's pair ratios (oneDNN's time over MKL's, :func:`calibrate`): oneDNN only where
+    it wins beyond their spread, at most :data:`CLEAR_WIN` at the median and below 1 in every pair (the slowest
+    pair is the spread's far end); MKL otherwise. ``{"onednn", "ratio" (the median), "slowest", "pairs"}``."""
+    median, slowest = statistics.median(ratios), max(ratios)
+    return {"onednn": bool(median <= CLEAR_WIN and slowest < 1.0), "ratio": round(median, 3),
+            "slowest": round(slowest, 3), "pairs": len(ratios)}
 
 
 def takes_onednn(rows: int, k: int, n: int, measure: bool = True) -> bool:
@@ -217,9 +228,7 @@ def _verdict(k: int, n: int, bucket: int) -> bool:
     kept = _read_cache().get(machine_key()[0], {}).get("products", {}).get(shape)
     if isinstance(kept, dict) and isinstance(kept.get("onednn"), bool):
         return kept["onednn"]
-    ratio = calibrate(k, n, bucket)
-    verdict = {"onednn": ratio <= CLEAR_WIN, "ratio": round(ratio, 3),
-               "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    verdict = {**decide(calibrate(k, n, bucket)), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     _MEASURED[shape] = verdict
     _keep(shape, verdict)
     return verdict["onednn"]
@@ -227,7 +236,8 @@ def _verdict(k: int, n: int, bucket: int) -> bool:
 
 def kept_verdicts(threads: int = 1) -> dict:
     """This machine's table in the cache file at ``threads`` threads (what a bench's worker decided, read by its
-    driver): ``{"cpu", ..., "products": {"KxN@bucket": {"onednn", "ratio", "measured"}}}``, or ``{}``."""
+    driver): ``{"cpu", ..., "products": {"KxN@bucket": {"onednn", "ratio", "slowest", "pairs", "measured"}}}``,
+    or ``{}``."""
     own = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -334,6 +344,6 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
     return f_linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
-__all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "f_linear", "library_versions",
-           "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "references_library", "self_attention",
-           "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]
+__all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "decide", "f_linear",
+           "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "references_library",
+           "self_attention", "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]

@@ -1,0 +1,117 @@
+"""Every bench JSON names its CPU exactly (``bench/benchlib.py``): the identity ``machine()`` adds, the generation
+table, each bench script taking its machine record from there, and docs/performance.md naming a CPU for every
+table."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "docgen"))
+import make_table  # noqa: E402
+
+import benchlib  # noqa: E402
+
+# /proc/cpuinfo's first block, trimmed, as two CPUs print it (fields and flags as the kernel names them)
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+cpu family\t: {family}
+model\t\t: {model}
+model name\t: {name}
+stepping\t: 1
+microcode\t: 0xa101144
+flags\t\t: fpu sse2 avx2 avx512f {extra}
+
+processor\t: 1
+vendor_id\t: SomethingElse
+"""
+
+
+def _info(vendor: str, family: int, model: int, name: str = "a CPU", extra: str = "") -> str:
+    return CPUINFO.format(vendor=vendor, family=family, model=model, name=name, extra=extra)
+
+
+@pytest.mark.parametrize(("vendor", "family", "model", "generation"), [
+    ("GenuineIntel", 6, 143, "Sapphire Rapids"), ("GenuineIntel", 6, 207, "Emerald Rapids"),
+    ("GenuineIntel", 6, 106, "Ice Lake-X"), ("GenuineIntel", 6, 999, None), ("GenuineIntel", 15, 143, None),
+    ("AuthenticAMD", 25, 1, "Zen 3"), ("AuthenticAMD", 25, 0x11, "Zen 4"), ("AuthenticAMD", 25, 0xA0, "Zen 4"),
+    ("AuthenticAMD", 25, 0x21, "Zen 3"), ("AuthenticAMD", 23, 0x31, "Zen 2"), ("AuthenticAMD", 26, 0x02, "Zen 5"),
+    ("AuthenticAMD", 26, 0x44, "Zen 5"), ("AuthenticAMD", 25, 0xC0, None), ("AuthenticAMD", 6, 143, None)])
+def test_generation_by_vendor_family_and_model(vendor, family, model, generation):
+    assert benchlib.cpu_generation(vendor, family, model) == generation
+
+
+def test_identity_reads_the_first_processor_and_the_isa_flags():
+    identity = benchlib.cpu_identity(_info("AuthenticAMD", 25, 17, "AMD EPYC 9B14 96-Core Processor",
+                                           "avx512_bf16 avx_vnni"))
+    assert identity["vendor"] == "AuthenticAMD" and (identity["family"], identity["model"]) == (25, 17)
+    assert identity["stepping"] == 1 and identity["microcode"] == "0xa101144"
+    assert identity["generation"] == "Zen 4" and identity["model_name"] == "AMD EPYC 9B14 96-Core Processor"
+    assert identity["isa_flags"] == {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False,
+                                     "amx_tile": False, "avx512_fp16": False, "avx_vnni": True}
+    assert identity["torch"] and "blas_info" in identity["blas"] and "vpltool_cpu_linear" in identity["blas"]
+    assert benchlib.cpu_name(identity) == "AMD Zen 4 (AMD EPYC 9B14 96-Core Processor; family 25, model 17)"
+    unknown = benchlib.cpu_identity(_info("AuthenticAMD", 25, 0xC0, "AMD EPYC"))
+    assert unknown["generation"] is None and benchlib.cpu_name(unknown).endswith("generation unknown)")
+
+
+def test_the_machine_record_carries_the_identity_and_any_gemm_rates():
+    m = benchlib.machine("cpu", {"mkl_gflops": 100.0, "onednn_gflops": 200.0})
+    assert set(benchlib.ISA_FLAGS) == set(m["cpu_identity"]["isa_flags"])
+    assert m["cpu_identity"]["gemm_gflops"] == {"mkl_gflops": 100.0, "onednn_gflops": 200.0}
+    assert "gemm_gflops" not in benchlib.machine("cpu")["cpu_identity"]
+    json.dumps(m)  # what a bench prints
+    old = {"cpu": "AMD EPYC", "cores": 2, "torch": "2.14.1", "device": "cpu", "amx": False, "isa": "AVX512"}
+    assert benchlib.machine_line(old).startswith("AMD EPYC (AVX512; generation not recorded)")
+
+
+# the scripts under bench/ that print a result JSON (the others are libraries, workers or run by hand and print no
+# result: sidebyside.py, startup_phases.py (inside cam.json), trace_refs.py, torchrun_kill.py, vs_reference_ref.py)
+RESULT_SCRIPTS = sorted([*ROOT.glob("bench/bench_*.py"), ROOT / "bench/stage_costs.py",
+                         ROOT / "bench/profile_stage.py"])
+
+
+@pytest.mark.parametrize("script", RESULT_SCRIPTS, ids=lambda p: p.name)
+def test_every_bench_script_takes_its_machine_record_from_benchlib(script):
+    """The one place a bench JSON's machine comes from is ``benchlib.machine`` (which adds the CPU's identity)."""
+    source = script.read_text()
+    assert re.search(r"\bmachine\(", source) and "benchlib" in source, \
+        f"{script.name}: its JSON must hold benchlib.machine(...) under 'machine'"
+
+
+GENERATIONS = [*(("Intel", g) for g in benchlib.INTEL_FAMILY_6.values()),
+               *(("AMD", g) for ranges in benchlib.AMD_ZEN.values() for _, g in ranges)]
+
+
+def test_performance_page_names_a_cpu_for_every_table():
+    """docs/performance.md: one table per CPU that a figure came from, and every section's machine line names a
+    CPU with its generation or says that the record does not hold it."""
+    page = (ROOT / "docs" / "performance.md").read_text()
+    assert page.count("## The CPUs these figures came from") == 1
+    cpus = re.findall(r"^### CPU: (.+)$", page, flags=re.M)
+    assert cpus and len(cpus) == len(set(cpus))
+    assert any(c.startswith("AMD EPYC (") and "generation not recorded" in c for c in cpus)
+    lines = re.findall(r"^`[^`]+\.json` · machine: (.+)$", page, flags=re.M)
+    assert lines
+    for line in lines:
+        assert "generation not recorded" in line or "generation unknown" in line or \
+            any(line.startswith(f"{v} {g} (") for v, g in GENERATIONS), line
+    assert not re.search(r"\b(on|for) (AMD|Intel) (CPUs )?in general\b", page)
+
+
+def test_make_table_groups_results_by_cpu(tmp_path):
+    identity = benchlib.cpu_identity(_info("GenuineIntel", 6, 143, "Intel(R) Xeon(R) Platinum 8480+", "amx_tile"))
+    new = {"benchmark": "x", "machine": {"cpu": "Intel(R) Xeon(R) Platinum 8480+", "device": "cpu",
+                                         "cpu_identity": {**identity, "gemm_gflops": {"mkl_gflops": 150.5}}}}
+    old = {"benchmark": "y", "machine": {"cpu": "AMD EPYC", "device": "cpu"}, "linear": {"onednn_gflops": 228.1}}
+    lines = make_table.cpus_section([(tmp_path / "new.json", new), (tmp_path / "old.json", old)])
+    text = "\n".join(lines)
+    assert "### CPU: Intel Sapphire Rapids (Intel(R) Xeon(R) Platinum 8480+; family 6, model 143), AMX" in text
+    assert "### CPU: AMD EPYC (generation not recorded)" in text and 'only as "AMD EPYC"' in text
+    assert "| `new.json` | x | cpu | — | 150 | — |" in text and "| `old.json` | y | cpu | — | — | 228 |" in text
