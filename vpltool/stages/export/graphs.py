@@ -1,0 +1,66 @@
+"""The modules that `export` traces: each the very functions `predict` and `segment` run on one photo, with the
+photo's sizes fixed (a traced graph keeps the sizes it was traced at).
+
+Both take the photo already resized by Pillow's bicubic to the model's input (what vpltool's loading workers send:
+:meth:`~vpltool.models.backbones.preprocess.Preprocess.resize`), ``[1, H, W, 3]`` uint8, and return the scores at the
+photo's own size ``[1, N, H0, W0]`` float32 and the labels ``[1, H0, W0]`` int64. The resize stays outside the graph:
+ONNX's bicubic is not Pillow's, and the labels must equal vpltool's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...decoder import decoder_forward
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """``module`` with no parameter asking for a gradient (the tracer keeps no autograd graph), in place."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class DecoderGraph(nn.Module):
+    """A trained decoder with its frozen CLIP, as ``predict --scales 1 --no-flip`` (the VPL recipe's view: the long
+    side resized, sides rounded up to the patch): normalise, the frozen blocks, the decoder, the scores resized
+    bilinearly to the photo, the argmax."""
+
+    def __init__(self, bb, model, blocks, photo: tuple[int, int]):
+        super().__init__()
+        self.bb, self.model, self.blocks, self.photo = bb, model, tuple(blocks), tuple(photo)
+        self.clip = frozen(bb.model)  # its weights the graph's initializers
+        frozen(model)
+        self.forward_view = decoder_forward(bb, model, blocks, torch.float32)
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[1, H, W, 3]`` uint8 -> (``[1, C + 1, H0, W0]`` float32 logits, their softmax, ``[1, H0, W0]`` int64
+        labels)."""
+        grid = self.forward_view(self.bb.normalize(pixels))  # [1, C + 1, h, w]
+        logits = F.interpolate(grid.float(), size=self.photo, mode="bilinear", align_corners=False)
+        return logits, logits.softmax(1), logits.argmax(1)
+
+
+class DenseGraph(nn.Module):
+    """A training-free dense CLIP method with its text queries baked in, as `segment` runs one photo
+    (:func:`~vpltool.models.dense.segmentor.segment_logits`, then the method's ``probabilities`` hook): the query
+    logits at the photo's size (after PAMR where the method has it) and the labels."""
+
+    def __init__(self, bb, text: Tensor, query_class: Tensor, n_classes: int, settings, photo: tuple[int, int]):
+        super().__init__()
+        self.bb, self.settings, self.photo, self.n_classes = bb, settings, tuple(photo), n_classes
+        self.clip = frozen(bb.model)  # its weights the graph's initializers
+        self.register_buffer("text", text.float())
+        self.register_buffer("query_class", query_class.long())
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[1, H, W, 3]`` uint8 -> (``[1, Q, H0, W0]`` float32 query logits, ``[1, C + 1, H0, W0]`` class
+        probabilities, ``[1, H0, W0]`` int64 labels)."""
+        from ...models.dense.segmentor import segment_logits
+
+        logits = segment_logits(self.bb, self.bb.normalize(pixels), self.text, self.settings, [self.photo])[0]
+        probs, labels = self.bb.hooks.probabilities(self.bb, logits.float(), self.query_class, self.n_classes,
+                                                    self.settings)
+        return logits[None].float(), probs[None], labels[None]
