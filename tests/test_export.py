@@ -192,3 +192,36 @@ def test_segment_onnx_refuses_a_file_export_did_not_write(world, tmp_path):
     bad.write_bytes(b"not onnx")
     r = invoke("segment", world, "--split", "val", "--onnx", bad, "-o", tmp_path / "out")
     assert r.exit_code == 2 and str(bad) in r.output
+
+
+def test_a_pgseg_checkpoint_onnx_gives_segments_labels_and_logits(world, tiny_pgseg_checkpoint, tmp_path):
+    from vpltool.data import open_dataset
+    from vpltool.models.registry import load_model
+    from vpltool.stages.segment_text import image_scores, text_family_of, text_queries, zero_shot_settings
+
+    model_opt = ["--model", f"pgseg:{tiny_pgseg_checkpoint}", "--classes", "circle,square", "--background",
+                 "grass,sky"]
+    onnx, ref, ours = tmp_path / "p.onnx", tmp_path / "segment", tmp_path / "onnx"
+    r = invoke("export", "-o", onnx, *model_opt, "--size", "96x96")
+    assert r.exit_code == 0, r.output
+    r = invoke("segment", world, "--split", "val", "-o", ref, *model_opt, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = invoke("segment", world, "--split", "val", "--onnx", onnx, "-o", ours)
+    assert r.exit_code == 0, r.output
+    fam, own = text_family_of("pgseg"), zero_shot_settings("pgseg")
+    model = load_model("pgseg", tiny_pgseg_checkpoint, "cpu")
+    text = text_queries(fam, model, ["circle", "square"], ["grass", "sky"], "cpu")
+    seg = vpltool.onnx_segmenter(onnx)
+    assert seg.metadata["vpltool.source_sha256"] == io.sha256_file(tiny_pgseg_checkpoint)
+    for item in open_dataset(world, "val").items:
+        mask = io.read_mask(io.mask_path(ref, item.id))
+        assert agree(io.read_mask(io.mask_path(ours, item.id)), mask) >= LABELS_BAR, item.id
+        image = io.load_image(item.image)
+        logits, _ = image_scores(fam, model, image, text, 2, own.bg_thresh, own.short_side, own.slide, "cpu")
+        assert np.abs(seg.file.run(image)["logits"] - logits.numpy()).max() <= LOGITS_BAR, item.id
+
+
+def test_talk2dino_is_refused_with_its_reason(tmp_path):
+    r = invoke("export", "-o", tmp_path / "t.onnx", "--model", f"talk2dino:{tmp_path / 'none.safetensors'}",
+               "--classes", "cat", "--size", "96x96")
+    assert r.exit_code == 2 and "cannot be exported" in r.output and "antialias" in r.output, r.output

@@ -34,46 +34,58 @@ def export_cmd(
     classes: Annotated[Optional[str], typer.Option(help="With --dense: class names, a file with one per line or "
                                                    "a,b,c; synonyms as cat|kitten.", show_default=False)] = None,
     templates: Annotated[str, typer.Option(help="With --dense: prompt templates, as segment's.")] = _S.templates,
-    background: Annotated[str, typer.Option(help="With --dense: background words, as segment's.")] = _S.background,
+    background: Annotated[Optional[str], typer.Option(help="Background words, as segment's [default: "
+                                                      f"{_S.background}; with --model FAMILY:FILE the family's].",
+                                                      show_default=False)] = None,
     knobs: dict = DENSE,
     model: Annotated[str, typer.Option("--model", rich_help_panel=MODEL,
-                                       help="With --dense: the CLIP, as segment's --model.")] = DEFAULT_MODEL,
+                                       help="With --dense: the CLIP, as segment's --model; or pgseg:FILE, a "
+                                            "text-supervised checkpoint (train-text / train-pgseg, a GroupViT / "
+                                            "PGSeg release) exported with --classes as segment --model pgseg:FILE "
+                                            "runs it.")] = DEFAULT_MODEL,
     pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     model_config_dir: ModelConfigDir = None,
     overwrite: OverwriteFile = False,
     verbose: Verbose = False,
 ) -> None:
-    """Export a trained decoder (with its frozen CLIP) or a training-free dense CLIP method (with its class list)
-    as one ONNX file (opset 18, torch's exporter) that onnxruntime runs on the CPU: `vpltool segment DATA --onnx
-    FILE`, or vpltool.onnx_segmenter(FILE) from Python. The file records the photo size, the classes, the settings
-    and the source model's sha256 in its metadata. Multi-scale, flip and the CRF stay outside the graph; the photo is
-    resized (Pillow bicubic) outside it too. Needs the onnx extra: pip install -e '.[onnx]' in vpltool's checkout.
+    """Export a trained decoder (with its frozen CLIP), a training-free dense CLIP method or a PGSeg checkpoint (with
+    its class list) as one ONNX file (opset 18, torch's exporter) that onnxruntime runs on the CPU: `vpltool segment
+    DATA --onnx FILE`, or vpltool.onnx_segmenter(FILE) from Python. The file records the photo size, the classes,
+    the settings and the source model's sha256 in its metadata. Multi-scale, flip and the CRF stay outside the
+    graph, and so does the photo's resize (Pillow's bicubic; PGSeg's own). Needs the onnx extra: pip install -e
+    '.[onnx]' in vpltool's checkout.
 
     \b
     Example:
       vpltool export -o decoder.onnx --decoder runs/demo/decoder/decoder.safetensors --size 288x256
       vpltool export -o naclip.onnx --dense naclip --classes cat,dog,sofa --size 480x640
+      vpltool export -o pgseg.onnx --model pgseg:runs/gv/pgseg.safetensors --classes cat,dog --size 480x640
     """
-    from ..stages.export import check_exportable, export_decoder, export_dense, parse_size
+    from ..errors import VplError
+    from ..stages.export import check_exportable, export_decoder, export_dense, export_text, parse_size
     from ..stages.predict import parse_class_names
+    from .segment import _slide
+    from .values import segmenting_model
 
-    check_exportable(dense, decoder)  # what cannot be exported, before the output file's check
+    family, checkpoint = segmenting_model(model)
+    check_exportable(dense, decoder, family)  # what cannot be exported, before the output file's check
     hw = parse_size(size)
+    if decoder is None and dense is None and family == "clip":
+        raise VplError(f"export: pass --decoder FILE (a trained decoder), --dense {EXPORT_CHOICES} or --model "
+                       "pgseg:FILE, with --classes for the last two")
+    if decoder is None and classes is None:
+        raise VplError(f"{'--dense ' + dense if dense else '--model ' + model}: pass --classes with the names the "
+                       "file will segment (their text is baked in)")
     if decoder is not None:
         s = export_decoder(decoder, out, hw, long_side=decoder_long_side, overwrite=overwrite)
+    elif family != "clip":
+        s = export_text(family, checkpoint, list(parse_class_names(classes)), out, hw, background=background,
+                        short_side=knobs["short_side"], slide=_slide(family, knobs["slide_crop"],
+                                                                     knobs["slide_stride"]), overwrite=overwrite)
     else:
-        if dense is None:
-            from ..errors import VplError
-
-            raise VplError(f"export: pass --decoder FILE (a trained decoder) or --dense {EXPORT_CHOICES} with "
-                           "--classes")
-        if classes is None:
-            from ..errors import VplError
-
-            raise VplError(f"--dense {dense}: pass --classes with the names the file will segment (its text "
-                           "queries are baked in)")
         names = parse_class_names(classes)
-        cfg = SegmentConfig.of(dense=dense, templates=templates, background=background, classes=names, **knobs)
+        cfg = SegmentConfig.of(dense=dense, templates=templates, classes=names, **knobs,
+                               background=_S.background if background is None else background)
         warn_inert(cfg)
         from .values import model_spec
 

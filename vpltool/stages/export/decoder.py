@@ -8,7 +8,19 @@ from pathlib import Path
 from ... import io
 from ...decoder import input_long_side, view_size
 from ...errors import VplError
-from . import FORMAT, KIND, ExportSummary, check_target, licence_of, require_onnx, size_text, state_digest, write_onnx
+from .common import (
+    FORMAT,
+    KIND,
+    PILLOW,
+    ExportSummary,
+    check_target,
+    licence_of,
+    require_onnx,
+    size_text,
+    state_digest,
+    vpltool_version,
+    write_onnx,
+)
 from .graphs import DecoderGraph
 
 
@@ -52,8 +64,9 @@ def export_decoder(decoder_file: str | Path, out: str | Path, size: tuple[int, i
     graph = DecoderGraph(bb, model.eval(), arch["blocks"], size).eval()
     example = torch.zeros(1, *view, 3, dtype=torch.uint8)
     classes = tuple(f.classes)
-    meta = {"vpltool.kind": KIND, "vpltool.format": FORMAT, "vpltool.version": _version(),
-            "vpltool.source": "decoder", "vpltool.photo_size": size_text(size), "vpltool.input_size": size_text(view),
+    meta = {"vpltool.kind": KIND, "vpltool.format": FORMAT, "vpltool.version": vpltool_version(),
+            "vpltool.source": "decoder", "vpltool.preprocess": PILLOW, "vpltool.photo_size": size_text(size),
+            "vpltool.input_size": size_text(view),
             "vpltool.classes": json.dumps(list(classes)), "vpltool.source_sha256": digest,
             "vpltool.model": json.dumps({**f.meta("model"), "state_sha256": state_digest(bb.model)}),
             "vpltool.settings": json.dumps({"scales": [1.0], "flip": False, "crf": False, "long_side": side,
@@ -62,9 +75,3 @@ def export_decoder(decoder_file: str | Path, out: str | Path, size: tuple[int, i
             "vpltool.licence": licence_of(model.cfg)}
     write_onnx(graph, example, out, meta)
     return ExportSummary(out, "decoder", tuple(size), classes)
-
-
-def _version() -> str:
-    from ... import __version__
-
-    return __version__

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ...config import SegmentConfig
 from ...models import ModelSpec
-from . import (
+from .common import (
     FORMAT,
     KIND,
+    PILLOW,
     ExportSummary,
     check_exportable,
     check_target,
@@ -18,9 +19,9 @@ from . import (
     require_onnx,
     size_text,
     state_digest,
+    vpltool_version,
     write_onnx,
 )
-from .decoder import _version
 from .graphs import DenseGraph
 
 
@@ -51,8 +52,9 @@ def export_dense(spec: ModelSpec, cfg: SegmentConfig, names: list[str], out: str
     view = short_side_size(size[0], size[1], settings.short_side, settings.long_side)
     graph = DenseGraph(bb, text, query_class, len(classes), settings, size).eval()
     example = torch.zeros(1, *view, 3, dtype=torch.uint8)
-    meta = {"vpltool.kind": KIND, "vpltool.format": FORMAT, "vpltool.version": _version(),
-            "vpltool.source": f"dense:{cfg.dense}", "vpltool.photo_size": size_text(size),
+    meta = {"vpltool.kind": KIND, "vpltool.format": FORMAT, "vpltool.version": vpltool_version(),
+            "vpltool.source": f"dense:{cfg.dense}", "vpltool.preprocess": PILLOW,
+            "vpltool.photo_size": size_text(size),
             "vpltool.input_size": size_text(view), "vpltool.classes": json.dumps(list(classes)),
             "vpltool.source_sha256": state_digest(bb.model),
             "vpltool.model": json.dumps(spec.identity()),

@@ -64,3 +64,30 @@ class DenseGraph(nn.Module):
         probs, labels = self.bb.hooks.probabilities(self.bb, logits.float(), self.query_class, self.n_classes,
                                                     self.settings)
         return logits[None].float(), probs[None], labels[None]
+
+
+class TextGraph(nn.Module):
+    """A text-supervised family's checkpoint (PGSeg / GroupViT) with its class list's text baked in, as `segment
+    --model pgseg:FILE` runs one photo (:func:`vpltool.stages.segment_text.image_scores`): the zero-shot logits at the
+    photo's size and the labels. Its input is the family's own image tensor (``fam.image_tensor``: PGSeg's is
+    OpenCV's fixed-point bilinear resize on uint8, which no ONNX resize reproduces), made outside the graph."""
+
+    def __init__(self, fam, model, text: Tensor, n_names: int, bg_thresh: float, slide: tuple[int, int],
+                 photo: tuple[int, int]):
+        super().__init__()
+        self.fam, self.model, self.n_names, self.bg_thresh = fam, frozen(model), n_names, float(bg_thresh)
+        self.slide, self.photo = tuple(slide), tuple(photo)
+        self.register_buffer("text", text.float())
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``[1, 3, h, w]`` float32 (the family's image tensor) -> (``[1, C + 1, H0, W0]`` float32 zero-shot logits
+        (twice: they are the family's scores), ``[1, H0, W0]`` int64 labels)."""
+        crop = self.slide[0] or self.fam.TrainConfig.ZERO_SHOT.slide[0]
+        logits = self.fam.zero_shot_logits(self.model, pixels, self.text, self.bg_thresh,
+                                           mode="slide" if self.slide[0] else "whole", crop=crop,
+                                           stride=self.slide[1])
+        logits = F.interpolate(logits, size=self.photo, mode="bilinear", align_corners=False)
+        labels = logits.argmax(1)
+        labels = torch.where(labels > self.n_names, torch.zeros_like(labels), labels)  # a background word's pixels
+        scores = logits[:, : self.n_names + 1].float()
+        return scores, scores, labels

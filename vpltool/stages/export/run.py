@@ -17,7 +17,7 @@ import numpy as np
 
 from ... import io
 from ...errors import VplError
-from . import FORMAT, KIND, parse_size, size_text
+from .common import FORMAT, KIND, PILLOW, parse_size, size_text
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -80,12 +80,26 @@ class OnnxFile:
     def run(self, rgb: np.ndarray, name: str = "the photo") -> dict[str, np.ndarray]:
         """One ``[H0, W0, 3]`` uint8 RGB photo -> ``{"logits", "scores", "labels"}``: ``[N, H0, W0]`` float32,
         ``[C + 1, H0, W0]`` float32, ``[H0, W0]`` int64 (the graph's outputs, batch dimension dropped)."""
-        from ...models.backbones.preprocess import Preprocess
-
         self.check_size(name, rgb.shape[:2])
-        pixels = Preprocess.resize(np.ascontiguousarray(rgb), self.input_size).numpy()[None]
+        pixels = self.pixels(np.ascontiguousarray(rgb))
         logits, scores, labels = self.session.run(["logits", "scores", "labels"], {"pixels": pixels})
         return {"logits": logits[0], "scores": scores[0], "labels": labels[0].astype(np.int64)}
+
+    def pixels(self, rgb: np.ndarray) -> np.ndarray:
+        """The graph's input for one photo (``vpltool.preprocess``): Pillow's bicubic resize to the input size,
+        ``[1, H, W, 3]`` uint8, or a text-supervised family's own image tensor ``[1, 3, h, w]`` float32."""
+        how = self.metadata.get("vpltool.preprocess", PILLOW)
+        if how == PILLOW:
+            from ...models.backbones.preprocess import Preprocess
+
+            return Preprocess.resize(rgb, self.input_size).numpy()[None]
+        if how.startswith("family:"):
+            from ..segment_text import text_family_of
+
+            settings = json.loads(self.metadata["vpltool.settings"])
+            return text_family_of(how.removeprefix("family:")).image_tensor(rgb, settings["short_side"]).numpy()
+        raise VplError(f"--onnx {self.path}: its input is made by {how!r}, which this vpltool does not know; "
+                       "export it again with this vpltool")
 
     def params(self) -> dict:
         """What a `segment --onnx` folder records of the file: its path and sha256, source, sizes and settings."""
