@@ -225,3 +225,23 @@ def test_talk2dino_is_refused_with_its_reason(tmp_path):
     r = invoke("export", "-o", tmp_path / "t.onnx", "--model", f"talk2dino:{tmp_path / 'none.safetensors'}",
                "--classes", "cat", "--size", "96x96")
     assert r.exit_code == 2 and "cannot be exported" in r.output and "antialias" in r.output, r.output
+
+
+@pytest.mark.parametrize("method", ["sclip", "maskclip", "clearclip", "none"])
+def test_the_other_exportable_methods_give_the_segmenters_labels(world, method, tmp_path):
+    """SCLIP's area filter, MaskCLIP's and ClearCLIP's padded windows, CLIP's own block: the file's labels are the
+    Python door's (`segment`'s per-image function) on every val photo, its scores within the bar."""
+    from vpltool.data import open_dataset
+
+    out = tmp_path / f"{method}.onnx"
+    r = invoke("export", "-o", out, "--dense", method, "--short-side", "112", "--templates", "a photo of a {}.",
+               "--background", "grass,sky", "--classes", NAMES, "--size", "96x96", *TINY)
+    assert r.exit_code == 0, r.output
+    seg = vpltool.segmenter(method, model="vpl-test-vit", pretrained="none", short_side=112,
+                            templates="a photo of a {}.", background="grass,sky", device="cpu", precision="fp32",
+                            model_config_dir=str(ASSETS / "model_configs"))
+    onnx = vpltool.onnx_segmenter(out)
+    for item in open_dataset(world, "val").items:
+        ours, ref = onnx(item.image), seg(item.image, NAMES.split(","))
+        assert agree(ours.labels, ref.labels) >= LABELS_BAR, item.id
+        assert np.abs(ours.scores - ref.scores).max() <= 1e-3  # probabilities: softmax(scale x logits), scale 40-65

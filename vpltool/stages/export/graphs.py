@@ -9,6 +9,8 @@ ONNX's bicubic is not Pillow's, and the labels must equal vpltool's.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -61,9 +63,32 @@ class DenseGraph(nn.Module):
         from ...models.dense.segmentor import segment_logits
 
         logits = segment_logits(self.bb, self.bb.normalize(pixels), self.text, self.settings, [self.photo])[0]
-        probs, labels = self.bb.hooks.probabilities(self.bb, logits.float(), self.query_class, self.n_classes,
-                                                    self.settings)
+        with grouped_class_max(self.query_class.tolist()):
+            probs, labels = self.bb.hooks.probabilities(self.bb, logits.float(), self.query_class, self.n_classes,
+                                                        self.settings)
         return logits[None].float(), probs[None], labels[None]
+
+
+@contextlib.contextmanager
+def grouped_class_max(owners: list[int]):
+    """Inside the block, the segmentor's class probabilities (each class the max over its queries,
+    :func:`~vpltool.models.dense.bands.class_probabilities`) as one ``amax`` per class over its constant query rows
+    instead of ``scatter_reduce``: the same values (a max rounds nothing; a class without a query is 0 either way),
+    but a graph onnxruntime loads (the TorchScript exporter's ``scatter_reduce`` gives an ``If`` whose output rank
+    ONNX's shape inference gets wrong, and a ``Concat`` after it is refused: SCLIP's area filter)."""
+    from ...models.dense import segmentor
+
+    def class_probabilities(logits: Tensor, query_class: Tensor, n_classes: int, logit_scale: float) -> Tensor:
+        probs = (logits * logit_scale).softmax(0)
+        rows = [[q for q, c in enumerate(owners) if c == k] for k in range(n_classes)]
+        return torch.stack([probs[r].amax(0) if r else probs.new_zeros(probs.shape[1:]) for r in rows])
+
+    own = segmentor.class_probabilities
+    segmentor.class_probabilities = class_probabilities
+    try:
+        yield
+    finally:
+        segmentor.class_probabilities = own
 
 
 class TextGraph(nn.Module):
