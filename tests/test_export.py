@@ -5,6 +5,7 @@ file records its source's digest, classes and settings."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -245,3 +246,18 @@ def test_the_other_exportable_methods_give_the_segmenters_labels(world, method, 
         ours, ref = onnx(item.image), seg(item.image, NAMES.split(","))
         assert agree(ours.labels, ref.labels) >= LABELS_BAR, item.id
         assert np.abs(ours.scores - ref.scores).max() <= 1e-3  # probabilities: softmax(scale x logits), scale 40-65
+
+
+@pytest.mark.parametrize("recipe", ["weclip", "weclip+"])
+def test_a_weclip_decoder_is_refused_with_its_reason(recipe):
+    from vpltool.errors import VplError
+    from vpltool.stages.export.decoder import check_decoder
+
+    class Header:  # a decoder file's header, as io.read_tensors gives it
+        path = "d.safetensors"
+
+        def meta(self, key, default=None):
+            return {"recipe": recipe} if key == "decoder_config" else default
+
+    with pytest.raises(VplError, match=re.escape(f"--recipe {recipe} cannot be exported")):
+        check_decoder(Header())

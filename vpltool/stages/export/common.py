@@ -63,7 +63,29 @@ def parse_size(spec: str | Sequence[int]) -> tuple[int, int]:
         raise VplError(f"--size {spec}: give the photos' height x width in pixels, e.g. --size 480x640") from None
     if h < 1 or w < 1:
         raise VplError(f"--size {spec}: both sides must be at least 1 pixel")
+    if h * w > largest_photo():
+        raise VplError(f"--size {spec}: {h * w:,} pixels, more than any photo vpltool decodes "
+                       f"({largest_photo():,}, Pillow's limit); give the photos' own size")
     return h, w
+
+
+def largest_photo() -> int:
+    """The most pixels a photo vpltool reads may have: twice Pillow's ``MAX_IMAGE_PIXELS``, where Pillow refuses
+    to decode (:mod:`vpltool.io.images`)."""
+    from PIL import Image
+
+    return 2 * (Image.MAX_IMAGE_PIXELS or 0) or 2**62
+
+
+def check_output_memory(size: tuple[int, int], channels: int) -> None:
+    """One line for a photo size whose graph outputs (logits and scores, ``channels`` each, float32, at the photo's
+    size) need more memory than is free, before the model loads."""
+    from ...models.dense.bands import available_bytes
+
+    need, free = 8 * channels * size[0] * size[1], available_bytes()
+    if free is not None and need > free:
+        raise VplError(f"--size {size_text(size)}: the file's outputs at that size need {need / 2**30:.1f} GiB, "
+                       f"{free / 2**30:.1f} GiB is free; export for smaller photos (resize them first)")
 
 
 def size_text(size: Sequence[int]) -> str:
@@ -187,4 +209,5 @@ def require_onnx() -> None:
 
 __all__ = ["OPSET", "FORMAT", "EXPORTABLE", "NOT_EXPORTABLE", "EXPORTABLE_FAMILIES", "FAMILY_NOT_EXPORTABLE",
            "META", "KIND", "PILLOW", "ExportSummary", "parse_size", "size_text", "check_exportable", "check_target",
-           "traceable", "state_digest", "licence_of", "write_onnx", "require_onnx", "vpltool_version"]
+           "traceable", "state_digest", "largest_photo", "check_output_memory", "licence_of", "write_onnx",
+           "require_onnx", "vpltool_version"]

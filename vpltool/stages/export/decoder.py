@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ... import io
+from ...config.stages import MAX_TOKENS
 from ...decoder import input_long_side, view_size
 from ...errors import VplError
 from .common import (
@@ -13,6 +14,7 @@ from .common import (
     KIND,
     PILLOW,
     ExportSummary,
+    check_output_memory,
     check_target,
     licence_of,
     require_onnx,
@@ -46,21 +48,26 @@ def export_decoder(decoder_file: str | Path, out: str | Path, size: tuple[int, i
 
     from ...models import ModelSpec, load_model
 
+    if long_side is not None and long_side < 1:
+        raise VplError(f"--decoder-long-side {long_side}: must be at least 1 pixel")
     f = io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=())  # its header: one line for another file
     check_decoder(f)
+    check_output_memory(size, len(f.classes))
     out = check_target(out, overwrite, {"the decoder": decoder_file})
     require_onnx()
     device = torch.device("cpu")
     digest = io.sha256_file(decoder_file)
     model, f = load_model("decoder", decoder_file, device)
-    if model.dino_width is not None:
-        check_decoder(f)
     bb = load_model("clip", ModelSpec.from_identity(f.meta("model"), f.path), device)
     stats = model.cfg.input_stats()
     bb = bb.with_normalization(*stats) if stats else bb
     arch = f.meta("decoder_arch")
     side = input_long_side(long_side, f.meta("decoder_config")["crop_size"])
     view = view_size(bb, size[0], size[1], side, 1.0)
+    tokens = (view[0] // bb.patch_size) * (view[1] // bb.patch_size)
+    if tokens > MAX_TOKENS:  # predict's limit: attention memory grows with the square of the tokens
+        raise VplError(f"--decoder-long-side {side}: the input view {size_text(view)} makes {tokens:,} patch tokens, "
+                       f"above predict's limit {MAX_TOKENS}; pass a smaller --decoder-long-side")
     graph = DecoderGraph(bb, model.eval(), arch["blocks"], size).eval()
     example = torch.zeros(1, *view, 3, dtype=torch.uint8)
     classes = tuple(f.classes)

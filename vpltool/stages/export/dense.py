@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ...config import SegmentConfig
+from ...errors import VplError
 from ...models import ModelSpec
 from .common import (
     FORMAT,
@@ -14,6 +15,7 @@ from .common import (
     PILLOW,
     ExportSummary,
     check_exportable,
+    check_output_memory,
     check_target,
     licence_of,
     require_onnx,
@@ -36,15 +38,22 @@ def export_dense(spec: ModelSpec, cfg: SegmentConfig, names: list[str], out: str
     import torch
 
     from ...config.dense import DENSE_SPECS
+    from ...models.dense.bands import check_photo_memory, working_size
     from ...models.dense.segmentor import query_rows, settings_params, short_side_size
     from ..segment import check_dense, class_names, load_dense, resolve_queries
 
     check_exportable(cfg.dense, None)  # a method that cannot be exported: its reason, before anything else
     synonyms, templates, background = resolve_queries(names, cfg)
     method = check_dense(cfg, spec)
+    settings = cfg.resolved()
+    if working_size(*size, settings.max_side) != tuple(size):
+        raise VplError(f"--max-side {settings.max_side}: export computes the photo at its own size "
+                       f"({size_text(size)}); drop --max-side, or resize the photos and export a smaller --size")
+    check_photo_memory([f"--size {size_text(size)}"], [size], sum(map(len, synonyms)) + len(background), settings,
+                       scores=len(names) + 1)
+    check_output_memory(size, sum(map(len, synonyms)) + len(background) + len(names) + 1)
     out = check_target(out, overwrite, {})
     require_onnx()
-    settings = cfg.resolved()
     device = torch.device("cpu")
     bb = load_dense(spec, method, device)
     text, query_class = query_rows(bb, synonyms, templates, background)

@@ -14,6 +14,7 @@ from .common import (
     KIND,
     ExportSummary,
     check_exportable,
+    check_output_memory,
     check_target,
     licence_of,
     require_onnx,
@@ -44,6 +45,7 @@ def export_text(family: str, checkpoint: str | Path, names: list[str], out: str 
     names, bg_words = text_names(names, own.background if background is None else background)
     fam = text_family_of(family)
     fam.check_checkpoint(checkpoint)
+    check_output_memory(size, len(names) + 1)
     out = check_target(out, overwrite, {"--model": checkpoint})
     require_onnx()
     device = torch.device("cpu")
