@@ -87,6 +87,7 @@ def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
                     "star,circle"],
         "train-decoder": [ws.pseudo, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
         "predict": [decoder, "--split", "val", "-o", out, *rc.CPU],
+        "export": ["-o", out / "m.onnx", "--decoder", decoder, "--size", "96x96"],
         "eval": [ws.pseudo, "--json", out / "scores.json"],
         "make-world": [out, "--train", "2", "--val", "1"],
         "train-toy-dino": [out / "dino.safetensors", "--data", ws.world, "--epochs", "1", "--batch-size", "2"],

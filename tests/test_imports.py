@@ -29,7 +29,10 @@ STAGES = tuple(sorted(p.stem for p in STAGE_DIR.iterdir() if not p.name.startswi
                       and (p.suffix == ".py" or (p / "__init__.py").is_file())))
 # a stage that runs others, and the stages it runs (and nothing else): `benchmark` is `segment` (a CLIP's, or a
 # text-supervised family's checkpoint: segment_text) then `eval` per dataset, the same functions the two commands call
-COMPOSITES = {"benchmark": {"segment", "segment_text", "eval"}}
+COMPOSITES = {"benchmark": {"segment", "segment_text", "eval"},
+              # `export` traces the very functions `segment` runs (its queries, its method, a text-supervised
+              # family's zero-shot settings), so that the file's labels are segment's
+              "export": {"segment", "segment_text"}}
 # the CLI and the front door: they may import anything. The package root is imported below for its __version__
 # alone (the circle check keeps the front door's imports lazy)
 TOP = ("vpltool", "vpltool.__main__", "vpltool.cli", "vpltool.api")  # the front doors: the CLI and the Python API

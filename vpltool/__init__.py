@@ -10,6 +10,7 @@ From Python (docs/api.md)::
     seg(emb, ["sofa", "cat"])                    # ... for another class list: only the text side runs
     vpltool.list_methods()                       # the methods segmenter() takes
     vpltool.list_models()                        # the models it can load
+    onnx = vpltool.onnx_segmenter("naclip.onnx")  # a file `vpltool export` wrote, run by onnxruntime
 
 and the stages as functions, ``vpltool.api.cam(...)``, ... Importing vpltool is cheap: these names load on first use
 (no torch at ``import vpltool``).
@@ -35,6 +36,7 @@ if os.environ.get("VPLTOOL_REPRODUCIBLE", "").strip().lower() in ("1", "true", "
 _API = ("segmenter", "Segmenter", "Segmentation", "Embedding")
 _METHODS = ("list_methods",)
 _MODELS = ("list_models", "list_pretrained")
+_ONNX = ("onnx_segmenter",)
 
 
 def __getattr__(name: str) -> Any:
@@ -46,8 +48,10 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".api.methods", __name__), name)
     if name in _MODELS:
         return getattr(importlib.import_module(".api.models", __name__), name)
+    if name in _ONNX:
+        return getattr(importlib.import_module(".api.onnx", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), "api", *_API, *_METHODS, *_MODELS})
+    return sorted({*globals(), "api", *_API, *_METHODS, *_MODELS, *_ONNX})

@@ -6,7 +6,8 @@
   names)`` -> a list, ``seg.map(folder, names)`` -> lazily, with a progress bar; ``vpltool.segmenter(NAME,
   checkpoint=FILE)`` for the checkpoint of a text-supervised family (``pgseg``: PGSeg / GroupViT). The label map
   equals the mask `vpltool segment` writes for the same photo and names; ``seg.embed(photo)`` keeps a photo's
-  image side for many class lists. :func:`list_methods` (``vpltool.list_methods``) lists the methods,
+  image side for many class lists. :func:`onnx_segmenter` (``vpltool.onnx_segmenter``) runs a file `vpltool export`
+  wrote, with onnxruntime. :func:`list_methods` (``vpltool.list_methods``) lists the methods,
   :func:`list_models` and :func:`list_pretrained` the models it can load.
 * the stages (:mod:`vpltool.api.stages`): ``vpltool.api.extract``, ``text_prototypes``, ``cam``,
   ``learn_prototypes``, ``crf``, ``train_decoder``, ``predict``, ``evaluate`` (`eval`), ``segment``, ``report``,
@@ -23,9 +24,10 @@ from typing import Any
 _SEGMENTER = ("segmenter", "Segmenter", "Segmentation", "Embedding")
 _METHODS = ("list_methods",)
 _MODELS = ("list_models", "list_pretrained")
+_ONNX = ("onnx_segmenter", "OnnxSegmenter")
 _STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "sam_pseudo", "train_decoder", "predict",
            "evaluate", "segment", "report")
-__all__ = [*_SEGMENTER, *_METHODS, *_MODELS, *_STAGES]
+__all__ = [*_SEGMENTER, *_METHODS, *_MODELS, *_ONNX, *_STAGES]
 
 
 def __getattr__(name: str) -> Any:
@@ -35,6 +37,8 @@ def __getattr__(name: str) -> Any:
         return getattr(importlib.import_module(".methods", __name__), name)
     if name in _MODELS:
         return getattr(importlib.import_module(".models", __name__), name)
+    if name in _ONNX:
+        return getattr(importlib.import_module(".onnx", __name__), name)
     if name in _STAGES:
         return getattr(importlib.import_module(".stages", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

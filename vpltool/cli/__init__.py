@@ -2,7 +2,7 @@
 
 Each command is a plain function in the module of its stage (:mod:`.pipeline`, :mod:`.cam`, :mod:`.segment`,
 :mod:`.training`, :mod:`.report`, :mod:`.app`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`,
-:mod:`.pgseg`, :mod:`.sam_pseudo`); what they share is split by job:
+:mod:`.pgseg`, :mod:`.sam_pseudo`, :mod:`.export`); what they share is split by job:
 :mod:`.options` (option types and blocks, with the dense methods' in :mod:`.dense_options`), :mod:`.errors` (one-line
 errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy imports happen inside the commands, so
 ``vpltool --help`` stays fast.
@@ -19,7 +19,7 @@ from ..plugins import entry_points
 entry_points.hold_warnings()
 
 from . import app as app_command  # noqa: E402
-from . import benchmark, cam, demo, pgseg, pipeline, report, sam_pseudo, segment, train_text, training  # noqa: E402
+from . import benchmark, cam, demo, export, pgseg, pipeline, report, sam_pseudo, segment, train_text, training  # noqa: E402
 from .errors import friendly_errors  # noqa: E402
 from .options import option_blocks  # noqa: E402
 from .root import Command, app, help_cmd  # noqa: E402
@@ -40,6 +40,7 @@ COMMANDS = (
     ("eval", training.eval_cmd, None),
     ("diagnose", training.diagnose_cmd, None),
     ("report", report.report_cmd, None),
+    ("export", export.export_cmd, None),
     ("app", app_command.app_cmd, None),
     ("make-world", demo.make_world_cmd, DEMO),
     ("make-pairs", demo.make_pairs_cmd, DEMO),

@@ -68,6 +68,10 @@ def segment_cmd(
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write each photo with its mask's colours and a "
                                           "legend of the classes, OUT/overlays/<id>.jpg (the photos are only "
                                           "read).")] = False,
+    onnx: Annotated[Optional[Path], typer.Option(
+        help="A file `vpltool export` wrote: run it with onnxruntime on the CPU instead of a model (its classes, "
+             "settings and photo size are the file's; multi-scale, flip and the CRF are not in it).",
+        rich_help_panel=MODEL, show_default=False)] = None,
     shard: Shard = None,
     run: dict = BATCHED,
     model_config_dir: ModelConfigDir = None,
@@ -93,6 +97,9 @@ def segment_cmd(
     """
     from ..data import open_dataset
 
+    if onnx is not None:
+        _segment_onnx(data, split, out, onnx, classes, overlay, shard, run)
+        return
     family, checkpoint = segmenting_model(model, pgseg)  # --pgseg FILE is --model pgseg:FILE; two files: one line
     dataset = open_dataset(data, split)  # torch-free: a missing or unreadable input is answered before torch loads
     from ..stages.predict import parse_class_names
@@ -120,6 +127,24 @@ def segment_cmd(
                         on_item=on_item, on_start=on_start, overlay=overlay)
     say(f"[green]✓[/] segment ({cfg.dense}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done "
         f"→ {out}{pending(out)}")
+
+
+def _segment_onnx(data: Path, split, out: Path, onnx: Path, classes, overlay: bool, shard, run: dict) -> None:
+    """``segment DATA --onnx FILE``: the exported file's classes and settings, its masks as segment's."""
+    from ..data import open_dataset
+    from ..errors import VplError
+
+    if classes is not None:
+        raise VplError(f"--classes with --onnx {onnx}: the file's classes are baked in; export another file with "
+                       "these --classes")
+    dataset = open_dataset(data, split)
+    from ..stages.export.run import run_onnx_segment
+
+    with progress("segment") as (on_start, on_item):
+        s = run_onnx_segment(dataset, out, onnx, runtime(**run), shard=shard_of(shard), on_item=on_item,
+                             on_start=on_start, overlay=overlay)
+    say(f"[green]✓[/] segment (onnx {onnx.name}): {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already "
+        f"done → {out}{pending(out)}")
 
 
 def _slide(family: str, crop: int | None, stride: int | None) -> tuple[int, int] | None:

@@ -251,7 +251,7 @@ class ClipBackbone(TextTower):
         p = self.patch_size
         if pixels.shape[-2] % p or pixels.shape[-1] % p:
             raise VplError(f"input {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
-        return pixels.shape[-2] // p, pixels.shape[-1] // p
+        return int(pixels.shape[-2]) // p, int(pixels.shape[-1]) // p  # ints under `export`'s tracer too (a key)
 
     def embed(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised pixels -> ``[B, n_prefix + h*w, width]`` tokens entering block 0."""
