@@ -92,6 +92,8 @@ def test_list_methods_licences_prints_each_method_and_family():
     assert one.exit_code == 0 and one.output.startswith("sam3  [read first]") and "model families" not in one.output
     plain = CliRunner().invoke(app, ["list-methods", "*clip*"], prog_name="vpltool")
     assert plain.output.split() == ["maskclip", "sclip", "clearclip", "naclip", "sc-clip", "proxyclip", "corrclip"]
+    typo = CliRunner().invoke(app, ["list-methods", "naclp", "--licences"], prog_name="vpltool")
+    assert typo.exit_code == 2 and "did you mean 'naclip'?" in typo.output  # never an empty listing
 
 
 PLUGIN = """

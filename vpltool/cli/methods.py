@@ -28,6 +28,7 @@ def list_methods_cmd(
     from ..api.methods import family_licences, list_methods
     from ..config.licences import licence_lines
 
+    _check(patterns or [], licences, details)
     if licences:
         rows = list_methods(patterns or "", licences=True)
         lines = [line for name, lic in rows.items() for line in licence_lines(name, lic)]
@@ -40,3 +41,19 @@ def list_methods_cmd(
         typer.echo("\n".join(f"{name}: {what}" for name, what in list_methods(patterns or "", details=True).items()))
         return
     typer.echo("\n".join(list_methods(patterns or "")))
+
+
+def _check(patterns: list[str], licences: bool, details: bool) -> None:
+    """One line for ``--details`` with ``--licences`` (two listings, one asked for) and for a pattern that names no
+    method (a typo would otherwise print nothing), with the closest name."""
+    from ..api.methods import list_methods
+    from ..config.checks import did_you_mean
+    from ..errors import VplError
+
+    if licences and details:
+        raise VplError("--details and --licences are two listings; give one of them")
+    names = list_methods()
+    for pattern in patterns:
+        if not list_methods(pattern):
+            raise VplError(f"list-methods {pattern!r}: no method matches it;{did_you_mean(pattern, names) or ''} the "
+                           f"methods: {', '.join(names)}")
