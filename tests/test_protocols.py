@@ -101,6 +101,11 @@ def test_records_of_other_kinds_and_a_method_that_names_its_own_protocol(tmp_pat
     assert own.protocol == "support-assisted" and own.window == "whole image"
     assert from_row(own.row()) == own and set(PROTOCOLS) >= {"unlabelled bank", "target-adapted"}
     assert of_folder(_record(tmp_path / "x", "extract", {})).protocol == "unrecorded"
+    # a text-supervised checkpoint's folder (segment --model pgseg:FILE): zero-shot, its family's window
+    text = of_folder(_record(tmp_path / "t", "segment", {"method": "pgseg", "bg_thresh": 0.95, "slide_crop": 448,
+                                                          "slide_stride": 224}))
+    assert text.protocol == "zero-shot" and text.window == "448/224" and text.background == "score below 0.95"
+    assert text.presets == "pgseg's zero-shot defaults (its configuration)"
 
 
 def test_the_demo_report_prints_protocol_and_post_processing_columns(tmp_path):
