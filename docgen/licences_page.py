@@ -62,6 +62,7 @@ def render() -> str:
     a plugin installed here is left out, so the page is the same on every machine)."""
     from vpltool.api.methods import list_methods
     from vpltool.config.dense import DENSE_SPECS
+    from vpltool.config.licences import STAGES
     from vpltool.models.registry import BACKBONES, SEGMENTERS, TEXT_FAMILIES, families, family
 
     methods = {n: lic for n, lic in list_methods(licences=True).items()
@@ -71,7 +72,8 @@ def render() -> str:
     models = {n: family(n).licence for n in families() if not (BACKBONES.plugin(n) or TEXT_FAMILIES.plugin(n))}
     parts = [INTRO, "## Training-free dense methods (`segment --dense METHOD`)", "", *table(dense), "",
              "## Text-supervised families (`--model NAME:FILE`, `train-text`)", "", *table(text), "",
-             "## Model families (the weights files each reads)", "", *table(models), ""]
+             "## Model families (the weights files each reads)", "", *table(models), "",
+             "## Stages that follow a paper's code (one command each, no registry)", "", *table(STAGES), ""]
     return "\n".join(parts)
 
 

@@ -174,5 +174,21 @@ DECODER_FAMILY = Licence("MIT (vpltool's own)", "your trained decoder: yours, un
                          "trained on", note="follows VPL (AAAI'25: no public repository found) and, with --recipe "
                          "weclip, zbf1991/WeCLIP@0f47db4 (no licence file)")
 
+# the stages that follow a paper's code (no registry: one command each), for docs/licences.md
+STAGES = {
+    "cam, crf": Licence("MIT", "the CLIP it runs (--model)", "linyq2117/CLIP-ES",
+                        "3893f817be359c5ee1dbf8111cad381a532c7acc",
+                        "CLIP-ES's GradCAM, class-aware attention affinity and dense CRF"),
+    "learn-prototypes, train-decoder, predict": DECODER_FAMILY,
+    "train-decoder --recipe weclip / weclip+": Licence(
+        no_licence_file("0f47db46b5a59ff3bd9293a6e357382ca6490399"), "the CLIP (and DINO) it runs; your decoder: yours",
+        "zbf1991/WeCLIP", "0f47db46b5a59ff3bd9293a6e357382ca6490399", _NO_FILE),
+    "sam-pseudo --masks sam": Licence(no_licence_file("4885dde4cdd98c209a27fd34a21d547710f7720d"), _SAM_VIT_B.replace(
+        "ViT-B", "ViT-H"), "cskyl/SAM_WSSS", "4885dde4cdd98c209a27fd34a21d547710f7720d", _NO_FILE),
+    "sam-pseudo --masks sam3": Licence(no_licence_file("4885dde4cdd98c209a27fd34a21d547710f7720d"), _SAM3_WEIGHTS,
+                                       "cskyl/SAM_WSSS", "4885dde4cdd98c209a27fd34a21d547710f7720d",
+                                       f"{_NO_FILE}; SAM 3's weights: Meta's SAM License"),
+}
 
-__all__ = ["Licence", "UNDECLARED", "checked", "licence_lines", "no_licence_file"]
+
+__all__ = ["Licence", "STAGES", "UNDECLARED", "checked", "licence_lines", "no_licence_file"]
