@@ -99,6 +99,7 @@ def test_records_of_other_kinds_and_a_method_that_names_its_own_protocol(tmp_pat
     own = of_folder(_record(tmp_path / "seg", "segment", {"dense": "plugin-x", "settings": settings,
                                                           "protocol": "support-assisted"}))
     assert own.protocol == "support-assisted" and own.window == "whole image"
+    assert own.presets == "--dense plugin-x's, as recorded (the method is not installed here)"
     assert from_row(own.row()) == own and set(PROTOCOLS) >= {"unlabelled bank", "target-adapted"}
     assert of_folder(_record(tmp_path / "x", "extract", {})).protocol == "unrecorded"
     # a text-supervised checkpoint's folder (segment --model pgseg:FILE): zero-shot, its family's window

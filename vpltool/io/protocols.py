@@ -187,6 +187,8 @@ def _dense(params: Mapping[str, Any], settings: Mapping[str, Any], dense: str) -
     other = [f"{k}={_shown(v)}" for k, v in settings.items() if k in own and _norm(v) != _norm(own[k])]
     presets = f"--dense {dense}'s own (its reference's VOC21 config)" + (f", given {', '.join(other)}"
                                                                          if other else "")
+    if spec is None:  # a plugin's method not installed here: its settings are what the record holds
+        presets = f"--dense {dense}'s, as recorded (the method is not installed here)"
     words = params.get("background_words") or []
     background = f"probability below {settings.get('prob_threshold', 0):g}" + (
         f" or a background word ({len(words)})" if words else "")
