@@ -102,6 +102,9 @@ def test_records_of_other_kinds_and_a_method_that_names_its_own_protocol(tmp_pat
     assert own.presets == "--dense plugin-x's, as recorded (the method is not installed here)"
     assert from_row(own.row()) == own and set(PROTOCOLS) >= {"unlabelled bank", "target-adapted"}
     assert of_folder(_record(tmp_path / "x", "extract", {})).protocol == "unrecorded"
+    # a hand-edited field (settings as a string) leaves the score unlabelled, never a traceback in eval
+    edited = of_folder(_record(tmp_path / "e", "segment", {"dense": "naclip", "settings": "whole"}))
+    assert edited.protocol == "unrecorded" and edited.stage == "segment"
     # a text-supervised checkpoint's folder (segment --model pgseg:FILE): zero-shot, its family's window
     text = of_folder(_record(tmp_path / "t", "segment", {"method": "pgseg", "bg_thresh": 0.95, "slide_crop": 448,
                                                           "slide_stride": 224}))

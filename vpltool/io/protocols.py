@@ -113,7 +113,10 @@ def of_folder(folder: str | os.PathLike) -> Protocol:
     record = read_record(path)
     stage, params = record.get("stage"), record.get("params") or {}
     read = _READERS.get(stage)
-    found = read(params, record.get("inputs") or {}) if read else Protocol(UNRECORDED)
+    try:
+        found = read(params, record.get("inputs") or {}) if read else Protocol(UNRECORDED)
+    except (AttributeError, TypeError, ValueError, KeyError):  # a hand-edited field: the score stands, unlabelled
+        found = Protocol(UNRECORDED)
     return Protocol(**{**asdict(found), "stage": stage})
 
 
