@@ -627,6 +627,7 @@ parity: setup
 ## Regenerate docs/cli.md from the commands' --help and docs/robustness.md from the tested bad-input cases
 docs: setup
 	$(VENV)/bin/python docgen/cli_docs.py
+	$(VENV)/bin/python docgen/licences_page.py
 	$(VENV)/bin/python docgen/robustness_table.py
 
 ## Retrain the shipped toy CLIP from its seed (not part of CI; about 8 min on one thread, bit-identical)

@@ -121,6 +121,10 @@ def test_layout_and_stage_table(tiny_run, report):
     decoder = next(r for r in summary["stages"] if r["stage"] == "decoder prediction")
     assert f"{100 * decoder['val']['miou']:.1f}" in html
     assert f"{100 * summary['chance']['train']['all background']:.1f}" in html
+    # each stage's protocol and post-processing beside its figure: the predictions were made at one scale, no flip
+    assert "<th>protocol · post-processing</th>" in html
+    assert "<td>weak labels · CRF off · scale 1 · no flip · whole image</td>" in html
+    assert "<td>weak labels · CRF on · scale 1 · no flip</td>" in html  # the CRF masks
     masks = io.read_json(tiny_run / "metrics" / "pseudo.json")  # per-class precision / recall under each IoU
     shown = re.findall(r'<small class="pr"[^>]*>([^<]*)</small>', html)
     assert [f"{100 * masks['precision'][c]:.1f} / {100 * masks['recall'][c]:.1f}" for c in masks["classes"]

@@ -161,8 +161,10 @@ def test_the_table_command_prints_eight_columns_and_a_mean(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     head, row = [ln for ln in r.output.splitlines() if ln.startswith(("method", "naclip"))][-2:]
-    assert head.split()[1:] == ["VOC21", "Context60", "Object", "VOC20", "Context59", "Stuff", "City", "ADE", "Avg"]
-    cells = [float(c) for c in row.split()[1:]]
+    assert head.split()[1:] == ["VOC21", "Context60", "Object", "VOC20", "Context59", "Stuff", "City", "ADE", "Avg",
+                                "protocol"]
+    assert row.split()[-1] == "zero-shot"  # each figure's protocol, read from its folder's records
+    cells = [float(c) for c in row.split()[1:-1]]
     assert len(cells) == 9 and all(0 <= c <= 100 for c in cells)
     assert cells[-1] == pytest.approx(sum(cells[:-1]) / 8, abs=0.06)
     table = json.loads((tmp_path / "out" / "table.json").read_text())
@@ -173,6 +175,13 @@ def test_the_table_command_prints_eight_columns_and_a_mean(tmp_path):
                                            "threshold": 0.1, "logit_scale": 40.0}
     assert "  VOC21: class file sclip:voc21, short side 32, window whole image, threshold 0.1, logit scale 40" in (
         r.output)
+    # and its protocol and post-processing, the settings' source its reference's config for that benchmark
+    made = table["protocol"]["voc21"]
+    assert made["protocol"] == "zero-shot" and made["crf"] is False and made["scales"] == [1.0]
+    assert made["presets"] == "benchmark presets: sinahmr/NACLIP configs/cfg_voc21.py"
+    assert ("    zero-shot; post-processing: CRF off, scale 1, no flip, window whole image, background probability "
+            "below 0.1 or a background word") in r.output
+    assert json.loads((tmp_path / "out" / "voc21.json").read_text())["protocol"]["window"] == "whole image"
     # resumable: a second run segments nothing and prints the same row
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 0 and row in r2.output
@@ -232,7 +241,8 @@ def test_several_methods_print_one_row_each(minis, tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     rows = [ln.split() for ln in r.output.splitlines() if ln.startswith(("method", "sclip", "clearclip"))]
-    assert [row[0] for row in rows] == ["method", "sclip", "clearclip"] and rows[0][1:] == ["Object", "VOC20", "Avg"]
+    assert [row[0] for row in rows] == ["method", "sclip", "clearclip"]
+    assert rows[0][1:] == ["Object", "VOC20", "Avg", "protocol"]
     for m in ("sclip", "clearclip"):
         table = json.loads((tmp_path / "out" / m / "table.json").read_text())
         assert table["settings"]["voc20"]["class_file"] == f"{m}:voc20"
@@ -251,7 +261,7 @@ def test_two_shards_complete_the_table(minis, tmp_path):
     first = CliRunner().invoke(app, [*base, "--shard", "0/2"])
     assert first.exit_code == 0, first.output
     row = next(ln for ln in first.output.splitlines() if ln.startswith("naclip")).split()
-    assert row[1:] == ["-", "-", "-"] and not (tmp_path / "out" / "table.json").exists()
+    assert row[1:] == ["-", "-", "-", "-"] and not (tmp_path / "out" / "table.json").exists()
     second = CliRunner().invoke(app, [*base, "--shard", "1/2"])
     assert second.exit_code == 0, second.output
     row = next(ln for ln in second.output.splitlines() if ln.startswith("naclip")).split()

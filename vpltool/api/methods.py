@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
+from ..config.licences import Licence
 from ..errors import VplError
 
 
@@ -19,8 +20,8 @@ def method_families() -> dict[str, str]:
     return {**{name: "clip" for name in DENSE_CHOICES}, **SEGMENTERS}
 
 
-def list_methods(filter: str | Sequence[str] = "", family: str | None = None, details: bool = False
-                 ) -> list[str] | dict[str, str]:
+def list_methods(filter: str | Sequence[str] = "", family: str | None = None, details: bool = False,
+                 licences: bool = False) -> list[str] | dict[str, str] | dict[str, Licence | None]:
     """The methods :func:`vpltool.segmenter` takes, as ``timm.list_models(filter)`` lists models.
 
     Args:
@@ -28,6 +29,9 @@ def list_methods(filter: str | Sequence[str] = "", family: str | None = None, de
         family: ``"clip"`` (the dense CLIP methods of ``segment --dense``) or a text-supervised family
             (``pgseg``: PGSeg and GroupViT checkpoints); None: every family.
         details: a dict of each name and one line saying what it is (:func:`method_summary`) instead of a list.
+        licences: a dict of each name and its :class:`~vpltool.config.licences.Licence` (the code it follows, the
+            weights it loads; None: a plugin's that declares none) instead of a list (:func:`family_licences`
+            gives the model families').
 
     Returns:
         The names, dense methods first in ``--help``'s order, then the text-supervised ones.
@@ -43,7 +47,27 @@ def list_methods(filter: str | Sequence[str] = "", family: str | None = None, de
     patterns = [p.lower() for p in patterns if p] or ["*"]
     names = [name for name, fam in table.items() if (family is None or fam == family)
              and any(fnmatch.fnmatchcase(name.lower(), p) for p in patterns)]
+    if licences:
+        return {name: method_licence(name) for name in names}
     return {name: method_summary(name) for name in names} if details else names
+
+
+def method_licence(method: str) -> Licence | None:
+    """The :class:`~vpltool.config.licences.Licence` that ``method``'s spec row or text-supervised family's row
+    declares (torch-free); None: a plugin's that declares none."""
+    from ..config.dense import DENSE_SPECS
+    from ..models.registry import SEGMENTERS, TEXT_FAMILIES
+
+    check_method(method)
+    return TEXT_FAMILIES[SEGMENTERS[method]].licence if method in SEGMENTERS else DENSE_SPECS[method].licence
+
+
+def family_licences() -> dict[str, Licence | None]:
+    """Every model family -> the :class:`~vpltool.config.licences.Licence` its registration declares (each
+    family's module is imported: torch loads); None: a plugin's that declares none."""
+    from ..models.registry import families, family
+
+    return {name: family(name).licence for name in families()}
 
 
 def method_summary(method: str) -> str:
@@ -83,4 +107,4 @@ def check_method(method: str) -> str:
     return method
 
 
-__all__ = ["check_method", "list_methods", "method_families", "method_summary"]
+__all__ = ["check_method", "family_licences", "list_methods", "method_families", "method_licence", "method_summary"]

@@ -19,7 +19,8 @@ from ..plugins import entry_points
 entry_points.hold_warnings()
 
 from . import app as app_command  # noqa: E402
-from . import benchmark, cam, demo, export, pgseg, pipeline, report, sam_pseudo, segment, train_text, training  # noqa: E402
+from . import (benchmark, cam, demo, export, methods, pgseg, pipeline, report, sam_pseudo,  # noqa: E402
+               segment, train_text, training)
 from .errors import friendly_errors  # noqa: E402
 from .options import option_blocks  # noqa: E402
 from .root import Command, app, help_cmd  # noqa: E402
@@ -52,6 +53,7 @@ COMMANDS = (
     ("benchmark", benchmark.benchmark_cmd, None),
     ("train-text", train_text.train_text_cmd, None),
     ("train-pgseg", pgseg.train_pgseg_cmd, None),
+    ("list-methods", methods.list_methods_cmd, None),
 )
 for _name, _command, _panel in COMMANDS:
     # option_blocks: a block parameter becomes its options; friendly_errors: one line and exit 2 for a user's mistake

@@ -60,7 +60,8 @@ class Group(TyperGroup):
         width = max((formatter.width or 80) - 2, 40)
         lines = [f"segment --dense METHOD: {', '.join(dense)}.",
                  f"segment --model NAME:FILE (a text-supervised checkpoint): {', '.join(text)}.",
-                 "vpltool.list_methods(details=True) says what each is; docs/open-vocabulary.md compares them."]
+                 "vpltool list-methods --details says what each is, --licences what each lets you ship; "
+                 "docs/open-vocabulary.md compares them."]
         formatter.write_paragraph()
         formatter.write_text("Methods:")
         for line in lines:  # whole names: a method's name is never cut at its hyphen

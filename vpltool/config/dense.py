@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import VplError, VplWarning
 from ..plugins.entry_points import DerivedMap, DerivedTuple, PluginTable
 from . import dense_knobs, dense_presets
+from . import licences as lic
 from .checks import at_least, choice, fraction, ignored_option, positive, require, shown_value
 from .dense_knobs import CassKnobs, CorrCLIPKnobs, OVStitcherKnobs, RadsegKnobs, TextRegionKnobs, TridentKnobs
 from .dense_plugins import HOOK_NAMES, check_hooks_source, method_knobs  # noqa: F401 (HOOK_NAMES: read here)
@@ -92,28 +93,26 @@ def check_knobs_class(cls: Any, taken: dict[str, Knob] | None = None) -> None:
 
 @dataclass(frozen=True)
 class DenseMethodSpec:
-    """One ``--dense`` method as the CLI, the benchmarks and the segmentor know it (torch-free): a row of
-    :data:`DENSE_SPECS`."""
+    """One ``--dense`` method as the CLI, the benchmarks and the segmentor know it (torch-free): a DENSE_SPECS row."""
 
     settings: DenseSettings  # its segmentor, as its code runs VOC21
     module: str | None = None  # its module in vpltool.models.dense; None: a pure-mixing preset (dense/mixing.py)
     proxy_model: str | None = None  # the proxy vision model it takes (timm's name, --proxy-model's default); None: none
     sam: bool = False  # it takes SAM's image encoder too (--sam-model, --sam-weights)
-    # an input only `segment` takes (TextRegion's region masks: "region masks per photo (--region-masks)"; SAM 3's
-    # model), so cam --dense and predict --dense, which take none, refuse it; None: none
+    # an input only `segment` takes (TextRegion's region masks, SAM 3's model), which cam/predict --dense refuse
     segment_only: str | None = None
     # its own settings, a MethodKnobs dataclass of the knobs only it reads (its per-dataset knobs; with_knobs hook)
     knobs_class: type[MethodKnobs] = MethodKnobs
     # its reference's class-file set (vpltool/assets/class_files/<set>/, its configs/cls_*.txt copied byte for
     # byte): its benchmark presets' queries. A new set is a folder there, named here; None: the dataset's names
     class_files: str | None = None
-    # its per-benchmark presets (its reference's configs/cfg_*.py), kept with its row; None: none here (the older
-    # methods' rows are written in vpltool/config/benchmarks.py)
+    # its per-benchmark presets (its reference's configs/cfg_*.py); None: none here (older rows: config/benchmarks.py)
     presets: MethodPresets | None = None
     # the distribution of a plugin's method ("vpltool-example 0.1.0"; set when it registers, for messages), whose
     # module is then a full dotted name; None: vpltool's own (module relative to vpltool.models.dense)
     plugin: str | None = None
     timm_tower: bool = False  # runs on a timm tower (SigLIP 2, PE-Core): it changes the last block's attention alone
+    licence: lic.Licence | None = None  # its code's and weights' (config/licences.py); None: a plugin's, undeclared
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -136,75 +135,76 @@ _SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1
 # the last block, a module in vpltool/models/dense/); a plugin's method is a row its package registers
 # (vpltool.plugins.register_dense_method), after these
 _OWN_SPECS: dict[str, DenseMethodSpec] = {
-    "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
-    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
+    "none": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True, licence=lic.NONE),
+    "maskclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True, licence=lic.MASKCLIP),
     # clip_segmentor.py + cfg_voc21.py: logit scale 65 (40 elsewhere), prob_thd 0.1, area_thd 0.1, 224/112, short 336
     "sclip": DenseMethodSpec(DenseSettings(logit_scale=65.0, prob_threshold=0.1, short_side=336, slide_crop=224,
                                            slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
-                             class_files="sclip", timm_tower=True),
-    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True),
+                             class_files="sclip", timm_tower=True, licence=lic.SCLIP),
+    "clearclip": DenseMethodSpec(_CLEARCLIP_HARNESS, class_files="clearclip", timm_tower=True, licence=lic.CLEARCLIP),
     # naclip.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, the whole image (slide_crop 0), PAMR 10 steps (8, 16)
     "naclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
                                             slide_stride=112, crop_mode="floor", whole="input", pamr_steps=10),
-                              class_files="sclip", timm_tower=True),
+                              class_files="sclip", timm_tower=True, licence=lic.NACLIP),
     # scclip_segmentor.py + cfg_voc21.py: logit scale 50, prob_thd 0.15, area_thd 0.1, slide 224/112, short 336
     "sc-clip": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224,
                                              slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
-                               module="sc_clip", class_files="sclip"),
+                               module="sc_clip", class_files="sclip", licence=lic.SC_CLIP),
     # proxyclip_segmentor.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112 (windows padded to a
     # multiple of 56), short side 336
     "proxyclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                                slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
-                                 module="proxyclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="proxyclip"),
+                                 module="proxyclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="proxyclip",
+                                 licence=lic.PROXYCLIP),
     # cass_segmentor.py + cfg_voc21.py (eval.py --pamr off): logit scale 40, prob_thd 0.1, the whole image
     # (slide_crop 0), short side 336; the logits resized to the input, then to the image
     "cass": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
                                           slide_stride=112, crop_mode="floor", whole="input"),
                             module="cass", proxy_model=DEFAULT_PROXY_MODEL, class_files="sclip",
-                            knobs_class=CassKnobs),
+                            knobs_class=CassKnobs, licence=lic.CASS),
     # trident.py + configs/base_config.py + cfg_voc21.py (eval.py without --sam_refine): logit scale 40, prob_thd
     # 0.2, slide 336/224 spliced (windows never padded), short side 448; logits on SAM's grid resized to the image;
     # torch.hub's dino_vitb16 as its proxy; its SAM aggregation's knobs, then its SAM prompt refinement's
     "trident": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=448, slide_crop=336,
                                              slide_stride=224, crop_mode="floor", whole="direct"),
                                module="trident", proxy_model="vit_base_patch16_224.dino", sam=True,
-                               class_files="proxyclip", knobs_class=TridentKnobs),
+                               class_files="proxyclip", knobs_class=TridentKnobs, licence=lic.TRIDENT),
     # corrclip_segmentor.py + configs/base_config.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112
     # (windows padded to a multiple of 56), short side 336; torch.hub's dino_vitb8 as its proxy; its region masks
     "corrclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                               slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
                                 module="corrclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
-                                knobs_class=CorrCLIPKnobs,
-                                presets=CORRCLIP_PRESETS),
+                                knobs_class=CorrCLIPKnobs, presets=CORRCLIP_PRESETS, licence=lic.CORRCLIP),
     # ov_stitcher_segmentor.py + configs/base_config.py + cfg_voc21.py: logit scale 40, prob_thd 0.1, slide 336/112
     # (unpadded windows stitched), short side 448; torch.hub's dino_vitb8; CorrCLIP's class files and region masks
     # (its SAM2 settings its own); benchmark sets its class-biased templates (--templates ov-stitcher)
     "ov-stitcher": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=448, slide_crop=336,
                                                  slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
                                    module="ov_stitcher", proxy_model=DEFAULT_PROXY_MODEL, class_files="corrclip",
-                                   knobs_class=OVStitcherKnobs, presets=OV_STITCHER_PRESETS),
+                                   knobs_class=OVStitcherKnobs, presets=OV_STITCHER_PRESETS,
+                                   licence=lic.OV_STITCHER),
     # model_semantic.py + configs/base_config.py + cfg_voc21.py: region logit scale 50, prob_thd 0.4, Resize
     # (1008, 672), its own views (the photo and 336-pixel tiles) in place of slide windows; SAM 2's region masks
     "textregion": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.4, short_side=672, slide_crop=0,
                                                 slide_stride=112, crop_mode="floor", whole="direct", long_side=1008),
                                   module="textregion", class_files="proxyclip", knobs_class=TextRegionKnobs,
                                   presets=TEXTREGION_PRESETS,
-                                  segment_only="region masks per photo (segment --region-masks)"),
+                                  segment_only="region masks per photo (segment --region-masks)",
+                                  licence=lic.TEXTREGION),
     # radseg/radseg.py + evaluation/2d/configs/base_config.py: softmax(100 cos) over the prompts, no threshold
     # (prediction_thresh 0), slide 336/224 in feature space, short side 336 (mid_res cfg_voc20.py); C-RADIOv3-B
     # (NVlabs/RADIO's checkpoint, --proxy-weights) and its SigLIP 2 adaptor's text tower (--language-model)
     "radseg": DenseMethodSpec(DenseSettings(logit_scale=100.0, prob_threshold=0.0, short_side=336, slide_crop=336,
                                             slide_stride=224, crop_mode="floor", whole="direct"),
                               module="radseg", proxy_model="naflexvit_base_patch16_radio_v3", class_files="proxyclip",
-                              knobs_class=RadsegKnobs,
-                              presets=RADSEG_PRESETS),
+                              knobs_class=RadsegKnobs, presets=RADSEG_PRESETS, licence=lic.RADSEG),
     # VILA-Lab/ActiveSAM base.py's FrozenSAM3Segmentor + cfg_voc21.py: SAM 3 prompted with each word; prob_thd 0.4
     "sam3": DenseMethodSpec(_SAM3_SETTINGS, module="sam3", class_files="activesam", knobs_class=dense_knobs.Sam3Knobs,
-                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY),
+                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY, licence=lic.SAM3_METHOD),
     # its segmentor.py + base_config.py + cfg_voc21.py: expansion, preview, buckets, MABC at prob_thd 0.4
     "activesam": DenseMethodSpec(_SAM3_SETTINGS, module="activesam", class_files="activesam",
                                  knobs_class=dense_knobs.ActiveSamKnobs, presets=dense_presets.ACTIVESAM_PRESETS,
-                                 segment_only=_SAM3_ONLY),
+                                 segment_only=_SAM3_ONLY, licence=lic.ACTIVESAM),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
 
@@ -228,7 +228,7 @@ def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
         if not (Path(__file__).resolve().parents[1] / "assets" / "class_files" / spec.class_files).is_dir():
             raise VplError(f"class_files={spec.class_files!r} is no set of vpltool's (a plugin names one of "
                            "vpltool/assets/class_files/, or None)")
-    return replace(spec, plugin=dist)
+    return replace(spec, plugin=dist, licence=lic.checked(spec.licence, name))
 
 
 DENSE_SPECS: PluginTable = PluginTable("dense", _OWN_SPECS, _plugin_spec, "--dense method")

@@ -8,6 +8,7 @@
 
 from pathlib import Path
 
+from ..config import licences
 from ..models.registry import register_family
 from .losses import (
     balanced_ce_loss,
@@ -67,4 +68,5 @@ def _check(path: str | Path, **_: object) -> None:
 # the trained decoder is a model family of the registry: `predict` loads it through the registry's one door
 register_family("decoder", lambda path, device="cpu", **_: load_decoder(path, device), _check,
                 summary="the segmentation decoder of train-decoder (its decoder.safetensors), read by predict",
-                module=__name__, fix="re-run `vpltool train-decoder` (with --overwrite)")
+                module=__name__, fix="re-run `vpltool train-decoder` (with --overwrite)",
+                licence=licences.DECODER_FAMILY)

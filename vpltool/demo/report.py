@@ -80,7 +80,8 @@ def _miou(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     result = io.read_json(path)
-    return {"miou": result["miou"], "n_images": result["n_images"], "bg_exponent": result.get("bg_exponent")}
+    return {"miou": result["miou"], "n_images": result["n_images"], "bg_exponent": result.get("bg_exponent"),
+            "protocol": result.get("protocol")}  # what made it (vpltool.io.protocols; None: an older eval's)
 
 
 def run_refinement(run: Path) -> str | None:
@@ -335,6 +336,15 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
+def _made(row: dict[str, Any]) -> tuple[str, str]:
+    """A row's protocol and post-processing cells, from its scores' eval (the held-out split's first: a weak-label
+    row's post-processing is the same on both); dashes for a score of an older vpltool."""
+    from ..io.protocols import from_row
+
+    made = next((m for m in (from_row((row.get(s) or {}).get("protocol")) for s in reversed(SPLITS)) if m), None)
+    return ("—", "—") if made is None else (made.protocol, made.brief())
+
+
 def format_report(report: dict[str, Any]):
     """A rich table: stage | cam --refine | train mIoU % | val mIoU %, then the baselines, then the other layers
     (val); the caption says which pseudo masks trained the decoder, and why."""
@@ -347,6 +357,8 @@ def format_report(report: dict[str, Any]):
     table.add_column("--refine")
     for split in SPLITS:
         table.add_column(f"{split} mIoU %", justify="right")
+    table.add_column("protocol")
+    table.add_column("post-processing")
     previous = None
     for row in report["stages"]:
         if previous is not None and row["stage"] != previous:
@@ -357,7 +369,7 @@ def format_report(report: dict[str, Any]):
             f"{row['refine']}{kind}" == chosen
         refine = f"{row.get('refine') or '—'}{' → decoder' if decoder_input else ''}"
         table.add_row(row["stage"] if row["stage"] != previous else "", refine,
-                      *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS))
+                      *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS), *_made(row))
         previous = row["stage"]
     chance = report["chance"]
     table.add_section()
@@ -371,7 +383,7 @@ def format_report(report: dict[str, Any]):
             extra = f"; class IoU mean {_pct(row['held_out'])}" if row.get("held_out") is not None else ""
             stage = row["stage"] if row["stage"] != previous else ""
             table.add_row(stage, f"--dense {row['dense']}{extra}", *(_pct((row.get(s) or {}).get("miou"))
-                                                                     for s in SPLITS))
+                                                                     for s in SPLITS), *_made(row))
             previous = row["stage"]
     if report.get("other_layers"):
         table.add_section()

@@ -35,6 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..config import licences
+from ..config.licences import Licence
 from ..errors import VplError
 from ..plugins.entry_points import DerivedMap, PluginTable
 
@@ -54,6 +56,8 @@ class Family:
         files: ``files(spec)`` -> the local files the model is read from (named in the messages of
             :func:`load_model`, watched while it loads); None: ``spec`` itself when it is a path to a file.
         fix: how to mend a damaged weights file of this family (the end of those messages).
+        licence: the licences of the code it follows and the weights it reads
+            (:class:`~vpltool.config.licences.Licence`); None: undeclared (a plugin's, listed as such).
     """
 
     name: str
@@ -62,6 +66,7 @@ class Family:
     summary: str = ""
     files: Callable[[Any], list[Path]] | None = None
     fix: str = DEFAULT_FIX
+    licence: Licence | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class TextFamilyRow:
         segmenters: the names it segments under: ``--model NAME:FILE``, ``segmenter(NAME, checkpoint=FILE)``.
         title: its name in messages.
         files: what a checkpoint of it is, for messages ("a train-pgseg pgseg.safetensors or ...").
+        licence: its :class:`~vpltool.config.licences.Licence`; None: undeclared (a plugin's, listed as such).
     """
 
     module: str
@@ -84,16 +90,19 @@ class TextFamilyRow:
     segmenters: tuple[str, ...]
     title: str
     files: str
+    licence: Licence | None = None
 
 
 # the text-supervised families, one row each: a new family is its package and its row here (a plugin's family is a
 # row its package registers: vpltool.plugins.register_text_family)
 _OWN_TEXT_FAMILIES: dict[str, TextFamilyRow] = {
     "pgseg": TextFamilyRow("vpltool.models.text.pgseg", "vpltool.config.pgseg:PGSegTrainConfig", ("pgseg", "groupvit"),
-                           "PGSeg / GroupViT", "a train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth"),
+                           "PGSeg / GroupViT", "a train-pgseg pgseg.safetensors or a GroupViT / PGSeg release .pth",
+                           licences.PGSEG),
     "talk2dino": TextFamilyRow("vpltool.models.text.talk2dino.family",
                                "vpltool.models.text.talk2dino.config:Talk2DINOTrainConfig", ("talk2dino",), "Talk2DINO",
-                               "a talk2dino.safetensors of train-text --family talk2dino or a Talk2DINO release .pth"),
+                               "a talk2dino.safetensors of train-text --family talk2dino or a Talk2DINO release .pth",
+                               licences.TALK2DINO),
 }
 
 
@@ -122,6 +131,7 @@ def _plugin_text_row(name: str, row: Any, dist: str) -> TextFamilyRow:
     taken = {n for other in TEXT_FAMILIES.rows_so_far().values() for n in other.segmenters}
     for other in (n for n in row.segmenters if n in taken or n in DENSE_SPECS):
         raise VplError(f"it segments as {other!r}, which is already a method's name (vpltool.list_methods())")
+    licences.checked(row.licence, f"text-supervised family {name!r}")
     return row
 
 
@@ -160,12 +170,13 @@ def _module_of(name: str) -> str | None:
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
                     summary: str = "", module: str | None = None, files: Callable[[Any], list[Path]] | None = None,
-                    fix: str = DEFAULT_FIX) -> Family:
+                    fix: str = DEFAULT_FIX, licence: Licence | None = None) -> Family:
     """Register family ``name`` (called once, by the family's own module). ``module``: where it lives, so that a
-    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``: see :class:`Family`."""
+    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``, ``licence``: see
+    :class:`Family`."""
     if name in _FAMILIES and _FAMILIES[name].load is not load:
         raise ValueError(f"model family {name!r} registered twice")
-    fam = Family(name, load, check, summary, files, fix)
+    fam = Family(name, load, check, summary, files, fix, licences.checked(licence, f"model family {name!r}"))
     _FAMILIES[name] = fam
     if module and _module_of(name) is None:
         _MODULES[name] = module

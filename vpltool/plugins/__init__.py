@@ -21,6 +21,11 @@ when the method or family is used. It calls the functions here:
   module calls :func:`vpltool.models.text.family.register_text_family`);
 * :func:`register_model` / :func:`register_tokenizer`: a CLIP alias and a tokenizer (the demo world's toy CLIP).
 
+Each method and family declares its :class:`Licence` (the code it follows, the weights it loads) where it registers:
+the spec row's and the text row's ``licence=``, and :func:`vpltool.models.register_family`'s ``licence=``. One that
+declares none is listed as ``undeclared`` by ``vpltool list-methods --licences`` and
+:func:`vpltool.list_methods` ``(licences=True)``.
+
 A plugin that fails (its function raises or calls ``sys.exit``, a row is malformed, a name is vpltool's own or
 another plugin's, its module is not installed, does not import or misspells a hook) is one line naming its
 distribution and the fix, and is left out; the commands that do not use it go on. Its code runs with ``sys.argv`` as
@@ -50,6 +55,7 @@ _LAZY = {
     "MethodPresets": "vpltool.config.method_presets",
     **dict.fromkeys(("register_model", "register_tokenizer"), "vpltool.models.backbones.aliases"),
     "TextFamilyRow": "vpltool.models.registry",
+    "Licence": "vpltool.config.licences",
 }
 
 
@@ -101,4 +107,4 @@ def installed() -> dict[str, Any]:
 
 __all__ = ["register_dense_method", "register_backbone_family", "register_text_family", "register_model",
            "register_tokenizer", "problems", "installed", "DenseMethodSpec", "DenseSettings", "MethodKnobs", "knob",
-           "MethodPresets", "TextFamilyRow", "VplError"]
+           "MethodPresets", "TextFamilyRow", "Licence", "VplError"]

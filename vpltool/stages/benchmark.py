@@ -25,6 +25,7 @@ from ..config.dense import DENSE_CHOICES
 from ..data.benchmarks import BENCHMARK_ORDER, TITLES
 from ..data.class_files import is_class_set
 from ..errors import VplError
+from ..io.protocols import from_row
 from ..models import ModelSpec
 from ..models.registry import segmenter_family
 
@@ -102,9 +103,11 @@ def run_benchmark(method: str, roots: Mapping[str, str | Path], out: str | Path,
             loaded["backbone"] = load_model("clip", spec, resolve_device(runtime.device))
         run_segment(datasets[n], folder, spec, configs[n], runtime, shard=shard, backbone=loaded["backbone"])
 
+    presets = BENCHMARK_PRESETS[method]
     table = _score(method, spec.identity(), names, datasets, out, segment,
                    {n: _config_dict(configs[n]) for n in names}, on_benchmark,
-                   {n: made_with(configs[n]) for n in names})
+                   {n: made_with(configs[n]) for n in names},
+                   {n: f"benchmark presets: {presets.repo} {presets.config_file(n)}" for n in names})
     if keep is not None:
         keep["backbone"] = loaded["backbone"]
     return table
@@ -194,13 +197,15 @@ def made_with(cfg: SegmentConfig) -> dict[str, Any]:
 
 def _score(method: str, model: dict, names: list[str], datasets: dict, out: Path,
            segment: Callable[[str, Path], None], settings: dict, on_benchmark: Callable[[str], None] | None,
-           made: dict) -> dict[str, Any]:
+           made: dict, presets: dict | None = None) -> dict[str, Any]:
     """Each benchmark segmented into ``<out>/<name>/`` (``segment(name, folder)``) and, once every image has its
     mask, scored by `eval` into ``<out>/<name>.json``; the table (:func:`run_benchmark`'s), ``table.json`` once all
-    are scored."""
+    are scored. Each figure's protocol and post-processing are its eval's (read from the folder's records), with
+    ``presets`` (name -> where the settings came from) for a method run with its benchmark presets."""
     from .eval import run_eval
 
     miou: dict[str, float | None] = {}
+    protocol: dict[str, dict | None] = {}  # each figure's protocol and post-processing (vpltool.io.protocols)
     for n in names:
         if on_benchmark:
             on_benchmark(n)
@@ -209,13 +214,15 @@ def _score(method: str, model: dict, names: list[str], datasets: dict, out: Path
         if all(io.mask_path(folder, it.id).is_file() for it in datasets[n].items) and io.stage_record_path(
                 folder).is_file():
             result, _ = run_eval(folder, json_out=out / f"{n}.json", overwrite=True)
-            miou[n] = result["miou"]
+            # the settings' source: the method's benchmark presets (the folder's record holds what they set)
+            miou[n], protocol[n] = result["miou"], {**result["protocol"], **(
+                {"presets": presets[n]} if presets else {})}
         else:
-            miou[n] = None
+            miou[n], protocol[n] = None, None
     scored = [v for v in miou.values() if v is not None]
     table = {"method": method, "model": model, "columns": names, "titles": [TITLES[n] for n in names],
              "miou": miou, "mean": sum(scored) / len(scored) if len(scored) == len(names) else None,
-             "made_with": made, "settings": settings}
+             "made_with": made, "settings": settings, "protocol": protocol}
     if table["mean"] is not None:
         io.write_json(out / "table.json", table, kind="benchmark-table")
     return table
@@ -254,8 +261,11 @@ def format_row(table: Mapping[str, Any]) -> list[str]:
     titles = [*table["titles"], "Avg"]
     cells = [table["miou"][n] for n in table["columns"]] + [table["mean"]]
     width = max(8, *(len(t) + 1 for t in titles))
-    head = f"{'method':<12}" + "".join(f"{t:>{width}}" for t in titles)
+    made_by = {n: from_row(p) for n, p in (table.get("protocol") or {}).items()}
+    kinds = sorted({p.protocol for p in made_by.values() if p is not None})  # one word unless they differ
+    head = f"{'method':<12}" + "".join(f"{t:>{width}}" for t in titles) + "  protocol"
     row = f"{table['method']:<12}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}':>{width}}" for v in cells)
+    row += f"  {' / '.join(kinds) or '-'}"
     made = []
     for n, title in zip(table["columns"], table["titles"]):
         m = table.get("made_with", {}).get(n)
@@ -263,6 +273,9 @@ def format_row(table: Mapping[str, Any]) -> list[str]:
             scale = "" if m["logit_scale"] is None else f", logit scale {m['logit_scale']:g}"
             made.append(f"  {title}: class file {m['class_file'] or 'the dataset names'}, short side "
                         f"{m['short_side']}, window {m['window']}, threshold {m['threshold']:g}{scale}")
+        p = made_by.get(n)
+        if p is not None:  # the protocol and post-processing beside the figure (vpltool.io.protocols)
+            made.append(f"    {p.label()}; post-processing: {p.post()}; settings: {p.presets}")
     return [head, row, *made]
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import io
 from ..config import PSEUDO_STAGES, EvalConfig, from_params, ignored_option
 from ..errors import ContractError, VplError, VplWarning
+from ..io.protocols import of_scores, protocol_lines
 from ..ops.kernels import MiouAccumulator, best_foreground, class_name_map, with_background
 
 if TYPE_CHECKING:
@@ -252,7 +253,7 @@ def format_table(result: Mapping[str, Any], classes: Sequence[str]) -> Group:
         # float(): keys are strings once the result went through JSON
         tried = ", ".join(f"a={float(a):g}: {_pct(m)}" for a, m in result.get("by_exponent", {}).items())
         caption += f" · best bg exponent a={float(result['bg_exponent']):g} ({tried})"
-    lines = [Text(title), table, Text(caption)]
+    lines = [Text(title), *map(Text, protocol_lines(result.get("protocol"))), table, Text(caption)]
     pairs = confused_pairs(result.get("confusion"), classes)
     if pairs:
         lines.append(Text("most confused (GT → predicted, share of the GT class's pixels): " + ", ".join(
@@ -414,6 +415,7 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
                        "split")
     result["kind"] = "cam" if is_cam else "mask"
     result["classes"] = list(dataset.classes)
+    result["protocol"] = of_scores(folder, result.get("bg_exponent"))  # what made it, from the folder's records
     result.update(scored_what(folder, stage, dataset.split))
     record_path = io.stage_record_path(folder)
     made = io.read_record(record_path).get(io.NUMERICS) if record_path.is_file() else None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from vpltool.plugins import (
     DenseMethodSpec,
     DenseSettings,
+    Licence,
     MethodKnobs,
     MethodPresets,
     VplError,
@@ -20,6 +21,8 @@ from vpltool.plugins import (
 )
 
 METHOD = "example-smooth"
+# what a user may ship: the code it follows (its own) and the weights it loads (the CLIP's, by default OpenAI's)
+LICENCE = Licence("MIT (the example's own)", "OpenAI CLIP ViT-B/16: MIT", note="a test's example plugin")
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,11 @@ PRESETS = MethodPresets("vpltool-example (tests/plugin_example)",
 def register() -> None:
     """The entry point: the methods' rows and the family's module, nothing loaded."""
     register_dense_method(METHOD, DenseMethodSpec(SETTINGS, module="vpltool_example.method", knobs_class=SmoothKnobs,
-                                                  presets=PRESETS))
+                                                  presets=PRESETS, licence=LICENCE))
     # an attention method: NACLIP's segmentor, its last block's attention its own (vpltool_example/attention.py);
     # it reads only the block's q, k, v, so it runs on a timm tower (SigLIP 2, PE-Core) too
     register_dense_method("example-vv", DenseMethodSpec(SETTINGS, module="vpltool_example.attention",
-                                                        timm_tower=True))
+                                                        timm_tower=True, licence=LICENCE))
     register_backbone_family("example-mean", "vpltool_example.family")
     # a CLIP family: --model example-clip:ARCH@SEED in every stage, vpltool.segmenter(model="example-clip:...")
     register_backbone_family("example-clip", "vpltool_example.clip_family")

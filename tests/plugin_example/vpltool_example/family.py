@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from vpltool.models import register_family
+from vpltool.plugins import Licence
 
 
 class MeanColour(nn.Module):
@@ -28,4 +29,4 @@ def load(spec, device="cpu", **options):
 
 
 register_family("example-mean", load, summary="an example plugin's family: a photo's mean colour",
-                module=__name__)
+                module=__name__, licence=Licence("MIT (the example's own)", "no weights: it averages colours"))

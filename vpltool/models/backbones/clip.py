@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ...config import licences
 from ...errors import VplError
 from ..dense import DenseMixing, dense_mixing
 from ..registry import register_family
@@ -183,6 +184,6 @@ def _files(spec: ModelSpec) -> list[Path]:
 register_family("clip", load_backbone, check_backbone,
                 summary="open_clip ViTs (OpenAI, LAION, MetaCLIP, SigLIP 2, PE-Core), local weight files and folders, "
                 "the demo's toy CLIP; the CLIP-ES surgery, --dense a parameter of its last block", module=__name__,
-                files=lambda spec: _files(spec), fix="re-download or re-train that model")
+                files=lambda spec: _files(spec), fix="re-download or re-train that model", licence=licences.CLIP_FAMILY)
 
 __all__ = ["check_backbone", "check_tokenizer", "load_backbone", "plugin_clip"]

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ...config import licences
 from ...errors import VplError
 from ...io import is_regular_file, not_a_file
 from ..registry import register_family
@@ -424,7 +425,7 @@ class DinoBackbone:
 
 
 register_family("dino", load_dino, check_dino, summary="a timm ViT (DINO, DINOv2, the toy DINO): its patch attention",
-                module=__name__, files=spec_files, fix=DINO_WEIGHTS_FIX)
+                module=__name__, files=spec_files, fix=DINO_WEIGHTS_FIX, licence=licences.DINO_FAMILY)
 
 __all__ = ["DINO_POS_RESIZE", "DinoSpec", "DinoBackbone", "check_dino", "import_timm", "load_dino"]
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...config import licences
 from ...errors import VplError
 from ...io import check_weights, is_regular_file, not_a_file, read_weights
 from ..registry import register_family
@@ -393,6 +394,6 @@ def _files(spec: SamSpec) -> list[Path]:
 
 register_family("sam", load_sam, _check, summary="SAM (segment-anything): its encoder's last global attention; with "
                 "SamSpec.prompt its prompt encoder and mask decoder",
-                module=__name__, files=_files, fix=FIX)
+                module=__name__, files=_files, fix=FIX, licence=licences.SAM_FAMILY)
 
 __all__ = ["SAM_ARCHS", "SamArch", "SamSpec", "SamEncoder", "check_sam", "load_sam", "sam_input"]

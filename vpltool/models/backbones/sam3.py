@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...config import licences
 from ...errors import VplError
 from ..registry import register_family
 from .sam3_files import check_state, identity, read_config, read_state
@@ -416,7 +417,8 @@ def _files(spec: Sam3Spec) -> list[Path]:
 
 
 register_family("sam3", load_sam3, _check, summary="SAM 3 (transformers' Sam3Model): concept prompts -> masks, "
-                "scores and presence; Hugging Face's or Meta's weights", module=__name__, files=_files, fix=FIX)
+                "scores and presence; Hugging Face's or Meta's weights", module=__name__, files=_files, fix=FIX,
+                licence=licences.SAM3_FAMILY)
 
 __all__ = ["BUCKET", "CONFIDENCE", "Sam3", "Sam3Concept", "Sam3Grounding", "Sam3Image", "Sam3Spec", "Sam3Text",
            "check_sam3", "load_sam3", "sam3_identity"]

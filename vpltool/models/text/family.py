@@ -204,7 +204,8 @@ def register_text_family(impl: TextSegFamily) -> TextSegFamily:
     _REGISTERED[impl.name] = impl
     register_family(impl.name, lambda spec, device="cpu", **_: impl.load_model(spec, device),
                     lambda spec, **_: impl.check_checkpoint(spec), summary=TEXT_FAMILIES[impl.name].title,
-                    module=TEXT_FAMILIES[impl.name].module, fix=f"pass {TEXT_FAMILIES[impl.name].files}")
+                    module=TEXT_FAMILIES[impl.name].module, fix=f"pass {TEXT_FAMILIES[impl.name].files}",
+                    licence=TEXT_FAMILIES[impl.name].licence)
     return impl
 
 

@@ -297,6 +297,16 @@ def _link(root: Path, splits: list[Split]) -> None:
         col.made_from = hashes.get((col.record.get("inputs") or {}).get("cams"))
 
 
+def _made(row: Any, splits: list[str]) -> str:
+    """A stage row's protocol and post-processing in a few words (:mod:`vpltool.io.protocols`), from the first of
+    its splits' scores that records them."""
+    from ...io.protocols import from_row
+
+    scores = [row.get(s) for s in splits] if isinstance(row, dict) else []
+    made = next((m for m in (from_row(s.get("protocol")) for s in scores if isinstance(s, dict)) if m), None)
+    return "" if made is None else f"{made.protocol} · {made.brief()}"
+
+
 def stage_table(run: Run) -> dict[str, Any]:
     """The figures of the report's first table, as `demo-report` and `eval` wrote them (never recomputed):
     ``stages`` (rows of ``metrics.json``: stage, `cam --refine`, mIoU per split), ``splits`` (those splits),
@@ -313,6 +323,8 @@ def stage_table(run: Run) -> dict[str, Any]:
     out["splits"] = list(dict.fromkeys(k for row in out["stages"] if isinstance(row, dict) for k in row
                                        if k not in ("stage", "refine")))
     out["refines"] = any(isinstance(row, dict) and row.get("refine") for row in out["stages"])
+    # each row's protocol and post-processing, as its eval recorded them ("" for an older eval's)
+    out["protocols"] = [_made(row, out["splits"]) for row in out["stages"]]
     for name, path in run.metrics_files.items():
         result = _eval_metrics(path)
         if result is None:
