@@ -41,7 +41,10 @@ class Registration:
 
 _ROWS: list[Registration] = []
 _PROBLEMS: list[str] = []
-_STATE = {"loaded": False, "quiet": False}
+_STATE: dict[str, Any] = {"loaded": False, "quiet": False, "group": None, "survey": None}
+_LOADED: set[str] = set()  # the entry points called in this process (by key_of)
+_WANTED: set[str] = set()  # the names looked for among the plugins (want)
+_BUILTIN_NAMES: set[str] = set()  # vpltool's own rows' names, of every table
 _CURRENT: list[str] = []  # the distribution whose entry point runs now (a stack: an entry point may read a table)
 _UNDO: list[Callable[[], Any]] = []  # what the running entry point's register calls outside _ROWS would take back
 
@@ -51,32 +54,221 @@ def _dist_of(ep: Any) -> str:
     return f"{dist.name} {dist.version}" if dist is not None else f"the entry point {ep.name} = {ep.value}"
 
 
+def _own(ep: Any) -> bool:
+    """An entry point of vpltool's own package (the demo world's toy CLIP): loaded in this process on first use,
+    as vpltool's own rows are."""
+    return ep.value.split(":")[0].split(".")[0].strip() == "vpltool"
+
+
+def _group() -> list[Any]:
+    """The entry points of :data:`GROUP`, read from the installed distributions' metadata once (no plugin code
+    runs: ``importlib.metadata`` reads their ``entry_points.txt``)."""
+    if _STATE.get("group") is None:
+        from importlib.metadata import entry_points
+
+        _STATE["group"] = list(entry_points(group=GROUP))
+    return _STATE["group"]
+
+
 def load() -> None:
-    """Call every entry point of :data:`GROUP` once (later calls return at once). One that fails is a problem line
-    (:func:`problem`), never an exception: a broken plugin must not stop the commands that do not use it. Each runs
-    under :func:`plugin_code` (its ``sys.exit``, a Ctrl-C, its prints and its reading of ``sys.argv`` kept inside),
-    and one that fails is left out whole: the rows it added before failing are dropped."""
+    """Call vpltool's own entry points once (later calls return at once): the demo world's toy CLIP. Another
+    distribution's plugin is loaded only when named (:func:`want`) or listed (:func:`load_listed`), so that a command
+    or a program that uses vpltool's own methods runs none of a plugin's code."""
     if _STATE["loaded"]:
         return
     _STATE["loaded"] = True
-    from importlib.metadata import entry_points
+    for ep in _group():
+        if _own(ep):
+            _load_one(ep)
 
-    for ep in entry_points(group=GROUP):
-        dist = _dist_of(ep)
-        _CURRENT.append(dist)
-        rows, undo = len(_ROWS), len(_UNDO)
-        try:
-            with plugin_code() as said:
-                ep.load()()
-        except PluginFailure as e:
-            del _ROWS[rows:]
-            while len(_UNDO) > undo:
-                _UNDO.pop()()
-            problem(f"plugin {dist}: its entry point {ep.name} = {ep.value} failed ({e.cause}{said.tail()}); it is "
-                    f"not loaded: fix or reinstall it, or remove it (pip uninstall {dist.split()[0]})")
-        finally:
-            del _UNDO[undo:]
-            _CURRENT.pop()
+
+def _load_one(ep: Any) -> bool:
+    """Call one entry point in this process, once. One that fails is a problem line (:func:`problem`), never an
+    exception: a broken plugin must not stop the commands that do not use it. It runs under :func:`plugin_code`
+    (its ``sys.exit``, a Ctrl-C, its prints and its reading of ``sys.argv`` kept inside), and one that fails is left
+    out whole: the rows it added before failing are dropped. True if it ran now and did not fail."""
+    from .lister import key_of
+
+    key = key_of(ep)
+    if key in _LOADED:
+        return False
+    _LOADED.add(key)
+    dist = _dist_of(ep)
+    _CURRENT.append(dist)
+    rows, undo = len(_ROWS), len(_UNDO)
+    try:
+        with plugin_code() as said:
+            ep.load()()
+    except PluginFailure as e:
+        del _ROWS[rows:]
+        while len(_UNDO) > undo:
+            _UNDO.pop()()
+        problem(_failed_line(dist, key, e.cause + said.tail()))
+        return False
+    finally:
+        del _UNDO[undo:]
+        _CURRENT.pop()
+    return True
+
+
+def _failed_line(dist: str, key: str, cause: str) -> str:
+    return (f"plugin {dist}: its entry point {key} failed ({cause}); it is not loaded: fix or reinstall it"
+            f"{uninstall_hint(dist)}")
+
+
+@dataclass(frozen=True)
+class Listed:
+    """What listing a plugin's entry point in a child process (:func:`survey`) found: its ``key`` (``name =
+    value``), its distribution, the ``kind:name`` of each thing it registered (``dense:example-smooth``,
+    ``family:example-mean``, ``model:ALIAS``, ``tokenizer:KIND``), or how it failed (None: it did not)."""
+
+    key: str
+    dist: str
+    names: tuple[str, ...]
+    failure: str | None
+
+    def registers(self, name: str) -> bool:
+        return self.failure is None and any(n.partition(":")[2] == name for n in self.names)
+
+
+def survey() -> list[Listed]:
+    """Every other distribution's entry point, called in a child process (:mod:`vpltool.plugins.lister`) once per
+    process, never in this one: what each registers, or how it failed. One that raises, exits (``sys.exit``,
+    ``os._exit``), crashes or takes longer than the plugins' timeout
+    (:func:`vpltool.config.dense_plugins.plugin_timeout`) costs only itself: it is a problem line
+    (:func:`problem`) and is never loaded here; the child goes on with the others."""
+    if _STATE.get("survey") is None:
+        foreign = [ep for ep in _group() if not _own(ep)]
+        _STATE["survey"] = _list_in_child(foreign) if foreign else []
+        for item in _STATE["survey"]:
+            if item.failure is not None:
+                problem(_failed_line(item.dist, item.key, item.failure))
+    return list(_STATE["survey"])
+
+
+def _list_in_child(eps: list[Any]) -> list[Listed]:
+    """:func:`survey`'s children: one lists the entry points in order; where it stops (an exit, a crash, a hang
+    killed at the timeout) the entry point it had begun is that one's failure, and a new child lists the rest."""
+    from ..config.dense_plugins import plugin_timeout
+    from .lister import key_of
+
+    timeout = plugin_timeout()
+    dists = {key_of(ep): _dist_of(ep) for ep in eps}
+    found: dict[str, tuple[tuple[str, ...], str | None]] = {}
+    left = list(dists)
+    while left:
+        answers, running, ended = _one_child(left, timeout)
+        found.update(answers)
+        if running is not None:
+            found[running] = ((), ended)
+        elif len(found) < len(dists) and not answers:  # it stopped before reaching any: the child itself failed
+            found.update({key: ((), f"the plugins' lister stopped before reaching it: {ended}") for key in left})
+        left = [key for key in left if key not in found]
+    return [Listed(key, dists[key], *found[key]) for key in dists]
+
+
+def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str]:
+    """Run one lister child on ``keys``: its answers by key, the key it had begun but not answered (None), and how
+    it ended (a sentence: "it did not return within 30 s", "it ended the process with exit code 0")."""
+    import json
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .lister import BEGIN, FAILED, MARK, OK
+
+    code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from vpltool.plugins.lister import main; "
+            "main(sys.argv[2:])")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), *keys], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    answers: dict[str, tuple[tuple[str, ...], str | None]] = {}
+    running, buffer, ended = None, b"", ""
+    deadline = time.monotonic() + timeout  # the child's start (Python, vpltool.plugins) has one timeout too
+    try:
+        while True:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                ended = f"it did not return within {timeout:g} s, the plugins' timeout ({_timeout_name()})"
+                break
+            if not select.select([proc.stdout], [], [], wait)[0]:
+                continue
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                code_ = proc.wait()
+                ended = (f"it crashed ({signal.Signals(-code_).name})" if code_ < 0 and -code_ in
+                         signal.valid_signals() else f"it ended the process with exit code {code_}")
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                text = line.decode("utf-8", "replace")
+                if not text.startswith(MARK):
+                    continue
+                what, key, *rest = text[len(MARK):].split("\t")
+                if what == BEGIN:
+                    running, deadline = key, time.monotonic() + timeout
+                elif what in (OK, FAILED) and key == running:
+                    value = json.loads(rest[0]) if rest else None
+                    answers[key] = (tuple(value), None) if what == OK else ((), str(value))
+                    running = None
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    return answers, running, ended
+
+
+def _timeout_name() -> str:
+    from ..config.dense_plugins import TIMEOUT_VARIABLE
+
+    return TIMEOUT_VARIABLE
+
+
+def want(name: Any) -> bool:
+    """Load in this process the plugins whose entry points register ``name`` (a ``--dense`` method, a family, a
+    tokenizer kind), found by listing them in a child (:func:`survey`); vpltool's own names never reach here
+    (:func:`maybe_plugin`). True if one was loaded now. Each name is looked for once."""
+    if not maybe_plugin(name) or name in _WANTED:
+        return False
+    _WANTED.add(name)
+    if not any(not _own(ep) for ep in _group()):
+        return False
+    keys = {item.key for item in survey() if item.registers(name)}
+    return any([_load_one(ep) for ep in _group() if _key(ep) in keys])
+
+
+def load_listed() -> None:
+    """Load in this process every plugin that listed cleanly in a child (:func:`survey`): what lists the plugins
+    (``--help``, ``benchmark``, :func:`vpltool.list_methods`) shows their rows; one that failed there is its line and
+    is never loaded here."""
+    load()
+    keys = {item.key for item in survey() if item.failure is None}
+    for ep in _group():
+        if _key(ep) in keys:
+            _load_one(ep)
+
+
+def _key(ep: Any) -> str:
+    from .lister import key_of
+
+    return key_of(ep)
+
+
+def maybe_plugin(name: Any) -> bool:
+    """Whether looking ``name`` up may need a plugin: a non-empty string that is none of vpltool's own names in any
+    of its tables (a lookup of ``naclip`` among the text families, say, never starts a listing)."""
+    if not isinstance(name, str) or not name:
+        return False
+    import importlib
+
+    for module in ("vpltool.config.dense", "vpltool.models.registry"):  # their tables: vpltool's own names
+        importlib.import_module(module)
+    return name not in _BUILTIN_NAMES
 
 
 class PluginFailure(Exception):
@@ -185,6 +377,7 @@ class PluginTable(Mapping):
                  what: str = "name"):
         self.kind, self.what, self._check = kind, what, check
         self._builtin = dict(builtin)
+        _BUILTIN_NAMES.update(self._builtin)
         self._rows = dict(builtin)
         self._dists: dict[str, str] = {}
         self._seen = 0
@@ -250,8 +443,15 @@ class PluginTable(Mapping):
         self._table()
         return self._dists.get(name)
 
+    def _has(self, name: object) -> dict[str, Any]:
+        """The rows, with the plugin that registers ``name`` loaded first if it is no row yet (:func:`want`)."""
+        rows = self._table()
+        if name not in rows and want(name):
+            rows = self._table()
+        return rows
+
     def __getitem__(self, name: str) -> Any:
-        return self._table()[name]
+        return self._has(name)[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._table()))
@@ -260,7 +460,7 @@ class PluginTable(Mapping):
         return len(self._table())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._table()
+        return name in self._has(name)
 
     def __repr__(self) -> str:
         return f"PluginTable({self.kind!r}, {list(self)!r})"
@@ -269,10 +469,11 @@ class PluginTable(Mapping):
 class Derived:
     """A value derived from plugin tables (a tuple of names, a dict by name), computed on first use and again when
     a table grows: ``DENSE_CHOICES`` reads as the tuple it was, with the plugins' methods in it, and importing it
-    loads no plugin."""
+    loads no plugin. ``names=True``: its items are method or family names, and looking up one that is none yet
+    loads the plugin that registers it (:func:`want`)."""
 
-    def __init__(self, make: Callable[[], Any], *tables: PluginTable):
-        self._make, self._tables = make, tables
+    def __init__(self, make: Callable[[], Any], *tables: PluginTable, names: bool = False):
+        self._make, self._tables, self._names = make, tables, names
         self._key: tuple | None = None
         self._value: Any = None
 
@@ -297,7 +498,7 @@ class DerivedTuple(Derived):
         return self.value()[index]
 
     def __contains__(self, value: object) -> bool:
-        return value in self.value()
+        return value in self.value() or (self._names and want(value) and value in self.value())
 
     def __eq__(self, other: object) -> bool:
         return tuple(self.value()) == (tuple(other) if isinstance(other, (tuple, list, DerivedTuple)) else other)
@@ -316,7 +517,10 @@ class DerivedMap(Derived, Mapping):
     """A :class:`Derived` dict."""
 
     def __getitem__(self, key):
-        return self.value()[key]
+        value = self.value()
+        if key not in value and self._names and want(key):
+            value = self.value()
+        return value[key]
 
     def __iter__(self):
         return iter(self.value())
@@ -329,4 +533,5 @@ class DerivedMap(Derived, Mapping):
 
 
 __all__ = ["GROUP", "IN_PROCESS", "Registration", "PluginTable", "Derived", "DerivedTuple", "DerivedMap", "load",
-           "add", "problem", "problems", "hold_warnings", "uninstall_hint", "plugin_code", "PluginFailure", "undoable"]
+           "want", "load_listed", "survey", "Listed", "maybe_plugin", "add", "problem", "problems", "hold_warnings",
+           "uninstall_hint", "plugin_code", "PluginFailure", "undoable"]

@@ -35,13 +35,17 @@ def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any])
 
 
 def registered_models() -> list[str]:
-    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models)."""
-    entry_points.load()
+    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models): the
+    plugins that list cleanly are loaded first (:func:`~vpltool.plugins.entry_points.load_listed`)."""
+    entry_points.load_listed()
     return list(_MODELS)
 
 
 def registered_folder(alias: str) -> Path | None:
-    """The local folder of a registered alias, or None (the plugins read first)."""
+    """The local folder of a registered alias, or None (vpltool's own entry points read first; another plugin's
+    alias is found once that plugin is loaded: listed, or named by one of its methods or families, or by
+    :func:`vpltool.plugins.load`; every ``--model`` is looked up here, and an open_clip name must not start a
+    listing of the plugins)."""
     if alias not in _MODELS:
         entry_points.load()
     return _MODELS[alias]() if alias in _MODELS else None
@@ -50,6 +54,8 @@ def registered_folder(alias: str) -> Path | None:
 def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
     if kind not in _TOKENIZERS:
         entry_points.load()
+    if kind not in _TOKENIZERS:
+        entry_points.want(kind)  # a plugin's (listed in a child first: vpltool.plugins.entry_points.survey)
     if kind not in _TOKENIZERS:
         raise VplError(f"tokenizer {kind!r} (named by a model's {EXTRA_CONFIG}) is not registered; install the "
                        "package that provides it")
