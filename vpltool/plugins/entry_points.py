@@ -191,14 +191,14 @@ def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str]:
         while True:
             wait = deadline - time.monotonic()
             if wait <= 0:
-                ended = f"it did not return within {timeout:g} s, the plugins' timeout ({_timeout_name()})"
+                ended = f"it did not return within {timeout:g} s, the plugins' timeout, set by {_timeout_name()}"
                 break
             if not select.select([proc.stdout], [], [], wait)[0]:
                 continue
             chunk = os.read(proc.stdout.fileno(), 1 << 16)
             if not chunk:
                 code_ = proc.wait()
-                ended = (f"it crashed ({signal.Signals(-code_).name})" if code_ < 0 and -code_ in
+                ended = (f"it crashed with {signal.Signals(-code_).name}" if code_ < 0 and -code_ in
                          signal.valid_signals() else f"it ended the process with exit code {code_}")
                 break
             buffer += chunk
