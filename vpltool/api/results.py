@@ -111,15 +111,16 @@ class Segmentation:
         return write_mask(path, self._mask(), kind=SAVED_KIND)
 
     def _check_not_source(self, path: Path) -> None:
-        """One line if ``path`` is the segmented photo's file under another name (a hard link: the same device and
-        inode; a symbolic link or the same path is refused by :func:`vpltool.io.check_outputs` too)."""
+        """One line if ``path`` is the segmented photo's file under another name: a hard link, the same device and
+        inode (the same path and a symbolic link to it resolve to the photo: :func:`vpltool.io.check_outputs`
+        refuses them as the command line refuses an output that is its input)."""
         if self.source is None:
             return
         try:
             same = os.path.samefile(path, self.source)
         except OSError:  # either is missing (the photo moved away): nothing to destroy
             return
-        if same:
+        if same and os.path.realpath(path) != os.path.realpath(self.source):
             raise VplError(f"{path}: is the photo this result segmented ({self.source}), the same file under "
                            "another name; writing there would destroy it: choose another path")
 

@@ -140,7 +140,7 @@ def survey() -> list[Listed]:
     if _STATE.get("survey") is None:
         foreign = [ep for ep in _group() if not _own(ep)]
         _STATE["survey"] = _list_in_child(foreign) if foreign else []
-        for item in _STATE["survey"]:
+        for item in sorted(_STATE["survey"], key=lambda i: (i.dist, i.key)):  # not the file system's order
             if item.failure is not None:
                 problem(_failed_line(item.dist, item.key, item.failure))
     return list(_STATE["survey"])
