@@ -6,8 +6,10 @@ A plugin's distribution names one function in its ``pyproject.toml``::
     [project.entry-points."vpltool.plugins"]
     example = "vpltool_example:register"
 
-vpltool calls it once, with no argument, the first time a method or family list is read (`vpltool --help` reads
-them), so it must be cheap: it imports no torch, and names the module that does the work, which is imported only
+vpltool calls it once, with no argument, when the plugin is needed: a command or program names one of its methods or
+families, or lists the plugins (`vpltool --help`, ``benchmark``, :func:`vpltool.list_methods`; each plugin is
+listed in a child process first, so that one that ends the process, hangs or crashes costs only itself). It must be
+cheap: it imports no torch, and names the module that does the work, which is imported only
 when the method or family is used. It calls the functions here:
 
 * :func:`register_dense_method` ``(name, spec)``: ``--dense name`` in `segment`, `cam --dense`, `predict --dense`,

@@ -1,10 +1,15 @@
 """The ``vpltool.plugins`` entry-point group, read once: what other distributions add to vpltool without forking it.
 
 Each entry point names a function of a plugin's light module (``vpltool_example:register``), which vpltool calls
-once, with no argument, the first time one of its tables is read (a command's options are made from them, so
-`vpltool --help` reads them too). The function calls the register functions of :mod:`vpltool.plugins`; they add a
-row here by kind (``dense``: a ``--dense`` method's spec row; ``family``: a model family's module; ``text``: a
-text-supervised family's registry row), with the distribution that added it.
+once, with no argument, when the plugin is needed: vpltool's own entry point (the demo world's) the first time one
+of its tables is read; another distribution's only when a name that is none of vpltool's own is looked up
+(:func:`want`: ``--dense example-smooth``) or the plugins are listed (:func:`load_listed`: ``--help``,
+``benchmark``, :func:`vpltool.list_methods`). Both first list every plugin in a child process (:func:`survey`,
+:mod:`vpltool.plugins.lister`), so that a plugin whose function ends the process (``os._exit``), hangs or crashes
+costs only itself, one line, and is never called in this one; a program that uses vpltool's own methods calls no
+plugin at all. The function calls the register functions of :mod:`vpltool.plugins`; they add a row here by kind
+(``dense``: a ``--dense`` method's spec row; ``family``: a model family's module; ``text``: a text-supervised
+family's registry row), with the distribution that added it.
 
 The tables read their rows through :class:`PluginTable`: vpltool's own rows, then the plugins' rows of its kind, each
 checked by the table's owner. A plugin that fails (its entry point raises, a row is malformed, a name is vpltool's
