@@ -39,7 +39,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import VplError
-from . import entry_points
+from . import entry_points, survey
+
+# a name no table holds is looked for among the plugins, each listed in a child process first (survey): the tables'
+# module, the ground under the registries, imports nothing above it, so it is told here
+entry_points.install(want=survey.want, load_listed=survey.load_listed)
 
 if TYPE_CHECKING:
     from ..config.dense import DenseMethodSpec

@@ -50,6 +50,8 @@ _STATE: dict[str, Any] = {"loaded": False, "quiet": False, "group": None, "surve
 _LOADED: set[str] = set()  # the entry points called in this process (by key_of)
 _WANTED: set[str] = set()  # the names looked for among the plugins (want)
 _BUILTIN_NAMES: set[str] = set()  # vpltool's own rows' names, of every table
+_NAMES: list[str] = []  # ``kind:name`` of what register calls outside _ROWS registered (an alias, a tokenizer)
+_HOOKS: dict[str, Callable[..., Any]] = {}  # want and load_listed's workers (install)
 _CURRENT: list[str] = []  # the distribution whose entry point runs now (a stack: an entry point may read a table)
 _UNDO: list[Callable[[], Any]] = []  # what the running entry point's register calls outside _ROWS would take back
 
@@ -57,6 +59,12 @@ _UNDO: list[Callable[[], Any]] = []  # what the running entry point's register c
 def _dist_of(ep: Any) -> str:
     dist = getattr(ep, "dist", None)
     return f"{dist.name} {dist.version}" if dist is not None else f"the entry point {ep.name} = {ep.value}"
+
+
+def key_of(ep: Any) -> str:
+    """An entry point's key, one line: ``name = value`` (the listing's protocol names it so, and
+    :data:`_LOADED` holds it)."""
+    return f"{ep.name} = {ep.value}".replace("\n", " ").replace("\t", " ")
 
 
 def _own(ep: Any) -> bool:
@@ -92,8 +100,6 @@ def _load_one(ep: Any) -> bool:
     exception: a broken plugin must not stop the commands that do not use it. It runs under :func:`plugin_code`
     (its ``sys.exit``, a Ctrl-C, its prints and its reading of ``sys.argv`` kept inside), and one that fails is left
     out whole: the rows it added before failing are dropped. True if it ran now and did not fail."""
-    from .lister import key_of
-
     key = key_of(ep)
     if key in _LOADED:
         return False
@@ -121,159 +127,27 @@ def _failed_line(dist: str, key: str, cause: str) -> str:
             f"{uninstall_hint(dist)}")
 
 
-@dataclass(frozen=True)
-class Listed:
-    """What listing a plugin's entry point in a child process (:func:`survey`) found: its ``key`` (``name =
-    value``), its distribution, the ``kind:name`` of each thing it registered (``dense:example-smooth``,
-    ``family:example-mean``, ``model:ALIAS``, ``tokenizer:KIND``), or how it failed (None: it did not)."""
-
-    key: str
-    dist: str
-    names: tuple[str, ...]
-    failure: str | None
-
-    def registers(self, name: str) -> bool:
-        return self.failure is None and any(n.partition(":")[2] == name for n in self.names)
-
-
-def survey() -> list[Listed]:
-    """Every other distribution's entry point, called in a child process (:mod:`vpltool.plugins.lister`) once per
-    process, never in this one: what each registers, or how it failed. One that raises, exits (``sys.exit``,
-    ``os._exit``), crashes or takes longer than the plugins' timeout
-    (:func:`vpltool.config.dense_plugins.plugin_timeout`) costs only itself: it is a problem line
-    (:func:`problem`) and is never loaded here; the child goes on with the others."""
-    if _STATE.get("survey") is None:
-        foreign = [ep for ep in _group() if not _own(ep)]
-        _STATE["survey"] = _list_in_child(foreign) if foreign else []
-        for item in sorted(_STATE["survey"], key=lambda i: (i.dist, i.key)):  # not the file system's order
-            if item.failure is not None:
-                problem(_failed_line(item.dist, item.key, item.failure))
-    return list(_STATE["survey"])
-
-
-def _list_in_child(eps: list[Any]) -> list[Listed]:
-    """:func:`survey`'s children: one lists the entry points in order; where it stops (an exit, a crash, a hang
-    killed at the timeout) the entry point it had begun is that one's failure, and a new child lists the rest."""
-    from ..config.dense_plugins import plugin_timeout
-    from .lister import key_of
-
-    timeout = plugin_timeout()
-    dists = {key_of(ep): _dist_of(ep) for ep in eps}
-    found: dict[str, tuple[tuple[str, ...], str | None]] = {}
-    left = list(dists)
-    while left:
-        answers, running, ended = _one_child(left, timeout)
-        found.update(answers)
-        if running is not None:
-            found[running] = ((), ended)
-        elif len(found) < len(dists) and not answers:  # it stopped before reaching any: the child itself failed
-            found.update({key: ((), f"the plugins' lister stopped before reaching it: {ended}") for key in left})
-        left = [key for key in left if key not in found]
-    return [Listed(key, dists[key], *found[key]) for key in dists]
-
-
-def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str]:
-    """Run one lister child on ``keys``: its answers by key, the key it had begun but not answered (None), and how
-    it ended (a sentence: "it did not return within 30 s", "it ended the process with exit code 0")."""
-    import json
-    import os
-    import select
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from .lister import BEGIN, FAILED, MARK, OK
-
-    code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from vpltool.plugins.lister import main; "
-            "main(sys.argv[2:])")
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), *keys], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    answers: dict[str, tuple[tuple[str, ...], str | None]] = {}
-    running, buffer, ended = None, b"", ""
-    deadline = time.monotonic() + timeout  # the child's start (Python, vpltool.plugins) has one timeout too
-    try:
-        while True:
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                ended = f"it did not return within {timeout:g} s, the plugins' timeout, set by {_timeout_name()}"
-                break
-            if not select.select([proc.stdout], [], [], wait)[0]:
-                continue
-            chunk = os.read(proc.stdout.fileno(), 1 << 16)
-            if not chunk:
-                code_ = proc.wait()
-                ended = (f"it crashed with {signal.Signals(-code_).name}" if code_ < 0 and -code_ in
-                         signal.valid_signals() else f"it ended the process with exit code {code_}")
-                break
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                text = line.decode("utf-8", "replace")
-                if not text.startswith(MARK):
-                    continue
-                what, key, *rest = text[len(MARK):].split("\t")
-                if what == BEGIN:
-                    running, deadline = key, time.monotonic() + timeout
-                elif what in (OK, FAILED) and key == running:
-                    value = json.loads(rest[0]) if rest else None
-                    answers[key] = (tuple(value), None) if what == OK else ((), str(value))
-                    running = None
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
-    return answers, running, ended
-
-
-def _timeout_name() -> str:
-    from ..config.dense_plugins import TIMEOUT_VARIABLE
-
-    return TIMEOUT_VARIABLE
-
-
 def want(name: Any) -> bool:
-    """Load in this process the plugins whose entry points register ``name`` (a ``--dense`` method, a family, a
-    tokenizer kind), found by listing them in a child (:func:`survey`); vpltool's own names never reach here
-    (:func:`maybe_plugin`). True if one was loaded now. Each name is looked for once."""
-    if not maybe_plugin(name) or name in _WANTED:
-        return False
-    _WANTED.add(name)
-    if not any(not _own(ep) for ep in _group()):
-        return False
-    keys = {item.key for item in survey() if item.registers(name)}
-    return any([_load_one(ep) for ep in _group() if _key(ep) in keys])
+    """Load in this process the plugin that registers ``name`` (a ``--dense`` method, a family, a tokenizer kind),
+    if one does: :func:`vpltool.plugins.survey.want`, installed here by :mod:`vpltool.plugins` (this module imports
+    nothing of vpltool's above it). True if one was loaded now."""
+    hook = _HOOKS.get("want")
+    return bool(hook(name)) if hook is not None else False
 
 
 def load_listed() -> None:
-    """Load in this process every plugin that listed cleanly in a child (:func:`survey`): what lists the plugins
-    (``--help``, ``benchmark``, :func:`vpltool.list_methods`) shows their rows; one that failed there is its line and
-    is never loaded here."""
+    """Load every plugin that lists cleanly: :func:`vpltool.plugins.survey.load_listed` (installed as :func:`want`
+    is); vpltool's own entry points in any case."""
     load()
-    keys = {item.key for item in survey() if item.failure is None}
-    for ep in _group():
-        if _key(ep) in keys:
-            _load_one(ep)
+    hook = _HOOKS.get("load_listed")
+    if hook is not None:
+        hook()
 
 
-def _key(ep: Any) -> str:
-    from .lister import key_of
-
-    return key_of(ep)
-
-
-def maybe_plugin(name: Any) -> bool:
-    """Whether looking ``name`` up may need a plugin: a non-empty string that is none of vpltool's own names in any
-    of its tables (a lookup of ``naclip`` among the text families, say, never starts a listing)."""
-    if not isinstance(name, str) or not name:
-        return False
-    import importlib
-
-    for module in ("vpltool.config.dense", "vpltool.models.registry"):  # their tables: vpltool's own names
-        importlib.import_module(module)
-    return name not in _BUILTIN_NAMES
+def install(**hooks: Callable[..., Any]) -> None:
+    """Set :func:`want` and :func:`load_listed`'s workers (``want=``, ``load_listed=``): the listing in a child
+    process lives above this module (:mod:`vpltool.plugins.survey`), which imports it."""
+    _HOOKS.update(hooks)
 
 
 class PluginFailure(Exception):
@@ -329,9 +203,12 @@ def plugin_code() -> Iterator[_Said]:
         sys.argv = argv
 
 
-def undoable(undo: Callable[[], Any]) -> None:
+def undoable(undo: Callable[[], Any], name: str | None = None) -> None:
     """What a register call that keeps its row outside :data:`_ROWS` (a CLIP alias, a tokenizer) does to take it
-    back, run if the entry point that made the call then fails (the plugin is left out whole)."""
+    back, run if the entry point that made the call then fails (the plugin is left out whole); ``name``: what it
+    registered, ``kind:name`` (``model:ALIAS``), for the listing."""
+    if name is not None:
+        _NAMES.append(name)
     if _CURRENT:
         _UNDO.append(undo)
 
@@ -538,5 +415,5 @@ class DerivedMap(Derived, Mapping):
 
 
 __all__ = ["GROUP", "IN_PROCESS", "Registration", "PluginTable", "Derived", "DerivedTuple", "DerivedMap", "load",
-           "want", "load_listed", "survey", "Listed", "maybe_plugin", "add", "problem", "problems", "hold_warnings",
+           "want", "load_listed", "install", "key_of", "add", "problem", "problems", "hold_warnings",
            "uninstall_hint", "plugin_code", "PluginFailure", "undoable"]

@@ -20,20 +20,12 @@ MARK = "\x1evpltool-lister\t"  # a record separator first: no plugin's line star
 BEGIN, OK, FAILED = "begin", "ok", "failed"
 
 
-def key_of(ep) -> str:
-    """An entry point's key in the protocol: ``name = value`` (one line)."""
-    return f"{ep.name} = {ep.value}".replace("\n", " ").replace("\t", " ")
-
-
-def _added(rows: int, models: set[str], tokenizers: set[str]) -> list[str]:
-    """``kind:name`` of what was registered since: the rows past ``rows``, the aliases and tokenizers not in the
-    sets given."""
-    from ..models.backbones import aliases
+def _added(rows: int, names: int) -> list[str]:
+    """``kind:name`` of what was registered since: the rows past ``rows``, the other names past ``names`` (a CLIP
+    alias, a tokenizer: :func:`vpltool.plugins.entry_points.undoable`)."""
     from . import entry_points
 
-    return sorted({f"{r.kind}:{r.name}" for r in entry_points._ROWS[rows:]}
-                  | {f"model:{n}" for n in set(aliases._MODELS) - models}
-                  | {f"tokenizer:{n}" for n in set(aliases._TOKENIZERS) - tokenizers})
+    return sorted({f"{r.kind}:{r.name}" for r in entry_points._ROWS[rows:]} | set(entry_points._NAMES[names:]))
 
 
 def main(keys: list[str]) -> None:
@@ -44,17 +36,16 @@ def main(keys: list[str]) -> None:
     os.dup2(null, 2)
     from importlib.metadata import entry_points as group
 
-    from ..models.backbones import aliases
     from . import entry_points
 
     entry_points.load()  # vpltool's own (the demo world's): their names are not the plugins'
     wanted = set(keys)
     for ep in group(group=entry_points.GROUP):
-        key = key_of(ep)
+        key = entry_points.key_of(ep)
         if key not in wanted:
             continue
         out.write(f"{MARK}{BEGIN}\t{key}\n")
-        before = len(entry_points._ROWS), set(aliases._MODELS), set(aliases._TOKENIZERS)
+        before = len(entry_points._ROWS), len(entry_points._NAMES)
         entry_points._CURRENT.append(key)
         try:
             with entry_points.plugin_code() as said:

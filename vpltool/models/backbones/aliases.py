@@ -24,14 +24,14 @@ def register_model(alias: str, folder: Callable[[], Path]) -> None:
     """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
     ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
     _MODELS[alias] = folder
-    entry_points.undoable(lambda: _MODELS.pop(alias, None))  # gone again if its plugin then fails
+    entry_points.undoable(lambda: _MODELS.pop(alias, None), f"model:{alias}")  # gone again if its plugin fails
 
 
 def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
     """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
     a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
     _TOKENIZERS[kind] = factory
-    entry_points.undoable(lambda: _TOKENIZERS.pop(kind, None))
+    entry_points.undoable(lambda: _TOKENIZERS.pop(kind, None), f"tokenizer:{kind}")
 
 
 def registered_models() -> list[str]:
