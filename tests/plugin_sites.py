@@ -117,3 +117,24 @@ def write_rude(site: Path) -> Path:
     for name, (entry, modules) in RUDE.items():
         fake_dist(site, name, entry, modules)
     return site
+
+
+# plugins whose register() ends or stalls the process that calls it, past what plugin_code can catch: each is listed
+# in a child process and costs only itself (one line); a program that does not name them never runs them
+ENDING = {
+    "vpltool-os-exit": ("os_exit:register", {"os_exit": "import os\ndef register():\n    os._exit(0)\n"}),
+    "vpltool-hangs": ("hangs:register", {"hangs": "import time\ndef register():\n    time.sleep(3600)\n"}),
+    "vpltool-crashes": ("crashes:register", {"crashes": "import os, signal\ndef register():\n"
+                                                        "    os.kill(os.getpid(), signal.SIGSEGV)\n"}),
+}
+# the words of each one's line
+ENDING_WORDS = {"vpltool-os-exit": "failed (it ended the process with exit code 0)",
+                "vpltool-hangs": "failed (it did not return within ",
+                "vpltool-crashes": "failed (it crashed with SIGSEGV)"}
+SHORT_TIMEOUT = "5"  # seconds, the plugins' timeout in these tests (VPLTOOL_PLUGIN_TIMEOUT): the hanging one's cost
+
+
+def write_ending(site: Path) -> Path:
+    for name, (entry, modules) in ENDING.items():
+        fake_dist(site, name, entry, modules)
+    return site

@@ -125,6 +125,63 @@ def test_a_result_saves_draws_and_measures_itself_as_the_cli_does(world, photo, 
             result.overlay(alpha=alpha)
 
 
+def test_save_never_writes_over_its_photo_nor_a_file_it_did_not_write(photo, tmp_path, seg, monkeypatch):
+    """result.save(path) checks its path as the command line does, each refusal one VplError line naming the path
+    and the fix, before anything is written: the photo it segmented (its path, a symbolic or a hard link to it, a
+    file:// URL of it, an embedding of it) never, overwrite=True or not; a user's file only with overwrite=True; a
+    file of its own again freely; a file inside a vpltool stage folder never. A write that fails leaves the old
+    file and no temporary."""
+    import os
+    import shutil
+
+    own = tmp_path / "photo.png"
+    shutil.copy(photo, own)
+    before = own.read_bytes()
+    (tmp_path / "link.png").symlink_to(own)
+    os.link(own, tmp_path / "hard.png")
+    results = {"path": seg(own, NAMES), "file:// URL": seg(own.as_uri(), NAMES), "embedding": seg(seg.embed(own),
+                                                                                                   NAMES)}
+    for given, result in results.items():
+        assert result.source == own, given
+        for target in (own, tmp_path / "link.png", tmp_path / "hard.png", str(own)):
+            for overwrite in (False, True):
+                with pytest.raises(VplError) as e:
+                    result.save(target, overwrite=overwrite)
+                said = str(e.value)
+                assert said.startswith(f"{target}: is ") and "\n" not in said, said
+                assert "this result segmented" in said and said.endswith("choose another path"), said
+    assert own.read_bytes() == before
+    result = results["path"]
+    assert seg(np.asarray(__import__("PIL.Image").Image.open(own).convert("RGB")), NAMES).source is None
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"the user's own")
+    with pytest.raises(VplError, match=r"^\S*mine.png: exists and was not written by vpltool, so it is not replaced; "
+                                       r"move it away, or pass overwrite=True to replace it$"):
+        result.save(mine)
+    assert mine.read_bytes() == b"the user's own"
+    assert result.save(mine, overwrite=True) == mine and np.array_equal(io.read_mask(mine), result.labels)
+    other = seg(own, OTHER)
+    assert not np.array_equal(other.labels, result.labels)
+    assert np.array_equal(io.read_mask(other.save(mine)), other.labels)  # its own mask: replaced without a word
+    out = tmp_path / "seg"
+    r = CliRunner().invoke(app, ["segment", str(photo), "--classes", ",".join(NAMES), "-o", str(out), "--dense",
+                                 "maskclip", "--short-side", "112", *TOY_CLI])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(VplError, match=r"lies inside .*seg, a `segment` folder whose files only that stage writes"):
+        result.save(out / "mine.png", overwrite=True)
+
+    def broken(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"half a PNG")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(__import__("PIL.Image").Image.Image, "save", broken)
+    with pytest.raises(VplError, match=r"^no space left on device writing \S*mine.png: free space"):
+        result.save(mine)
+    monkeypatch.undo()
+    assert np.array_equal(io.read_mask(mine), other.labels)  # the last good mask stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.png", "link.png", "mine.png", "photo.png", "seg"]
+
+
 def test_the_legend_of_a_large_photo_grows_with_it():
     """A 12-megapixel photo's legend is Pillow's bitmap font enlarged 4 times, whole pixels (nearest): 44-pixel
     letters, legible when the picture is shown whole; a photo up to a 1000-pixel side keeps the 14-pixel rows."""

@@ -6,6 +6,8 @@ line naming its distribution and the fix, and the other commands run."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from plugin_sites import BROKEN, TINY, fake_dist, install_example, run_with, write_broken
 
@@ -23,8 +25,9 @@ def broken_site(tmp_path_factory):
 LISTED = """
 import json, sys
 import typer
-from vpltool.cli import app
 from vpltool import list_methods, plugins
+plugins.load()  # a program that runs the CLI's app: the plugins' options join it when vpltool.cli is imported
+from vpltool.cli import app
 from vpltool.config.benchmarks import BENCHMARK_PRESETS
 from vpltool.models import families
 cli = typer.main.get_command(app).commands
@@ -61,6 +64,8 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 import vpltool
+import vpltool.plugins
+assert vpltool.plugins.load("example-smooth") == []  # its --smooth-size joins the app's options at import
 from vpltool.cli import app
 world, out, *tiny = sys.argv[1:]
 text = ["--templates", "a photo of a {}.", "--background", "grass,sky"]
@@ -110,18 +115,22 @@ plain = r.invoke(app, [*args, "-o", out + "/naclip", "--dense", "naclip"])
 misspelt = r.invoke(app, [*args, "-o", out + "/misspelt", "--dense", "misspelt"])
 clash = r.invoke(app, [*args, "-o", out + "/clash", "--dense", "clash"])
 numpy = r.invoke(app, [*args, "-o", out + "/numpy", "--dense", "numpy-hooks"])
-helped = r.invoke(app, ["segment", "--help"])
+import subprocess
+helped = subprocess.run([sys.executable, "-m", "vpltool", "segment", "--help"], capture_output=True, text=True)
 from vpltool import list_methods
 print(json.dumps({"plain": [plain.exit_code, plain.output], "misspelt": [misspelt.exit_code, misspelt.output],
                   "clash": [clash.exit_code, clash.output[-600:]], "methods": list_methods(),
-                  "numpy": [numpy.exit_code, numpy.output], "help": [helped.exit_code, helped.output]}))
+                  "numpy": [numpy.exit_code, numpy.output],
+                  "help": [helped.returncode, helped.stderr + helped.stdout]}))
 """
 
 
 def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(example_site, broken_site, world,
                                                                           tmp_path):
     got = run_with([example_site, broken_site], BROKEN_RUN, str(world), str(tmp_path), *TINY)
-    code, output = got["plain"]
+    code, output = got["plain"]  # vpltool's own method: no plugin is read, none is warned of
+    assert code == 0 and "warning: plugin " not in output, output
+    code, output = got["help"]  # --help lists them (each in a child process first): which are broken, before it
     assert code == 0, output
     lines = [line for line in output.splitlines() if line.startswith("warning: plugin ")]
     assert len(lines) == 5, output  # the misspelt hook too: its module is read (not imported) when it registers
@@ -140,8 +149,6 @@ def test_a_broken_plugin_is_one_line_naming_it_and_the_other_commands_run(exampl
     assert "--dense 'misspelt'" in errors[0] and "Hooks.dense_logit is no dense hook" in output
     assert got["clash"][0] == 2 and "--dense 'clash'" in got["clash"][1]  # its method is not there: no such name
     assert "misspelt" not in got["methods"] and "example-smooth" in got["methods"] and "badtext" not in got["methods"]
-    code, output = got["help"]  # --help too says which plugins are broken, before the help
-    assert code == 0 and sorted(x for x in output.splitlines() if x.startswith("warning: plugin ")) == sorted(lines)
     assert "badknob" in got["methods"]  # its method stays, with its knob at its default
     assert set(BROKEN) >= {d.split()[0] for d in words}
     code, output = got["numpy"]  # its post-process returns numpy arrays: one line naming the hook, nothing written
@@ -431,3 +438,62 @@ def test_the_example_attention_method_and_clip_family_run(example_site, world, t
     # the example's CLIP family: --model example-clip:ARCH@SEED segments, as vpltool.segmenter does, and is recorded
     assert got["clip"][0] == 0 and "segment (naclip): 3 masks" in got["clip"][1], got["clip"][1]
     assert got["same"] and got["model"]["model"] == "example-clip:vpl-test-vit@3"
+
+
+ENDING_RUN = """
+import json, os, subprocess, sys
+world, out, timeout, *tiny = sys.argv[1:]
+os.environ["VPLTOOL_PLUGIN_TIMEOUT"] = timeout
+def run(*args):  # the command line, as a user runs it
+    done = subprocess.run([sys.executable, "-m", "vpltool", *args], capture_output=True, text=True)
+    return [done.returncode, done.stdout + done.stderr]
+def python(source):
+    done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True)
+    return [done.returncode, done.stdout + done.stderr]
+text = ["--templates", "a photo of a {}.", "--background", "grass,sky"]
+seg = [world, "--split", "val", "--classes", "circle,star", *tiny, "--short-side", "64", "--device", "cpu", *text]
+photo = sorted(__import__("pathlib").Path(world, "images").glob("val_*"))[0]
+print(json.dumps({
+    "import": python("import vpltool, vpltool.cli; from vpltool import segmenter; print('still here')"),
+    "python": python(f"import vpltool; s = vpltool.segmenter('naclip', model={tiny[1]!r}, pretrained='none', "
+                     f"model_config_dir={tiny[5]!r}, short_side=64, device='cpu'); "
+                     f"print('labels', list(s({str(photo)!r}, ['circle', 'star']).labels.shape))"),
+    "segment": run("segment", *seg, "-o", out + "/naclip", "--dense", "naclip"),
+    "eval": run("eval", out + "/naclip"),
+    "help": run("--help"),
+    "named": run("segment", *seg, "-o", out + "/smooth", "--dense", "example-smooth", "--smooth-size", "3"),
+    "listed": python("import json, vpltool; from vpltool import plugins; "
+                     "print(json.dumps([vpltool.list_methods(), plugins.problems()]))")}))
+"""
+
+
+def test_a_plugin_that_ends_hangs_or_crashes_costs_only_itself(example_site, tmp_path, world):
+    """Three plugins whose register() calls os._exit(0), hangs or dies of SIGSEGV, beside the example: importing
+    vpltool (and vpltool.cli), a built-in method in Python, `segment --dense naclip` and `eval` run none of their
+    code (no line about them); `--help`, list_methods() and problems() list them, each in a child process, as one
+    line each, after the plugins' timeout at most; the example's method runs when named, its knob an option."""
+    from plugin_sites import ENDING, ENDING_WORDS, SHORT_TIMEOUT, write_ending
+
+    site = write_ending(tmp_path / "site")
+    got = run_with([example_site, site], ENDING_RUN, str(world), str(tmp_path), SHORT_TIMEOUT, *TINY)
+    assert got["import"] == [0, "still here\n"], got["import"]
+    code, output = got["python"]
+    assert code == 0 and "labels [96, 96]" in output and "plugin" not in output, output
+    for run in ("segment", "eval"):
+        code, output = got[run]
+        assert code == 0 and "warning: plugin" not in output and "Traceback" not in output, (run, output)
+    assert "segment (naclip): 3 masks" in got["segment"][1]
+    code, output = got["help"]
+    assert code == 0 and "Usage:" in output and "example-smooth" in output.split("Methods:")[1], output
+    (listed,) = [x for x in got["listed"][1].splitlines() if x.startswith("[[")]  # its warnings beside it
+    methods, problems = json.loads(listed)
+    assert "example-smooth" in methods and "naclip" in methods
+    for dist, words in ENDING_WORDS.items():
+        (line,) = [x for x in output.splitlines() if x.startswith(f"warning: plugin {dist} 0.1.0:")]
+        assert words in line and f"pip uninstall {dist}" in line, line
+        (line,) = [x for x in problems if x.startswith(f"plugin {dist} 0.1.0:")]
+        assert words in line, line
+    assert set(ENDING_WORDS) == set(ENDING)
+    assert f"within {SHORT_TIMEOUT} s" in [x for x in problems if "vpltool-hangs" in x][0]
+    code, output = got["named"]
+    assert code == 0 and "segment (example-smooth): 3 masks" in output, output

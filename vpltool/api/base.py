@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..config import RuntimeConfig
@@ -117,7 +118,7 @@ class Segmenter:
             if isinstance(emb, Embedding):
                 out[k] = self._run([emb.image], [(i, emb.photo if emb.photo is not None else emb.image)], entries,
                                    tensors, run, emb)[0]
-        return out
+        return [_with_source(result, photo) for result, (_, photo) in zip(out, given)]
 
     def _options(self, options: dict) -> tuple:
         """A call's per-call options -> what :meth:`_run` takes (the last item: the batch size)."""
@@ -144,6 +145,21 @@ def _check_return(return_tensors: str) -> bool:
     if return_tensors not in RETURN_TENSORS:
         raise VplError(f"return_tensors={return_tensors!r}: choose 'np' (numpy arrays) or 'pt' (torch tensors)")
     return return_tensors == "pt"
+
+
+def _with_source(result: Segmentation, photo: Any) -> Segmentation:
+    """``result`` with the photo's file (:attr:`Segmentation.source`) when the photo was given as a path or a
+    ``file://`` URL, or as an embedding of one: its ``save`` never writes there."""
+    from dataclasses import replace
+
+    from .images import file_url_path, is_url
+
+    if isinstance(photo, Embedding):
+        photo = photo.photo
+    photo = file_url_path(photo)
+    if not isinstance(photo, (str, os.PathLike)) or is_url(photo):
+        return result
+    return replace(result, source=Path(photo))
 
 
 def checked_batch_size(batch: Any) -> Any:

@@ -36,6 +36,9 @@ def list_methods(filter: str | Sequence[str] = "", family: str | None = None, de
     Returns:
         The names, dense methods first in ``--help``'s order, then the text-supervised ones.
     """
+    from ..plugins.entry_points import load_listed
+
+    load_listed()  # every plugin that lists cleanly (each listed in a child first: one that fails is its line)
     table = method_families()
     if family is not None and family not in set(table.values()):
         raise VplError(f"list_methods(family={family!r}): choose {', '.join(sorted(set(table.values())))}")
@@ -101,6 +104,11 @@ def check_method(method: str) -> str:
     from ..config.checks import did_you_mean
 
     names = list(method_families())
+    if method not in names:
+        from ..plugins.entry_points import want
+
+        if want(method):  # a plugin's method, named: its plugin loaded now
+            names = list(method_families())
     if method not in names:
         hint = did_you_mean(method, names)
         raise VplError(f"method {method!r}:{hint or ''} choose one of {', '.join(names)} (vpltool.list_methods())")

@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import VplError
 
+SAVED_KIND = "segmentation"  # the kind a result's mask records (vpltool.io.marks): what save() may replace
+
 
 @dataclass(frozen=True)
 class Segmentation:
@@ -30,12 +32,15 @@ class Segmentation:
         classes: ``('background', *names)``, the names as given (a synonym list ``cat|kitten`` by its first).
         image: the photo segmented, ``[H, W, 3]`` uint8 RGB (numpy), which :meth:`overlay` draws on; None for a
             result made by hand.
+        source: the photo's file, when the photo was given as a path (or a ``file://`` URL): what :meth:`save`
+            never writes over; None otherwise.
     """
 
     labels: Any
     scores: Any
     classes: tuple[str, ...]
     image: Any = field(default=None, repr=False, compare=False)
+    source: Path | None = field(default=None, repr=False, compare=False)
 
     def numpy(self) -> Segmentation:
         """The same result as numpy arrays on the host (itself when it holds them already)."""
@@ -82,16 +87,42 @@ class Segmentation:
         img.putpalette(voc_palette())
         return img
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the label map as `segment` writes a mask: a palette PNG (the VOC colours, index = class, 0 =
-        background; :func:`vpltool.io.write_mask`, atomically). Returns the path."""
-        from ..io import write_mask
+        background; :func:`vpltool.io.write_mask`, atomically: a failed write leaves ``path`` as it was), marked as
+        a result's mask (the kind ``segmentation``, :mod:`vpltool.io.marks`). Returns the path.
+
+        Checked as the command line checks a file it writes (:func:`vpltool.io.check_outputs`), each refusal one
+        :class:`~vpltool.errors.VplError` line naming the path and the fix, before anything is written: never the
+        photo this result segmented (:attr:`source`: the same path, a symbolic link to it, or a hard link, the
+        same file under another name), whatever ``overwrite`` says; never an existing file that a result's
+        ``save`` did not write (a user's own, another vpltool file) unless ``overwrite=True``; never inside a
+        vpltool stage folder, whose files only its stage writes."""
+        from ..io import check_outputs, write_mask
 
         path = Path(path)
         if path.suffix.lower() != ".png":
             raise VplError(f"{path}: a mask is saved as a .png (a palette PNG, lossless); name it "
                            f"{path.with_suffix('.png').name}")
-        return write_mask(path, self._mask())
+        self._check_not_source(path)
+        check_outputs("Segmentation.save", {"path": (path, "file", SAVED_KIND)},
+                      inputs={"the photo this result segmented": self.source}, overwrite=overwrite,
+                      flag="overwrite=True")
+        return write_mask(path, self._mask(), kind=SAVED_KIND)
+
+    def _check_not_source(self, path: Path) -> None:
+        """One line if ``path`` is the segmented photo's file under another name: a hard link, the same device and
+        inode (the same path and a symbolic link to it resolve to the photo: :func:`vpltool.io.check_outputs`
+        refuses them as the command line refuses an output that is its input)."""
+        if self.source is None:
+            return
+        try:
+            same = os.path.samefile(path, self.source)
+        except OSError:  # either is missing (the photo moved away): nothing to destroy
+            return
+        if same and os.path.realpath(path) != os.path.realpath(self.source):
+            raise VplError(f"{path}: is the photo this result segmented ({self.source}), the same file under "
+                           "another name; writing there would destroy it: choose another path")
 
     def overlay(self, image: Any = None, alpha: float | None = None):
         """The photo with its mask's colours blended in and a legend of the classes it holds below it, as a PIL RGB
@@ -139,4 +170,4 @@ class Segmentation:
         return labels.astype(np.uint8)
 
 
-__all__ = ["Segmentation"]
+__all__ = ["SAVED_KIND", "Segmentation"]

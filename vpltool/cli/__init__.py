@@ -11,12 +11,51 @@ errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy i
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from ..plugins import entry_points
 
 # the options below are made from the method tables, the plugins' rows with them: a broken plugin's line is shown
 # per command, as one warning line (friendly_errors), not by Python's display while this module imports
 entry_points.hold_warnings()
+
+# the options that name a plugin's method or family: --model only as FAMILY:SPEC (a plain --model is an open_clip
+# name, looked up among the plugins by no command)
+_NAMING = ("--dense", "--family", "--model")
+
+
+def _plugins_named(args: list[str]) -> None:
+    """Load, before the options below are made, the plugins this command line needs: the one that registers each
+    name given to ``--dense``, ``--family`` or ``--model FAMILY:SPEC`` that is not vpltool's own, or, for a help
+    (``--help``, ``help``, no command) and ``benchmark`` (which lists every method), every plugin that lists
+    cleanly (:func:`vpltool.plugins.entry_points.load_listed`: each listed in a child process first). A command that
+    names only vpltool's own methods runs none of a plugin's code."""
+    words = [a for a in args if not a.startswith("-")]
+    if not args or (words and words[0] in ("help", "benchmark")) or any(a in ("-h", "--help") for a in args):
+        entry_points.load_listed()
+        return
+    for i, arg in enumerate(args):
+        option, eq, value = arg.partition("=")
+        if option not in _NAMING:
+            continue
+        value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+        if option == "--model":
+            value, colon, _ = value.partition(":")
+            value = value if colon else ""
+        entry_points.want(value)
+
+
+def _as_program() -> bool:
+    """Whether this process is the `vpltool` command (its script, or ``python -m vpltool``), whose command line
+    says which plugins it needs; a program that imports this module loads a plugin when it names one
+    (:func:`vpltool.plugins.load`)."""
+    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return first.name == "vpltool" or (first.name == "__main__.py" and first.parent.name == "vpltool")
+
+
+if _as_program():
+    _plugins_named(sys.argv[1:])
 
 from . import app as app_command  # noqa: E402
 from . import (benchmark, cam, demo, export, methods, pgseg, pipeline, report, sam_pseudo,  # noqa: E402

@@ -98,12 +98,16 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 def _plugin_lines() -> None:
-    """Each broken plugin's line (:func:`vpltool.plugins.problems`) as one warning line of this command; those
-    that arise later in it are warned as they come."""
-    from .. import plugins
+    """The line of each broken plugin this command read (:func:`vpltool.plugins.entry_points.problems`: the plugins
+    its command line named, or all of them for a listing) as one warning line of this command; those that arise later
+    in it are warned as they come. A command that names only vpltool's own methods reads no plugin: no line."""
+    from ..config.dense import DENSE_SPECS
+    from ..models.registry import BACKBONES, TEXT_FAMILIES
     from ..plugins import entry_points
 
-    for line in plugins.problems():
+    for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES):
+        len(table)  # read: each table checks the rows of the plugins loaded so far
+    for line in entry_points.problems():
         warnings.warn(VplWarning(line), stacklevel=2)
     entry_points.hold_warnings(False)
 

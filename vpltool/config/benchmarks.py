@@ -153,7 +153,7 @@ def _presets() -> dict[str, MethodPresets]:
 
 
 # every method's per-benchmark presets (read with the plugins' rows, on first use)
-BENCHMARK_PRESETS = DerivedMap(_presets, DENSE_SPECS)
+BENCHMARK_PRESETS = DerivedMap(_presets, DENSE_SPECS, names=True)  # by method: a plugin's is loaded when named
 
 
 def source_summary(method: str, benchmark: str) -> str:

@@ -233,7 +233,7 @@ def _plugin_spec(name: str, spec: Any, dist: str) -> DenseMethodSpec:
 
 DENSE_SPECS: PluginTable = PluginTable("dense", _OWN_SPECS, _plugin_spec, "--dense method")
 # what the rest of vpltool reads, each derived from the table (with the plugins' rows, read on first use)
-DENSE_CHOICES = DerivedTuple(lambda: tuple(DENSE_SPECS), DENSE_SPECS)
+DENSE_CHOICES = DerivedTuple(lambda: tuple(DENSE_SPECS), DENSE_SPECS, names=True)
 DENSE_SEGMENTORS: DerivedMap = DerivedMap(lambda: {name: spec.settings for name, spec in DENSE_SPECS.items()},
                                           DENSE_SPECS)
 # take a proxy vision model

@@ -18,6 +18,30 @@ HOOK_NAMES = ("check", "check_items", "record", "older_record", "with_knobs", "b
               "extra_inputs", "dense_logits", "input_embedding", "grid_logits", "features", "attention", "feature_grid",
               "probabilities", "postprocess")
 
+# how long one plugin's register function may take while the plugins are listed in a child process
+# (vpltool.plugins.entry_points.survey): a light module that imports no torch registers in well under a second even on
+# a loaded machine; one that hangs is killed at this and listed as one line. TIMEOUT_VARIABLE overrides it (tests).
+PLUGIN_TIMEOUT_S = 30.0
+TIMEOUT_VARIABLE = "VPLTOOL_PLUGIN_TIMEOUT"
+
+
+def plugin_timeout() -> float:
+    """The seconds one plugin's register function may take while listed: :data:`PLUGIN_TIMEOUT_S`, or a positive
+    number of seconds in the environment variable :data:`TIMEOUT_VARIABLE`."""
+    import os
+
+    text = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return PLUGIN_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise VplError(f"{TIMEOUT_VARIABLE}={text!r}: give a positive number of seconds, or unset it (default "
+                       f"{PLUGIN_TIMEOUT_S:g})")
+    return value
+
 
 def check_hooks_source(module: str) -> None:
     """A plugin method's module read, not imported (no torch at registration: `vpltool --help` reads the rows): one

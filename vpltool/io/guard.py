@@ -223,8 +223,9 @@ def _check_side_folder(path: Path, option: str, stage: str) -> None:
     raise VplError(f"{path}: {made}, so it is never written into; choose a new or empty folder for {option}")
 
 
-def _check_file_kind(path: Path, option: str, kind: str | None) -> None:
-    """An existing, non-empty file is replaced only if vpltool wrote it as ``kind`` (None: as any kind)."""
+def _check_file_kind(path: Path, option: str, kind: str | None, flag: str = "--overwrite") -> None:
+    """An existing, non-empty file is replaced only if vpltool wrote it as ``kind`` (None: as any kind); ``flag``:
+    what lifts the refusal, as the caller spells it (the Python door's ``overwrite=True``)."""
     try:
         if os.stat(path).st_size == 0:
             return
@@ -238,7 +239,7 @@ def _check_file_kind(path: Path, option: str, kind: str | None) -> None:
         held = f"is the toy model vpltool ships ({path.resolve().relative_to(_ASSETS.parent.parent)})"
     instead = f", not {describe_kind(kind)}" if found is not None and kind is not None else ""
     where = f"choose another {option}" if option.startswith("-") else "move it away"
-    raise VplError(f"{path}: {held}{instead}, so it is not replaced; {where}, or pass --overwrite to replace it")
+    raise VplError(f"{path}: {held}{instead}, so it is not replaced; {where}, or pass {flag} to replace it")
 
 
 def check_log_target(path: PathLike, option: str = "--log") -> Path:
@@ -289,7 +290,7 @@ def run_outputs(outputs: Outputs, on_checked: Callable[[bool], None] | None = No
 
 
 def check_outputs(stage: str, outputs: Outputs, *, inputs: Mapping[str, PathLike | None] = {},
-                  protected: Iterable[PathLike] = (), overwrite: bool = False) -> None:
+                  protected: Iterable[PathLike] = (), overwrite: bool = False, flag: str = "--overwrite") -> None:
     """Refuse, in one line, any output of a run that would destroy an input or another's data (see the module doc).
 
     Args:
@@ -300,6 +301,7 @@ def check_outputs(stage: str, outputs: Outputs, *, inputs: Mapping[str, PathLike
         protected: the dataset's paths (root, images, masks, annotations, label table): no output may be in them.
         overwrite: ``--overwrite`` was given: it lets a file output replace a file of another kind (or the
             user's); for folders it only changes the wording (it never lifts a refusal there).
+        flag: how a message spells ``overwrite`` (the Python door: ``overwrite=True``).
 
     Raises:
         VplError: one line naming the path, why, and the option to change.
@@ -308,7 +310,7 @@ def check_outputs(stage: str, outputs: Outputs, *, inputs: Mapping[str, PathLike
     every = {**extra, **{k: v for k, v in outputs.items() if v[0] is not None}}  # the run's own (the log) first
     for option, (_, kind, *_) in every.items():
         assert kind in KINDS, (option, kind)
-    guard = _Guard(stage, every, inputs, protected, overwrite)
+    guard = _Guard(stage, every, inputs, protected, overwrite, flag)
     for option in extra:  # settled before the others, so the caller knows whether to write its log lines
         try:
             guard.check(option)
@@ -327,8 +329,8 @@ class _Guard:
     """One :func:`check_outputs` call: the real paths of its inputs, folders and outputs, computed once."""
 
     def __init__(self, stage: str, outputs: Outputs, inputs: Mapping[str, PathLike | None],
-                 protected: Iterable[PathLike], overwrite: bool):
-        self.stage, self.outputs, self.overwrite = stage, outputs, overwrite
+                 protected: Iterable[PathLike], overwrite: bool, flag: str = "--overwrite"):
+        self.stage, self.outputs, self.overwrite, self.flag = stage, outputs, overwrite, flag
         self.inputs = {_real(Path(p)): what for what, p in inputs.items() if p is not None}
         self.input_folders = [(real, what) for real, what in self.inputs.items() if os.path.isdir(real)]
         self.protected = [_real(Path(p)) for p in protected]
@@ -374,7 +376,7 @@ class _Guard:
         else:
             check_writable_target(path, path.suffix or ".safetensors")
             if not self.overwrite:
-                _check_file_kind(path, option, writes[0] if writes else None)
+                _check_file_kind(path, option, writes[0] if writes else None, self.flag)
 
     def _check_vpltool_folders(self, path: Path, real: Path, option: str, kind: str) -> None:
         """No output inside a folder another stage owns; a log not even inside this run's own folders."""

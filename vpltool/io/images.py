@@ -56,21 +56,28 @@ ID_CHUNK = "vpltool.id"  # a stage's mask records the id of its image in this PN
 RUN_CHUNK = f"vpltool.{RUN_META}"  # ... and the run that made it (vpltool.io.provenance)
 
 
-def write_mask(path: str | os.PathLike, labels: np.ndarray, item_id: str | None = None) -> Path:
+def write_mask(path: str | os.PathLike, labels: np.ndarray, item_id: str | None = None, kind: str | None = None
+               ) -> Path:
     """Save an ``[H, W]`` uint8 label map as a VOC-palette PNG (0 = background, 255 = ignore), atomically.
 
     ``item_id``: the image the mask was made for (a stage's output), recorded in the text chunk ``vpltool.id`` so
     that :func:`read_mask` refuses the mask when it lies under another item's name, with the digest of the run
-    under way in the mask's folder (``vpltool.run``), so that it refuses a mask of another run too."""
+    under way in the mask's folder (``vpltool.run``), so that it refuses a mask of another run too. ``kind``: the
+    file's kind (:mod:`vpltool.io.marks`; ``segmentation``, a Python result's), so that only a run that writes that
+    kind replaces it."""
     if labels.dtype != np.uint8 or labels.ndim != 2:
         raise ContractError(f"{path}: a mask must be HxW uint8, got {labels.dtype} {labels.shape}")
     img = Image.fromarray(labels, mode="L").convert("P")
     img.putpalette(_PALETTE)
     extra = {}
+    if kind is not None:
+        from .marks import png_info
+
+        extra["pnginfo"] = png_info(kind)
     if item_id is not None:
         from PIL.PngImagePlugin import PngInfo
 
-        extra["pnginfo"] = PngInfo()
+        extra.setdefault("pnginfo", PngInfo())
         extra["pnginfo"].add_text(ID_CHUNK, item_id)
         if (run := writing_digest(Path(path).parent)) is not None:
             extra["pnginfo"].add_text(RUN_CHUNK, run)

@@ -40,6 +40,7 @@ FILE_KINDS = {
     "run-metrics": "a run's metrics (`demo-report`)",
     "contact-sheet": "a contact sheet (`demo-report`)",
     "pseudo-choice": "a pseudo-mask choice (`choose-pseudo`)",
+    "segmentation": "a photo's mask (`Segmentation.save`)",
     "record": "a vpltool folder record",
     "toy-dino": "a toy DINO's weights (`train-toy-dino`)",
     "toy-dino-record": "a toy DINO's record (`train-toy-dino`)",

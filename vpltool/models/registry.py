@@ -227,7 +227,7 @@ def family_module(name: str) -> ModuleType:
 # them (``--model NAME:FILE``, ``segmenter(NAME, checkpoint=FILE)``) -> their text-supervised family, read from
 # :data:`TEXT_FAMILIES`; any other name is a dense method of the clip family (``--dense``)
 SEGMENTERS = DerivedMap(lambda: {name: family for family, row in TEXT_FAMILIES.items() for name in row.segmenters},
-                        TEXT_FAMILIES)
+                        TEXT_FAMILIES, names=True)
 
 
 def segmenter_family(method: str) -> str:
@@ -271,7 +271,11 @@ def model_family(value: str) -> tuple[str, Any]:
 
 
 def families() -> list[str]:
-    """Every family's name (registered or registrable), sorted."""
+    """Every family's name (registered or registrable), sorted; the plugins' that list cleanly among them
+    (:func:`vpltool.plugins.entry_points.load_listed`)."""
+    from ..plugins.entry_points import load_listed
+
+    load_listed()
     return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES})
 
 

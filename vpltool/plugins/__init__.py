@@ -6,8 +6,10 @@ A plugin's distribution names one function in its ``pyproject.toml``::
     [project.entry-points."vpltool.plugins"]
     example = "vpltool_example:register"
 
-vpltool calls it once, with no argument, the first time a method or family list is read (`vpltool --help` reads
-them), so it must be cheap: it imports no torch, and names the module that does the work, which is imported only
+vpltool calls it once, with no argument, when the plugin is needed: a command or program names one of its methods or
+families, or lists the plugins (`vpltool --help`, ``benchmark``, :func:`vpltool.list_methods`; each plugin is
+listed in a child process first, so that one that ends the process, hangs or crashes costs only itself). It must be
+cheap: it imports no torch, and names the module that does the work, which is imported only
 when the method or family is used. It calls the functions here:
 
 * :func:`register_dense_method` ``(name, spec)``: ``--dense name`` in `segment`, `cam --dense`, `predict --dense`,
@@ -42,7 +44,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import VplError
-from . import entry_points
+from . import entry_points, survey
+
+# a name no table holds is looked for among the plugins, each listed in a child process first (survey): the tables'
+# module, the ground under the registries, imports nothing above it, so it is told here
+entry_points.install(want=survey.want, load_listed=survey.load_listed)
 
 if TYPE_CHECKING:
     from ..config.dense import DenseMethodSpec
@@ -86,25 +92,45 @@ def register_text_family(name: str, row: TextFamilyRow) -> None:
     entry_points.add("text", name, row)
 
 
-def problems() -> list[str]:
-    """The one line of every plugin that failed so far (the plugins are read first)."""
+def load(*names: str) -> list[str]:
+    """Load into this process the plugins that register ``names`` (``"example-smooth"``: a ``--dense`` method, a
+    family, a tokenizer kind), or, with no name, every plugin that lists cleanly; returns the names that no plugin
+    registers. vpltool does this itself where a name is looked up (``segmenter("example-smooth")``, ``--dense
+    example-smooth`` on the command line); a program calls it before ``from vpltool.cli import app`` when it runs a
+    plugin method's own options through typer's runner (the options are made when the module is imported)."""
     from ..config.dense import DENSE_SPECS
     from ..models.registry import BACKBONES, TEXT_FAMILIES
 
+    if not names:
+        entry_points.load_listed()
+        return []
+    tables = (DENSE_SPECS, BACKBONES, TEXT_FAMILIES)
+    return [name for name in names if not any(name in table for table in tables) and not entry_points.want(name)]
+
+
+def problems() -> list[str]:
+    """The one line of every plugin that failed so far; every plugin is listed first, each in a child process
+    (:func:`vpltool.plugins.entry_points.survey`), and the ones that list cleanly are loaded and their rows checked."""
+    from ..config.dense import DENSE_SPECS
+    from ..models.registry import BACKBONES, TEXT_FAMILIES
+
+    entry_points.load_listed()
     for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES):
         len(table)  # read: each table checks its plugins' rows
     return entry_points.problems()
 
 
 def installed() -> dict[str, Any]:
-    """``{kind: {name: distribution}}`` of the plugins' rows in use (``dense``, ``family``, ``text``)."""
+    """``{kind: {name: distribution}}`` of the plugins' rows (``dense``, ``family``, ``text``); every plugin that
+    lists cleanly is loaded first."""
     from ..config.dense import DENSE_SPECS
     from ..models.registry import BACKBONES, TEXT_FAMILIES
 
+    entry_points.load_listed()
     return {table.kind: {n: table.plugin(n) for n in table if table.plugin(n)}
             for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES)}
 
 
 __all__ = ["register_dense_method", "register_backbone_family", "register_text_family", "register_model",
-           "register_tokenizer", "problems", "installed", "DenseMethodSpec", "DenseSettings", "MethodKnobs", "knob",
-           "MethodPresets", "TextFamilyRow", "Licence", "VplError"]
+           "register_tokenizer", "load", "problems", "installed", "DenseMethodSpec", "DenseSettings", "MethodKnobs",
+           "knob", "MethodPresets", "TextFamilyRow", "Licence", "VplError"]

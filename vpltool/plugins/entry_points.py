@@ -1,10 +1,15 @@
 """The ``vpltool.plugins`` entry-point group, read once: what other distributions add to vpltool without forking it.
 
 Each entry point names a function of a plugin's light module (``vpltool_example:register``), which vpltool calls
-once, with no argument, the first time one of its tables is read (a command's options are made from them, so
-`vpltool --help` reads them too). The function calls the register functions of :mod:`vpltool.plugins`; they add a
-row here by kind (``dense``: a ``--dense`` method's spec row; ``family``: a model family's module; ``text``: a
-text-supervised family's registry row), with the distribution that added it.
+once, with no argument, when the plugin is needed: vpltool's own entry point (the demo world's) the first time one
+of its tables is read; another distribution's only when a name that is none of vpltool's own is looked up
+(:func:`want`: ``--dense example-smooth``) or the plugins are listed (:func:`load_listed`: ``--help``,
+``benchmark``, :func:`vpltool.list_methods`). Both first list every plugin in a child process (:func:`survey`,
+:mod:`vpltool.plugins.lister`), so that a plugin whose function ends the process (``os._exit``), hangs or crashes
+costs only itself, one line, and is never called in this one; a program that uses vpltool's own methods calls no
+plugin at all. The function calls the register functions of :mod:`vpltool.plugins`; they add a row here by kind
+(``dense``: a ``--dense`` method's spec row; ``family``: a model family's module; ``text``: a text-supervised
+family's registry row), with the distribution that added it.
 
 The tables read their rows through :class:`PluginTable`: vpltool's own rows, then the plugins' rows of its kind, each
 checked by the table's owner. A plugin that fails (its entry point raises, a row is malformed, a name is vpltool's
@@ -41,7 +46,12 @@ class Registration:
 
 _ROWS: list[Registration] = []
 _PROBLEMS: list[str] = []
-_STATE = {"loaded": False, "quiet": False}
+_STATE: dict[str, Any] = {"loaded": False, "quiet": False, "group": None, "survey": None}
+_LOADED: set[str] = set()  # the entry points called in this process (by key_of)
+_WANTED: set[str] = set()  # the names looked for among the plugins (want)
+_BUILTIN_NAMES: set[str] = set()  # vpltool's own rows' names, of every table
+_NAMES: list[str] = []  # ``kind:name`` of what register calls outside _ROWS registered (an alias, a tokenizer)
+_HOOKS: dict[str, Callable[..., Any]] = {}  # want and load_listed's workers (install)
 _CURRENT: list[str] = []  # the distribution whose entry point runs now (a stack: an entry point may read a table)
 _UNDO: list[Callable[[], Any]] = []  # what the running entry point's register calls outside _ROWS would take back
 
@@ -51,32 +61,93 @@ def _dist_of(ep: Any) -> str:
     return f"{dist.name} {dist.version}" if dist is not None else f"the entry point {ep.name} = {ep.value}"
 
 
+def key_of(ep: Any) -> str:
+    """An entry point's key, one line: ``name = value`` (the listing's protocol names it so, and
+    :data:`_LOADED` holds it)."""
+    return f"{ep.name} = {ep.value}".replace("\n", " ").replace("\t", " ")
+
+
+def _own(ep: Any) -> bool:
+    """An entry point of vpltool's own package (the demo world's toy CLIP): loaded in this process on first use,
+    as vpltool's own rows are."""
+    return ep.value.split(":")[0].split(".")[0].strip() == "vpltool"
+
+
+def _group() -> list[Any]:
+    """The entry points of :data:`GROUP`, read from the installed distributions' metadata once (no plugin code
+    runs: ``importlib.metadata`` reads their ``entry_points.txt``)."""
+    if _STATE.get("group") is None:
+        from importlib.metadata import entry_points
+
+        _STATE["group"] = list(entry_points(group=GROUP))
+    return _STATE["group"]
+
+
 def load() -> None:
-    """Call every entry point of :data:`GROUP` once (later calls return at once). One that fails is a problem line
-    (:func:`problem`), never an exception: a broken plugin must not stop the commands that do not use it. Each runs
-    under :func:`plugin_code` (its ``sys.exit``, a Ctrl-C, its prints and its reading of ``sys.argv`` kept inside),
-    and one that fails is left out whole: the rows it added before failing are dropped."""
+    """Call vpltool's own entry points once (later calls return at once): the demo world's toy CLIP. Another
+    distribution's plugin is loaded only when named (:func:`want`) or listed (:func:`load_listed`), so that a command
+    or a program that uses vpltool's own methods runs none of a plugin's code."""
     if _STATE["loaded"]:
         return
     _STATE["loaded"] = True
-    from importlib.metadata import entry_points
+    for ep in _group():
+        if _own(ep):
+            _load_one(ep)
 
-    for ep in entry_points(group=GROUP):
-        dist = _dist_of(ep)
-        _CURRENT.append(dist)
-        rows, undo = len(_ROWS), len(_UNDO)
-        try:
-            with plugin_code() as said:
-                ep.load()()
-        except PluginFailure as e:
-            del _ROWS[rows:]
-            while len(_UNDO) > undo:
-                _UNDO.pop()()
-            problem(f"plugin {dist}: its entry point {ep.name} = {ep.value} failed ({e.cause}{said.tail()}); it is "
-                    f"not loaded: fix or reinstall it, or remove it (pip uninstall {dist.split()[0]})")
-        finally:
-            del _UNDO[undo:]
-            _CURRENT.pop()
+
+def _load_one(ep: Any) -> bool:
+    """Call one entry point in this process, once. One that fails is a problem line (:func:`problem`), never an
+    exception: a broken plugin must not stop the commands that do not use it. It runs under :func:`plugin_code`
+    (its ``sys.exit``, a Ctrl-C, its prints and its reading of ``sys.argv`` kept inside), and one that fails is left
+    out whole: the rows it added before failing are dropped. True if it ran now and did not fail."""
+    key = key_of(ep)
+    if key in _LOADED:
+        return False
+    _LOADED.add(key)
+    dist = _dist_of(ep)
+    _CURRENT.append(dist)
+    rows, undo = len(_ROWS), len(_UNDO)
+    try:
+        with plugin_code() as said:
+            ep.load()()
+    except PluginFailure as e:
+        del _ROWS[rows:]
+        while len(_UNDO) > undo:
+            _UNDO.pop()()
+        problem(_failed_line(dist, key, e.cause + said.tail()))
+        return False
+    finally:
+        del _UNDO[undo:]
+        _CURRENT.pop()
+    return True
+
+
+def _failed_line(dist: str, key: str, cause: str) -> str:
+    return (f"plugin {dist}: its entry point {key} failed ({cause}); it is not loaded: fix or reinstall it"
+            f"{uninstall_hint(dist)}")
+
+
+def want(name: Any) -> bool:
+    """Load in this process the plugin that registers ``name`` (a ``--dense`` method, a family, a tokenizer kind),
+    if one does: :func:`vpltool.plugins.survey.want`, installed here by :mod:`vpltool.plugins` (this module imports
+    nothing of vpltool's above it). True if one was loaded now."""
+    hook = _HOOKS.get("want")
+    return bool(hook(name)) if hook is not None else False
+
+
+def load_listed() -> None:
+    """Load every plugin that lists cleanly: :func:`vpltool.plugins.survey.load_listed` (installed as :func:`want`
+    is); vpltool's own entry points in any case."""
+    load()
+    hook = _HOOKS.get("load_listed")
+    if hook is not None:
+        hook()
+
+
+def install(**hooks: Callable[..., Any]) -> None:
+    """Set :func:`want` and :func:`load_listed`'s workers (``want=``, ``load_listed=``): the listing in a child
+    process lives above this module (:mod:`vpltool.plugins.survey`), which imports it."""
+    _HOOKS.update(hooks)
 
 
 class PluginFailure(Exception):
@@ -132,9 +203,12 @@ def plugin_code() -> Iterator[_Said]:
         sys.argv = argv
 
 
-def undoable(undo: Callable[[], Any]) -> None:
+def undoable(undo: Callable[[], Any], name: str | None = None) -> None:
     """What a register call that keeps its row outside :data:`_ROWS` (a CLIP alias, a tokenizer) does to take it
-    back, run if the entry point that made the call then fails (the plugin is left out whole)."""
+    back, run if the entry point that made the call then fails (the plugin is left out whole); ``name``: what it
+    registered, ``kind:name`` (``model:ALIAS``), for the listing."""
+    if name is not None:
+        _NAMES.append(name)
     if _CURRENT:
         _UNDO.append(undo)
 
@@ -185,6 +259,7 @@ class PluginTable(Mapping):
                  what: str = "name"):
         self.kind, self.what, self._check = kind, what, check
         self._builtin = dict(builtin)
+        _BUILTIN_NAMES.update(self._builtin)
         self._rows = dict(builtin)
         self._dists: dict[str, str] = {}
         self._seen = 0
@@ -250,8 +325,15 @@ class PluginTable(Mapping):
         self._table()
         return self._dists.get(name)
 
+    def _has(self, name: object) -> dict[str, Any]:
+        """The rows, with the plugin that registers ``name`` loaded first if it is no row yet (:func:`want`)."""
+        rows = self._table()
+        if name not in rows and want(name):
+            rows = self._table()
+        return rows
+
     def __getitem__(self, name: str) -> Any:
-        return self._table()[name]
+        return self._has(name)[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._table()))
@@ -260,7 +342,7 @@ class PluginTable(Mapping):
         return len(self._table())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._table()
+        return name in self._has(name)
 
     def __repr__(self) -> str:
         return f"PluginTable({self.kind!r}, {list(self)!r})"
@@ -269,10 +351,11 @@ class PluginTable(Mapping):
 class Derived:
     """A value derived from plugin tables (a tuple of names, a dict by name), computed on first use and again when
     a table grows: ``DENSE_CHOICES`` reads as the tuple it was, with the plugins' methods in it, and importing it
-    loads no plugin."""
+    loads no plugin. ``names=True``: its items are method or family names, and looking up one that is none yet
+    loads the plugin that registers it (:func:`want`)."""
 
-    def __init__(self, make: Callable[[], Any], *tables: PluginTable):
-        self._make, self._tables = make, tables
+    def __init__(self, make: Callable[[], Any], *tables: PluginTable, names: bool = False):
+        self._make, self._tables, self._names = make, tables, names
         self._key: tuple | None = None
         self._value: Any = None
 
@@ -297,7 +380,7 @@ class DerivedTuple(Derived):
         return self.value()[index]
 
     def __contains__(self, value: object) -> bool:
-        return value in self.value()
+        return value in self.value() or (self._names and want(value) and value in self.value())
 
     def __eq__(self, other: object) -> bool:
         return tuple(self.value()) == (tuple(other) if isinstance(other, (tuple, list, DerivedTuple)) else other)
@@ -316,7 +399,10 @@ class DerivedMap(Derived, Mapping):
     """A :class:`Derived` dict."""
 
     def __getitem__(self, key):
-        return self.value()[key]
+        value = self.value()
+        if key not in value and self._names and want(key):
+            value = self.value()
+        return value[key]
 
     def __iter__(self):
         return iter(self.value())
@@ -329,4 +415,5 @@ class DerivedMap(Derived, Mapping):
 
 
 __all__ = ["GROUP", "IN_PROCESS", "Registration", "PluginTable", "Derived", "DerivedTuple", "DerivedMap", "load",
-           "add", "problem", "problems", "hold_warnings", "uninstall_hint", "plugin_code", "PluginFailure", "undoable"]
+           "want", "load_listed", "install", "key_of", "add", "problem", "problems", "hold_warnings",
+           "uninstall_hint", "plugin_code", "PluginFailure", "undoable"]

@@ -1,7 +1,8 @@
 """An example vpltool plugin: its light module, which vpltool imports to read the plugin's rows.
 
-It imports no torch (vpltool calls :func:`register` when it makes a command's options, `vpltool --help` included)
-and names the modules that do the work, which vpltool imports only when their method or family is used.
+It imports no torch (vpltool calls :func:`register` when a command names one of its methods or lists the plugins,
+`vpltool --help` included, in a child process first) and names the modules that do the work, which vpltool imports
+only when their method or family is used.
 """
 
 from __future__ import annotations

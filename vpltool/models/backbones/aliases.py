@@ -24,24 +24,28 @@ def register_model(alias: str, folder: Callable[[], Path]) -> None:
     """``--model alias`` loads the open_clip ``local-dir`` folder that ``folder()`` returns (weights, config and
     ``vpltool.json``); the recorded identity stays ``alias`` so later stages rebuild the same model."""
     _MODELS[alias] = folder
-    entry_points.undoable(lambda: _MODELS.pop(alias, None))  # gone again if its plugin then fails
+    entry_points.undoable(lambda: _MODELS.pop(alias, None), f"model:{alias}")  # gone again if its plugin fails
 
 
 def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any]) -> None:
     """A folder whose ``vpltool.json`` says ``"tokenizer": kind`` gets ``factory(extra_config, context_length)``:
     a callable from a list of strings to ``[N, context_length]`` int64 token ids (EOT the highest id per row)."""
     _TOKENIZERS[kind] = factory
-    entry_points.undoable(lambda: _TOKENIZERS.pop(kind, None))
+    entry_points.undoable(lambda: _TOKENIZERS.pop(kind, None), f"tokenizer:{kind}")
 
 
 def registered_models() -> list[str]:
-    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models)."""
-    entry_points.load()
+    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models): the
+    plugins that list cleanly are loaded first (:func:`~vpltool.plugins.entry_points.load_listed`)."""
+    entry_points.load_listed()
     return list(_MODELS)
 
 
 def registered_folder(alias: str) -> Path | None:
-    """The local folder of a registered alias, or None (the plugins read first)."""
+    """The local folder of a registered alias, or None (vpltool's own entry points read first; another plugin's
+    alias is found once that plugin is loaded: listed, or named by one of its methods or families, or by
+    :func:`vpltool.plugins.load`; every ``--model`` is looked up here, and an open_clip name must not start a
+    listing of the plugins)."""
     if alias not in _MODELS:
         entry_points.load()
     return _MODELS[alias]() if alias in _MODELS else None
@@ -50,6 +54,8 @@ def registered_folder(alias: str) -> Path | None:
 def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
     if kind not in _TOKENIZERS:
         entry_points.load()
+    if kind not in _TOKENIZERS:
+        entry_points.want(kind)  # a plugin's (listed in a child first: vpltool.plugins.entry_points.survey)
     if kind not in _TOKENIZERS:
         raise VplError(f"tokenizer {kind!r} (named by a model's {EXTRA_CONFIG}) is not registered; install the "
                        "package that provides it")

@@ -50,7 +50,11 @@ def plugin_clip(spec: ModelSpec) -> tuple[str, str] | None:
     """``(family, its spec)`` for ``--model FAMILY:SPEC`` naming a plugin's backbone family, whose load gives a CLIP
     (a :class:`~vpltool.models.ClipBackbone`, its ``dense`` option the ``--dense`` mixing); None otherwise."""
     prefix, sep, rest = spec.model.partition(":")
-    if not sep or prefix in ("local-dir", "hf-hub") or prefix not in _plugin_families():
+    if not sep or prefix in ("local-dir", "hf-hub"):
+        return None
+    from ..registry import BACKBONES
+
+    if prefix not in BACKBONES or prefix not in _plugin_families():  # `in` loads the plugin that registers it
         return None
     return prefix, rest
 
