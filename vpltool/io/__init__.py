@@ -108,6 +108,7 @@ from .records import (
     DECODER_FILES,
     LOCK_FILE,
     NUMERICS,
+    RECORD_DIGEST,
     RUN_DIGEST,
     RUN_RECORD,
     SHARD_RECORD,
@@ -116,8 +117,10 @@ from .records import (
     check_numerics,
     numerics_problem,
     read_record,
+    record_digest,
     record_stage,
     recorded_model,
+    seal,
     stage_record_path,
     write_stage_record,
 )
@@ -204,5 +207,5 @@ __all__ = [
     "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
     "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem", "folder_made",
-    "recorded_dtype",
+    "recorded_dtype", "RECORD_DIGEST", "record_digest", "seal",
 ]  # fmt: skip
