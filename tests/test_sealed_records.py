@@ -296,3 +296,44 @@ def test_a_killed_overwrite_is_put_back_by_the_next_run_and_a_finished_one_kept(
         pass
     assert not aside.exists() and (out / "notes.txt").read_text() == "mine"
     assert io.read_record(io.stage_record_path(out))["params"] == {"a": 2}
+
+
+@pytest.mark.parametrize("swap", ["renameat2", "three renames"])
+def test_stage_folder_puts_the_last_result_back_on_either_swap(tmp_path, monkeypatch, swap):
+    """The skeleton alone, with the system's exchange and with the fallback of three renames: a failing
+    ``overwrite`` leaves every file as it was; a finishing one keeps the user's notes and drops the last run's
+    items that the new run did not write."""
+    from vpltool.io import beside
+
+    if swap == "three renames":
+        monkeypatch.setattr(beside, "_EXCHANGE", None)
+    out = tmp_path / "out"
+    with io.StageFolder(out, "crf", {"a": 1}, shard=(0, 1)) as folder:
+        for name in ("x", "y"):
+            io.write_json(out / f"{name}.json", {"stage": "crf", "vpltool": "0", "item": name})  # a vpltool file
+        folder.complete(count=2)
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    with pytest.raises(Injected):
+        with io.StageFolder(out, "crf", {"a": 2}, shard=(0, 1), overwrite=True):
+            io.write_json(out / "x.json", {"stage": "crf", "vpltool": "0", "item": "new"})
+            raise Injected("after the first item")
+    assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with io.StageFolder(out, "crf", {"a": 2}, shard=(0, 1), overwrite=True) as folder:
+        io.write_json(out / "x.json", {"stage": "crf", "vpltool": "0", "item": "new"})
+        folder.complete(count=1)
+    after = _snapshot(out)
+    assert after["notes.txt"] == b"mine" and "y.json" not in after and json.loads(after["x.json"])["item"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_exchange_is_atomic_where_the_system_has_it(tmp_path):
+    """Both folders keep their inodes, swapped (renameat2 here, or the fallback where the system lacks it)."""
+    from vpltool.io import beside
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    ino = (a.stat().st_ino, b.stat().st_ino)
+    beside.exchange(a, b)
+    assert (b.stat().st_ino, a.stat().st_ino) == ino and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
