@@ -105,6 +105,7 @@ from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, rea
 from .photo_files import cut_short, leave_out, note_source
 from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
 from .records import (
+    DATASET_INPUTS,
     DECODER_FILES,
     LOCK_FILE,
     NUMERICS,
@@ -115,27 +116,26 @@ from .records import (
     SIDE_RECORD,
     STAGE_RECORD,
     check_numerics,
+    dataset_inputs,
     numerics_problem,
     read_record,
     record_digest,
     record_stage,
+    recorded_dataset_identity,
     recorded_model,
     seal,
     stage_record_path,
     write_stage_record,
 )
 from .stage import (
-    DATASET_INPUTS,
     StageFolder,
     StageSummary,
     begin_stage_run,
     changed_keys,
-    dataset_inputs,
     finished_shards,
     item_done,
     prepare_stage_dir,
     read_stage_record,
-    recorded_dataset_identity,
     recorded_ids,
     write_side_record,
 )

@@ -36,6 +36,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from ..errors import VplError
+from .files import read_json
 from .marks import file_kind, item_marks
 from .records import LOCK_FILE, RUN_RECORD, SIDE_RECORD, STAGE_RECORD
 
@@ -129,6 +131,26 @@ def set_aside(folder: Path, stack: contextlib.ExitStack) -> Path:
     return aside
 
 
+def refuse_other_stage(folder: Path, stage: str) -> None:
+    """``--overwrite`` redoes a folder of ``stage``, never another stage's (:func:`vpltool.io.begin_stage_run` says
+    the same of a folder overwritten in place); checked before the folder is set aside."""
+    for name in (STAGE_RECORD, RUN_RECORD):
+        old = None
+        with contextlib.suppress(VplError):  # a damaged record is cleared, as in place
+            old = read_json(folder / name) if (folder / name).is_file() else None
+        if isinstance(old, dict) and old.get("stage") not in (None, stage):
+            raise VplError(f"{folder}: holds `{old.get('stage')}` output; choose another --out")
+
+
+def finish(folder: Path, aside: Path, failed: bool) -> None:
+    """The run ends: the new result kept when it is complete (``_stage.json`` written and no failure), else the last
+    one put back."""
+    if failed or not (folder / STAGE_RECORD).is_file():
+        put_back(folder, aside)
+    else:
+        keep_new(folder, aside)
+
+
 def put_back(folder: Path, aside: Path) -> None:
     """The run failed: the last result takes its name again, the unfinished one goes."""
     exchange(aside, folder)
@@ -166,5 +188,5 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-__all__ = ["aside_path", "exchange", "has_result", "keep_new", "put_back", "recover", "set_aside",
-           "written_by_a_run"]
+__all__ = ["aside_path", "exchange", "finish", "has_result", "keep_new", "put_back", "recover", "refuse_other_stage",
+           "set_aside", "written_by_a_run"]

@@ -282,3 +282,24 @@ def record_stage(folder: str | os.PathLike) -> str | None:
         if path.is_file():
             return read_record(path, run=name == RUN_RECORD)["stage"]
     return None
+
+
+def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``inputs.dataset`` of a folder's ``_stage.json`` (kind, absolute root, split, ...), or None when there is no
+    record. :func:`vpltool.data.open_recorded` reopens it."""
+    path = stage_record_path(folder)
+    if not path.is_file():
+        return None
+    return read_record(path)["inputs"].get("dataset")
+
+
+# what a record keeps of its dataset (vpltool.data.Dataset.inputs)
+DATASET_INPUTS = ("dataset", "items", "files", "content", "masks")
+
+
+def dataset_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The dataset part of a record's ``inputs`` (identity, item and file digests: :data:`DATASET_INPUTS`), which
+    a stage reading a folder records in its own folder: every later stage compares it with the dataset it reads
+    (:func:`vpltool.data.check_recorded`)."""
+    inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
+    return {k: inputs[k] for k in DATASET_INPUTS if k in inputs}

@@ -316,7 +316,7 @@ class StageFolder:
                 present = _names(self.folder)
                 check_present(self.folder, [n for i in ids if (n := path_of(self.folder, i).name) in present])
             if self.beside and _beside.has_result(self.folder):
-                self._refuse_other_stage()
+                _beside.refuse_other_stage(self.folder, self.stage)
                 self._aside = _beside.set_aside(self.folder, self._stack)
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
                                              self.not_compared, self.inputs, self.numerics, self.older)
@@ -331,13 +331,8 @@ class StageFolder:
         failed = bool(exc) and exc[0] is not None
         if self._aside is not None:  # swapped only when the new result is complete; else the last one comes back
             aside, self._aside = self._aside, None
-            try:
-                if failed or not (self.folder / STAGE_RECORD).is_file():
-                    _beside.put_back(self.folder, aside)
-                else:
-                    _beside.keep_new(self.folder, aside)
-            finally:
-                self._stack.close()
+            with self._stack:
+                _beside.finish(self.folder, aside, failed)
         self._stack.close()
         if failed:
 
@@ -361,16 +356,6 @@ class StageFolder:
         raise VplError(f"{self.folder}: shard(s) {done} of {n} finished here, so it is made in {n} shards; run the "
                        f"others as --shard i/{n} (or without --shard, to finish it in one run), not --shard "
                        f"{index}/{count}")
-
-    def _refuse_other_stage(self) -> None:
-        """``--overwrite`` redoes a folder of this stage, never another stage's (:func:`begin_stage_run` says the
-        same of a folder overwritten in place); checked before the folder is set aside."""
-        for name in (STAGE_RECORD, RUN_RECORD):
-            old = None
-            with contextlib.suppress(VplError):  # a damaged record is cleared, as in place
-                old = read_json(self.folder / name) if (self.folder / name).is_file() else None
-            if isinstance(old, dict) and old.get("stage") not in (None, self.stage):
-                raise VplError(f"{self.folder}: holds `{old.get('stage')}` output; choose another --out")
 
     @staticmethod
     def _remove_if_untouched(folder: Path, ours: set[str]) -> None:
@@ -458,24 +443,3 @@ def _names(folder: Path) -> set[str]:
         return set(os.listdir(folder))
     except FileNotFoundError:
         return set()
-
-
-def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """``inputs.dataset`` of a folder's ``_stage.json`` (kind, absolute root, split, ...), or None when there is no
-    record. :func:`vpltool.data.open_recorded` reopens it."""
-    path = stage_record_path(folder)
-    if not path.is_file():
-        return None
-    return read_record(path)["inputs"].get("dataset")
-
-
-# what a record keeps of its dataset (vpltool.data.Dataset.inputs)
-DATASET_INPUTS = ("dataset", "items", "files", "content", "masks")
-
-
-def dataset_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The dataset part of a record's ``inputs`` (identity, item and file digests: :data:`DATASET_INPUTS`), which
-    a stage reading a folder records in its own folder: every later stage compares it with the dataset it reads
-    (:func:`vpltool.data.check_recorded`)."""
-    inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
-    return {k: inputs[k] for k in DATASET_INPUTS if k in inputs}
