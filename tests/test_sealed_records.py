@@ -337,3 +337,23 @@ def test_the_exchange_is_atomic_where_the_system_has_it(tmp_path):
     ino = (a.stat().st_ino, b.stat().st_ino)
     beside.exchange(a, b)
     assert (b.stat().st_ino, a.stat().st_ino) == ino and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_where_nothing_can_be_set_aside_the_folder_is_overwritten_in_place(tmp_path, monkeypatch):
+    """A folder whose last result cannot be moved (a mount point, a parent the user may not write): the overwrite
+    runs in place, as before the set-aside, and leaves nothing beside it."""
+    from vpltool.io import beside
+
+    out = tmp_path / "out"
+    with io.StageFolder(out, "crf", {"a": 1}, shard=(0, 1)) as folder:
+        folder.complete(count=0)
+
+    def refuse(a, b):
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(beside, "exchange", refuse)
+    with io.StageFolder(out, "crf", {"a": 2}, shard=(0, 1), overwrite=True) as folder:
+        assert folder._aside is None
+        folder.complete(count=0)
+    assert io.read_record(io.stage_record_path(out))["params"] == {"a": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

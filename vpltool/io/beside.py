@@ -21,7 +21,8 @@ A shard of several (``--shard i/n``, torchrun's ranks) writes into the folder wh
 run share the folder, and none of them alone may swap it.
 
 Where ``renameat2`` is missing (not Linux, an old C library, a file system without it) the exchange is three
-renames, and another run could see no folder under the name for an instant.
+renames, and another run could see no folder under the name for an instant. Where nothing can be made or moved
+beside the folder (a parent the user may not write, a mount point), the folder is overwritten in place, as before.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def exchange(a: Path, b: Path) -> None:
             raise OSError(code, os.strerror(code), str(a))
     between = a.parent / f".{a.name}.vpltool-swap"
     os.rename(a, between)
-    os.rename(b, a)
+    try:
+        os.rename(b, a)
+    except OSError:
+        os.rename(between, a)  # as it was: nothing moved
+        raise
     os.rename(between, b)
 
 
@@ -118,16 +123,22 @@ def _lock(path: Path, stack: contextlib.ExitStack) -> None:
     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def set_aside(folder: Path, stack: contextlib.ExitStack) -> Path:
+def set_aside(folder: Path, stack: contextlib.ExitStack) -> Path | None:
     """Put ``folder``'s last result beside it and an empty folder (same permissions, its lock held) in its place;
-    returns where the last result is."""
+    returns where the last result is. None where nothing may be made or moved beside it (a parent the user may not
+    write, a mount point): then the folder is overwritten in place, as before."""
     aside = aside_path(folder)
-    _remove(aside)
-    aside.mkdir()
-    with contextlib.suppress(OSError):
-        os.chmod(aside, stat.S_IMODE(os.stat(folder).st_mode))
-    _lock(aside / LOCK_FILE, stack)  # the lock of the folder-to-be: no other run takes it after the exchange
-    exchange(aside, folder)
+    try:
+        _remove(aside)
+        aside.mkdir()
+        with contextlib.suppress(OSError):
+            os.chmod(aside, stat.S_IMODE(os.stat(folder).st_mode))
+        _lock(aside / LOCK_FILE, stack)  # the lock of the folder-to-be: no other run takes it after the exchange
+        exchange(aside, folder)
+    except OSError:
+        with contextlib.suppress(OSError):
+            _remove(aside)
+        return None
     return aside
 
 
@@ -161,7 +172,7 @@ def keep_new(folder: Path, aside: Path) -> None:
     """The run finished: what no run of the stage wrote moves from the last result into the new one (a name the new
     result holds too stays the new result's), then the last result goes."""
     for entry in sorted(aside.iterdir()):
-        if written_by_a_run(entry) or os.path.lexists(folder / entry.name):
+        if os.path.lexists(folder / entry.name) or written_by_a_run(entry):  # the cheap test first
             continue
         with contextlib.suppress(OSError):
             os.rename(entry, folder / entry.name)
