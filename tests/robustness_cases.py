@@ -606,10 +606,12 @@ def _half_sharded(ws: Workspace) -> Iterator[list[object]]:
 
 def _moved_dataset(ws: Workspace, source: Path, name: str) -> Path:
     """A copy of a finished stage folder whose recorded dataset is no longer where it was."""
+    from vpltool import io
+
     folder = ws.copy(source, name)
     record = json.loads((folder / "_stage.json").read_text())
     record["inputs"]["dataset"]["root"] = str(ws.root / "world_moved_away")
-    (folder / "_stage.json").write_text(json.dumps(record))
+    (folder / "_stage.json").write_text(json.dumps(io.seal(record)))  # sealed again: the move, not an edit
     return folder
 
 
@@ -1181,10 +1183,12 @@ def _other_classes(ws: Workspace) -> Iterator[list[object]]:
 @case("CAM folder made from other features (learn-prototypes)", "cams_other", "other features",
       "re-run `vpltool cam`")
 def _cams_of_other_features(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
     cams = ws.copy(ws.cams, "cams_other")
     record = json.loads((cams / "_stage.json").read_text())
     record["inputs"]["features"] = "sha256:" + "0" * 64  # what a cam run on another extract folder records
-    (cams / "_stage.json").write_text(json.dumps(record))
+    (cams / "_stage.json").write_text(json.dumps(io.seal(record)))  # sealed, as that run would have
     yield ["learn-prototypes", ws.features, "-c", cams, "-t", ws.text, "-o", ws.out("vision.safetensors"),
            "--iters", "2", *CPU]
 
@@ -3183,11 +3187,14 @@ def _out_slash(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- every record field is validated like input
 def _edited_record(ws: Workspace, name: str, edit: Callable[[dict], None]) -> Path:
-    """A copy of the extract folder whose ``_stage.json`` was edited by hand."""
+    """A copy of the extract folder whose ``_stage.json`` was edited by hand, and sealed again (as a forger would:
+    the seal is refused first otherwise, robustness_round11_records): the checks behind the seal."""
+    from vpltool import io
+
     features = ws.copy(ws.features, name)
     record = json.loads((features / "_stage.json").read_text())
     edit(record)
-    (features / "_stage.json").write_text(json.dumps(record))
+    (features / "_stage.json").write_text(json.dumps(io.seal(record)))
     return features
 
 
@@ -4719,9 +4726,11 @@ def _report_pixel_accuracy(ws: Workspace) -> Iterator[list[object]]:
 @case("train-decoder on a pseudo-mask folder whose record's inputs were edited to {\"a\": 1} (was a KeyError)",
       "pseudo_no_dataset/_stage.json: names no dataset; re-run the stage that wrote pseudo_no_dataset")
 def _decoder_record_no_dataset(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
     folder = ws.copy(ws.pseudo, "pseudo_no_dataset")
     record = json.loads((folder / "_stage.json").read_text())
-    (folder / "_stage.json").write_text(json.dumps({**record, "inputs": {"a": 1}}))
+    (folder / "_stage.json").write_text(json.dumps(io.seal({**record, "inputs": {"a": 1}})))  # sealed again
     yield ["train-decoder", folder, "-p", ws.text, "-o", ws.out("decoder_no_dataset"), *DECODER_ARGS]
 
 
@@ -6673,3 +6682,4 @@ def _toy_dino_empty_data(ws: Workspace) -> Iterator[list[object]]:
 import robustness_round10  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_licences  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_plugins  # noqa: E402, F401  (the eleventh round's plugin and save rows)
+import robustness_round11_records  # noqa: E402, F401  (the eleventh round's records rows)

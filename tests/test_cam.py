@@ -201,7 +201,7 @@ def test_cam_applies_the_token_limit_extract_recorded(features_dir, text_protos,
     shutil.copytree(features_dir, features)
     record = json.loads((features / io.STAGE_RECORD).read_text())
     record["params"]["max_tokens"] = 10  # the world's scenes are 36 tokens
-    (features / io.STAGE_RECORD).write_text(json.dumps(record))
+    (features / io.STAGE_RECORD).write_text(json.dumps(io.seal(record)))  # sealed again: not an edit here
     with pytest.raises(VplError, match=r"train_000000\.safetensors: 96x96 pixels make 36 patch tokens .* "
                                        r"re-run `vpltool extract` with --max-side 48"):
         run_cam(features, text_protos, tmp_path / "cams")

@@ -171,7 +171,7 @@ def test_bad_input_one_line_exit_2(tiny_run, world, tmp_path):
     shutil.copytree(tiny_run / "features", gone / "features")
     record = io.read_json(gone / "features" / io.STAGE_RECORD)
     record["inputs"]["dataset"]["root"] = str(tmp_path / "moved-world")
-    io.write_json(gone / "features" / io.STAGE_RECORD, record)
+    io.write_json(gone / "features" / io.STAGE_RECORD, io.seal(record))  # as its world moved: sealed again
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("mine")

@@ -224,7 +224,7 @@ def test_open_vocabulary_predict_and_eval_by_name(held_out, world, tmp_path):
     assert gt.shape == pred.shape
     # a name the dataset lacks: eval refuses in one line
     record["classes"] = ["background", "zebra"]
-    io.write_json(out / "_stage.json", record)
+    io.write_json(out / "_stage.json", io.seal(record))  # sealed again: not a hand edit
     with pytest.raises(VplError, match="zebra"):
         run_eval(out)
 
@@ -246,7 +246,7 @@ def test_eval_maps_a_reordered_class_list_by_name(world, tmp_path):
     assert run_eval(tmp_path)[0]["miou"] == pytest.approx(1.0)
     record = io.read_json(tmp_path / "_stage.json")
     record["classes"] = classes  # the same masks read as if in the dataset's order
-    io.write_json(tmp_path / "_stage.json", record)
+    io.write_json(tmp_path / "_stage.json", io.seal(record))
     assert run_eval(tmp_path)[0]["miou"] < 0.9
 
 

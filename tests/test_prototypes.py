@@ -312,7 +312,7 @@ def test_cams_made_from_other_features_are_refused(tmp_path):
     files = _write_problem(tmp_path / "a")
     record = json.loads((files["cams"] / "_stage.json").read_text())
     record["inputs"]["features"] = "sha256:" + "0" * 64
-    (files["cams"] / "_stage.json").write_text(json.dumps(record))
+    (files["cams"] / "_stage.json").write_text(json.dumps(io.seal(record)))  # sealed again
     with pytest.raises(ContractError, match="other features"):
         _learn(files, tmp_path / "o.safetensors")
 

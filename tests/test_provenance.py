@@ -122,11 +122,12 @@ def test_a_mask_of_another_run_is_refused_and_a_users_mask_folder_is_read(tmp_pa
 
 
 def _strip_digests(folder: Path) -> None:
-    """``folder`` as a vpltool before run digests wrote it: no digest in its record nor in its items."""
+    """``folder`` as a vpltool before run digests wrote it: no digest in its record nor in its items (and no seal:
+    sealed records came later)."""
     from safetensors import safe_open
 
     record = json.loads((folder / io.STAGE_RECORD).read_text())
-    del record[io.RUN_DIGEST]
+    del record[io.RUN_DIGEST], record[io.RECORD_DIGEST]
     (folder / io.STAGE_RECORD).write_text(json.dumps(record))
     for path in folder.glob("*.safetensors"):
         with safe_open(str(path), framework="pt") as f:

@@ -66,7 +66,9 @@ Workers = Annotated[Optional[int], typer.Option(
     f"1 = in this process [default: auto: {CPU_WORKERS}; on CUDA one per core up to {GPU_WORKERS} for the loaders of "
     "extract, cam, predict, diagnose and train-decoder].",
     show_default=False, rich_help_panel=RUNTIME)]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them.",
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them "
+                                         "(a per-image stage run in one piece keeps its last result until the new "
+                                         "one is complete).",
                                          rich_help_panel=RUNTIME)]
 OverwriteFile = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file that vpltool did "
                                              "not write, or wrote as another kind (a file of the kind this command "

@@ -105,34 +105,37 @@ from .metrics import check_eval_metrics, is_eval_metrics, read_eval_metrics, rea
 from .photo_files import cut_short, leave_out, note_source
 from .provenance import ITEM_WRITERS, check_item, run_digest, writing_digest
 from .records import (
+    DATASET_INPUTS,
     DECODER_FILES,
     LOCK_FILE,
     NUMERICS,
+    RECORD_DIGEST,
     RUN_DIGEST,
     RUN_RECORD,
     SHARD_RECORD,
     SIDE_RECORD,
     STAGE_RECORD,
     check_numerics,
+    dataset_inputs,
     numerics_problem,
     read_record,
+    record_digest,
     record_stage,
+    recorded_dataset_identity,
     recorded_model,
+    seal,
     stage_record_path,
     write_stage_record,
 )
 from .stage import (
-    DATASET_INPUTS,
     StageFolder,
     StageSummary,
     begin_stage_run,
     changed_keys,
-    dataset_inputs,
     finished_shards,
     item_done,
     prepare_stage_dir,
     read_stage_record,
-    recorded_dataset_identity,
     recorded_ids,
     write_side_record,
 )
@@ -204,5 +207,5 @@ __all__ = [
     "cut_short", "leave_out", "note_source",
     "ITEM_WRITERS", "RUN_DIGEST", "begin_stage_run", "check_item", "run_digest", "writing_digest",
     "NUMERICS", "check_numerics", "file_numerics", "header_numerics", "numerics_problem", "folder_made",
-    "recorded_dtype",
+    "recorded_dtype", "RECORD_DIGEST", "record_digest", "seal",
 ]  # fmt: skip

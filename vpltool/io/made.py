@@ -5,6 +5,10 @@ A folder's ``_stage.json`` is one file a user may edit; every safetensors item c
 (``vpltool.numerics``, written by the run that made it). A later stage compares both with its own run: a record whose
 dtype was edited to another, or whose ``numerics`` was deleted, no longer lets items of another dtype in. Every
 vpltool stage records its numerics, so a record or an item without them is damaged, and refused in one line.
+
+Every read of a record checks its seal (:func:`vpltool.io.records.read_record`), so an edited record is refused. A
+mask folder's PNG items record no dtype: there the record alone vouches for it, and a record without a seal (an older
+vpltool's, or one whose seal was deleted with the edit) is refused as well (``items=False``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 from ..errors import ContractError
 from ..runtime import numerics
-from .records import NUMERICS, STAGE_RECORD, numerics_problem
+from .records import NUMERICS, RECORD_DIGEST, STAGE_RECORD, numerics_problem, sealed_fix
 from .stage import recorded_ids
 from .tensors import header_numerics, read_header
 
@@ -26,9 +30,14 @@ def folder_made(folder: str | os.PathLike, record: dict[str, Any], stage: str, i
                 ) -> list[tuple[Path, Any, str]]:
     """``(path, numerics, stage)`` of ``folder``'s record and (``items``: a folder of safetensors items, not masks)
     of each item its record lists, read from the item's header alone; one line for a record or an item that
-    records none (``stage``: the command that made the folder, named in the fix)."""
+    records none (``stage``: the command that made the folder, named in the fix). A folder without items
+    (``items=False``) needs a sealed record (:data:`RECORD_DIGEST`): nothing else says how its masks were made."""
     folder = Path(folder)
     fix = f"re-run `vpltool {stage}` there with --overwrite"
+    if not items and RECORD_DIGEST not in record:
+        raise ContractError(f"{folder}: its {STAGE_RECORD} is not sealed (no '{RECORD_DIGEST}': written by an older "
+                            "vpltool, or removed by hand), and its masks cannot say which dtype and mode made them; "
+                            f"{sealed_fix(stage)}")
     made = record.get(NUMERICS)
     if made is None:
         raise ContractError(f"{folder / STAGE_RECORD}: records no '{NUMERICS}' (the dtype and mode its items were "

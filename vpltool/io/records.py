@@ -1,15 +1,28 @@
 """The records a vpltool folder holds, with one owner: their names, and the reader that checks their shape.
 
-* ``_stage.json``: a stage folder is complete (written last, :func:`write_stage_record`).
+* ``_stage.json``: a stage folder is complete (written last, :func:`write_stage_record`), sealed with its own digest
+  (``record_digest``, :func:`record_digest`): every read checks it, so a hand edit is refused (see below).
 * ``_run.json``: the parameters of the run under way in a stage folder (and its ``run_digest``, which every item it
   writes records: :mod:`vpltool.io.provenance`).
 * ``_side.json``: a side folder (``--save-overlays``, ``--save-debug``) and the stage and option that made it.
 * ``_shard.{i}-of-{n}.json``: shard i of n finished (``--shard i/n``, torchrun ranks).
 * ``.vpltool.lock``: the ``flock`` a writer holds on the folder.
+
+Why a stage record is sealed: a later stage believes what it says (the dtype and mode its items were made in, the
+inputs, the ids), and a PNG mask cannot say it itself as a safetensors item does. The seal is a sha256 over the whole
+record but the seal (canonical JSON: sorted keys, no spaces, ASCII), so whatever a record holds (fields added later
+included) is covered. It is no signature (whoever edits the record can recompute it); it makes an edit a deliberate
+act instead of a silent one, and a damaged record one line.
+
+A record without a seal is what every vpltool before it wrote: it is read as before (resumed, listed, its run digest
+compared), but where the record alone vouches for how a folder was made (a mask folder's dtype and mode, which its
+PNG items cannot record: :func:`vpltool.io.folder_made` with ``items=False``), it is refused with the fix, since an
+unsealed record there cannot tell a folder of an older vpltool from an edited one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -33,6 +46,7 @@ DECODER_FILES = ("decoder.safetensors", "checkpoints", "log.jsonl")  # what mark
 # the dtype and numeric mode of the run that made a folder or file (runtime.numerics.run_numerics), in records and,
 # as ``vpltool.numerics``, in safetensors metadata; records of a vpltool before it hold none (read as before)
 NUMERICS = "numerics"
+RECORD_DIGEST = "record_digest"  # a stage record's seal: sha256 of the record without it (record_digest)
 
 
 def check_format(path: Path, found: object, version: object) -> None:
@@ -58,7 +72,40 @@ def write_stage_record(
     """Write ``_stage.json`` last, atomically: the proof that every item of the folder is complete."""
     record = {"stage": stage, "vpltool": __version__, "format": FORMAT_VERSION, "params": dict(params),
               "inputs": dict(inputs or {}), "count": count, **extra}
-    return write_json(stage_record_path(folder), record)
+    return write_json(stage_record_path(folder), seal(record))
+
+
+def record_digest(record: Mapping[str, Any]) -> str:
+    """The seal of a record: 64 hex digits of sha256 over its canonical JSON (sorted keys, no spaces, ASCII), every
+    field but :data:`RECORD_DIGEST` itself, as the record reads back from JSON (tuples as lists)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != RECORD_DIGEST}, default=str))
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` with its seal (:func:`record_digest`) last: what :func:`write_stage_record` writes. Every field a
+    record should hold goes in before it is sealed; changing a sealed record means sealing it again."""
+    return {**{k: v for k, v in record.items() if k != RECORD_DIGEST}, RECORD_DIGEST: record_digest(record)}
+
+
+def seal_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a stage record's seal does not vouch for it (it was edited, or the seal damaged), or None when it
+    does; None too for a record without a seal (an older vpltool's: see the module doc)."""
+    found = record.get(RECORD_DIGEST)
+    if found is None:
+        return None
+    if found != record_digest(record):
+        return f"its '{RECORD_DIGEST}' no longer matches what it holds"
+    return None
+
+
+def sealed_fix(stage: str | None) -> str:
+    """The fix for a stage record that was edited or never sealed: make the folder again."""
+    if stage is None:
+        return "delete the folder and re-run the stage that made it, or choose another folder"
+    return (f"re-make it with `vpltool {stage}` (with --overwrite, or into a new --out); a record is never edited "
+            "by hand")
 
 
 # what a record must hold, key -> (type, how the message says it); a record of another shape (valid JSON, but a list,
@@ -210,6 +257,9 @@ def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
         fix = f"re-run `vpltool {stage}` there with --overwrite" if stage else "delete the folder and re-run its stage"
         raise ContractError(f"{path}: not a vpltool {'run' if run else 'stage'} record ({problem}); the folder is "
                             f"damaged: {fix}, or choose another folder")
+    if not run and (problem := seal_problem(record)) is not None:  # the shape first: its messages are more precise
+        raise ContractError(f"{path.parent}: its {path.name} was edited after `vpltool {record['stage']}` wrote it "
+                            f"({problem}), so it no longer vouches for the folder; {sealed_fix(record['stage'])}")
     return record
 
 
@@ -232,3 +282,24 @@ def record_stage(folder: str | os.PathLike) -> str | None:
         if path.is_file():
             return read_record(path, run=name == RUN_RECORD)["stage"]
     return None
+
+
+def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``inputs.dataset`` of a folder's ``_stage.json`` (kind, absolute root, split, ...), or None when there is no
+    record. :func:`vpltool.data.open_recorded` reopens it."""
+    path = stage_record_path(folder)
+    if not path.is_file():
+        return None
+    return read_record(path)["inputs"].get("dataset")
+
+
+# what a record keeps of its dataset (vpltool.data.Dataset.inputs)
+DATASET_INPUTS = ("dataset", "items", "files", "content", "masks")
+
+
+def dataset_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The dataset part of a record's ``inputs`` (identity, item and file digests: :data:`DATASET_INPUTS`), which
+    a stage reading a folder records in its own folder: every later stage compares it with the dataset it reads
+    (:func:`vpltool.data.check_recorded`)."""
+    inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
+    return {k: inputs[k] for k in DATASET_INPUTS if k in inputs}

@@ -13,6 +13,9 @@ stages use.
 * ``_run.json`` holds the parameters of the run under way. A re-run with other parameters is refused (or, with
   ``--overwrite``, redoes the folder), so an interrupted folder never ends up half one setting, half another.
 * ``_stage.json`` is written last: the Make target and the proof that every item is complete.
+* ``--overwrite`` keeps the last good result until the new one is complete (:mod:`vpltool.io.beside`): the last one
+  waits beside the folder (``.NAME.vpltool-last``) and comes back whole if the run fails; files no run of the stage
+  wrote (a user's notes) move into the new result.
 * ``.vpltool.lock`` (an ``flock``) is the folder's one lock, for plain runs and shards alike
   (:func:`vpltool.io.locks.output_lock`):
   a run takes it exclusively, the shards of a ``--shard i/n`` run share it (each also claims its index), so a plain
@@ -35,6 +38,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ContractError, VplError
 from ..runtime.numerics import describe, mismatch
+from . import beside as _beside
 from .files import make_folder, read_json, write_json
 from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
@@ -269,13 +273,17 @@ class StageFolder:
         numerics: the run's dtype and numeric mode (:func:`vpltool.runtime.numerics.run_numerics`), recorded in both
             records and every item (a resume in another is refused).
         older: an earlier vpltool's form of the params, made today's (:func:`begin_stage_run`).
+        beside: under ``overwrite``, a run in one piece builds the new result while the last one waits beside the
+            folder, and swaps them only once the new one is complete (:mod:`vpltool.io.beside`): a run that fails
+            leaves the last result as it was. False: the folder is overwritten in place (a shard of several always
+            is: the shards share it).
     """
 
     def __init__(self, folder: str | os.PathLike, stage: str, params: Mapping[str, Any], *, overwrite: bool = False,
                  shard: tuple[int, int] | None = None, not_compared: Sequence[str] = (),
                  inputs: Mapping[str, Any] | None = None, sides: Mapping[str, str | os.PathLike | None] = {},
                  items: tuple[Sequence[str], Callable[[str | os.PathLike, str], Path]] | None = None,
-                 numerics: Mapping[str, Any] | None = None, older: Older | None = None):
+                 numerics: Mapping[str, Any] | None = None, older: Older | None = None, beside: bool = True):
         self.folder, self.stage, self.params, self.older = Path(folder), stage, dict(params), older
         self.numerics = None if numerics is None else dict(numerics)
         self.inputs = None if inputs is None else dict(inputs)
@@ -288,6 +296,8 @@ class StageFolder:
         self.not_compared, self.items = tuple(not_compared), items
         self._stack = contextlib.ExitStack()
         self._created = False
+        self.beside = beside and self.overwrite and self.shard[1] == 1
+        self._aside: Path | None = None  # the last result, while this run builds the new one (beside)
         self.digest: str | None = None  # the run's digest (:func:`begin_stage_run`), set on entering
 
     def __enter__(self) -> StageFolder:
@@ -299,10 +309,15 @@ class StageFolder:
         self._stack.enter_context(output_lock(self.folder, self.shard, also=self.sides.values()))
         try:
             self._refuse_other_shard_count()
+            if self.shard[1] == 1:  # alone in the folder: what a killed --overwrite run left beside it
+                _beside.recover(self.folder, self._stack)
             if self.items is not None and not self.overwrite:  # before _run.json: a refused run changes nothing
                 ids, path_of = self.items
                 present = _names(self.folder)
                 check_present(self.folder, [n for i in ids if (n := path_of(self.folder, i).name) in present])
+            if self.beside and _beside.has_result(self.folder):
+                _beside.refuse_other_stage(self.folder, self.stage)
+                self._aside = _beside.set_aside(self.folder, self._stack)
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
                                              self.not_compared, self.inputs, self.numerics, self.older)
             for option, path in self.sides.items():
@@ -313,8 +328,13 @@ class StageFolder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        failed = bool(exc) and exc[0] is not None
+        if self._aside is not None:  # swapped only when the new result is complete; else the last one comes back
+            aside, self._aside = self._aside, None
+            with self._stack:
+                _beside.finish(self.folder, aside, failed)
         self._stack.close()
-        if exc and exc[0] is not None:
+        if failed:
 
             for path in self._sides_created:  # first: one may lie inside the output folder
                 self._remove_if_untouched(path, {SIDE_RECORD})
@@ -423,24 +443,3 @@ def _names(folder: Path) -> set[str]:
         return set(os.listdir(folder))
     except FileNotFoundError:
         return set()
-
-
-def recorded_dataset_identity(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """``inputs.dataset`` of a folder's ``_stage.json`` (kind, absolute root, split, ...), or None when there is no
-    record. :func:`vpltool.data.open_recorded` reopens it."""
-    path = stage_record_path(folder)
-    if not path.is_file():
-        return None
-    return read_record(path)["inputs"].get("dataset")
-
-
-# what a record keeps of its dataset (vpltool.data.Dataset.inputs)
-DATASET_INPUTS = ("dataset", "items", "files", "content", "masks")
-
-
-def dataset_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The dataset part of a record's ``inputs`` (identity, item and file digests: :data:`DATASET_INPUTS`), which
-    a stage reading a folder records in its own folder: every later stage compares it with the dataset it reads
-    (:func:`vpltool.data.check_recorded`)."""
-    inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
-    return {k: inputs[k] for k in DATASET_INPUTS if k in inputs}
