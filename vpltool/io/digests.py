@@ -135,8 +135,11 @@ def naming_scope() -> Iterator[None]:
     :func:`read_as_named` and :func:`check_loaded_files` hold its later reads to; nothing is held outside a run (a
     long-lived process, a notebook, may change a file between two runs: the next run names it anew). The CLI opens
     one around each command, the Python door around each stage; runs inside a run share the outer one."""
+    from .reads import forget  # the run's ledger of model files (vpltool.io.reads) has the same span
+
     if not _SCOPE[0]:
         _SEEN.clear()
+        forget()
     _SCOPE[0] += 1
     try:
         yield
@@ -144,6 +147,7 @@ def naming_scope() -> Iterator[None]:
         _SCOPE[0] -= 1
         if not _SCOPE[0]:
             _SEEN.clear()
+            forget()
 
 
 def note_digest(path: str | os.PathLike, stamp: list[int], digest: str) -> None:

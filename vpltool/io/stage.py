@@ -39,6 +39,7 @@ from .files import make_folder, read_json, write_json
 from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
 from .provenance import check_present, run_digest
+from .reads import FolderReads, check_reads, ledger, with_reads
 from .records import (
     LOCK_FILE,
     NUMERICS,
@@ -95,8 +96,6 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
     return record
 
 
-
-
 def finished_shards(folder: str | os.PathLike) -> list[tuple[int, int]]:
     """``(index, count)`` of the shards that recorded their end in ``folder`` (:meth:`StageFolder.shard_done`);
     names of any other form (other digits than 0-9, an index outside its count) are no shard record."""
@@ -122,7 +121,8 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
 
 def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
                     not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None,
-                    numerics: Mapping[str, Any] | None = None, older: Older | None = None) -> tuple[Path, str | None]:
+                    numerics: Mapping[str, Any] | None = None, older: Older | None = None,
+                    reads: Mapping[str, Any] | None = None) -> tuple[Path, str | None]:
     """Create ``folder`` for a stage run; refuse to mix parameter sets or inputs unless ``overwrite``.
 
     Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
@@ -139,7 +139,8 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
 
     ``older(recorded params, params)``: a record's params as this run records them, where an earlier vpltool
     recorded the same settings in another form (a ``--dense`` method's :meth:`DenseHooks.older_record
-    <vpltool.models.dense.hooks.DenseHooks.older_record>`); the records are compared in today's form.
+    <vpltool.models.dense.hooks.DenseHooks.older_record>`); the records are compared in today's form. ``reads``: the
+    run's model files by content (:mod:`vpltool.io.reads`), compared last and recorded as ``inputs.reads``.
 
     Returns the folder and the run's digest (:mod:`vpltool.io.provenance`), recorded in ``_run.json``: every item
     the run writes carries it. A resume continues its folder's run and keeps the folder's digest (none, for a folder
@@ -187,6 +188,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
             raise VplError(f"{folder}: {what} {describe(old[NUMERICS], differ)}, this run is "
                            f"{describe(numerics, differ)}; re-run with the same {same}{resume}, pass --overwrite to "
                            "redo it, or choose another --out")
+        check_reads(folder, what, old, reads)  # a model file replaced since: before any model loads
         kept.append(old)
     if kept:
         digest = kept[0].get(RUN_DIGEST)
@@ -199,6 +201,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
         run["inputs"] = dict(inputs)
     if numerics is not None:
         run[NUMERICS] = dict(numerics)
+    run = with_reads(run, kept, reads)  # beside the inputs, outside the run's digest
     write_json(folder / RUN_RECORD, run if digest is None else {**run, RUN_DIGEST: digest})
     return folder, digest
 
@@ -289,6 +292,7 @@ class StageFolder:
         self._stack = contextlib.ExitStack()
         self._created = False
         self.digest: str | None = None  # the run's digest (:func:`begin_stage_run`), set on entering
+        self.reads = FolderReads(self.folder, RUN_RECORD)  # the model files its items are made with, by content
 
     def __enter__(self) -> StageFolder:
         self._created = not self.folder.exists()
@@ -304,7 +308,8 @@ class StageFolder:
                 present = _names(self.folder)
                 check_present(self.folder, [n for i in ids if (n := path_of(self.folder, i).name) in present])
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
-                                             self.not_compared, self.inputs, self.numerics, self.older)
+                                             self.not_compared, self.inputs, self.numerics, self.older, ledger())
+            self._stack.enter_context(self.reads.open())  # and those of models loaded while it is open
             for option, path in self.sides.items():
                 write_side_record(path, self.stage, option)
         except BaseException:
@@ -315,7 +320,6 @@ class StageFolder:
     def __exit__(self, *exc: Any) -> None:
         self._stack.close()
         if exc and exc[0] is not None:
-
             for path in self._sides_created:  # first: one may lie inside the output folder
                 self._remove_if_untouched(path, {SIDE_RECORD})
             if self._created:
@@ -405,8 +409,8 @@ class StageFolder:
             extra[RUN_DIGEST] = self.digest
         if self.numerics is not None:
             extra.setdefault(NUMERICS, self.numerics)
-        path = write_stage_record(self.folder, self.stage, params=self.params,
-                                  inputs=self.inputs if inputs is None else inputs, count=count, **extra)
+        inputs = self.reads.into(self.inputs if inputs is None else inputs)  # with the model files read, by content
+        path = write_stage_record(self.folder, self.stage, params=self.params, inputs=inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)
         _remove_shard_records(self.folder)
         return path
