@@ -36,10 +36,10 @@ from .. import __version__
 from ..errors import ContractError, VplError
 from ..runtime.numerics import describe, mismatch
 from .files import make_folder, read_json, write_json
+from .folder_reads import FolderReads, check_reads, ledger, with_reads
 from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
 from .provenance import check_present, run_digest
-from .reads import FolderReads, check_reads, ledger, with_reads
 from .records import (
     LOCK_FILE,
     NUMERICS,
