@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from vpltool import io
 from vpltool.cli import app
 from vpltool.config.dense import DENSE_SPECS
 from vpltool.io.digests import sha256_file
@@ -230,3 +231,110 @@ def test_a_method_s_weights_are_recorded_by_content_and_a_swap_between_shards_is
     record = json.loads((out / "_stage.json").read_text())
     assert record["inputs"]["reads"] == reads | record["inputs"]["reads"]
     assert record["inputs"]["reads"][str(swapped)]["sha256"] == _digest(swapped)
+
+
+# ---- every model family: its model file replaced between a kill and the re-run
+def _pgseg(k: Kit) -> Path:
+    from vpltool.models.text import pgseg
+
+    path = k.models / "pgseg.safetensors"
+    if not path.exists():
+        pgseg.save_checkpoint(path, pgseg.build_model(pgseg.tiny_config(), seed=3).eval())
+    return path
+
+
+def _talk2dino(k: Kit) -> Path:
+    from vpltool.models.text.family import text_family
+
+    path = k.models / "talk2dino.safetensors"
+    if not path.exists():
+        fam = text_family("talk2dino")
+        cfg = fam.model_config(fam.TrainConfig.recipe_config("demo", dino_weights=str(k.dino), crop_size=64))
+        fam.save_checkpoint(path, fam.build_model(cfg, 0))
+    return path
+
+
+def _decoder(k: Kit) -> Path:
+    """A one-step decoder on the world's own masks over the tiny test CLIP (no CLIP file: the decoder's is read)."""
+    from vpltool.config import DecoderConfig, RuntimeConfig, TextPrototypesConfig
+    from vpltool.data import open_dataset
+    from vpltool.models import ModelSpec
+    from vpltool.runtime.numerics import run_numerics
+    from vpltool.stages.text_prototypes import run_text_prototypes
+    from vpltool.stages.train_decoder import run_train_decoder
+
+    path = k.models / "decoder" / "decoder.safetensors"
+    if path.exists():
+        return path
+    dataset = open_dataset(k.world, "train")
+    pseudo = k.root / "gt_pseudo"
+    pseudo.mkdir()
+    for item in dataset.items:
+        shutil.copy(item.gt, pseudo / f"{item.id}.png")
+    io.write_stage_record(pseudo, "crf", params={}, inputs={"dataset": dataset.identity()},
+                          count=len(dataset.items), ids=[i.id for i in dataset.items], numerics=run_numerics())
+    protos = k.root / "text.safetensors"
+    run_text_prototypes(dataset.classes, protos, ModelSpec("vpl-test-vit", "none"),
+                        TextPrototypesConfig(templates="a photo of a {}.", background="grass,sky"),
+                        device="cpu")
+    cfg = DecoderConfig(dim=16, layers=1, heads=2, crop_size=64, batch_size=2, iters=1, log_every=1, warmup_iters=1)
+    run_train_decoder(pseudo, protos, path.parent, cfg, RuntimeConfig(device="cpu", workers=1))
+    return path
+
+
+# every model family: (its weights file, the command that reads it writing OUT) -> the file a swap replaces
+FAMILY_RUNS: dict[str, Callable[[Kit, Path], tuple[Path, list[object]]]] = {
+    "clip": lambda k, out: (k.clip / "open_clip_model.safetensors",
+                            ["segment", k.world, *SEG, "-o", out, "--model", f"local-dir:{k.clip}", *TEXT,
+                             "--dense", "maskclip", "--short-side", 32]),
+    "dino": lambda k, out: (k.dino, ["segment", k.world, *SEG, "-o", out, "--model", f"local-dir:{k.clip}", *TEXT,
+                                     "--dense", "proxyclip", *_proxy(k), "--short-side", 32]),
+    "sam": lambda k, out: (k.sam, ["segment", k.world, *SEG, "-o", out, "--model", f"local-dir:{k.clip}", *TEXT,
+                                   "--dense", "trident", *_proxy(k), "--sam-model", "toy", "--sam-weights", k.sam,
+                                   "--short-side", 32]),
+    "sam3": lambda k, out: (k.sam3 / "model.safetensors", ["segment", k.world, *SEG, "-o", out, "--dense", "sam3",
+                                                           "--sam3-weights", k.sam3]),
+    "pgseg": lambda k, out: (_pgseg(k), ["segment", k.world, *SEG, "-o", out, "--model", f"pgseg:{_pgseg(k)}",
+                                         "--bg-thresh", "0", "--short-side", 48, "--slide-crop", 0]),
+    "talk2dino": lambda k, out: (_talk2dino(k), ["segment", k.world, *SEG, "-o", out, "--model",
+                                                 f"talk2dino:{_talk2dino(k)}", "--short-side", 64, "--slide-crop", 0]),
+    "decoder": lambda k, out: (_decoder(k), ["predict", _decoder(k), "--split", "val", "--device", "cpu", "-o", out]),
+}
+FAMILIES = sorted(name for name in registry.families()
+                  if registry.BACKBONES.plugin(name) is None and registry.TEXT_FAMILIES.plugin(name) is None)
+
+
+def test_every_family_has_a_row():
+    assert sorted(FAMILY_RUNS) == FAMILIES, "add the family's row to FAMILY_RUNS"
+
+
+class _Killed(BaseException):
+    """What a kill -9 leaves, in this process: every item written, the run record there, no _stage.json."""
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_family_s_file_swapped_between_a_kill_and_the_re_run_is_refused(kit, family):
+    out = kit.out(f"kill_{family}")
+    swapped, args = FAMILY_RUNS[family](kit, out)
+
+    def killed(self, *a, **kw):
+        raise _Killed()
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(_Killed):
+        mp.setattr(io.StageFolder, "finish", killed)
+        _run(args)
+    assert (out / "_run.json").is_file() and not (out / "_stage.json").exists()
+    reads = json.loads((out / "_run.json").read_text())["inputs"]["reads"]
+    assert reads[str(swapped)] == {"sha256": _digest(swapped), "size": swapped.stat().st_size}
+    done = sorted(p for p in out.iterdir() if p.suffix == ".png")
+    done[0].unlink()  # an item the kill left unwritten: the re-run has work, so a model would load
+
+    def rerun_refused() -> None:
+        with no_model_loads():
+            _refused_in_one_line(_run(args), out, swapped)
+
+    _swap_then_back(swapped, rerun_refused)
+    r = _run(args)
+    assert r.exit_code == 0 and (out / "_stage.json").is_file(), r.output[-2000:]
+    assert json.loads((out / "_stage.json").read_text())["inputs"]["reads"][str(swapped)]["sha256"] == \
+        _digest(swapped)

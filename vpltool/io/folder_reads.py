@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import ContractError
 from .files import read_json, write_json
 from .reads import READS, FileReplaced, ledger, short, watching
 
@@ -90,5 +91,23 @@ class FolderReads:
         return {**(inputs or {}), READS: self.reads} if self.reads else inputs
 
 
-__all__ = ["FolderReads", "changed_read", "check_reads", "ledger", "merged_reads", "recorded_reads", "refusal",
-           "with_reads"]
+def check_folder_reads(folder: str | os.PathLike, overwrite: bool = False) -> None:
+    """For a stage that loads a model before it opens its folder (predict's decoder): refuse, in the line a
+    :class:`~vpltool.io.StageFolder` would say, a folder whose run read a file of this run's ledger with other
+    bytes, before the model loads (``overwrite``: nothing to compare, the folder is redone)."""
+    from .records import RUN_RECORD, STAGE_RECORD
+
+    for name, what in ((STAGE_RECORD, "made"), (RUN_RECORD, "an interrupted run made")):
+        path = Path(folder) / name
+        if overwrite or not path.is_file():
+            continue
+        try:
+            record = read_json(path)
+        except ContractError:  # a damaged record: the folder says so as it opens
+            continue
+        if (changed := changed_read(recorded_reads(record), ledger())) is not None:
+            raise refusal(folder, what, *changed)
+
+
+__all__ = ["FolderReads", "changed_read", "check_folder_reads", "check_reads", "ledger", "merged_reads",
+           "recorded_reads", "refusal", "with_reads"]
