@@ -338,3 +338,80 @@ def test_a_family_s_file_swapped_between_a_kill_and_the_re_run_is_refused(kit, f
     assert r.exit_code == 0 and (out / "_stage.json").is_file(), r.output[-2000:]
     assert json.loads((out / "_stage.json").read_text())["inputs"]["reads"][str(swapped)]["sha256"] == \
         _digest(swapped)
+
+
+# ---- the ledger's span, a file replaced between check and load, a plugin's family
+def test_a_file_replaced_between_the_check_and_the_load_is_refused_before_the_load_reads_it(kit, monkeypatch):
+    out = kit.out("check_then_load")
+    swapped = kit.sam3 / "model.safetensors"
+    real, loaded = registry.read_by_content, []
+
+    def replace_at_the_load(fam, spec, files=None):  # the load's door (files given), after the run's check
+        if files is not None and fam.name == "sam3" and not loaded:
+            loaded.append(_another_model(swapped))
+        return real(fam, spec, files)
+
+    monkeypatch.setattr(registry, "read_by_content", replace_at_the_load)
+    saved = swapped.read_bytes()
+    try:
+        with no_model_loads():
+            r = _run(["segment", kit.world, *SEG, "-o", out, "--dense", "sam3", "--sam3-weights", kit.sam3])
+    finally:
+        swapped.write_bytes(saved)
+    assert loaded, "the load was never reached"
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.output, r.output[-1500:]
+    assert f"{swapped}: replaced after this run read it (sha256 " in errors[0] and "put the file back" in errors[0]
+    assert not (out / "_stage.json").exists()
+
+
+def test_nothing_is_kept_outside_a_run(kit, tmp_path):
+    """The ledger lives for one run (a command, a Python stage) or one open folder: a folder opened outside a run
+    records only what loads while it is open, never what an earlier call read."""
+    from vpltool.io import reads
+    from vpltool.models.backbones.dino import DinoSpec
+
+    spec = DinoSpec("test_vit", str(kit.dino))
+    registry.check_model("dino", spec)  # outside any run: kept nowhere
+    assert reads.ledger() == {}
+    with io.naming_scope():
+        registry.check_model("dino", spec)
+        assert list(reads.ledger()) == [str(kit.dino)]
+        with io.StageFolder(tmp_path / "in_a_run", "segment", {"x": 1}, shard=(0, 2)):
+            pass
+    assert list(json.loads((tmp_path / "in_a_run" / "_run.json").read_text())["inputs"]["reads"]) == [str(kit.dino)]
+    assert reads.ledger() == {}
+    run = tmp_path / "outside" / "_run.json"
+    with io.StageFolder(run.parent, "segment", {"x": 1}, shard=(0, 2)):
+        assert "inputs" not in json.loads(run.read_text())  # the earlier run's reads are not this folder's
+        registry.check_model("dino", spec)  # read while the folder is open: recorded at once
+        assert list(json.loads(run.read_text())["inputs"]["reads"]) == [str(kit.dino)]
+    assert reads.ledger() == {}
+
+
+def test_a_plugin_s_family_is_recorded_and_refused_alike(tmp_path, monkeypatch):
+    """A family registered outside vpltool (as a plugin's module registers it) goes through the same door."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from vpltool.io.reads import FileReplaced
+
+    weights = tmp_path / "plugin.safetensors"
+    save_file({"weight": torch.ones(2, 2), "bias": torch.zeros(2)}, str(weights))
+
+    def load(spec, device="cpu", **_):
+        layer = torch.nn.Linear(2, 2)
+        layer.load_state_dict(load_file(str(spec)))
+        return layer
+
+    monkeypatch.setitem(registry._FAMILIES, "ledger-plugin", registry.Family("ledger-plugin", load))
+    out = tmp_path / "out"
+    with io.naming_scope(), io.StageFolder(out, "segment", {"x": 1}, shard=(0, 2)):
+        registry.load_model("ledger-plugin", weights)
+    assert json.loads((out / "_run.json").read_text())["inputs"]["reads"][str(weights)]["sha256"] == \
+        _digest(weights)
+    save_file({"weight": torch.full((2, 2), 2.0), "bias": torch.zeros(2)}, str(weights))
+    with pytest.raises(FileReplaced, match="put the file back"), io.naming_scope(), \
+            io.StageFolder(out, "segment", {"x": 1}, shard=(1, 2)):
+        registry.load_model("ledger-plugin", weights)
+    assert not (out / "_stage.json").exists()
