@@ -415,3 +415,17 @@ def test_a_plugin_s_family_is_recorded_and_refused_alike(tmp_path, monkeypatch):
             io.StageFolder(out, "segment", {"x": 1}, shard=(1, 2)):
         registry.load_model("ledger-plugin", weights)
     assert not (out / "_stage.json").exists()
+
+
+def test_a_file_the_run_named_by_content_before_its_check_is_held_to_that_digest(kit, tmp_path):
+    """A record's parameter names a file by its digest (io.file_identity) before the check reads it: other bytes at
+    the check are refused (the ledger's own hash must not name the file anew over what the record says)."""
+    from vpltool.io.reads import FileReplaced
+    from vpltool.models.backbones.dino import DinoSpec
+
+    path = Path(shutil.copy(kit.dino, tmp_path / "dino.safetensors"))
+    with io.naming_scope():
+        io.file_identity(path)
+        _another_model(path)
+        with pytest.raises(FileReplaced, match="when it named it"):
+            registry.check_model("dino", DinoSpec("test_vit", str(path)))

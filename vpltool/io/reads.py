@@ -87,14 +87,18 @@ def note(paths: Iterable[str | os.PathLike], fix: str = "put the file back, and 
     """
     for path in paths:
         key = os.path.abspath(os.path.expanduser(path))
+        # what this run named the file by before (its check; a record's parameters, vpltool.io.file_identity), taken
+        # before the hash below names it anew
+        named = digests._SEEN.get(os.path.realpath(key)) if digests._SCOPE[0] else None
         entry = _entry(Path(key))
         if entry is None:
             continue
         seen = _LEDGER.get(key) if _open() else None
-        if seen is not None and seen["sha256"] != entry["sha256"]:
-            raise FileReplaced(f"{path}: replaced after this run read it (sha256 {short(seen['sha256'])} at its "
-                               f"check, {short(entry['sha256'])} now), so the model would not be the one the run "
-                               f"records; {fix}")
+        for then, when in ((seen and seen["sha256"], "at its check"), (named and named[1], "when it named it")):
+            if then and then != entry["sha256"]:
+                raise FileReplaced(f"{path}: replaced after this run read it (sha256 {short(then)} {when}, "
+                                   f"{short(entry['sha256'])} now), so the model would not be the one the run "
+                                   f"records; {fix}")
         for watcher in list(_WATCHERS):
             watcher(key, entry)
         if _open():
