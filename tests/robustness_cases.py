@@ -6683,3 +6683,4 @@ import robustness_round10  # noqa: E402, F401  (tests/ is on sys.path; registers
 import robustness_round11_licences  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_plugins  # noqa: E402, F401  (the eleventh round's plugin and save rows)
 import robustness_round11_records  # noqa: E402, F401  (the eleventh round's records rows)
+import robustness_round11_ledger  # noqa: E402, F401  (the eleventh round: model files by content)

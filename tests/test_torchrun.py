@@ -168,6 +168,7 @@ def _without_decoder(folder: Path) -> dict:
     record = io.read_stage_record(folder, "predict")
     record["params"].pop("decoder")
     record["inputs"].pop("decoder")
+    record["inputs"].pop("reads", None)  # the model files read, by content: the decoder among them
     record.pop("run_digest", None)  # a digest of the parameters and inputs: the decoder's content among them
     return record
 

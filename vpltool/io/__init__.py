@@ -47,6 +47,7 @@ from .files import (
     write_json,
     write_text,
 )
+from .folder_reads import check_folder_reads
 from .guard import check_log_target, check_outputs, folder_owner, run_outputs
 from .images import (
     MASK_SUFFIX,
@@ -170,7 +171,7 @@ from .training import (
 )
 
 __all__ = [
-    "check_loaded_files", "file_stamp", "naming_scope", "note_digest", "read_as_named",
+    "check_loaded_files", "check_folder_reads", "file_stamp", "naming_scope", "note_digest", "read_as_named",
     "append_line", "append_log", "atomic_path", "atomic_write", "check_folder_target", "check_writable_target",
     "comment_problem",
     "file_identity",

@@ -23,7 +23,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import VplError
@@ -127,6 +127,13 @@ def _seen(real: str, stamp: list[int], digest: str) -> str:
 
 
 _SCOPE = [0]  # how many runs are open in this process (a command, a Python stage; benchmark opens segment's)
+# what else lives for one run, told where the outermost run begins and ends (vpltool.io.reads' ledger)
+AT_RUN_EDGES: list[Callable[[], None]] = []
+
+
+def _at_edge() -> None:
+    for forget in AT_RUN_EDGES:
+        forget()
 
 
 @contextlib.contextmanager
@@ -137,6 +144,7 @@ def naming_scope() -> Iterator[None]:
     one around each command, the Python door around each stage; runs inside a run share the outer one."""
     if not _SCOPE[0]:
         _SEEN.clear()
+        _at_edge()
     _SCOPE[0] += 1
     try:
         yield
@@ -144,6 +152,7 @@ def naming_scope() -> Iterator[None]:
         _SCOPE[0] -= 1
         if not _SCOPE[0]:
             _SEEN.clear()
+            _at_edge()
 
 
 def note_digest(path: str | os.PathLike, stamp: list[int], digest: str) -> None:

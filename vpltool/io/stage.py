@@ -40,6 +40,7 @@ from ..errors import ContractError, VplError
 from ..runtime.numerics import describe, mismatch
 from . import beside as _beside
 from .files import make_folder, read_json, write_json
+from .folder_reads import FolderReads, check_reads, ledger, with_reads
 from .inputs import changed_keys, param_changes, placed
 from .locks import SHARD_NAME, output_lock
 from .provenance import check_present, run_digest
@@ -99,8 +100,6 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
     return record
 
 
-
-
 def finished_shards(folder: str | os.PathLike) -> list[tuple[int, int]]:
     """``(index, count)`` of the shards that recorded their end in ``folder`` (:meth:`StageFolder.shard_done`);
     names of any other form (other digits than 0-9, an index outside its count) are no shard record."""
@@ -126,7 +125,8 @@ def prepare_stage_dir(folder: str | os.PathLike, stage: str, params: Mapping[str
 
 def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, Any], overwrite: bool,
                     not_compared: Sequence[str] = (), inputs: Mapping[str, Any] | None = None,
-                    numerics: Mapping[str, Any] | None = None, older: Older | None = None) -> tuple[Path, str | None]:
+                    numerics: Mapping[str, Any] | None = None, older: Older | None = None,
+                    reads: Mapping[str, Any] | None = None) -> tuple[Path, str | None]:
     """Create ``folder`` for a stage run; refuse to mix parameter sets or inputs unless ``overwrite``.
 
     Both the completion record and the record of an interrupted run are compared with ``params`` (but for the
@@ -143,7 +143,8 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
 
     ``older(recorded params, params)``: a record's params as this run records them, where an earlier vpltool
     recorded the same settings in another form (a ``--dense`` method's :meth:`DenseHooks.older_record
-    <vpltool.models.dense.hooks.DenseHooks.older_record>`); the records are compared in today's form.
+    <vpltool.models.dense.hooks.DenseHooks.older_record>`); the records are compared in today's form. ``reads``: the
+    run's model files by content (:mod:`vpltool.io.reads`), compared last and recorded as ``inputs.reads``.
 
     Returns the folder and the run's digest (:mod:`vpltool.io.provenance`), recorded in ``_run.json``: every item
     the run writes carries it. A resume continues its folder's run and keeps the folder's digest (none, for a folder
@@ -191,6 +192,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
             raise VplError(f"{folder}: {what} {describe(old[NUMERICS], differ)}, this run is "
                            f"{describe(numerics, differ)}; re-run with the same {same}{resume}, pass --overwrite to "
                            "redo it, or choose another --out")
+        check_reads(folder, what, old, reads)  # a model file replaced since: before any model loads
         kept.append(old)
     if kept:
         digest = kept[0].get(RUN_DIGEST)
@@ -203,6 +205,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
         run["inputs"] = dict(inputs)
     if numerics is not None:
         run[NUMERICS] = dict(numerics)
+    run = with_reads(run, kept, reads)  # beside the inputs, outside the run's digest
     write_json(folder / RUN_RECORD, run if digest is None else {**run, RUN_DIGEST: digest})
     return folder, digest
 
@@ -299,6 +302,7 @@ class StageFolder:
         self.beside = beside and self.overwrite and self.shard[1] == 1
         self._aside: Path | None = None  # the last result, while this run builds the new one (beside)
         self.digest: str | None = None  # the run's digest (:func:`begin_stage_run`), set on entering
+        self.reads = FolderReads(self.folder, RUN_RECORD)  # the model files its items are made with, by content
 
     def __enter__(self) -> StageFolder:
         self._created = not self.folder.exists()
@@ -319,7 +323,8 @@ class StageFolder:
                 _beside.refuse_other_stage(self.folder, self.stage)
                 self._aside = _beside.set_aside(self.folder, self._stack)
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
-                                             self.not_compared, self.inputs, self.numerics, self.older)
+                                             self.not_compared, self.inputs, self.numerics, self.older, ledger())
+            self._stack.enter_context(self.reads.open())  # and those of models loaded while it is open
             for option, path in self.sides.items():
                 write_side_record(path, self.stage, option)
         except BaseException:
@@ -335,7 +340,6 @@ class StageFolder:
                 _beside.finish(self.folder, aside, failed)
         self._stack.close()
         if failed:
-
             for path in self._sides_created:  # first: one may lie inside the output folder
                 self._remove_if_untouched(path, {SIDE_RECORD})
             if self._created:
@@ -425,8 +429,8 @@ class StageFolder:
             extra[RUN_DIGEST] = self.digest
         if self.numerics is not None:
             extra.setdefault(NUMERICS, self.numerics)
-        path = write_stage_record(self.folder, self.stage, params=self.params,
-                                  inputs=self.inputs if inputs is None else inputs, count=count, **extra)
+        inputs = self.reads.into(self.inputs if inputs is None else inputs)  # with the model files read, by content
+        path = write_stage_record(self.folder, self.stage, params=self.params, inputs=inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)
         _remove_shard_records(self.folder)
         return path

@@ -284,6 +284,7 @@ def check_model(name: str, spec: Any, **options: Any) -> None:
     fam = family(name)
     if fam.check is not None:
         fam.check(spec, **options)
+    read_by_content(fam, spec)
 
 
 def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any:
@@ -295,10 +296,23 @@ def load_model(name: str, spec: Any, device: Any = "cpu", **options: Any) -> Any
     fam = family(name)
     files = model_files(fam, spec)
     before = {path: file_stamp(path) for path in files}
+    read_by_content(fam, spec, files)  # before the load reads them: a file replaced since its check is refused
     model = fam.load(spec, device, **options)
     certify(model, where(fam, spec, files), fam.fix)
     check_loaded_files(before)
     return model
+
+
+def read_by_content(fam: Family, spec: Any, files: list[Path] | None = None) -> list[Path]:
+    """The door's one record of what a model is read from: ``spec``'s files (:func:`model_files`) added to the run's
+    ledger by sha256 and size (:func:`vpltool.io.reads.note`), for every family alike, built-in or plugin, so that
+    no method or family keeps a list of its own. A file whose bytes are not those the run (or the run its folder
+    continues) read it as is refused here, in one line, before the model is built from it."""
+    from ..io.reads import note
+
+    files = model_files(fam, spec) if files is None else files
+    note(files)
+    return files
 
 
 def model_files(fam: Family, spec: Any) -> list[Path]:
@@ -351,4 +365,4 @@ def _states(model: Any) -> Iterator[dict[str, Any]]:
 
 __all__ = ["DEFAULT_FIX", "Family", "SEGMENTERS", "TEXT_FAMILIES", "BACKBONES", "TextFamilyRow", "text_config",
            "text_file_kinds", "certify", "model_files", "register_family", "family", "family_module", "families",
-           "check_model", "load_model", "model_family", "segmenter_family"]
+           "check_model", "load_model", "model_family", "read_by_content", "segmenter_family"]

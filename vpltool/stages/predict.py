@@ -245,6 +245,8 @@ def run_predict(
         return _predict_dense(decoder_file, dataset, out, cfg, runtime, device, dtype, shard, on_item, on_start,
                               backbone, model_at)
     decoder_id = io.file_identity(decoder_file)  # named by its bytes before they load: the record is what loads
+    check_model("decoder", decoder_file)  # in the run's ledger of model files (io.reads), then held to the folder's
+    io.check_folder_reads(out, runtime.overwrite and shard_from_env(shard)[0] == 0)  # before the decoder loads
     model, f = load_model("decoder", decoder_file, device)
     if model.dino_width is not None:  # WeCLIP+: its frozen DINO, checked (one line offline) before any output
         spec = DinoSpec(model.cfg.dino_model, decoder_dino_weights(f, model.cfg.dino_weights, dino_weights))
