@@ -58,8 +58,7 @@ if _as_program():
     _plugins_named(sys.argv[1:])
 
 from . import app as app_command  # noqa: E402
-from . import (benchmark, cam, demo, export, methods, pgseg, pipeline, report, sam_pseudo,  # noqa: E402
-               segment, train_text, training)
+from . import benchmark, cam, demo, export, methods, pgseg, pipeline, report, sam_pseudo, segment, train_text, training  # noqa: E402
 from .errors import friendly_errors  # noqa: E402
 from .options import option_blocks  # noqa: E402
 from .root import Command, app, help_cmd  # noqa: E402
