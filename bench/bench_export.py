@@ -12,7 +12,10 @@ A demo world (``--train`` + ``--val`` scenes), the toy CLIP shipped in the packa
 The ONNX files run under onnxruntime on the CPU (fp32). "labels equal" is the share of all val pixels whose label is
 the same; "max logit diff" the largest absolute difference over every pixel and class.
 
+* a seeded random tiny PGSeg (the tests' ``pgseg.tiny_config()``) compared with ``segment --model pgseg:FILE``.
+
     python bench/bench_export.py [--val 8] [--train 16] [--iters 30] [--methods naclip,sclip,maskclip,clearclip]
+                                 [--rows decoder,dense,pgseg]
 """
 
 from __future__ import annotations
@@ -133,22 +136,55 @@ def dense_row(world: Path, work: Path, size: tuple[int, int], method: str) -> di
     return {"model": f"--dense {method} vs segment", **tally.row(), "export_cpu_s": round(export_s, 1)}
 
 
+def pgseg_row(world: Path, work: Path, size: tuple[int, int]) -> dict:
+    """The seeded random tiny PGSeg of the tests (no training: the agreement does not depend on it), compared with
+    ``segment --model pgseg:FILE``: its PNG masks and its zero-shot logits (:func:`image_scores`)."""
+    from vpltool.models.text import pgseg
+    from vpltool.stages.export import export_text
+    from vpltool.stages.segment_text import image_scores, run_segment_text, text_family_of, text_queries
+
+    checkpoint = pgseg.save_checkpoint(work / "pgseg.safetensors",
+                                       pgseg.build_model(pgseg.tiny_config(), seed=3).eval())
+    val = open_dataset(world, "val")
+    names = list(val.classes[1:])
+    run_segment_text(val, work / "pgseg", "pgseg", checkpoint, names, RUN, background=BACKGROUND)
+    start = time.process_time()
+    export_text("pgseg", checkpoint, names, work / "pgseg.onnx", size, background=BACKGROUND)
+    export_s = time.process_time() - start
+    onnx = OnnxFile(work / "pgseg.onnx")
+    fam, model = text_family_of("pgseg"), load_model("pgseg", checkpoint, "cpu")
+    settings = json.loads(onnx.metadata["vpltool.settings"])
+    text = text_queries(fam, model, names, settings["background_words"], "cpu")
+    tally = Tally()
+    for item in val.items:
+        image = io.load_image(item.image)
+        out = onnx.run(image)
+        ref, _ = image_scores(fam, model, image, text, len(names), settings["bg_thresh"], settings["short_side"],
+                              (settings["slide_crop"], settings["slide_stride"]), "cpu")
+        tally.add(out["labels"], io.read_mask(io.mask_path(work / "pgseg", item.id)), out["logits"], ref.numpy())
+    return {"model": "PGSeg (tiny, seeded) vs segment --model pgseg:FILE", **tally.row(),
+            "export_cpu_s": round(export_s, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--val", type=int, default=8)
     ap.add_argument("--train", type=int, default=16)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--methods", default="naclip,sclip,maskclip,clearclip")
+    ap.add_argument("--rows", default="decoder,dense,pgseg", help="which rows: decoder, dense (--methods), pgseg")
     args = ap.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         world = write_dataset(work / "world", n_train=args.train, n_val=args.val, seed=0)
         size = io.image_size(open_dataset(world, "val").items[0].image)
-        rows = [decoder_row(world, work, size, args.iters)]
-        rows += [dense_row(world, work, size, m) for m in args.methods.split(",") if m]
-    print(f"{args.val} val photos of a demo world, {size[0]}x{size[1]} ({size[0] * size[1]:,} pixels each); "
-          "onnxruntime on the CPU, fp32")
+        asked = args.rows.split(",")
+        rows = [decoder_row(world, work, size, args.iters)] if "decoder" in asked else []
+        rows += [dense_row(world, work, size, m) for m in args.methods.split(",") if m and "dense" in asked]
+        rows += [pgseg_row(world, work, size)] if "pgseg" in asked else []
+    print(f"{args.val} val photos of a demo world, {size[0]}x{size[1]} ({args.val * size[0] * size[1]:,} pixels in "
+          "all); onnxruntime on the CPU, fp32")
     print("| model | labels equal | max logit diff |\n|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {100 * r['labels_equal']:.3f} % | {r['max_logit_diff']:.2g} |")

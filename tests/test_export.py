@@ -261,3 +261,16 @@ def test_a_weclip_decoder_is_refused_with_its_reason(recipe):
 
     with pytest.raises(VplError, match=re.escape(f"--recipe {recipe} cannot be exported")):
         check_decoder(Header())
+
+
+def test_what_is_asked_is_checked_before_any_model_loads(decoder, tmp_path):
+    out = tmp_path / "x.onnx"
+    cases = {("--decoder", decoder, "--classes", "cat"): "--classes with --decoder",
+             ("--dense", "naclip"): "pass --classes",
+             ("--decoder", decoder, "--dense", "naclip"): "export one of them",
+             ("--decoder", decoder, "--size", "12x"): "--size 12x"}
+    for args, said in cases.items():
+        size = () if "--size" in args else ("--size", "96x96")
+        r = invoke("export", "-o", out, *args, *size)
+        assert r.exit_code == 2 and said in r.output, (args, r.output)
+    assert not out.exists()

@@ -73,6 +73,9 @@ def export_cmd(
     if decoder is None and dense is None and family == "clip":
         raise VplError(f"export: pass --decoder FILE (a trained decoder), --dense {EXPORT_CHOICES} or --model "
                        "pgseg:FILE, with --classes for the last two")
+    if decoder is not None and classes is not None:
+        raise VplError(f"--classes with --decoder {decoder}: the decoder is exported with its own classes (predict's "
+                       "open vocabulary is not exported); drop --classes")
     if decoder is None and classes is None:
         raise VplError(f"{'--dense ' + dense if dense else '--model ' + model}: pass --classes with the names the "
                        "file will segment (their text is baked in)")
