@@ -282,12 +282,22 @@ def _check_widths(chk, adaptor: str, head, folder, rows: int | None) -> None:
                        "teacher")
 
 
+def _text_files(folder) -> None:
+    """SigLIP 2's text tower (its own loader, no registry family) named in the run's ledger of model files by
+    content (:func:`vpltool.io.reads.note`), as the registry's door names every family's."""
+    from pathlib import Path
+
+    from ...io.reads import note
+
+    note(sorted(p for p in Path(folder).iterdir() if p.is_file()))
+
+
 class Hooks(DenseHooks, method="radseg", preset=PRESET):
     """RADSeg's hooks: its own model (:meth:`backbone`), its segmentor (:func:`radseg_probabilities`) and its prompt
     denoising (:meth:`probabilities`)."""
 
     def check(self) -> None:
-        _files(self.cfg)
+        _text_files(_files(self.cfg)[2])
 
     def record(self) -> dict:
         from ...io import file_identity
@@ -306,6 +316,7 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
         from ..registry import certify, load_model
 
         chk, head, folder = _files(self.cfg)
+        _text_files(folder)  # read outside the registry's door: into the run's ledger all the same, before it loads
         knobs = knobs_of(self.cfg)
         # RADIO's hub code (RADSeg's torch.hub.load) resizes the position table without align_corners; the dino
         # family's load through the registry's door, and the weights rule on the adaptor's head and the text tower
