@@ -1495,7 +1495,7 @@ def _toy_words(ws: Workspace) -> Iterator[list[object]]:
     yield ["text-prototypes", "--classes", "camera", "--model", "vpltool-toy", "-o", ws.out("toy.safetensors"), *CPU]
 
 
-@case("CRF extra (pydensecrf2) not installed", "pip install 'vpltool[crf]'", "--no-crf")
+@case("CRF extra (pydensecrf2) not installed", "pip install -e '.[crf]'", "--no-crf")
 def _no_pydensecrf(ws: Workspace) -> Iterator[list[object]]:
     with mock.patch.dict(sys.modules, {"pydensecrf": None, "pydensecrf.densecrf": None}):  # import fails
         yield ["crf", ws.cams, "-o", ws.out("out"), "--workers", "1"]
@@ -6654,3 +6654,6 @@ def _toy_dino_empty_data(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- the tenth round's rows, in their own module (its rows after these)
 import robustness_round10  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
+
+# ---- the eleventh round's rows for a new user of SAM 3, in their own module
+import robustness_round11_sam3  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)

@@ -114,6 +114,9 @@ class DenseMethodSpec:
     # module is then a full dotted name; None: vpltool's own (module relative to vpltool.models.dense)
     plugin: str | None = None
     timm_tower: bool = False  # runs on a timm tower (SigLIP 2, PE-Core): it changes the last block's attention alone
+    # its query words are SAM 3 concept prompts, as they are: no CLIP (--model, --pretrained unread), no template, and
+    # with --classes no background words added by --background auto (its reference queries its class file's lines)
+    concept_prompts: bool = False
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -128,6 +131,8 @@ _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_s
 
 # SAM 3's methods read the decoded photo (SAM 3 resizes it to its own square input), not the shared resize's
 _SAM3_ONLY = "SAM 3's model in place of a CLIP (segment --sam3-weights)"
+# why a CLIP's options (--model, --pretrained, --templates) do nothing with a method of concept prompts
+CONCEPT_PROMPTS_WHY = "with --dense {dense} (it runs SAM 3, no CLIP: its prompts are the words themselves)"
 _SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1008, slide_crop=0, slide_stride=112,
                                crop_mode="floor", whole="direct")
 
@@ -200,11 +205,11 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
                               presets=RADSEG_PRESETS),
     # VILA-Lab/ActiveSAM base.py's FrozenSAM3Segmentor + cfg_voc21.py: SAM 3 prompted with each word; prob_thd 0.4
     "sam3": DenseMethodSpec(_SAM3_SETTINGS, module="sam3", class_files="activesam", knobs_class=dense_knobs.Sam3Knobs,
-                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY),
+                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY, concept_prompts=True),
     # its segmentor.py + base_config.py + cfg_voc21.py: expansion, preview, buckets, MABC at prob_thd 0.4
     "activesam": DenseMethodSpec(_SAM3_SETTINGS, module="activesam", class_files="activesam",
                                  knobs_class=dense_knobs.ActiveSamKnobs, presets=dense_presets.ACTIVESAM_PRESETS,
-                                 segment_only=_SAM3_ONLY),
+                                 segment_only=_SAM3_ONLY, concept_prompts=True),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
 
@@ -410,6 +415,8 @@ class SegmentConfig:
         for knob_ in own.knobs:  # shared options that only some values of its knob read
             if knob_.uses and not str(getattr(self.knobs, knob_.field) or "").startswith(knob_.when):
                 out.update({k: f"without {knob_.option} {' or '.join(knob_.when)}" for k in knob_.uses})
+        if own.concept_prompts:
+            out["templates"] = CONCEPT_PROMPTS_WHY.format(dense=self.dense)
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import VplError
+from ...errors import VplError, install_extra
 from ..registry import register_family
 from .sam3_files import check_state, identity, read_config, read_state
 from .sam3_weights import FIX, Sam3Files, locate, sam3_config
@@ -59,7 +59,7 @@ def import_transformers():
     try:
         from transformers import Sam3Model
     except ImportError:
-        raise VplError("SAM 3 needs transformers with Sam3Model (5.x): pip install 'vpltool[sam3]'") from None
+        raise VplError(f"SAM 3 needs transformers with Sam3Model (5.x): {install_extra('sam3')}") from None
     return Sam3Model
 
 
