@@ -23,3 +23,9 @@ def _activesam_preview_off_patch(ws: Workspace) -> Iterator[list[object]]:
 def _sam3_clip_options(ws: Workspace) -> Iterator[list[object]]:
     yield _sam3_args(ws, "sam3", "seg_sam3_clip_options", "--sam3-weights", _sam3_weights(ws), "--model",
                      "ViT-L-14", "--pretrained", "laion2b", "--templates", "clip-es")
+
+
+@case("doctor --dense sam3 without --sam3-weights (which file, and how to get it)",
+      "1 weights file(s) missing (above)")
+def _doctor_sam3_missing(ws: Workspace) -> Iterator[list[object]]:
+    yield ["doctor", "--dense", "sam3"]

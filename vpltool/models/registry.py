@@ -54,6 +54,7 @@ class Family:
         files: ``files(spec)`` -> the local files the model is read from (named in the messages of
             :func:`load_model`, watched while it loads); None: ``spec`` itself when it is a path to a file.
         fix: how to mend a damaged weights file of this family (the end of those messages).
+        get: how to get its weights where they are missing (`vpltool doctor`'s ``missing:`` lines); "" = ``fix``.
     """
 
     name: str
@@ -62,6 +63,7 @@ class Family:
     summary: str = ""
     files: Callable[[Any], list[Path]] | None = None
     fix: str = DEFAULT_FIX
+    get: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,12 +162,13 @@ def _module_of(name: str) -> str | None:
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
                     summary: str = "", module: str | None = None, files: Callable[[Any], list[Path]] | None = None,
-                    fix: str = DEFAULT_FIX) -> Family:
+                    fix: str = DEFAULT_FIX, get: str = "") -> Family:
     """Register family ``name`` (called once, by the family's own module). ``module``: where it lives, so that a
-    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``: see :class:`Family`."""
+    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``, ``get``: see
+    :class:`Family`."""
     if name in _FAMILIES and _FAMILIES[name].load is not load:
         raise ValueError(f"model family {name!r} registered twice")
-    fam = Family(name, load, check, summary, files, fix)
+    fam = Family(name, load, check, summary, files, fix, get)
     _FAMILIES[name] = fam
     if module and _module_of(name) is None:
         _MODULES[name] = module

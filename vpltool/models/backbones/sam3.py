@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from ...errors import VplError, install_extra
 from ..registry import register_family
 from .sam3_files import check_state, identity, read_config, read_state
-from .sam3_weights import FIX, Sam3Files, locate, sam3_config
+from .sam3_weights import FIX, GET, Sam3Files, locate, sam3_config
 
 MEAN, STD = 0.5, 0.5  # Meta's Sam3Processor: Normalize(mean=[0.5] * 3, std=[0.5] * 3) after /255
 CONFIDENCE = 0.5  # Meta's Sam3Processor's confidence_threshold default
@@ -416,7 +416,8 @@ def _files(spec: Sam3Spec) -> list[Path]:
 
 
 register_family("sam3", load_sam3, _check, summary="SAM 3 (transformers' Sam3Model): concept prompts -> masks, "
-                "scores and presence; Hugging Face's or Meta's weights", module=__name__, files=_files, fix=FIX)
+                "scores and presence; Hugging Face's or Meta's weights", module=__name__, files=_files, fix=FIX,
+                get=GET)
 
 __all__ = ["BUCKET", "CONFIDENCE", "Sam3", "Sam3Concept", "Sam3Grounding", "Sam3Image", "Sam3Spec", "Sam3Text",
            "check_sam3", "load_sam3", "sam3_identity"]

@@ -191,6 +191,13 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
     def check(self) -> None:
         check_sam3(self.cfg)
 
+    def models(self) -> list:
+        from ..backbones.sam3 import Sam3Spec
+        from .hooks import ModelNeed
+
+        weights = getattr(getattr(self.cfg, "knobs", None), "sam3_weights", None) if self.cfg is not None else None
+        return [ModelNeed("sam3", Sam3Spec(weights) if weights else None, "--sam3-weights")]
+
     def record(self) -> dict:
         return {"sam3": vars(sam3_settings(self.cfg))}
 
