@@ -66,7 +66,8 @@ def doctor(dense: Sequence[str] | None = None, models: Sequence[str] = (), clip=
     NAME:FILE`` in ``models``; ``clip`` the CLIP's :class:`~vpltool.models.ModelSpec` (None: the default);
     ``options`` the methods' options by field name (``sam3_weights``, ``proxy_weights``, ``sam_weights``, ...; each
     method takes those it reads). Loads no model; a method or family unknown is one line."""
-    from ..config.dense import DENSE_SPECS, SegmentConfig
+    from ..config.checks import choice
+    from ..config.dense import DENSE_CHOICES, DENSE_SPECS, SegmentConfig
     from ..models.dense.method import method_models
     from ..models.registry import model_family
 
@@ -74,6 +75,7 @@ def doctor(dense: Sequence[str] | None = None, models: Sequence[str] = (), clip=
     rows: list[WeightsFile] = []
     seen: dict[tuple[str, Any], list[WeightsFile]] = {}
     for name in names:
+        choice("--dense", name, DENSE_CHOICES)  # one line naming the methods
         own = set(SegmentConfig.option_names(name))
         cfg = SegmentConfig.of(name, **{k: v for k, v in options.items() if k in own and v is not None})
         for need in method_models(cfg, clip):

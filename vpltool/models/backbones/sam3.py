@@ -225,6 +225,23 @@ class Sam3:
         self.width = int(cfg.detr_decoder_config.hidden_size)
         self._positions: dict[int, list[torch.Tensor]] = {}
         self._texts: dict[tuple[str, ...], Sam3Text] = {}
+        self.held = torch.float32  # the dtype its linear and convolution weights are held in (follow_autocast)
+
+    def follow_autocast(self) -> None:
+        """Its linear and convolution weights made the dtype of the caller's autocast (:mod:`.sam3_half`): half
+        under ``--precision bf16|fp16`` (the same outputs, half the memory), read again from its files back in
+        fp32. A model built without files (no ``spec``) stays fp32. Each call of the model asks first."""
+        from .sam3_half import autocast_dtype, hold
+
+        dtype = autocast_dtype(self.device)
+        if dtype == self.held or self.spec is None:
+            return
+        self.held = hold(self.model, dtype, self.held, self._read_fp32)
+        self._texts.clear()  # encoded under the other precision
+
+    def _read_fp32(self) -> dict[str, torch.Tensor]:
+        """Its weights as its files hold them (fp32), under transformers' names."""
+        return read_state(locate(self.spec.weights), shapes_only=False)
 
     def to(self, device: torch.device | str) -> Sam3:
         """This model on ``device`` (moved in place, as ``nn.Module.to``)."""
@@ -259,6 +276,7 @@ class Sam3:
         side = int(pixels.shape[-1])
         if pixels.shape[-2] != side or side % self.patch:
             raise VplError(f"SAM 3 input {tuple(pixels.shape[-2:])}: give a square side, a multiple of {self.patch}")
+        self.follow_autocast()
         self._set_positions(side)
         out = self.model.vision_encoder(pixels.to(self.device))
         return Sam3Image(tuple(out.fpn_hidden_states[:-1]), tuple(out.fpn_position_encoding[:-1]), side)
@@ -287,6 +305,7 @@ class Sam3:
         """K prompts -> their :class:`Sam3Text` (Meta's ``backbone.forward_text``)."""
         if not prompts:
             raise ValueError("no prompts to encode")
+        self.follow_autocast()
         ids = self.tokenize(prompts).to(self.device)
         text = self.model.text_encoder.text_model
         tokens = text(input_ids=ids).last_hidden_state  # causal attention only, no padding mask: Meta's
@@ -312,6 +331,7 @@ class Sam3:
         """
         from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
+        self.follow_autocast()
         m = self.model
         k = text.features.shape[0]
         if index is None:

@@ -182,9 +182,10 @@ def method_models(cfg: SegmentConfig, model=None) -> list[ModelNeed]:
         needs.append(ModelNeed("dino", DinoSpec(cfg.proxy_model, cfg.proxy_weights), "--proxy-weights"))
     regions = [str(getattr(cfg.knobs, k.field) or "") for k in row.knobs if k.uses]
     if row.sam or any(v == "sam" or v.startswith("sam:") for v in regions):
-        needs.append(ModelNeed("sam", cfg.sam_weights and SamSpec(cfg.sam_model, cfg.sam_weights), "--sam-weights"))
+        needs.append(ModelNeed("sam", SamSpec(cfg.sam_model, cfg.sam_weights) if cfg.sam_weights else None,
+                               "--sam-weights"))
     if any(v == "sam3" or v.startswith("sam3:") for v in regions):
-        needs.append(ModelNeed("sam3", cfg.sam_weights and Sam3Spec(cfg.sam_weights), "--sam-weights"))
+        needs.append(ModelNeed("sam3", Sam3Spec(cfg.sam_weights) if cfg.sam_weights else None, "--sam-weights"))
     return list(dict.fromkeys([*needs, *hooks.models()]))
 
 
