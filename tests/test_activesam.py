@@ -397,3 +397,16 @@ def test_sam3_runs_record_no_clip_and_add_no_background_words(tiny_sam3, small_w
     r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "b", *common, "--background", "sky,wall")
     assert r.exit_code == 0 and "warning" not in r.output, r.output
     assert io.read_stage_record(tmp_path / "b", "segment")["params"]["background_words"] == ["sky", "wall"]
+
+
+def test_an_earlier_record_naming_a_clip_is_the_same_run():
+    """Records written before SAM 3's methods stopped naming a CLIP resume: those entries are read as absent."""
+    from vpltool.config import SegmentConfig
+    from vpltool.models.dense import dense_hooks
+
+    for method in ("sam3", "activesam"):
+        hooks = dense_hooks(method, SegmentConfig.of(method))
+        new = {"dense": method, "background_words": []}
+        old = {**new, "model": {"model": "ViT-B-16"}, "template_list": ["a photo of a {}."], "templates": "imagenet"}
+        assert hooks.older_record(old, new) == new
+        assert hooks.older_record({**old, "dense": "x"}, new) != new
