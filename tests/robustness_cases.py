@@ -1503,7 +1503,7 @@ def _toy_words(ws: Workspace) -> Iterator[list[object]]:
     yield ["text-prototypes", "--classes", "camera", "--model", "vpltool-toy", "-o", ws.out("toy.safetensors"), *CPU]
 
 
-@case("CRF extra (pydensecrf2) not installed", "pip install 'vpltool[crf]'", "--no-crf")
+@case("CRF extra (pydensecrf2) not installed", "pip install -e '.[crf]'", "--no-crf")
 def _no_pydensecrf(ws: Workspace) -> Iterator[list[object]]:
     with mock.patch.dict(sys.modules, {"pydensecrf": None, "pydensecrf.densecrf": None}):  # import fails
         yield ["crf", ws.cams, "-o", ws.out("out"), "--workers", "1"]
@@ -6684,3 +6684,6 @@ import robustness_round11_ledger  # noqa: E402, F401  (the eleventh round: model
 import robustness_round11_licences  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_plugins  # noqa: E402, F401  (the eleventh round's plugin and save rows)
 import robustness_round11_records  # noqa: E402, F401  (the eleventh round's records rows)
+
+# ---- the eleventh round's rows for a new user of SAM 3, in their own module
+import robustness_round11_sam3  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)

@@ -297,3 +297,116 @@ def test_ground_runs_the_heads_of_prompts_with_a_kept_query_alone(tiny_sam3):
     assert torch.allclose(part.semantic_seg, whole.semantic_seg[rows], atol=1e-5)
     none = sam.ground(image, text, masks=1.0)
     assert none.mask_prompts == [] and none.pred_masks is None
+
+
+def test_install_lines_work_from_a_clone(monkeypatch):
+    """vpltool is not on the package index: every extra's line installs from the checkout (errors.install_extra)."""
+    from vpltool.errors import install_extra
+    from vpltool.models.backbones import sam3
+
+    assert install_extra("sam3", "activesam") == "pip install -e '.[sam3,activesam]' in vpltool's checkout"
+    assert install_extra("activesam") in vocabulary.WORDNET_FIX and "vpltool[" not in vocabulary.WORDNET_FIX
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(VplError) as e:
+        sam3.import_transformers()
+    assert str(e.value).endswith(install_extra("sam3"))
+
+
+def test_activesam_defaults_are_defined_once():
+    """--help, the benchmark presets and the settings all read config.dense_knobs.ACTIVESAM_DEFAULTS, which is
+    configs/base_config.py's model dict (bucket_size 32, not SAM 3's 8)."""
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+    from vpltool.config.benchmarks import BENCHMARK_PRESETS
+    from vpltool.config.dense_knobs import ACTIVESAM_DEFAULTS
+    from vpltool.models.dense.activesam import ActiveSamSettings
+
+    assert ACTIVESAM_DEFAULTS["bucket_size"] == 32 and ACTIVESAM_DEFAULTS["max_active"] == 40
+    assert vars(ActiveSamSettings()) == ACTIVESAM_DEFAULTS
+    for bench in BENCHMARK_PRESETS["activesam"].names:
+        preset = BENCHMARK_PRESETS["activesam"].settings(bench)
+        assert {k: preset[k] for k in ACTIVESAM_DEFAULTS} == ACTIVESAM_DEFAULTS
+    text = " ".join(CliRunner().invoke(app, ["segment", "--help"], terminal_width=200).output.split())
+    assert f"(its bucket_size) [default: {ACTIVESAM_DEFAULTS['bucket_size']}, base_config.py]" in text
+
+
+def test_preview_resolution_off_the_patch_is_refused_before_any_model(small_world, tmp_path, monkeypatch):
+    from vpltool.config import SegmentConfig
+
+    with pytest.raises(VplError) as e:
+        SegmentConfig.of("activesam", preview_resolution=500)
+    assert str(e.value) == ("--preview-resolution 500: not a multiple of SAM 3's 14-pixel patch; give 490 or 504")
+    monkeypatch.setattr("vpltool.models.registry.load_model", _no_load)
+    r = _cli("segment", small_world, "--dense", "activesam", "-o", tmp_path / "bad", "--preview-resolution", "57",
+             "--sam3-weights", tmp_path / "absent", "--classes", "star,circle")
+    assert r.exit_code == 2 and "--preview-resolution 57" in r.output and "give 56 or 70" in r.output, r.output
+    assert not (tmp_path / "bad").exists()
+
+
+def _no_load(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+
+
+def test_wordnet_missing_is_refused_before_the_model_loads(tiny_sam3, small_world, tmp_path, monkeypatch):
+    pytest.importorskip("nltk")
+    import vpltool.models.registry as registry
+
+    _fresh_wordnet(monkeypatch, tmp_path)  # no corpora/wordnet there
+    monkeypatch.setattr(registry, "load_model", _no_load)
+    r = _cli("segment", small_world, "--dense", "activesam", "-o", tmp_path / "bad", "--sam3-weights", tiny_sam3,
+             "--classes", "star,circle", "--device", "cpu", "--workers", "0")
+    assert r.exit_code == 2 and "nltk finds no WordNet data" in r.output, r.output
+    assert "a model was loaded" not in r.output and not (tmp_path / "bad").exists()
+    vocabulary.wordnet.cache_clear()
+
+
+def test_hypernyms_do_not_depend_on_nltks_order():
+    """nltk 3.9 returns a sense's hypernyms from a set (its order follows the string hashing); vpltool takes them
+    sorted by synset name, so every order gives the same two."""
+    import itertools
+    from types import SimpleNamespace
+
+    def synset(name):
+        lemma = SimpleNamespace(name=lambda: name.split(".")[0])
+        return SimpleNamespace(name=lambda: name, lemmas=lambda: [lemma])
+
+    three = [synset("working_dog.n.01"), synset("canine.n.02"), synset("domestic_animal.n.01")]
+    seen = set()
+    for order in itertools.permutations(three):
+        sense = SimpleNamespace(hypernyms=lambda order=order: list(order))
+        wn = SimpleNamespace(NOUN="n", synsets=lambda key, pos, sense=sense: [sense])
+        seen.add(tuple(vocabulary.hypernyms("dog", 2, wn)))
+    assert seen == {("canine", "domestic animal")}
+
+
+def test_sam3_runs_record_no_clip_and_add_no_background_words(tiny_sam3, small_world, tmp_path):
+    """sam3 and activesam load no CLIP: the record names no CLIP model or template, --model / --pretrained /
+    --templates warn that they do nothing; with --classes, --background auto prompts no background word, and
+    explicit words still are prompts (the reference queries its class file's lines alone)."""
+    from vpltool import io
+
+    common = ["--sam3-weights", tiny_sam3, "--device", "cpu", "--workers", "0", "--classes", "star,circle"]
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "a", *common, "--model", "ViT-L-14",
+             "--pretrained", "laion2b", "--templates", "clip-es")
+    assert r.exit_code == 0, r.output
+    for option in ("--model ViT-L-14", "--pretrained laion2b", "--templates clip-es"):
+        assert f"warning: {option} has no effect with --dense sam3" in " ".join(r.output.split()), option
+    params = io.read_stage_record(tmp_path / "a", "segment")["params"]
+    assert not {"model", "template_list", "templates"} & set(params) and params["background_words"] == []
+    r = _cli("segment", small_world, "--dense", "sam3", "-o", tmp_path / "b", *common, "--background", "sky,wall")
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    assert io.read_stage_record(tmp_path / "b", "segment")["params"]["background_words"] == ["sky", "wall"]
+
+
+def test_an_earlier_record_naming_a_clip_is_the_same_run():
+    """Records written before SAM 3's methods stopped naming a CLIP resume: those entries are read as absent."""
+    from vpltool.config import SegmentConfig
+    from vpltool.models.dense import dense_hooks
+
+    for method in ("sam3", "activesam"):
+        hooks = dense_hooks(method, SegmentConfig.of(method))
+        new = {"dense": method, "background_words": []}
+        old = {**new, "model": {"model": "ViT-B-16"}, "template_list": ["a photo of a {}."], "templates": "imagenet"}
+        assert hooks.older_record(old, new) == new
+        assert hooks.older_record({**old, "dense": "x"}, new) != new

@@ -24,7 +24,7 @@ from vpltool.stages.crf import refine_image, run_crf
 NUMERICS = run_numerics("fp32")  # what a `cam` run records of its dtype and mode
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
-                               reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
+                               reason="the CRF extra is not installed: pip install -e '.[crf]'")
 
 ONE = RuntimeConfig(device="cpu", workers=1)  # auto picks the torch backend where CUDA is (a GPU machine)
 
@@ -144,7 +144,7 @@ def test_clip_es_image_wraps_mean_subtracted_bgr():
 def test_missing_pydensecrf_is_one_line(monkeypatch, cams_dir, tmp_path):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)  # None in sys.modules makes the import raise ImportError
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'vpltool\[crf\]'") as info:
+    with pytest.raises(MissingDependencyError, match=r"pip install -e '\.\[crf\]' in vpltool's checkout") as info:
         run_crf(cams_dir, tmp_path / "out", runtime=ONE)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()  # failed before touching the output

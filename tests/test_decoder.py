@@ -491,7 +491,8 @@ def test_tensorboard_asked_for_without_the_package_is_one_line(gt_pseudo, text_p
                                  "--iters", "2", "--tensorboard", str(tmp_path / "tb"), "--device", "cpu"])
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert r.exit_code == 2 and len(lines) == 1, r.output
-    assert "--tensorboard needs the tensorboard package" in lines[0] and "vpltool[tensorboard]" in lines[0]
+    assert "--tensorboard needs the tensorboard package" in lines[0]
+    assert "-e '.[tensorboard]' in vpltool's checkout" in lines[0]
     assert not (tmp_path / "d").exists() and not (tmp_path / "tb").exists()  # refused before anything is made
 
 

@@ -556,7 +556,7 @@ def test_every_option_a_message_names_is_one_of_its_command(case_rows):
 def test_messages_are_printed_verbatim(case_rows):
     """Square brackets in a message are text, not rich markup (which would print "pip install 'vpltool'")."""
     [(_, _, outcome)] = [row for row in case_rows if row[0].name.startswith("CRF extra")]
-    assert "pip install 'vpltool[crf]'" in outcome.error_lines[0]
+    assert "pip install -e '.[crf]'" in outcome.error_lines[0]
 
 
 def test_docs_robustness_md_is_generated_from_the_cases(case_rows):

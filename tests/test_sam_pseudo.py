@@ -17,7 +17,7 @@ from vpltool.runtime.numerics import run_numerics
 from vpltool.stages.sam_pseudo import merge_masks
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
-                               reason="the CRF extra is not installed: pip install 'vpltool[crf]'")
+                               reason="the CRF extra is not installed: pip install -e '.[crf]'")
 ONE = RuntimeConfig(device="cpu", workers=1)
 
 

@@ -22,6 +22,13 @@ class MissingDependencyError(VplError):
     """An optional dependency (e.g. the CRF extra) is not installed."""
 
 
+def install_extra(*extras: str) -> str:
+    """The line that installs vpltool's optional ``extras`` (pyproject.toml's names) where vpltool is installed from
+    its clone: ``pip install -e '.[sam3,activesam]' in vpltool's checkout``. vpltool is not on the package index, so
+    ``pip install 'vpltool[sam3]'`` finds nothing; every message and doc that names an extra takes its line here."""
+    return f"pip install -e '.[{','.join(extras)}]' in vpltool's checkout"
+
+
 class VplWarning(UserWarning):
     """Input that is accepted but probably not what the user meant (an image with no labels, a blank image); the
     CLI prints it as one yellow ``warning:`` line on stderr and the run goes on."""

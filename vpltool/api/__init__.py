@@ -11,7 +11,8 @@
   :func:`list_models` and :func:`list_pretrained` the models it can load.
 * the stages (:mod:`vpltool.api.stages`): ``vpltool.api.extract``, ``text_prototypes``, ``cam``,
   ``learn_prototypes``, ``crf``, ``train_decoder``, ``predict``, ``evaluate`` (`eval`), ``segment``, ``report``,
-  each over the library function its command calls, with the command's defaults.
+  ``doctor`` (every weights file a method would load), each over the library function its command calls, with the
+  command's defaults.
 
 Nothing heavy is imported until a name is used (``import vpltool`` imports no torch).
 """
@@ -26,7 +27,7 @@ _METHODS = ("list_methods",)
 _MODELS = ("list_models", "list_pretrained")
 _ONNX = ("onnx_segmenter", "OnnxSegmenter")
 _STAGES = ("extract", "text_prototypes", "cam", "learn_prototypes", "crf", "sam_pseudo", "train_decoder", "predict",
-           "evaluate", "segment", "report")
+           "evaluate", "segment", "report", "doctor")
 __all__ = [*_SEGMENTER, *_METHODS, *_MODELS, *_ONNX, *_STAGES]
 
 

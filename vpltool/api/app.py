@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.app import APP_MODEL, APP_PRETRAINED, APP_TOY_BACKGROUND, APP_TOY_TEMPLATES, AppConfig
-from ..errors import MissingDependencyError, VplError
+from ..errors import MissingDependencyError, VplError, install_extra
 
 TITLE = "vpltool: segment a photo by class names"
 
@@ -47,7 +47,7 @@ def gradio():
     except (ImportError, ValueError):  # a package whose __spec__ is broken
         found = None
     if found is None:
-        raise MissingDependencyError("vpltool app needs Gradio: pip install -e '.[app]' in vpltool's checkout "
+        raise MissingDependencyError(f"vpltool app needs Gradio: {install_extra('app')} "
                                      "(make setup installs it)")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -58,7 +58,7 @@ def gradio():
         text = (str(e).strip().splitlines() or [""])[0][:200]
         raise MissingDependencyError(f"vpltool app: Gradio is installed ({where}) but does not import "
                                      f"({type(e).__name__}: {text}); reinstall it: pip install --force-reinstall "
-                                     "gradio (or pip install -e '.[app]' in vpltool's checkout)") from None
+                                     f"gradio (or {install_extra('app')})") from None
     return gr
 
 

@@ -45,7 +45,7 @@ def _text_models() -> list[str]:
 def _dino_models() -> list[str]:
     try:
         import timm
-    except ImportError:  # the dino extra: pip install 'vpltool[dino]'
+    except ImportError:  # the dino extra: pip install -e '.[dino]'
         return []
     return [n for n in timm.list_models("vit_*", pretrained=True) if "dino" in n.partition(".")[2]]
 

@@ -280,6 +280,27 @@ def report(run: PathLike, out: PathLike | None = None, *, workers: int = 0, prog
         return run_report(run, out, cfg, workers=workers, on_start=on_start, on_item=on_item)
 
 
+def doctor(dense: str | Sequence[str] | None = None, model: str | Sequence[str] | None = None, *,
+           pretrained: str = DEFAULT_PRETRAINED, **options: Any) -> list:
+    """`vpltool doctor`: every weights file the ``dense`` methods (a name or several; None and no ``model``: every
+    method) and each ``model`` (``"pgseg:FILE"``, or the CLIP the dense methods read, with ``pretrained``) would
+    load, as :class:`vpltool.stages.doctor.WeightsFile` rows (path, ``sha256``, ``size``, ``present``, ``get``: how
+    to get an absent one); ``options`` the methods' options by field name (``sam3_weights=``, ``sam_weights=``,
+    ``proxy_weights=``, ``region_masks=``, ...). Loads no model; returns the rows, absent ones included (the command
+    exits 2 for those)."""
+    from ..models.registry import model_family
+    from ..stages.doctor import doctor as run_doctor
+
+    dense = [dense] if isinstance(dense, str) else dense
+    models = [model] if isinstance(model, str) else list(model or ())
+    clips = [m for m in models if model_family(m)[0] == "clip"]
+    if len(clips) > 1:
+        raise VplError(f"model: {', '.join(clips)}: one CLIP at most (the one the --dense methods read)")
+    clip = _spec(clips[0], pretrained, None) if clips else None
+    texts = [m for m in models if m not in clips]
+    return run_doctor(dense, texts, clip, **options)
+
+
 __all__ = ["extract", "text_prototypes", "cam", "learn_prototypes", "crf", "sam_pseudo", "train_decoder", "predict",
            "evaluate",
-           "segment", "report", "configs", "python_door"]
+           "segment", "report", "doctor", "configs", "python_door"]

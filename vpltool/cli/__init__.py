@@ -2,7 +2,7 @@
 
 Each command is a plain function in the module of its stage (:mod:`.pipeline`, :mod:`.cam`, :mod:`.segment`,
 :mod:`.training`, :mod:`.report`, :mod:`.app`, :mod:`.demo`, :mod:`.benchmark`, :mod:`.train_text`,
-:mod:`.pgseg`, :mod:`.sam_pseudo`, :mod:`.export`); what they share is split by job:
+:mod:`.pgseg`, :mod:`.sam_pseudo`, :mod:`.export`, :mod:`.doctor`); what they share is split by job:
 :mod:`.options` (option types and blocks, with the dense methods' in :mod:`.dense_options`), :mod:`.errors` (one-line
 errors, signals, ranks) and :mod:`.output` (lines, progress, ``--log``). Heavy imports happen inside the commands, so
 ``vpltool --help`` stays fast.
@@ -58,7 +58,21 @@ if _as_program():
     _plugins_named(sys.argv[1:])
 
 from . import app as app_command  # noqa: E402
-from . import benchmark, cam, demo, export, methods, pgseg, pipeline, report, sam_pseudo, segment, train_text, training  # noqa: E402
+from . import (  # noqa: E402
+    benchmark,
+    cam,
+    demo,
+    doctor,
+    export,
+    methods,
+    pgseg,
+    pipeline,
+    report,
+    sam_pseudo,
+    segment,
+    train_text,
+    training,
+)
 from .errors import friendly_errors  # noqa: E402
 from .options import option_blocks  # noqa: E402
 from .root import Command, app, help_cmd  # noqa: E402
@@ -89,6 +103,7 @@ COMMANDS = (
     ("choose-pseudo", demo.choose_pseudo_cmd, DEMO),
     ("demo-report", demo.demo_report_cmd, DEMO),
     ("benchmark", benchmark.benchmark_cmd, None),
+    ("doctor", doctor.doctor_cmd, None),
     ("train-text", train_text.train_text_cmd, None),
     ("train-pgseg", pgseg.train_pgseg_cmd, None),
     ("list-methods", methods.list_methods_cmd, None),

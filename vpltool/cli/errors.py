@@ -360,6 +360,6 @@ def _error_line(e: VplError) -> NoReturn:
 
         if error_said_once(str(e)):  # torchrun: the node's first rank says it, once for all (same code here)
             raise typer.Exit(code=2) from None
-    # escaped: rich would take "[crf]" in "pip install 'vpltool[crf]'" for a style tag and drop it
+    # escaped: rich would take "[crf]" in "pip install -e '.[crf]'" for a style tag and drop it
     say(f"[bold red]error:[/] {escape(str(e))}")
     raise typer.Exit(code=2) from None

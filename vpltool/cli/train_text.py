@@ -12,6 +12,7 @@ import typer
 
 from ..config import RuntimeConfig
 from ..config.text import TextTrainConfig
+from ..errors import install_extra
 from ..models.registry import TEXT_FAMILIES, text_config
 from .errors import all_ranks
 from .options import _R, Device, LogFile, Overwrite, Resume, Verbose, Workers, runtime
@@ -51,8 +52,8 @@ def _families_help() -> str:
 
 
 # spelled the same by train-text and its alias train-pgseg
-TextTensorboard = Annotated[Optional[Path], typer.Option(help="Also write TensorBoard scalars here (pip install "
-                                                         "'vpltool[tensorboard]').")]
+TextTensorboard = Annotated[Optional[Path], typer.Option(help="Also write TensorBoard scalars here "
+                                                         f"({install_extra('tensorboard')}).")]
 
 
 def train_and_report(command: str, head: str, pairs: Path, out: Path, cfg: Any, rt: RuntimeConfig,

@@ -9,6 +9,7 @@ import typer
 
 from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
 from ..config.dense import PLAIN_METHODS
+from ..errors import install_extra
 from .errors import all_ranks
 from .options import (
     _R,
@@ -131,7 +132,7 @@ def train_decoder_cmd(
     resume: Resume = False,
     tensorboard: Annotated[Optional[Path], typer.Option(
         help="Also write TensorBoard event files here: each loss, lr, it/s, memory, and previews of a few fixed "
-        "images with their prediction (pip install 'vpltool[tensorboard]').")] = None,
+        f"images with their prediction ({install_extra('tensorboard')}).")] = None,
     seed: Annotated[Optional[int], _opt("Seed.", "seed")] = None,
     device: Device = _R.device,
     precision: Precision = _R.precision,

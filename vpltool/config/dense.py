@@ -113,6 +113,7 @@ class DenseMethodSpec:
     plugin: str | None = None
     timm_tower: bool = False  # runs on a timm tower (SigLIP 2, PE-Core): it changes the last block's attention alone
     licence: lic.Licence | None = None  # its code's and weights' (config/licences.py); None: a plugin's, undeclared
+    concept_prompts: bool = False  # its words are SAM 3's prompts as they are (no CLIP, template, auto background)
 
     @property
     def knobs(self) -> tuple[Knob, ...]:
@@ -127,6 +128,8 @@ _CLEARCLIP_HARNESS = DenseSettings(logit_scale=50.0, prob_threshold=0.5, short_s
 
 # SAM 3's methods read the decoded photo (SAM 3 resizes it to its own square input), not the shared resize's
 _SAM3_ONLY = "SAM 3's model in place of a CLIP (segment --sam3-weights)"
+# why a CLIP's options (--model, --pretrained, --templates) do nothing with a method of concept prompts
+CONCEPT_PROMPTS_WHY = "with --dense {dense} (it runs SAM 3, no CLIP: its prompts are the words themselves)"
 _SAM3_SETTINGS = DenseSettings(logit_scale=1.0, prob_threshold=0.4, short_side=1008, slide_crop=0, slide_stride=112,
                                crop_mode="floor", whole="direct")
 
@@ -150,21 +153,18 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
     "sc-clip": DenseMethodSpec(DenseSettings(logit_scale=50.0, prob_threshold=0.15, short_side=336, slide_crop=224,
                                              slide_stride=112, crop_mode="floor", whole="direct", area_threshold=0.1),
                                module="sc_clip", class_files="sclip", licence=lic.SC_CLIP),
-    # proxyclip_segmentor.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112 (windows padded to a
-    # multiple of 56), short side 336
+    # proxyclip_segmentor.py + cfg_voc21.py: logit scale 40, prob_thd 0.2, slide 336/112 padded to 56s, short 336
     "proxyclip": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=336, slide_crop=336,
                                                slide_stride=112, crop_mode="pad", whole="direct", pad_multiple=56),
                                  module="proxyclip", proxy_model=DEFAULT_PROXY_MODEL, class_files="proxyclip",
                                  licence=lic.PROXYCLIP),
-    # cass_segmentor.py + cfg_voc21.py (eval.py --pamr off): logit scale 40, prob_thd 0.1, the whole image
-    # (slide_crop 0), short side 336; the logits resized to the input, then to the image
+    # cass_segmentor.py + cfg_voc21.py (--pamr off): scale 40, prob_thd 0.1, whole image, short 336, logits 2 resizes
     "cass": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.1, short_side=336, slide_crop=0,
                                           slide_stride=112, crop_mode="floor", whole="input"),
                             module="cass", proxy_model=DEFAULT_PROXY_MODEL, class_files="sclip",
                             knobs_class=CassKnobs, licence=lic.CASS),
-    # trident.py + configs/base_config.py + cfg_voc21.py (eval.py without --sam_refine): logit scale 40, prob_thd
-    # 0.2, slide 336/224 spliced (windows never padded), short side 448; logits on SAM's grid resized to the image;
-    # torch.hub's dino_vitb16 as its proxy; its SAM aggregation's knobs, then its SAM prompt refinement's
+    # trident.py + base_config.py + cfg_voc21.py (no --sam_refine): scale 40, prob_thd 0.2, slide 336/224 spliced
+    # (never padded), short 448; logits on SAM's grid; torch.hub's dino_vitb16 proxy; SAM aggregation's knobs
     "trident": DenseMethodSpec(DenseSettings(logit_scale=40.0, prob_threshold=0.2, short_side=448, slide_crop=336,
                                              slide_stride=224, crop_mode="floor", whole="direct"),
                                module="trident", proxy_model="vit_base_patch16_224.dino", sam=True,
@@ -200,11 +200,12 @@ _OWN_SPECS: dict[str, DenseMethodSpec] = {
                               knobs_class=RadsegKnobs, presets=RADSEG_PRESETS, licence=lic.RADSEG),
     # VILA-Lab/ActiveSAM base.py's FrozenSAM3Segmentor + cfg_voc21.py: SAM 3 prompted with each word; prob_thd 0.4
     "sam3": DenseMethodSpec(_SAM3_SETTINGS, module="sam3", class_files="activesam", knobs_class=dense_knobs.Sam3Knobs,
-                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY, licence=lic.SAM3_METHOD),
+                            presets=dense_presets.SAM3_PRESETS, segment_only=_SAM3_ONLY, licence=lic.SAM3_METHOD,
+                            concept_prompts=True),
     # its segmentor.py + base_config.py + cfg_voc21.py: expansion, preview, buckets, MABC at prob_thd 0.4
     "activesam": DenseMethodSpec(_SAM3_SETTINGS, module="activesam", class_files="activesam",
                                  knobs_class=dense_knobs.ActiveSamKnobs, presets=dense_presets.ACTIVESAM_PRESETS,
-                                 segment_only=_SAM3_ONLY, licence=lic.ACTIVESAM),
+                                 segment_only=_SAM3_ONLY, licence=lic.ACTIVESAM, concept_prompts=True),
 }
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")  # a --dense name: one word of a comma-separated list (benchmark)
 
@@ -236,14 +237,11 @@ DENSE_SPECS: PluginTable = PluginTable("dense", _OWN_SPECS, _plugin_spec, "--den
 DENSE_CHOICES = DerivedTuple(lambda: tuple(DENSE_SPECS), DENSE_SPECS, names=True)
 DENSE_SEGMENTORS: DerivedMap = DerivedMap(lambda: {name: spec.settings for name, spec in DENSE_SPECS.items()},
                                           DENSE_SPECS)
-# take a proxy vision model
-PROXY_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.proxy_model),
-                             DENSE_SPECS)
+PROXY_METHODS = DerivedTuple(lambda: tuple(n for n, s in DENSE_SPECS.items() if s.proxy_model), DENSE_SPECS)  # proxy
 PROXY_MODELS = DerivedMap(lambda: {name: spec.proxy_model for name, spec in DENSE_SPECS.items()
                                    if spec.proxy_model}, DENSE_SPECS)
 TIMM_METHODS = DerivedTuple(lambda: tuple(n for n, s in DENSE_SPECS.items() if s.timm_tower), DENSE_SPECS)  # timm_tower
-SAM_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items() if spec.sam),
-                           DENSE_SPECS)  # take SAM's image encoder too
+SAM_METHODS = DerivedTuple(lambda: tuple(n for n, s in DENSE_SPECS.items() if s.sam), DENSE_SPECS)  # SAM's encoder too
 # the methods that need no side model and no per-image input (cam --dense seeds, predict --dense)
 PLAIN_METHODS = DerivedTuple(lambda: tuple(name for name, spec in DENSE_SPECS.items()
                                            if not spec.proxy_model and not spec.sam and not spec.segment_only),
@@ -410,6 +408,8 @@ class SegmentConfig:
         for knob_ in own.knobs:  # shared options that only some values of its knob read
             if knob_.uses and not str(getattr(self.knobs, knob_.field) or "").startswith(knob_.when):
                 out.update({k: f"without {knob_.option} {' or '.join(knob_.when)}" for k in knob_.uses})
+        if own.concept_prompts:
+            out["templates"] = CONCEPT_PROMPTS_WHY.format(dense=self.dense)
         if self.dense in PROXY_METHODS:
             return out
         why = f"without --dense {' or '.join(PROXY_METHODS)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import VplError
 from .checks import at_least, choice, fraction, positive, require
 from .knobs import MethodKnobs, knob
 
@@ -205,6 +206,14 @@ class RadsegKnobs(MethodKnobs):
         positive("--scga-scale", self.scga_scale, allow_none=True, upper=1000.0)
 
 
+# ActiveSAM's settings, defined once: VILA-Lab/ActiveSAM@41cad43 configs/base_config.py's model dict (its
+# pruner_max_active is max_active here). --help, the benchmark presets and the method's settings all read them
+ACTIVESAM_DEFAULTS = {"neighbor_tokens": 2, "hypernym_tokens": 2, "bucket_size": 32, "confidence_threshold": 0.3,
+                      "preview_resolution": 672, "quantile_alpha": 0.2, "max_active": 40, "mabc_exponent": 1.25}
+_A = ACTIVESAM_DEFAULTS
+SAM3_PATCH = 14  # SAM 3's ViT patch in pixels (Meta's and every checkpoint's): a side SAM 3 reads is a multiple
+
+
 def _sam3_weights() -> str | None:
     """The knob SAM 3 and ActiveSAM share (each class declares it alike: one --sam3-weights option)."""
     return knob(
@@ -217,7 +226,7 @@ def _confidence_threshold() -> float | None:
     return knob(
         "--confidence-threshold", "an instance mask of a concept prompt is kept when its score (sigmoid of its "
         "logit times the prompt's presence) is above this (its confidence_threshold) [default: 0.5 sam3, "
-        "base.py; 0.3 activesam, base_config.py].")
+        f"base.py; {ACTIVESAM_DEFAULTS['confidence_threshold']} activesam, base_config.py].")
 
 
 SAM3_HEADS = ("instance", "semantic", "both")
@@ -254,24 +263,26 @@ class ActiveSamKnobs(MethodKnobs):
     confidence_threshold: float | None = _confidence_threshold()
     neighbor_tokens: int | None = knob(
         "--neighbor-tokens", "context tokens per class from its most similar other classes (its neighbor_tokens; "
-        "0 = none) [default: 2, base_config.py].")
+        f"0 = none) [default: {_A['neighbor_tokens']}, base_config.py].")
     hypernym_tokens: int | None = knob(
         "--hypernym-tokens", "context tokens per class from its WordNet hypernyms, read through nltk's wordnet "
-        "data (its hypernym_tokens; 0 = none, and no WordNet needed) [default: 2, base_config.py].")
+        f"data (its hypernym_tokens; 0 = none, and no WordNet needed) [default: {_A['hypernym_tokens']}, "
+        "base_config.py].")
     bucket_size: int | None = knob(
-        "--bucket-size", "concept prompts decoded together in one SAM 3 forward (its bucket_size) [default: 32].")
+        "--bucket-size", "concept prompts decoded together in one SAM 3 forward (its bucket_size) "
+        f"[default: {_A['bucket_size']}, base_config.py].")
     preview_resolution: int | None = knob(
         "--preview-resolution", "the side in pixels of the presence preview that prunes the vocabulary (its "
-        "preview_resolution; a multiple of the ViT's patch x window) [default: 672].")
+        f"preview_resolution; a multiple of SAM 3's 14-pixel patch) [default: {_A['preview_resolution']}].")
     quantile_alpha: float | None = knob(
         "--quantile-alpha", "the preview keeps the classes whose presence is at least its (1 - alpha) quantile "
-        "(its quantile_alpha) [default: 0.2].")
+        f"(its quantile_alpha) [default: {_A['quantile_alpha']}].")
     max_active: int | None = knob(
         "--max-active", "at most this many classes are decoded at full resolution; a vocabulary no larger skips "
-        "the preview (its pruner_max_active) [default: 40].")
+        f"the preview (its pruner_max_active) [default: {_A['max_active']}].")
     mabc_exponent: float | None = knob(
         "--mabc-exponent", "margin-aware background calibration: a pixel whose s1 sqrt(s1 - s2) is below "
-        "prob_threshold ** this is background (its mabc_exponent) [default: 1.25].")
+        f"prob_threshold ** this is background (its mabc_exponent) [default: {_A['mabc_exponent']}].")
 
     def __post_init__(self) -> None:
         if self.confidence_threshold is not None:
@@ -279,7 +290,11 @@ class ActiveSamKnobs(MethodKnobs):
         for option, value in (("--neighbor-tokens", self.neighbor_tokens), ("--hypernym-tokens", self.hypernym_tokens)):
             at_least(option, value, 0, allow_none=True, why=" tokens (0 = none)")
         at_least("--bucket-size", self.bucket_size, 1, allow_none=True, why=" prompts")
-        at_least("--preview-resolution", self.preview_resolution, 14, allow_none=True, why=" pixels")
+        at_least("--preview-resolution", self.preview_resolution, SAM3_PATCH, allow_none=True, why=" pixels")
+        if self.preview_resolution is not None and self.preview_resolution % SAM3_PATCH:
+            below = self.preview_resolution // SAM3_PATCH * SAM3_PATCH
+            raise VplError(f"--preview-resolution {self.preview_resolution}: not a multiple of SAM 3's "
+                           f"{SAM3_PATCH}-pixel patch; give {below} or {below + SAM3_PATCH}")
         at_least("--max-active", self.max_active, 1, allow_none=True, why=" classes")
         if self.quantile_alpha is not None:
             fraction("--quantile-alpha", self.quantile_alpha)
@@ -287,4 +302,4 @@ class ActiveSamKnobs(MethodKnobs):
 
 
 __all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs",
-           "Sam3Knobs", "ActiveSamKnobs", "SAM3_HEADS", "QUERY_MERGES"]
+           "Sam3Knobs", "ActiveSamKnobs", "ACTIVESAM_DEFAULTS", "SAM3_PATCH", "SAM3_HEADS", "QUERY_MERGES"]

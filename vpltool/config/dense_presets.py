@@ -6,6 +6,7 @@ parity/benchmarks_parity.py checks them against the references' clones. Torch-fr
 
 from __future__ import annotations
 
+from .dense_knobs import ACTIVESAM_DEFAULTS
 from .method_presets import CFG_FILES, MethodPresets
 
 
@@ -167,8 +168,7 @@ SAM3_PRESETS = MethodPresets(
 ACTIVESAM_PRESETS = MethodPresets(
     "VILA-Lab/ActiveSAM@41cad43",
     {"dense": "activesam", "prob_threshold": 0.0, "slide_crop": 0, "pamr_steps": 0, "area_threshold": 0.0,
-     "neighbor_tokens": 2, "hypernym_tokens": 2, "bucket_size": 32, "confidence_threshold": 0.3,
-     "preview_resolution": 672, "quantile_alpha": 0.2, "max_active": 40, "mabc_exponent": 1.25},
+     **ACTIVESAM_DEFAULTS},
     "configs/base_config.py:9-22 (model dict); activesam/model/base.py:28 (prob_thd 0.0)", _activesam_benchmarks())
 
 

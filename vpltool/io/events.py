@@ -1,4 +1,5 @@
-"""TensorBoard event files (the optional ``tensorboard`` extra: ``pip install 'vpltool[tensorboard]'``).
+"""TensorBoard event files (the optional ``tensorboard`` extra: ``pip install -e '.[tensorboard]'`` in vpltool's
+checkout).
 
 Written by ``torch.utils.tensorboard.SummaryWriter`` (its own background thread appends to
 ``events.out.tfevents.*``); read back by TensorBoard or ``tensorboard``'s ``EventAccumulator``. The folder is a side
@@ -10,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import VplError
+from ..errors import VplError, install_extra
 
-EXTRA = "pip install 'vpltool[tensorboard]'"
+EXTRA = install_extra("tensorboard")
 
 
 def check_tensorboard(option: str = "--tensorboard") -> None:

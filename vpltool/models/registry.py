@@ -58,6 +58,7 @@ class Family:
         fix: how to mend a damaged weights file of this family (the end of those messages).
         licence: the licences of the code it follows and the weights it reads
             (:class:`~vpltool.config.licences.Licence`); None: undeclared (a plugin's, listed as such).
+        get: how to get its weights where they are missing (`vpltool doctor`'s ``missing:`` lines); "" = ``fix``.
     """
 
     name: str
@@ -67,6 +68,7 @@ class Family:
     files: Callable[[Any], list[Path]] | None = None
     fix: str = DEFAULT_FIX
     licence: Licence | None = None
+    get: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,13 +172,13 @@ def _module_of(name: str) -> str | None:
 
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
                     summary: str = "", module: str | None = None, files: Callable[[Any], list[Path]] | None = None,
-                    fix: str = DEFAULT_FIX, licence: Licence | None = None) -> Family:
+                    fix: str = DEFAULT_FIX, licence: Licence | None = None, get: str = "") -> Family:
     """Register family ``name`` (called once, by the family's own module). ``module``: where it lives, so that a
-    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``, ``licence``: see
+    later :func:`load_model` finds it without an import elsewhere; ``files``, ``fix``, ``licence``, ``get``: see
     :class:`Family`."""
     if name in _FAMILIES and _FAMILIES[name].load is not load:
         raise ValueError(f"model family {name!r} registered twice")
-    fam = Family(name, load, check, summary, files, fix, licences.checked(licence, f"model family {name!r}"))
+    fam = Family(name, load, check, summary, files, fix, licences.checked(licence, f"model family {name!r}"), get)
     _FAMILIES[name] = fam
     if module and _module_of(name) is None:
         _MODULES[name] = module

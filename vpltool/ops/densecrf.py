@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import IGNORE_INDEX, CrfConfig
-from ..errors import MissingDependencyError, VplError
+from ..errors import MissingDependencyError, VplError, install_extra
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,7 @@ def densecrf_module() -> Any:
         import pydensecrf.densecrf as dcrf  # shipped by the `pydensecrf2` wheel
     except ImportError:
         raise MissingDependencyError(
-            "the pydensecrf CRF backend needs the CRF extra: pip install 'vpltool[crf]' (or use --backend torch, "
+            f"the pydensecrf CRF backend needs the CRF extra: {install_extra('crf')} (or use --backend torch, "
             "or --no-crf)"
         ) from None
     return dcrf

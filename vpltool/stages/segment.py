@@ -86,7 +86,10 @@ def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background:
     """``(queries per class 1..C, templates, background words)``: from ``cfg.class_file`` (the references' format,
     :mod:`vpltool.data.class_files`) when given, else from the ``--classes`` entries and ``--background``. Checked
     before the model loads. ``scored_background`` False (a benchmark without background, such as ADE20K):
-    ``--background auto`` means none, since a pixel given to class 0 there is wrong wherever it is. ``benchmark``:
+    ``--background auto`` means none, since a pixel given to class 0 there is wrong wherever it is. With a method of
+    concept prompts (SAM 3's: :func:`concept_prompts`) ``--background auto`` means none too: its reference prompts
+    SAM 3 with its class file's lines alone, and ``--prob-threshold`` scores the background; explicit words still
+    are prompts. ``benchmark``:
     the dataset is one of the benchmarks, whose class count decides whether a class file holds the background's
     line (:func:`vpltool.data.class_files.class_file_queries`).
 
@@ -96,7 +99,7 @@ def resolve_queries(names: Sequence[str], cfg: SegmentConfig, scored_background:
     the same as a file with the background's line and one class line missing). The words used are recorded as the
     run's ``background_words``."""
     if cfg.class_file is None:
-        if not scored_background and cfg.background == "auto":
+        if cfg.background == "auto" and (not scored_background or concept_prompts(cfg)):
             cfg = replace(cfg, background="none")
         templates, background = check_queries(names, cfg)
         return class_synonyms(names), templates, background
@@ -133,6 +136,28 @@ def scored_background(dataset: Dataset) -> bool:
     return bench is None or bench.has_background
 
 
+def concept_prompts(cfg: SegmentConfig) -> bool:
+    """Whether ``cfg.dense`` prompts SAM 3 with its query words (``--dense sam3``, ``activesam``): no CLIP, no
+    template."""
+    from ..config.dense import DENSE_SPECS
+
+    return DENSE_SPECS[cfg.dense].concept_prompts
+
+
+def unread_clip_options(cfg: SegmentConfig, spec: ModelSpec | None) -> list[str]:
+    """One sentence per CLIP option of ``spec`` given (not the default) to a method of concept prompts, which loads
+    no CLIP (``--templates``: the config's own inert rule, :meth:`SegmentConfig.inert`)."""
+    from ..config import DEFAULT_MODEL, DEFAULT_PRETRAINED, ignored_option
+    from ..config.dense import CONCEPT_PROMPTS_WHY
+
+    if spec is None or not concept_prompts(cfg):
+        return []
+    why = CONCEPT_PROMPTS_WHY.format(dense=cfg.dense)
+    return [ignored_option(option, value, why) for option, value, default in
+            (("--model", spec.model, DEFAULT_MODEL), ("--pretrained", spec.pretrained, DEFAULT_PRETRAINED))
+            if value != default]
+
+
 def dense_mixing_of(cfg: SegmentConfig):
     """The last block's mixing of ``cfg`` (:func:`vpltool.models.dense.method.method_mixing`): a
     :class:`~vpltool.models.dense.DenseMixing` when an option changes the preset, else the method's name."""
@@ -147,8 +172,13 @@ def check_dense(cfg: SegmentConfig, spec: ModelSpec | None = None):
     """``cfg``'s dense method resolved once and checked before any model loads: one
     :class:`~vpltool.models.dense.method.DenseMethod` (one line for a CLIP of ``spec`` whose tower does not take the
     method, or a missing or foreign proxy / SAM file)."""
+    import warnings
+
+    from ..errors import VplWarning
     from ..models.dense.method import resolve_method
 
+    for sentence in unread_clip_options(cfg, spec):
+        warnings.warn(VplWarning(sentence), stacklevel=2)
     method = resolve_method(cfg, spec)
     if spec is not None and not method.hooks.own_backbone:  # its text is encoded: the CLIP's tokenizer is made here
         check_tokenizer(spec)
@@ -200,15 +230,17 @@ def run_segment(
     dtype = resolve_precision(runtime.precision, device)
     settings = cfg.resolved()
     classes = ["background", *class_names(names)]
-    params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), "model": spec.identity(),
-              "template_list": templates, "background_words": background,
+    clip = {} if concept_prompts(cfg) else {"model": spec.identity(), "template_list": templates}  # none read
+    params = {**to_params(cfg), "classes": names, "settings": settings_params(settings), **clip,
+              "background_words": background,
               **({"class_queries": synonyms} if cfg.class_file is not None else {}),
               **({"mixing": _mixing_params(method.mixing)} if method.changed else {}), **method.hooks.record()}
     for key in FILE_PARAMS:  # a file by content: another path to it is the same run, other bytes are not
         if key in params:
             params[key] = io.weights_identity(params[key])
     for key, path in prompt_files(cfg.templates, cfg.background).items():  # likewise a prompt file
-        params[key] = io.file_identity(path.resolve())
+        if key in params:  # (a templates file a method of concept prompts does not read is not recorded)
+            params[key] = io.file_identity(path.resolve())
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED,
                             inputs=dataset.inputs(), shard=shard_from_env(shard),
                             numerics=run_numerics(dtype, runtime.precision, device), older=method.hooks.older_record)
@@ -228,7 +260,8 @@ def _mixing_params(mixing) -> dict:
     return asdict(mixing)
 
 
-__all__ = ["STAGE", "resolve_queries", "dense_mixing_of", "proxy_spec", "sam_spec", "check_dense",
+__all__ = ["STAGE", "resolve_queries", "concept_prompts", "unread_clip_options",
+           "dense_mixing_of", "proxy_spec", "sam_spec", "check_dense",
            "load_dense", "class_list", "run_segment", "settings_params", "class_synonyms", "class_names",
            "check_queries",
            "SYNONYM_SEPARATOR", "class_probabilities", "dense_logits", "dense_probabilities", "pamr", "query_rows",

@@ -17,7 +17,8 @@ parameters, the prefix count and the RoPE tensor, so one family module serves th
 own forward below (their positional resize is the references' own, not timm's). tests/test_dino_rope.py checks the
 attention, keys and final tokens against forward hooks on timm's forward.
 
-timm is an optional dependency (``pip install 'vpltool[dino]'``; open_clip usually brings it). Weights: timm's
+timm is an optional dependency (``pip install -e '.[dino]'`` in vpltool's checkout; open_clip usually brings it).
+Weights: timm's
 pretrained tag of the name (``hub``; read from the local Hugging Face cache when offline), a local file, or ``none``
 (random, seeded: tests). Every way the weights can be unavailable is a one-line :class:`~vpltool.errors.VplError`,
 raised by :func:`check_dino` before any model is built.
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ...config import licences
-from ...errors import VplError
+from ...errors import VplError, install_extra
 from ...io import is_regular_file, not_a_file
 from ..registry import register_family
 from .dino_attention import dino_attention, fused_qkv, layer_scaled, mean_attention_weights, written_attention
@@ -74,7 +75,7 @@ def import_timm():
     try:
         import timm
     except ImportError:
-        raise VplError("--affinity dino needs timm, which is not installed: pip install 'vpltool[dino]'") from None
+        raise VplError(f"--affinity dino needs timm, which is not installed: {install_extra('dino')}") from None
     return timm
 
 

@@ -23,7 +23,7 @@ pieces RADSeg (:mod:`vpltool.models.dense.radseg`) reads beside the ``dino`` fam
   and processor of ``google/siglip2-giant-opt-patch16-384``, here from a local folder of that repository
   (``config.json``, ``model.safetensors``, the tokenizer's files; offline, its text half alone), each prompt
   canonicalised (big_vision's lower-case, punctuation-free text) and padded to 64 tokens, its ``pooler_output``.
-  It needs ``pip install 'vpltool[radio]'`` (transformers, sentencepiece).
+  It needs ``pip install -e '.[radio]'`` in vpltool's checkout (transformers, sentencepiece).
 
 Every file problem is one line naming the file, before any model is built.
 """
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import VplError
+from ...errors import VplError, install_extra
 
 RADIO_FIX = ("pass NVlabs/RADIO's checkpoint as its hub entry downloads it (e.g. c-radio_v3-b_half.pth.tar, a "
              "dict of 'args' and 'state_dict')")
@@ -210,7 +210,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise VplError("RADIO's SigLIP 2 text tower needs transformers: pip install 'vpltool[radio]'") from None
+        raise VplError(f"RADIO's SigLIP 2 text tower needs transformers: {install_extra('radio')}") from None
     return transformers
 
 

@@ -10,7 +10,7 @@ arithmetic; :meth:`SamEncoder.features` is the encoder's own output (the neck's 
 
 SAM 2 (``--sam-model sam2...``) is refused in one line (:data:`SAM2_REFUSAL`): its Hiera encoder has no counterpart of
 that attention, and the methods built on SAM 2 read its masks, which CorrCLIP's ``--region-masks sam2:CONFIG`` runs
-(``pip install 'vpltool[sam2]'``).
+(``pip install -e '.[sam2]'`` in vpltool's checkout).
 
 Weights: SAM's released checkpoints (``sam_vit_b_01ec64.pth``: the whole Sam, whose ``image_encoder.`` tensors are
 taken, and its prompt encoder and mask decoder when ``prompt`` is set, else dropped), a file of the encoder's

@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from ...config import licences
-from ...errors import VplError
+from ...errors import VplError, install_extra
 from ..registry import register_family
 from .sam3_files import check_state, identity, read_config, read_state
-from .sam3_weights import FIX, Sam3Files, locate, sam3_config
+from .sam3_weights import FIX, GET, Sam3Files, locate, sam3_config
 
 MEAN, STD = 0.5, 0.5  # Meta's Sam3Processor: Normalize(mean=[0.5] * 3, std=[0.5] * 3) after /255
 CONFIDENCE = 0.5  # Meta's Sam3Processor's confidence_threshold default
@@ -60,7 +60,7 @@ def import_transformers():
     try:
         from transformers import Sam3Model
     except ImportError:
-        raise VplError("SAM 3 needs transformers with Sam3Model (5.x): pip install 'vpltool[sam3]'") from None
+        raise VplError(f"SAM 3 needs transformers with Sam3Model (5.x): {install_extra('sam3')}") from None
     return Sam3Model
 
 
@@ -226,6 +226,23 @@ class Sam3:
         self.width = int(cfg.detr_decoder_config.hidden_size)
         self._positions: dict[int, list[torch.Tensor]] = {}
         self._texts: dict[tuple[str, ...], Sam3Text] = {}
+        self.held = torch.float32  # the dtype its linear and convolution weights are held in (follow_autocast)
+
+    def follow_autocast(self) -> None:
+        """Its linear and convolution weights made the dtype of the caller's autocast (:mod:`.sam3_half`): half
+        under ``--precision bf16|fp16`` (the same outputs, half the memory), read again from its files back in
+        fp32. A model built without files (no ``spec``) stays fp32. Each call of the model asks first."""
+        from .sam3_half import autocast_dtype, hold
+
+        dtype = autocast_dtype(self.device)
+        if dtype == self.held or self.spec is None:
+            return
+        self.held = hold(self.model, dtype, self.held, self._read_fp32)
+        self._texts.clear()  # encoded under the other precision
+
+    def _read_fp32(self) -> dict[str, torch.Tensor]:
+        """Its weights as its files hold them (fp32), under transformers' names."""
+        return read_state(locate(self.spec.weights), shapes_only=False)
 
     def to(self, device: torch.device | str) -> Sam3:
         """This model on ``device`` (moved in place, as ``nn.Module.to``)."""
@@ -260,6 +277,7 @@ class Sam3:
         side = int(pixels.shape[-1])
         if pixels.shape[-2] != side or side % self.patch:
             raise VplError(f"SAM 3 input {tuple(pixels.shape[-2:])}: give a square side, a multiple of {self.patch}")
+        self.follow_autocast()
         self._set_positions(side)
         out = self.model.vision_encoder(pixels.to(self.device))
         return Sam3Image(tuple(out.fpn_hidden_states[:-1]), tuple(out.fpn_position_encoding[:-1]), side)
@@ -288,6 +306,7 @@ class Sam3:
         """K prompts -> their :class:`Sam3Text` (Meta's ``backbone.forward_text``)."""
         if not prompts:
             raise ValueError("no prompts to encode")
+        self.follow_autocast()
         ids = self.tokenize(prompts).to(self.device)
         text = self.model.text_encoder.text_model
         tokens = text(input_ids=ids).last_hidden_state  # causal attention only, no padding mask: Meta's
@@ -313,6 +332,7 @@ class Sam3:
         """
         from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
+        self.follow_autocast()
         m = self.model
         k = text.features.shape[0]
         if index is None:
@@ -418,7 +438,7 @@ def _files(spec: Sam3Spec) -> list[Path]:
 
 register_family("sam3", load_sam3, _check, summary="SAM 3 (transformers' Sam3Model): concept prompts -> masks, "
                 "scores and presence; Hugging Face's or Meta's weights", module=__name__, files=_files, fix=FIX,
-                licence=licences.SAM3_FAMILY)
+                licence=licences.SAM3_FAMILY, get=GET)
 
 __all__ = ["BUCKET", "CONFIDENCE", "Sam3", "Sam3Concept", "Sam3Grounding", "Sam3Image", "Sam3Spec", "Sam3Text",
            "check_sam3", "load_sam3", "sam3_identity"]

@@ -32,6 +32,10 @@ from ...errors import VplError
 HF_CONFIG, HF_WEIGHTS, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 META_FILE = "sam3.pt"
 CONFIG_KEY = "vpltool_sam3_config"  # a Meta-layout file's own configuration (Meta's release has none)
+# how to get them: the hub's repository is gated (accept Meta's SAM License there first); read offline after
+GET = ("accept the SAM License of the gated facebook/sam3 on the Hugging Face hub, then on a machine online "
+       "`huggingface-cli download facebook/sam3 --local-dir sam3` and pass that folder (Hugging Face's layout), or "
+       "Meta's sam3.pt in it; vpltool reads either offline (docs/backbones.md: SAM 3)")
 FIX = ("pass SAM 3's weights: a folder of facebook/sam3 (config.json + model.safetensors) or Meta's sam3.pt "
        "(see docs/backbones.md: SAM 3)")
 
@@ -354,5 +358,5 @@ def _shards(index: Path) -> tuple[Path, ...]:
     return tuple(index.parent / n for n in names)
 
 
-__all__ = ["CONFIG_KEY", "FIX", "HF_CONFIG", "HF_WEIGHTS", "META_FILE", "PARTS", "Sam3Files", "from_meta",
+__all__ = ["CONFIG_KEY", "FIX", "GET", "HF_CONFIG", "HF_WEIGHTS", "META_FILE", "PARTS", "Sam3Files", "from_meta",
            "locate", "meta_config", "meta_to_hf_name", "sam3_config", "tiny_config", "to_meta"]

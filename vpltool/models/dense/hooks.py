@@ -46,6 +46,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,6 +56,16 @@ from ...config.dense_plugins import HOOK_NAMES  # every hook, in the order it ru
 from ...errors import ContractError
 
 _REGISTRY: dict[str, type[DenseHooks]] = {}
+
+
+@dataclass(frozen=True)
+class ModelNeed:
+    """A model a ``--dense`` method would load: ``family`` (the registry's name), ``spec`` (that family's spec; None
+    when ``option``, the option naming its weights, was not given)."""
+
+    family: str
+    spec: Any
+    option: str
 
 
 class DenseHooks:
@@ -104,6 +115,13 @@ class DenseHooks:
     def check(self) -> None:
         """Once, before any model loads: the method's own inputs checked (a folder it reads, a file's kind), one
         :class:`~vpltool.errors.VplError` line naming the file and the fix. Default: nothing to check."""
+
+    def models(self) -> list[Any]:
+        """The models :meth:`backbone` loads through the registry, each a :class:`ModelNeed` (its family, its spec,
+        None when the option that names it was not given, and that option): what `vpltool doctor` lists by file,
+        with no model loaded. Default: none (a method on a CLIP: the method's lookup adds the CLIP, its proxy and its
+        SAM)."""
+        return []
 
     def check_items(self, items: Sequence[Any]) -> None:
         """Once, before any model loads, with the dataset items the run will segment (each ``id`` and ``image``
@@ -277,6 +295,8 @@ def _grid(out: Any) -> bool:
 # what each hook returns (``args``: its arguments by the base class's names), as its docstring says: checked where
 # a class's own hook returns, so that a plugin's numpy array or None is one line naming the hook
 RETURNS: dict[str, tuple[str, Any]] = {
+    "models": ("a list of ModelNeed", lambda out, a: isinstance(out, list) and all(isinstance(m, ModelNeed)
+                                                                                  for m in out)),
     "record": ("a dict of JSON values", lambda out, a: isinstance(out, dict)),
     "older_record": ("a dict (the params, as record() writes them now)", lambda out, a: isinstance(out, dict)),
     "with_knobs": ("the method's DenseMixing", lambda out, a: _is_mixing(out)),
@@ -349,4 +369,4 @@ def hooks_class(method: str) -> type[DenseHooks] | None:
     return _REGISTRY.get(method)
 
 
-__all__ = ["DenseHooks", "HOOK_NAMES", "RETURNS", "described", "hooks_class"]
+__all__ = ["DenseHooks", "ModelNeed", "HOOK_NAMES", "RETURNS", "described", "hooks_class"]

@@ -15,7 +15,7 @@ from ...config.dense import DENSE_SPECS, DenseMethodSpec, DenseSettings, Segment
 from ...config.dense_knobs import sam_weights_hint
 from ...errors import VplError, VplWarning
 from . import dense_hooks, dense_mixing
-from .hooks import DenseHooks
+from .hooks import DenseHooks, ModelNeed
 from .mixing import DenseMixing
 
 
@@ -165,6 +165,30 @@ def sam_spec(cfg: SegmentConfig):
     return spec
 
 
+def method_models(cfg: SegmentConfig, model=None) -> list[ModelNeed]:
+    """Every model ``cfg.dense`` would load (by the registry's family names), with nothing checked or loaded, for
+    `vpltool doctor`: the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`; None: the default) unless the
+    method gives its own model, its proxy DINO, its SAM encoder, the SAM or SAM 3 a knob value reads
+    (``--region-masks sam|sam3``; SAM 2 is no registry family), then its hooks' own
+    (:meth:`~.hooks.DenseHooks.models`); each once."""
+    from ..backbones.dino import DinoSpec
+    from ..backbones.loading import ModelSpec
+    from ..backbones.sam import SamSpec
+    from ..backbones.sam3 import Sam3Spec
+
+    hooks, row = dense_hooks(cfg.dense, cfg), DENSE_SPECS[cfg.dense]
+    needs = [] if hooks.own_backbone else [ModelNeed("clip", model or ModelSpec(), "--model")]
+    if row.proxy_model:
+        needs.append(ModelNeed("dino", DinoSpec(cfg.proxy_model, cfg.proxy_weights), "--proxy-weights"))
+    regions = [str(getattr(cfg.knobs, k.field) or "") for k in row.knobs if k.uses]
+    if row.sam or any(v == "sam" or v.startswith("sam:") for v in regions):
+        needs.append(ModelNeed("sam", SamSpec(cfg.sam_model, cfg.sam_weights) if cfg.sam_weights else None,
+                               "--sam-weights"))
+    if any(v == "sam3" or v.startswith("sam3:") for v in regions):
+        needs.append(ModelNeed("sam3", Sam3Spec(cfg.sam_weights) if cfg.sam_weights else None, "--sam-weights"))
+    return list(dict.fromkeys([*needs, *hooks.models()]))
+
+
 def resolve_method(cfg: SegmentConfig, model=None) -> DenseMethod:
     """``cfg.dense`` resolved once into a :class:`DenseMethod` and checked before any model loads: its settings,
     mixing and hooks, the CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`, when given: its tower takes the
@@ -180,4 +204,4 @@ def resolve_method(cfg: SegmentConfig, model=None) -> DenseMethod:
                        proxy_spec(cfg), sam_spec(cfg))
 
 
-__all__ = ["DenseMethod", "resolve_method", "method_mixing", "proxy_spec", "sam_spec"]
+__all__ = ["DenseMethod", "resolve_method", "method_models", "method_mixing", "proxy_spec", "sam_spec"]

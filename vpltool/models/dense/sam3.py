@@ -37,6 +37,7 @@ PRESET = DenseMixing("sam3")  # no CLIP block is mixed: the name alone
 BUCKET = 8  # prompts grounded in one forward (smaller than ActiveSAM's 32: less memory traffic on a CPU); the
 # result is each prompt's own
 MASK_CHUNK = 16  # instance masks folded at a time
+_UNREAD = ("model", "template_list", "templates")  # a CLIP's entries an earlier vpltool's record held
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,19 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
     def check(self) -> None:
         check_sam3(self.cfg)
 
+    def models(self) -> list:
+        from ..backbones.sam3 import Sam3Spec
+        from .hooks import ModelNeed
+
+        weights = getattr(getattr(self.cfg, "knobs", None), "sam3_weights", None) if self.cfg is not None else None
+        return [ModelNeed("sam3", Sam3Spec(weights) if weights else None, "--sam3-weights")]
+
     def record(self) -> dict:
         return {"sam3": vars(sam3_settings(self.cfg))}
+
+    def older_record(self, old: dict, new: dict) -> dict:
+        # an earlier vpltool recorded the CLIP and templates these methods never read: the same run without them
+        return {k: v for k, v in old.items() if k not in _UNREAD or k in new}
 
     def backbone(self, device):
         return Sam3Backbone(load_sam3(self.cfg, device), self, device)

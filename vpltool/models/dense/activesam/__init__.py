@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import torch
 
+from ....config.dense_knobs import ACTIVESAM_DEFAULTS
 from ..mixing import DenseMixing
-from ..sam3 import BUCKET, Sam3Settings, word_scores
 from ..sam3 import Hooks as Sam3Hooks
+from ..sam3 import Sam3Settings, word_scores
 from .calibration import class_scores, mabc_labels
 from .context import ContextBank, context_bank, pooled_embeddings
 from .pruning import active_words, buckets, needs_preview
@@ -37,8 +38,7 @@ PRESET = DenseMixing("activesam")
 class ActiveSamSettings:
     """configs/base_config.py's model dict, with ``cfg.knobs``' values where given."""
 
-    DEFAULTS = {"confidence_threshold": 0.3, "neighbor_tokens": 2, "hypernym_tokens": 2, "bucket_size": BUCKET,
-                "preview_resolution": 672, "quantile_alpha": 0.2, "max_active": 40, "mabc_exponent": 1.25}
+    DEFAULTS = ACTIVESAM_DEFAULTS  # defined once, in vpltool.config.dense_knobs
 
     def __init__(self, cfg=None):
         knobs = getattr(cfg, "knobs", None)

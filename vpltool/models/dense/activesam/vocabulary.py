@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from ....errors import VplError
+from ....errors import VplError, install_extra
 
 # class names written as one word, split where a word boundary was lost (its COMPOUND_SPLIT_MAP), keyed by the name
 # lower-cased with everything but letters and digits removed
@@ -41,8 +41,9 @@ AMBIGUOUS = {
     "ashcan": "trash can", "plaything": "toy", "buffet": "sideboard",
 }
 _NLTK_ENV = ("KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK")  # what importing nltk sets in os.environ
-WORDNET_FIX = ("install nltk and its WordNet data (pip install nltk; python -m nltk.downloader wordnet, or copy an "
-               "nltk_data folder holding corpora/wordnet and set NLTK_DATA to it), or pass --hypernym-tokens 0")
+WORDNET_FIX = (f"install nltk and its WordNet data ({install_extra('activesam')}; python -m nltk.downloader "
+               "wordnet, or copy an nltk_data folder holding corpora/wordnet and set NLTK_DATA to it), or pass "
+               "--hypernym-tokens 0")
 
 
 def _key(name: str) -> str:
@@ -64,8 +65,11 @@ def canonical(name: str, universal: bool = True) -> str:
 
 @lru_cache(maxsize=1)
 def wordnet():
-    """nltk's WordNet reader, loaded now; one line naming the fix when nltk or its data is missing (the
-    reference then silently adds no hypernym token, which is another method: vpltool refuses)."""
+    """nltk's WordNet reader, loaded now; one line naming the fix when nltk or its data is missing, asked before any
+    model loads (the method's ``check``). The reference stops too, later and with a traceback: its
+    ``from nltk.corpus import wordnet`` inside ``try/except (ImportError, LookupError)`` imports nltk's lazy loader,
+    which finds no data only at the first ``wordnet.synsets`` call, outside the ``try``, and raises ``LookupError``
+    while its context bank is built (without nltk itself it adds no hypernym token)."""
     import os
 
     saved = {k: os.environ.get(k) for k in _NLTK_ENV}

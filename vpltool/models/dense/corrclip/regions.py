@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ....errors import VplError
+from ....errors import VplError, install_extra
 
 NPZ_KEY = "instance_mask"
 FORMAT = (f"one <image stem>.npz per image with an int array '{NPZ_KEY}' of the image's height x width "
@@ -181,7 +181,7 @@ def import_sam2():
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
         from sam2.build_sam import build_sam2
     except ImportError:
-        raise VplError("--region-masks sam2: the sam2 package is not installed; pip install 'vpltool[sam2]' "
+        raise VplError(f"--region-masks sam2: the sam2 package is not installed; {install_extra('sam2')} "
                        "(SAM2_BUILD_CUDA=0 where there is no CUDA), or give --region-masks a folder of .npz "
                        "region masks or sam") from None
     return build_sam2, SAM2AutomaticMaskGenerator

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ....errors import VplError
+from ....errors import VplError, install_extra
 
 DEFAULT_CONFIG = "configs/sam2.1/sam2.1_hiera_l.yaml"  # base_config.py's model_cfg
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # SAM2Transforms'
@@ -67,7 +67,7 @@ def import_sam2():
     try:
         from sam2.build_sam import build_sam2
     except ImportError:
-        raise VplError("--region-masks sam2: the sam2 package is not installed; pip install 'vpltool[sam2]' "
+        raise VplError(f"--region-masks sam2: the sam2 package is not installed; {install_extra('sam2')} "
                        "(SAM2_BUILD_CUDA=0 on a machine without CUDA), or give --region-masks a folder of .npz region "
                        "masks") from None
     return build_sam2
