@@ -312,17 +312,22 @@ import os, signal, sys, threading, time, torch
 from vpltool.runtime.batches import BackgroundWriter
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a pytest-xdist worker's children inherit it ignored
-batch = {"t": [torch.zeros(1) for _ in range(100_000)]}  # a batch that takes its thread a while to free
+written = threading.Event()
+
+def write(host):
+    time.sleep(0.5)  # the disk
+    written.set()  # what is left: freeing the batch
+
+batch = {"t": [torch.zeros(1) for _ in range(200_000)]}  # a batch that takes its thread a while to free
 writer = BackgroundWriter(threads=1)
-start = time.monotonic()
-writer.submit(batch, lambda host: time.sleep(0.5))  # the disk
+writer.submit(batch, write)
 del batch
 threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while close waits on the write
 try:
     writer.close()
 except KeyboardInterrupt:
-    time.sleep(max(0.0, 0.55 - (time.monotonic() - start)))  # the run's exit, as the thread may be freeing the batch
-    sys.exit(130)
+    written.wait()
+    sys.exit(130)  # the run's exit, as the writer thread frees the batch (unless close waited for it)
 """
 
 
