@@ -3,7 +3,10 @@ shards."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -139,6 +142,82 @@ def test_the_writers_queue_holds_whole_batches_and_blocks_when_full():
         assert not third.is_alive()
 
 
+def _main_stack() -> list:
+    """The code objects of the main thread's frames, innermost first."""
+    frame, stack = sys._current_frames().get(threading.main_thread().ident), []
+    while frame is not None:
+        stack.append(frame.f_code)
+        frame = frame.f_back
+    return stack
+
+
+def _main_thread_waits_in_close() -> bool:
+    """Whether the main thread is inside :meth:`BackgroundWriter.close`, in threading's waiting code (a lock, an
+    event, a join): blocked there until a writer thread moves."""
+    stack = _main_stack()
+    return bool(stack) and stack[0].co_filename == threading.__file__ and BackgroundWriter.close.__code__ in stack
+
+
+def _until(condition, seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_an_interrupt_while_close_waits_finishes_the_writes_in_hand_drops_the_queued_and_ends_every_thread():
+    """Ctrl-C (a KeyboardInterrupt from a signal handler, as SIGINT and the CLI's SIGTERM raise it) made to land
+    while ``close`` waits: two writes in hand, blocked on the disk, two queued. The interrupt propagates only once
+    the writes in hand have finished, the queued ones are dropped, and no writer thread is left running (one left
+    freeing a batch's tensors while the interpreter exits aborts the process, exit -6). ``Thread.join`` alone does
+    not do it: on Python 3.11 a join that a signal interrupts marks a running thread as stopped."""
+    release, in_hand, written = threading.Event(), threading.Semaphore(0), []
+    interrupted = threading.Event()
+
+    def blocked(name):
+        def write(t):
+            in_hand.release()
+            release.wait(20)  # the disk, until the interrupt has landed and close waits again (or returned)
+            written.append(name)
+        return write
+
+    def ctrl_c(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    def interrupt_close():  # on a helper thread: the signal, once the main thread waits in close
+        if _until(_main_thread_waits_in_close):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+            _until(lambda: interrupted.is_set() and (_main_thread_waits_in_close()
+                                                     or BackgroundWriter.close.__code__ not in _main_stack()))
+        release.set()
+
+    previous = signal.signal(signal.SIGUSR1, ctrl_c)
+    helper = threading.Thread(target=interrupt_close, daemon=True)
+    # depth 4: the queued writes and both end markers fit, so close waits on the threads, not for room
+    writer = BackgroundWriter(threads=2, depth=4)
+    try:
+        for i in range(2):
+            writer.submit({"t": torch.zeros(8)}, blocked(f"in hand {i}"))
+        assert in_hand.acquire(timeout=20) and in_hand.acquire(timeout=20)  # both threads hold one
+        for i in range(2):
+            writer.submit({"t": torch.zeros(8)}, lambda t, i=i: written.append(f"queued {i}"))
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            writer.close()
+        assert interrupted.is_set()
+        assert sorted(written) == ["in hand 0", "in hand 1"]  # finished, not cut off; the queued ones dropped
+        assert not any(t.is_alive() for t in writer._threads)
+    finally:
+        release.set()
+        signal.signal(signal.SIGUSR1, previous)
+        helper.join(20)
+        for t in writer._threads:
+            t.join(20)
+
+
 def test_the_cuda_path_copies_a_batch_to_host_buffers_under_the_test_switch(monkeypatch):
     """``to_host`` on a CPU under VPLTOOL_TEST_CUDA_PATHS=1 runs the CUDA path: every tensor (lists too) copied to a
     host buffer of its own, one event for the batch; without the switch the CPU tensors pass as they are."""
@@ -226,3 +305,40 @@ def test_loading_workers_die_with_their_run():
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert rc.survivors(proc.pid) == []  # without the signal its workers would sleep on for 2 minutes
+
+
+INTERRUPTED_CLOSE = """
+import os, signal, sys, threading, time, torch
+from vpltool.runtime.batches import BackgroundWriter
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a pytest-xdist worker's children inherit it ignored
+written = threading.Event()
+
+def write(host):
+    time.sleep(0.5)  # the disk
+    written.set()  # what is left: freeing the batch
+
+batch = {"t": [torch.zeros(1) for _ in range(200_000)]}  # a batch that takes its thread a while to free
+writer = BackgroundWriter(threads=1)
+writer.submit(batch, write)
+del batch
+threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while close waits on the write
+try:
+    writer.close()
+except KeyboardInterrupt:
+    written.wait()
+    sys.exit(130)  # the run's exit, as the writer thread frees the batch (unless close waited for it)
+"""
+
+
+def test_a_run_interrupted_while_the_writer_closes_exits_130_not_aborted():
+    """The whole failure in a process: Ctrl-C while ``close`` waits for a write, then the interpreter exits. A writer
+    thread still freeing the batch's tensors then took the process down with C++'s "terminate called without an
+    active exception" (exit -6, after the run's resume line); ``close`` now lets the interrupt out only once every
+    thread has freed what it held."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_CLOSE], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert "terminate called" not in proc.stderr

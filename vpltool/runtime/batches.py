@@ -9,8 +9,9 @@ ahead, run, write behind. The device is a parameter; the CPU and CUDA run the sa
 * :func:`to_device`: a host tensor to the device without a synchronisation (pinned, non-blocking).
 * :class:`BatchRunner`: runs a batch in chunks; on CUDA out-of-memory the chunk halves and the run goes on. One
   image that fits no chunk is a one-line error naming it, its size and ``--max-side``.
-* :class:`BackgroundWriter`: a batch's outputs copied device-to-host without blocking (pinned memory, one CUDA
-  event per batch) and written by a few threads, so the device never waits on the disk and nothing synchronises.
+* :class:`BackgroundWriter` (:mod:`vpltool.runtime.writer`): a batch's outputs copied device-to-host without
+  blocking (pinned memory, one CUDA event per batch) and written by a few threads, so the device never waits on the
+  disk and nothing synchronises.
 * :func:`run_image_batches`: the four put together, the one per-image loop of every image stage (docs/architecture.md
   lists them): plan, load, run in chunks, write behind, one progress step per image written.
 
@@ -24,8 +25,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import queue
-import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +34,9 @@ import torch
 from ..device import tie_to_parent
 from ..errors import VplError
 from .host import cuda_paths, to_host
+from .writer import WRITE_DEPTH, WRITE_THREADS, BackgroundWriter
 
 AUTO_BATCH_CUDA = 32  # images per batch on CUDA: ViT-B/16 at VOC size reaches ~3,000 img/s at 32 (issue 19's floor)
-# batches waiting for the writer threads besides those being written: bounds the host memory the writer may hold
-# (2 batches of 32 extract outputs: ~200 MB with the full cache) while a slow write never stalls the device
-WRITE_DEPTH = 2
-# writer threads: a batch's files are written by one thread, batches side by side; safetensors' serialisation and
-# the file writes release the GIL, so 4 threads keep a VOC-sized extract (~1,000 files/s) off the device's path
-WRITE_THREADS = 4
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -347,85 +341,6 @@ def image_names(items: Sequence, sizes: Sequence[tuple[int, int]]) -> Callable[[
 
 def _tagged(chunk: Callable[[slice], Any], part: slice) -> tuple[slice, Any]:
     return part, chunk(part)
-
-
-# --------------------------------------------------------------------------------------------- writing
-class BackgroundWriter:
-    """Writes a stage's outputs on a few threads, behind the device.
-
-    ``submit(tensors, write, n)`` hands over one *batch*: ``tensors`` (a dict of tensors, lists of tensors or
-    anything else, on any device) is copied to the host without blocking (:func:`to_host`: pinned buffers, one
-    event for the whole batch) and ``write(host_tensors)`` is queued; a writer thread waits on the batch's event,
-    runs ``write`` (which writes the batch's n files), then calls ``on_item(n)``. The queue holds at most ``depth``
-    batches besides those being written, so the host memory it may hold is bounded in batches. ``threads`` writer
-    threads write batches side by side (each file is its own, so the bytes do not depend on their order). A write
-    error (a full disk: one line) stops the run at the next ``submit`` or at the end, as the same exception. Used
-    as a context manager: leaving it waits for every queued write.
-    """
-
-    def __init__(self, on_item: Callable[[int], None] | None = None, depth: int = WRITE_DEPTH,
-                 threads: int = WRITE_THREADS):
-        self.on_item = on_item
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._failed = False  # an error was handed over: drop every later job
-        self._lock = threading.Lock()  # on_item (a progress bar) and the first error, from several threads
-        self._threads = [threading.Thread(target=self._loop, name=f"vpltool-writer-{i}", daemon=True)
-                         for i in range(max(1, threads))]
-        for thread in self._threads:
-            thread.start()
-
-    def __enter__(self) -> BackgroundWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close(raise_error=exc[0] is None)
-
-    def submit(self, tensors: dict[str, Any], write: Callable[[dict[str, Any]], None], n: int = 1) -> None:
-        """Queue one batch: ``write(host copies of tensors)`` on a writer thread, then ``on_item(n)``."""
-        self._check()
-        host, event = to_host(tensors)
-        while True:  # wake up now and then to notice a write error while the queue is full
-            try:
-                self._queue.put((host, event, write, n), timeout=0.5)
-                return
-            except queue.Full:
-                self._check()
-
-    def close(self, raise_error: bool = True) -> None:
-        for _ in self._threads:  # one end marker per thread: every thread takes jobs until it meets one
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join()
-        if raise_error:
-            self._check()
-
-    def _check(self) -> None:
-        with self._lock:
-            error, self._error = self._error, None
-        if error is not None:
-            self._failed = True  # later jobs are still dropped
-            raise error
-
-    def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if self._error is not None or self._failed:  # the run stops: drop what is left, keep the queue moving
-                continue
-            host, event, write, n = job
-            try:
-                if event is not None:
-                    event.synchronize()
-                write(host)
-                if self.on_item:
-                    with self._lock:
-                        self.on_item(n)
-            except BaseException as e:  # handed to the main thread at its next submit or at the end
-                with self._lock:
-                    if not self._failed:
-                        self._error = self._error or e
 
 
 __all__ = ["AUTO_BATCH_CUDA", "WRITE_DEPTH", "WRITE_THREADS", "cuda_paths", "resolve_batch_size", "plan_batches",
