@@ -6654,3 +6654,4 @@ def _toy_dino_empty_data(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- the tenth round's rows, in their own module (its rows after these)
 import robustness_round10  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
+import robustness_round11_export  # noqa: E402, F401  (the export rows: `export`, `segment --onnx`)
