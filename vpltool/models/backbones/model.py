@@ -251,7 +251,10 @@ class ClipBackbone(TextTower):
         p = self.patch_size
         if pixels.shape[-2] % p or pixels.shape[-1] % p:
             raise VplError(f"input {tuple(pixels.shape[-2:])} is not a multiple of the patch size {p}")
-        return int(pixels.shape[-2]) // p, int(pixels.shape[-1]) // p  # ints under `export`'s tracer too (a key)
+        h, w = pixels.shape[-2] // p, pixels.shape[-1] // p
+        if torch.jit.is_tracing():  # `export`'s tracer reads sizes as tensors: ints here (a cache key; sizes fixed)
+            h, w = int(h), int(w)
+        return h, w
 
     def embed(self, pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised pixels -> ``[B, n_prefix + h*w, width]`` tokens entering block 0."""
