@@ -6680,6 +6680,7 @@ def _toy_dino_empty_data(ws: Workspace) -> Iterator[list[object]]:
 
 # ---- the tenth round's rows, in their own module (its rows after these)
 import robustness_round10  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
+import robustness_round11_export  # noqa: E402, F401  (the export rows: `export`, `segment --onnx`)
 import robustness_round11_ledger  # noqa: E402, F401  (the eleventh round: model files by content)
 import robustness_round11_licences  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_plugins  # noqa: E402, F401  (the eleventh round's plugin and save rows)
@@ -6687,4 +6688,3 @@ import robustness_round11_records  # noqa: E402, F401  (the eleventh round's rec
 
 # ---- the eleventh round's rows for a new user of SAM 3, in their own module
 import robustness_round11_sam3  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
-import robustness_round11_export  # noqa: E402, F401  (the export rows: `export`, `segment --onnx`)
