@@ -229,3 +229,20 @@ def test_trident_refuses_sam3_in_one_line():
     with pytest.raises(VplError) as e:
         check_model("sam", SamSpec("sam3", "none"))
     assert "its own family" in _one_line(e) and "--region-masks sam3" in str(e.value)
+
+
+def test_an_integer_tensor_is_refused_by_the_check_before_any_model_loads(tiny, tmp_path):
+    """The dtype is in the safetensors header: the check (nothing of the weights read) names it, not the load."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny["hf"] / "config.json").read_bytes())
+    state = load_file(tiny["hf"] / "model.safetensors")
+    name = sorted(k for k in state if k.endswith(".weight"))[0]
+    state[name] = state[name].to(torch.int32)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(VplError) as e:
+        check_model("sam3", Sam3Spec(str(folder)))
+    assert _one_line(e).startswith(f"{folder / 'model.safetensors'}: tensor {name!r} is int32, not the "
+                                   "floating-point weights this model holds; pass SAM 3's weights")
