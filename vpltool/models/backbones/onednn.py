@@ -154,7 +154,7 @@ def _read_cache() -> dict:
             and all(isinstance(v, dict) and isinstance(v.get("onednn"), bool) for v in t["products"].values())
             for t in machines.values()):
         return _ignored(path, f"not the cache's shape ({{'format': {_FORMAT}, 'machines': {{machine: {{..., "
-                              "'products': {shape: {'onednn': bool, ...}}}}}})")
+                              "'products': {shape: {'onednn': bool, ...}}}})")
     return machines
 
 
