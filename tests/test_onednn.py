@@ -222,3 +222,59 @@ def test_the_command_line_refuses_a_route_of_no_library_before_anything_loads(tm
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: VPLTOOL_CPU_LINEAR='fastest': choose auto (each product measured once on this CPU), mkl or onednn, "
         "or unset it"] and not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("content", [
+    {"format": 2, "machines": []},  # valid JSON of another shape
+    "products-garbage",  # this machine's table with 'products': 'garbage' (written below)
+    "fifo",  # a FIFO: reading it would hang
+    "{not json",
+])
+def test_a_cache_of_another_shape_or_no_regular_file_is_ignored_with_one_warning_and_written_anew(
+        monkeypatch, auto_route, content):
+    import json
+    import os
+
+    from vpltool.errors import VplWarning
+
+    monkeypatch.setattr(onednn, "_WARNED", set())
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.5] * onednn.PAIRS)
+    if content == "fifo":
+        os.mkfifo(auto_route)
+    elif content == "products-garbage":
+        key, what = onednn.machine_key()
+        auto_route.write_text(json.dumps({"format": 2, "machines": {key: {**what, "products": "garbage"}}}))
+    else:
+        auto_route.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.warns(VplWarning, match=rf"^{auto_route}: not .*; the CPU linear route's verdicts there are "
+                                        "ignored and measured again") as caught:
+        assert onednn.takes_onednn(300, 64, 96)
+        assert onednn.takes_onednn(300, 96, 64)  # a second shape read from the file: no second warning
+    assert len([w for w in caught if issubclass(w.category, VplWarning)]) == 1
+    kept = json.loads(auto_route.read_text())  # a regular file again, of the cache's shape
+    (table,) = kept["machines"].values()
+    assert kept["format"] == 2 and table["products"]["64x96@256"]["onednn"] is True
+
+
+def test_a_resume_or_another_shard_with_another_cpu_linear_route_is_refused(monkeypatch, tmp_path):
+    """A folder's items made on MKL's products must not be joined by items of oneDNN's (their last bits differ): the
+    route is in the run's numerics, and a resume or another shard with another one is refused in one line."""
+    from vpltool.errors import VplError
+    from vpltool.io.stage import begin_stage_run
+    from vpltool.runtime.numerics import run_numerics
+
+    monkeypatch.delenv("VPLTOOL_REPRODUCIBLE", raising=False)
+    folder, params = tmp_path / "feats", {"size": 32}
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")
+    made = run_numerics(torch.float32, "auto", torch.device("cpu"))
+    assert made["linear"] == "mkl"
+    begin_stage_run(folder, "toy-stage", params, False, numerics=made)
+    begin_stage_run(folder, "toy-stage", params, False, numerics=run_numerics(torch.float32, "auto"))  # the same
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "onednn")
+    with pytest.raises(VplError, match=r"feats: an interrupted run made with VPLTOOL_CPU_LINEAR=mkl, this run with "
+                                       r"onednn \(the library .*\); set VPLTOOL_CPU_LINEAR=mkl to resume, pass "
+                                       r"--overwrite"):
+        begin_stage_run(folder, "toy-stage", params, False, numerics=run_numerics(torch.float32, "auto"))
+    # products that take no CPU route (bf16 here, CUDA) record none and go on
+    assert "linear" not in run_numerics(torch.bfloat16, "bf16")
+    begin_stage_run(folder, "toy-stage", params, True, numerics=run_numerics(torch.float32, "auto"))  # --overwrite

@@ -6,6 +6,7 @@ prompts, extra tokens, the head skipped, another side) on a tiny seeded model.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,39 @@ def test_a_folder_of_metas_file_and_a_bare_safetensors_are_found(tiny, tmp_path)
     assert locate(tmp_path / "weights").layout == "meta"
     found = locate(tiny["hf"] / "model.safetensors")
     assert found.layout == "hf" and found.config == tiny["hf"] / "config.json"
+
+
+@pytest.mark.parametrize(("link", "said"), [
+    ("model.safetensors", r"a symbolic link loop, not a model.safetensors file"),  # a link to itself
+    ("/dev/zero", r"not a regular file \(a device, a pipe or a socket\)"),
+])
+def test_a_weights_file_that_is_a_link_loop_or_a_device_is_named_as_such(tiny, tmp_path, link, said):
+    """Not "a config.json without model.safetensors": the file is there, as something no weights can be read from."""
+    import os
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny["hf"] / "config.json").read_bytes())
+    os.symlink(link, folder / "model.safetensors")
+    with pytest.raises(VplError) as e:
+        locate(folder)
+    assert re.match(rf"^{folder}/model.safetensors: {said}.*; pass SAM 3's weights", _one_line(e))
+
+
+def test_a_folder_holding_both_layouts_is_refused_naming_both(tiny, tmp_path):
+    """model.safetensors and sam3.pt side by side may be two models: which one is meant is asked, not guessed; each
+    file passed itself is taken."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((tiny["hf"] / name).read_bytes())
+    (folder / "sam3.pt").write_bytes(Path(tiny["meta"]).read_bytes())
+    with pytest.raises(VplError) as e:
+        locate(folder)
+    assert _one_line(e) == (f"{folder}: holds both Hugging Face's SAM 3 (config.json + model.safetensors) and "
+                            f"Meta's sam3.pt, which may be other weights; pass the one meant: "
+                            f"{folder / 'model.safetensors'} or {folder / 'sam3.pt'}")
+    assert locate(folder / "model.safetensors").layout == "hf" and locate(folder / "sam3.pt").layout == "meta"
 
 
 def test_ground_without_the_geometry_token_is_transformers_own_forward(model, photo):
@@ -195,3 +229,20 @@ def test_trident_refuses_sam3_in_one_line():
     with pytest.raises(VplError) as e:
         check_model("sam", SamSpec("sam3", "none"))
     assert "its own family" in _one_line(e) and "--region-masks sam3" in str(e.value)
+
+
+def test_an_integer_tensor_is_refused_by_the_check_before_any_model_loads(tiny, tmp_path):
+    """The dtype is in the safetensors header: the check (nothing of the weights read) names it, not the load."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny["hf"] / "config.json").read_bytes())
+    state = load_file(tiny["hf"] / "model.safetensors")
+    name = sorted(k for k in state if k.endswith(".weight"))[0]
+    state[name] = state[name].to(torch.int32)
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(VplError) as e:
+        check_model("sam3", Sam3Spec(str(folder)))
+    assert _one_line(e).startswith(f"{folder / 'model.safetensors'}: tensor {name!r} is int32, not the "
+                                   "floating-point weights this model holds; pass SAM 3's weights")

@@ -37,7 +37,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ContractError, VplError
-from ..runtime.numerics import describe, mismatch
+from ..runtime.numerics import describe, linear_mismatch, mismatch
 from . import beside as _beside
 from .files import make_folder, read_json, write_json
 from .folder_reads import FolderReads, check_reads, ledger, with_reads
@@ -192,6 +192,10 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
             raise VplError(f"{folder}: {what} {describe(old[NUMERICS], differ)}, this run is "
                            f"{describe(numerics, differ)}; re-run with the same {same}{resume}, pass --overwrite to "
                            "redo it, or choose another --out")
+        if numerics is not None and (route := linear_mismatch(old.get(NUMERICS), numerics)) is not None:
+            resume = " to resume" if name == RUN_RECORD else ""
+            raise VplError(f"{folder}: {what} {route}{resume}, pass --overwrite to redo it, or choose "
+                           "another --out")
         check_reads(folder, what, old, reads)  # a model file replaced since: before any model loads
         kept.append(old)
     if kept:

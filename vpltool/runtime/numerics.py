@@ -24,7 +24,9 @@
 
 Every stage record (``_stage.json``, ``_run.json``) and every safetensors file a run writes carries
 :func:`run_numerics`: ``dtype`` (the ``--precision`` the frozen blocks ran in; null where no ``--precision`` took
-part), ``precision`` (as asked), ``mode``, and the instructions and threads (pinned, or, fast, those that ran). A
+part), ``precision`` (as asked), ``mode``, and the instructions and threads (pinned, or, fast, those that ran, and
+``linear``: the fp32 CPU products' library as asked, ``VPLTOOL_CPU_LINEAR``; a resume or another shard of a folder
+made with another refuses, :func:`linear_mismatch`). A
 stage that reads a file made in another dtype or mode refuses (:func:`mismatch`, raised by
 :func:`vpltool.io.check_numerics`).
 """
@@ -259,7 +261,22 @@ def run_numerics(dtype: Any = None, precision: str | None = None, device: Any = 
     else:
         isa = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine()
         threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
+    if "torch" in sys.modules and record.get("device") != "cuda" and record["dtype"] in (None, "fp32"):
+        record["linear"] = cpu_linear_asked()  # the fp32 CPU products' library: their last bits (linear_mismatch)
     return {**record, "mode": "fast", "isa": isa, "amx": "amx_bf16" in flags, "threads": threads}
+
+
+def linear_mismatch(found: Mapping[str, Any] | None, own: Mapping[str, Any]) -> str | None:
+    """Why a folder's items made with numerics ``found`` must not be joined by a run with ``own`` (a resume, another
+    shard): their fp32 CPU products took another library (``linear``: ``VPLTOOL_CPU_LINEAR`` as asked, recorded by
+    :func:`run_numerics` in fast mode), whose last bits differ, so one folder would mix two routes' items. None where
+    either has no route recorded (reproducible mode, CUDA, a file made before it was recorded)."""
+    made = found.get("linear") if isinstance(found, Mapping) else None
+    runs = own.get("linear")
+    if made is None or runs is None or made == runs:
+        return None
+    return (f"with {CPU_LINEAR_ENV}={made}, this run with {runs} (the library of the fp32 CPU products, whose last "
+            f"bits differ); set {CPU_LINEAR_ENV}={made}")
 
 
 def mismatch(found: Mapping[str, Any] | None, own: Mapping[str, Any]) -> str | None:
@@ -295,5 +312,5 @@ def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
 
 __all__ = ["ON_WORDS", "OFF_WORDS", "switch", "check_switches", "ASSUME_AMX_ENV", "CPU_LINEAR_ENV",
            "CPU_LINEAR_ROUTES", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
-           "ask_reproducible", "cpu_flags", "cpu_linear_asked", "describe", "dtype_name", "mismatch",
+           "ask_reproducible", "cpu_flags", "cpu_linear_asked", "describe", "dtype_name", "linear_mismatch", "mismatch",
            "pinned_environment", "reproducible_asked", "run_numerics"]

@@ -48,6 +48,7 @@ import re
 import secrets
 import statistics
 import time
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -130,12 +131,45 @@ def _cache_path():
 
 
 def _read_cache() -> dict:
+    """The cache file's tables, ``{machine key: {"cpu", ..., "products": {"KxN@bucket": {"onednn": bool, ...}}}}``;
+    ``{}`` where there is none or it is of an older format (measured again), and ``{}`` with one warning where it
+    is no regular file (a FIFO would hang the read, a device never end) or not of that shape: the cache only saves
+    a calibration, so it is measured again and :func:`_keep` writes it anew (atomically)."""
+    from ...io.files import is_regular_file
+
     path = _cache_path()
-    try:
-        data = json.loads(path.read_text()) if path is not None else {}
-    except (OSError, ValueError):
+    if path is None or not os.path.lexists(path):
         return {}
-    return data.get("machines", {}) if isinstance(data, dict) and data.get("format") == _FORMAT else {}
+    if not is_regular_file(path):
+        return _ignored(path, "not a regular file (a link to nothing, a pipe, a device or a folder)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return _ignored(path, f"not readable JSON ({type(e).__name__})")
+    machines = data.get("machines") if isinstance(data, dict) else None
+    if isinstance(machines, dict) and data.get("format") != _FORMAT:
+        return {}  # an older format's verdicts: measured again, silently (module docstring)
+    if not isinstance(machines, dict) or not all(
+            isinstance(t, dict) and isinstance(t.get("products"), dict)
+            and all(isinstance(v, dict) and isinstance(v.get("onednn"), bool) for v in t["products"].values())
+            for t in machines.values()):
+        return _ignored(path, f"not the cache's shape ({{'format': {_FORMAT}, 'machines': {{machine: {{..., "
+                              "'products': {shape: {'onednn': bool, ...}}}})")
+    return machines
+
+
+_WARNED: set[str] = set()  # cache files this process has warned of
+
+
+def _ignored(path, why: str) -> dict:
+    """``{}``, with one warning per process for ``path`` (a cache file that is ``why``)."""
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        from ...errors import VplWarning
+
+        warnings.warn(VplWarning(f"{path}: {why}; the CPU linear route's verdicts there are ignored and measured "
+                                 "again (the file is written anew; delete it to silence this)"), stacklevel=4)
+    return {}
 
 
 def _keep(shape: str, verdict: dict) -> None:

@@ -75,12 +75,23 @@ def _safetensors(path: Path, shapes_only: bool) -> dict[str, Any]:
     from ...io import read_safetensors
 
     try:
-        if shapes_only:
+        if shapes_only:  # empty tensors on the meta device: the header's shapes and dtypes, nothing read
             with safe_open(str(path), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                return {k: _header_tensor(f.get_slice(k)) for k in f.keys()}
         return read_safetensors(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise VplError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]}); {FIX}") from None
+
+
+# safetensors' dtype names (its header) -> torch's; another name is taken as float32 (a dtype torch reads there)
+_HEADER_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                  "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                  "BOOL": torch.bool}
+
+
+def _header_tensor(view) -> torch.Tensor:
+    """An empty meta-device tensor of a safetensors slice's header shape and dtype (nothing of the file read)."""
+    return torch.empty(view.get_shape(), dtype=_HEADER_DTYPES.get(view.get_dtype(), torch.float32), device="meta")
 
 
 def _torch_file(path: Path, lazy: bool) -> dict:
@@ -102,11 +113,18 @@ def _torch_file(path: Path, lazy: bool) -> dict:
 
 def check_state(where: Path | str, state: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
     """Names and shapes of ``state`` (tensors or shape tuples) against the built model's ``expected``: one line
-    naming the first tensor missing, unknown or of another shape (:func:`vpltool.io.check_weights`)."""
+    naming the first tensor missing, unknown or of another shape (:func:`vpltool.io.check_weights`), or, for a
+    tensor (a header's, a mapped file's), of an integer or complex dtype where the model holds floats (the same
+    line as the load's, before the progress starts; values, NaN and zeros, need the whole file: checked at load)."""
     from ...io import check_weights
 
     shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
     check_weights(where, shapes, expected, FIX, shapes_only=True)
+    for key, value in state.items():  # the dtypes a header (or a mapped file) tells, before anything is loaded
+        if isinstance(value, torch.Tensor) and (value.is_complex() or (
+                expected[key].is_floating_point() and not value.is_floating_point())):
+            raise VplError(f"{where}: tensor {key!r} is {str(value.dtype).removeprefix('torch.')}, not the "
+                           f"floating-point weights this model holds; {FIX}")
 
 
 def identity(files: Sam3Files) -> dict[str, Any]:

@@ -19,7 +19,9 @@ transformers' geometry encoder has no counterpart of, and the ViT's RoPE tables 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,6 +329,14 @@ def locate(value: str | Path) -> Sam3Files:
     a Meta checkpoint file. One line naming the path and the fix for anything else."""
     path = Path(value).expanduser()
     if path.is_dir():
+        for name in (HF_CONFIG, HF_WEIGHTS, HF_INDEX, META_FILE):
+            _regular_or_absent(path / name)
+        hf, meta = (path / HF_WEIGHTS).is_file() or (path / HF_INDEX).is_file(), (path / META_FILE).is_file()
+        if (path / HF_CONFIG).is_file() and hf and meta:  # which one is meant is the user's to say, not a guess
+            weights = HF_WEIGHTS if (path / HF_WEIGHTS).is_file() else HF_INDEX
+            raise VplError(f"{path}: holds both Hugging Face's SAM 3 ({HF_CONFIG} + {weights}) and Meta's "
+                           f"{META_FILE}, which may be other weights; pass the one meant: {path / weights} or "
+                           f"{path / META_FILE}")
         if (path / HF_CONFIG).is_file():
             if (path / HF_WEIGHTS).is_file():
                 return Sam3Files("hf", path / HF_CONFIG, (path / HF_WEIGHTS,))
@@ -345,6 +355,22 @@ def locate(value: str | Path) -> Sam3Files:
                            f"holding both")
         return Sam3Files("hf", path.parent / HF_CONFIG, (path,))
     return Sam3Files("meta", None, (path,))
+
+
+def _regular_or_absent(path: Path) -> None:
+    """One line for a weights file of SAM 3's folder that is there but is no regular file: a link loop, a link to
+    nothing, a device or pipe, a folder (else it would be reported missing, or read as zeros)."""
+    from ...io import is_regular_file, not_a_file
+
+    if not os.path.lexists(path) or is_regular_file(path):
+        return
+    if path.is_symlink() and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            what = "a symbolic link loop" if e.errno == errno.ELOOP else f"a link to nothing ({os.readlink(path)})"
+            raise VplError(f"{path}: {what}, not a {path.name} file; {FIX}") from None
+    raise not_a_file(path, f"SAM 3 {path.name}", FIX)
 
 
 def _shards(index: Path) -> tuple[Path, ...]:
