@@ -273,3 +273,59 @@ def test_the_sam3_rule_runs_end_to_end_with_a_tiny_random_sam3(world, tmp_path):
                                       io.read_mask(io.mask_path(tmp_path / "start", i)))
     again = run_sam_pseudo(cams, tmp_path / "out", cfg, ONE)
     assert (again.done, again.skipped) == (0, 3)
+
+
+def _amg_folder(world: Path, cams: Path, root: Path) -> Path:
+    """``root`` in amg.py's layout: per image of ``cams`` its objects as one mask (``0.png``)."""
+    from vpltool.data import open_dataset
+
+    gts = {it.id: io.read_mask(it.gt) for it in open_dataset(world, "val").items}
+    for i in io.item_ids(cams):
+        (root / i).mkdir(parents=True)
+        Image.fromarray(((gts[i] > 0) * 255).astype(np.uint8)).save(root / i / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("entry", ["folder", "loop", "fifo", "devzero"])
+def test_a_mask_entry_that_is_no_regular_file_is_one_line_before_anything_is_read(world, tmp_path, entry):
+    """An entry named like a mask (``1.png``) that is a folder, a symlink loop, a FIFO or a link to /dev/zero: one
+    line naming it and the fix, as the photo readers say it, before a mask is hashed (a FIFO and /dev/zero hung the
+    hash) or written."""
+    import os
+
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+
+    cams = _cams(world, tmp_path / "cams")
+    masks = _amg_folder(world, cams, tmp_path / "masks")
+    bad = masks / io.item_ids(cams)[1] / "1.png"
+    {"folder": lambda: bad.mkdir(), "loop": lambda: bad.symlink_to(bad.name), "fifo": lambda: os.mkfifo(bad),
+     "devzero": lambda: bad.symlink_to("/dev/zero")}[entry]()
+    want = {"folder": "a folder, not a mask file", "loop": "looping symlink? remove it or point it at the mask",
+            "fifo": "a pipe (FIFO), not a mask file", "devzero": "a link to /dev/zero, a device, not a mask file"}
+    out = tmp_path / "out"
+    with pytest.raises(VplError) as e:
+        run_sam_pseudo(cams, out, SamPseudoConfig(masks=str(masks), start="argmax"), ONE)
+    assert str(e.value).startswith(f"{bad}: ") and want[entry] in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists() or not list(out.rglob("*.png"))
+
+
+def test_a_hidden_dot_file_among_the_masks_is_skipped(world, tmp_path):
+    """``.1.png`` (a hidden file: an editor's or a sync tool's) is no mask of the image, as dot-files are skipped
+    by the other folder readers: a full-image one left there changes nothing, and the folder's identity neither."""
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+    from vpltool.stages.sam_pseudo.sources import FolderMasks
+
+    cams = _cams(world, tmp_path / "cams")
+    masks = _amg_folder(world, cams, tmp_path / "masks")
+    ids = io.item_ids(cams)
+    cfg = SamPseudoConfig(masks=str(masks), start="argmax")
+    clean = run_sam_pseudo(cams, tmp_path / "clean", cfg, ONE)
+    identity = FolderMasks(masks).check([(i, (96, 96)) for i in ids])
+    for i in ids:
+        Image.fromarray(np.full((96, 96), 255, np.uint8)).save(masks / i / ".1.png")
+    hidden = run_sam_pseudo(cams, tmp_path / "hidden", cfg, ONE)
+    assert FolderMasks(masks).check([(i, (96, 96)) for i in ids]) == identity
+    assert (hidden.masks, hidden.covered, hidden.done) == (clean.masks, clean.covered, 3)
+    for i in ids:
+        np.testing.assert_array_equal(io.read_mask(io.mask_path(tmp_path / "hidden", i)),
+                                      io.read_mask(io.mask_path(tmp_path / "clean", i)))
