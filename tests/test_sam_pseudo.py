@@ -329,3 +329,23 @@ def test_a_hidden_dot_file_among_the_masks_is_skipped(world, tmp_path):
     for i in ids:
         np.testing.assert_array_equal(io.read_mask(io.mask_path(tmp_path / "hidden", i)),
                                       io.read_mask(io.mask_path(tmp_path / "clean", i)))
+
+
+def test_a_folder_whose_name_starts_with_sam2_is_a_folder_not_sam2_with_a_config(world, tmp_path, monkeypatch):
+    """``--masks sam2_masks`` (an amg.py folder) was read as SAM 2 with config ``_masks`` and refused for want of
+    weights, the folder never named: only ``sam``, ``sam2`` and ``sam2:CONFIG`` name a generator (as ``--region-masks``
+    reads them too), so the folder is read; a missing one is named as a folder that is not there."""
+    from vpltool.config.dense_knobs import automatic_generator
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+
+    cams = _cams(world, tmp_path / "cams")
+    monkeypatch.chdir(tmp_path)
+    _amg_folder(world, cams, tmp_path / "sam2_masks")
+    assert [SamPseudoConfig(masks=m).generator() for m in ("sam", "sam2", "sam2:x.yaml", "sam2_masks", "sam_out")] == [
+        "sam", "sam2", "sam2:x.yaml", None, None]
+    assert not automatic_generator("sam2_masks") and automatic_generator("sam2:sam2.1_hiera_l.yaml")
+    s = run_sam_pseudo(cams, tmp_path / "out", SamPseudoConfig(masks="sam2_masks", start="argmax"), ONE)
+    assert s.done == 3 and s.masks == 1.0
+    with pytest.raises(VplError) as e:
+        run_sam_pseudo(cams, tmp_path / "out2", SamPseudoConfig(masks="sam2_maks", start="argmax"), ONE)
+    assert str(e.value).startswith("--masks sam2_maks: not a folder") and "weights" not in str(e.value)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 from .checks import DTYPE_NAMES, at_least, choice, fraction, positive, require, seed_value, whole_number
+from .dense_knobs import automatic_generator
 
 IGNORE_INDEX = 255  # VOC convention: boundary / unknown pixels in masks
 DEFAULT_MODEL = "ViT-B-16"
@@ -415,7 +416,7 @@ class SamPseudoConfig:
 
     def generator(self) -> str | None:
         """``sam`` or ``sam2[:CONFIG]`` when a model makes automatic masks, None for a folder of masks or SAM 3."""
-        return self.masks if self.masks == "sam" or self.masks.startswith("sam2") else None
+        return self.masks if automatic_generator(self.masks) else None
 
     def settings(self) -> dict:
         """The automatic mask generator's arguments."""
