@@ -349,3 +349,24 @@ def test_a_folder_whose_name_starts_with_sam2_is_a_folder_not_sam2_with_a_config
     with pytest.raises(VplError) as e:
         run_sam_pseudo(cams, tmp_path / "out2", SamPseudoConfig(masks="sam2_maks", start="argmax"), ONE)
     assert str(e.value).startswith("--masks sam2_maks: not a folder") and "weights" not in str(e.value)
+
+
+def test_a_stage_reading_an_interrupted_sam_pseudo_folder_names_sam_pseudo_not_crf(tmp_path):
+    """train-decoder over a sam-pseudo folder whose run was interrupted (its ``_run.json`` there, no
+    ``_stage.json``) said "`vpltool crf` was interrupted", the first stage it accepts: the stage the folder's run
+    record names is the one to re-run; a folder of an unfinished run of a stage not accepted says so."""
+    from vpltool.stages.train_decoder import MASK_STAGES
+
+    io.begin_stage_run(tmp_path / "sp", "sam-pseudo", {"masks": "sam"}, overwrite=False)
+    with pytest.raises(VplError) as e:
+        io.read_stage_record(tmp_path / "sp", MASK_STAGES)
+    assert "`vpltool sam-pseudo` was interrupted or is still running (re-run it)" in str(e.value)
+    assert "crf" not in str(e.value)
+    io.begin_stage_run(tmp_path / "ex", "cam", {}, overwrite=False)
+    with pytest.raises(VplError) as e:
+        io.read_stage_record(tmp_path / "ex", MASK_STAGES)
+    assert str(e.value) == f"{tmp_path / 'ex'}: holds an unfinished `cam` run, expected `crf` output"
+    (tmp_path / "none").mkdir()  # no record at all: the first accepted stage, as before
+    with pytest.raises(VplError) as e:
+        io.read_stage_record(tmp_path / "none", MASK_STAGES)
+    assert "`vpltool crf` did not finish there" in str(e.value)
