@@ -370,3 +370,18 @@ def test_a_stage_reading_an_interrupted_sam_pseudo_folder_names_sam_pseudo_not_c
     with pytest.raises(VplError) as e:
         io.read_stage_record(tmp_path / "none", MASK_STAGES)
     assert "`vpltool crf` did not finish there" in str(e.value)
+
+
+@pytest.mark.parametrize("stage", ["sam-pseudo", "crf"])
+def test_a_dtype_refused_on_a_sam_pseudo_or_crf_folder_names_cams_precision_as_the_fix(tmp_path, stage):
+    """sam-pseudo and crf have no --precision (their masks carry the CAMs' dtype): the fix of a bf16 folder read at
+    fp32 names `cam --precision`, then re-running the stage, not a `sam-pseudo --precision` that does not exist;
+    a stage with --precision of its own (cam) is still named itself."""
+    found, own = run_numerics("bf16"), run_numerics("fp32", "fp32")
+    with pytest.raises(VplError) as e:
+        io.check_numerics(own, (tmp_path / "sp", found, stage))
+    assert str(e.value).endswith(f"pass --precision bf16 to this command, or re-run `vpltool cam` (and what it was "
+                                 f"made from) with --precision fp32, then `vpltool {stage}` on it"), str(e.value)
+    with pytest.raises(VplError) as e:
+        io.check_numerics(own, (tmp_path / "cams", run_numerics("bf16", "bf16"), "cam"))
+    assert str(e.value).endswith("re-run `vpltool cam` (and what it was made from) with --precision fp32")
