@@ -144,6 +144,10 @@ def checked_score(scored: Path, folder: Path, split: str | None, remake: str) ->
         raise VplError(f"{scored}: scores {result['folder']}, not {folder.resolve()}; {fix}")
     if result["record"] != io.sha256_file(io.stage_record_path(folder)):
         raise VplError(f"{scored}: stale: {folder} was re-made after it was scored; {fix}")
+    if "masks" not in result:
+        raise VplError(f"{scored}: does not say which masks it scored (an eval older than this check); {fix}")
+    if result["masks"] != io.masks_digest(folder):  # a mask edited in place: the record and chunks say nothing
+        raise VplError(f"{scored}: stale: {folder}'s masks changed after it was scored; {fix}")
     check_score_consistent(scored, result, fix)
     made_on = io.read_record(io.stage_record_path(folder))["inputs"].get("dataset", {}).get("split")
     wanted = split or made_on
