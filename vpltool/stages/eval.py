@@ -352,7 +352,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     recorded split. Returns ``(result, classes)`` and writes ``json_out`` atomically when given; ``per_image_out``
     (``--per-image``): each image's mIoU and per-class IoU as JSON (``folder``, ``kind``, ``classes``,
     ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged. The result
-    (and the JSON) also says what was scored: ``folder``, ``stage``, ``record``, ``split`` (:func:`scored_what`).
+    (and the JSON) also says what was scored: ``folder``, ``stage``, ``record``, ``masks``, ``split``
+    (:func:`scored_what`).
     ``overwrite``: replace files of another kind there (:func:`vpltool.io.check_outputs`).
     """
     from ..data import check_recorded, is_plain, open_dataset, reopen
