@@ -6,8 +6,8 @@ same folders under ``RUN/R/`` with their `eval` JSONs under ``RUN/metrics/R/``. 
 read from the records (``pseudo/_stage.json`` names the digest of the CAM folder's record, ``cams_vision/_stage.json``
 its ``--refine``), never assumed. The choice reads each candidate's scores on the training split
 (``RUN/metrics[/R]/pseudo.json``, written by `eval` on the split the Makefile scores train-side stages on) after
-checking that each score is of that folder as it is now (eval records the folder, the digest of its record and the
-split). Held-out figures are never read, so the choice cannot be tuned on them.
+checking that each score is of that folder as it is now (eval records the folder, the digest of its record, that of
+its masks' content and the split). Held-out figures are never read, so the choice cannot be tuned on them.
 
 The rule (issue 37, ``--by decoder``): the masks' own mIoU ranked SGC's precise but thin masks first, and the
 decoder trained on them learned to under-segment (5.5 points lower on the demo's val). So each candidate's masks
