@@ -228,3 +228,30 @@ def test_the_makefiles_sam_rules_are_configs():
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     rules = re.search(r"^SAM_RULES = (.*)$", makefile, re.M)
     assert rules is not None and tuple(rules.group(1).split()) == SAM_PSEUDO_RULES
+
+
+def test_a_score_is_of_the_masks_content_and_an_edited_mask_makes_it_stale(tmp_path):
+    """The score names its masks by content (eval's ``masks`` digest): a mask edited in place after it was scored
+    (the folder's record, and a mask's vpltool chunks, untouched) is a stale score, refused in one line naming the
+    eval that re-scores it; that re-score is accepted. A score that names no masks (an older eval) is refused."""
+    import numpy as np
+
+    from vpltool.stages.eval import scored_what
+
+    run = scored_run(tmp_path, {"none": 0.4, "caa": 0.5})
+    pseudo, scored = run / "caa" / "pseudo", run / "metrics" / "caa" / "pseudo.json"
+    io.write_mask(pseudo / "a.png", np.zeros((4, 4), np.uint8))
+    io.write_json(scored, {"miou": 0.5, **scored_what(pseudo, "crf", "train")})
+    assert choose_pseudo(run, ["none", "caa"], by="masks")["chosen"] == "caa"
+    io.write_mask(pseudo / "a.png", np.ones((4, 4), np.uint8))  # edited to another class: the score is not of it
+    with pytest.raises(VplError) as e:
+        choose_pseudo(run, ["none", "caa"], by="masks", overwrite=True)
+    assert str(e.value).startswith(f"{scored}: stale: {pseudo}'s masks changed after it was scored; re-run "
+                                   f"`vpltool eval {pseudo} --json {scored} --overwrite`") and "\n" not in str(e.value)
+    io.write_json(scored, {"miou": 0.3, **scored_what(pseudo, "crf", "train")})  # re-scored: accepted, 0.3 now
+    assert choose_pseudo(run, ["none", "caa"], by="masks", overwrite=True)["chosen"] == "none"
+    result = io.read_json(scored)
+    del result["masks"]
+    io.write_json(scored, result)
+    with pytest.raises(VplError, match=re.escape("pseudo.json: does not say which masks it scored")):
+        choose_pseudo(run, ["none", "caa"], by="masks", overwrite=True)

@@ -273,3 +273,115 @@ def test_the_sam3_rule_runs_end_to_end_with_a_tiny_random_sam3(world, tmp_path):
                                       io.read_mask(io.mask_path(tmp_path / "start", i)))
     again = run_sam_pseudo(cams, tmp_path / "out", cfg, ONE)
     assert (again.done, again.skipped) == (0, 3)
+
+
+def _amg_folder(world: Path, cams: Path, root: Path) -> Path:
+    """``root`` in amg.py's layout: per image of ``cams`` its objects as one mask (``0.png``)."""
+    from vpltool.data import open_dataset
+
+    gts = {it.id: io.read_mask(it.gt) for it in open_dataset(world, "val").items}
+    for i in io.item_ids(cams):
+        (root / i).mkdir(parents=True)
+        Image.fromarray(((gts[i] > 0) * 255).astype(np.uint8)).save(root / i / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("entry", ["folder", "loop", "fifo", "devzero"])
+def test_a_mask_entry_that_is_no_regular_file_is_one_line_before_anything_is_read(world, tmp_path, entry):
+    """An entry named like a mask (``1.png``) that is a folder, a symlink loop, a FIFO or a link to /dev/zero: one
+    line naming it and the fix, as the photo readers say it, before a mask is hashed (a FIFO and /dev/zero hung the
+    hash) or written."""
+    import os
+
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+
+    cams = _cams(world, tmp_path / "cams")
+    masks = _amg_folder(world, cams, tmp_path / "masks")
+    bad = masks / io.item_ids(cams)[1] / "1.png"
+    {"folder": lambda: bad.mkdir(), "loop": lambda: bad.symlink_to(bad.name), "fifo": lambda: os.mkfifo(bad),
+     "devzero": lambda: bad.symlink_to("/dev/zero")}[entry]()
+    want = {"folder": "a folder, not a mask file", "loop": "looping symlink? remove it or point it at the mask",
+            "fifo": "a pipe (FIFO), not a mask file", "devzero": "a link to /dev/zero, a device, not a mask file"}
+    out = tmp_path / "out"
+    with pytest.raises(VplError) as e:
+        run_sam_pseudo(cams, out, SamPseudoConfig(masks=str(masks), start="argmax"), ONE)
+    assert str(e.value).startswith(f"{bad}: ") and want[entry] in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists() or not list(out.rglob("*.png"))
+
+
+def test_a_hidden_dot_file_among_the_masks_is_skipped(world, tmp_path):
+    """``.1.png`` (a hidden file: an editor's or a sync tool's) is no mask of the image, as dot-files are skipped
+    by the other folder readers: a full-image one left there changes nothing, and the folder's identity neither."""
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+    from vpltool.stages.sam_pseudo.sources import FolderMasks
+
+    cams = _cams(world, tmp_path / "cams")
+    masks = _amg_folder(world, cams, tmp_path / "masks")
+    ids = io.item_ids(cams)
+    cfg = SamPseudoConfig(masks=str(masks), start="argmax")
+    clean = run_sam_pseudo(cams, tmp_path / "clean", cfg, ONE)
+    identity = FolderMasks(masks).check([(i, (96, 96)) for i in ids])
+    for i in ids:
+        Image.fromarray(np.full((96, 96), 255, np.uint8)).save(masks / i / ".1.png")
+    hidden = run_sam_pseudo(cams, tmp_path / "hidden", cfg, ONE)
+    assert FolderMasks(masks).check([(i, (96, 96)) for i in ids]) == identity
+    assert (hidden.masks, hidden.covered, hidden.done) == (clean.masks, clean.covered, 3)
+    for i in ids:
+        np.testing.assert_array_equal(io.read_mask(io.mask_path(tmp_path / "hidden", i)),
+                                      io.read_mask(io.mask_path(tmp_path / "clean", i)))
+
+
+def test_a_folder_whose_name_starts_with_sam2_is_a_folder_not_sam2_with_a_config(world, tmp_path, monkeypatch):
+    """``--masks sam2_masks`` (an amg.py folder) was read as SAM 2 with config ``_masks`` and refused for want of
+    weights, the folder never named: only ``sam``, ``sam2`` and ``sam2:CONFIG`` name a generator (as ``--region-masks``
+    reads them too), so the folder is read; a missing one is named as a folder that is not there."""
+    from vpltool.config.dense_knobs import automatic_generator
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+
+    cams = _cams(world, tmp_path / "cams")
+    monkeypatch.chdir(tmp_path)
+    _amg_folder(world, cams, tmp_path / "sam2_masks")
+    assert [SamPseudoConfig(masks=m).generator() for m in ("sam", "sam2", "sam2:x.yaml", "sam2_masks", "sam_out")] == [
+        "sam", "sam2", "sam2:x.yaml", None, None]
+    assert not automatic_generator("sam2_masks") and automatic_generator("sam2:sam2.1_hiera_l.yaml")
+    s = run_sam_pseudo(cams, tmp_path / "out", SamPseudoConfig(masks="sam2_masks", start="argmax"), ONE)
+    assert s.done == 3 and s.masks == 1.0
+    with pytest.raises(VplError) as e:
+        run_sam_pseudo(cams, tmp_path / "out2", SamPseudoConfig(masks="sam2_maks", start="argmax"), ONE)
+    assert str(e.value).startswith("--masks sam2_maks: not a folder") and "weights" not in str(e.value)
+
+
+def test_a_stage_reading_an_interrupted_sam_pseudo_folder_names_sam_pseudo_not_crf(tmp_path):
+    """train-decoder over a sam-pseudo folder whose run was interrupted (its ``_run.json`` there, no
+    ``_stage.json``) said "`vpltool crf` was interrupted", the first stage it accepts: the stage the folder's run
+    record names is the one to re-run; a folder of an unfinished run of a stage not accepted says so."""
+    from vpltool.stages.train_decoder import MASK_STAGES
+
+    io.begin_stage_run(tmp_path / "sp", "sam-pseudo", {"masks": "sam"}, overwrite=False)
+    with pytest.raises(VplError) as e:
+        io.read_stage_record(tmp_path / "sp", MASK_STAGES)
+    assert "`vpltool sam-pseudo` was interrupted or is still running (re-run it)" in str(e.value)
+    assert "crf" not in str(e.value)
+    io.begin_stage_run(tmp_path / "ex", "cam", {}, overwrite=False)
+    with pytest.raises(VplError) as e:
+        io.read_stage_record(tmp_path / "ex", MASK_STAGES)
+    assert str(e.value) == f"{tmp_path / 'ex'}: holds an unfinished `cam` run, expected `crf` output"
+    (tmp_path / "none").mkdir()  # no record at all: the first accepted stage, as before
+    with pytest.raises(VplError) as e:
+        io.read_stage_record(tmp_path / "none", MASK_STAGES)
+    assert "`vpltool crf` did not finish there" in str(e.value)
+
+
+@pytest.mark.parametrize("stage", ["sam-pseudo", "crf"])
+def test_a_dtype_refused_on_a_sam_pseudo_or_crf_folder_names_cams_precision_as_the_fix(tmp_path, stage):
+    """sam-pseudo and crf have no --precision (their masks carry the CAMs' dtype): the fix of a bf16 folder read at
+    fp32 names `cam --precision`, then re-running the stage, not a `sam-pseudo --precision` that does not exist;
+    a stage with --precision of its own (cam) is still named itself."""
+    found, own = run_numerics("bf16"), run_numerics("fp32", "fp32")
+    with pytest.raises(VplError) as e:
+        io.check_numerics(own, (tmp_path / "sp", found, stage))
+    assert str(e.value).endswith(f"pass --precision bf16 to this command, or re-run `vpltool cam` (and what it was "
+                                 f"made from) with --precision fp32, then `vpltool {stage}` on it"), str(e.value)
+    with pytest.raises(VplError) as e:
+        io.check_numerics(own, (tmp_path / "cams", run_numerics("bf16", "bf16"), "cam"))
+    assert str(e.value).endswith("re-run `vpltool cam` (and what it was made from) with --precision fp32")

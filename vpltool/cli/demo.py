@@ -248,8 +248,8 @@ def choose_pseudo_cmd(
     scores the highest mIoU on the training split (--by decoder; or whose masks do, --by masks). Prints the masks'
     folder on stdout (for the Makefile; their decoder is the folder's sibling decoder/), the choice and every
     candidate's scores on stderr, and writes RUN/metrics/pseudo_choice.json (demo-report shows it). Each score must
-    be eval's JSON of that folder as it is now, on that split (eval records the folder, the digest of its record and
-    the split); each decoder must be the one trained on those masks.
+    be eval's JSON of that folder as it is now, on that split (eval records the folder, the digests of its record and
+    of its masks' content, and the split); each decoder must be the one trained on those masks.
 
     \b
     Example:

@@ -92,6 +92,13 @@ SAM_RELEASES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth"
 TOY_SAM = Path(__file__).resolve().parents[1] / "assets" / "toy-sam" / "model.safetensors"
 
 
+def automatic_generator(value: str | None) -> bool:
+    """``value`` (``--masks``, ``--region-masks``) names an automatic mask generator, ``sam`` or ``sam2[:CONFIG]``,
+    not a folder: ``sam2_masks`` or ``sam_out`` is a folder's name (read as SAM 2 with config ``_masks`` it was
+    refused for want of weights, the folder never named)."""
+    return value in ("sam", "sam2") or str(value).startswith("sam2:")
+
+
 def sam_weights_hint(sam_model: str) -> str:
     """What to pass as ``--sam-weights`` for ``--sam-model sam_model``, for messages."""
     if sam_model == "toy":

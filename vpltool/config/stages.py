@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 from .checks import DTYPE_NAMES, at_least, choice, fraction, positive, require, seed_value, whole_number
+from .dense_knobs import automatic_generator
 
 IGNORE_INDEX = 255  # VOC convention: boundary / unknown pixels in masks
 DEFAULT_MODEL = "ViT-B-16"
@@ -340,6 +341,10 @@ class CrfConfig:
 # `sam-pseudo`: pseudo masks from SAM's masks and the CAMs. The stages whose folders are pseudo masks of the
 # crf kind (a label PNG per image, 255 = ignore): train-decoder, eval, choose-pseudo and report read either
 PSEUDO_STAGES = ("crf", "sam-pseudo")
+# the stages without --precision: each records the dtype of the CAMs it reads (crf's and sam-pseudo's masks are made
+# at the CAMs' dtype), so a dtype refused on their folder is changed by this stage's --precision, then a re-run of
+# theirs (io.check_numerics says so)
+PRECISION_FROM = {"crf": "cam", "sam-pseudo": "cam"}
 # the pseudo-mask rules a Make run chooses among (the Makefile's PSEUDO words) -> the stage that makes their masks:
 # crf's, and `sam-pseudo --masks K` for each other rule K (sam: SAM's automatic masks merged, also from SAM 2 or a
 # folder; sam3: SAM 3 prompted with the labels). Refinement R's masks of rule K are choose-pseudo's candidate R+K,
@@ -415,7 +420,7 @@ class SamPseudoConfig:
 
     def generator(self) -> str | None:
         """``sam`` or ``sam2[:CONFIG]`` when a model makes automatic masks, None for a folder of masks or SAM 3."""
-        return self.masks if self.masks == "sam" or self.masks.startswith("sam2") else None
+        return self.masks if automatic_generator(self.masks) else None
 
     def settings(self) -> dict:
         """The automatic mask generator's arguments."""

@@ -202,7 +202,7 @@ def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = Fa
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() not in rank or not is_file(entry):
                 if ext.lower() in rank and not entry.is_dir():
-                    _refuse_special(entry)  # a pipe, a device, a link to nothing: never skipped unsaid
+                    refuse_special(entry)  # a pipe, a device, a link to nothing: never skipped unsaid
                 continue
             old = index.get(k := key(stem))
             if old is not None and strict:
@@ -212,32 +212,34 @@ def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = Fa
     return index
 
 
-def is_file(entry: os.DirEntry) -> bool:
+def is_file(entry: os.DirEntry, what: str = "image") -> bool:
     """``entry.is_file()``, with a one-line error for an entry that cannot be followed (a symlink loop: ELOOP)."""
     try:
         return entry.is_file()
     except OSError as e:
         raise VplError(f"{entry.path}: cannot be read ({e.strerror}); a broken or looping symlink? remove it or "
-                       "point it at the image") from None
+                       f"point it at the {what}") from None
 
 
-def _refuse_special(entry: os.DirEntry) -> None:
-    """One line for a folder entry named like an input file that is no regular file: a FIFO, a link to a device
-    (``/dev/zero``), a socket, a link to nothing; each was skipped silently, one image fewer than the folder shows."""
+def refuse_special(entry: os.DirEntry, what: str = "image") -> None:
+    """One line for a folder entry named like an input file (``what``: an image, a mask) that is no regular file: a
+    FIFO, a link to a device (``/dev/zero``), a socket, a link to nothing, a folder; each was skipped silently (one
+    image fewer than the folder shows) or hung the reader (a FIFO, /dev/zero never end)."""
     import stat
 
     try:
         mode = os.stat(entry.path).st_mode
     except FileNotFoundError:
-        what = f"a link to {os.readlink(entry.path)}, which is not there" if entry.is_symlink() else "gone"
+        kind = f"a link to {os.readlink(entry.path)}, which is not there" if entry.is_symlink() else "gone"
     except OSError as e:
-        what = f"unreadable ({e.strerror})"
+        kind = f"unreadable ({e.strerror})"
     else:
-        what = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        kind = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
         if entry.is_symlink():
-            what = f"a link to {os.readlink(entry.path)}, {what}"
-    raise VplError(f"{entry.path}: {what}, not an image file; remove it, or put the image itself there")
+            kind = f"a link to {os.readlink(entry.path)}, {kind}"
+    raise VplError(f"{entry.path}: {kind}, not {'an' if what[0] in 'aeiou' else 'a'} {what} file; remove it, or put "
+                   f"the {what} itself there")
 
 
 def read_lines(path: Path) -> list[str]:

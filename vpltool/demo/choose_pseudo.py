@@ -6,8 +6,8 @@ same folders under ``RUN/R/`` with their `eval` JSONs under ``RUN/metrics/R/``. 
 read from the records (``pseudo/_stage.json`` names the digest of the CAM folder's record, ``cams_vision/_stage.json``
 its ``--refine``), never assumed. The choice reads each candidate's scores on the training split
 (``RUN/metrics[/R]/pseudo.json``, written by `eval` on the split the Makefile scores train-side stages on) after
-checking that each score is of that folder as it is now (eval records the folder, the digest of its record and the
-split). Held-out figures are never read, so the choice cannot be tuned on them.
+checking that each score is of that folder as it is now (eval records the folder, the digest of its record, that of
+its masks' content and the split). Held-out figures are never read, so the choice cannot be tuned on them.
 
 The rule (issue 37, ``--by decoder``): the masks' own mIoU ranked SGC's precise but thin masks first, and the
 decoder trained on them learned to under-segment (5.5 points lower on the demo's val). So each candidate's masks
@@ -144,6 +144,10 @@ def checked_score(scored: Path, folder: Path, split: str | None, remake: str) ->
         raise VplError(f"{scored}: scores {result['folder']}, not {folder.resolve()}; {fix}")
     if result["record"] != io.sha256_file(io.stage_record_path(folder)):
         raise VplError(f"{scored}: stale: {folder} was re-made after it was scored; {fix}")
+    if "masks" not in result:
+        raise VplError(f"{scored}: does not say which masks it scored (an eval older than this check); {fix}")
+    if result["masks"] != io.masks_digest(folder):  # a mask edited in place: the record and chunks say nothing
+        raise VplError(f"{scored}: stale: {folder}'s masks changed after it was scored; {fix}")
     check_score_consistent(scored, result, fix)
     made_on = io.read_record(io.stage_record_path(folder))["inputs"].get("dataset", {}).get("split")
     wanted = split or made_on

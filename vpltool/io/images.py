@@ -33,6 +33,21 @@ def mask_path(folder: str | os.PathLike, item_id: str) -> Path:
     return Path(folder) / f"{item_id}{MASK_SUFFIX}"
 
 
+def masks_digest(folder: str | os.PathLike) -> str:
+    """sha256 over a mask folder's masks (``<id>.png``: each name and its bytes' sha256, in name order): what a
+    score of the folder is of (eval records it, choose-pseudo compares it), so that a mask edited after it was
+    scored, its vpltool chunks kept and the folder's record untouched, makes the score stale."""
+    import hashlib
+
+    from .digests import sha256_file
+
+    h = hashlib.sha256()
+    for path in sorted(Path(folder).glob(f"*{MASK_SUFFIX}")):
+        if files.is_regular_file(path):
+            h.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
 def voc_palette() -> list[int]:
     """The PASCAL VOC colour map, 256 entries x RGB (bit-interleaved class index); entry 255 is drawn white."""
     palette = []

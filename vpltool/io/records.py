@@ -224,13 +224,20 @@ def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, 
         why = numerics.mismatch(found, own)
         if why is None:
             continue
+        if why in ("dtype", "both"):
+            from ..config.stages import PRECISION_FROM
+
+            # crf and sam-pseudo have no --precision: the dtype is the CAMs', set by `cam --precision`
+            source, then = PRECISION_FROM.get(stage, stage), ""
+            if source != stage:
+                then = f", then `vpltool {stage}` on it"
         if why == "dtype":
-            fix = (f"pass --precision {found['dtype']} to this command, or re-run `vpltool {stage}` (and what it was "
-                   f"made from) with --precision {own['dtype']}")
+            fix = (f"pass --precision {found['dtype']} to this command, or re-run `vpltool {source}` (and what it was "
+                   f"made from) with --precision {own['dtype']}{then}")
         elif why == "both":
             mode = "in reproducible mode" if found.get("mode") == "reproducible" else "in fast mode"
-            fix = (f"run this command {mode} with --precision {found['dtype']}, or re-run `vpltool {stage}` (and what "
-                   "it was made from) as this run is")
+            fix = (f"run this command {mode} with --precision {found['dtype']}, or re-run `vpltool {source}` (and "
+                   f"what it was made from) as this run is{then}")
         elif own.get("mode") == "fast":
             fix = (f"run this command in reproducible mode too (vpltool --reproducible ..., or "
                    f"{numerics.MODE_ENV}=1), or re-run `vpltool {stage}` without it")

@@ -83,21 +83,33 @@ def read_stage_record(folder: str | os.PathLike, stage: str | Sequence[str]) -> 
         raise VplError(f"{folder}: folder not found; run `vpltool {stages[0]}` first")
     path = stage_record_path(folder)
     if not path.is_file():
+        made = _pending_stage(folder)
+        if made is not None and made not in stages:
+            raise ContractError(f"{folder}: holds an unfinished `{made}` run, expected `{stages[0]}` output")
+        made = made or stages[0]  # the stage whose run left the folder, named in the fix (a sam-pseudo run's)
         shards = finished_shards(folder)
         if shards:
             count = shards[0][1]
             done, todo = [i for i, _ in shards], [i for i in range(count) if (i, count) not in shards]
             listed = ", ".join(f"--shard {i}/{count}" for i in todo)
-            raise ContractError(f"{folder}: no {STAGE_RECORD} yet: `vpltool {stages[0]}` runs in {count} shards and "
-                                f"only shard(s) {', '.join(map(str, done))} finished; run `vpltool {stages[0]}` with "
+            raise ContractError(f"{folder}: no {STAGE_RECORD} yet: `vpltool {made}` runs in {count} shards and "
+                                f"only shard(s) {', '.join(map(str, done))} finished; run `vpltool {made}` with "
                                 f"the pending {listed} (or wait for them) to complete it")
-        pending = folder / RUN_RECORD
-        why = "was interrupted or is still running" if pending.is_file() else "did not finish there"
-        raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {stages[0]}` {why} (re-run it)")
+        why = "was interrupted or is still running" if (folder / RUN_RECORD).is_file() else "did not finish there"
+        raise ContractError(f"{folder}: no {STAGE_RECORD}; `vpltool {made}` {why} (re-run it)")
     record = read_record(path)
     if record["stage"] not in stages:
         raise ContractError(f"{folder}: holds `{record['stage']}` output, expected `{stages[0]}` output")
     return record
+
+
+def _pending_stage(folder: Path) -> str | None:
+    """The stage an unfinished run in ``folder`` records in its ``_run.json``; None when there is none or it is
+    unreadable (then the expected stage is named, as before)."""
+    try:
+        return read_record(folder / RUN_RECORD, run=True)["stage"] if (folder / RUN_RECORD).is_file() else None
+    except (VplError, OSError):
+        return None
 
 
 def finished_shards(folder: str | os.PathLike) -> list[tuple[int, int]]:

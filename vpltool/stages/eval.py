@@ -333,10 +333,13 @@ def _warn_cam_options(cfg: EvalConfig, folder: Path) -> None:
 def scored_what(folder: Path, stage: str | None, split: str | None) -> dict[str, Any]:
     """What a score is of, recorded in eval's JSON so that a reader (`choose-pseudo`) can tell a stale or misplaced
     score: ``folder`` (absolute), ``stage`` (its maker, None for a bare mask folder), ``record`` (the sha256 of its
-    ``_stage.json`` when it has one: a folder re-made since has another) and ``split`` (of the dataset scored)."""
+    ``_stage.json`` when it has one: a folder re-made since has another), ``masks`` (of a mask folder, the digest
+    of its masks' content, :func:`vpltool.io.masks_digest`: a mask edited since has another; None for CAMs) and
+    ``split`` (of the dataset scored)."""
     record = io.stage_record_path(folder)
     return {"folder": str(folder.resolve()), "stage": stage,
-            "record": io.sha256_file(record) if record.is_file() else None, "split": split}
+            "record": io.sha256_file(record) if record.is_file() else None,
+            "masks": io.masks_digest(folder) if stage != "cam" else None, "split": split}
 
 
 def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None = None, split: str | None = None,
@@ -349,7 +352,8 @@ def run_eval(predictions: str | os.PathLike, *, data: str | os.PathLike | None =
     recorded split. Returns ``(result, classes)`` and writes ``json_out`` atomically when given; ``per_image_out``
     (``--per-image``): each image's mIoU and per-class IoU as JSON (``folder``, ``kind``, ``classes``,
     ``bg_exponent`` for CAMs, ``images`` {id: {``miou``, ``iou``}}), the result itself unchanged. The result
-    (and the JSON) also says what was scored: ``folder``, ``stage``, ``record``, ``split`` (:func:`scored_what`).
+    (and the JSON) also says what was scored: ``folder``, ``stage``, ``record``, ``masks``, ``split``
+    (:func:`scored_what`).
     ``overwrite``: replace files of another kind there (:func:`vpltool.io.check_outputs`).
     """
     from ..data import check_recorded, is_plain, open_dataset, reopen

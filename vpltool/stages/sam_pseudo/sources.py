@@ -5,6 +5,7 @@ mask generator (SAM, SAM 2), or SAM 3 prompted with the labels' names. Each is c
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,20 @@ class FolderMasks:
     in_loader = True
 
     def files(self, item_id: str) -> list[Path]:
-        return sorted(p for p in (Path(self.folder) / item_id).iterdir() if p.suffix.lower() == ".png")
+        """The image's mask files, ``<id>/*.png`` sorted, a hidden dot-file (``.1.png``) skipped. An entry named
+        like a mask that is no regular file (a folder, a symlink loop, a FIFO, a link to /dev/zero) is one line, as
+        the photo readers say it: hashing a FIFO or /dev/zero never ends."""
+        from ...data.common import is_file, refuse_special
+
+        found = []
+        with os.scandir(Path(self.folder) / item_id) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.name.lower().endswith(".png"):
+                    continue
+                if not is_file(entry, "mask"):
+                    refuse_special(entry, "mask")
+                found.append(Path(entry.path))
+        return sorted(found)
 
     def check(self, items: Sequence[tuple[str, tuple[int, int]]]) -> dict[str, Any]:
         """Every image's folder there and every mask file read (a binary PNG of the image's size), before a model

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ....config.dense_knobs import automatic_generator
 from ....errors import VplError
 from ..concept_regions import fill_regions, is_sam3, sam3_record, sam3_source
 from ..hooks import DenseHooks
@@ -109,7 +110,7 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         masks = self.cfg.knobs.region_masks
         if is_sam3(masks):  # made where the segmentor runs (fill_regions), from the photo as decoded
             return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
-        if getattr(item, "image", None) is None and not (masks or "").startswith("sam"):
+        if getattr(item, "image", None) is None and not automatic_generator(masks):
             raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to find its "
                            "<stem>.npz by; pass the photo's path, or --region-masks sam")
         return {"regions": torch.from_numpy(self._source().region_map(getattr(item, "image", None), image))}

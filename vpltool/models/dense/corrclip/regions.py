@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ....config.dense_knobs import automatic_generator
 from ....errors import VplError, install_extra
 
 NPZ_KEY = "instance_mask"
@@ -221,7 +222,7 @@ def region_source(value: str | None, sam_model: str = "vit_b", sam_weights: str 
     where the segmentor runs)."""
     if not value:
         raise VplError(NEED.format(method=method))
-    if value == "sam" or value.startswith("sam2"):
+    if automatic_generator(value):
         if sam_weights is None:
             from ....config.dense_knobs import sam_weights_hint
 
@@ -253,7 +254,7 @@ def source_record(value: str, sam_model: str, sam_weights: str | None, settings:
     """How the run names its generator in its record: SAM by its weights' bytes; a folder's files by content are
     its ``region_masks`` (:meth:`FolderRegions.check`); SAM 3's is :func:`~vpltool.models.dense.concept_regions.
     sam3_record`."""
-    if value == "sam" or value.startswith("sam2"):
+    if automatic_generator(value):
         # segment-anything v1 always predicts three masks a point; SAM2 runs with multimask_output=False
         return {"generator": value, "settings": dict(settings, multimask_output=value == "sam"),
                 "sam_model": sam_model if value == "sam" else None,

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from ....config.dense_knobs import automatic_generator
 from ....errors import VplError
 from ..concept_regions import fill_regions, is_sam3
 from ..hooks import DenseHooks
@@ -108,7 +109,7 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
         if is_sam3(masks):  # made where the segmentor runs (fill_regions), from the photo as decoded
             return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
         source = _source(self.cfg)
-        if getattr(item, "image", None) is None and not str(masks).startswith("sam"):
+        if getattr(item, "image", None) is None and not automatic_generator(masks):
             raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to "
                            "find its <stem>.npz by; pass the photo's path, or --region-masks sam2 / sam")
         return {"masks": torch.from_numpy(source.masks(getattr(item, "image", None), image, self.cfg))}

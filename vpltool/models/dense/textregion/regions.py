@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ....config.dense_knobs import automatic_generator
 from ....errors import VplError
 from ....io.digests import sha256_file
 
@@ -118,7 +119,7 @@ def mask_source(value: str | None, sam_weights: str | None = None, generator=Non
     if is_sam3(value):  # checked only: its model loads where the segmentor runs (concept_regions.fill_regions)
         sam3_source(value, sam_weights, load=False)
         return None
-    if value == "sam" or value.startswith("sam2"):
+    if automatic_generator(value):
         from .generator import DEFAULT_CONFIG, Sam2Model, SamModel, TextRegionGenerator, import_sam2
 
         if sam_weights is None:
@@ -153,7 +154,7 @@ def source_record(value: str, sam_weights: str | None, generator=None, sam_model
 
     if is_sam3(value):
         return sam3_record(value, sam_weights)
-    if value == "sam" or value.startswith("sam2"):
+    if automatic_generator(value):
         from dataclasses import asdict
 
         return {"generator": value, "settings": asdict(generator) if generator is not None else None,
