@@ -47,6 +47,7 @@ from .files import (
     write_json,
     write_text,
 )
+from .finished import finished_shards, read_stage_record
 from .folder_reads import check_folder_reads
 from .guard import check_log_target, check_outputs, folder_owner, run_outputs
 from .images import (
@@ -134,10 +135,8 @@ from .stage import (
     StageSummary,
     begin_stage_run,
     changed_keys,
-    finished_shards,
     item_done,
     prepare_stage_dir,
-    read_stage_record,
     recorded_ids,
     write_side_record,
 )
