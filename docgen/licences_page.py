@@ -63,13 +63,13 @@ def render() -> str:
     from vpltool.api.methods import list_methods
     from vpltool.config.dense import DENSE_SPECS
     from vpltool.config.licences import STAGES
-    from vpltool.models.registry import BACKBONES, SEGMENTERS, TEXT_FAMILIES, families, family
+    from vpltool.models.registry import SEGMENTERS, families, family, own_family
 
     methods = {n: lic for n, lic in list_methods(licences=True).items()
-               if not (DENSE_SPECS.plugin(n) if n in DENSE_SPECS else TEXT_FAMILIES.plugin(SEGMENTERS[n]))}
+               if (not DENSE_SPECS.plugin(n) if n in DENSE_SPECS else own_family(SEGMENTERS[n]))}
     dense = {n: lic for n, lic in methods.items() if n in DENSE_SPECS}
     text = {n: lic for n, lic in methods.items() if n not in DENSE_SPECS}
-    models = {n: family(n).licence for n in families() if not (BACKBONES.plugin(n) or TEXT_FAMILIES.plugin(n))}
+    models = {n: family(n).licence for n in families() if own_family(n)}
     parts = [INTRO, "## Training-free dense methods (`segment --dense METHOD`)", "", *table(dense), "",
              "## Text-supervised families (`--model NAME:FILE`, `train-text`)", "", *table(text), "",
              "## Model families (the weights files each reads)", "", *table(models), "",

@@ -6641,14 +6641,15 @@ def keyed_left(left: list[str]) -> list[str]:
 
 def without_scores(text: str) -> str:
     """``text`` with each mIoU and loss figure shown as ``·`` (``mIoU 14.68`` → ``mIoU ·``, ``loss 2.06 → 4.62`` →
-    ``loss · → ·``, ``(2.984e+28 → 2.984e+28 nats)`` → ``(· → · nats)``). These come from float sums whose last
+    ``loss · → ·``, ``loss (CE + RSC) 4.3757 → 2.5353`` → ``loss (CE + RSC) · → ·``, ``(2.984e+28 → 2.984e+28 nats)``
+    → ``(· → · nats)``). These come from float sums whose last
     bits follow the machine's BLAS and CPU (CI printed 14.67 where this machine printed 14.68) and from the dtype
     ``--precision auto`` resolves to (bf16 on a CPU with AMX: 2.997e+28 nats where fp32 gives 2.984e+28), so the
     page shows neither (:func:`render`) and is the same on every machine."""
     import re
 
-    text = re.sub(r"\b(mIoU|loss) [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
-                  lambda m: f"{m.group(1)} ·" + " → ·" * m.group(2).count("→"), text)
+    text = re.sub(r"\b(mIoU|loss)( \([^()]*\))? [0-9]+\.[0-9]+((?: → [0-9]+\.[0-9]+)*)",
+                  lambda m: f"{m.group(1)}{m.group(2) or ''} ·" + " → ·" * m.group(3).count("→"), text)
     return re.sub(r"\(([0-9.]+(?:e[+-]?[0-9]+)?(?: → )?)+ nats\)",
                   lambda m: "(" + " → ".join("·" for _ in m.group(0).split("→")) + " nats)", text)
 

@@ -149,7 +149,7 @@ def test_benchmark_pgseg_scores_the_checkpoint_as_segment_and_eval_do(checkpoint
                             "--short-side", "48", "--slide-crop", "0", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     head, row = [ln for ln in r.output.splitlines() if ln.startswith(("method", "pgseg"))][-2:]
-    assert head.split()[1:] == ["VOC21", "VOC20", "Avg"] and len(row.split()) == 4
+    assert head.split()[1:] == ["VOC21", "VOC20", "Avg", "protocol"] and row.split()[4:] == ["zero-shot"]
     table = json.loads((out / "table.json").read_text())
     assert table["method"] == "pgseg" and table["model"] == {"model": "pgseg", "pretrained": str(checkpoint)}
     assert table["settings"]["voc21"]["bg_thresh"] == 0.95 and table["settings"]["voc20"]["bg_thresh"] == 0.0

@@ -169,6 +169,7 @@ def _without_decoder(folder: Path) -> dict:
     record["params"].pop("decoder")
     record["inputs"].pop("decoder")
     record["inputs"].pop("reads", None)  # the model files read, by content: the decoder among them
+    record.pop("record_digest", None)  # the record's seal, over the whole record (the ledger too)
     record.pop("run_digest", None)  # a digest of the parameters and inputs: the decoder's content among them
     return record
 

@@ -16,6 +16,9 @@ from .text import TextTrainConfig, ZeroShotSettings
 
 PGSEG_PRESETS = ("groupvit-s", "tiny", "demo")  # the model family's configs: the reference's GroupViT-S, a tiny one,
 # the demo world's (the toy CLIP's image tower size)
+# the text-supervised families `vpltool export` traces to ONNX (a fixed graph for a fixed class list; the others are
+# refused in one line, stages/export)
+EXPORTABLE_FAMILIES = ("pgseg",)
 SAME_CAPTION = ("text", "nouns")  # what makes two captions the same for --multi-positive
 MULTI_LABEL_POOLS = ("mean", "max", "match")  # the multi-label loss's image side (PGSegConfig.multi_label_pool)
 ASSIGN_METRICS = ("dot", "distance")  # a token's affinity to a group (PGSegConfig.assign_metric)

@@ -170,6 +170,11 @@ def _module_of(name: str) -> str | None:
     return BACKBONES.get(name)
 
 
+def own_family(name: str) -> bool:
+    """Family ``name`` is vpltool's own: its module is in the package (not a plugin's, nor one a program registered)."""
+    return (_module_of(name) or "").startswith("vpltool.")
+
+
 def register_family(name: str, load: Callable[..., Any], check: Callable[..., Any] | None = None,
                     summary: str = "", module: str | None = None, files: Callable[[Any], list[Path]] | None = None,
                     fix: str = DEFAULT_FIX, licence: Licence | None = None, get: str = "") -> Family:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ... import io
+from ...config.pgseg import EXPORTABLE_FAMILIES
 from ...errors import VplError
 
 OPSET = 18  # ScatterElements' max reduction (a class's probability: the max over its synonyms) is opset 18's
@@ -92,8 +93,7 @@ def size_text(size: Sequence[int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-# the text-supervised families export traces, and why the others cannot be exported
-EXPORTABLE_FAMILIES = ("pgseg",)
+# why the text-supervised families that export does not trace (config.pgseg.EXPORTABLE_FAMILIES) are refused
 FAMILY_NOT_EXPORTABLE = {
     "talk2dino": "its DINO's antialiased resize (F.interpolate antialias=True) has no ONNX form in torch's exporter",
 }
