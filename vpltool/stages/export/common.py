@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ... import io
 from ...config.pgseg import EXPORTABLE_FAMILIES
-from ...errors import VplError
+from ...errors import VplError, install_extra
 
 OPSET = 18  # ScatterElements' max reduction (a class's probability: the max over its synonyms) is opset 18's
 FORMAT = "1"
@@ -203,8 +203,7 @@ def require_onnx() -> None:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise VplError("export needs onnx and onnxruntime: pip install 'vpltool[onnx]' (pip install -e '.[onnx]' in "
-                       "vpltool's checkout)") from None
+        raise VplError(f"export needs onnx and onnxruntime: {install_extra('onnx')}") from None
 
 
 __all__ = ["OPSET", "FORMAT", "EXPORTABLE", "NOT_EXPORTABLE", "EXPORTABLE_FAMILIES", "FAMILY_NOT_EXPORTABLE",

@@ -10,13 +10,14 @@ flip and the CRF are not in the file and not run here.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ... import io
-from ...errors import VplError
+from ...errors import VplError, install_extra
 from .common import FORMAT, KIND, PILLOW, parse_size, size_text
 
 
@@ -33,15 +34,16 @@ def _session(path: Path):
     try:
         import onnxruntime as ort
     except ImportError:
-        raise VplError("--onnx needs onnxruntime: pip install 'vpltool[onnx]' (pip install -e '.[onnx]' in "
-                       "vpltool's checkout)") from None
+        raise VplError(f"--onnx needs onnxruntime: {install_extra('onnx')}") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the shape-merge notes of a traced graph are not the user's concern
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own classes for a file it cannot read
-        raise VplError(f"--onnx {path}: not an ONNX model onnxruntime can load ({str(e).splitlines()[0][:120]})"
-                       ) from None
+        # onnxruntime's own text repeats the path it was given, cut where it likes: its status code says what failed
+        status = re.search(r"\[ONNXRuntimeError\] : \d+ : (\w+)", str(e))
+        raise VplError(f"--onnx {path}: not an ONNX model onnxruntime can load "
+                       f"({status.group(1) if status else type(e).__name__})") from None
     meta = dict(session.get_modelmeta().custom_metadata_map)
     if meta.get("vpltool.kind") != KIND:
         raise VplError(f"--onnx {path}: not a file `vpltool export` wrote (no vpltool.kind metadata)")
