@@ -657,6 +657,20 @@ def _leaves(record: object, path: tuple = ()) -> list[tuple]:
     return [path] if path else []
 
 
+def _edit_field(record: dict, field: tuple, pick: int) -> object:
+    """Edit ``record`` in place at the key path ``field`` (:func:`_leaves`) as :func:`_edited` picks: the field's new
+    value, or ``...`` where it was deleted."""
+    holder = record
+    for key in field[:-1]:
+        holder = holder[key]
+    value = _edited(holder[field[-1]], pick)
+    if value is ...:
+        del holder[field[-1]]
+    else:
+        holder[field[-1]] = value
+    return value
+
+
 def _edited(value: object, pick: int) -> object:
     """Another value of a field: a dtype or mode name flipped (the edit a user makes to pass a check), a number
     moved, a string changed, or the field deleted (``...``)."""
@@ -696,14 +710,7 @@ def test_an_edited_record_never_mixes_dtypes(ws):
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(ws.features, copy)
         record = json.loads((copy / "_stage.json").read_text())
-        holder = record
-        for key in field[:-1]:
-            holder = holder[key]
-        value = _edited(holder[field[-1]], pick)
-        if value is ...:
-            del holder[field[-1]]
-        else:
-            holder[field[-1]] = value
+        value = _edit_field(record, field, pick)
         (copy / "_stage.json").write_text(json.dumps(record))
         code, output = _holds(ws, ["cam", str(copy), "-p", str(ws.text), "-o", str(out), "--precision", precision,
                                    *rc.CPU], out, own=(copy,))
@@ -743,16 +750,9 @@ def test_an_edited_record_of_any_folder_kind_is_refused_by_the_stage_that_reads_
         shutil.copytree(folder, copy)
         record = json.loads((copy / "_stage.json").read_text())
         edit = json.loads(json.dumps(record))
-        holder = edit
-        for key in field[:-1]:
-            holder = holder[key]
-        value = _edited(holder[field[-1]], pick)
-        if value is ...:
-            del holder[field[-1]]
-        else:
-            holder[field[-1]] = value
+        value = _edit_field(edit, field, pick)
         if field == ("numerics", "dtype"):  # the dtype flipped, whatever this CPU made it in
-            holder["dtype"] = {"bf16": "fp32", "fp32": "bf16"}[record["numerics"]["dtype"]]
+            edit["numerics"]["dtype"] = value = {"bf16": "fp32", "fp32": "bf16"}[record["numerics"]["dtype"]]
         (copy / "_stage.json").write_text(json.dumps(edit))
         code, output = _holds(ws, READERS[kind](ws, copy, out, precision), out, own=(copy,))
         if edit == record:  # an edit that changed nothing (a value edited to itself)
