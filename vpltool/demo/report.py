@@ -336,13 +336,34 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
 
-def _made(row: dict[str, Any]) -> tuple[str, str]:
-    """A row's protocol and post-processing cells, from its scores' eval (the held-out split's first: a weak-label
-    row's post-processing is the same on both); dashes for a score of an older vpltool."""
+def _made(row: dict[str, Any]) -> str | None:
+    """A row's protocol and post-processing, ``weak labels: CRF off · scale 1 · no flip · whole image``, from its
+    scores' eval (the held-out split's first: a weak-label row's post-processing is the same on both); None for a
+    score of an older vpltool."""
     from ..io.protocols import from_row
 
     made = next((m for m in (from_row((row.get(s) or {}).get("protocol")) for s in reversed(SPLITS)) if m), None)
-    return ("—", "—") if made is None else (made.protocol, made.brief())
+    return None if made is None else f"{made.protocol}: {made.brief()}"
+
+
+class _Keys:
+    """Each distinct protocol a short key (``a``, ``b``, ...), in the order the rows name them: the table shows the
+    key, its caption the protocol once (the protocols' text in every row took the table past 80 columns)."""
+
+    def __init__(self):
+        self.keys: dict[str, str] = {}
+
+    def __call__(self, row: dict[str, Any]) -> str:
+        made = _made(row)
+        if made is None:
+            return "—"
+        if made not in self.keys:
+            n = len(self.keys)
+            self.keys[made] = chr(ord("a") + n) if n < 26 else str(n + 1)
+        return self.keys[made]
+
+    def legend(self) -> str:
+        return "\n".join(f"protocol {key}: {made}." for made, key in self.keys.items())
 
 
 def format_report(report: dict[str, Any]):
@@ -357,8 +378,8 @@ def format_report(report: dict[str, Any]):
     table.add_column("--refine")
     for split in SPLITS:
         table.add_column(f"{split} mIoU %", justify="right")
-    table.add_column("protocol")
-    table.add_column("post-processing")
+    table.add_column("protocol")  # a key; the caption says which protocol and post-processing (_Keys)
+    keyed = _Keys()
     previous = None
     for row in report["stages"]:
         if previous is not None and row["stage"] != previous:
@@ -369,7 +390,7 @@ def format_report(report: dict[str, Any]):
             f"{row['refine']}{kind}" == chosen
         refine = f"{row.get('refine') or '—'}{' → decoder' if decoder_input else ''}"
         table.add_row(row["stage"] if row["stage"] != previous else "", refine,
-                      *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS), *_made(row))
+                      *(_pct((row.get(s) or {}).get("miou")) for s in SPLITS), keyed(row))
         previous = row["stage"]
     chance = report["chance"]
     table.add_section()
@@ -383,7 +404,7 @@ def format_report(report: dict[str, Any]):
             extra = f"; class IoU mean {_pct(row['held_out'])}" if row.get("held_out") is not None else ""
             stage = row["stage"] if row["stage"] != previous else ""
             table.add_row(stage, f"--dense {row['dense']}{extra}", *(_pct((row.get(s) or {}).get("miou"))
-                                                                     for s in SPLITS), *_made(row))
+                                                                     for s in SPLITS), keyed(row))
             previous = row["stage"]
     if report.get("other_layers"):
         table.add_section()
@@ -393,6 +414,8 @@ def format_report(report: dict[str, Any]):
     table.caption = ("W is learned on train only. CAM rows: GradCAM at the last block's input (the paper's layer), "
                      f"refined by `cam --refine`; R@A: `--refine R --affinity A` (CAA from DINO's attention, or "
                      f"mixed with CLIP's). Images scored: {images}.")
+    if keyed.keys:
+        table.caption += "\n" + keyed.legend()
     sam = report.get("sam")  # the SAM behind the sam-pseudo rows (sam_note)
     if sam:
         table.caption += f"\nsam-pseudo masks: {sam}."
