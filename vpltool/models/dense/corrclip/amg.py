@@ -2,11 +2,11 @@
 
 ``SamAutomaticMaskGenerator._process_batch`` upsamples every mask the decoder predicts (three a point) to the model's
 input size and back to the image's, then drops those whose predicted IoU is under ``pred_iou_thresh``. The predicted
-IoU does not depend on the upsampling, so :class:`MaskGenerator` drops them first and upsamples only the rest: on the
-demo world (toy SAM, 16 points a side, threshold 0.4) three masks in five go before the costliest step. Every kept
-mask is upsampled by the same ``F.interpolate`` calls on the same low-resolution logits (one plane each, as before),
-so its logits, stability score, box, RLE, the NMS and the records are the same bits; ``tests/test_sam_pseudo.py``
-compares the records with segment-anything's own generator.
+IoU does not depend on the upsampling, so :class:`MaskGenerator` drops them first and upsamples only the rest
+(``bench/bench_sam_pseudo.py`` times `sam-pseudo` on the demo's CAMs and digests its masks). Every kept mask is
+upsampled by the same ``F.interpolate`` calls on the same low-resolution logits (one plane each, as before), so its
+logits, stability score, box, RLE, the NMS and the records are the same bits; ``tests/test_sam_pseudo.py`` compares
+the records with segment-anything's own generator.
 """
 
 from __future__ import annotations
