@@ -385,3 +385,31 @@ def test_a_dtype_refused_on_a_sam_pseudo_or_crf_folder_names_cams_precision_as_t
     with pytest.raises(VplError) as e:
         io.check_numerics(own, (tmp_path / "cams", run_numerics("bf16", "bf16"), "cam"))
     assert str(e.value).endswith("re-run `vpltool cam` (and what it was made from) with --precision fp32")
+
+
+@needs_toy
+@pytest.mark.parametrize("settings", [dict(pred_iou_thresh=0.4, stability_score_thresh=0.4),
+                                      dict(pred_iou_thresh=0.0, stability_score_thresh=0.4, crop_n_layers=1)],
+                         ids=["demo", "every-mask-with-crops"])
+def test_the_mask_generator_gives_segment_anythings_own_records(world, settings):
+    """`sam-pseudo`'s generator (:class:`~vpltool.models.dense.corrclip.amg.MaskGenerator`, which upsamples only the
+    masks the predicted-IoU threshold keeps) against segment-anything's ``SamAutomaticMaskGenerator`` on the same
+    toy SAM: every record the same (mask, box, scores, point), on the world's images, with crops too."""
+    import torch
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from vpltool.data import open_dataset
+    from vpltool.models.dense.corrclip.regions import region_source
+
+    settings = dict(points_per_side=8, **settings)
+    ours = region_source("sam", "toy", str(TOY), settings=settings, method="sam-pseudo").generator
+    stock = SamAutomaticMaskGenerator(ours.predictor.model, **settings)
+    seen = 0
+    for item in open_dataset(world, "val").items:
+        image = np.asarray(Image.open(item.image).convert("RGB"))
+        with torch.no_grad():
+            got, want = ours.generate(image), stock.generate(image)
+        assert [{**r, "segmentation": r["segmentation"].tobytes()} for r in got] == \
+            [{**r, "segmentation": r["segmentation"].tobytes()} for r in want]
+        seen += len(want)
+    assert seen > 0

@@ -150,17 +150,18 @@ class FolderRegions:
 
 
 class SamRegions:
-    """segment-anything's ``SamAutomaticMaskGenerator`` (``settings``, by default :data:`SAM_SETTINGS`) on a whole
-    SAM (``load_sam`` with its prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
+    """segment-anything's ``SamAutomaticMaskGenerator`` (``settings``, by default :data:`SAM_SETTINGS`; its records
+    from :class:`~.amg.MaskGenerator`, which upsamples only the masks it keeps) on a whole SAM (``load_sam`` with its
+    prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
 
     def __init__(self, sam, settings: dict = SAM_SETTINGS):
-        from segment_anything import SamAutomaticMaskGenerator
         from segment_anything.modeling import Sam
 
         from ...backbones.sam import PIXEL_MEAN, PIXEL_STD
+        from .amg import MaskGenerator
 
         model = Sam(sam.model, sam.prompt_encoder, sam.mask_decoder, list(PIXEL_MEAN), list(PIXEL_STD))
-        self.generator = SamAutomaticMaskGenerator(model.eval().to(sam.device), **settings)
+        self.generator = MaskGenerator(model.eval().to(sam.device), **settings)
 
     def records(self, image: np.ndarray) -> list[dict]:
         import torch

@@ -1,0 +1,84 @@
+"""`vpltool sam-pseudo` against `vpltool crf` on the demo's CAMs: CPU-seconds an image of each whole command (user +
+system, its loading processes included), their ratio, and a digest of each mask folder; prints ONE JSON object.
+
+    python bench/bench_sam_pseudo.py --cams runs/demo/caa/cams_vision [--shard 0/10] > bench/results/sam_pseudo.json
+
+Both run as the Makefile runs them in `make sam` (reproducible mode, one torch thread a command; crf with
+``--workers`` = the cores, sam-pseudo with the Makefile's SAM_PSEUDO_* settings: the toy SAM of world 20, 16 points a
+side, thresholds 0.4). The issue's bar: sam-pseudo at most 5 times the CRF's CPU-seconds an image. ``masks_sha256``
+digests the PNGs' names and bytes (not ``_stage.json``, which holds timings): the same digest before and after a
+change of the generator's code is the proof that its masks did not move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import benchlib  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# the Makefile's SAM_PSEUDO_MODEL, SAM_PSEUDO_WEIGHTS and SAM_PSEUDO_ARGS
+SAM_ARGS = ("--masks", "sam", "--sam-model", "toy", "--sam-weights",
+            str(ROOT / "vpltool/assets/toy-sam-world20/model.safetensors"), "--points-per-side", "16",
+            "--pred-iou-thresh", "0.4", "--stability-score-thresh", "0.4")
+
+
+def cpu_run(cmd: list[str], env: dict) -> dict:
+    """Run ``cmd``: its wall seconds and CPU seconds (user + system of it and every process it waited for)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr.decode()[-3000:]}")
+    return {"wall_s": round(time.perf_counter() - start, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+
+
+def folder_digest(folder: Path) -> tuple[int, str]:
+    """(PNG count, sha256 of every PNG's name and bytes in name order)."""
+    h, n = hashlib.sha256(), 0
+    for png in sorted(folder.glob("*.png")):
+        h.update(png.name.encode() + b"\0" + png.read_bytes())
+        n += 1
+    return n, h.hexdigest()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cams", type=Path, default=ROOT / "runs/demo/caa/cams_vision",
+                    help="a finished `cam` folder of the demo (default: runs/demo/caa/cams_vision)")
+    ap.add_argument("--shard", default=None, help="i/n: every n-th image from the i-th (both commands)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="crf --workers (the Makefile's: cores)")
+    benchlib.add_common_args(ap, "unused (the demo's CAMs are the input)", "cpu (the demo's)")
+    args = ap.parse_args()
+    env = {**os.environ, "VPLTOOL_REPRODUCIBLE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(ROOT)}
+    vpl = [sys.executable, "-m", "vpltool"]
+    shard = ["--shard", args.shard] if args.shard else []
+    result = {"benchmark": "sam-pseudo", "machine": benchlib.machine("cpu"), "cams": str(args.cams),
+              "shard": args.shard, "mode": "reproducible (VPLTOOL_REPRODUCIBLE=1), OMP_NUM_THREADS=1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"crf": [*vpl, "crf", str(args.cams), "-o", f"{tmp}/crf", "--workers", str(args.workers)],
+                "sam_pseudo": [*vpl, "sam-pseudo", str(args.cams), "-o", f"{tmp}/sam", *SAM_ARGS, "--device", "cpu"]}
+        for name, cmd in runs.items():
+            timing = cpu_run([*cmd, "--overwrite", *shard], env)
+            images, digest = folder_digest(Path(tmp) / name.split("_")[0])
+            result[name] = {**timing, "images": images, "cpu_s_per_image": round(timing["cpu_s"] / images, 4),
+                            "masks_sha256": digest, "command": " ".join(cmd[2:])}
+    result["ratio"] = round(result["sam_pseudo"]["cpu_s_per_image"] / result["crf"]["cpu_s_per_image"], 2)
+    result["bar"] = 5.0
+    result["within_bar"] = result["ratio"] <= result["bar"]
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
