@@ -103,7 +103,8 @@ def _crf_overwrite_fails(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("sam-pseudo --overwrite of a finished folder from CAMs with a NaN at the second image (once: its "
-      "_stage.json deleted and the masks before the NaN replaced)", "train_000001.safetensors", "NaN")
+      "_stage.json deleted and the masks before the NaN replaced)", "train_000001.safetensors", "NaN",
+      tsv="sp_overwrite_other_rule_fails_midrun")
 def _sam_pseudo_overwrite_fails(ws: Workspace) -> Iterator[list[object]]:
     yield ["sam-pseudo", _nan_cams(ws, "cams_nan_sam"), "-o", _sam_pseudo(ws, "sam_kept"), "--overwrite",
            "--masks", _amg_folder(ws, "amg_records_nan"), "--start", "argmax", "--workers", "1", "--merge", "max-iou"]

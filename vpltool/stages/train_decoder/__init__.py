@@ -71,6 +71,7 @@ from .inputs import (
     prompt_recipe,
     run_inputs,
     training_pairs,
+    warn_held_out,
 )
 from .online import LabelledImages, labelled_views, online_step
 from .steps import (
@@ -364,6 +365,7 @@ def run_train_decoder(
         record = io.read_stage_record(pseudo_dir, MASK_STAGES)
         dataset = open_recorded(pseudo_dir)  # first: one line for a record that names no dataset
         dataset_id = record["inputs"]["dataset"]
+        warn_held_out(pseudo_dir, dataset_id)
     dino_file = cfg.dino_weights if cfg.dino_model and cfg.dino_weights not in io.NOT_FILES else None
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
                              "--out checkpoint": (out_dir / CHECKPOINT, "file", "decoder-checkpoint"),
