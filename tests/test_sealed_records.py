@@ -141,7 +141,7 @@ def test_an_edited_record_is_refused_and_an_unedited_one_reads(ws, kind, tmp_pat
             read()
         line = str(e.value)
         assert "\n" not in line and line.startswith(f"{folder}: its _stage.json was edited"), line
-        assert f"re-make it with `vpltool {kind}`" in line and "--overwrite" in line, line
+        assert f"re-make it with `vpltool {kind} --overwrite`" in line, line
     path.write_text(json.dumps(record, indent=4, sort_keys=True))  # the same record laid out otherwise: still reads
     assert io.read_record(path) == record
 
@@ -164,7 +164,7 @@ def test_train_decoder_refuses_mask_folders_whose_dtype_was_edited_before_any_mo
                       edited[io.NUMERICS]["dtype"], *rc.DECODER_ARGS)
         errors = rc.error_lines(r.output)
         assert r.exit_code == 2 and len(errors) == 1, r.output[-800:]
-        assert str(folder) in errors[0] and f"`vpltool {kind}`" in errors[0], errors[0]
+        assert str(folder) in errors[0] and f"`vpltool {kind} --overwrite`" in errors[0], errors[0]
         assert ("was edited" if name == "edited" else "is not sealed") in errors[0], errors[0]
         assert not out.exists() or not any(out.iterdir())
 

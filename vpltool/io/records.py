@@ -104,8 +104,9 @@ def sealed_fix(stage: str | None) -> str:
     """The fix for a stage record that was edited or never sealed: make the folder again."""
     if stage is None:
         return "delete the folder and re-run the stage that made it, or choose another folder"
-    return (f"re-make it with `vpltool {stage}` (with --overwrite, or into a new --out); a record is never edited "
-            "by hand")
+    # the options inside the command's backticks: a line printed by another command (eval) names them as that
+    # stage's, not its own (eval has no --out)
+    return f"re-make it with `vpltool {stage} --overwrite` (or into another folder); a record is never edited by hand"
 
 
 # what a record must hold, key -> (type, how the message says it); a record of another shape (valid JSON, but a list,
