@@ -254,7 +254,8 @@ def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, 
 
 def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
     """A folder's ``_stage.json`` (or, ``run``, its ``_run.json``), checked for shape: an object with ``stage``,
-    ``params`` (and ``inputs``, ``count``); ContractError in one line naming the file otherwise."""
+    ``params`` (and ``inputs``, ``count``), and for its seal (both records are sealed: an interrupted run's record,
+    edited, would let a resume take other parameters); ContractError in one line naming the file otherwise."""
     path = Path(path)
     record = read_json(path)
     if isinstance(record, dict):
@@ -265,7 +266,7 @@ def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
         fix = f"re-run `vpltool {stage}` there with --overwrite" if stage else "delete the folder and re-run its stage"
         raise ContractError(f"{path}: not a vpltool {'run' if run else 'stage'} record ({problem}); the folder is "
                             f"damaged: {fix}, or choose another folder")
-    if not run and (problem := seal_problem(record)) is not None:  # the shape first: its messages are more precise
+    if (problem := seal_problem(record)) is not None:  # the shape first: its messages are more precise
         raise ContractError(f"{path.parent}: its {path.name} was edited after `vpltool {record['stage']}` wrote it "
                             f"({problem}), so it no longer vouches for the folder; {sealed_fix(record['stage'])}")
     return record

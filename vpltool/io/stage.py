@@ -54,6 +54,7 @@ from .records import (
     SIDE_RECORD,
     STAGE_RECORD,
     read_record,
+    seal,
     stage_record_path,
     write_stage_record,
 )
@@ -175,7 +176,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
     if numerics is not None:
         run[NUMERICS] = dict(numerics)
     run = with_reads(run, kept, reads)  # beside the inputs, outside the run's digest
-    write_json(folder / RUN_RECORD, run if digest is None else {**run, RUN_DIGEST: digest})
+    write_json(folder / RUN_RECORD, seal(run if digest is None else {**run, RUN_DIGEST: digest}))
     return folder, digest
 
 
