@@ -222,10 +222,12 @@ def _overwrite_args(ws: rc.Workspace, kind: str, out: Path) -> list[object]:
             "sam-pseudo": ["sam-pseudo", ws.cams, "-o", out, "--masks", _amg(ws, "overwrite_amg"), "--start",
                            "argmax", "--workers", "1"],
             "segment": ["segment", ws.world, "-o", out, "--split", "val", *rc.TINY, *rc.CPU, "--classes",
-                        "star,circle", "--dense", "maskclip"]}[kind]
+                        "star,circle", "--dense", "maskclip"],
+            "make-world": ["make-world", out, "--train", "3", "--val", "1"]}[kind]
 
 
-WRITER = {"cam": "write_cam", "crf": "write_mask", "sam-pseudo": "write_mask", "segment": "write_mask"}
+WRITER = {"cam": "write_cam", "crf": "write_mask", "sam-pseudo": "write_mask", "segment": "write_mask",
+          "make-world": "atomic_path"}
 
 
 @pytest.mark.parametrize("kind", sorted(WRITER))
@@ -255,7 +257,7 @@ def test_overwrite_that_fails_after_its_first_item_keeps_the_last_result_byte_fo
 def _other_settings(kind: str) -> list[str]:
     """Settings that make the overwrite another result (so that a byte kept is no accident)."""
     return {"cam": ["--refine", "caa"], "crf": ["--no-crf"], "sam-pseudo": ["--merge", "max-iou"],
-            "segment": ["--prob-threshold", "0.5"]}[kind]
+            "segment": ["--prob-threshold", "0.5"], "make-world": ["--seed", "9"]}[kind]
 
 
 def test_overwrite_of_another_stages_folder_is_refused_before_anything_moves(ws, tmp_path):
