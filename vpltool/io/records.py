@@ -272,6 +272,23 @@ def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
     return record
 
 
+def read_side_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A side folder's ``_side.json`` (``{"stage", "option", ...}``; :func:`vpltool.io.write_side_record`), None when
+    it is not an object; sealed as the stage records are, so that one edited by hand (the stage or option it names:
+    what lets a run write into the folder) is refused in one line."""
+    path = Path(path)
+    record = read_json(path)
+    if not isinstance(record, dict):
+        return None
+    if (problem := seal_problem(record)) is not None:
+        stage, option = record.get("stage"), record.get("option")
+        made = f"`vpltool {stage} {option}`" if isinstance(stage, str) and isinstance(option, str) else "vpltool"
+        raise ContractError(f"{path.parent}: its {path.name} was edited after {made} wrote it ({problem}), so it no "
+                            "longer vouches for the folder; delete the folder (the run writes it again) or choose "
+                            "another; a record is never edited by hand")
+    return record
+
+
 def recorded_model(record: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, Any]:
     """The CLIP identity an `extract` folder's record names (``params.model``, checked by :func:`read_record`);
     one line when it names none."""

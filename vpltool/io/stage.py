@@ -186,7 +186,7 @@ def write_side_record(folder: Path, stage: str, option: str) -> None:
 
     make_folder(folder)
     if not (folder / SIDE_RECORD).is_file():
-        write_json(folder / SIDE_RECORD, {"stage": stage, "option": option, "vpltool": __version__})
+        write_json(folder / SIDE_RECORD, seal({"stage": stage, "option": option, "vpltool": __version__}))
 
 
 def recorded_ids(folder: str | os.PathLike, suffix: str) -> list[str]:
