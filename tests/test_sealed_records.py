@@ -359,3 +359,41 @@ def test_where_nothing_can_be_set_aside_the_folder_is_overwritten_in_place(tmp_p
         folder.complete(count=0)
     assert io.read_record(io.stage_record_path(out))["params"] == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_train_decoder_overwrite_that_fails_keeps_the_last_decoder_and_a_killed_one_is_put_back(ws, tmp_path,
+                                                                                              monkeypatch):
+    """A trained decoder (with a user's notes beside it) overwritten by a run of other settings that fails after its
+    first iteration: every file as it was, nothing left beside it; a run killed there (its new folder in place, the
+    last result beside) is put back by the next run into the folder; the same run, not failing, replaces it and
+    keeps the notes."""
+    from vpltool.io import beside
+    from vpltool.stages import train_decoder
+
+    out = tmp_path / "decoder"
+    args = ["train-decoder", ws.pseudo, "-p", ws.text, "-o", out, *rc.DECODER_ARGS]
+    rc.cli_ok(*args)
+    (out / "notes.txt").write_text("my notes on this decoder\n")
+    before = _snapshot(out)
+    other = [*args, "--overwrite", "--iters", "3"]
+    with monkeypatch.context() as mp:
+        real = train_decoder._Run.finish
+
+        def fails(self):
+            raise Injected("injected after the iterations, before the decoder is written")
+        mp.setattr(train_decoder._Run, "finish", fails)
+        r = rc.invoke(*other)
+        assert r.exit_code != 0 and _snapshot(out) == before, r.output[-800:]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder"]
+        aside = beside.aside_path(out)  # a kill -9 mid-run: the last result beside, the unfinished one in place
+        shutil.copytree(out, aside)
+        shutil.rmtree(out / "checkpoints")
+        (out / "decoder.safetensors").unlink()
+        mp.setattr(train_decoder._Run, "finish", real)
+        r = rc.invoke(*args)  # the next run into the folder puts the last result back, then refuses as before
+    assert r.exit_code == 2 and _snapshot(out) == before, r.output[-800:]
+    assert not aside.exists()
+    rc.cli_ok(*other)
+    after = _snapshot(out)
+    assert after["notes.txt"] == before["notes.txt"] and after["decoder.safetensors"] != before["decoder.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder"]

@@ -45,6 +45,7 @@ from ...data import open_dataset, open_recorded
 from ...decoder import SegDecoder, block_features, feature_blocks, refresh_bank, save_decoder
 from ...device import resolve_precision, seed_everything
 from ...errors import VplError
+from ...io.beside import built_beside
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ...models.backbones.gradcam import PrototypeRows
 from ...runtime.ranks import process_group
@@ -411,7 +412,8 @@ def run_train_decoder(
                            "DistributedDataParallel); run it without torchrun")
         numerics = checked_numerics(runtime, device, protos, None if online else (pseudo_dir, record))
         io.make_folder(out_dir)
-        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext(), \
+                built_beside(out_dir, "decoder.safetensors", runtime.overwrite and not resume, alone=world == 1):
             ckpt = prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # before any model loads: a refused resume costs nothing and leaves the folder
                 _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world, numerics)
