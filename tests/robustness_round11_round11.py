@@ -555,3 +555,64 @@ def _linear_cache_forged_between_shards(ws: Workspace) -> Iterator[list[object]]
         _forged_to_onednn(cache / onednn.CACHE_NAME)
         onednn._DECIDED.clear()  # a new process: each product's verdict read from the cache again
         yield [*extract, "--shard", "1/2"]
+
+
+# ---- beyond the list: the other records sealed as _stage.json is (an edit refused, not believed)
+@case("crf resuming an interrupted run whose _run.json was edited to the resume's --confidence (once believed: the "
+      "items of two settings in one folder)", "pseudo_run_edit: its _run.json was edited after `vpltool crf` wrote "
+      "it", "re-make it with `vpltool crf --overwrite`")
+def _crf_resume_run_record_edited(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    folder = ws.copy(ws.pseudo, "pseudo_run_edit")
+    record = io.read_record(folder / io.STAGE_RECORD)
+    (folder / io.STAGE_RECORD).unlink()
+    sorted(folder.glob("*.png"))[-1].unlink()  # what a kill left: one mask short, the run's record sealed
+    run = io.seal({k: record[k] for k in ("stage", "params", "inputs", io.NUMERICS, io.RUN_DIGEST) if k in record})
+    run["params"] = {**run["params"], "confidence": 0.5}  # the edit, its seal as it was
+    io.write_json(folder / io.RUN_RECORD, run)
+    yield ["crf", ws.cams, "-o", folder, "--workers", "1", "--confidence", "0.5"]
+
+
+@case("cam --save-debug into a cam --save-overlays folder whose _side.json was edited to say --save-debug (once "
+      "believed: written into)", "overlays_side_edit: its _side.json was edited after `vpltool cam --save-debug` "
+      "wrote it")
+def _cam_side_record_edited(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool import io
+
+    side = ws.out("overlays_side_edit")
+    io.write_side_record(side, "cam", "--save-overlays")
+    record = json.loads((side / io.SIDE_RECORD).read_text())
+    (side / io.SIDE_RECORD).write_text(json.dumps({**record, "option": "--save-debug"}))
+    yield ["cam", ws.features, "-p", ws.text, "-o", ws.out("cams_side_edit"), *CPU, "--save-debug", side]
+
+
+@case("train-decoder --overwrite of a trained decoder, diverging at iteration 2 (simulated; once the last decoder "
+      "deleted first, and the line said the new run's checkpoint was kept)", "decoder_ow_nan: training diverged at "
+      "iteration 2", "the folder's result from before --overwrite is put back")
+def _decoder_overwrite_diverges(ws: Workspace) -> Iterator[list[object]]:
+    from vpltool.stages.train_decoder import steps
+
+    out = ws.copy(ws.decoder, "decoder_ow_nan")
+    real, calls = steps.compute_losses, [0]
+
+    def compute_losses(*args, **kwargs):  # a step that blows up: the loss becomes inf at the second iteration
+        calls[0] += 1
+        losses = real(*args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("inf")} if calls[0] >= 2 else losses
+
+    with mock.patch.object(steps, "compute_losses", compute_losses):
+        yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", out, *DECODER_ARGS, "--overwrite", "--iters", "3"]
+
+
+@case("make-world --overwrite with another --seed, failing at its second file (a full disk, simulated; once the "
+      "last world's records deleted and its first files replaced)", "no space left on device writing world_ow_full/")
+def _make_world_overwrite_fails(ws: Workspace) -> Iterator[list[object]]:
+    import errno
+
+    from robustness_cases import failing_writes
+
+    world = ws.out("world_ow_full")
+    cli_ok("make-world", world, "--train", "2", "--val", "1")
+    with failing_writes(errno.ENOSPC, after=1):
+        yield ["make-world", world, "--train", "2", "--val", "1", "--seed", "9", "--overwrite"]

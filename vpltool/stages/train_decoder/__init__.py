@@ -45,7 +45,7 @@ from ...data import open_dataset, open_recorded
 from ...decoder import SegDecoder, block_features, feature_blocks, refresh_bank, save_decoder
 from ...device import resolve_precision, seed_everything
 from ...errors import VplError
-from ...io.beside import built_beside
+from ...io.beside import aside_path, built_beside
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ...models.backbones.gradcam import PrototypeRows
 from ...runtime.ranks import process_group
@@ -304,6 +304,8 @@ class _Run:
         ckpt = self.out_dir / CHECKPOINT
         kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_at}) is kept" if ckpt.is_file()
                 else "no checkpoint was written")
+        if aside_path(self.out_dir).is_dir():  # an --overwrite run (built_beside): the folder's last result comes back
+            kept = "the folder's result from before --overwrite is put back, this run's checkpoints dropped"
         raise VplError(f"{self.out_dir}: training diverged at iteration {got.diverged_at} ({bad}); {kept}; lower "
                        "--lr or --lambda-rsc and re-run with --overwrite")
 
