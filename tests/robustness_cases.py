@@ -274,6 +274,9 @@ class Case:
     # variables the case sets that its command line shows even where they hold the suite's own value (the suite runs
     # with VPLTOOL_ASSUME_AMX=0: a case that pins it to 0 says so, for a reader on a CPU with AMX)
     shows_env: tuple[str, ...] = ()
+    # the id of the case of a review's list it answers (tests/data/robustness-round11.tsv), shown in the row's case
+    # column: every id there has exactly one row (test_robustness_ids)
+    tsv: str = ""
 
     def run(self, ws: Workspace) -> tuple[list[object], Outcome]:
         outside = dict(os.environ)
@@ -317,11 +320,13 @@ CASES: list[Case] = []
 
 
 def case(name: str, *expect: str, leaves: tuple[str, ...] = (), exit_code: int = 2, python: bool = False,
-         numeric: bool = False, shows_env: tuple[str, ...] = ()):
-    """Register a generator function as a :class:`Case` (in the order of this file: the order of the table)."""
+         numeric: bool = False, shows_env: tuple[str, ...] = (), tsv: str = ""):
+    """Register a generator function as a :class:`Case` (in the order of this file: the order of the table);
+    ``tsv``: the id of the reviewed case it answers (:attr:`Case.tsv`)."""
 
     def register(fn):
-        CASES.append(Case(name, contextlib.contextmanager(fn), expect, leaves, exit_code, python, numeric, shows_env))
+        CASES.append(Case(name, contextlib.contextmanager(fn), expect, leaves, exit_code, python, numeric, shows_env,
+                          tsv))
         return fn
 
     return register
@@ -5327,6 +5332,7 @@ def _corrclip_older_record(ws: Workspace) -> Iterator[list[object]]:
     folder, out = _region_folder(ws, "regions_older"), ws.out("seg_regions_older")
     cli_ok(*_corrclip_args(ws, out), "--region-masks", folder, "--shard", "0/2")
     run = json.loads((out / "_run.json").read_text())
+    run.pop("record_digest", None)  # that vpltool sealed no record
     params = run["params"]  # as vpltool wrote it before 48b463c
     params["region_source"] = {"generator": "folder", "files_sha256": params["region_masks"]["sha256"]}
     params["region_masks"] = str(folder)
@@ -6660,7 +6666,8 @@ def render(rows: list[tuple[Case, str, Outcome]]) -> str:
     for c, command, outcome in rows:
         left = _cell(describe_left(keyed_left(outcome.left))) if outcome.left else "nothing"
         seen = without_scores(_stable(outcome.seen))
-        lines.append(f"| {c.name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} | {left} |")
+        name = f"{c.name} (`{c.tsv}`)" if c.tsv else c.name
+        lines.append(f"| {name} | {_cell(command)} | {outcome.exit_code} | {_cell(seen)} | {left} |")
     return "\n".join(lines) + "\n"
 
 
@@ -6686,6 +6693,7 @@ import robustness_round11_ledger  # noqa: E402, F401  (the eleventh round: model
 import robustness_round11_licences  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_plugins  # noqa: E402, F401  (the eleventh round's plugin and save rows)
 import robustness_round11_records  # noqa: E402, F401  (the eleventh round's records rows)
+import robustness_round11_round11  # noqa: E402, F401  (the review list's rows no other module answers)
 
 # ---- the eleventh round's rows for a new user of SAM 3, in their own module
 import robustness_round11_sam3  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)

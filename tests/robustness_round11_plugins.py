@@ -56,7 +56,7 @@ def _ending_plugins(ws: Workspace) -> Iterator[None]:
 
 @case("segment --dense naclip with plugins installed whose register() calls os._exit(0), hangs or dies of SIGSEGV "
       "(once: exit 0 and nothing done, or a hang)", "✓ segment (naclip): 2 masks", exit_code=0,
-      leaves=("seg_ending_plugins/", "seg_ending_plugins/*"))
+      leaves=("seg_ending_plugins/", "seg_ending_plugins/*"), tsv="plugin_os_exit_segment")
 def _segment_beside_ending_plugins(ws: Workspace) -> Iterator[list[object]]:
     with _ending_plugins(ws):
         yield ["segment", ws.world, "-o", ws.out("seg_ending_plugins"), *SEG_VAL, "--dense", "naclip"]
@@ -85,7 +85,7 @@ def _py_builtin_beside_ending_plugins(ws: Workspace) -> Iterator[list[object]]:
       "plugin vpltool-hangs 0.1.0: its entry point vpltool-hangs = hangs:register failed (it did not return within "
       f"{TIMEOUT} s, the plugins' timeout, set by VPLTOOL_PLUGIN_TIMEOUT)",
       "plugin vpltool-crashes 0.1.0: its entry point vpltool-crashes = crashes:register failed (it crashed with "
-      "SIGSEGV)", exit_code=0, python=True)
+      "SIGSEGV)", exit_code=0, python=True, tsv="plugin_os_exit_python")
 def _py_listing_ending_plugins(ws: Workspace) -> Iterator[list[object]]:
     with _ending_plugins(ws):
         yield ["print(len(vpltool.plugins.problems()), 'plugins failed')"]
@@ -112,11 +112,11 @@ def _photo(ws: Workspace) -> None:
 
 
 def _save_case(name: str, target: str, *expect: str, overwrite: bool = False, made: str | None = None,
-               exit_code: int = 2, leaves: tuple[str, ...] = ()) -> None:
+               exit_code: int = 2, leaves: tuple[str, ...] = (), tsv: str = "") -> None:
     """A row: the photo segmented by ``seg``, then ``r.save(target)``; ``made``: the bytes of a file of the user's
     at ``target`` first."""
     @case(f"Python: result.save({target!r}{', overwrite=True' if overwrite else ''}): {name}", *expect,
-          exit_code=exit_code, leaves=leaves, python=True)
+          exit_code=exit_code, leaves=leaves, python=True, tsv=tsv)
     def _row(ws: Workspace) -> Iterator[list[object]]:
         _photo(ws)
         if made is not None:
@@ -126,7 +126,8 @@ def _save_case(name: str, target: str, *expect: str, overwrite: bool = False, ma
 
 _INPUT = "is also this run's input (the photo this result segmented); writing there would destroy it: choose " \
          "another path"
-_save_case("the photo it segmented (once written over)", PHOTO, f"{PHOTO}: {_INPUT}", overwrite=True)
+_save_case("the photo it segmented (once written over)", PHOTO, f"{PHOTO}: {_INPUT}", overwrite=True,
+           tsv="api_save_over_photo")
 _save_case("a symbolic link to the photo (once written through)", "link_to_photo.png", f"link_to_photo.png: {_INPUT}",
            overwrite=True)
 _save_case("a hard link to the photo, the same file under another name (once written over)",
@@ -134,7 +135,7 @@ _save_case("a hard link to the photo, the same file under another name (once wri
            "same file under another name; writing there would destroy it: choose another path", overwrite=True)
 _save_case("a file of the user's (once replaced without a word)", "notes_save.png", "notes_save.png: exists and was "
            "not written by vpltool, so it is not replaced; move it away, or pass overwrite=True to replace it",
-           made="my notes")
+           made="my notes", tsv="api_save_over_user_file")
 _save_case("a file of the user's, overwrite=True (replaced, as the user asked)", "notes_replaced.png",
            "notes_replaced.png", made="my notes", overwrite=True, exit_code=0, leaves=("notes_replaced.png",))
 _save_case("inside a `crf` folder", "pseudo/mine.png", "pseudo/mine.png: lies inside pseudo, a `crf` folder whose "

@@ -39,7 +39,7 @@ def _sam_pseudo(ws: Workspace, name: str) -> Path:
 # ---- H: a mask folder's record edited to another dtype, then train-decoder at that dtype (once trained, exit 0)
 @case("train-decoder --precision <the edited dtype> on a crf folder whose _stage.json dtype was edited (once "
       "trained on masks of the other dtype, exit 0)", "pseudo_dtype_edit: its _stage.json was edited after `vpltool "
-      "crf` wrote it", "re-make it with `vpltool crf` (with --overwrite, or into a new --out)")
+      "crf` wrote it", "re-make it with `vpltool crf --overwrite` (or into another folder)")
 def _decoder_on_edited_crf(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.copy(ws.pseudo, "pseudo_dtype_edit")
     dtype = _edited(folder)
@@ -49,7 +49,7 @@ def _decoder_on_edited_crf(ws: Workspace) -> Iterator[list[object]]:
 
 @case("train-decoder --precision <the edited dtype> on a sam-pseudo folder whose _stage.json dtype was edited",
       "sam_dtype_edit: its _stage.json was edited after `vpltool sam-pseudo` wrote it",
-      "re-make it with `vpltool sam-pseudo`")
+      "re-make it with `vpltool sam-pseudo --overwrite`")
 def _decoder_on_edited_sam_pseudo(ws: Workspace) -> Iterator[list[object]]:
     folder = _sam_pseudo(ws, "sam_dtype_edit")
     dtype = _edited(folder)
@@ -59,7 +59,7 @@ def _decoder_on_edited_sam_pseudo(ws: Workspace) -> Iterator[list[object]]:
 
 @case("train-decoder on a crf folder whose _stage.json dtype was edited and its seal deleted (or an older "
       "vpltool's record: its PNG masks cannot say their dtype)", "pseudo_unsealed: its _stage.json is not sealed",
-      "its masks cannot say which dtype and mode made them", "re-make it with `vpltool crf`")
+      "its masks cannot say which dtype and mode made them", "re-make it with `vpltool crf --overwrite`")
 def _decoder_on_unsealed_crf(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.copy(ws.pseudo, "pseudo_unsealed")
     dtype = _edited(folder, seal=None)
@@ -69,7 +69,7 @@ def _decoder_on_unsealed_crf(ws: Workspace) -> Iterator[list[object]]:
 
 @case("cam on an extract folder whose _stage.json params were edited (every folder kind is sealed, not only masks)",
       "features_params_edit: its _stage.json was edited after `vpltool extract` wrote it",
-      "re-make it with `vpltool extract`")
+      "re-make it with `vpltool extract --overwrite`")
 def _cam_on_edited_features(ws: Workspace) -> Iterator[list[object]]:
     folder = ws.copy(ws.features, "features_params_edit")
     path = folder / "_stage.json"
@@ -103,7 +103,8 @@ def _crf_overwrite_fails(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("sam-pseudo --overwrite of a finished folder from CAMs with a NaN at the second image (once: its "
-      "_stage.json deleted and the masks before the NaN replaced)", "train_000001.safetensors", "NaN")
+      "_stage.json deleted and the masks before the NaN replaced)", "train_000001.safetensors", "NaN",
+      tsv="sp_overwrite_other_rule_fails_midrun")
 def _sam_pseudo_overwrite_fails(ws: Workspace) -> Iterator[list[object]]:
     yield ["sam-pseudo", _nan_cams(ws, "cams_nan_sam"), "-o", _sam_pseudo(ws, "sam_kept"), "--overwrite",
            "--masks", _amg_folder(ws, "amg_records_nan"), "--start", "argmax", "--workers", "1", "--merge", "max-iou"]

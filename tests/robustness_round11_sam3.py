@@ -19,7 +19,7 @@ def _activesam_preview_off_patch(ws: Workspace) -> Iterator[list[object]]:
 @case("segment --dense sam3 with --model, --pretrained and --templates, which it never reads (no CLIP)",
       "--model ViT-L-14 has no effect with --dense sam3", "--pretrained laion2b has no effect with --dense sam3",
       "--templates clip-es has no effect with --dense sam3", exit_code=0,
-      leaves=("seg_sam3_clip_options/*",))
+      leaves=("seg_sam3_clip_options/*",), tsv="seg_sam3_weights_and_model")
 def _sam3_clip_options(ws: Workspace) -> Iterator[list[object]]:
     yield _sam3_args(ws, "sam3", "seg_sam3_clip_options", "--sam3-weights", _sam3_weights(ws), "--model",
                      "ViT-L-14", "--pretrained", "laion2b", "--templates", "clip-es")

@@ -90,3 +90,26 @@ def test_activesam_under_bf16_is_unchanged_by_half_weights(tiny):
         assert sam.held == (torch.bfloat16 if follow else torch.float32)
     (a, act_a, pre_a), (b, act_b, pre_b) = results
     assert torch.equal(a, b) and act_a == act_b and torch.equal(pre_a, pre_b)
+
+
+def test_weights_read_back_in_fp32_must_be_the_bytes_the_model_was_loaded_from(tiny, tmp_path):
+    """Back from a half dtype the weights are read again from the files: a file replaced since (another model under
+    the same name) is refused in one line, not read back into a model of two models' weights."""
+    import shutil
+
+    from vpltool.io.reads import FileReplaced
+    from vpltool.models.backbones.sam3_files import write_tiny
+
+    folder = shutil.copytree(tiny, tmp_path / "mine")
+    sam = load_model("sam3", Sam3Spec(str(folder)), "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sam.follow_autocast()
+    assert sam.held == torch.bfloat16
+    other = write_tiny(tmp_path / "other", "hf", seed=1)
+    shutil.copyfile(other / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(FileReplaced, match=r"mine/model\.safetensors: replaced after SAM 3 was loaded from it "
+                                           r"\(sha256 \w{12}… when it was loaded, \w{12}… now\)"):
+        sam.follow_autocast()  # fp32 again: the weights read back
+    shutil.copyfile(tiny + "/model.safetensors", folder / "model.safetensors")  # put back: read back as before
+    sam.follow_autocast()
+    assert sam.held == torch.float32

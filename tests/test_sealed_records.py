@@ -141,7 +141,7 @@ def test_an_edited_record_is_refused_and_an_unedited_one_reads(ws, kind, tmp_pat
             read()
         line = str(e.value)
         assert "\n" not in line and line.startswith(f"{folder}: its _stage.json was edited"), line
-        assert f"re-make it with `vpltool {kind}`" in line and "--overwrite" in line, line
+        assert f"re-make it with `vpltool {kind} --overwrite`" in line, line
     path.write_text(json.dumps(record, indent=4, sort_keys=True))  # the same record laid out otherwise: still reads
     assert io.read_record(path) == record
 
@@ -164,7 +164,7 @@ def test_train_decoder_refuses_mask_folders_whose_dtype_was_edited_before_any_mo
                       edited[io.NUMERICS]["dtype"], *rc.DECODER_ARGS)
         errors = rc.error_lines(r.output)
         assert r.exit_code == 2 and len(errors) == 1, r.output[-800:]
-        assert str(folder) in errors[0] and f"`vpltool {kind}`" in errors[0], errors[0]
+        assert str(folder) in errors[0] and f"`vpltool {kind} --overwrite`" in errors[0], errors[0]
         assert ("was edited" if name == "edited" else "is not sealed") in errors[0], errors[0]
         assert not out.exists() or not any(out.iterdir())
 
@@ -222,10 +222,12 @@ def _overwrite_args(ws: rc.Workspace, kind: str, out: Path) -> list[object]:
             "sam-pseudo": ["sam-pseudo", ws.cams, "-o", out, "--masks", _amg(ws, "overwrite_amg"), "--start",
                            "argmax", "--workers", "1"],
             "segment": ["segment", ws.world, "-o", out, "--split", "val", *rc.TINY, *rc.CPU, "--classes",
-                        "star,circle", "--dense", "maskclip"]}[kind]
+                        "star,circle", "--dense", "maskclip"],
+            "make-world": ["make-world", out, "--train", "3", "--val", "1"]}[kind]
 
 
-WRITER = {"cam": "write_cam", "crf": "write_mask", "sam-pseudo": "write_mask", "segment": "write_mask"}
+WRITER = {"cam": "write_cam", "crf": "write_mask", "sam-pseudo": "write_mask", "segment": "write_mask",
+          "make-world": "atomic_path"}
 
 
 @pytest.mark.parametrize("kind", sorted(WRITER))
@@ -255,7 +257,7 @@ def test_overwrite_that_fails_after_its_first_item_keeps_the_last_result_byte_fo
 def _other_settings(kind: str) -> list[str]:
     """Settings that make the overwrite another result (so that a byte kept is no accident)."""
     return {"cam": ["--refine", "caa"], "crf": ["--no-crf"], "sam-pseudo": ["--merge", "max-iou"],
-            "segment": ["--prob-threshold", "0.5"]}[kind]
+            "segment": ["--prob-threshold", "0.5"], "make-world": ["--seed", "9"]}[kind]
 
 
 def test_overwrite_of_another_stages_folder_is_refused_before_anything_moves(ws, tmp_path):
@@ -357,3 +359,41 @@ def test_where_nothing_can_be_set_aside_the_folder_is_overwritten_in_place(tmp_p
         folder.complete(count=0)
     assert io.read_record(io.stage_record_path(out))["params"] == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_train_decoder_overwrite_that_fails_keeps_the_last_decoder_and_a_killed_one_is_put_back(ws, tmp_path,
+                                                                                              monkeypatch):
+    """A trained decoder (with a user's notes beside it) overwritten by a run of other settings that fails after its
+    first iteration: every file as it was, nothing left beside it; a run killed there (its new folder in place, the
+    last result beside) is put back by the next run into the folder; the same run, not failing, replaces it and
+    keeps the notes."""
+    from vpltool.io import beside
+    from vpltool.stages import train_decoder
+
+    out = tmp_path / "decoder"
+    args = ["train-decoder", ws.pseudo, "-p", ws.text, "-o", out, *rc.DECODER_ARGS]
+    rc.cli_ok(*args)
+    (out / "notes.txt").write_text("my notes on this decoder\n")
+    before = _snapshot(out)
+    other = [*args, "--overwrite", "--iters", "3"]
+    with monkeypatch.context() as mp:
+        real = train_decoder._Run.finish
+
+        def fails(self):
+            raise Injected("injected after the iterations, before the decoder is written")
+        mp.setattr(train_decoder._Run, "finish", fails)
+        r = rc.invoke(*other)
+        assert r.exit_code != 0 and _snapshot(out) == before, r.output[-800:]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder"]
+        aside = beside.aside_path(out)  # a kill -9 mid-run: the last result beside, the unfinished one in place
+        shutil.copytree(out, aside)
+        shutil.rmtree(out / "checkpoints")
+        (out / "decoder.safetensors").unlink()
+        mp.setattr(train_decoder._Run, "finish", real)
+        r = rc.invoke(*args)  # the next run into the folder puts the last result back, then refuses as before
+    assert r.exit_code == 2 and _snapshot(out) == before, r.output[-800:]
+    assert not aside.exists()
+    rc.cli_ok(*other)
+    after = _snapshot(out)
+    assert after["notes.txt"] == before["notes.txt"] and after["decoder.safetensors"] != before["decoder.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder"]

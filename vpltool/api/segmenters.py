@@ -318,9 +318,24 @@ def segmenter(method: str | None = None, *, model: str = DEFAULT_MODEL, pretrain
     from ..models import ModelSpec
 
     cfg = SegmentConfig.of(dense=method, **options)
+    _warn_unread(method, cfg, options)
     spec = ModelSpec(model=model, pretrained=pretrained,
                      config_dir=str(model_config_dir) if model_config_dir is not None else None)
     return DenseSegmenter(spec, cfg, runtime)
+
+
+def _warn_unread(method: str, cfg: SegmentConfig, options: dict) -> None:
+    """One warning per keyword given that ``method`` never reads (:meth:`SegmentConfig.inert`), as `segment` warns
+    of such an option: ``segmenter('sam3', proxy_weights=...)`` was taken without a word."""
+    import warnings
+
+    from ..config import inert_fields
+    from ..errors import VplWarning
+
+    for name, why in inert_fields(cfg).items():
+        if name in options:
+            warnings.warn(VplWarning(f"segmenter({method!r}): {name}={options[name]!r} has no effect {why}; it is "
+                                     "ignored"), stacklevel=3)
 
 
 def _text_segmenter(family: str, method: str, checkpoint, runtime: RuntimeConfig, options: dict) -> TextSegmenter:

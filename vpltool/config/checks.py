@@ -57,6 +57,16 @@ def positive(option: str, value: float | None, *, allow_none: bool = False, uppe
     require(ok, f"{option} {value}: must be a number above 0{bound}")
 
 
+# the largest float32: a background exponent is a float32 in the CAMs' arithmetic (ops.kernels), and a larger one
+# overflowed to inf there (numpy's "overflow encountered in cast", then masks of an inf power)
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def exponent(option: str, value: float) -> None:
+    """A background exponent (``--bg-exponent``, ``--bg-exponents``): above 0 and at most :data:`FLOAT32_MAX`."""
+    positive(option, value, upper=FLOAT32_MAX)
+
+
 def at_least(option: str, value: int | None, low: int, *, allow_none: bool = False, why: str = "") -> None:
     if value is None and allow_none:
         return

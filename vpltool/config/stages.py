@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .checks import DTYPE_NAMES, at_least, choice, fraction, positive, require, seed_value, whole_number
+from .checks import DTYPE_NAMES, at_least, choice, exponent, fraction, positive, require, seed_value, whole_number
 from .dense_knobs import automatic_generator
 
 IGNORE_INDEX = 255  # VOC convention: boundary / unknown pixels in masks
@@ -228,7 +228,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         require(len(self.bg_exponents) > 0, "--bg-exponents is empty: give at least one value, e.g. 1,2")
         for a in self.bg_exponents:
-            positive("--bg-exponents", a)
+            exponent("--bg-exponents", a)
         if self.parity is not None:
             choice("--parity", self.parity, PARITIES)
 
@@ -282,7 +282,7 @@ class LearnPrototypesConfig:
         choice("--targets", self.targets, TARGETS)
         fraction("--threshold", self.threshold)
         choice("--regularization", self.regularization, REGULARIZATIONS)
-        positive("--bg-exponent", self.bg_exponent)
+        exponent("--bg-exponent", self.bg_exponent)
         positive("--pixel-fraction", self.pixel_fraction, upper=1.0)
         positive("--max-memory-gb", self.max_memory_gb, allow_none=True)
         seed_value("seed", self.seed)  # a library field: the CLI has no --seed here
@@ -321,8 +321,9 @@ class CrfConfig:
                 "float rounding only pydensecrf has; drop --backend torch (auto picks pydensecrf)")
         at_least("--iterations", self.iterations, 1)
         for option, value in (("--gaussian-sxy", self.gaussian_sxy), ("--bilateral-sxy", self.bilateral_sxy),
-                              ("--bilateral-srgb", self.bilateral_srgb), ("--bg-exponent", self.bg_exponent)):
+                              ("--bilateral-srgb", self.bilateral_srgb)):
             positive(option, value)
+        exponent("--bg-exponent", self.bg_exponent)
         for option, value in (("--gaussian-compat", self.gaussian_compat),
                               ("--bilateral-compat", self.bilateral_compat)):
             require(math.isfinite(value) and value >= 0, f"{option} {value}: must be >= 0")
@@ -406,7 +407,7 @@ class SamPseudoConfig:
         fraction("--sam3-threshold", self.sam3_threshold)
         fraction("--sam3-gate", self.sam3_gate)
         choice("--start", self.start, SAM_STARTS)
-        positive("--bg-exponent", self.bg_exponent)
+        exponent("--bg-exponent", self.bg_exponent)
         at_least("--points-per-side", self.points_per_side, 1)
         fraction("--pred-iou-thresh", self.pred_iou_thresh)
         fraction("--stability-score-thresh", self.stability_score_thresh)

@@ -92,8 +92,10 @@ def write_dataset(
         Both: ``classes.txt`` (background first) and ``captions.json`` ({id: caption}). Ids: ``train_000012``.
 
     A folder already holding this exact run is returned untouched; one holding another run raises VplError
-    unless ``overwrite`` (files of the old run that this one does not rewrite are left in place). Any other
-    non-empty folder (a dataset of the user's, notes) is refused by the output guard, ``overwrite`` or not.
+    unless ``overwrite``: then the new world is built while the last one waits beside it, and replaces it only once
+    complete (:mod:`vpltool.io.beside`: a run that fails leaves the last world byte for byte; a user's notes in it
+    move into the new one). Any other non-empty folder (a dataset of the user's) is refused by the output guard,
+    ``overwrite`` or not.
     """
     if layout not in LAYOUTS:
         raise VplError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -105,8 +107,7 @@ def write_dataset(
     params = {"n_train": n_train, "n_val": n_val, "seed": seed, "layout": layout, **asdict(cfg)}
     if not overwrite and _is_complete(out, params):
         return out
-    with io.output_lock(out):
-        io.prepare_stage_dir(out, STAGE, params, overwrite, numerics=run_numerics())
+    with io.StageFolder(out, STAGE, params, overwrite=overwrite, numerics=run_numerics(), shard=(0, 1)) as folder:
         captions, rows = {}, ["id,labels"]
         for split, n in (("train", n_train), ("val", n_val)):
             ids = [f"{split}_{i:06d}" for i in range(n)]
@@ -120,8 +121,7 @@ def write_dataset(
         io.write_json(out / "captions.json", captions)
         if layout == "folder":
             _write_text(out / "labels.csv", rows)
-        io.write_stage_record(out, STAGE, params=params, inputs={}, numerics=run_numerics(), count=n_train + n_val)
-        (out / io.RUN_RECORD).unlink(missing_ok=True)  # complete: the run record goes, as a stage folder's does
+        folder.complete(inputs={}, count=n_train + n_val)  # the record last; the run record goes
     return out
 
 

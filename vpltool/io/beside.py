@@ -192,6 +192,37 @@ def recover(folder: Path, stack: contextlib.ExitStack) -> None:
     put_back(folder, aside)
 
 
+@contextlib.contextmanager
+def built_beside(folder: Path, done: str, overwrite: bool, alone: bool = True):
+    """The same for a run that is no :class:`vpltool.io.StageFolder` (a training run): ``done``, the file whose
+    presence says the new result is complete (``decoder.safetensors``). Alone in the folder (``alone``: not one rank
+    of several), holding its lock: what a killed ``--overwrite`` run left beside it is put back, or kept when that
+    run had finished (:func:`recover`); under ``overwrite`` the last result is set aside for the run, kept back
+    unless the run ends with ``done`` written."""
+    if not alone:
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        aside = aside_path(folder)
+        if aside.is_dir() and not aside.is_symlink():
+            if (folder / done).is_file():
+                keep_new(folder, aside)
+            else:
+                _lock(aside / LOCK_FILE, stack)
+                put_back(folder, aside)
+        aside = set_aside(folder, stack) if overwrite and has_result(folder) else None
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            if aside is not None:
+                if failed or not (folder / done).is_file():
+                    put_back(folder, aside)
+                else:
+                    keep_new(folder, aside)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -30,11 +30,10 @@ EVENT_FILES = "events.out.tfevents.*"
 
 def _events_owner(folder: Path) -> str | None:
     """The run folder whose events ``folder`` holds (its side record's ``run``), None when it does not say."""
-    from .files import read_json
-    from .records import SIDE_RECORD
+    from .records import SIDE_RECORD, read_side_record
 
     side = folder / SIDE_RECORD
-    record = read_json(side) if side.is_file() else None
+    record = read_side_record(side) if side.is_file() else None
     return record.get("run") if isinstance(record, dict) and isinstance(record.get("run"), str) else None
 
 
@@ -78,9 +77,9 @@ def open_events(folder: str | Path, stage: str, option: str = "--tensorboard", p
         if purge_step is None and _events_owner(folder) == here:
             for old in folder.glob(EVENT_FILES):
                 old.unlink(missing_ok=True)
-        from .files import read_json
+        from .records import read_side_record, seal
 
-        write_json(folder / SIDE_RECORD, {**read_json(folder / SIDE_RECORD), "run": here})
+        write_json(folder / SIDE_RECORD, seal({**(read_side_record(folder / SIDE_RECORD) or {}), "run": here}))
     return SummaryWriter(str(folder), purge_step=purge_step)
 
 

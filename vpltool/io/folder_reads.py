@@ -84,7 +84,9 @@ class FolderReads:
         if path not in self.reads:
             self.reads = merged_reads([], {**self.reads, path: entry})
             record = read_json(self.path)
-            write_json(self.path, {**record, "inputs": {**record.get("inputs", {}), READS: self.reads}})
+            from .records import seal
+
+            write_json(self.path, seal({**record, "inputs": {**record.get("inputs", {}), READS: self.reads}}))
 
     def into(self, inputs: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         """A completion record's ``inputs`` with the folder's reads (unchanged when there are none)."""

@@ -138,8 +138,9 @@ def _side_owner(folder: Path) -> dict[str, Any] | None:
     path = folder / SIDE_RECORD
     if not path.is_file():
         return None
-    record = read_json(path)
-    return record if isinstance(record, dict) else None
+    from .records import read_side_record
+
+    return read_side_record(path)
 
 
 def _link_loop(path: Path) -> str:

@@ -78,12 +78,19 @@ def _member(folder: Any, entry: Any) -> Any:
     return entry
 
 
+_LAYOUTS = {"hf": "Hugging Face's layout (config.json + model.safetensors)", "meta": "Meta's sam3.pt"}
+
+
 def _describe(option: str, before: Any, now: Any) -> str:
     """One input's change in words: the file, its digest there and here; for a collection (``files``), the first
     file whose content differs; for a CLIP (``weights``), its weights. Paths as :func:`shown_path` shows them."""
     if isinstance(now, dict) and isinstance(before, dict):
         old_files, new_files = before.get("files"), now.get("files")
         where = shown_path(now.get("path", ""))
+        if before.get("layout", now.get("layout")) != now.get("layout"):  # SAM 3's two layouts: other files
+            return (f"{option} {where}: weights in {_LAYOUTS.get(now['layout'], now['layout'])} where the record has "
+                    f"{_LAYOUTS.get(before['layout'], before['layout'])}: other files, the same model only if both "
+                    "hold the same weights, which their bytes cannot show")
         if isinstance(old_files, list) and isinstance(new_files, list):
             if len(old_files) != len(new_files):
                 return f"{option} {where}: {len(new_files)} files where the record has {len(old_files)}"
@@ -162,7 +169,8 @@ def param_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore:
     return [k for k in settings if not changed & set(DERIVED.get(k, ()))], contents
 
 
-_DIGESTS = ("sha256", "weights", "files")  # what an identity of local bytes holds of their content
+# what an identity of local bytes holds of their content (a model's ``layout``: the form its files take, part of them)
+_DIGESTS = ("sha256", "weights", "files", "layout")
 
 
 def _same_but_bytes(old: Any, new: Any) -> bool:

@@ -104,8 +104,9 @@ def sealed_fix(stage: str | None) -> str:
     """The fix for a stage record that was edited or never sealed: make the folder again."""
     if stage is None:
         return "delete the folder and re-run the stage that made it, or choose another folder"
-    return (f"re-make it with `vpltool {stage}` (with --overwrite, or into a new --out); a record is never edited "
-            "by hand")
+    # the options inside the command's backticks: a line printed by another command (eval) names them as that
+    # stage's, not its own (eval has no --out)
+    return f"re-make it with `vpltool {stage} --overwrite` (or into another folder); a record is never edited by hand"
 
 
 # what a record must hold, key -> (type, how the message says it); a record of another shape (valid JSON, but a list,
@@ -253,7 +254,8 @@ def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, 
 
 def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
     """A folder's ``_stage.json`` (or, ``run``, its ``_run.json``), checked for shape: an object with ``stage``,
-    ``params`` (and ``inputs``, ``count``); ContractError in one line naming the file otherwise."""
+    ``params`` (and ``inputs``, ``count``), and for its seal (both records are sealed: an interrupted run's record,
+    edited, would let a resume take other parameters); ContractError in one line naming the file otherwise."""
     path = Path(path)
     record = read_json(path)
     if isinstance(record, dict):
@@ -264,9 +266,26 @@ def read_record(path: str | os.PathLike, run: bool = False) -> dict[str, Any]:
         fix = f"re-run `vpltool {stage}` there with --overwrite" if stage else "delete the folder and re-run its stage"
         raise ContractError(f"{path}: not a vpltool {'run' if run else 'stage'} record ({problem}); the folder is "
                             f"damaged: {fix}, or choose another folder")
-    if not run and (problem := seal_problem(record)) is not None:  # the shape first: its messages are more precise
+    if (problem := seal_problem(record)) is not None:  # the shape first: its messages are more precise
         raise ContractError(f"{path.parent}: its {path.name} was edited after `vpltool {record['stage']}` wrote it "
                             f"({problem}), so it no longer vouches for the folder; {sealed_fix(record['stage'])}")
+    return record
+
+
+def read_side_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A side folder's ``_side.json`` (``{"stage", "option", ...}``; :func:`vpltool.io.write_side_record`), None when
+    it is not an object; sealed as the stage records are, so that one edited by hand (the stage or option it names:
+    what lets a run write into the folder) is refused in one line."""
+    path = Path(path)
+    record = read_json(path)
+    if not isinstance(record, dict):
+        return None
+    if (problem := seal_problem(record)) is not None:
+        stage, option = record.get("stage"), record.get("option")
+        made = f"`vpltool {stage} {option}`" if isinstance(stage, str) and isinstance(option, str) else "vpltool"
+        raise ContractError(f"{path.parent}: its {path.name} was edited after {made} wrote it ({problem}), so it no "
+                            "longer vouches for the folder; delete the folder (the run writes it again) or choose "
+                            "another; a record is never edited by hand")
     return record
 
 

@@ -54,6 +54,7 @@ from .records import (
     SIDE_RECORD,
     STAGE_RECORD,
     read_record,
+    seal,
     stage_record_path,
     write_stage_record,
 )
@@ -175,7 +176,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
     if numerics is not None:
         run[NUMERICS] = dict(numerics)
     run = with_reads(run, kept, reads)  # beside the inputs, outside the run's digest
-    write_json(folder / RUN_RECORD, run if digest is None else {**run, RUN_DIGEST: digest})
+    write_json(folder / RUN_RECORD, seal(run if digest is None else {**run, RUN_DIGEST: digest}))
     return folder, digest
 
 
@@ -185,7 +186,7 @@ def write_side_record(folder: Path, stage: str, option: str) -> None:
 
     make_folder(folder)
     if not (folder / SIDE_RECORD).is_file():
-        write_json(folder / SIDE_RECORD, {"stage": stage, "option": option, "vpltool": __version__})
+        write_json(folder / SIDE_RECORD, seal({"stage": stage, "option": option, "vpltool": __version__}))
 
 
 def recorded_ids(folder: str | os.PathLike, suffix: str) -> list[str]:

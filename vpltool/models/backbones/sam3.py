@@ -92,16 +92,19 @@ def load_sam3(spec: Sam3Spec, device: torch.device | str = "cpu") -> Sam3:
     file)."""
     from transformers.initialization import no_init_weights
 
-    from ...io import check_weights
+    from ...io import check_weights, sha256_file
 
     files, config = check_sam3(spec)
+    loaded = {str(f): sha256_file(f) for f in files.files}  # what follow_autocast reads back must be these bytes
     state = read_state(files, shapes_only=False)
     with no_init_weights():
         model = import_transformers()(config)
     check_weights(_where(files), state, model.state_dict(), FIX)
     model.load_state_dict(state, strict=True)
     del state
-    return Sam3(model, torch.device(device), spec)
+    sam = Sam3(model, torch.device(device), spec)
+    sam.loaded = loaded
+    return sam
 
 
 def sam3_identity(spec: Sam3Spec) -> dict[str, Any]:
@@ -227,6 +230,7 @@ class Sam3:
         self._positions: dict[int, list[torch.Tensor]] = {}
         self._texts: dict[tuple[str, ...], Sam3Text] = {}
         self.held = torch.float32  # the dtype its linear and convolution weights are held in (follow_autocast)
+        self.loaded: dict[str, str] = {}  # its files' sha256 when it was loaded (load_sam3): what a re-read must find
 
     def follow_autocast(self) -> None:
         """Its linear and convolution weights made the dtype of the caller's autocast (:mod:`.sam3_half`): half
@@ -241,8 +245,20 @@ class Sam3:
         self._texts.clear()  # encoded under the other precision
 
     def _read_fp32(self) -> dict[str, torch.Tensor]:
-        """Its weights as its files hold them (fp32), under transformers' names."""
-        return read_state(locate(self.spec.weights), shapes_only=False)
+        """Its weights as its files hold them (fp32), under transformers' names; one line when a file is no longer
+        the bytes the model was loaded from (replaced since: the weights read back would be another model's)."""
+        from ...io import sha256_file
+        from ...io.reads import FileReplaced, short
+
+        files = locate(self.spec.weights)
+        for path in files.files:
+            then, now = self.loaded.get(str(path)), sha256_file(path)
+            if self.loaded and then != now:
+                was = f"sha256 {short(then)} when it was loaded" if then else "not a file it was loaded from"
+                raise FileReplaced(f"{path}: replaced after SAM 3 was loaded from it ({was}, {short(now)} now), so "
+                                   "its fp32 weights would be read back from another model; put the file back, and "
+                                   "run the command again")
+        return read_state(files, shapes_only=False)
 
     def to(self, device: torch.device | str) -> Sam3:
         """This model on ``device`` (moved in place, as ``nn.Module.to``)."""

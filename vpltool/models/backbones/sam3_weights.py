@@ -348,7 +348,8 @@ def locate(value: str | Path) -> Sam3Files:
         raise VplError(f"{path}: holds neither Hugging Face's SAM 3 ({HF_CONFIG} + {HF_WEIGHTS}) nor Meta's "
                        f"{META_FILE}; {FIX}")
     if not path.is_file():
-        raise VplError(f"{path}: no such file or folder; {FIX}")
+        broken = _broken_link(path)  # a link loop once read "no such file or folder", though the name is there
+        raise VplError(f"{path}: {broken or 'no such file or folder'}; {FIX}")
     if path.suffix == ".safetensors":
         if not (path.parent / HF_CONFIG).is_file():
             raise VplError(f"{path}: Hugging Face's weights need their {HF_CONFIG} beside them; pass the folder "
@@ -364,13 +365,21 @@ def _regular_or_absent(path: Path) -> None:
 
     if not os.path.lexists(path) or is_regular_file(path):
         return
-    if path.is_symlink() and not os.path.exists(path):
-        try:
-            os.stat(path)
-        except OSError as e:
-            what = "a symbolic link loop" if e.errno == errno.ELOOP else f"a link to nothing ({os.readlink(path)})"
-            raise VplError(f"{path}: {what}, not a {path.name} file; {FIX}") from None
+    broken = _broken_link(path)
+    if broken is not None:
+        raise VplError(f"{path}: {broken}, not a {path.name} file; {FIX}")
     raise not_a_file(path, f"SAM 3 {path.name}", FIX)
+
+
+def _broken_link(path: Path) -> str | None:
+    """What ``path`` is when it is a symbolic link that cannot be followed (a loop, a link to nothing), else None."""
+    if not path.is_symlink() or os.path.exists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        return "a symbolic link loop" if e.errno == errno.ELOOP else f"a link to nothing ({os.readlink(path)})"
+    return None
 
 
 def _shards(index: Path) -> tuple[Path, ...]:

@@ -113,7 +113,7 @@ def _debug_folders(root: Path) -> list[Path]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         side = folder / io.SIDE_RECORD
         if side.is_file():
-            record = io.read_json(side)
+            record = io.read_side_record(side)
             if isinstance(record, dict) and (record.get("stage"), record.get("option")) == ("cam", "--save-debug"):
                 found.append(folder)
     return found

@@ -50,7 +50,7 @@ from ...config import SAM_COVERAGE, RuntimeConfig, SamPseudoConfig, to_params
 from ...data import open_recorded
 from ...runtime.numerics import run_numerics
 from .rules import merge_masks, prompted_masks
-from .sources import FOLDER_FORMAT, FolderMasks, mask_source, read_mask_png
+from .sources import FOLDER_FORMAT, FolderMasks, Sam3Masks, mask_source, read_mask_png
 
 STAGE = "sam-pseudo"
 
@@ -77,6 +77,8 @@ def _params(cfg: SamPseudoConfig) -> dict[str, Any]:
     params = to_params(cfg)
     params["masks"] = "sam3" if cfg.prompted else cfg.generator() or "folder"
     params["coverage"] = SAM_COVERAGE if cfg.merge == "max-iou-imp2" and not cfg.prompted else None
+    if cfg.prompted:  # SAM 3's weights are an input, by content (Sam3Masks.weights), not a path among the settings
+        params.pop("sam_weights", None)
     for name in cfg.inert():
         params.pop(name, None)
     return params
@@ -136,6 +138,8 @@ def run_sam_pseudo(
     sizes = {i: io.image_size(items[i].image) for i in ids}
     inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record),
               "masks": source.check([(i, sizes[i]) for i in ids])}  # checked whole: nothing loaded yet
+    if isinstance(source, Sam3Masks):
+        inputs["sam_weights"] = source.weights()
     start = time.perf_counter()
     counts = {"masks": 0, "covered": 0, "changed": 0, "pixels": 0, "images": 0, "labels": 0, "missed": 0}
     lock = threading.Lock()  # the counts are added by the writer threads

@@ -158,11 +158,18 @@ class Sam3Masks:
         return Sam3Spec(_need_weights(self.cfg))
 
     def check(self, items: Sequence[tuple[str, tuple[int, int]]]) -> dict[str, Any]:
-        from ...models.backbones.sam3 import sam3_identity
         from ...models.registry import check_model
 
         check_model("sam3", self._spec())
-        return {"generator": "sam3", "weights": sam3_identity(self._spec()), "prompts": self.names[1:]}
+        return {"generator": "sam3", "prompts": self.names[1:]}
+
+    def weights(self) -> dict[str, Any]:
+        """SAM 3's weights by content (their files' names and digests, their layout) and where they were read: the
+        record's ``sam_weights`` input, so that a resume with the same bytes by another path is the same run, and
+        one whose bytes changed is named as such (not as other parameters, nor as other masks)."""
+        from ...models.backbones.sam3 import sam3_identity
+
+        return {**sam3_identity(self._spec()), "path": str(Path(_need_weights(self.cfg)).expanduser().resolve())}
 
     def load(self, device) -> None:
         from ...models.registry import load_model

@@ -45,6 +45,7 @@ from ...data import open_dataset, open_recorded
 from ...decoder import SegDecoder, block_features, feature_blocks, refresh_bank, save_decoder
 from ...device import resolve_precision, seed_everything
 from ...errors import VplError
+from ...io.beside import aside_path, built_beside
 from ...models import ClipBackbone, DinoSpec, ModelSpec, check_model, load_model
 from ...models.backbones.gradcam import PrototypeRows
 from ...runtime.ranks import process_group
@@ -71,6 +72,7 @@ from .inputs import (
     prompt_recipe,
     run_inputs,
     training_pairs,
+    warn_held_out,
 )
 from .online import LabelledImages, labelled_views, online_step
 from .steps import (
@@ -302,6 +304,8 @@ class _Run:
         ckpt = self.out_dir / CHECKPOINT
         kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_at}) is kept" if ckpt.is_file()
                 else "no checkpoint was written")
+        if aside_path(self.out_dir).is_dir():  # an --overwrite run (built_beside): the folder's last result comes back
+            kept = "the folder's result from before --overwrite is put back, this run's checkpoints dropped"
         raise VplError(f"{self.out_dir}: training diverged at iteration {got.diverged_at} ({bad}); {kept}; lower "
                        "--lr or --lambda-rsc and re-run with --overwrite")
 
@@ -364,6 +368,7 @@ def run_train_decoder(
         record = io.read_stage_record(pseudo_dir, MASK_STAGES)
         dataset = open_recorded(pseudo_dir)  # first: one line for a record that names no dataset
         dataset_id = record["inputs"]["dataset"]
+        warn_held_out(pseudo_dir, dataset_id)
     dino_file = cfg.dino_weights if cfg.dino_model and cfg.dino_weights not in io.NOT_FILES else None
     io.check_outputs(STAGE, {"--out": (out_dir, "stage"),
                              "--out checkpoint": (out_dir / CHECKPOINT, "file", "decoder-checkpoint"),
@@ -409,7 +414,8 @@ def run_train_decoder(
                            "DistributedDataParallel); run it without torchrun")
         numerics = checked_numerics(runtime, device, protos, None if online else (pseudo_dir, record))
         io.make_folder(out_dir)
-        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext(), \
+                built_beside(out_dir, "decoder.safetensors", runtime.overwrite and not resume, alone=world == 1):
             ckpt = prepare_out(out_dir, resume, runtime.overwrite, rank, world)
             if ckpt is not None:  # before any model loads: a refused resume costs nothing and leaves the folder
                 _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world, numerics)

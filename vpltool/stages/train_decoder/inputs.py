@@ -25,6 +25,25 @@ CHECKPOINT = "checkpoints/last.safetensors"
 WRITES = {"--out decoder": "decoder.safetensors", "--out log": "log.jsonl", "--out curve": "curve.png"}
 
 
+# the split names of a dataset's evaluation images: a decoder trained on their masks is scored on what it learned
+HELD_OUT_SPLITS = ("val", "validation", "test")
+
+
+def warn_held_out(pseudo_dir: Path, dataset_id: dict[str, Any]) -> None:
+    """One warning when the masks are of a split named like the evaluation's (:data:`HELD_OUT_SPLITS`): trained on
+    without a word, its scores on that split would be a training score."""
+    import warnings
+
+    from ...errors import VplWarning
+
+    split = dataset_id.get("split")
+    if isinstance(split, str) and split.lower() in HELD_OUT_SPLITS:
+        warnings.warn(VplWarning(f"{pseudo_dir}: pseudo masks of the dataset's {split!r} split, whose images a "
+                                 f"decoder is scored on: its scores there would measure its training images; train on "
+                                 "the masks of the training split (`vpltool extract --split train`, then cam and crf)"),
+                      stacklevel=2)
+
+
 def training_pairs(dataset, pseudo_dir: Path) -> list[tuple[str, Path, Path]]:
     """``(id, image, mask)`` of every mask the folder's record lists (a missing one is an error, never skipped)."""
     ids = set(io.recorded_ids(pseudo_dir, io.MASK_SUFFIX))

@@ -343,8 +343,8 @@ def run_train_text(
                 io.check_numerics(numerics, (ckpt, io.header_numerics(head.raw_meta), stage))
                 _check_resumable(head, cfg, params, inputs, world, model_cfg.to_dict())
             if rank == 0:  # the folder is this command's from now on (the output guard reads it), finished or not
-                io.write_json(out_dir / io.RUN_RECORD, {"stage": stage, "params": params, "inputs": inputs,
-                                                        io.NUMERICS: numerics})
+                io.write_json(out_dir / io.RUN_RECORD, io.seal({"stage": stage, "params": params, "inputs": inputs,
+                                                                 io.NUMERICS: numerics}))
             seed_everything(cfg.seed)
             model = fam.build_model(model_cfg, seed=cfg.seed)  # the same initial weights on every rank
             if init_state is not None:
