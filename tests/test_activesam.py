@@ -171,22 +171,84 @@ def test_segment_help_lists_both_and_bad_knobs():
         SegmentConfig.of("activesam", quantile_alpha=2.0)
 
 
-def test_word_scores_fold_the_kept_instances():
-    from types import SimpleNamespace
+def _grounding(k: int, queries: int, side: int, seed: int):
+    """A seeded random ``Sam3Grounding`` of ``k`` prompts with both heads' low-resolution logits."""
+    from vpltool.models.backbones.sam3 import Sam3Grounding
 
-    from vpltool.models.dense.sam3 import Sam3Settings, word_scores
+    g = torch.Generator().manual_seed(seed)
+    return Sam3Grounding(torch.randn(k, queries, generator=g), torch.randn(k, generator=g),
+                         torch.rand(k, queries, 4, generator=g), torch.randn(k, queries, side, side, generator=g),
+                         torch.randn(k, 1, side, side, generator=g))
 
-    torch.manual_seed(2)
-    masks, scores, semantic = torch.rand(3, 4, 5), torch.tensor([0.9, 0.35, 0.6]), torch.rand(4, 5)
-    concept = SimpleNamespace(masks=masks, scores=scores, presence=0.7, semantic=semantic)
-    inst = torch.zeros(4, 5)
-    for i in range(3):
-        inst = torch.maximum(inst, masks[i] * scores[i])
-    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "instance", False))[0], inst)
-    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "both", True))[0],
-                          torch.maximum(inst, semantic) * 0.7)
-    none = SimpleNamespace(masks=torch.zeros(0, 4, 5), scores=torch.zeros(0), presence=0.7, semantic=semantic)
-    assert word_scores([none], Sam3Settings(0.3, "instance", False)).abs().max() == 0
+
+def test_grounding_scores_fold_the_concepts_instances():
+    """The scores are the family's ``Sam3.concepts`` folded (each kept mask times its score, the pixelwise max;
+    the semantic map; their max; times the presence) with the masks resized a few at a time: the same to float32's
+    last bits (the bilinear kernel's rounding may move with where a plane lies in its batch)."""
+    from vpltool.models.backbones.sam3 import Sam3
+    from vpltool.models.dense.sam3 import Sam3Settings, grounding_scores
+
+    g, size = _grounding(3, 40, 8, 2), (21, 34)
+    for threshold in (0.0, 0.3, 2.0):  # every query kept, some, none
+        concepts = Sam3.concepts(None, g, size, threshold)
+        for heads, gate in (("instance", False), ("semantic", False), ("both", True)):
+            want = []
+            for c in concepts:
+                inst = torch.zeros(size)
+                for mask, score in zip(c.masks, c.scores):
+                    inst = torch.maximum(inst, mask * score)
+                score = {"instance": inst, "semantic": c.semantic, "both": torch.maximum(inst, c.semantic)}[heads]
+                want.append(score * c.presence if gate else score)
+            got = grounding_scores(g, size, Sam3Settings(threshold, heads, gate), chunk=7)
+            torch.testing.assert_close(got, torch.stack(want), rtol=0, atol=1e-6, msg=str((threshold, heads)))
+    assert grounding_scores(g, size, Sam3Settings(2.0, "instance", False)).abs().max() == 0
+
+
+class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The bytes of the tensors made under it that are alive, and their peak (each storage counted once, until
+    the tensor that made it is collected)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.seen = 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.seen:
+                key, n = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+                self.seen.add(key)
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, key, n)
+        return out
+
+    def _free(self, key, n):
+        self.seen.discard(key)
+        self.live -= n
+
+
+def test_grounding_scores_memory_does_not_grow_with_the_instances_kept():
+    """A low --confidence-threshold keeps every query of every prompt: the peak of the tensors made at the photo's
+    size is the same whether 63, 100 or all of the 400 instances are kept (the masks are resized a chunk at a time),
+    a few chunks' maps at the photo's size, where every kept mask at once would be 200 a prompt."""
+    from vpltool.models.dense.sam3 import MASK_CHUNK, Sam3Settings, grounding_scores
+
+    g, size = _grounding(2, 200, 8, 3), (300, 200)
+    scores = g.scores().flatten().sort().values
+    peaks = {}
+    for threshold in (0.0, float(scores[299]), float(scores[-4 * MASK_CHUNK])):  # 400, 100, 2 x 32 - 1 kept
+        kept = int((g.scores() > threshold).sum())
+        with _LiveBytes() as live:
+            grounding_scores(g, size, Sam3Settings(threshold, "both", True))
+        peaks[kept] = live.peak
+    assert sorted(peaks) == [4 * MASK_CHUNK - 1, 100, 400]
+    one_map, low = size[0] * size[1] * 4, 8 * 8 * 4  # bytes: a map at the photo's size, a low-resolution mask
+    assert 0 <= peaks[400] - peaks[4 * MASK_CHUNK - 1] <= 400 * low  # the low-resolution masks picked, alone
+    assert peaks[400] <= (4 * MASK_CHUNK + 2 + 2) * one_map  # the chunk's resize, sigmoid and product; K + 2 maps
+    assert peaks[400] < 200 * one_map / 2
 
 
 @pytest.fixture(scope="module")
