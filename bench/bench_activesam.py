@@ -1,7 +1,8 @@
 """``--dense sam3`` and ``--dense activesam`` against ActiveSAM's own code, side by side; prints ONE JSON object.
 
     python bench/bench_activesam.py --ref ActiveSAM --method activesam [--work DIR] [--images 3] [--pairs 6]
-        [--arch reduced|full] [--photo WxH] [--classes N] [--confidence-threshold T]
+        [--arch reduced|full] [--photo WxH] [--class-set SET:BENCHMARK] [--classes N] [--confidence-threshold T]
+        [--settings JSON]
 
 The set-up of ``parity/activesam_parity.py`` (made in ``--work`` when missing, reused when there): its reduced SAM 3
 with seeded random weights in Meta's layout, the parity photos, its small WordNet, ``configs/cfg_voc21.py``'s 21
@@ -18,9 +19,12 @@ words' text and ActiveSAM's context bank made: not timed):
 ``--arch full``: SAM 3 at Meta's own sizes (``meta_config``; 3.4 GB of seeded random fp32 weights in Meta's layout,
 written once in ``--work``: keep it outside the repository), which the reference builds with Meta's builders as they
 are, ActiveSAM's 672-pixel preview. ``--photo WxH``: one photo of that size (the first parity photo cropped to its
-aspect) in place of the parity photos; ``--classes N``: the first N lines of the 21-word class file (both sides read
-the same file); ``--confidence-threshold`` and ``--prob-threshold``: the instances' and the background's thresholds
-on both sides (the full-size random model's instance scores lie about 0.1-0.18).
+aspect) in place of the parity photos; ``--classes N``: the first N lines of ``--class-set`` (a bundled class file,
+the reference's own: ``activesam:voc21``, its configs/cls_voc21.txt; ``activesam:ade20k``, 150 classes), which both
+sides read; ``--settings``: the reference's keyword arguments over its config in place of the parity's (vpltool
+given the same; what it leaves out, the reference's defaults: :data:`REF_DEFAULTS`); ``--confidence-threshold`` and
+``--prob-threshold``: the instances' and the background's thresholds on both sides, over those (the full-size random
+model's instance scores lie about 0.1-0.18).
 
 A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--pairs`` pairs, the order swapped
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
@@ -46,6 +50,10 @@ from sidebyside import claim_stdout, race, serve  # noqa: E402
 
 GOAL = 0.8
 # the reference's keyword -> vpltool's knob, for the settings both sides are given
+# what the reference runs where its keyword arguments leave them (configs/base_config.py, cfg_voc21.py's prob_thd; the
+# SAM 3 row: base.py's confidence_threshold, activesam_ref_runner.build)
+REF_DEFAULTS = {"activesam": {"prob_thd": 0.4, "confidence_threshold": 0.3, "pruner_max_active": 40, "bucket_size": 32},
+                "sam3": {"prob_thd": 0.4, "confidence_threshold": 0.5}}
 KNOB_OF = {"prob_thd": "prob_threshold", "confidence_threshold": "confidence_threshold",
            "pruner_max_active": "max_active", "bucket_size": "bucket_size"}
 MODELS = {"full": "full-size SAM 3 (meta_config: Meta's sizes), seeded random (random_state, seed 0), Meta's layout",
@@ -64,13 +72,13 @@ def photos(work: Path, images: int, photo: str | None = None) -> list[Path]:
     return sorted((work / "voc" / "JPEGImages").glob("*.jpg"))[:images]
 
 
-def class_file(work: Path, classes: int) -> Path:
-    """The first ``classes`` lines of the 21-word class file (configs/cls_voc21.txt, vpltool's bundled copy), written
-    in ``work``: what both sides read."""
+def class_file(work: Path, classes: int, class_set: str = "activesam:voc21") -> Path:
+    """The first ``classes`` lines of the bundled ``class_set`` (the reference's own file), written in ``work``: what
+    both sides read."""
     from vpltool.data.class_files import read_class_file
 
-    path = work / f"classes_{classes}.txt"
-    path.write_text("".join(", ".join(line) + "\n" for line in read_class_file("activesam:voc21")[:classes]))
+    path = work / f"classes_{class_set.replace(':', '_')}_{classes}.txt"
+    path.write_text("".join(", ".join(line) + "\n" for line in read_class_file(class_set)[:classes]))
     return path
 
 
@@ -122,11 +130,12 @@ def vpltool_worker(args) -> None:
 
     torch.set_grad_enabled(False)
     overrides, arch = json.loads(args.overrides), json.loads((args.work / "arch.json").read_text())
-    knobs = {KNOB_OF[k]: v for k, v in overrides.items() if k in KNOB_OF}
+    knobs = {KNOB_OF[k]: overrides.get(k, v) for k, v in REF_DEFAULTS[args.method].items()}
     if args.method == "activesam":
         knobs["preview_resolution"] = int(arch["preview"])
     dense, bb = ap.vpltool_method(args.method, args.work / "sam3.pt", **knobs)
-    lines = read_class_file(str(class_file(args.work, args.classes)))  # the reference's words (its query_idx)
+    # the reference's words and their classes (its load_class_vocabulary's query_idx)
+    lines = read_class_file(str(class_file(args.work, args.classes, args.class_set)))
     words, idx = [w for line in lines for w in line], [i for i, line in enumerate(lines) for _ in line]
     text = dense.hooks.query_text(bb, words, ["{}"])
     query_class, n = torch.tensor(idx), len(lines)
@@ -154,7 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     ap_.add_argument("--arch", choices=("reduced", "full"), default="reduced",
                      help="reduced: the parity's SAM 3; full: Meta's sizes (3.4 GB written in --work once)")
     ap_.add_argument("--photo", default=None, help="WxH: one photo of that size in place of the parity photos")
-    ap_.add_argument("--classes", type=int, default=21, help="the first N lines of the 21-word class file")
+    ap_.add_argument("--class-set", default="activesam:voc21", help="a bundled class file both sides read")
+    ap_.add_argument("--classes", type=int, default=21, help="the first N lines of --class-set")
+    ap_.add_argument("--settings", default=None, help="JSON: the reference's keyword arguments [default: the parity's]")
     ap_.add_argument("--confidence-threshold", type=float, default=None,
                      help="the instances' threshold on both sides [default: the parity's]")
     ap_.add_argument("--prob-threshold", type=float, default=None,
@@ -180,16 +191,17 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     ap.setup(args.work, max(args.images, 3), args.arch)
-    settings = dict(ap.OVERRIDES[args.method])
+    settings = json.loads(args.settings) if args.settings else dict(ap.OVERRIDES[args.method])
     if args.confidence_threshold is not None:
         settings["confidence_threshold"] = args.confidence_threshold
     if args.prob_threshold is not None:
         settings["prob_thd"] = args.prob_threshold
-    overrides = {**settings, "classname_path": str(class_file(args.work, args.classes))}
+    overrides = {**settings, "classname_path": str(class_file(args.work, args.classes, args.class_set))}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     common = ["--ref", args.ref, "--method", args.method, "--work", args.work, "--images", args.images,
               "--overrides", json.dumps(overrides), "--arch", args.arch, "--classes", args.classes,
+              "--class-set", args.class_set,
               *(["--photo", args.photo] if args.photo else [])]
     files = photos(args.work, args.images, args.photo)
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
@@ -203,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
         "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
         "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)},
         "model": MODELS[args.arch],
-        "settings": settings, "classes": args.classes,
-        "words": sum(len(line.split(",")) for line in class_file(args.work, args.classes).read_text().splitlines()),
+        "settings": settings, "class_set": args.class_set, "classes": args.classes,
+        "words": sum(len(line.split(",")) for line in
+                     class_file(args.work, args.classes, args.class_set).read_text().splitlines()),
         "unit": f"one photo, {len(files)} in turn: " + ", ".join(f"{Image.open(f).size[0]}x{Image.open(f).size[1]}"
                                                                  for f in files),
         "pairs": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in rows],

@@ -94,6 +94,13 @@ def test_pooled_embeddings_and_neighbor_tokens():
         w = cos[order].softmax(0)
         want = resizer(torch.stack([pooled[others[k]] * w[n] for n, k in enumerate(order.tolist())]))
         assert torch.allclose(tokens[i], want, atol=1e-6)
+    # more slots than other words (the reference's topk fails past Q): the slots past them weigh 0, as the word's
+    # own slot at cosine -inf does where the reference runs; a lone word's are all the resizer's image of zero
+    wide = context.neighbor_tokens(pooled, resizer, 4)
+    assert wide.shape == (3, 4, 4) and torch.allclose(wide[:, :2], tokens)
+    assert torch.allclose(wide[:, 2:], resizer(torch.zeros(8)).expand(3, 2, 4))
+    lone = context.neighbor_tokens(pooled[:1], resizer, 2)
+    assert torch.allclose(lone, resizer(torch.zeros(8)).expand(1, 2, 4))
 
 
 def test_context_bank_tokens_and_padding():
@@ -289,6 +296,75 @@ def test_activesam_flow_preview_buckets_and_context(tiny_sam3, wordnet_data, mon
     assert full == [(sam.image_size, len(b), 32 + 4, True) for b in pruning.buckets(len(active), 2)]
     dropped = [i for i in range(len(words)) if i not in active]
     assert scores[dropped].abs().max() == 0 and scores.shape == (7, 20, 30)
+
+
+@pytest.mark.parametrize("method", ["sam3", "activesam"])
+def test_the_image_is_encoded_once_per_photo_whatever_the_number_of_classes(tiny_sam3, method, monkeypatch):
+    """Through `segment`'s hooks on the tiny SAM 3: with 1, 21 or 150 class words, SAM 3's image encoder runs once
+    per photo at its own side (and ActiveSAM's preview once more, at its side, when the words outnumber
+    --max-active), the text once per vocabulary, and the prompts go through the decoder in buckets."""
+    import math
+
+    from vpltool.config import SegmentConfig
+    from vpltool.models.backbones.sam3 import Sam3
+    from vpltool.models.dense.method import resolve_method
+    from vpltool.models.dense.sam3 import BUCKET
+
+    knobs = {"hypernym_tokens": 0, "preview_resolution": 56, "bucket_size": 16} if method == "activesam" else {}
+    dense = resolve_method(SegmentConfig.of(method, sam3_weights=str(tiny_sam3), **knobs))
+    bb = dense.load(None, "cpu")
+    calls = {"encode_image": [], "encode_text": [], "ground": []}
+    for name in calls:
+        real = getattr(Sam3, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name].append(args[0].shape[-1] if _name == "encode_image" else 0)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Sam3, name, spy)
+    photos = [torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8), torch.randint(0, 255, (24, 18, 3),
+                                                                                      dtype=torch.uint8)]
+    side, max_active = bb.sam.image_size, 40
+    for n in (1, 21, 150):
+        for v in calls.values():
+            v.clear()
+        text = dense.hooks.query_text(bb, [f"thing {i}" for i in range(n)], ["{}"])
+        for photo in photos:
+            extras = [dense.hooks.extra_inputs(None, photo.numpy())]
+            scores = dense.hooks.dense_logits(bb, None, text, [tuple(photo.shape[:2])], dense.settings, extras)[0]
+            assert scores.shape == (n, *photo.shape[:2])
+        assert calls["encode_image"].count(side) == len(photos), (n, calls["encode_image"])
+        previews = [s for s in calls["encode_image"] if s != side]
+        assert previews == ([56] * len(photos) if method == "activesam" and n > max_active else []), n
+        if method == "sam3":
+            assert len(calls["ground"]) == len(photos) * math.ceil(n / BUCKET)
+            assert len(calls["encode_text"]) <= 1  # once per vocabulary (the words of a run)
+
+
+@pytest.mark.parametrize("method", ["sam3", "activesam"])
+def test_embed_then_class_lists_equal_fresh_calls_without_encoding_again(tiny_sam3, method, monkeypatch):
+    """The Python door: ``seg.embed(photo)`` encodes the photo (ActiveSAM: at its preview's side too), then any class
+    list runs the prompts alone, giving a fresh call's scores and labels exactly."""
+    import numpy as np
+
+    import vpltool
+    from vpltool.models.backbones.sam3 import Sam3
+
+    knobs = dict(hypernym_tokens=0, preview_resolution=56, max_active=2) if method == "activesam" else {}
+    seg = vpltool.segmenter(method, sam3_weights=str(tiny_sam3), device="cpu", prob_threshold=0.0, **knobs)
+    photo = np.random.default_rng(0).integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    emb = seg.embed(photo)
+    sides = sorted(a[0].shape[-1] for _, _, a, _ in emb.kept)
+    assert sides == ([56, seg.backbone.sam.image_size] if method == "activesam" else [seg.backbone.sam.image_size])
+    lists = [["cat", "dog"], ["sofa", "sky", "traffic light", "bus"]]  # ActiveSAM's second list is pruned (> 2)
+    encodes, real = [], Sam3.encode_image
+    monkeypatch.setattr(Sam3, "encode_image", lambda self, *a, **k: encodes.append(1) or real(self, *a, **k))
+    kept = [seg(emb, names) for names in lists]
+    assert encodes == []  # the kept encodings answered every call
+    fresh = [seg(photo, names) for names in lists]
+    assert len(encodes) == (3 if method == "activesam" else 2)
+    for a, b in zip(kept, fresh):
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores) and a.classes == b.classes
 
 
 def _cli(*args, env=None):

@@ -129,6 +129,13 @@ def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings:
     return torch.cat(out)
 
 
+def encoded(sam, photo: torch.Tensor, side: int) -> tuple:
+    """``(sam, "encode_image", (pixels,), image)``: the photo encoded at ``side`` as the methods encode it (their
+    ``image_side`` hook, for ``seg.embed``)."""
+    pixels = sam.prepare(photo, side)
+    return sam, "encode_image", (pixels,), sam.encode_image(pixels)
+
+
 class Sam3Backbone:
     """The model SAM 3's methods run (``bb`` in their hooks): ``sam``, the ``sam3`` family's model (``Sam3``; its
     ``nn.Module`` is ``model``), and what the shared segmentor reads of a backbone. The photo reaches the method
@@ -227,6 +234,13 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
 
     def extra_inputs(self, item, image):
         return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
+
+    def image_side(self, bb, extras):
+        return [encoded(bb.sam, extras["photo"], side) for side in self._sides(bb)]
+
+    def _sides(self, bb) -> list[int]:
+        """The sides the photo is encoded at: SAM 3's own."""
+        return [bb.sam.image_size]
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)
