@@ -29,7 +29,9 @@ model's instance scores lie about 0.1-0.18).
 A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--pairs`` pairs, the order swapped
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
 the reference's, against the goal 0.8; the last unit's per-word scores and labels of the two sides are compared.
-Per unit each side's peak resident memory during the unit (its process's own, the peak reset before each unit:
+Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
+read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
+the unit (its process's own, the peak reset before each unit:
 ``sidebyside.reset_peak``) and the process's peak so far (its building's included).
 """
 
@@ -117,7 +119,7 @@ def reference_worker(args) -> None:
             seg._inference_single_view = inner
             return {"scores": seen["scores"], "pred": sample.data["pred_sem_seg"].data[0]}
 
-        serve(unit)
+        serve(unit, trim=True)
 
 
 def vpltool_worker(args) -> None:
@@ -150,7 +152,7 @@ def vpltool_worker(args) -> None:
         _, labels = dense.hooks.probabilities(bb, scores, query_class, n, dense.settings)
         return {"scores": scores, "pred": labels}
 
-    serve(unit)
+    serve(unit, trim=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,8 +58,23 @@ def reset_peak() -> bool:
         return False
 
 
-def serve(unit: Callable[[], object]) -> None:
-    """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit."""
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim(0)``; nothing elsewhere): what a model's
+    loading freed (a checkpoint read whole, then copied into the model) no longer counts in the resident memory."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def serve(unit: Callable[[], object], trim: bool = False) -> None:
+    """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit;
+    ``trim``: :func:`trim_heap` once first (both sides of a bench alike)."""
+    if trim:
+        trim_heap()
     claim_stdout()
     proto = _PROTO[0]
     print("ready", file=proto)
@@ -152,4 +167,4 @@ def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[
     return rows, torch.load(work / "vpltool_out.pt"), torch.load(work / "reference_out.pt")
 
 
-__all__ = ["claim_stdout", "peak_rss_mib", "reset_peak", "serve", "Side", "alternate", "race"]
+__all__ = ["claim_stdout", "peak_rss_mib", "reset_peak", "trim_heap", "serve", "Side", "alternate", "race"]
