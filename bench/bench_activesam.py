@@ -1,6 +1,8 @@
 """``--dense sam3`` and ``--dense activesam`` against ActiveSAM's own code, side by side; prints ONE JSON object.
 
     python bench/bench_activesam.py --ref ActiveSAM --method activesam [--work DIR] [--images 3] [--pairs 6]
+        [--arch reduced|full] [--photo WxH] [--class-set SET:BENCHMARK] [--classes N] [--confidence-threshold T]
+        [--settings JSON]
 
 The set-up of ``parity/activesam_parity.py`` (made in ``--work`` when missing, reused when there): its reduced SAM 3
 with seeded random weights in Meta's layout, the parity photos, its small WordNet, ``configs/cfg_voc21.py``'s 21
@@ -14,9 +16,23 @@ words' text and ActiveSAM's context bank made: not timed):
 * vpltool (``--worker vpltool``): the method resolved and loaded as `segment` does; a unit is the photo decoded,
   the method's ``dense_logits`` and ``probabilities`` hooks (`segment`'s path from the photo to its labels).
 
+``--arch full``: SAM 3 at Meta's own sizes (``meta_config``; 3.4 GB of seeded random fp32 weights in Meta's layout,
+written once in ``--work``: keep it outside the repository), which the reference builds with Meta's builders as they
+are, ActiveSAM's 672-pixel preview. ``--photo WxH``: one photo of that size (the first parity photo cropped to its
+aspect) in place of the parity photos; ``--classes N``: the first N lines of ``--class-set`` (a bundled class file,
+the reference's own: ``activesam:voc21``, its configs/cls_voc21.txt; ``activesam:ade20k``, 150 classes), which both
+sides read; ``--settings``: the reference's keyword arguments over its config in place of the parity's (vpltool
+given the same; what it leaves out, the reference's defaults: :data:`REF_DEFAULTS`); ``--confidence-threshold`` and
+``--prob-threshold``: the instances' and the background's thresholds on both sides, over those (the full-size random
+model's instance scores lie about 0.1-0.18).
+
 A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--pairs`` pairs, the order swapped
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
 the reference's, against the goal 0.8; the last unit's per-word scores and labels of the two sides are compared.
+Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
+read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
+the unit (its process's own, the peak reset before each unit:
+``sidebyside.reset_peak``) and the process's peak so far (its building's included).
 """
 
 from __future__ import annotations
@@ -35,10 +51,37 @@ sys.path[:0] = [str(HERE), str(ROOT / "parity")]
 from sidebyside import claim_stdout, race, serve  # noqa: E402
 
 GOAL = 0.8
+# the reference's keyword -> vpltool's knob, for the settings both sides are given
+# what the reference runs where its keyword arguments leave them (configs/base_config.py, cfg_voc21.py's prob_thd; the
+# SAM 3 row: base.py's confidence_threshold, activesam_ref_runner.build)
+REF_DEFAULTS = {"activesam": {"prob_thd": 0.4, "confidence_threshold": 0.3, "pruner_max_active": 40, "bucket_size": 32},
+                "sam3": {"prob_thd": 0.4, "confidence_threshold": 0.5}}
+KNOB_OF = {"prob_thd": "prob_threshold", "confidence_threshold": "confidence_threshold",
+           "pruner_max_active": "max_active", "bucket_size": "bucket_size"}
+MODELS = {"full": "full-size SAM 3 (meta_config: Meta's sizes), seeded random (random_state, seed 0), Meta's layout",
+          "reduced": "reduced SAM 3 (parity/activesam_parity.py reduced_config), seeded random"}
 
 
-def photos(work: Path, images: int) -> list[Path]:
+def photos(work: Path, images: int, photo: str | None = None) -> list[Path]:
+    """The photos a unit takes in turn: the parity's first ``images``, or the one ``photo`` (``WxH``) made."""
+    if photo:
+        folder = work / f"photo_{photo}"
+        if not (folder / "JPEGImages").is_dir():
+            import bench_cam
+
+            bench_cam.make_voc(folder, 1, sizes=[tuple(int(v) for v in photo.split("x"))])
+        return sorted((folder / "JPEGImages").glob("*.jpg"))[:1]
     return sorted((work / "voc" / "JPEGImages").glob("*.jpg"))[:images]
+
+
+def class_file(work: Path, classes: int, class_set: str = "activesam:voc21") -> Path:
+    """The first ``classes`` lines of the bundled ``class_set`` (the reference's own file), written in ``work``: what
+    both sides read."""
+    from vpltool.data.class_files import read_class_file
+
+    path = work / f"classes_{class_set.replace(':', '_')}_{classes}.txt"
+    path.write_text("".join(", ".join(line) + "\n" for line in read_class_file(class_set)[:classes]))
+    return path
 
 
 def reference_worker(args) -> None:
@@ -55,9 +98,10 @@ def reference_worker(args) -> None:
                               overrides=args.overrides)
     arch = json.loads((args.work / "arch.json").read_text())
     with in_clone(args.ref):
-        rr.reduced_builders(arch)
+        if not arch.get("meta"):  # Meta's own sizes: its builders as they are
+            rr.reduced_builders(arch)
         seg, _ = rr.build(opts, arch, rr.read_config(args.ref, "configs/cfg_voc21.py"))
-        files, state = photos(args.work, args.images), {"k": 0}
+        files, state = photos(args.work, args.images, args.photo), {"k": 0}
 
         def unit():
             path = files[state["k"] % len(files)]
@@ -75,7 +119,7 @@ def reference_worker(args) -> None:
             seg._inference_single_view = inner
             return {"scores": seen["scores"], "pred": sample.data["pred_sem_seg"].data[0]}
 
-        serve(unit)
+        serve(unit, trim=True)
 
 
 def vpltool_worker(args) -> None:
@@ -84,12 +128,20 @@ def vpltool_worker(args) -> None:
     import torch
     from PIL import Image
 
+    from vpltool.data.class_files import read_class_file
+
     torch.set_grad_enabled(False)
-    dense, bb = ap.vpltool_method(args.method, args.work / "sam3.pt")
-    meta = json.loads((args.work / f"ref_{args.method}" / "meta.json").read_text())
-    text = dense.hooks.query_text(bb, meta["query_words"], ["{}"])
-    query_class, n = torch.tensor(meta["query_idx"]), len(set(meta["query_idx"]))
-    files, state = photos(args.work, args.images), {"k": 0}
+    overrides, arch = json.loads(args.overrides), json.loads((args.work / "arch.json").read_text())
+    knobs = {KNOB_OF[k]: overrides.get(k, v) for k, v in REF_DEFAULTS[args.method].items()}
+    if args.method == "activesam":
+        knobs["preview_resolution"] = int(arch["preview"])
+    dense, bb = ap.vpltool_method(args.method, args.work / "sam3.pt", **knobs)
+    # the reference's words and their classes (its load_class_vocabulary's query_idx)
+    lines = read_class_file(str(class_file(args.work, args.classes, args.class_set)))
+    words, idx = [w for line in lines for w in line], [i for i, line in enumerate(lines) for _ in line]
+    text = dense.hooks.query_text(bb, words, ["{}"])
+    query_class, n = torch.tensor(idx), len(lines)
+    files, state = photos(args.work, args.images, args.photo), {"k": 0}
 
     def unit():
         path = files[state["k"] % len(files)]
@@ -100,7 +152,7 @@ def vpltool_worker(args) -> None:
         _, labels = dense.hooks.probabilities(bb, scores, query_class, n, dense.settings)
         return {"scores": scores, "pred": labels}
 
-    serve(unit)
+    serve(unit, trim=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,6 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     ap_.add_argument("--work", type=Path, default=Path("runs/parity-activesam"), help="the parity's files")
     ap_.add_argument("--images", type=int, default=3, help="photos taken in turn, one a unit")
     ap_.add_argument("--pairs", type=int, default=6, help="alternating pairs after the warm-up (median over them)")
+    ap_.add_argument("--arch", choices=("reduced", "full"), default="reduced",
+                     help="reduced: the parity's SAM 3; full: Meta's sizes (3.4 GB written in --work once)")
+    ap_.add_argument("--photo", default=None, help="WxH: one photo of that size in place of the parity photos")
+    ap_.add_argument("--class-set", default="activesam:voc21", help="a bundled class file both sides read")
+    ap_.add_argument("--classes", type=int, default=21, help="the first N lines of --class-set")
+    ap_.add_argument("--settings", default=None, help="JSON: the reference's keyword arguments [default: the parity's]")
+    ap_.add_argument("--confidence-threshold", type=float, default=None,
+                     help="the instances' threshold on both sides [default: the parity's]")
+    ap_.add_argument("--prob-threshold", type=float, default=None,
+                     help="the background threshold (prob_thd) on both sides [default: the parity's]")
+    ap_.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap_.add_argument("--worker", choices=("reference", "vpltool"), help=argparse.SUPPRESS)
     ap_.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)  # the reference's (the parity's)
     args = ap_.parse_args(argv)
@@ -124,39 +187,59 @@ def main(argv: list[str] | None = None) -> None:
         return
     import activesam_parity as ap
     import torch
+    from PIL import Image
 
     import benchlib
 
     torch.set_num_threads(1)
-    s = ap.setup(args.work, max(args.images, 3))
-    if not (args.work / f"ref_{args.method}" / "meta.json").is_file():  # the query words, from one reference run
-        ap.run_reference(argparse.Namespace(ref=args.ref), {**s, "photos": s["photos"][:1]}, args.method,
-                         args.work / f"ref_{args.method}")
+    ap.setup(args.work, max(args.images, 3), args.arch)
+    settings = json.loads(args.settings) if args.settings else dict(ap.OVERRIDES[args.method])
+    if args.confidence_threshold is not None:
+        settings["confidence_threshold"] = args.confidence_threshold
+    if args.prob_threshold is not None:
+        settings["prob_thd"] = args.prob_threshold
+    overrides = {**settings, "classname_path": str(class_file(args.work, args.classes, args.class_set))}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
     common = ["--ref", args.ref, "--method", args.method, "--work", args.work, "--images", args.images,
-              "--overrides", json.dumps(ap.OVERRIDES[args.method])]
+              "--overrides", json.dumps(overrides), "--arch", args.arch, "--classes", args.classes,
+              "--class-set", args.class_set,
+              *(["--photo", args.photo] if args.photo else [])]
+    files = photos(args.work, args.images, args.photo)
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
     rows, a, b = race(__file__, common, args.work, env, args.pairs)
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
-    print(json.dumps({
+    result = json.dumps({
         "benchmark": f"{args.method}-vs-reference", "machine": benchlib.machine("cpu"), "threads": 1,
         "precision": "fp32",
         "command": " ".join(["python", "bench/bench_activesam.py", *map(str, argv or sys.argv[1:])]),
         "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
         "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)},
-        "model": "reduced SAM 3 (parity/activesam_parity.py reduced_config), seeded random",
-        "settings": ap.OVERRIDES[args.method], "unit": f"one photo, the first {args.images} parity photos in turn",
+        "model": MODELS[args.arch],
+        "settings": settings, "class_set": args.class_set, "classes": args.classes,
+        "words": sum(len(line.split(",")) for line in
+                     class_file(args.work, args.classes, args.class_set).read_text().splitlines()),
+        "unit": f"one photo, {len(files)} in turn: " + ", ".join(f"{Image.open(f).size[0]}x{Image.open(f).size[1]}"
+                                                                 for f in files),
         "pairs": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in rows],
         "ratios": [round(r, 3) for r in ratios], "ratio_median": round(ratio, 3),
         "cpu_seconds_median": {side: round(statistics.median(r[side]["cpu"] for r in rows), 3)
                                for side in ("vpltool", "reference")},
+        "unit_rss_peak_mib_max": {side: max((r[side].get("unit_rss_peak_mib") or 0) for r in rows)
+                                  for side in ("vpltool", "reference")},
+        "process_rss_peak_mib": {side: max((r[side].get("rss_peak_mib") or 0) for r in rows)
+                                 for side in ("vpltool", "reference")},
         "goal": GOAL, "goal_met": bool(ratio <= GOAL),
+        "memory_goal_met": bool(max((r["vpltool"].get("unit_rss_peak_mib") or 0) for r in rows)
+                                <= max((r["reference"].get("unit_rss_peak_mib") or 0) for r in rows)),
         "outputs": {"scores_max_abs_diff": float((a["scores"] - b["scores"]).abs().max()),
                     "labels_equal": float((a["pred"] == b["pred"]).float().mean())},
         "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
-        "seconds": round(time.perf_counter() - start, 1)}, indent=1))
+        "seconds": round(time.perf_counter() - start, 1)}, indent=1)
+    print(result)
+    if args.out:
+        args.out.write_text(result + "\n")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ it imports nothing from vpltool, so a reference's process never meets vpltool's 
 A worker builds its models once, then answers one line per command on a private copy of its stdout (its own
 ``sys.stdout`` and file descriptor 1 go to stderr, so a reference's prints cannot corrupt the protocol):
 
-* ``run``: one unit of work; answers ``{"cpu": s, "wall": s, "rss_peak_mib": MiB}``, the process's CPU-seconds
-  (user + sys, every thread: ``time.process_time``), the wall time of the unit alone, and the process's peak
-  resident memory so far (:func:`peak_rss_mib`: its building included);
+* ``run``: one unit of work; answers ``{"cpu": s, "wall": s, "rss_peak_mib": MiB, "unit_rss_peak_mib": MiB}``,
+  the process's CPU-seconds (user + sys, every thread: ``time.process_time``), the wall time of the unit alone, the
+  process's peak resident memory so far (:func:`peak_rss_mib`: its building included) and the peak during the unit
+  alone (Linux's peak reset before it, :func:`reset_peak`; None where it cannot be reset);
 * ``save PATH``: ``torch.save`` of what the last unit returned (the driver compares the two sides' outputs);
 * ``quit``.
 """
@@ -46,19 +47,48 @@ def peak_rss_mib() -> float | None:
     return round(kib / 1024, 1)
 
 
-def serve(unit: Callable[[], object]) -> None:
-    """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit."""
+def reset_peak() -> bool:
+    """Set this process's ``VmHWM`` back to its resident memory now (``/proc/self/clear_refs`` given 5, Linux 4.0
+    on), so that the next :func:`peak_rss_mib` is the peak since; False where it cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim(0)``; nothing elsewhere): what a model's
+    loading freed (a checkpoint read whole, then copied into the model) no longer counts in the resident memory."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def serve(unit: Callable[[], object], trim: bool = False) -> None:
+    """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit;
+    ``trim``: :func:`trim_heap` once first (both sides of a bench alike)."""
+    if trim:
+        trim_heap()
     claim_stdout()
     proto = _PROTO[0]
     print("ready", file=proto)
-    out = None
+    out, before = None, peak_rss_mib()  # the peak so far (the building's), kept across the resets
     for line in sys.stdin:
         cmd = line.strip()
         if cmd == "run":
+            before = max(before or 0.0, peak_rss_mib() or 0.0)
+            reset = reset_peak()
             cpu, wall = time.process_time(), time.perf_counter()
             out = unit()
-            print(json.dumps({"cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall,
-                              "rss_peak_mib": peak_rss_mib()}), file=proto)
+            cpu, wall, peak = time.process_time() - cpu, time.perf_counter() - wall, peak_rss_mib()
+            print(json.dumps({"cpu": cpu, "wall": wall, "rss_peak_mib": max(before, peak or 0.0) or None,
+                              "unit_rss_peak_mib": peak if reset else None}), file=proto)
         elif cmd.startswith("save "):
             import torch
 
@@ -137,4 +167,4 @@ def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[
     return rows, torch.load(work / "vpltool_out.pt"), torch.load(work / "reference_out.pt")
 
 
-__all__ = ["claim_stdout", "peak_rss_mib", "serve", "Side", "alternate", "race"]
+__all__ = ["claim_stdout", "peak_rss_mib", "reset_peak", "trim_heap", "serve", "Side", "alternate", "race"]

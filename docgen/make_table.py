@@ -535,6 +535,54 @@ def vs_reference_section(d: dict) -> list[str]:
     return lines
 
 
+def sam3_side_by_side_section(d: dict) -> list[str]:
+    """bench_activesam.py: SAM 3's or ActiveSAM's CPU-seconds per photo and peak memory beside ActiveSAM's code."""
+    out, cpu, peaks = d["outputs"], d["cpu_seconds_median"], d.get("unit_rss_peak_mib_max") or {}
+    memory = (f"{num(peaks['vpltool'], 4)} / {num(peaks['reference'], 4)}" if peaks else "not recorded")
+    rows = [[d["model"], d["unit"], f"{d.get('words', '?')}", json.dumps(d["settings"]), num(cpu["vpltool"]),
+             num(cpu["reference"]), num(d["ratio_median"]), "met" if d["goal_met"] else "**not met**", memory,
+             f"scores Δ {num(out['scores_max_abs_diff'], 2)}, labels {out['labels_equal']:.2%}"]]
+    return table(["model", "unit", "words", "settings", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
+                  f"goal ≤ {d['goal']}", "peak RSS in a photo, MiB (vpltool / reference)", "outputs"], rows,
+                 "lllrrrrlll")
+
+
+def sam3_classes_section(d: dict) -> list[str]:
+    """bench_sam3_classes.py: one photo's CPU-seconds against the number of classes, and seg.embed's share."""
+    rows = []
+    for method in ("sam3", "activesam"):
+        if method not in d:
+            continue
+        door = d[method]["python_door"]
+        for n, r in d[method]["side_by_side"].items():
+            share = door.get(n, {}).get("share")
+            if "error" in r:
+                rows.append([method, n, "", "", "", f"reference failed: {r['error']}", num(share)])
+                continue
+            cpu = r["cpu_seconds_median"]
+            rows.append([method, n, num(cpu["vpltool"]), num(cpu["reference"]), num(r["ratio_median"]),
+                         f"scores Δ {num(r['outputs']['scores_max_abs_diff'], 2)}, labels "
+                         f"{r['outputs']['labels_equal']:.2%}", num(share)])
+    return [sentence(d["what"]) + f" Model: {d['model']}.", "", *table(
+        ["method", "classes", "vpltool CPU-s", "reference CPU-s", "ratio", "outputs",
+         "seg(emb, names) / seg(photo, names)"], rows, "lrrrrlr")]
+
+
+def sam3_footprint_section(d: dict) -> list[str]:
+    """bench_sam3_footprint.py: fp32 against bf16 weights; with --methods, bf16's distance from fp32."""
+    m = d["median"]
+    rows = [[p, num(m[p]["weights_mib"], 4), num(m[p]["peak_rss_mib"], 4), num(m[p]["cpu_s"])] for p in m]
+    lines = [sentence(d["what"]) + f" Model: {d['model']}.", "", *table(
+        ["precision", "weights MiB", "peak RSS MiB", "CPU-s (sam3_scores)"], rows, "lrrr")]
+    if d.get("parity"):
+        rows = [[method, num(p["scores_max_abs_diff"], 2), f"{p['labels_equal']:.3%}",
+                 num(d["method_cpu_s_median"]["fp32"][method]), num(d["method_cpu_s_median"]["bf16"][method])]
+                for method, p in d["parity"].items()]
+        lines += ["", *table(["method (bf16 against fp32)", "scores max abs diff", "labels equal", "fp32 CPU-s",
+                              "bf16 CPU-s"], rows, "lrrrr")]
+    return lines
+
+
 SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_section),
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
@@ -553,7 +601,15 @@ SECTIONS = {"demo": ("make demo: wall time per stage (after setup)", demo_sectio
                                           "(bench_learn_prototypes.py --launches)", None),
             "dense-parity": ("Dense CLIP methods against their public code (dense_parity.py)", dense_parity_section),
             "vs-reference": ("vpltool against the references' own code, CPU-seconds side by side "
-                             "(bench_vs_reference.py)", vs_reference_section)}
+                             "(bench_vs_reference.py)", vs_reference_section),
+            "sam3-vs-reference": ("SAM 3 (--dense sam3) against ActiveSAM's own code (bench_activesam.py)",
+                                  sam3_side_by_side_section),
+            "activesam-vs-reference": ("ActiveSAM (--dense activesam) against its own code (bench_activesam.py)",
+                                       sam3_side_by_side_section),
+            "sam3-classes": ("SAM 3 and ActiveSAM: the cost of the class count (bench_sam3_classes.py)",
+                             sam3_classes_section),
+            "sam3-footprint": ("SAM 3 in bf16 on the CPU: footprint and distance from fp32 (bench_sam3_footprint.py)",
+                               sam3_footprint_section)}
 
 
 # results whose figures hold for the CPU they ran on alone (the two CPU libraries' speeds differ by CPU): their title

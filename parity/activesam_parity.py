@@ -64,29 +64,35 @@ def reduced_config() -> dict:
     return cfg
 
 
-def arch_of(cfg: dict) -> dict:
-    """The reference runner's ``--arch`` of a configuration (the sizes its builder takes)."""
+def arch_of(cfg: dict, full: bool = False) -> dict:
+    """The reference runner's ``--arch`` of a configuration (the sizes its builder takes); ``full``: Meta's own
+    sizes, which the runner then builds with Meta's builders unchanged (``"meta": true``) and ActiveSAM's 672-pixel
+    preview."""
     vit, text = cfg["vision_config"]["backbone_config"], cfg["text_config"]
     return {"image": vit["image_size"], "pretrain": vit["pretrain_image_size"], "window": vit["window_size"],
             "vit_width": vit["hidden_size"], "vit_heads": vit["num_attention_heads"],
             "vit_depth": vit["num_hidden_layers"], "global": vit["global_attn_indexes"],
             "text_width": text["hidden_size"], "text_heads": text["num_attention_heads"],
             "text_layers": text["num_hidden_layers"], "encoder_layers": cfg["detr_encoder_config"]["num_layers"],
-            "decoder_layers": cfg["detr_decoder_config"]["num_layers"], "preview": 224}
+            "decoder_layers": cfg["detr_decoder_config"]["num_layers"], "preview": 672 if full else 224,
+            "meta": full}
 
 
-def setup(work: Path, images: int) -> dict:
+def setup(work: Path, images: int, arch: str = "reduced") -> dict:
+    """The parity's files in ``work`` (module docstring), made when missing; ``arch`` ``full``: SAM 3 at Meta's
+    own sizes (``meta_config``: 3.4 GB of fp32 weights written once) in place of :func:`reduced_config`."""
     import bench_cam
     import wordnet_fixture
 
     from vpltool.models.backbones.sam3_files import random_state, write_meta
+    from vpltool.models.backbones.sam3_weights import meta_config
 
     work.mkdir(parents=True, exist_ok=True)
-    cfg = reduced_config()
+    cfg = meta_config() if arch == "full" else reduced_config()
     weights = work / "sam3.pt"
     if not weights.is_file():
         write_meta(weights, cfg, random_state(cfg, 0))
-    (work / "arch.json").write_text(json.dumps(arch_of(cfg)))
+    (work / "arch.json").write_text(json.dumps(arch_of(cfg, arch == "full")))
     voc = work / "voc"
     photos = sorted((voc / "JPEGImages").glob("*.jpg"))
     if len(photos) != images:
@@ -109,12 +115,13 @@ def run_reference(args, s: dict, method: str, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def vpltool_method(method: str, weights: Path):
-    """`segment`'s resolved method and its loaded backbone at the parity's settings."""
+def vpltool_method(method: str, weights: Path, **knobs):
+    """`segment`'s resolved method and its loaded backbone at the parity's settings (``knobs`` over them)."""
     from vpltool.config import SegmentConfig
     from vpltool.models.dense.method import resolve_method
 
-    cfg = SegmentConfig.of(method, sam3_weights=str(weights), class_file="activesam:voc21", **KNOBS[method])
+    cfg = SegmentConfig.of(method, sam3_weights=str(weights), class_file="activesam:voc21",
+                           **{**KNOBS[method], **knobs})
     dense = resolve_method(cfg)
     return dense, dense.load(None, "cpu")
 

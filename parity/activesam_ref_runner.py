@@ -228,8 +228,9 @@ def build(args, arch: dict, cfg: dict):
 
     base_mod.build_sam3_image_model = on_cpu
     kwargs = {k: v for k, v in cfg["model"].items() if k != "type"}
-    kwargs.update(classname_path=str((args.clone / kwargs["classname_path"]).resolve()),
-                  device=torch.device("cpu"), **json.loads(args.overrides))
+    kwargs.update(classname_path=str((args.clone / kwargs["classname_path"]).resolve()),  # an override's is absolute
+                  device=torch.device("cpu"))
+    kwargs.update(json.loads(args.overrides))
     if args.method == "sam3":
         for k in ("neighbor_tokens", "hypernym_tokens", "bucket_size", "preview_resolution", "quantile_alpha",
                   "pruner_max_active", "mabc_exponent"):
@@ -256,7 +257,8 @@ def run(args) -> None:
     args.clone = args.clone.resolve()
     arch = json.loads(Path(args.arch).read_text())
     with in_clone(args.clone):
-        reduced_builders(arch)
+        if not arch.get("meta"):  # Meta's sizes: its builders as they are
+            reduced_builders(arch)
         if args.make_weights:
             make_weights(args, arch)
             return

@@ -94,6 +94,13 @@ def test_pooled_embeddings_and_neighbor_tokens():
         w = cos[order].softmax(0)
         want = resizer(torch.stack([pooled[others[k]] * w[n] for n, k in enumerate(order.tolist())]))
         assert torch.allclose(tokens[i], want, atol=1e-6)
+    # more slots than other words (the reference's topk fails past Q): the slots past them weigh 0, as the word's
+    # own slot at cosine -inf does where the reference runs; a lone word's are all the resizer's image of zero
+    wide = context.neighbor_tokens(pooled, resizer, 4)
+    assert wide.shape == (3, 4, 4) and torch.allclose(wide[:, :2], tokens)
+    assert torch.allclose(wide[:, 2:], resizer(torch.zeros(8)).expand(3, 2, 4))
+    lone = context.neighbor_tokens(pooled[:1], resizer, 2)
+    assert torch.allclose(lone, resizer(torch.zeros(8)).expand(1, 2, 4))
 
 
 def test_context_bank_tokens_and_padding():
@@ -171,22 +178,84 @@ def test_segment_help_lists_both_and_bad_knobs():
         SegmentConfig.of("activesam", quantile_alpha=2.0)
 
 
-def test_word_scores_fold_the_kept_instances():
-    from types import SimpleNamespace
+def _grounding(k: int, queries: int, side: int, seed: int):
+    """A seeded random ``Sam3Grounding`` of ``k`` prompts with both heads' low-resolution logits."""
+    from vpltool.models.backbones.sam3 import Sam3Grounding
 
-    from vpltool.models.dense.sam3 import Sam3Settings, word_scores
+    g = torch.Generator().manual_seed(seed)
+    return Sam3Grounding(torch.randn(k, queries, generator=g), torch.randn(k, generator=g),
+                         torch.rand(k, queries, 4, generator=g), torch.randn(k, queries, side, side, generator=g),
+                         torch.randn(k, 1, side, side, generator=g))
 
-    torch.manual_seed(2)
-    masks, scores, semantic = torch.rand(3, 4, 5), torch.tensor([0.9, 0.35, 0.6]), torch.rand(4, 5)
-    concept = SimpleNamespace(masks=masks, scores=scores, presence=0.7, semantic=semantic)
-    inst = torch.zeros(4, 5)
-    for i in range(3):
-        inst = torch.maximum(inst, masks[i] * scores[i])
-    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "instance", False))[0], inst)
-    assert torch.allclose(word_scores([concept], Sam3Settings(0.3, "both", True))[0],
-                          torch.maximum(inst, semantic) * 0.7)
-    none = SimpleNamespace(masks=torch.zeros(0, 4, 5), scores=torch.zeros(0), presence=0.7, semantic=semantic)
-    assert word_scores([none], Sam3Settings(0.3, "instance", False)).abs().max() == 0
+
+def test_grounding_scores_fold_the_concepts_instances():
+    """The scores are the family's ``Sam3.concepts`` folded (each kept mask times its score, the pixelwise max;
+    the semantic map; their max; times the presence) with the masks resized a few at a time: the same to float32's
+    last bits (the bilinear kernel's rounding may move with where a plane lies in its batch)."""
+    from vpltool.models.backbones.sam3 import Sam3
+    from vpltool.models.dense.sam3 import Sam3Settings, grounding_scores
+
+    g, size = _grounding(3, 40, 8, 2), (21, 34)
+    for threshold in (0.0, 0.3, 2.0):  # every query kept, some, none
+        concepts = Sam3.concepts(None, g, size, threshold)
+        for heads, gate in (("instance", False), ("semantic", False), ("both", True)):
+            want = []
+            for c in concepts:
+                inst = torch.zeros(size)
+                for mask, score in zip(c.masks, c.scores):
+                    inst = torch.maximum(inst, mask * score)
+                score = {"instance": inst, "semantic": c.semantic, "both": torch.maximum(inst, c.semantic)}[heads]
+                want.append(score * c.presence if gate else score)
+            got = grounding_scores(g, size, Sam3Settings(threshold, heads, gate), chunk=7)
+            torch.testing.assert_close(got, torch.stack(want), rtol=0, atol=1e-6, msg=str((threshold, heads)))
+    assert grounding_scores(g, size, Sam3Settings(2.0, "instance", False)).abs().max() == 0
+
+
+class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The bytes of the tensors made under it that are alive, and their peak (each storage counted once, until
+    the tensor that made it is collected)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.seen = 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.seen:
+                key, n = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+                self.seen.add(key)
+                self.live += n
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(t, self._free, key, n)
+        return out
+
+    def _free(self, key, n):
+        self.seen.discard(key)
+        self.live -= n
+
+
+def test_grounding_scores_memory_does_not_grow_with_the_instances_kept():
+    """A low --confidence-threshold keeps every query of every prompt: the peak of the tensors made at the photo's
+    size is the same whether 63, 100 or all of the 400 instances are kept (the masks are resized a chunk at a time),
+    a few chunks' maps at the photo's size, where every kept mask at once would be 200 a prompt."""
+    from vpltool.models.dense.sam3 import MASK_CHUNK, Sam3Settings, grounding_scores
+
+    g, size = _grounding(2, 200, 8, 3), (300, 200)
+    scores = g.scores().flatten().sort().values
+    peaks = {}
+    for threshold in (0.0, float(scores[299]), float(scores[-4 * MASK_CHUNK])):  # 400, 100, 2 x 32 - 1 kept
+        kept = int((g.scores() > threshold).sum())
+        with _LiveBytes() as live:
+            grounding_scores(g, size, Sam3Settings(threshold, "both", True))
+        peaks[kept] = live.peak
+    assert sorted(peaks) == [4 * MASK_CHUNK - 1, 100, 400]
+    one_map, low = size[0] * size[1] * 4, 8 * 8 * 4  # bytes: a map at the photo's size, a low-resolution mask
+    assert 0 <= peaks[400] - peaks[4 * MASK_CHUNK - 1] <= 400 * low  # the low-resolution masks picked, alone
+    assert peaks[400] <= (4 * MASK_CHUNK + 2 + 2) * one_map  # the chunk's resize, sigmoid and product; K + 2 maps
+    assert peaks[400] < 200 * one_map / 2
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +296,75 @@ def test_activesam_flow_preview_buckets_and_context(tiny_sam3, wordnet_data, mon
     assert full == [(sam.image_size, len(b), 32 + 4, True) for b in pruning.buckets(len(active), 2)]
     dropped = [i for i in range(len(words)) if i not in active]
     assert scores[dropped].abs().max() == 0 and scores.shape == (7, 20, 30)
+
+
+@pytest.mark.parametrize("method", ["sam3", "activesam"])
+def test_the_image_is_encoded_once_per_photo_whatever_the_number_of_classes(tiny_sam3, method, monkeypatch):
+    """Through `segment`'s hooks on the tiny SAM 3: with 1, 21 or 150 class words, SAM 3's image encoder runs once
+    per photo at its own side (and ActiveSAM's preview once more, at its side, when the words outnumber
+    --max-active), the text once per vocabulary, and the prompts go through the decoder in buckets."""
+    import math
+
+    from vpltool.config import SegmentConfig
+    from vpltool.models.backbones.sam3 import Sam3
+    from vpltool.models.dense.method import resolve_method
+    from vpltool.models.dense.sam3 import BUCKET
+
+    knobs = {"hypernym_tokens": 0, "preview_resolution": 56, "bucket_size": 16} if method == "activesam" else {}
+    dense = resolve_method(SegmentConfig.of(method, sam3_weights=str(tiny_sam3), **knobs))
+    bb = dense.load(None, "cpu")
+    calls = {"encode_image": [], "encode_text": [], "ground": []}
+    for name in calls:
+        real = getattr(Sam3, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name].append(args[0].shape[-1] if _name == "encode_image" else 0)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Sam3, name, spy)
+    photos = [torch.randint(0, 255, (20, 30, 3), dtype=torch.uint8), torch.randint(0, 255, (24, 18, 3),
+                                                                                      dtype=torch.uint8)]
+    side, max_active = bb.sam.image_size, 40
+    for n in (1, 21, 150):
+        for v in calls.values():
+            v.clear()
+        text = dense.hooks.query_text(bb, [f"thing {i}" for i in range(n)], ["{}"])
+        for photo in photos:
+            extras = [dense.hooks.extra_inputs(None, photo.numpy())]
+            scores = dense.hooks.dense_logits(bb, None, text, [tuple(photo.shape[:2])], dense.settings, extras)[0]
+            assert scores.shape == (n, *photo.shape[:2])
+        assert calls["encode_image"].count(side) == len(photos), (n, calls["encode_image"])
+        previews = [s for s in calls["encode_image"] if s != side]
+        assert previews == ([56] * len(photos) if method == "activesam" and n > max_active else []), n
+        if method == "sam3":
+            assert len(calls["ground"]) == len(photos) * math.ceil(n / BUCKET)
+            assert len(calls["encode_text"]) <= 1  # once per vocabulary (the words of a run)
+
+
+@pytest.mark.parametrize("method", ["sam3", "activesam"])
+def test_embed_then_class_lists_equal_fresh_calls_without_encoding_again(tiny_sam3, method, monkeypatch):
+    """The Python door: ``seg.embed(photo)`` encodes the photo (ActiveSAM: at its preview's side too), then any class
+    list runs the prompts alone, giving a fresh call's scores and labels exactly."""
+    import numpy as np
+
+    import vpltool
+    from vpltool.models.backbones.sam3 import Sam3
+
+    knobs = dict(hypernym_tokens=0, preview_resolution=56, max_active=2) if method == "activesam" else {}
+    seg = vpltool.segmenter(method, sam3_weights=str(tiny_sam3), device="cpu", prob_threshold=0.0, **knobs)
+    photo = np.random.default_rng(0).integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    emb = seg.embed(photo)
+    sides = sorted(a[0].shape[-1] for _, _, a, _ in emb.kept)
+    assert sides == ([56, seg.backbone.sam.image_size] if method == "activesam" else [seg.backbone.sam.image_size])
+    lists = [["cat", "dog"], ["sofa", "sky", "traffic light", "bus"]]  # ActiveSAM's second list is pruned (> 2)
+    encodes, real = [], Sam3.encode_image
+    monkeypatch.setattr(Sam3, "encode_image", lambda self, *a, **k: encodes.append(1) or real(self, *a, **k))
+    kept = [seg(emb, names) for names in lists]
+    assert encodes == []  # the kept encodings answered every call
+    fresh = [seg(photo, names) for names in lists]
+    assert len(encodes) == (3 if method == "activesam" else 2)
+    for a, b in zip(kept, fresh):
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.scores, b.scores) and a.classes == b.classes
 
 
 def _cli(*args, env=None):

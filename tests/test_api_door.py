@@ -72,11 +72,11 @@ def test_embed_refuses_what_has_no_image_side_of_its_own(tiny_pgseg_checkpoint, 
     from vpltool.models.dense import dense_hooks
 
     assert [m for m in vpltool.list_methods(family="clip") if not embeddable(dense_hooks(m))] == \
-        ["cass", "trident", "corrclip", "ov-stitcher", "textregion", "radseg", "sam3", "activesam"]  # their window
+        ["cass", "trident", "corrclip", "ov-stitcher", "textregion", "radseg"]  # their window
     # logits read the names (object presence, SAM, regions, RADSeg's text-scored windows); OV-Stitcher's own segmentor
     # stitches the windows inside the models, per image with its region map; TextRegion's region tokens are pooled
     # over each photo's own region masks and scored against the text before they are painted back, so no patch grid
-    # stands alone; SAM 3 and ActiveSAM prompt SAM 3 with the words themselves (no CLIP patch embedding at all)
+    # stands alone (SAM 3 and ActiveSAM keep SAM 3's image encoding: their image_side hook, tests/test_activesam.py)
     pgseg = vpltool.segmenter("pgseg", checkpoint=tiny_pgseg_checkpoint, device="cpu")
     with pytest.raises(VplError, match=r"^embed: a PGSeg / GroupViT checkpoint's zero-shot hook .*takes the photo "
                                        r"and the class names' text in one call"):

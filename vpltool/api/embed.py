@@ -11,6 +11,9 @@ as a fresh call, bit for bit. Only the text side (the queries, their product wit
 PAMR, the threshold) runs again. An option that changes the windows (``short_side``, ``slide_crop``,
 ``slide_stride``) meets no kept input and computes them anew: still exact, not faster.
 
+SAM 3 and ActiveSAM (their ``image_side`` hook) keep SAM 3's image encoder's output, at SAM 3's side (and at
+ActiveSAM's preview side): a later call runs the prompts' decoder alone, the same numbers as a fresh call.
+
 A method whose window logits read the class names inside its own hook (CASS's object presence, Trident's and
 CorrCLIP's own segmentors) has no image side apart from them, and a text-supervised family's ``zero_shot_logits``
 takes the photo and the text in one call: ``embed`` refuses both in one line.
@@ -35,8 +38,9 @@ class Embedding:
         photo: the photo as given (a path or URL names it in messages; an array or image: None).
         image: ``[H, W, 3]`` uint8 RGB, the decoded photo.
         method: the segmenter's method.
-        kept: ``(window pixels [n, 3, h, w] float32, fp16_pos, features [n, hw, D])`` per ``dense_features`` call
-            of the photo, on the segmenter's device.
+        kept: ``(owner, name, args, output)`` per image-side call of the photo, on the segmenter's device:
+            ``(bb, "dense_features", (window pixels [n, 3, h, w] float32, fp16_pos), features [n, hw, D])``, or a
+            method's own (its ``image_side`` hook: SAM 3's ``(sam, "encode_image", (pixels,), Sam3Image)``).
     """
 
     photo: Any
@@ -51,10 +55,13 @@ class Embedding:
 
 
 def embeddable(hooks: Any) -> bool:
-    """Whether a dense method's image side is ``bb.dense_features`` alone: the shared segmentor and the default
-    window logits (the cosine of the features with the text)."""
+    """Whether a dense method's image side stands apart from the class names: its own ``image_side`` hook (SAM 3's
+    image encoder), or ``bb.dense_features`` alone (the shared segmentor and the default window logits, the cosine
+    of the features with the text)."""
     from ..models.dense import DenseHooks
 
+    if type(hooks).image_side is not DenseHooks.image_side:
+        return True
     return not hooks.own_segmentor and type(hooks).grid_logits is DenseHooks.grid_logits
 
 
@@ -69,29 +76,48 @@ def refuse(method: str, family: str | None = None) -> VplError:
                     "seg(photo, names) for each class list")
 
 
-@contextmanager
-def kept_features(bb: Any, kept: list, record: bool) -> Iterator[None]:
-    """Within: ``bb.dense_features(pixels, fp16_pos)`` answers an input equal to a kept one (same shape, same
-    values, same ``fp16_pos``) with the kept output, and computes any other (appending it to ``kept`` when
-    ``record``). Instance attribute over the method, removed on exit."""
+def _equal(a: Any, b: Any) -> bool:
+    """Arguments compared exactly: tensors by shape, dtype and every value; anything else by ``==``."""
     import torch
 
-    compute = bb.dense_features
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
+    return a == b
 
-    def dense_features(pixels: torch.Tensor, fp16_pos: bool = False) -> torch.Tensor:
-        for x, pos, out in kept:
-            if pos == fp16_pos and x.shape == pixels.shape and x.dtype == pixels.dtype and torch.equal(x, pixels):
-                return out
-        out = compute(pixels, fp16_pos)
-        if record:
-            kept.append((pixels, fp16_pos, out))
-        return out
 
-    bb.dense_features = dense_features
+@contextmanager
+def kept_features(bb: Any, kept: list, record: bool) -> Iterator[None]:
+    """Within: each kept call ``(owner, name, args, output)`` (an :class:`Embedding`'s) answers ``owner.name`` made
+    again with equal arguments (:func:`_equal`) with its kept output, and computes any other; with ``record``,
+    ``bb.dense_features(pixels, fp16_pos)`` too, each new call appended to ``kept``. Instance attributes over the
+    methods, removed on exit."""
+    targets = {(id(owner), name): (owner, name) for owner, name, _, _ in kept}
+    if record:
+        targets[id(bb), "dense_features"] = (bb, "dense_features")
+
+    def answering(owner: Any, name: str):
+        compute = getattr(owner, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            given = (*args, *sorted(kwargs.items()))  # keywords as (name, value) pairs after the positions
+            for o, n, a, out in kept:
+                if o is owner and n == name and len(a) == len(given) and all(map(_equal, a, given)):
+                    return out
+            out = compute(*args, **kwargs)
+            if record:
+                kept.append((owner, name, given, out))
+            return out
+
+        return call
+
+    for owner, name in targets.values():
+        setattr(owner, name, answering(owner, name))
     try:
         yield
     finally:
-        del bb.dense_features
+        for owner, name in targets.values():
+            delattr(owner, name)
 
 
 def image_side(bb: Any, pixels: Any, sizes: list, settings: Any, extras: list, dtype: Any) -> None:

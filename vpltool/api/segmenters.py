@@ -125,6 +125,9 @@ class DenseSegmenter(Segmenter):
         return bb.pixels([x["pixels"] for x in xs], size), extras
 
     def _embed(self, photo: Any, rgb: Any, run: tuple) -> Embedding:
+        import torch
+
+        from ..device import autocast
         from ..models.dense.bands import check_photo_memory, working_size
         from ..models.dense.segmentor import short_side_size
         from .embed import embeddable, image_side, kept_features, refuse
@@ -140,6 +143,11 @@ class DenseSegmenter(Segmenter):
         pixels, extras = self._inputs(bb, [rgb], [(None, photo)], [0], size)
         named = photo if isinstance(photo, (str, os.PathLike)) else None
         emb = Embedding(named, rgb, self.method, owner=self._owner())
+        with torch.no_grad(), autocast(bb.device, self.dtype):
+            own = self.dense.hooks.image_side(bb, extras[0])  # a method's own image side (SAM 3's encoder)
+        if own is not None:
+            emb.kept.extend(own)
+            return emb
         with kept_features(bb, emb.kept, record=True):
             image_side(bb, pixels, [working_size(h, w, settings.max_side)], settings, extras, self.dtype)
         return emb

@@ -15,8 +15,8 @@ from .knobs import Knob, MethodKnobs
 # every hook of vpltool.models.dense.DenseHooks, in the order it runs; a subclass's public names must be among them
 # (torch-free here, so that a plugin's method module is read for a misspelt hook when its row registers)
 HOOK_NAMES = ("check", "models", "check_items", "record", "older_record", "with_knobs", "backbone", "query_text",
-              "extra_inputs", "dense_logits", "input_embedding", "grid_logits", "features", "attention", "feature_grid",
-              "probabilities", "postprocess")
+              "extra_inputs", "image_side", "dense_logits", "input_embedding", "grid_logits", "features", "attention",
+              "feature_grid", "probabilities", "postprocess")
 
 # how long one plugin's register function may take while the plugins are listed in a child process
 # (vpltool.plugins.entry_points.survey): a light module that imports no torch registers in well under a second even on

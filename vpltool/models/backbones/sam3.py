@@ -46,6 +46,9 @@ from .sam3_weights import FIX, GET, Sam3Files, locate, sam3_config
 MEAN, STD = 0.5, 0.5  # Meta's Sam3Processor: Normalize(mean=[0.5] * 3, std=[0.5] * 3) after /255
 CONFIDENCE = 0.5  # Meta's Sam3Processor's confidence_threshold default
 BUCKET = 8  # prompts grounded at once by Sam3.segment (their masks: [K, 200, 288, 288] float32, 66 MB a prompt)
+# prompts through the segmentation head at once: its pixel decoder is each prompt's own ([256, 288, 288] float32
+# tensors, 85 MB each, several alive), so a bucket's at once would take gigabytes; one at a time, as Meta's processor
+MASK_PROMPTS = 1
 
 
 @dataclass(frozen=True)
@@ -383,11 +386,13 @@ class Sam3:
             rows = torch.nonzero((out.scores() > float(masks)).any(1)).flatten()
             out.mask_prompts = rows.tolist()
         if masks is not False and (rows is None or len(rows)):
-            pick = slice(None) if rows is None else rows
-            heads = m.mask_decoder(decoder_queries=hidden[-1][pick], backbone_features=[f[pick] for f in feats],
-                                   encoder_hidden_states=enc.last_hidden_state[pick], prompt_features=prompt[pick],
-                                   prompt_mask=valid[pick])
-            out.pred_masks, out.semantic_seg = heads.pred_masks, heads.semantic_seg
+            pick = torch.arange(k, device=self.device) if rows is None else rows
+            parts = [m.mask_decoder(decoder_queries=hidden[-1][p], backbone_features=[f[p] for f in feats],
+                                    encoder_hidden_states=enc.last_hidden_state[p], prompt_features=prompt[p],
+                                    prompt_mask=valid[p])
+                     for p in pick.split(MASK_PROMPTS)]
+            out.pred_masks = torch.cat([h.pred_masks for h in parts])
+            out.semantic_seg = torch.cat([h.semantic_seg for h in parts])
         return out
 
     @torch.no_grad()

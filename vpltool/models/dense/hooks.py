@@ -183,6 +183,15 @@ class DenseHooks:
         return {}
 
     # ---- on the device
+    def image_side(self, bb, extras: dict[str, Any]) -> list[tuple[Any, str, tuple, Any]] | None:
+        """One photo's image side for ``seg.embed(photo)`` (:mod:`vpltool.api.embed`), for a method with its own
+        segmentor: the calls whose output depends on the photo alone, never on the class names, made once
+        (``extras``: the photo's :meth:`extra_inputs`), each as ``(owner, name, args, output)`` of
+        ``owner.name(*args)``; a later call of the photo making one of them with equal arguments is answered with
+        its kept output. Default: None, the shared segmentor's image side (``bb.dense_features``), which `embed`
+        runs itself where the method has one."""
+        return None
+
     def dense_logits(self, bb, pixels: torch.Tensor, text: torch.Tensor, sizes: Sequence[tuple[int, int]],
                      settings: Any, extras: list[dict[str, Any]]) -> list[torch.Tensor]:
         """The whole segmentor of a batch: per image ``[Q, H0, W0]`` float32 cosine logits at its size ``sizes[i]``.

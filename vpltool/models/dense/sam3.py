@@ -10,7 +10,7 @@ One photo ``[H0, W0, 3]`` uint8, ``Q`` query words (each class's names, then the
 2. per word, its concept prompt grounded on the photo's features (the family's ``ground``; the words' text encoded
    once per run, the prompts in buckets of :data:`BUCKET`: one forward decodes many prompts, each on its own, as one
    prompt per forward would);
-3. :func:`word_scores`: per word its instance masks whose score ``sigmoid(logit) * presence`` is above
+3. :func:`grounding_scores`: per word its instance masks whose score ``sigmoid(logit) * presence`` is above
    ``--confidence-threshold``, each resized bilinearly to the photo, its sigmoid times its score, the pixelwise max
    over them (``--sam3-heads instance``, the row's reading); ``semantic``: the semantic head's sigmoid, resized;
    ``both``: their pixelwise max (ActiveSAM's fusion); ``--presence-gate``: times the prompt's presence;
@@ -24,10 +24,10 @@ The model is the ``sam3`` family's (:mod:`vpltool.models.backbones.sam3`: ``prep
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 from ...errors import VplError
 from .hooks import DenseHooks
@@ -36,7 +36,7 @@ from .mixing import DenseMixing
 PRESET = DenseMixing("sam3")  # no CLIP block is mixed: the name alone
 BUCKET = 8  # prompts grounded in one forward (smaller than ActiveSAM's 32: less memory traffic on a CPU); the
 # result is each prompt's own
-MASK_CHUNK = 16  # instance masks folded at a time
+MASK_CHUNK = 16  # instance masks resized and folded at a time (the memory a prompt's masks take at the photo's size)
 _UNREAD = ("model", "template_list", "templates")  # a CLIP's entries an earlier vpltool's record held
 
 
@@ -70,38 +70,51 @@ class ConceptPrompts:
         return len(self.words)
 
 
-def word_scores(concepts: Sequence[Any], settings: Sam3Settings) -> torch.Tensor:
-    """Step 3 for K prompts' results at the photo's size (the family's ``Sam3.concepts``: each its kept instance
-    ``masks`` ``[n, H0, W0]`` probabilities, their ``scores`` ``[n]``, its ``semantic`` ``[H0, W0]`` probability and
-    ``presence``) -> ``[K, H0, W0]`` score maps in [0, 1]."""
+def grounding_scores(grounding, size: tuple[int, int], settings: Sam3Settings,
+                     chunk: int = MASK_CHUNK) -> torch.Tensor:
+    """Step 3 for K prompts' grounding (the family's ``Sam3Grounding``, its heads run: ``pred_masks`` ``[K, Q, h,
+    w]``, ``semantic_seg`` ``[K, 1, h, w]`` logits) -> ``[K, H0, W0]`` score maps in [0, 1] at ``size``.
+
+    The numbers of the family's ``Sam3.concepts`` folded per prompt (each kept mask resized bilinearly, its sigmoid
+    times its score, the pixelwise max from zeros; the same to float32's last bit), without holding every kept mask
+    at the photo's size: they are resized ``chunk`` at a time into a running max, so the memory is ``3 chunk + K + 2``
+    maps of the photo's size (a chunk's resize, sigmoid and product: ``3 chunk``) whatever the number of instances
+    kept (at a low ``--confidence-threshold`` all 200 queries a prompt, 480 MB a prompt on a 2000 x 300 photo when
+    held at once)."""
+    h, w = (int(v) for v in size)
+    probs = grounding.scores()
+    presence = grounding.presence_logits.sigmoid()
+    semantic = None  # [K, 1, H0, W0]: as many maps as prompts (a bucket), whatever the instances kept
+    if settings.heads in ("semantic", "both"):
+        semantic = F.interpolate(grounding.semantic_seg, (h, w), mode="bilinear", align_corners=False).sigmoid()
     out = []
-    for c in concepts:
+    for k in range(probs.shape[0]):
         maps = []
         if settings.heads in ("instance", "both"):
-            inst = c.semantic.new_zeros(c.semantic.shape)
-            for i in range(0, len(c.scores), MASK_CHUNK):  # the pixelwise max of mask x score, from zeros
-                part = c.masks[i:i + MASK_CHUNK] * c.scores[i:i + MASK_CHUNK, None, None]
-                inst = torch.maximum(inst, part.amax(0))
+            keep = probs[k] > settings.confidence_threshold
+            low, scores = grounding.pred_masks[k][keep], probs[k][keep]
+            inst = low.new_zeros(h, w)
+            for i in range(0, len(scores), chunk):
+                masks = F.interpolate(low[i:i + chunk, None], (h, w), mode="bilinear", align_corners=False)
+                inst = torch.maximum(inst, (masks[:, 0].sigmoid() * scores[i:i + chunk, None, None]).amax(0))
             maps.append(inst)
-        if settings.heads in ("semantic", "both"):
-            maps.append(c.semantic)
+        if semantic is not None:
+            maps.append(semantic[k, 0])
         score = maps[0] if len(maps) == 1 else torch.maximum(maps[0], maps[1])
-        out.append(score * c.presence if settings.presence_gate else score)
+        out.append(score * float(presence[k]) if settings.presence_gate else score)
     return torch.stack(out)
 
 
 def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
     """Steps 1-3 for one photo: ``sam`` the family's model, ``text`` its encoding of the Q words (once per run) ->
     ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
-    from dataclasses import replace
-
     image = sam.encode_image(sam.prepare(photo))
     n, threshold = int(text.features.shape[0]), settings.confidence_threshold
     out = []
     for start in range(0, n, BUCKET):
         index = list(range(start, min(start + BUCKET, n)))
         if settings.heads != "instance":
-            out.append(word_scores(sam.concepts(sam.ground(image, text.select(index)), size, threshold), settings))
+            out.append(grounding_scores(sam.ground(image, text.select(index)), size, settings))
             continue
         # instance masks alone: a prompt none of whose queries is kept scores 0 everywhere, so the segmentation
         # head runs for the others only (the same numbers, without the work the reference throws away)
@@ -111,9 +124,16 @@ def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings:
             rows = g.mask_prompts
             kept = replace(g, pred_logits=g.pred_logits[rows], presence_logits=g.presence_logits[rows],
                            pred_boxes=g.pred_boxes[rows], mask_prompts=None)
-            maps[rows] = word_scores(sam.concepts(kept, size, threshold), settings).to(maps.dtype)
+            maps[rows] = grounding_scores(kept, size, settings).to(maps.dtype)
         out.append(maps)
     return torch.cat(out)
+
+
+def encoded(sam, photo: torch.Tensor, side: int) -> tuple:
+    """``(sam, "encode_image", (pixels,), image)``: the photo encoded at ``side`` as the methods encode it (their
+    ``image_side`` hook, for ``seg.embed``)."""
+    pixels = sam.prepare(photo, side)
+    return sam, "encode_image", (pixels,), sam.encode_image(pixels)
 
 
 class Sam3Backbone:
@@ -215,6 +235,13 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
     def extra_inputs(self, item, image):
         return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
 
+    def image_side(self, bb, extras):
+        return [encoded(bb.sam, extras["photo"], side) for side in self._sides(bb)]
+
+    def _sides(self, bb) -> list[int]:
+        """The sides the photo is encoded at: SAM 3's own."""
+        return [bb.sam.image_size]
+
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)
         encoded = bb.text_of(text.words)
@@ -232,5 +259,5 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         return probs, threshold_background(probs, settings.prob_threshold)
 
 
-__all__ = ["Hooks", "PRESET", "BUCKET", "Sam3Settings", "sam3_settings", "ConceptPrompts", "word_scores",
+__all__ = ["Hooks", "PRESET", "BUCKET", "Sam3Settings", "sam3_settings", "ConceptPrompts", "grounding_scores",
            "sam3_scores", "Sam3Backbone", "load_sam3", "check_sam3"]

@@ -14,7 +14,7 @@ canonicalised: :func:`.vocabulary.canonical`):
 3. **bucketed full-resolution decoding**: the photo at SAM 3's own side, the kept words in buckets, each with its
    context tokens; per word its instance masks above ``--confidence-threshold`` (each mask's sigmoid times its
    score, pixelwise max) and its semantic head, fused by their pixelwise max, times its presence; words not kept
-   score 0 (:func:`~..sam3.word_scores` with ``heads`` both and the presence gate);
+   score 0 (:func:`~..sam3.grounding_scores` with ``heads`` both and the presence gate);
 4. each class the max of its words, the argmax, and **margin-aware background calibration** at ``--prob-threshold``
    and ``--mabc-exponent`` (:func:`.calibration.mabc_labels`).
 """
@@ -26,7 +26,7 @@ import torch
 from ....config.dense_knobs import ACTIVESAM_DEFAULTS
 from ..mixing import DenseMixing
 from ..sam3 import Hooks as Sam3Hooks
-from ..sam3 import Sam3Settings, word_scores
+from ..sam3 import Sam3Settings, grounding_scores
 from .calibration import class_scores, mabc_labels
 from .context import ContextBank, context_bank, pooled_embeddings
 from .pruning import active_words, buckets, needs_preview
@@ -86,8 +86,7 @@ def activesam_scores(sam, photo, text, size, s: ActiveSamSettings, bank: Context
         extra = bank.tokens(kept)
         if extra is not None:  # the context tokens, batch first, True = attended
             prompts = prompts.with_tokens(extra[0].transpose(0, 1), ~extra[1])
-        concepts = sam.concepts(sam.ground(image, prompts), size, fusion.confidence_threshold)
-        scores[kept] = word_scores(concepts, fusion).float()
+        scores[kept] = grounding_scores(sam.ground(image, prompts), size, fusion).float()
     return scores, active, presence
 
 
@@ -102,6 +101,10 @@ class Hooks(Sam3Hooks, method="activesam", preset=PRESET):
 
     def record(self) -> dict:
         return {"activesam": vars(ActiveSamSettings(self.cfg))}
+
+    def _sides(self, bb) -> list[int]:
+        """The preview's side (read when the words outnumber --max-active), then SAM 3's own."""
+        return [ActiveSamSettings(self.cfg).preview_resolution, bb.sam.image_size]
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         s = ActiveSamSettings(self.cfg)

@@ -33,12 +33,21 @@ def pooled_embeddings(embeds: torch.Tensor, padding: torch.Tensor) -> torch.Tens
 
 def neighbor_tokens(pooled: torch.Tensor, resizer: nn.Module, count: int) -> torch.Tensor:
     """``[Q, D]`` pooled embeddings -> ``[Q, count, d]``: per word its ``count`` nearest other words by cosine
-    (ties: torch.topk's order), each embedding scaled by the softmax of the kept cosines, through ``resizer``."""
+    (ties: torch.topk's order), each embedding scaled by the softmax of the kept cosines, through ``resizer``.
+
+    With ``count >= Q`` the word itself fills a slot at cosine -inf, so weight 0 (the reference's arithmetic, the
+    resizer's image of a zero embedding); the reference's ``topk`` fails where ``count > Q``: the slots past Q are
+    such zero-weight slots too, and a lone word's softmax over nothing but -inf (NaN) is zero weights."""
     unit = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     sim = unit @ unit.T
     sim.fill_diagonal_(-float("inf"))
-    values, index = sim.topk(count, dim=1)
-    return resizer(pooled[index] * values.softmax(dim=1)[..., None]).float()
+    values, index = sim.topk(min(count, sim.shape[1]), dim=1)
+    weights = values.softmax(dim=1).nan_to_num(0.0)
+    if index.shape[1] < count:  # fewer words than neighbour slots
+        pad = count - index.shape[1]
+        index = torch.cat([index, index.new_zeros(index.shape[0], pad)], dim=1)
+        weights = torch.cat([weights, weights.new_zeros(weights.shape[0], pad)], dim=1)
+    return resizer(pooled[index] * weights[..., None]).float()
 
 
 @dataclass(frozen=True)
