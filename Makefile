@@ -214,7 +214,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 \
+        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 toy-sam3 \
         clean-demo weclip decoder-seeds
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -654,6 +654,13 @@ toy-sam-world20: runs/toy-sam-world20/world/_stage.json
 	$(VPL) train-toy-sam vpltool/assets/toy-sam-world20/model.safetensors --data runs/toy-sam-world20/world \
 	  --overwrite
 runs/toy-sam-world20/world/_stage.json: | setup
+	$(VPL) make-world $(@D) --seed 20
+
+# (the train masks and class names of world seed 20, never the demo's scenes; SAM 3's detector recipe at toy size)
+## Retrain the shipped toy SAM 3 of `--dense sam3` / `--dense activesam` from its seed (not part of CI; bit-identical)
+toy-sam3: runs/toy-sam3/world/_stage.json
+	$(VPL) train-toy-sam3 vpltool/assets/toy-sam3 --data runs/toy-sam3/world --overwrite
+runs/toy-sam3/world/_stage.json: | setup
 	$(VPL) make-world $(@D) --seed 20
 
 ## Remove the demo run folder
