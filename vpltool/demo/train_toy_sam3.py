@@ -26,7 +26,9 @@ fine-tuning configuration's weights):
   presence carries it); the presence head's BCE on every prompt (x 20); box L1 (x 5) and GIoU (x 2) on matched
   queries (``cx, cy, w, h`` in [0, 1]); mask sigmoid focal (x 200) + dice (x 10) on matched queries, the logits
   resized to the image as :meth:`~vpltool.models.backbones.sam3.Sam3.concepts` resizes them; the semantic head's BCE
-  (x 20) + dice (x 30) against the union of the prompt's class pixels, on every prompt.
+  (x 20) + dice (x 30) against the union of the prompt's class pixels, on the positive prompts alone, normalised by
+  their number (Meta's ``SemanticSegCriterion`` with ``presence_head``: on a negative prompt the presence speaks; a
+  first run that also asked every negative prompt's map to be empty everywhere had that dice term dominate the loss).
 * **Optimiser.** AdamW (weight decay 0.1 on matrices, none on biases and norms), gradient-norm clip 0.1, peak lr
   8e-4 (Meta's transformer lr) for every weight, linear warmup; the DETR's dropout 0.1 on (``train()`` mode). Meta
   decays by an inverse square root with a cooldown and gives the vision and text backbones smaller lrs (2.5e-4,
@@ -259,12 +261,15 @@ def batch_loss(sam, data: WorldConcepts, batch: list[int], text, cfg: ToySam3Con
         t, v = torch.cat(masks).float(), valid[rows_t // k]
         terms["mask"] = ((focal(logits, t) * v).sum((-2, -1)) / v.sum((-2, -1)).clamp_min(1)).sum() / n_targets
         terms["dice"] = dice(logits.sigmoid(), t, v).sum() / n_targets
-    semantic = F.interpolate(out.semantic_seg, (h, w), mode="bilinear", align_corners=False)[:, 0]  # [B*K, H, W]
-    union = data.union[batch].reshape(-1, h, w).float()
-    v = valid.repeat_interleave(k, 0)
+    # the semantic head on the positive prompts alone (Meta's SemanticSegCriterion with its presence head: "skipping
+    # the negative ones"; the presence loss says a class is absent), each prompt's BCE a mean over its pixels
+    semantic = F.interpolate(out.semantic_seg[positive], (h, w), mode="bilinear", align_corners=False)[:, 0]
+    union = data.union[batch].reshape(-1, h, w)[positive].float()
+    v = valid.repeat_interleave(k, 0)[positive]
+    n_positive = max(int(positive.sum()), 1)
     bce = F.binary_cross_entropy_with_logits(semantic, union, reduction="none")
-    terms["semantic"] = (bce * v).sum() / v.sum().clamp_min(1)
-    terms["semantic_dice"] = dice(semantic.sigmoid(), union, v).mean()
+    terms["semantic"] = ((bce * v).sum((-2, -1)) / v.sum((-2, -1)).clamp_min(1)).sum() / n_positive
+    terms["semantic_dice"] = dice(semantic.sigmoid(), union, v).sum() / n_positive
     weights = {"ce": cfg.loss_ce, "presence": cfg.loss_presence, "bbox": cfg.loss_bbox, "giou": cfg.loss_giou,
                "mask": cfg.loss_mask, "dice": cfg.loss_dice, "semantic": cfg.loss_semantic,
                "semantic_dice": cfg.loss_semantic_dice}
