@@ -70,6 +70,16 @@ def test_matching_pairs_each_instance_with_the_query_on_it():
     assert torch.allclose(mask_boxes(masks), torch.tensor([[7.5 / 20, 3 / 10, 5 / 20, 2 / 10]]))
 
 
+def test_the_command_writes_a_folder_the_family_reads_and_replaces_its_own(world, tmp_path):
+    small = ["--data", world, "--epochs", "1", "--batch-size", "6", "--side", "56", "--width", "8"]
+    r = _cli("train-toy-sam3", tmp_path / "m", *small)
+    assert r.exit_code == 0, r.output
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "model.safetensors", "model.json"}
+    first = (tmp_path / "m" / "model.safetensors").read_bytes()
+    r = _cli("train-toy-sam3", tmp_path / "m", *small)  # its own kind: replaced without --overwrite, the same bytes
+    assert r.exit_code == 0 and (tmp_path / "m" / "model.safetensors").read_bytes() == first, r.output
+
+
 def test_bad_settings_and_a_file_for_the_folder_are_one_line(world, tmp_path):
     with pytest.raises(VplError, match="--side 100"):
         ToySam3Config(side=100)
