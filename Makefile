@@ -214,7 +214,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 \
+        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam sam3 report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 toy-sam3 \
         clean-demo weclip decoder-seeds
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -273,6 +273,22 @@ sgc: setup
 sam: setup
 	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
 	  PSEUDO='$(call pick,PSEUDO,crf sam)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
+
+# SAM 3 (as it is) and ActiveSAM with the shipped toy SAM 3 (`make toy-sam3`: world seed 20's train split, never
+# these scenes), zero-shot on val; their settings chosen on the demo world's train split alone
+# (studies/study_sam3_demo.py, studies/results/sam3_demo.json): ActiveSAM without WordNet's hypernym tokens (the toy's
+# text tower knows only the class words; docs/open-vocabulary.md)
+SAM3_DEMO_WEIGHTS ?= vpltool/assets/toy-sam3
+SAM3_DEMO_ARGS_sam3 ?= --confidence-threshold @CONF_sam3@ --prob-threshold @THR_sam3@
+SAM3_DEMO_ARGS_activesam ?= --confidence-threshold @CONF_activesam@ --prob-threshold @THR_activesam@ --hypernym-tokens 0
+## The demo's SAM 3 and ActiveSAM rows (the toy SAM 3, zero-shot on val) beside all-background and chance
+sam3: $(RUN)/metrics/dense_sam3/sam3.json $(RUN)/metrics/dense_sam3/activesam.json
+	$(VENV)/bin/python studies/sam3_demo_rows.py $(RUN)
+$(RUN)/dense_sam3/%/_stage.json: $(DATA_DEP)
+	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --sam3-weights $(SAM3_DEMO_WEIGHTS) \
+	  $(SAM3_DEMO_ARGS_$*) --device $(DEVICE) --overwrite
+$(RUN)/metrics/dense_sam3/%.json: $(RUN)/dense_sam3/%/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite
 
 ## Render the demo world (synthetic scenes with exact masks)
 world: $(RUN)/world/_stage.json
@@ -654,6 +670,13 @@ toy-sam-world20: runs/toy-sam-world20/world/_stage.json
 	$(VPL) train-toy-sam vpltool/assets/toy-sam-world20/model.safetensors --data runs/toy-sam-world20/world \
 	  --overwrite
 runs/toy-sam-world20/world/_stage.json: | setup
+	$(VPL) make-world $(@D) --seed 20
+
+# (the train masks and class names of world seed 20, never the demo's scenes; SAM 3's detector recipe at toy size)
+## Retrain the shipped toy SAM 3 of `--dense sam3` / `--dense activesam` from its seed (not part of CI; bit-identical)
+toy-sam3: runs/toy-sam3/world/_stage.json
+	$(VPL) train-toy-sam3 vpltool/assets/toy-sam3 --data runs/toy-sam3/world --overwrite
+runs/toy-sam3/world/_stage.json: | setup
 	$(VPL) make-world $(@D) --seed 20
 
 ## Remove the demo run folder

@@ -1,5 +1,5 @@
-"""The demo world's commands: make-world, make-pairs, train-toy-clip, train-toy-dino, train-toy-sam, choose-pseudo,
-demo-report."""
+"""The demo world's commands: make-world, make-pairs, train-toy-clip, train-toy-dino, train-toy-sam, train-toy-sam3,
+choose-pseudo, demo-report."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..demo.config import PairsConfig, ToyClipConfig, ToyDinoConfig, ToySamConfig, WorldConfig
+from ..demo.config import PairsConfig, ToyClipConfig, ToyDinoConfig, ToySam3Config, ToySamConfig, WorldConfig
 from .options import LogFile, Overwrite, OverwriteFile, Verbose
 from .output import progress, say
 
 _W, _T, _D = WorldConfig(), ToyClipConfig(), ToyDinoConfig()
 _S = ToySamConfig()
+_S3 = ToySam3Config()
 _P = PairsConfig()
 
 
@@ -225,6 +226,56 @@ def train_toy_sam_cmd(
         record = train_toy_sam(out, data, cfg, on_start=on_start, on_step=lambda step, loss: on_item(1))
     say(f"[green]✓[/] train-toy-sam: loss {record['final_loss']:.3f}, train-mask IoU {record['first_iou']:.3f} "
         f"(first prompt) / {record['last_iou']:.3f} (last round), {record['seconds']:.0f} s → {out}")
+
+
+def train_toy_sam3_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write (Hugging Face's layout: config.json, "
+                                        "model.safetensors; the record model.json).")] =
+        Path("vpltool/assets/toy-sam3"),
+    data: Annotated[Path, typer.Option(help="A make-world folder: its train images, class names (classes.txt, the "
+                                       "concept prompts) and masks (each class's connected components its "
+                                       "instances) are the training set; the val split is never read.")] =
+        Path("runs/toy-sam3/world"),
+    epochs: Annotated[int, typer.Option(help="Passes over the train images.")] = _S3.epochs,
+    batch_size: Annotated[int, typer.Option(help="Images per step, each with every class as a prompt.")] =
+        _S3.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (SAM 3's transformer lr).")] = _S3.lr,
+    width: Annotated[int, typer.Option(help="The ViT's, FPN's and DETR's width.")] = _S3.width,
+    side: Annotated[int, typer.Option(help="SAM 3's square input side in pixels (a multiple of 28).")] = _S3.side,
+    threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical.")] =
+        _S3.threads,
+    seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped weights.")] = _S3.seed,
+    overwrite: OverwriteFile = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train the demo world's toy SAM 3 (transformers' Sam3Model, SAM 3's detector recipe) for `--dense sam3`,
+    `--dense activesam` and the sam3 pseudo masks.
+
+    \b
+    Example:
+      vpltool make-world /tmp/w20 --seed 20
+      vpltool train-toy-sam3 /tmp/sam3 --data /tmp/w20
+      vpltool segment runs/demo/world --split val -o S --dense sam3 --sam3-weights /tmp/sam3
+    """
+    from dataclasses import replace
+
+    from .. import io
+    from ..demo.train_toy_sam3 import KIND, RECORD_FILE, RECORD_KIND, train_toy_sam3
+    from ..errors import VplError
+    from ..models.backbones.sam3_weights import HF_WEIGHTS
+
+    if out.exists() and not out.is_dir():
+        raise VplError(f"{out}: exists and is not a folder; choose a folder for the model")
+    io.check_outputs("train-toy-sam3", {"OUT's weights": (out / HF_WEIGHTS, "file", KIND),
+                                        "OUT's record": (out / RECORD_FILE, "file", RECORD_KIND)},
+                     inputs={"--data": data}, overwrite=overwrite)
+    cfg = replace(_S3, epochs=epochs, batch_size=batch_size, lr=lr, width=width, side=side, threads=threads,
+                  seed=seed)
+    with progress("train-toy-sam3", unit="steps") as (on_start, on_item):
+        record = train_toy_sam3(out, data, cfg, on_start=on_start, on_step=lambda step, loss: on_item(1))
+    say(f"[green]✓[/] train-toy-sam3: loss {record['first_loss']:.2f} → {record['final_loss']:.2f} over "
+        f"{record['steps']} steps, {record['seconds']:.0f} s → {out}")
 
 
 def choose_pseudo_cmd(

@@ -210,6 +210,73 @@ class ToySamConfig:
 
 
 @dataclass(frozen=True)
+class ToySam3Config:
+    """How the toy SAM 3 is trained (``vpltool train-toy-sam3``, :mod:`vpltool.demo.train_toy_sam3`); the defaults
+    rebuild the shipped weights (`make toy-sam3`). SAM 3's detector recipe (Carion et al. 2025; Meta's
+    ``sam3/train``: ``BinaryHungarianMatcherV2``, ``Sam3LossWrapper``) at toy size.
+
+    Attributes:
+        width: the ViT's, the FPN's and the DETR's width (transformers' ``Sam3Config``; tiny_config's 32).
+        side: SAM 3's square input in pixels, a multiple of its 14-pixel patch (112: an 8 x 8 grid, masks 32 x 32).
+        text_width: the text tower's width; its token table keeps CLIP's 49408 rows (the real tokenizer serves),
+            so this sets most of the file's size (8: 1.6 MB).
+        queries: the DETR's object queries (Meta's 200; a world scene holds at most a few objects of a class).
+        epochs: passes over the world's train images. batch_size: images per step, each with every class as a
+            concept prompt (the classes present positive, the absent ones negative).
+        lr: AdamW peak learning rate for every weight (Meta's transformer lr 8e-4; linear warmup over ``warmup``
+            steps, then cosine to 0, where Meta's inverse square root serves a long run). weight_decay: AdamW's
+            (Meta's 0.1), on matrices only. clip: gradient-norm clip (Meta's GradientClipper 0.1).
+        cost_class, cost_bbox, cost_giou: the Hungarian matcher's weights (Meta's 2, 5, 2; the class cost the
+            focal form). loss_ce, loss_presence, loss_bbox, loss_giou, loss_mask, loss_dice, loss_semantic,
+            loss_semantic_dice: the loss weights (Meta's 20, 20, 5, 2, 200, 10, 20, 30).
+        min_area: an instance smaller than this many pixels (a sliver another object cuts off) is no target.
+        seed: seeds the initial weights and the image order. threads: CPU threads (a fixed count makes the
+            rebuild bit-identical).
+    """
+
+    width: int = 32
+    side: int = 168
+    text_width: int = 8
+    queries: int = 16
+    epochs: int = 25
+    batch_size: int = 4
+    lr: float = 8e-4
+    warmup: int = 100
+    weight_decay: float = 0.1
+    clip: float = 0.1
+    cost_class: float = 2.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    loss_ce: float = 20.0
+    loss_presence: float = 20.0
+    loss_bbox: float = 5.0
+    loss_giou: float = 2.0
+    loss_mask: float = 200.0
+    loss_dice: float = 10.0
+    loss_semantic: float = 20.0
+    loss_semantic_dice: float = 30.0
+    min_area: int = 16
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("width", "text_width", "queries", "epochs", "batch_size", "threads"):
+            at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        require(self.width % 2 == 0 and self.text_width % 2 == 0, f"--width {self.width} / --text-width "
+                f"{self.text_width}: give even widths (two attention heads each)")
+        require(self.side >= 28 and self.side % 14 == 0 and (self.side // 14) % 2 == 0,
+                f"--side {self.side}: give a multiple of 28 pixels (SAM 3's 14-pixel patch, an even grid)")
+        at_least("--warmup", self.warmup, 0)
+        at_least("--min-area", self.min_area, 1, why=" pixels")
+        seed_value("--seed", self.seed)
+        positive("--lr", self.lr, upper=MAX_LR)
+        for name in ("weight_decay", "clip", "cost_class", "cost_bbox", "cost_giou", "loss_ce", "loss_presence",
+                     "loss_bbox", "loss_giou", "loss_mask", "loss_dice", "loss_semantic", "loss_semantic_dice"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and value >= 0, f"{name} {value}: must be a finite number >= 0")
+
+
+@dataclass(frozen=True)
 class PairsConfig:
     """What ``vpltool make-pairs`` writes: image-caption pairs of fresh demo scenes as webdataset shards, fed as the
     toy CLIP is fed (:func:`vpltool.demo.train_toy_clip.detailed_view`).

@@ -46,6 +46,8 @@ FILE_KINDS = {
     "toy-dino-record": "a toy DINO's record (`train-toy-dino`)",
     "toy-sam": "a toy SAM's weights (`train-toy-sam`)",
     "toy-sam-record": "a toy SAM's record (`train-toy-sam`)",
+    "toy-sam3": "a toy SAM 3's weights (`train-toy-sam3`)",
+    "toy-sam3-record": "a toy SAM 3's record (`train-toy-sam3`)",
 }
 
 

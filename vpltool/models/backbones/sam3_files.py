@@ -176,15 +176,17 @@ def tiny_state(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]
     return state
 
 
-def write_hf(folder: Path | str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> Path:
-    """``folder`` in Hugging Face's layout: ``config.json`` (a ``sam3`` configuration) and ``model.safetensors``."""
+def write_hf(folder: Path | str, config: dict[str, Any], state: dict[str, torch.Tensor],
+             metadata: dict[str, str] | None = None) -> Path:
+    """``folder`` in Hugging Face's layout: ``config.json`` (a ``sam3`` configuration) and ``model.safetensors``
+    (with ``metadata`` in its header: the toy SAM 3's file kind, which the output guard reads)."""
     from ...io import save_tensor_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     values = {**sam3_config(dict(config)).to_dict(), "model_type": "sam3", "architectures": ["Sam3Model"]}
     (folder / HF_CONFIG).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
-    save_tensor_file(folder / HF_WEIGHTS, {k: v.contiguous() for k, v in state.items()})
+    save_tensor_file(folder / HF_WEIGHTS, {k: v.contiguous() for k, v in state.items()}, metadata)
     return folder
 
 
