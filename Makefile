@@ -232,7 +232,7 @@ endif
 endif
 
 .PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam sam3-pseudo sam3-regions report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 \
+        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 \
         clean-demo weclip decoder-seeds
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -291,20 +291,6 @@ sgc: setup
 sam: setup
 	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
 	  PSEUDO='$(call pick,PSEUDO,crf sam)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
-
-# PSEUDO=crf sam3: sam-pseudo --masks sam3, the toy SAM 3 of another world (SAM3_PSEUDO_WEIGHTS) prompted with each
-# image's labels, on every refinement's vision CAMs; their decoders are candidates of the choice. Not in make demo
-## The demo's SAM 3 pseudo-mask rows (sam-pseudo --masks sam3, toy SAM 3; decoders chosen on train), then the table
-sam3-pseudo: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
-	  PSEUDO='$(call pick,PSEUDO,crf sam3)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
-
-# SAM3_REGIONS' methods (`segment --dense M --region-masks sam3`, zero-shot on val), their settings above. Not in
-# make demo
-## The demo's CorrCLIP, OV-Stitcher and TextRegion rows with the toy SAM 3's region masks, then the table
-sam3-regions: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE='$(addsuffix @sam3,$(SAM3_REGIONS))' DENSE_SEEDS= \
-	  AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## Render the demo world (synthetic scenes with exact masks)
 world: $(RUN)/world/_stage.json
@@ -490,6 +476,21 @@ $(RUN)/metrics/dense/%/cams.json: $(RUN)/dense/%/cams/_stage.json
 	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
 $(RUN)/metrics/dense/%/pseudo.json: $(RUN)/dense/%/crf/_stage.json
 	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
+
+.PHONY: sam3-pseudo sam3-regions
+# PSEUDO=crf sam3: sam-pseudo --masks sam3, the toy SAM 3 of another world (SAM3_PSEUDO_WEIGHTS) prompted with each
+# image's labels, on every refinement's vision CAMs; their decoders are candidates of the choice. Not in make demo
+## The demo's SAM 3 pseudo-mask rows (sam-pseudo --masks sam3, toy SAM 3; decoders chosen on train), then the table
+sam3-pseudo: setup
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	  PSEUDO='$(call pick,PSEUDO,crf sam3)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
+
+# SAM3_REGIONS' methods (`segment --dense M --region-masks sam3`, zero-shot on val), their settings above. Not in
+# make demo
+## The demo's CorrCLIP, OV-Stitcher and TextRegion rows with the toy SAM 3's region masks, then the table
+sam3-regions: setup
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE='$(addsuffix @sam3,$(SAM3_REGIONS))' DENSE_SEEDS= \
+	  AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 # the HTML report (`vpltool report`): every image's thumbnails, IoU per stage and detail view, from disk, offline
 ## Print the mIoU table per stage next to chance (metrics.json, contact sheets), then the HTML report RUN/report/
