@@ -59,8 +59,10 @@ SAM_PSEUDO_MODEL ?= toy
 SAM_PSEUDO_WEIGHTS ?= vpltool/assets/toy-sam-world20/model.safetensors
 SAM_PSEUDO_ARGS ?= --points-per-side 16 --pred-iou-thresh 0.4 --stability-score-thresh 0.4
 # sam3 in PSEUDO: SAM 3 prompted with each image's labels, its instances gated by the CRF mask (R+sam3 candidates,
-# RUN[/R]/sam3/); its weights (a folder of Hugging Face's layout or Meta's sam3.pt). The demo world has no toy SAM 3
-SAM3_PSEUDO_WEIGHTS ?=
+# RUN[/R]/sam3/); its weights (a folder of Hugging Face's layout or Meta's sam3.pt). The demo's is the toy SAM 3
+# (transformers' Sam3Model at toy size) trained on the scenes of ANOTHER world (seed 20; its model.json names it),
+# never the demo's train or val scenes; `make sam3-pseudo`. make voc / make coco: SAM3_PSEUDO_WEIGHTS=SAM 3's weights
+SAM3_PSEUDO_WEIGHTS ?= vpltool/assets/toy-sam3
 SAM3_PSEUDO_ARGS ?=
 # SSR (AAAI 2026; docs/pipeline.md): REFINE=caa+sgc masks CAA's affinity with K-means groups of SLIC superpixels
 # (SGC_SEGMENTS superpixels, SGC_CLUSTERS groups, SGC_POSITION: weight of position against colour); AFFINITY=dino or
@@ -163,6 +165,21 @@ SAM_WEIGHTS ?= vpltool/assets/toy-sam/model.safetensors
 DENSE_SIZE_trident ?= --short-side 144 --slide-crop 144 --slide-stride 144 --proxy-model $(DINO_MODEL) \
   --proxy-weights $(DINO_WEIGHTS) --sam-model $(SAM_MODEL) --sam-weights $(SAM_WEIGHTS) --sam-refine --minimal-area 10
 DENSE_THR_trident ?= 0.4
+# CorrCLIP, OV-Stitcher and TextRegion with SAM 3's region masks (`make sam3-regions`: `segment --dense M
+# --region-masks sam3`, the toy SAM 3 of SAM3_REGION_WEIGHTS prompted with the run's class names and background
+# words), RUN/dense/M@sam3/: each method's windows those chosen on train for its row with the toy SAM's regions
+# (docs/open-vocabulary.md), its threshold chosen on train with the toy SAM 3's (studies/study_sam3_regions_demo.py,
+# studies/results/sam3_regions_demo.json)
+SAM3_REGIONS ?= corrclip ov-stitcher textregion
+SAM3_REGION_WEIGHTS ?= $(SAM3_PSEUDO_WEIGHTS)
+DENSE_SIZE_corrclip@sam3 ?= --short-side 144 --slide-crop 144 --slide-stride 48 --proxy-model $(DINO_MODEL) \
+  --proxy-weights $(DINO_WEIGHTS)
+DENSE_SIZE_ov-stitcher@sam3 ?= --short-side 448 --slide-crop 448 --slide-stride 224 --proxy-model $(DINO_MODEL) \
+  --proxy-weights $(DINO_WEIGHTS)
+DENSE_SIZE_textregion@sam3 ?= --short-side 288 --long-side 432 --region-crop 144
+DENSE_THR_corrclip@sam3 ?= 0.0
+DENSE_THR_ov-stitcher@sam3 ?= 0.0
+DENSE_THR_textregion@sam3 ?= 0.0
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
@@ -184,7 +201,8 @@ PAPER_ARGS = DATA_DEP= MODEL_DEP= MODEL=$(call pick,MODEL,ViT-B-16) PRETRAINED=$
   VAL_SPLIT=$(call pick,VAL_SPLIT,val) HELDOUT=$(call pick,HELDOUT,) DENSE='$(call pick,DENSE,)' \
   DENSE_SEEDS='$(call pick,DENSE_SEEDS,)' PSEUDO='$(call pick,PSEUDO,crf)' \
   SAM_PSEUDO_MODEL=$(call pick,SAM_PSEUDO_MODEL,vit_h) SAM_PSEUDO_WEIGHTS=$(call pick,SAM_PSEUDO_WEIGHTS,) \
-  SAM_PSEUDO_ARGS='$(call pick,SAM_PSEUDO_ARGS,)'
+  SAM_PSEUDO_ARGS='$(call pick,SAM_PSEUDO_ARGS,)' SAM3_PSEUDO_WEIGHTS=$(call pick,SAM3_PSEUDO_WEIGHTS,) \
+  SAM3_PSEUDO_ARGS='$(call pick,SAM3_PSEUDO_ARGS,)'
 VOC_ARGS = RUN=$(call pick,RUN,runs/voc) DATA=$(VOC_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train_aug) \
   EVAL_SPLIT=$(call pick,EVAL_SPLIT,train) BACKGROUND=$(call pick,BACKGROUND,voc) BOX_THR=$(call pick,BOX_THR,0.4)
 COCO_ARGS = RUN=$(call pick,RUN,runs/coco) DATA=$(COCO_ROOT) TRAIN_SPLIT=$(call pick,TRAIN_SPLIT,train) \
@@ -203,7 +221,7 @@ endif
 endif
 endif
 ifneq ($(filter sam3,$(PSEUDO)),)
-ifeq ($(strip $(SAM3_PSEUDO_WEIGHTS)),)
+ifeq ($(strip $(if $(filter voc coco,$(MAKECMDGOALS)),$(filter command line,$(origin SAM3_PSEUDO_WEIGHTS)),$(SAM3_PSEUDO_WEIGHTS))),)
 $(error PSEUDO=$(PSEUDO) needs SAM3_PSEUDO_WEIGHTS=/path/to/sam3 (SAM 3's weights: a folder of Hugging Face's layout, or Meta's sam3.pt; see docs/pipeline.md))
 endif
 endif
@@ -334,6 +352,9 @@ SAM_RULES = sam sam3
 SAM_OPTS_sam = --sam-model $(SAM_PSEUDO_MODEL) --sam-weights $(SAM_PSEUDO_WEIGHTS) $(SAM_PSEUDO_ARGS)
 SAM_DEPS_sam = $(wildcard $(SAM_PSEUDO_WEIGHTS))
 SAM_OPTS_sam3 = --sam-weights $(SAM3_PSEUDO_WEIGHTS) $(SAM3_PSEUDO_ARGS)
+# a folder's weights files (or the sam3.pt named): masks made before the weights changed are made again
+sam3_deps = $(if $(wildcard $(1)/.),$(wildcard $(1)/*.safetensors $(1)/config.json),$(wildcard $(1)))
+SAM_DEPS_sam3 = $(call sam3_deps,$(SAM3_PSEUDO_WEIGHTS))
 define sam_rule
 %/$(1)/pseudo/_stage.json: %/cams_vision/_stage.json $$(SAM_DEPS_$(1))
 	$$(VPL) sam-pseudo $$(<D) -o $$(@D) --masks $(1) $$(SAM_OPTS_$(1)) --device $$(DEVICE) --overwrite
@@ -449,6 +470,12 @@ $(RUN)/dense/%/segment_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
 	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --model $(MODEL) --pretrained $(PRETRAINED) \
 	  --templates "$(TEMPLATES)" --background "$(BACKGROUND)" $(DENSE_SIZE_$*) --prob-threshold $(DENSE_THR_$*) \
 	  --device $(DEVICE) --overwrite
+# method M with SAM 3's regions (RUN/dense/M@sam3): M's DENSE_SIZE_M@sam3 and DENSE_THR_M@sam3
+$(RUN)/dense/%@sam3/segment_val/_stage.json: $(DATA_DEP) $(MODEL_DEP) $(call sam3_deps,$(SAM3_REGION_WEIGHTS))
+	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --model $(MODEL) --pretrained $(PRETRAINED) \
+	  --templates "$(TEMPLATES)" --background "$(BACKGROUND)" $(DENSE_SIZE_$*@sam3) \
+	  --prob-threshold $(DENSE_THR_$*@sam3) --region-masks sam3 --sam-weights $(SAM3_REGION_WEIGHTS) \
+	  --device $(DEVICE) --overwrite
 $(RUN)/dense/%/cams/_stage.json: $(RUN)/text_prototypes.safetensors
 	$(VPL) cam $(DATA) --split $(TRAIN_SPLIT) -p $< -o $(@D) --dense $* $(call dense_size,$*) --device $(DEVICE) \
 	  --overwrite
@@ -465,6 +492,21 @@ $(RUN)/metrics/dense/%/cams.json: $(RUN)/dense/%/cams/_stage.json
 	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
 $(RUN)/metrics/dense/%/pseudo.json: $(RUN)/dense/%/crf/_stage.json
 	$(VPL) eval $(<D) $(EVAL_SPLIT_ARG) --json $@ --overwrite
+
+.PHONY: sam3-pseudo sam3-regions
+# PSEUDO=crf sam3: sam-pseudo --masks sam3, the toy SAM 3 of another world (SAM3_PSEUDO_WEIGHTS) prompted with each
+# image's labels, on every refinement's vision CAMs; their decoders are candidates of the choice. Not in make demo
+## The demo's SAM 3 pseudo-mask rows (sam-pseudo --masks sam3, toy SAM 3; decoders chosen on train), then the table
+sam3-pseudo: setup
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	  PSEUDO='$(call pick,PSEUDO,crf sam3)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
+
+# SAM3_REGIONS' methods (`segment --dense M --region-masks sam3`, zero-shot on val), their settings above. Not in
+# make demo
+## The demo's CorrCLIP, OV-Stitcher and TextRegion rows with the toy SAM 3's region masks, then the table
+sam3-regions: setup
+	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE='$(addsuffix @sam3,$(SAM3_REGIONS))' DENSE_SEEDS= \
+	  AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 # the HTML report (`vpltool report`): every image's thumbnails, IoU per stage and detail view, from disk, offline
 ## Print the mIoU table per stage next to chance (metrics.json, contact sheets), then the HTML report RUN/report/
@@ -688,7 +730,7 @@ quoted = $(subst ','"'"',$(1))
 # `make help` documents these variables (the README's `make report RUN=... DATA=... DATA_DEP= ...` line sets them);
 # their defaults are those above, the demo world's; the comments above each say more
 HELP_VARS = RUN DATA DATA_DEP MODEL PRETRAINED MODEL_DEP DEVICE TRAIN_SPLIT EVAL_SPLIT VAL_SPLIT TEMPLATES BACKGROUND \
-  REFINE REFINES PSEUDO PSEUDO_REFINE SAM_PSEUDO_MODEL SAM_PSEUDO_WEIGHTS ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS \
+  REFINE REFINES PSEUDO PSEUDO_REFINE SAM_PSEUDO_MODEL SAM_PSEUDO_WEIGHTS SAM3_PSEUDO_WEIGHTS ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS \
   TEST_WORKERS
 doc_RUN = the run folder: every stage writes its folder here
 doc_DATA = the dataset (a VOC or COCO root, a folder or a manifest); the demo renders its world here
@@ -706,9 +748,10 @@ doc_BACKGROUND = text-prototypes --background (real CLIP: auto, voc or coco)
 doc_REFINE = cam --refine of the pipeline's own CAMs: none | caa | caa+sgc
 doc_REFINES = the refinements compared side by side; empty = REFINE alone
 doc_PSEUDO = the pseudo masks: crf | sam (sam-pseudo: SAM's masks given the CRF masks' classes) | sam3 | crf sam
-doc_PSEUDO_REFINE = whose pseudo masks train the decoder: auto (best on the training split) or a candidate (R, R+sam)
+doc_PSEUDO_REFINE = whose pseudo masks train the decoder: auto (best on the training split) or a candidate (R, R+sam, R+sam3)
 doc_SAM_PSEUDO_MODEL = sam-pseudo's SAM: vit_b | vit_l | vit_h | toy (the demo's, trained on another world)
 doc_SAM_PSEUDO_WEIGHTS = its weights (make voc / make coco with PSEUDO=sam: SAM's released checkpoint)
+doc_SAM3_PSEUDO_WEIGHTS = SAM 3's weights of PSEUDO=sam3 and make sam3-regions (the demo's: a toy SAM 3 trained on another world; make voc / make coco: SAM 3's own)
 doc_ITERS = learn-prototypes --iters
 doc_DEC_ITERS = train-decoder --iters (the paper: 30000)
 doc_DEC_ARGS = other train-decoder options (the paper: --recipe vpl; empty = the vpl recipe's own)
@@ -717,7 +760,7 @@ doc_WORKERS = parallel commands and CRF processes
 
 ## List targets, and the variables a run sets (`make TARGET VAR=value`)
 help:
-	@awk '/^## /{d=substr($$0,4)} /^[a-z-]+:/{if(d){sub(/:.*/,"");printf "  %-18s %s\n",$$0,d;d=""}}' $(MAKEFILE_LIST)
+	@awk '/^## /{d=substr($$0,4)} /^[a-z0-9-]+:/{if(d){sub(/:.*/,"");printf "  %-18s %s\n",$$0,d;d=""}}' $(MAKEFILE_LIST)
 	@echo
 	@echo "Variables (make TARGET VAR=value; default in brackets, the demo world's):"
 	@$(foreach v,$(HELP_VARS),printf '  %-15s %s [%s]\n' '$(v)' '$(call quoted,$(doc_$(v)))' \
@@ -807,6 +850,7 @@ pgseg: setup
   %/decoder/decoder.safetensors \
   %/pred_train/_stage.json \
   $(RUN)/dense/%/segment_val/_stage.json \
+  $(RUN)/dense/%@sam3/segment_val/_stage.json \
   $(RUN)/dense/%/cams/_stage.json \
   $(RUN)/dense/%/crf/_stage.json \
   $(RUN)/dense/%/pred_val/_stage.json \

@@ -147,7 +147,8 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
         assert again == [], (target, again)
 
 
-@pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "sam", "weclip", "pgseg"])
+@pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "sam", "sam3-pseudo", "sam3-regions",
+                                    "weclip", "pgseg"])
 def test_no_target_deletes_what_a_pattern_rule_made(target):
     """Every pattern rule's target is in .PRECIOUS: make deletes no CAM folder record, mask record or decoder as an
     intermediate (with `.PRECIOUS: %.json %.safetensors`, which make 4.3 does not match against a rule's own
@@ -157,3 +158,50 @@ def test_no_target_deletes_what_a_pattern_rule_made(target):
                          text=True, env=env)
     assert dry.returncode == 0, dry.stderr
     assert not [line for line in dry.stdout.splitlines() if line.startswith("rm ")], dry.stdout[-2000:]
+
+
+def test_sam3_targets_add_their_rows_with_the_toy_sam3(world: Path):
+    """`make sam3-pseudo` and `make sam3-regions` after `make demo`: sam-pseudo's SAM 3 masks of each refinement with
+    the toy SAM 3 by default (their decoders candidates of the choice), and CorrCLIP's, OV-Stitcher's and TextRegion's
+    rows with SAM 3's regions; neither is part of `make demo`, and each has nothing left to do once made."""
+    run = world / "run"
+    _, demo = make(world, "demo")
+    assert not any(a[0] == "sam-pseudo" or "sam3" in a for a in demo)
+
+    result, sam3 = make(world, "sam3-pseudo")
+    assert "Nothing to be done" not in result.stdout
+    assert sorted(outputs(sam3, "sam-pseudo")) == sorted(f"{run}{r}/sam3/{s}" for r in ("", "/caa")
+                                                         for s in ("pseudo", "pseudo_val"))
+    for args in (a for a in sam3 if a[0] == "sam-pseudo"):
+        assert args[args.index("--masks") + 1] == "sam3"
+        assert args[args.index("--sam-weights") + 1] == "vpltool/assets/toy-sam3"
+    chose = next(a for a in sam3 if a[0] == "choose-pseudo")
+    assert chose[1:6] == [str(run), "none", "none+sam3", "caa", "caa+sam3"]
+    assert f"{run}/metrics/caa/sam3/pred_train.json" in outputs(sam3, "eval")
+    assert not any(a[0] == "crf" for a in sam3)  # the CRF's masks are not redone
+
+    result, regions = make(world, "sam3-regions")
+    assert "Nothing to be done" not in result.stdout
+    segmented = [a for a in regions if a[0] == "segment"]
+    assert sorted(outputs(segmented, "segment")) == sorted(f"{run}/dense/{m}@sam3/segment_val"
+                                                           for m in ("corrclip", "ov-stitcher", "textregion"))
+    for args in segmented:
+        assert args[args.index("--dense") + 1] in ("corrclip", "ov-stitcher", "textregion")
+        assert args[args.index("--region-masks") + 1] == "sam3"
+        assert args[args.index("--sam-weights") + 1] == "vpltool/assets/toy-sam3"
+        assert args[args.index("--prob-threshold") + 1]  # each method's threshold is set
+    assert not any(a[0] in ("sam-pseudo", "train-decoder") for a in regions)
+    for target in ("sam3-pseudo", "sam3-regions"):
+        _, again = make(world, target)
+        assert again == [], (target, again)
+
+
+def test_voc_with_sam3_needs_its_weights():
+    """make voc takes no toy SAM 3: PSEUDO=sam3 without SAM3_PSEUDO_WEIGHTS on the command line is refused in one
+    line, before anything runs; with them it runs on."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    base = ["make", "-n", "voc", "VOC_ROOT=/data/VOC2012", "PSEUDO=sam3", "RUN=runs/x"]
+    refused = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "needs SAM3_PSEUDO_WEIGHTS" in refused.stderr
+    given = subprocess.run([*base, "SAM3_PSEUDO_WEIGHTS=/w/sam3"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert "needs SAM3_PSEUDO_WEIGHTS" not in given.stderr

@@ -122,3 +122,31 @@ def test_each_sam_pseudo_rule_has_its_rows_and_can_be_the_decoders(run, tmp_path
     note = run_demo_report(rules, overwrite=True)["sam"]
     assert note.startswith("+sam: --masks sam --merge max-iou-imp2 --start crf --sam-model toy (a toy trained on "
                            "world seed 20") and note.endswith("; +sam3: --masks sam3")
+
+
+def test_sam3_rows_name_their_region_masks_and_the_toy_sam3s_world(run, tmp_path):
+    """`make sam3-regions`' rows (RUN/metrics/dense/M@sam3/) are shown as the options that made them, and a toy
+    SAM 3 of Hugging Face's layout (a folder, its model.json inside) names the world it was trained on."""
+    from rich.console import Console
+
+    from vpltool.demo.report import dense_options
+
+    assert dense_options("corrclip") == "--dense corrclip"
+    assert dense_options("ov-stitcher@sam3") == "--dense ov-stitcher --region-masks sam3"
+    rows = tmp_path / "run"
+    shutil.copytree(run, rows)
+    io.write_json(rows / "metrics" / "dense" / "corrclip@sam3" / "segment_val.json",
+                  {"miou": 0.3, "n_images": 2, "iou": {"background": 0.5, "circle": 0.1}})
+    candidate(rows, "caa", 0.3, own="caa")
+    candidate(rows, "caa+sam3", 0.4, own="caa")
+    toy = tmp_path / "toy-sam3"
+    toy.mkdir()
+    io.write_json(toy / "model.json", {"world": {"seed": 20}})
+    record = io.read_record(rows / "sam3" / "pseudo" / "_stage.json")
+    io.write_stage_record(rows / "sam3" / "pseudo", "sam-pseudo", count=0, inputs=record["inputs"],
+                          params={"masks": "sam3", "sam3_gate": 0.5, "sam_weights": str(toy)})
+    report = run_demo_report(rows)
+    assert report["sam"].startswith("+sam3: --masks sam3 --sam3-gate 0.5 (a toy trained on world seed 20")
+    console = Console(width=240, record=True)
+    console.print(format_report(report))
+    assert "--dense corrclip --region-masks sam3" in console.export_text()

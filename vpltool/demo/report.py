@@ -154,6 +154,13 @@ def dense_rows(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def dense_options(folder: str) -> str:
+    """A dense row's folder name as the options that made it: ``M`` is ``--dense M``, ``M@R`` (the Makefile's
+    ``make sam3-regions``) ``--dense M --region-masks R``."""
+    method, _, regions = folder.partition("@")
+    return f"--dense {method}" + (f" --region-masks {regions}" if regions else "")
+
+
 def other_layers(run: Path) -> list[dict[str, Any]]:
     """Rows of ``diagnose_val.json``: the pixel classifier and GradCAM at each layer, per prototypes file."""
     path = run / "metrics" / "diagnose_val.json"
@@ -322,10 +329,11 @@ def _world_seed(run: Path) -> int | None:
 
 
 def _toy_world(weights: str | None) -> int | None:
-    """The world seed a toy SAM's record (``model.json`` beside its weights) names, or None."""
+    """The world seed a toy SAM's record (``model.json`` beside its weights, or in its folder: a toy SAM 3 of
+    Hugging Face's layout) names, or None."""
     if not weights:
         return None
-    record = Path(weights).with_suffix(".json")
+    record = Path(weights) / "model.json" if Path(weights).is_dir() else Path(weights).with_suffix(".json")
     if not record.is_file():
         return None
     world = io.read_json(record).get("world") or {}
@@ -403,7 +411,7 @@ def format_report(report: dict[str, Any]):
         for row in report["dense"]:
             extra = f"; class IoU mean {_pct(row['held_out'])}" if row.get("held_out") is not None else ""
             stage = row["stage"] if row["stage"] != previous else ""
-            table.add_row(stage, f"--dense {row['dense']}{extra}", *(_pct((row.get(s) or {}).get("miou"))
+            table.add_row(stage, f"{dense_options(row['dense'])}{extra}", *(_pct((row.get(s) or {}).get("miou"))
                                                                      for s in SPLITS), keyed(row))
             previous = row["stage"]
     if report.get("other_layers"):
