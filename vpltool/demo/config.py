@@ -217,7 +217,8 @@ class ToySam3Config:
 
     Attributes:
         width: the ViT's, the FPN's and the DETR's width (transformers' ``Sam3Config``; tiny_config's 32).
-        side: SAM 3's square input in pixels, a multiple of its 14-pixel patch (112: an 8 x 8 grid, masks 32 x 32).
+        side: SAM 3's square input in pixels, a multiple of 28 (its 14-pixel patch, an even grid; 168: a 12 x 12
+            grid, a patch 8 of the world's 96 pixels as the toy CLIP's, masks 48 x 48).
         text_width: the text tower's width; its token table keeps CLIP's 49408 rows (the real tokenizer serves),
             so this sets most of the file's size (8: 1.6 MB).
         queries: the DETR's object queries (Meta's 200; a world scene holds at most a few objects of a class).

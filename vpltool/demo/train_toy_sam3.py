@@ -41,7 +41,7 @@ masks are exact and exhaustive, so there are no pseudo labels to verify, no hard
 class"), no geometric or exemplar prompts (the methods here prompt with text alone), no video, no one-to-many
 (``o2m``) auxiliary queries and no per-decoder-layer auxiliary losses (the transformers model returns the last
 layer's heads to ``ground``), the IoU-aware BCE (``IABCEMdetr``) replaced by the plain sigmoid focal loss the matcher
-itself uses, toy sizes (a 2-layer ViT of width 32 on 112 px, a 2 + 2-layer DETR, 16 queries) and a few thousand steps
+itself uses, toy sizes (a 2-layer ViT of width 32 on 168 px, a 2 + 2-layer DETR, 16 queries) and a few thousand steps
 on one CPU thread rather than SAM 3's hundreds of thousands on GPUs. The token table keeps CLIP's 49408 rows but only
 the rows of the words trained are drawn and learnt; every other row is exactly zero (so the file compresses, and an
 untrained word reads as the same zero vector rather than as noise).
