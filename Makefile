@@ -297,8 +297,8 @@ sam: setup
 # (studies/study_sam3_demo.py, studies/results/sam3_demo.json): ActiveSAM without WordNet's hypernym tokens (the toy's
 # text tower knows only the class words; docs/open-vocabulary.md)
 SAM3_DEMO_WEIGHTS ?= vpltool/assets/toy-sam3
-SAM3_DEMO_ARGS_sam3 ?= --confidence-threshold @CONF_sam3@ --prob-threshold @THR_sam3@
-SAM3_DEMO_ARGS_activesam ?= --confidence-threshold @CONF_activesam@ --prob-threshold @THR_activesam@ --hypernym-tokens 0
+SAM3_DEMO_ARGS_sam3 ?= --confidence-threshold 0.1 --prob-threshold 0.1
+SAM3_DEMO_ARGS_activesam ?= --confidence-threshold 0.3 --prob-threshold 0.1 --hypernym-tokens 0
 ## The demo's SAM 3 and ActiveSAM rows (the toy SAM 3, zero-shot on val) beside all-background and chance
 sam3: $(RUN)/metrics/dense_sam3/sam3.json $(RUN)/metrics/dense_sam3/activesam.json
 	$(VENV)/bin/python studies/sam3_demo_rows.py $(RUN)
@@ -865,4 +865,6 @@ pgseg: setup
   $(RUN)/pred_weclipplus_seed%/_stage.json \
   $(RUN)/metrics/weclipplus_seed%.json \
   $(RUN)/predtrain_%/_stage.json \
-  $(RUN)/metrics/train_%.json
+  $(RUN)/metrics/train_%.json \
+  $(RUN)/dense_sam3/%/_stage.json \
+  $(RUN)/metrics/dense_sam3/%.json

@@ -92,6 +92,8 @@ def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
         "make-world": [out, "--train", "2", "--val", "1"],
         "train-toy-dino": [out / "dino.safetensors", "--data", ws.world, "--epochs", "1", "--batch-size", "2"],
         "train-toy-sam": [out / "sam.safetensors", "--data", ws.world, "--epochs", "1", "--batch-size", "2"],
+        "train-toy-sam3": [out, "--data", ws.world, "--epochs", "1", "--batch-size", "6", "--side", "56", "--width",
+                           "8"],
         "train-pgseg": [ws.world, "-o", out, *rc.PGSEG_ARGS],
         "benchmark": ["naclip", "--root", f"voc21={rc._miniature(ws, 'voc21')}", "-o", out, *rc.TINY, *rc.CPU],
         "diagnose": [ws.features, "-p", ws.text, "--json", out / "diagnose.json", *rc.CPU],

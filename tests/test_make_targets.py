@@ -147,7 +147,7 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
         assert again == [], (target, again)
 
 
-@pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "sam", "sam3-pseudo", "sam3-regions",
+@pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "sam", "sam3", "sam3-pseudo", "sam3-regions",
                                     "weclip", "pgseg"])
 def test_no_target_deletes_what_a_pattern_rule_made(target):
     """Every pattern rule's target is in .PRECIOUS: make deletes no CAM folder record, mask record or decoder as an

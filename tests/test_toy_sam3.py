@@ -83,6 +83,8 @@ def test_the_command_writes_a_folder_the_family_reads_and_replaces_its_own(world
 def test_bad_settings_and_a_file_for_the_folder_are_one_line(world, tmp_path):
     with pytest.raises(VplError, match="--side 100"):
         ToySam3Config(side=100)
+    with pytest.raises(VplError, match="--width 2147483648: must be at most 1024"):
+        ToySam3Config(width=2**31)
     path = tmp_path / "file"
     path.write_text("x")
     r = _cli("train-toy-sam3", path, "--data", world)

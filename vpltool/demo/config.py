@@ -23,6 +23,9 @@ MAX_SCENES = 1_000_000  # train + val scenes of one world (its plan is held in m
 # scenes of one train-toy-clip step: each is rendered and held in memory with the batch x batch similarities (4096 at
 # 96 px: 0.45 GB of float pixels, 64 MB of logits); 2147483648 grew memory for minutes before the first step
 MAX_TOY_BATCH = 4096
+# the toy SAM 3's sizes and counts: SAM 3's own widths (1024 ViT and text, 256 DETR) and 200 queries are below these
+MAX_TOY_SAM3 = {"width": 1024, "text_width": 1024, "queries": 1000, "epochs": 10_000, "batch_size": MAX_TOY_BATCH,
+                "threads": 1024}
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,8 @@ class ToySam3Config:
 
     Attributes:
         width: the ViT's, the FPN's and the DETR's width (transformers' ``Sam3Config``; tiny_config's 32).
-        side: SAM 3's square input in pixels, a multiple of its 14-pixel patch (112: an 8 x 8 grid, masks 32 x 32).
+        side: SAM 3's square input in pixels, a multiple of 28 (its 14-pixel patch, an even grid; 168: a 12 x 12
+            grid, a patch 8 of the world's 96 pixels as the toy CLIP's, masks 48 x 48).
         text_width: the text tower's width; its token table keeps CLIP's 49408 rows (the real tokenizer serves),
             so this sets most of the file's size (8: 1.6 MB).
         queries: the DETR's object queries (Meta's 200; a world scene holds at most a few objects of a class).
@@ -262,10 +266,14 @@ class ToySam3Config:
     def __post_init__(self) -> None:
         for name in ("width", "text_width", "queries", "epochs", "batch_size", "threads"):
             at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+            # a toy trained on a CPU: 2**31 asked for a model of 2**31 channels (or as many passes) and never returned
+            require(getattr(self, name) <= MAX_TOY_SAM3[name], f"--{name.replace('_', '-')} {getattr(self, name)}: "
+                    f"must be at most {MAX_TOY_SAM3[name]} (SAM 3's own sizes are below it; a toy trains on a CPU)")
         require(self.width % 2 == 0 and self.text_width % 2 == 0, f"--width {self.width} / --text-width "
                 f"{self.text_width}: give even widths (two attention heads each)")
-        require(self.side >= 28 and self.side % 14 == 0 and (self.side // 14) % 2 == 0,
-                f"--side {self.side}: give a multiple of 28 pixels (SAM 3's 14-pixel patch, an even grid)")
+        require(28 <= self.side <= 1008 and self.side % 28 == 0,
+                f"--side {self.side}: give a multiple of 28 pixels (SAM 3's 14-pixel patch, an even grid), at most "
+                "SAM 3's 1008")
         at_least("--warmup", self.warmup, 0)
         at_least("--min-area", self.min_area, 1, why=" pixels")
         seed_value("--seed", self.seed)

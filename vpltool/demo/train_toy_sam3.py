@@ -41,7 +41,7 @@ masks are exact and exhaustive, so there are no pseudo labels to verify, no hard
 class"), no geometric or exemplar prompts (the methods here prompt with text alone), no video, no one-to-many
 (``o2m``) auxiliary queries and no per-decoder-layer auxiliary losses (the transformers model returns the last
 layer's heads to ``ground``), the IoU-aware BCE (``IABCEMdetr``) replaced by the plain sigmoid focal loss the matcher
-itself uses, toy sizes (a 2-layer ViT of width 32 on 112 px, a 2 + 2-layer DETR, 16 queries) and a few thousand steps
+itself uses, toy sizes (a 2-layer ViT of width 32 on 168 px, a 2 + 2-layer DETR, 16 queries) and a few thousand steps
 on one CPU thread rather than SAM 3's hundreds of thousands on GPUs. The token table keeps CLIP's 49408 rows but only
 the rows of the words trained are drawn and learnt; every other row is exactly zero (so the file compresses, and an
 untrained word reads as the same zero vector rather than as noise).
@@ -155,12 +155,11 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def world_concepts(data_dir: str | Path, sam, min_area: int) -> WorldConcepts:
-    """The train split of a `make-world` folder: its images in SAM 3's input, its class names and per class its
-    instances (:func:`.train_toy_sam.instances` of the class alone) and pixels; the captions and the val split
-    unread."""
+def train_split(data_dir: str | Path) -> tuple[list[str], list, list[np.ndarray]]:
+    """The train split of a `make-world` folder, checked before any model is built: its class names (background
+    excluded), its items with masks and their images (``[H, W, 3]`` uint8, one size)."""
     from ..data import open_dataset
-    from ..io import load_image, read_mask
+    from ..io import load_image
 
     if not (Path(data_dir) / "images").is_dir():  # before open_dataset, whose line would name a --split it lacks
         raise VplError(f"{data_dir}: no images/ folder; pass a folder written by make-world")
@@ -168,10 +167,19 @@ def world_concepts(data_dir: str | Path, sam, min_area: int) -> WorldConcepts:
     items = [it for it in dataset.items if it.gt is not None]
     if not items:
         raise VplError(f"{data_dir}: no train images with masks; pass a folder written by make-world")
-    words = list(dataset.classes[1:])
     images = [load_image(it.image) for it in items]
     if len({im.shape for im in images}) != 1:
         raise VplError(f"{data_dir}: train images of different sizes; the toy SAM 3 needs one size (make-world)")
+    return list(dataset.classes[1:]), items, images
+
+
+def world_concepts(split: tuple[list[str], list, list[np.ndarray]], sam, min_area: int) -> WorldConcepts:
+    """The train split (:func:`train_split`) as SAM 3 sees it: its images in SAM 3's input (``sam``'s
+    ``prepare``), per class its instances (:func:`.train_toy_sam.instances` of the class alone) and pixels; the
+    captions and the val split unread."""
+    from ..io import read_mask
+
+    words, items, images = split
     pixels = torch.cat([sam.prepare(im) for im in images])
     gts = [read_mask(it.gt) for it in items]
     masks = [[torch.from_numpy(instances((g == c).astype(np.uint8), min_area)) for c in range(1, len(words) + 1)]
@@ -299,21 +307,22 @@ def train_toy_sam3(out: str | Path, data_dir: str | Path, cfg: ToySam3Config = T
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VplError(f"{out}: exists and is not a folder; choose a folder for the model")
+    split = train_split(data_dir)
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            return _train(out, data_dir, cfg, on_start, on_step)
+            return _train(out, data_dir, split, cfg, on_start, on_step)
     finally:
         torch.set_num_threads(previous)
 
 
-def _train(out: Path, data_dir: str | Path, cfg: ToySam3Config, on_start, on_step) -> dict[str, Any]:
+def _train(out: Path, data_dir: str | Path, split, cfg: ToySam3Config, on_start, on_step) -> dict[str, Any]:
     from ..models.backbones.sam3 import Sam3
 
-    probe = build(cfg, None)  # its prepare and tokenizer only: the words are read with the data
-    data = world_concepts(data_dir, probe, cfg.min_area)
+    probe = build(cfg, None)  # its prepare only
+    data = world_concepts(split, probe, cfg.min_area)
     del probe
     torch.manual_seed(cfg.seed)  # the weights drawn the same whatever the probe drew
     sam = build(cfg, data.words)
