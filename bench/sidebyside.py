@@ -139,12 +139,15 @@ class Side:
 
 def alternate(first: Side, second: Side, pairs: int) -> list[dict]:
     """One warm-up unit each, then ``pairs`` pairs, the order swapped every pair (``first`` leads the even ones) so
-    that a drift of the machine's load falls on both sides alike. Returns per pair ``{side name: timing}``."""
-    first.run(), second.run()
+    that a drift of the machine's load falls on both sides alike. Returns per pair ``{side name: timing}``; each
+    unit's timing is also written to stderr as it comes (a run whose worker is killed keeps what it measured)."""
+    for side in (first, second):
+        print(json.dumps({"warm_up": side.name, **side.run()}), file=sys.stderr, flush=True)
     rows = []
     for i in range(pairs):
         order = (first, second) if i % 2 == 0 else (second, first)
         rows.append({side.name: side.run() for side in order})
+        print(json.dumps({"pair": i, **rows[-1]}), file=sys.stderr, flush=True)  # kept if a side dies later
     return rows
 
 

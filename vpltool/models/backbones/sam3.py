@@ -103,7 +103,9 @@ def load_sam3(spec: Sam3Spec, device: torch.device | str = "cpu") -> Sam3:
     with no_init_weights():
         model = import_transformers()(config)
     check_weights(_where(files), state, model.state_dict(), FIX)
-    model.load_state_dict(state, strict=True)
+    # the read tensors become the parameters (assign): the model's own, allocated uninitialised, are never written,
+    # so the weights are resident once, not twice while they are copied (3.4 GB each in fp32 at full size)
+    model.load_state_dict(state, strict=True, assign=True)
     del state
     sam = Sam3(model, torch.device(device), spec)
     sam.loaded = loaded
@@ -357,8 +359,13 @@ class Sam3:
         if index is None:
             index = [0] * k if image.batch == 1 else list(range(k))
         index = torch.as_tensor(index, dtype=torch.long, device=self.device)
-        feats = [f[index] for f in image.features]
-        pos = [p[index] for p in image.positions]
+        if image.batch == 1 and not bool(index.any()):  # every prompt reads the one image: views, not K copies
+            # (at 1008 px its finest level and positions are 85 MB each a prompt)
+            feats = [f.expand(k, *f.shape[1:]) for f in image.features]
+            pos = [p.expand(k, *p.shape[1:]) for p in image.positions]
+        else:
+            feats = [f[index] for f in image.features]
+            pos = [p[index] for p in image.positions]
         prompt, valid = text.features.to(self.device), text.valid.to(self.device)
         if geometry_token:
             empty = torch.zeros(k, 0, 4, device=self.device, dtype=prompt.dtype)
