@@ -63,7 +63,10 @@ SAM_PSEUDO_ARGS ?= --points-per-side 16 --pred-iou-thresh 0.4 --stability-score-
 # (transformers' Sam3Model at toy size) trained on the scenes of ANOTHER world (seed 20; its model.json names it),
 # never the demo's train or val scenes; `make sam3-pseudo`. make voc / make coco: SAM3_PSEUDO_WEIGHTS=SAM 3's weights
 SAM3_PSEUDO_WEIGHTS ?= vpltool/assets/toy-sam3
-SAM3_PSEUDO_ARGS ?=
+# the demo's threshold and gate, chosen on train by the pseudo masks' mIoU (studies/study_sam3_pseudo_demo.py,
+# studies/results/sam3_pseudo_settings.json): the toy's instances score below Meta's 0.5, and any CAM gate lowered
+# the masks. make voc / make coco: sam-pseudo's defaults (Meta's 0.5, the gate 0.5)
+SAM3_PSEUDO_ARGS ?= --sam3-threshold 0.02 --sam3-gate 0
 # SSR (AAAI 2026; docs/pipeline.md): REFINE=caa+sgc masks CAA's affinity with K-means groups of SLIC superpixels
 # (SGC_SEGMENTS superpixels, SGC_CLUSTERS groups, SGC_POSITION: weight of position against colour); AFFINITY=dino or
 # clip+dino builds CAA from a timm ViT's attention (DINO_MODEL; DINO_WEIGHTS hub | FILE | none = random), mixed
@@ -167,9 +170,9 @@ DENSE_SIZE_trident ?= --short-side 144 --slide-crop 144 --slide-stride 144 --pro
 DENSE_THR_trident ?= 0.4
 # CorrCLIP, OV-Stitcher and TextRegion with SAM 3's region masks (`make sam3-regions`: `segment --dense M
 # --region-masks sam3`, the toy SAM 3 of SAM3_REGION_WEIGHTS prompted with the run's class names and background
-# words), RUN/dense/M@sam3/: each method's windows those chosen on train for its row with the toy SAM's regions
-# (docs/open-vocabulary.md), its threshold chosen on train with the toy SAM 3's (studies/study_sam3_regions_demo.py,
-# studies/results/sam3_regions_demo.json)
+# words), RUN/dense/M@sam3/: each method's windows and threshold those chosen on train for its row with the toy SAM's
+# regions (docs/open-vocabulary.md: CorrCLIP's segment line, studies/results/dense_demo_ov_stitcher.json,
+# studies/results/textregion_demo.json), so that the regions alone differ
 SAM3_REGIONS ?= corrclip ov-stitcher textregion
 SAM3_REGION_WEIGHTS ?= $(SAM3_PSEUDO_WEIGHTS)
 DENSE_SIZE_corrclip@sam3 ?= --short-side 144 --slide-crop 144 --slide-stride 48 --proxy-model $(DINO_MODEL) \
@@ -177,9 +180,9 @@ DENSE_SIZE_corrclip@sam3 ?= --short-side 144 --slide-crop 144 --slide-stride 48 
 DENSE_SIZE_ov-stitcher@sam3 ?= --short-side 448 --slide-crop 448 --slide-stride 224 --proxy-model $(DINO_MODEL) \
   --proxy-weights $(DINO_WEIGHTS)
 DENSE_SIZE_textregion@sam3 ?= --short-side 288 --long-side 432 --region-crop 144
-DENSE_THR_corrclip@sam3 ?= 0.0
-DENSE_THR_ov-stitcher@sam3 ?= 0.0
-DENSE_THR_textregion@sam3 ?= 0.0
+DENSE_THR_corrclip@sam3 ?= 0.2
+DENSE_THR_ov-stitcher@sam3 ?= 0.6
+DENSE_THR_textregion@sam3 ?= 0.9
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models

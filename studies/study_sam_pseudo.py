@@ -192,7 +192,8 @@ def seeds(args) -> dict:
         for c in choice["candidates"]}, "chosen": choice["chosen"], "refine": refine,
         "chance": {s: {k: 100 * v for k, v in c.items() if k != "images"} for s, c in metrics["chance"].items()},
         "candidates": {}}
-    for c in (c for c in choice["candidates"] if split_candidate(c["refine"])[0] == refine):  # R, R+sam, R+sam3
+    for c in (c for c in choice["candidates"] if split_candidate(c["refine"])[0] == refine  # R, R+sam, R+sam3
+              and (not args.candidates or c["refine"] in args.candidates)):
         name, base = c["refine"], Path(c["folder"]).parent
         rows = [decoder_scores(args.run, base, s) for s in args.seeds]
         out["candidates"][name] = {
@@ -224,6 +225,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=TOY, help="choose: the toy SAM")
     parser.add_argument("--images", type=int, default=100, help="choose: the first N train images")
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--candidates", type=lambda s: s.split(","), default=None, help="seeds: only these of the "
+                        "chosen refinement's candidates (e.g. caa+sam3; default: every one)")
     args = parser.parse_args()
     import torch
 
