@@ -150,3 +150,13 @@ def test_sam3_rows_name_their_region_masks_and_the_toy_sam3s_world(run, tmp_path
     console = Console(width=240, record=True)
     console.print(format_report(report))
     assert "--dense corrclip --region-masks sam3" in console.export_text()
+
+
+def test_a_sam3_pseudo_records_protocol_names_its_threshold_and_gate():
+    """sam-pseudo --masks sam3 records no merge: its protocol names SAM 3's threshold and the CAM gate (it said
+    "merged by None"); the automatic rule's still names its merge."""
+    from vpltool.io.protocols import _sam_pseudo
+
+    sam3 = _sam_pseudo({"masks": "sam3", "start": "crf", "sam3_threshold": 0.02, "sam3_gate": 0.0}, {})
+    assert sam3.refinement == "sam3 instances of the labels above 0.02, CAM gate 0"
+    assert _sam_pseudo({"masks": "sam", "merge": "max-iou-imp2"}, {}).refinement == "sam masks merged by max-iou-imp2"

@@ -281,8 +281,16 @@ def _sam_pseudo(params: Mapping[str, Any], inputs: Mapping[str, Any]) -> Protoco
     keys = ("masks", "merge", "start", "bg_exponent")
     return Protocol(WEAK_LABELS, _labels(inputs.get("dataset")), crf=params.get("start") == "crf", scales=(1.0,),
                     flip=False, background=f"(1 - max CAM)^{params.get('bg_exponent', 1):g}",
-                    refinement=f"{params.get('masks', 'sam')} masks merged by {params.get('merge')}",
+                    refinement=_sam_refinement(params),
                     presets=_given(SamPseudoConfig, params, keys, "sam-pseudo's defaults (SAM_WSSS)"))
+
+
+def _sam_refinement(params: Mapping[str, Any]) -> str:
+    """What a `sam-pseudo` record's rule did: SAM 3's prompted instances and their gate, or the masks' merge."""
+    if params.get("masks") == "sam3":  # no merge: the prompted rule records its threshold and gate instead
+        return (f"sam3 instances of the labels above {params.get('sam3_threshold', 0.5):g}, CAM gate "
+                f"{params.get('sam3_gate', 0.5):g}")
+    return f"{params.get('masks', 'sam')} masks merged by {params.get('merge')}"
 
 
 _READERS = {"segment": _segment, "predict": _predict, "cam": _cam, "crf": _crf, "sam-pseudo": _sam_pseudo}
