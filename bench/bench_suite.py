@@ -64,8 +64,11 @@ def summarise(name: str, data: dict, top: int, wall_s: float | None = None) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--from", dest="given", nargs=2, type=Path, metavar=("PASS1", "PASS2"),
-                    help="two CPU JSON files of tests/conftest.py (the full pass, the numeric pass): no run")
+    ap.add_argument("--from", dest="given", nargs="+", type=Path, metavar="PASS",
+                    help="CPU JSON files of tests/conftest.py, in make test's order (the full pass, the numeric "
+                         "pass; --passes names them where not both): no run")
+    ap.add_argument("--passes", nargs="+", choices=[p[0] for p in PASSES], default=None,
+                    help="with --from: which passes the files are (default: all, numeric)")
     ap.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (the Makefile's TEST_WORKERS)")
     ap.add_argument("--top", type=int, default=40, help="how many of the costliest tests to list per pass")
     ap.add_argument("--command", default=None, help="with --from: the command that made the files, recorded")
@@ -74,7 +77,10 @@ def main() -> None:
     passes, walls = [], [None, None]
     if args.given:
         passes = [json.loads(p.read_text()) for p in args.given]
-        how = args.command or f"tests/conftest.py's VPLTOOL_TEST_CPU_JSON files {args.given[0]}, {args.given[1]}"
+        names = args.passes or [p[0] for p in PASSES][:len(passes)]
+        if len(names) != len(passes):
+            raise SystemExit("--passes names one pass for each --from file")
+        how = args.command or "tests/conftest.py's VPLTOOL_TEST_CPU_JSON files " + ", ".join(map(str, args.given))
     else:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with tempfile.TemporaryDirectory() as tmp:
@@ -82,11 +88,13 @@ def main() -> None:
                 walls[i] = run_pass(extra, {**env, **more}, Path(tmp) / f"{name}.json", args.workers)
                 passes.append(json.loads((Path(tmp) / f"{name}.json").read_text()))
         how = f"python bench/bench_suite.py --workers {args.workers} (make test's two pytest passes)"
-    rows = [summarise(name, data, args.top, wall) for (name, _, _), data, wall in zip(PASSES, passes, walls)]
+        names = [p[0] for p in PASSES]
+    rows = [summarise(name, data, args.top, wall) for name, data, wall in zip(names, passes, walls)]
     total_min = sum(r["cpu_s"] for r in rows) / 60
     print(json.dumps({"benchmark": "suite", "machine": benchlib.machine("cpu"), "how": how,
                       "cpu_minutes": round(total_min, 1), "budget_cpu_minutes": budget_min(),
-                      "within_budget": total_min <= budget_min(), "passes": rows}, indent=1))
+                      "within_budget": total_min <= budget_min() if len(rows) == len(PASSES) else None,
+                      "passes_measured": [r["pass"] for r in rows], "passes": rows}, indent=1))
 
 
 if __name__ == "__main__":
