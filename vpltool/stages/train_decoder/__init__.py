@@ -302,10 +302,9 @@ class _Run:
         bad = "the weights are no longer finite" if "weights" in got.bad else \
             ", ".join(f"{k} {v}" for k, v in got.bad.items() if not math.isfinite(v))
         ckpt = self.out_dir / CHECKPOINT
-        kept = (f"the last good checkpoint {ckpt} (iteration {self.saved_at}) is kept" if ckpt.is_file()
-                else "no checkpoint was written")
-        if aside_path(self.out_dir).is_dir():  # an --overwrite run (built_beside): the folder's last result comes back
-            kept = "the folder's result from before --overwrite is put back, this run's checkpoints dropped"
+        kept = ("the folder's result from before --overwrite is put back, this run's checkpoints dropped"  # beside
+                if aside_path(self.out_dir).is_dir() else f"the last good checkpoint {ckpt} (iteration {self.saved_at})"
+                " is kept" if ckpt.is_file() else "no checkpoint was written")
         raise VplError(f"{self.out_dir}: training diverged at iteration {got.diverged_at} ({bad}); {kept}; lower "
                        "--lr or --lambda-rsc and re-run with --overwrite")
 
