@@ -6,7 +6,7 @@ system, its loading processes included), their ratio, and a digest of each mask 
 Both run as the Makefile runs them in `make sam` (reproducible mode, one torch thread a command; crf with
 ``--workers`` = the cores, sam-pseudo with the Makefile's SAM_PSEUDO_* settings: the toy SAM of world 20, 16 points a
 side, thresholds 0.4). The issue's bar: sam-pseudo at most 5 times the CRF's CPU-seconds an image. ``masks_sha256``
-digests the PNGs' names and bytes (not ``_stage.json``, which holds timings): the same digest before and after a
+digests the masks' names and labels (not the PNGs' text chunks, which name the run): the same digest before and after a
 change of the generator's code is the proof that its masks did not move.
 """
 
@@ -44,10 +44,13 @@ def cpu_run(cmd: list[str], env: dict) -> dict:
 
 
 def folder_digest(folder: Path) -> tuple[int, str]:
-    """(PNG count, sha256 of every PNG's name and bytes in name order)."""
+    """(PNG count, sha256 of every mask's name and labels in name order): the pixels, not the file's bytes, whose
+    text chunks name the run (its record, which holds the weights' path)."""
+    from vpltool import io
+
     h, n = hashlib.sha256(), 0
     for png in sorted(folder.glob("*.png")):
-        h.update(png.name.encode() + b"\0" + png.read_bytes())
+        h.update(png.name.encode() + b"\0" + io.read_mask(png).tobytes())
         n += 1
     return n, h.hexdigest()
 
