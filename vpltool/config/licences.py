@@ -167,7 +167,8 @@ DINO_FAMILY = Licence("Apache-2.0", "DINO, DINOv2: Apache-2.0; DINOv3: DINOv3 Li
                       "README (C-RADIO: NVIDIA Open Model License)")
 SAM_FAMILY = Licence("Apache-2.0", "SAM ViT-B/L/H: Apache-2.0; the toy SAM: MIT (vpltool's)",
                      "facebookresearch/segment-anything", "dca509fe793f601edb92606367a655c15ac00fdf")
-SAM3_FAMILY = Licence("SAM License", _SAM3_WEIGHTS, "facebookresearch/sam3", "99d02f28c8d34610ab35559b72642b01f10fdb1e",
+SAM3_FAMILY = Licence("SAM License", f"{_SAM3_WEIGHTS}; the toy SAM 3: MIT (vpltool's)",
+                      "facebookresearch/sam3", "99d02f28c8d34610ab35559b72642b01f10fdb1e",
                       "vpltool runs SAM 3 through transformers' Sam3Model (Apache-2.0 code); the weights stay under "
                       "the SAM License")
 DECODER_FAMILY = Licence("MIT (vpltool's own)", "your trained decoder: yours, under the terms of the CLIP it was "
