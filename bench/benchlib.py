@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from sidebyside import reset_peak  # the kernel's peak-RSS counter reset (this folder; stdlib only)
+
 
 def run_child(cmd: list, env: dict | None = None, cwd=None) -> tuple[float, float]:
     """Run ``cmd`` as its own process: (wall seconds, its peak resident memory in MiB from ``wait4``).
@@ -271,16 +273,6 @@ def machine_line(m: dict) -> str:
     return ", ".join(parts)
 
 
-def _reset_rss_peak() -> bool:
-    """Reset the kernel's peak-RSS counter of this process; False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _rss_peak_mib() -> float:
     """Peak resident set (ru_maxrss) in MiB; Linux reports KiB, macOS bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -313,7 +305,7 @@ class PeakMemory:
         import torch
 
         cuda = self.device.startswith("cuda") and torch.cuda.is_available()
-        peak = Peak(name, scope="stage" if _reset_rss_peak() else "process")
+        peak = Peak(name, scope="stage" if reset_peak() else "process")
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
