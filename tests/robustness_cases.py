@@ -2622,21 +2622,28 @@ def _png_efbig(ws: Workspace) -> Iterator[list[object]]:
         yield ["crf", ws.cams, "-o", ws.out("pseudo_big"), "--workers", "1"]
 
 
+@contextlib.contextmanager
+def diverging_decoder(at: int = 2) -> Iterator[None]:
+    """train-decoder's steps blowing up: the loss becomes inf from iteration ``at`` on."""
+    from vpltool.stages.train_decoder import steps
+
+    real, calls = steps.compute_losses, [0]
+
+    def compute_losses(*args, **kwargs):
+        calls[0] += 1
+        losses = real(*args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("inf")} if calls[0] >= at else losses
+
+    with mock.patch.object(steps, "compute_losses", compute_losses):
+        yield
+
+
 @case("a decoder training that diverges (loss inf at iteration 2, simulated)",
       "decoder_nan: training diverged at iteration 2", "the last good checkpoint",
       "(iteration 1) is kept", leaves=("decoder_nan/", "decoder_nan/.vpltool.lock", "decoder_nan/checkpoints/",
                                        "decoder_nan/checkpoints/last.safetensors", "decoder_nan/log.jsonl"))
 def _decoder_diverges(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.stages.train_decoder import steps
-
-    real, calls = steps.compute_losses, [0]
-
-    def compute_losses(*args, **kwargs):  # a step that blows up: the loss becomes inf at the second iteration
-        calls[0] += 1
-        losses = real(*args, **kwargs)
-        return {**losses, "loss": losses["loss"] * float("inf")} if calls[0] >= 2 else losses
-
-    with mock.patch.object(steps, "compute_losses", compute_losses):
+    with diverging_decoder():
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", ws.out("decoder_nan"), *DECODER_ARGS]
 
 

@@ -30,6 +30,7 @@ from robustness_cases import (
     _sam3_args,
     case,
     cli_ok,
+    diverging_decoder,
     invoke,
 )
 
@@ -591,17 +592,8 @@ def _cam_side_record_edited(ws: Workspace) -> Iterator[list[object]]:
       "deleted first, and the line said the new run's checkpoint was kept)", "decoder_ow_nan: training diverged at "
       "iteration 2", "the folder's result from before --overwrite is put back")
 def _decoder_overwrite_diverges(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool.stages.train_decoder import steps
-
     out = ws.copy(ws.decoder, "decoder_ow_nan")
-    real, calls = steps.compute_losses, [0]
-
-    def compute_losses(*args, **kwargs):  # a step that blows up: the loss becomes inf at the second iteration
-        calls[0] += 1
-        losses = real(*args, **kwargs)
-        return {**losses, "loss": losses["loss"] * float("inf")} if calls[0] >= 2 else losses
-
-    with mock.patch.object(steps, "compute_losses", compute_losses):
+    with diverging_decoder():
         yield ["train-decoder", ws.pseudo, "-p", ws.text, "-o", out, *DECODER_ARGS, "--overwrite", "--iters", "3"]
 
 
