@@ -53,21 +53,26 @@ class _Killed(BaseException):
     """The run ended where a kill -9 would end it: its masks written, its run record there, no _stage.json."""
 
 
-@case("segment --dense sam3 killed before it finished, then its weights replaced in place before the re-run (once "
-      "finished and certified with masks of two models)", "seg_sam3_ledger_killed: an interrupted run ", *LINE)
-def _sam3_killed_swapped(ws: Workspace) -> Iterator[list[object]]:
+def killed_before_finish(*args: object) -> None:
+    """The command ``args`` run in this process and ended as a kill -9 would end it just before its folder is
+    finished (:class:`_Killed` raised in ``StageFolder.finish``)."""
     from vpltool import io
-
-    weights, out = _own_sam3(ws, "sam3_ledger_killed"), ws.out("seg_sam3_ledger_killed")
 
     def killed(self, *a, **kw):
         raise _Killed()
 
     with mock.patch.object(io.StageFolder, "finish", killed):
         try:
-            invoke(*_sam3_args(ws, weights, out))
+            invoke(*args)
         except _Killed:
             pass
+
+
+@case("segment --dense sam3 killed before it finished, then its weights replaced in place before the re-run (once "
+      "finished and certified with masks of two models)", "seg_sam3_ledger_killed: an interrupted run ", *LINE)
+def _sam3_killed_swapped(ws: Workspace) -> Iterator[list[object]]:
+    weights, out = _own_sam3(ws, "sam3_ledger_killed"), ws.out("seg_sam3_ledger_killed")
+    killed_before_finish(*_sam3_args(ws, weights, out))
     assert (out / "_run.json").is_file() and not (out / "_stage.json").exists()
     sorted(out.glob("*.png"))[-1].unlink()  # the mask the kill cut off
     _another_model(weights)

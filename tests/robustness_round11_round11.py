@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+from robustness_round11_ledger import killed_before_finish
 from robustness_round11_plugins import _ending_plugins
 from robustness_round11_records import _edited, _nan_cams, _sam_pseudo
 
@@ -110,23 +111,12 @@ def _sp_bg_exponent_huge(ws: Workspace) -> Iterator[list[object]]:
 def _sam3_interrupted(ws: Workspace, name: str) -> tuple[Path, Path]:
     """A tiny SAM 3 of the row's own (Hugging Face's layout) and a sam-pseudo --masks sam3 run of it killed after
     its masks were written (its last mask removed, no _stage.json)."""
-    from vpltool import io
     from vpltool.models.backbones.sam3_files import write_tiny
 
     weights = Path(write_tiny(ws.out(f"{name}_weights"), "hf"))
     out = ws.out(name)
-
-    class Killed(BaseException):
-        pass
-
-    def killed(self, *a, **kw):
-        raise Killed()
-
-    with mock.patch.object(io.StageFolder, "finish", killed):
-        try:
-            invoke("sam-pseudo", ws.cams, "-o", out, "--masks", "sam3", "--sam-weights", weights, "--workers", "1")
-        except Killed:
-            pass
+    killed_before_finish("sam-pseudo", ws.cams, "-o", out, "--masks", "sam3", "--sam-weights", weights,
+                         "--workers", "1")
     assert (out / "_run.json").is_file() and not (out / "_stage.json").exists()
     sorted(out.glob("*.png"))[-1].unlink()
     return weights, out
@@ -177,22 +167,9 @@ def _sp_eval_after_failed_overwrite(ws: Workspace) -> Iterator[list[object]]:
 @case("eval of a sam-pseudo folder after an --overwrite of it was killed (the last good result, scored; once 'no "
       "_stage.json naming its dataset')", "✓ eval: mIoU", exit_code=0, tsv="sp_after_killed_overwrite_eval")
 def _sp_eval_after_killed_overwrite(ws: Workspace) -> Iterator[list[object]]:
-    from vpltool import io
-
     folder = _sam_pseudo(ws, "sp_ow4")
-
-    class Killed(BaseException):
-        pass
-
-    def killed(self, *a, **kw):
-        raise Killed()
-
-    with mock.patch.object(io.StageFolder, "finish", killed):
-        try:
-            invoke("sam-pseudo", ws.cams, "-o", folder, "--overwrite", "--masks", _amg_folder(ws, "sp_ow4_amg"),
-                   "--start", "argmax", "--workers", "1", "--merge", "max-iou")
-        except Killed:
-            pass
+    killed_before_finish("sam-pseudo", ws.cams, "-o", folder, "--overwrite", "--masks", _amg_folder(ws, "sp_ow4_amg"),
+                         "--start", "argmax", "--workers", "1", "--merge", "max-iou")
     for left in ws.root.glob(".sp_ow4*"):  # what the kill left beside it (a later run of the command clears it)
         shutil.rmtree(left)
     yield ["eval", folder]
