@@ -278,3 +278,58 @@ def test_a_resume_or_another_shard_with_another_cpu_linear_route_is_refused(monk
     # products that take no CPU route (bf16 here, CUDA) record none and go on
     assert "linear" not in run_numerics(torch.bfloat16, "bf16")
     begin_stage_run(folder, "toy-stage", params, True, numerics=run_numerics(torch.float32, "auto"))  # --overwrite
+
+
+def test_a_stage_folder_records_the_library_each_product_took_and_a_changed_route_cache_is_refused(
+        monkeypatch, auto_route, tmp_path):
+    """Under ``auto`` two processes of one folder may take other libraries for the same products (the route cache
+    changed between them); the folder records the route of each shape as its first product runs (``_run.json``, then
+    ``_stage.json``), and a resume or another shard that would take the other one is refused in one line naming the
+    folder and the fix, before any model loads; the same cache goes on."""
+    import json
+    from pathlib import Path
+
+    from vpltool import io
+    from vpltool.errors import VplError
+    from vpltool.io.folder_routes import ROUTES
+    from vpltool.runtime.numerics import run_numerics
+
+    monkeypatch.delenv("VPLTOOL_REPRODUCIBLE", raising=False)
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [1.0] * onednn.PAIRS)  # MKL's verdicts, untimed
+    folder, model = tmp_path / "feats", _mlp()
+    onednn.use_onednn(model)
+    numerics = run_numerics(torch.float32, "auto", torch.device("cpu"))
+    assert numerics["linear"] == "auto"
+
+    def shard(index: int) -> None:
+        ids = ["a", "b"]
+        with io.StageFolder(folder, "toy-stage", {"size": 32}, shard=(index, 2), numerics=numerics) as f:
+            with torch.no_grad():
+                model(torch.randn(5, 24))
+            (folder / f"{ids[index]}.txt").write_text("item")
+            f.finish(ids, lambda out, i: Path(out) / f"{i}.txt")
+
+    shard(0)
+    assert json.loads((folder / io.RUN_RECORD).read_text())[ROUTES] == {"24x40@4": "mkl", "40x8@4": "mkl"}
+    cache = json.loads(auto_route.read_text())
+    for table in cache["machines"].values():
+        table["products"]["40x8@4"]["onednn"] = True  # the cache edited between the shards
+    auto_route.write_text(json.dumps(cache))
+    monkeypatch.setattr(onednn, "_DECIDED", {})  # a new process: each verdict read from the cache again
+    with pytest.raises(VplError, match=r"^[^\n]*feats: an interrupted run made with VPLTOOL_CPU_LINEAR=auto taking "
+                                       r"MKL for its 40x8@4 products, where this run takes oneDNN \(the route cache "
+                                       r".*cpu_linear.json changed since\).*put that cache back as it was, pass "
+                                       r"--overwrite to redo every item, or choose another --out$"):
+        shard(1)
+    assert not (folder / "b.txt").exists() and not (folder / io.STAGE_RECORD).exists()
+    table["products"]["40x8@4"]["onednn"] = False  # put back: the other shard completes the folder
+    auto_route.write_text(json.dumps(cache))
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    shard(1)
+    assert json.loads((folder / io.STAGE_RECORD).read_text())[ROUTES] == {"24x40@4": "mkl", "40x8@4": "mkl"}
+    # a run that forces a library records no per-shape route (the route asked says it)
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")
+    with io.StageFolder(tmp_path / "forced", "toy-stage", {}, numerics=run_numerics(torch.float32, "auto")):
+        with torch.no_grad():
+            model(torch.randn(5, 24))
+        assert ROUTES not in json.loads((tmp_path / "forced" / io.RUN_RECORD).read_text())

@@ -42,6 +42,7 @@ from . import beside as _beside
 from .files import make_folder, read_json, write_json
 from .finished import finished_shards, read_stage_record  # noqa: F401 (read_stage_record: this module's door too)
 from .folder_reads import FolderReads, check_reads, ledger, with_reads
+from .folder_routes import ROUTES, FolderRoutes, check_routes, merged_routes
 from .inputs import changed_keys, param_changes, placed
 from .locks import output_lock
 from .provenance import check_present, run_digest
@@ -163,6 +164,7 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
             raise VplError(f"{folder}: {what} {route}{resume}, pass --overwrite to redo it, or choose "
                            "another --out")
         check_reads(folder, what, old, reads)  # a model file replaced since: before any model loads
+        check_routes(folder, what, old, numerics)  # auto's route cache changed since: its products' library
         kept.append(old)
     if kept:
         digest = kept[0].get(RUN_DIGEST)
@@ -176,6 +178,8 @@ def begin_stage_run(folder: str | os.PathLike, stage: str, params: Mapping[str, 
     if numerics is not None:
         run[NUMERICS] = dict(numerics)
     run = with_reads(run, kept, reads)  # beside the inputs, outside the run's digest
+    if routes := merged_routes(kept):  # the library each product took (auto), kept for the next shard or resume
+        run[ROUTES] = routes
     write_json(folder / RUN_RECORD, seal(run if digest is None else {**run, RUN_DIGEST: digest}))
     return folder, digest
 
@@ -273,6 +277,7 @@ class StageFolder:
         self._aside: Path | None = None  # the last result, while this run builds the new one (beside)
         self.digest: str | None = None  # the run's digest (:func:`begin_stage_run`), set on entering
         self.reads = FolderReads(self.folder, RUN_RECORD)  # the model files its items are made with, by content
+        self.routes = FolderRoutes(self.folder, RUN_RECORD)  # the library each fp32 CPU product took (auto)
 
     def __enter__(self) -> StageFolder:
         self._created = not self.folder.exists()
@@ -295,6 +300,7 @@ class StageFolder:
             _, self.digest = begin_stage_run(self.folder, self.stage, self.params, self.overwrite and self.reset,
                                              self.not_compared, self.inputs, self.numerics, self.older, ledger())
             self._stack.enter_context(self.reads.open())  # and those of models loaded while it is open
+            self._stack.enter_context(self.routes.open(self.numerics))  # and the products run while it is open
             for option, path in self.sides.items():
                 write_side_record(path, self.stage, option)
         except BaseException:
@@ -400,6 +406,7 @@ class StageFolder:
         if self.numerics is not None:
             extra.setdefault(NUMERICS, self.numerics)
         inputs = self.reads.into(self.inputs if inputs is None else inputs)  # with the model files read, by content
+        extra = self.routes.into(extra)
         path = write_stage_record(self.folder, self.stage, params=self.params, inputs=inputs, count=count, **extra)
         (self.folder / RUN_RECORD).unlink(missing_ok=True)
         _remove_shard_records(self.folder)

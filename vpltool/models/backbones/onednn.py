@@ -93,6 +93,8 @@ MAX_MACHINES = 16  # tables kept in the cache file (the latest)
 _DECIDED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, bucket, threads) -> oneDNN taken, this process's
 _MEASURED: dict[str, dict] = {}  # "KxN@bucket" -> {"onednn": bool, "ratio": oneDNN / MKL} this process measured
 _PINNED = [0]  # depth of references_library() blocks
+# the open stage folders' callbacks, told the route of each product shape auto takes (route_watching)
+ROUTE_WATCHERS: list = []
 
 
 def library_versions() -> dict[str, str]:
@@ -253,7 +255,44 @@ def takes_onednn(rows: int, k: int, n: int, measure: bool = True) -> bool:
         if not measure:
             return False
         decided = _DECIDED[key] = _verdict(k, n, key[2])
+    if ROUTE_WATCHERS and measure and key not in _TOLD:  # (not in a trace: no file written there)
+        _TOLD.add(key)
+        for watcher in list(ROUTE_WATCHERS):
+            watcher(f"{k}x{n}@{key[2]}", decided)
     return decided
+
+
+_TOLD: set[tuple[int, int, int, int]] = set()  # the products the open folders were told of (route_watching)
+
+
+@contextlib.contextmanager
+def route_watching(on_route) -> Iterator[None]:
+    """While a stage folder is open: ``on_route(shape, onednn)`` once for every product shape (``"KxN@bucket"``)
+    whose route ``auto`` took (decided now or earlier in this process), as its first product runs, so that the
+    folder records the route each product took (:mod:`vpltool.io.folder_routes`)."""
+    ROUTE_WATCHERS.append(on_route)
+    _TOLD.clear()
+    try:
+        yield
+    finally:
+        ROUTE_WATCHERS.remove(on_route)
+        _TOLD.clear()
+
+
+def route_now(shape: str) -> bool | None:
+    """The route ``auto`` takes in this process for a product shape a record names (``"KxN@bucket"``) at this
+    process's threads: as decided earlier in it, else this machine's cached verdict, else measured now (before a
+    model loads: a few ms). None for a name of no such shape."""
+    found = re.fullmatch(r"(\d+)x(\d+)@(\d+)", shape)
+    if found is None or int(found.group(3)) not in BUCKETS:
+        return None
+    if not available():
+        return False
+    k, n, bucket = (int(g) for g in found.groups())
+    key = (k, n, bucket, torch.get_num_threads())
+    if key not in _DECIDED:
+        _DECIDED[key] = _verdict(k, n, bucket)
+    return _DECIDED[key]
 
 
 def _verdict(k: int, n: int, bucket: int) -> bool:
@@ -380,4 +419,4 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
 
 __all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "decide", "f_linear",
            "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "references_library",
-           "self_attention", "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]
+           "route_now", "route_watching", "self_attention", "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]
