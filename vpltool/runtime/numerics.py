@@ -26,7 +26,8 @@ Every stage record (``_stage.json``, ``_run.json``) and every safetensors file a
 :func:`run_numerics`: ``dtype`` (the ``--precision`` the frozen blocks ran in; null where no ``--precision`` took
 part), ``precision`` (as asked), ``mode``, and the instructions and threads (pinned, or, fast, those that ran, and
 ``linear``: the fp32 CPU products' library as asked, ``VPLTOOL_CPU_LINEAR``; a resume or another shard of a folder
-made with another refuses, :func:`linear_mismatch`). A
+made with another refuses, :func:`linear_mismatch`; under ``auto`` a stage folder records the library each product
+shape took as well, :mod:`vpltool.io.folder_routes`). A
 stage that reads a file made in another dtype or mode refuses (:func:`mismatch`, raised by
 :func:`vpltool.io.check_numerics`).
 """
