@@ -219,3 +219,29 @@ def test_overwrite_keeps_the_last_result_until_a_checkpoint_and_a_cache_link_sta
     assert (run / "cache").is_symlink() and len(_entries(run)) == 16 == len(list(elsewhere.glob("image/*/*")))
     assert kept[run / "talk2dino.safetensors"] != (run / "talk2dino.safetensors").read_bytes()  # replaced at last
     assert [r["iter"] for r in io.read_log(run / "log.jsonl")] == [1, 2, 3, 4]  # this run's lines, once each
+
+
+def test_overwrite_builds_beside_from_the_last_run_s_cache_and_a_failure_keeps_the_last_run_whole(world, tmp_path,
+                                                                                                  monkeypatch):
+    """``--overwrite`` builds the new run in the folder's place while the last one waits beside it
+    (:func:`vpltool.io.beside.built_beside`): the new run starts from hard links of the last one's feature cache (no
+    frozen feature computed again), and a run that fails (a stop before the end, as a NaN or a kill would) leaves the
+    last run byte for byte, its cache included."""
+    from vpltool.io.beside import aside_path
+
+    run = tmp_path / "run"
+    _train(world, run, epochs=1)
+
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    last = files()
+    assert len(_entries(run)) == 16
+    counting = _Counting(monkeypatch)
+    run_train_text(world, run, _cfg(epochs=1), RuntimeConfig(device="cpu", workers=1, overwrite=True), stop_after=3)
+    assert files() == last and not aside_path(run).exists()
+    assert counting.rows == 0  # its three iterations read the carried cache
+    run_train_text(world, run, _cfg(epochs=1, seed=1), RuntimeConfig(device="cpu", workers=1, overwrite=True))
+    assert counting.rows == 0 and len(_entries(run)) == 16 and not aside_path(run).exists()
+    assert files()["talk2dino.safetensors"] != last["talk2dino.safetensors"]  # the new run's, once it finished
+    assert json.loads((run / "_stage.json").read_text())["params"]["seed"] == 1

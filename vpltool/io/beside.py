@@ -192,13 +192,35 @@ def recover(folder: Path, stack: contextlib.ExitStack) -> None:
     put_back(folder, aside)
 
 
+def carry_over(aside: Path, folder: Path, names: tuple[str, ...]) -> None:
+    """Hard-link the last result's ``names`` (a folder of entries each written whole, as a feature cache) into the
+    new one, so that the run starts from them while the last result keeps its own, byte for byte (an entry the run
+    replaces or deletes is a new name, or an unlinked one: the other link is untouched). A link (a cache kept on
+    another disk) is copied as the link. Where links cannot be made the rest is left out: what is carried over only
+    saves time."""
+    for name in names:
+        source, target = aside / name, folder / name
+        if not os.path.lexists(source) or os.path.lexists(target):
+            continue
+        try:
+            if source.is_symlink():
+                os.symlink(os.readlink(source), target)
+            elif not source.is_dir():
+                os.link(source, target)
+            else:
+                shutil.copytree(source, target, symlinks=True, copy_function=os.link)
+        except (OSError, shutil.Error):
+            pass
+
+
 @contextlib.contextmanager
-def built_beside(folder: Path, done: str, overwrite: bool, alone: bool = True):
+def built_beside(folder: Path, done: str, overwrite: bool, alone: bool = True, carry: tuple[str, ...] = ()):
     """The same for a run that is no :class:`vpltool.io.StageFolder` (a training run): ``done``, the file whose
     presence says the new result is complete (``decoder.safetensors``). Alone in the folder (``alone``: not one rank
     of several), holding its lock: what a killed ``--overwrite`` run left beside it is put back, or kept when that
     run had finished (:func:`recover`); under ``overwrite`` the last result is set aside for the run, kept back
-    unless the run ends with ``done`` written."""
+    unless the run ends with ``done`` written. ``carry``: entries of the last result the new one starts from
+    (:func:`carry_over`: train-text's feature cache)."""
     if not alone:
         yield
         return
@@ -211,6 +233,8 @@ def built_beside(folder: Path, done: str, overwrite: bool, alone: bool = True):
                 _lock(aside / LOCK_FILE, stack)
                 put_back(folder, aside)
         aside = set_aside(folder, stack) if overwrite and has_result(folder) else None
+        if aside is not None:
+            carry_over(aside, folder, carry)
         failed = True
         try:
             yield
@@ -230,5 +254,5 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-__all__ = ["aside_path", "exchange", "finish", "has_result", "keep_new", "put_back", "recover", "refuse_other_stage",
-           "set_aside", "written_by_a_run"]
+__all__ = ["aside_path", "built_beside", "carry_over", "exchange", "finish", "has_result", "keep_new", "put_back",
+           "recover", "refuse_other_stage", "set_aside", "written_by_a_run"]

@@ -26,7 +26,9 @@ Modules: :mod:`.steps` (the schedule, the iteration, the cross-rank gather), :mo
 kept in ``out_dir/cache``: Talk2DINO's DINO and CLIP, ``--feature-cache``); this one holds the data path and runs
 the stage. Outputs in ``out_dir``: the family's final file (``cfg.FINAL``: PGSeg's ``pgseg.safetensors``, what
 ``segment --model pgseg:FILE`` takes), ``_stage.json`` (the run's record), ``checkpoints/last.safetensors`` (model
-+ AdamW, kind ``cfg.CHECKPOINT_KIND``: PGSeg's ``pgseg-checkpoint``), ``log.jsonl``.
++ AdamW, kind ``cfg.CHECKPOINT_KIND``: PGSeg's ``pgseg-checkpoint``), ``log.jsonl``. ``--overwrite`` of a finished
+folder builds the new run beside the last one (:func:`vpltool.io.beside.built_beside`, as train-decoder): a run that
+fails or is killed leaves the last one whole; the new run starts from hard links of its feature cache.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from ...data.nouns import noun_prompts, noun_source
 from ...data.pairs import PairSet, check_pairs, decode_rgb, epoch_order, open_pairs, whole_view
 from ...device import seed_everything
 from ...errors import VplError, VplWarning
+from ...io.beside import built_beside
 from ...runtime.batches import die_with_parent
 from ...runtime.numerics import run_numerics
 from ...runtime.ranks import check_resumable, prepare_run_folder, process_group
@@ -333,7 +336,12 @@ def run_train_text(
         per_epoch = steps_per_epoch(len(pairs.pairs), cfg.batch_size, world, pairs.root)
         total = cfg.epochs * per_epoch
         io.make_folder(out_dir)
-        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext():
+        # --overwrite builds the new result in the folder's place while the last one waits beside it, and keeps the
+        # last one unless this run writes its _stage.json (a NaN, a kill); the new folder starts from the last one's
+        # feature cache (hard links: the last one's stays as it was)
+        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext(), \
+                built_beside(out_dir, io.STAGE_RECORD, runtime.overwrite and not resume, alone=world == 1,
+                             carry=(CACHE_DIR,)):
             if (off := cache_off(fam, cfg)) is None:
                 check_cache_folder(out_dir / CACHE_DIR)  # a file there, before anything is written
             ckpt, previous = _prepare_out(out_dir, cfg, resume, runtime.overwrite, rank, world)

@@ -5,6 +5,10 @@ own.
 so a run refused a moment later (a feature cache it could not use) or one that failed before its first checkpoint
 left the folder with neither result. Now those files stay, whole, until this run writes its first checkpoint: then
 they go, and the log lines this run made so far (held in memory) start the new log.
+
+A run in one process builds the new result beside the last one instead (:func:`vpltool.io.beside.built_beside`:
+the folder it trains in is empty, so nothing is held here, and the last result comes back whole unless the run
+finishes); this is what is left where nothing can be made beside the folder, and for torchrun's ranks.
 """
 
 from __future__ import annotations
