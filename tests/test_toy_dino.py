@@ -189,3 +189,30 @@ def test_a_cpu_batch_runs_in_groups_with_the_whole_batch_s_bits(monkeypatch):
         assert dino._cpu_groups(pixels) == 3
         grouped = dino.tokens_and_last_qkv(pixels)
     assert torch.equal(whole[0], grouped[0]) and torch.equal(whole[1], grouped[1]) and whole[2] == grouped[2]
+
+
+def test_a_failure_while_writing_keeps_the_last_weights_and_their_record_together(tmp_path, monkeypatch):
+    """The toy trainers' pair (weights and their ``.json`` record, :func:`vpltool.demo.toy_weights.write_toy`): both
+    are written whole before either replaces the last pair, so a full disk at the record leaves the last weights
+    with their own record (once the new weights beside the last record)."""
+    import errno
+    from pathlib import Path
+
+    from vpltool.demo.toy_weights import write_toy
+
+    out = tmp_path / "toy.safetensors"
+    torch.manual_seed(0)
+    write_toy(out, torch.nn.Linear(3, 2), {"model": "toy", "run": 1}, "toy-kind", "toy-record")
+    last = (out.read_bytes(), out.with_suffix(".json").read_bytes())
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.suffix == ".tmp":  # the record's temporary (the weights' is written by safetensors)
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(VplError, match="no space left on device writing .*toy.json"):
+        write_toy(out, torch.nn.Linear(3, 2), {"model": "toy", "run": 2}, "toy-kind", "toy-record")
+    assert (out.read_bytes(), out.with_suffix(".json").read_bytes()) == last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.json", "toy.safetensors"]  # no temporary left

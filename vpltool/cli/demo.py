@@ -272,8 +272,14 @@ def train_toy_sam3_cmd(
                      inputs={"--data": data}, overwrite=overwrite)
     cfg = replace(_S3, epochs=epochs, batch_size=batch_size, lr=lr, width=width, side=side, threads=threads,
                   seed=seed)
-    with progress("train-toy-sam3", unit="steps") as (on_start, on_item):
+    from ..io.beside import built_beside
+
+    # a model folder replaced (its own kind, or --overwrite): the new model is made in the folder's place while the
+    # last one waits beside it, kept back unless this run writes its record (a failure, a kill: the last one, whole)
+    with built_beside(out, RECORD_FILE, out.is_dir()), \
+            progress("train-toy-sam3", unit="steps") as (on_start, on_item):
         record = train_toy_sam3(out, data, cfg, on_start=on_start, on_step=lambda step, loss: on_item(1))
+    (out / io.LOCK_FILE).unlink(missing_ok=True)  # the swap's lock, held no more: the package ships the folder
     say(f"[green]✓[/] train-toy-sam3: loss {record['first_loss']:.2f} → {record['final_loss']:.2f} over "
         f"{record['steps']} steps, {record['seconds']:.0f} s → {out}")
 
