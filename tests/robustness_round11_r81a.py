@@ -78,8 +78,7 @@ def _pgseg_run(ws: Workspace, name: str) -> tuple[Path, list[object]]:
 
 @case("train-pgseg --overwrite of a trained run, its loss NaN at the first iteration (simulated; once the last model, "
       "checkpoint and log deleted at its first checkpoint, before the new run was known to finish)",
-      "pgseg_ow_nan: training diverged at iteration 1 (loss nan, gradient norm nan)",
-      tsv="r81a_pgseg_overwrite_diverges")
+      "pgseg_ow_nan: training diverged at iteration 1 (loss nan, gradient norm nan)")
 def _pgseg_overwrite_diverges(ws: Workspace) -> Iterator[list[object]]:
     out, args = _pgseg_run(ws, "pgseg_ow_nan")
     with _kept_whole(out), _diverging_text_trainer():
@@ -89,8 +88,7 @@ def _pgseg_overwrite_diverges(ws: Workspace) -> Iterator[list[object]]:
 @case("train-pgseg over its folder after an --overwrite of it was killed mid-training (the last trained run put back "
       "whole as the folder opens, and refused without --overwrite as before; once its model deleted)",
       "pgseg_ow_killed: holds a trained model; pass --overwrite or choose another --out",
-      leaves=("pgseg_ow_killed/*", "-pgseg_ow_killed/*", "-.pgseg_ow_killed.vpltool-last/*"),
-      tsv="r81a_pgseg_overwrite_killed")
+      leaves=("pgseg_ow_killed/*", "-pgseg_ow_killed/*", "-.pgseg_ow_killed.vpltool-last/*"))
 def _pgseg_overwrite_killed(ws: Workspace) -> Iterator[list[object]]:
     from vpltool.io.beside import aside_path
 
@@ -103,7 +101,7 @@ def _pgseg_overwrite_killed(ws: Workspace) -> Iterator[list[object]]:
 
 @case("train-text --family talk2dino --overwrite of a run with a feature cache, its loss NaN at the first iteration "
       "(simulated): the last run kept byte for byte, its cache included (the new run starts from hard links of it)",
-      "t2d_ow_nan: training diverged at iteration 1 (loss nan, gradient norm nan)", tsv="r81a_t2d_overwrite_diverges")
+      "t2d_ow_nan: training diverged at iteration 1 (loss nan, gradient norm nan)")
 def _t2d_overwrite_diverges(ws: Workspace) -> Iterator[list[object]]:
     from robustness_cases import _pairs_folder
 
@@ -121,7 +119,7 @@ TOY_SAM3 = ["--epochs", "1", "--batch-size", "6", "--side", "56", "--width", "8"
 
 @case("train-toy-sam3 --overwrite of a trained toy SAM 3 with a full disk at its weights (simulated; once its new "
       "config.json written over the last one's, beside the last weights)",
-      "no space left on device writing toysam3_ow_full/", tsv="r81a_toysam3_overwrite_full_disk")
+      "no space left on device writing toysam3_ow_full/")
 def _toy_sam3_overwrite_full_disk(ws: Workspace) -> Iterator[list[object]]:
     out = ws.out("toysam3_ow_full")
     args = ["train-toy-sam3", out, "--data", ws.world, *TOY_SAM3]
