@@ -521,9 +521,9 @@ def _forged_to_onednn(path: Path) -> None:
 @case("extract --shard 1/2 at VPLTOOL_CPU_LINEAR=auto with the cache forged to oneDNN's verdicts after --shard 0/2 "
       "took MKL's (once accepted: a record kept the route asked, auto, not each product's library, and the two "
       "shards' features could differ in their last bits)", "lin_shards: an interrupted run made with "
-      "VPLTOOL_CPU_LINEAR=auto taking MKL for its ", "where this run takes oneDNN (the route cache ",
-      "put that cache back as it was, pass --overwrite to redo every item", shows_env=("VPLTOOL_CPU_LINEAR",),
-      tsv="lin_shard1_forged_cache")
+      "VPLTOOL_CPU_LINEAR=auto taking MKL for its ", "where this run takes oneDNN (its verdict in the route cache ",
+      "put that cache back as it was (or run where the folder was made), pass --overwrite to redo every item",
+      shows_env=("VPLTOOL_CPU_LINEAR",), tsv="lin_shard1_forged_cache")
 def _linear_cache_forged_between_shards(ws: Workspace) -> Iterator[list[object]]:
     from vpltool.models.backbones import onednn
 

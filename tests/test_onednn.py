@@ -317,8 +317,9 @@ def test_a_stage_folder_records_the_library_each_product_took_and_a_changed_rout
     auto_route.write_text(json.dumps(cache))
     monkeypatch.setattr(onednn, "_DECIDED", {})  # a new process: each verdict read from the cache again
     with pytest.raises(VplError, match=r"^[^\n]*feats: an interrupted run made with VPLTOOL_CPU_LINEAR=auto taking "
-                                       r"MKL for its 40x8@4 products, where this run takes oneDNN \(the route cache "
-                                       r".*cpu_linear.json changed since\).*put that cache back as it was, pass "
+                                       r"MKL for its 40x8@4 products, where this run takes oneDNN \(its verdict in "
+                                       r"the route cache .*cpu_linear.json, changed since or of another machine\).*"
+                                       r"put that cache back as it was \(or run where the folder was made\), pass "
                                        r"--overwrite to redo every item, or choose another --out$"):
         shard(1)
     assert not (folder / "b.txt").exists() and not (folder / io.STAGE_RECORD).exists()

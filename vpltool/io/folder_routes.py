@@ -45,11 +45,11 @@ def refusal(folder: str | os.PathLike, what: str, shape: str, was: str, now: str
     from ..runtime.numerics import CPU_LINEAR_ENV
 
     cache = onednn._cache_path()
-    where = f"the route cache {cache}" if cache is not None else "the route cache"
+    where = f"the route cache {cache}" if cache is not None else "the route cache, turned off"
     return VplError(f"{folder}: {what} with {CPU_LINEAR_ENV}=auto taking {_name(was)} for its {shape} products, "
-                    f"where this run takes {_name(now)} ({where} changed since), so its items would mix two "
-                    f"libraries' last bits; put that cache back as it was, pass --overwrite to redo every item, or "
-                    "choose another --out")
+                    f"where this run takes {_name(now)} (its verdict in {where}, changed since or of another "
+                    "machine), so its items would mix two libraries' last bits; put that cache back as it was (or run "
+                    "where the folder was made), pass --overwrite to redo every item, or choose another --out")
 
 
 def _name(route: str) -> str:
