@@ -20,7 +20,9 @@ verdicts are kept in the user's cache
 and flags, torch's, MKL's and oneDNN's versions and the thread count (:func:`machine_key`); another machine or a library
 upgrade measures again. ``mkl`` and ``onednn`` force either library; another value is refused in one line
 (:func:`..runtime.numerics.cpu_linear_asked`). Products of fewer than :data:`MIN_ROWS` rows stay with MKL: oneDNN's call
-costs more than such a product (1.1 to 2.1 times MKL's time at 1 and 2 rows on both CPUs above).
+costs more than such a product (1.1 to 2.1 times MKL's time at 1 and 2 rows on both CPUs above). A stage folder
+open while ``auto`` decides records the route of each shape (:func:`route_watching`), and a resume or another shard
+that would take the other one for a recorded shape (:func:`route_now`) is refused (:mod:`vpltool.io.folder_routes`).
 
 :func:`use_onednn` turns a module's ``nn.Linear`` layers into :class:`OneDnnLinear` (the same class with another
 ``forward``: parameters, state dict and ``.to`` unchanged), whose fp32 CPU inference takes the route. Only where that
