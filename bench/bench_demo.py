@@ -1,7 +1,7 @@
 """Wall and CPU time of `make demo` after setup (targets: < 8 min wall on 2 cores, <= 10 CPU-minutes of user +
 system time, which the machine's load does not inflate): one JSON object.
 
-    python bench/bench_demo.py [--run /tmp/bench-demo] [--keep] [--stages]
+    python bench/bench_demo.py [--run /tmp/bench-demo] [--keep] [--stages] [--per-command]
 
 Runs ``make demo`` itself into a fresh run folder (``make -jN -O report`` with the demo's rows: refinements none
 and caa, no SSR caa+sgc rows, no dense CLIP rows, no DINO affinity rows; N = the cores: two independent stages at a
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -40,12 +41,22 @@ QUICK = ("WORLD_TRAIN=16", "WORLD_VAL=8", "ITERS=20", "DEC_ITERS=10")  # --quick
 DEMO_ROWS = ("DENSE=", "DENSE_SEEDS=", "AFFINITY_ROWS=", "REFINES=none caa")
 
 
-def make(target: str, run: Path, venv: Path, extra: tuple[str, ...] = ()) -> float:
+def make(target: str, run: Path, venv: Path, extra: tuple[str, ...] = (), env: dict | None = None) -> float:
     """Seconds taken by ``make [-jN -O] TARGET RUN=run``; its output is kept out of the JSON."""
     start = time.perf_counter()
     subprocess.run(["make", "-C", str(ROOT), *extra, target, f"RUN={run}", f"VENV={venv}", "DEVICE=cpu"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     return round(time.perf_counter() - start, 1)
+
+
+def per_command(log: Path) -> dict:
+    """``bench/vpl_timed.py``'s lines summed by command, and the ten costliest processes."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    by_command: dict[str, float] = {}
+    for row in rows:
+        by_command[row["command"]] = round(by_command.get(row["command"], 0.0) + row["cpu_s"], 2)
+    return {"processes": len(rows), "cpu_s_by_command": dict(sorted(by_command.items(), key=lambda kv: -kv[1])),
+            "costliest": sorted(rows, key=lambda r: -r["cpu_s"])[:10]}
 
 
 def time_toy_clip(venv: Path) -> dict:
@@ -72,6 +83,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu"], help="the demo runs on CPU (the issue's target)")
     ap.add_argument("--quick", action="store_true", help="a tiny world and schedule: checks the script, not speed")
     ap.add_argument("--stages", action="store_true", help="time each target alone, in order (not `make demo`)")
+    ap.add_argument("--per-command", action="store_true",
+                    help="time each vpltool process `make demo` starts (bench/vpl_timed.py as the Makefile's VPL)")
     args = ap.parse_args()
     venv = Path(sys.executable).parent.parent
     run = args.run or Path(tempfile.mkdtemp(prefix="bench-demo-"))
@@ -83,12 +96,20 @@ def main() -> None:
         timing = {"how": "each target alone, in order", "stage_seconds": seconds,
                   "total_s": round(sum(seconds.values()), 1)}
     else:
+        log, env = run.parent / f"{run.name}.commands.jsonl", None
+        if args.per_command:
+            log.unlink(missing_ok=True)
+            env = {**os.environ, "VPL_TIMED_LOG": str(log)}
+            wrapper = f"{sys.executable} -S {ROOT / 'bench' / 'vpl_timed.py'} {venv / 'bin' / 'vpltool'}"
+            extra = (*extra, f"VPL={wrapper}")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        total = make("demo", run, venv, extra)
+        total = make("demo", run, venv, extra, env)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         timing = {"how": "make demo (make -jWORKERS -O report, the demo's rows)", "total_s": total,
                   "cpu_s": round(cpu, 1), "cpu_target_s": 600}
+        if args.per_command:
+            timing["per_command"] = per_command(log)
     metrics = json.loads((run / "metrics.json").read_text())
     result = {
         "benchmark": "demo",
