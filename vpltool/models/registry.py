@@ -278,12 +278,13 @@ def model_family(value: str) -> tuple[str, Any]:
 
 
 def families() -> list[str]:
-    """Every family's name (registered or registrable), sorted; the plugins' that list cleanly among them
-    (:func:`vpltool.plugins.entry_points.load_listed`)."""
-    from ..plugins.entry_points import load_listed
+    """Every family's name (registered or registrable), sorted; the plugins' that list cleanly among them, each
+    listed in a child process and none loaded here (:func:`vpltool.plugins.survey.shown`)."""
+    from ..plugins import entry_points
+    from ..plugins.survey import shown
 
-    load_listed()
-    return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES})
+    entry_points.listed()
+    return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES, *shown("families")})
 
 
 def check_model(name: str, spec: Any, **options: Any) -> None:
