@@ -99,10 +99,16 @@ def method_licence(method: str) -> Licence | None:
 
 def family_licences() -> dict[str, Licence | None]:
     """Every model family -> the :class:`~vpltool.config.licences.Licence` its registration declares (each
-    family's module is imported: torch loads); None: a plugin's that declares none."""
-    from ..models.registry import families, family
+    family's module is imported: torch loads); None: a plugin's that declares none. A plugin's family not loaded
+    here is read in a child process (:func:`vpltool.plugins.survey.family_licences`): a listing loads no plugin."""
+    from ..models.registry import families, family, loaded_families
+    from ..plugins.survey import family_licences as listed_licences
 
-    return {name: family(name).licence for name in families()}
+    names, own = families(), set(loaded_families())
+    listed = listed_licences([n for n in names if n not in own]) if any(n not in own for n in names) else {}
+    return {name: (family(name).licence if name in own else
+                   None if listed[name] is None else Licence(**listed[name]))
+            for name in names if name in own or name in listed}
 
 
 def method_summary(method: str) -> str:

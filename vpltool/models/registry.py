@@ -284,7 +284,13 @@ def families() -> list[str]:
     from ..plugins.survey import shown
 
     entry_points.listed()
-    return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES, *shown("families")})
+    return sorted({*loaded_families(), *shown("families")})
+
+
+def loaded_families() -> list[str]:
+    """The families of this process's tables: vpltool's own and those of the plugins loaded here (iterated, never
+    looked up by name: a lookup loads the plugin that registers the name)."""
+    return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES})
 
 
 def check_model(name: str, spec: Any, **options: Any) -> None:

@@ -196,6 +196,50 @@ def shown(what: str) -> dict[str, Any]:
     return out
 
 
+def family_licences(names: list[str]) -> dict[str, dict | None]:
+    """The licences (as dicts; None: undeclared) that the plugins' model families ``names`` declare where they
+    register (:func:`vpltool.models.register_family`, in each family's module), read in a child process that loads
+    their plugins and imports the modules: a listing loads no plugin here. A family the child could not read (its
+    plugin ended the child, hung past the plugins' timeout or failed) is left out, with one problem line."""
+    import json
+    import subprocess
+    import sys
+
+    from ..config.dense_plugins import plugin_timeout
+
+    code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1])\n"
+            "from vpltool.plugins.survey import read_family_licences\n"
+            "print(json.dumps(read_family_licences(sys.argv[2:])))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path), *names], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=plugin_timeout() * (len(names) + 1))
+        got = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        got = {}
+    for name in names:
+        if name not in got:
+            problem(f"model family {name!r} (a plugin's): its licence could not be read in a child process; run "
+                    f"vpltool.models.family({name!r}) to see why")
+    return {name: got[name] for name in names if name in got}
+
+
+def read_family_licences(names: list[str]) -> dict[str, dict | None]:
+    """:func:`family_licences`' child: each family's plugin loaded, its module imported, its licence as a dict."""
+    from dataclasses import asdict
+
+    from ..errors import VplError
+    from ..models.registry import family
+
+    out: dict[str, dict | None] = {}
+    for name in names:
+        try:
+            lic = family(name).licence
+        except VplError:
+            continue
+        out[name] = None if lic is None else asdict(lic)
+    return out
+
+
 def surveyed() -> bool:
     """Whether this process has listed the plugins already (a help's options then show their methods)."""
     return _STATE.get("survey") is not None
@@ -218,4 +262,5 @@ def maybe_plugin(name: Any) -> bool:
     return name not in ep_._BUILTIN_NAMES
 
 
-__all__ = ["Listed", "load_all", "maybe_plugin", "shown", "shown_so_far", "survey", "surveyed", "want"]
+__all__ = ["Listed", "family_licences", "load_all", "read_family_licences", "maybe_plugin", "shown", "shown_so_far",
+           "survey", "surveyed", "want"]
