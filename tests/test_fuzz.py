@@ -330,9 +330,9 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
     target = items[pick % len(items)]
     if how == "other run":
         shutil.copyfile(other / target.name, target)
-    elif how == "special file":  # a FIFO or a link to /dev/zero under an image's name (both skipped silently once)
+    elif how == "special file":  # no regular file under an item's name (each skipped silently, or hung, once)
         target.unlink()
-        os.mkfifo(target) if pick % 2 == 0 else target.symlink_to("/dev/zero")
+        SPECIALS[pick % len(SPECIALS)](target)
     elif how == "extreme shape":  # a photo 100,000 wide and 16 tall, the least side taken (a 0-pixel side once)
         import numpy as np
         from PIL import Image
@@ -357,10 +357,13 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
 
 
 KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos", "plain-photos"]
+# what stands under an item's name that is no regular file (by ``pick % 4``): a FIFO and a link to /dev/zero (a
+# read never ends), a folder (was skipped silently: one photo fewer, exit 0), a symbolic link to itself (ELOOP)
+SPECIALS = (os.mkfifo, lambda p: p.symlink_to("/dev/zero"), lambda p: p.mkdir(), lambda p: p.symlink_to(p.name))
 # what a damage makes of each kind of input: an unreadable file (never certified) or a valid one of other content
 # (a photo or a model replaced by another is another input, and may be certified as such)
 UNREADABLE = ("other format", "truncate", "special file")
-PHOTO_DAMAGES = ("special file", "extreme shape")  # what a folder of photos holds that no stage folder does
+PHOTO_DAMAGES = ("extreme shape",)  # what a folder of photos holds that no stage folder does
 FOREIGN = ("other item", "other run")  # another item's file, the same item's file of another run: never certified
 
 
@@ -378,15 +381,19 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     other = _other_run(ws, kind)
 
     @FUZZ
-    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run", *PHOTO_DAMAGES]),
+    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run", "special file",
+                                *PHOTO_DAMAGES]),
            pick=st.integers(0, 50), cut=st.sampled_from([0.0, 0.01, 0.5, 0.99]))
     @example(how="other run", pick=0, cut=0.5)  # every time: a finished folder holding another run's item
-    @example(how="special file", pick=0, cut=0.5)  # and a FIFO named like a photo
+    @example(how="special file", pick=0, cut=0.5)  # and each of SPECIALS named like an item: a FIFO,
+    @example(how="special file", pick=1, cut=0.5)  # a link to /dev/zero,
+    @example(how="special file", pick=2, cut=0.5)  # a folder
+    @example(how="special file", pick=3, cut=0.5)  # and a link loop
     def run(how, pick, cut):
         if how == "other run" and other is None:
             return  # photos and models have no run
-        if how in PHOTO_DAMAGES and not photos:
-            return  # a stage folder's item is read from its record: a FIFO there is a missing item
+        if how == "extreme shape" and not photos:
+            return  # a stage folder's item is read from its record: its shape is the record's
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy)
@@ -510,7 +517,8 @@ def test_a_damaged_model_file_is_refused_in_one_line(ws, family, how):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, family, when, monkeypatch):
     """Another model of the same architecture copied over the file, between a run (``--shard 0/2``) and its
-    resume (``--shard 1/2``), after the command checked the file and named it by its digest and before the
+    resume (``--shard 1/2``), between a run killed before it finished and its re-run (the masks before the kill
+    kept, the one it cut off gone), after the command checked the file and named it by its digest and before the
     family's load reads it, or while the load reads it: exit 2 in one line, or exit 0 having made and recorded
     exactly what a clean run on the new bytes makes (never masks of one model under the other's digest, never two
     models in one folder)."""
@@ -527,6 +535,15 @@ def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, famil
         assert code == 0, output[-1500:]
         mk.replace_with_another(kind.weights_file(model), kind.noise)
         second = [*args, "--shard", "1/2"]
+    elif when == "replaced between a kill and its re-run":
+        from robustness_round11_ledger import killed_before_finish
+
+        killed_before_finish(*args)
+        assert (out / "_run.json").is_file() and not (out / "_stage.json").exists(), (family, "not killed")
+        items = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+        items[-1].unlink()  # the item the kill cut off
+        mk.replace_with_another(kind.weights_file(model), kind.noise)
+        second = args
     elif when == "replaced between check and load":  # after the command checked it and named it by its digest
         real, done = registry.model_files, []
 
