@@ -862,3 +862,83 @@ def test_the_python_door_answers_any_type_in_one_line(ws):
             pass
 
     run()
+
+
+# --------------------------------------------------------------------------------------------- a result's save
+def _doors() -> list[str]:
+    """Every door that segments a photo in Python: each model family of :func:`vpltool.list_methods` (walked, so a
+    new family is drawn as soon as it registers) and an exported file's (:func:`vpltool.onnx_segmenter`)."""
+    from vpltool.api.methods import method_families
+
+    return [*sorted(set(method_families().values())), "onnx"]
+
+
+def _door(ws: rc.Workspace, door: str):
+    """A segmenter of ``door``, tiny and seeded: the tiny CLIP (``clip``), an `export --decoder` file of the
+    workspace decoder (``onnx``), or the family's first method on its tiny checkpoint (model_kinds.KINDS)."""
+    import vpltool
+    from vpltool.api.methods import method_families
+
+    if door == "clip":
+        return ws.segmenter()
+    if door == "onnx":
+        pytest.importorskip("onnxruntime")
+        path = ws.root / "fuzz_door.onnx"
+        if not path.is_file():
+            rc.cli_ok("export", "-o", path, "--decoder", ws.decoder / "decoder.safetensors", "--size", "96x96")
+        return vpltool.onnx_segmenter(path)
+    assert door in mk.KINDS, f"no tiny checkpoint for family {door!r}: add its row to tests/model_kinds.py"
+    method = next(name for name, family in method_families().items() if family == door)
+    return vpltool.segmenter(method, checkpoint=mk.KINDS[door].clean(ws), device="cpu")
+
+
+# where save() is asked to write: the photo the result segmented (by its path, a symbolic link, a hard link: never,
+# whatever overwrite says), a file of the user's (only with overwrite=True), a stage folder's mask (never)
+SAVE_TARGETS = ("the photo", "a symbolic link to it", "a hard link to it", "a file of the user's",
+                "a stage folder's mask")
+
+
+@pytest.mark.parametrize("door", _doors())
+def test_a_result_of_every_door_never_saves_over_its_photo_or_a_foreign_file(ws, door):
+    """``result.save(path)`` of each door's result: over the photo it segmented (the ONNX door's once wrote there
+    with overwrite=True), or over a file vpltool did not write without overwrite=True, or into a stage folder: one
+    line naming the path, nothing written; a file of the user's with overwrite=True is replaced, as asked."""
+    from vpltool.errors import VplError
+
+    home = ws.root / f"fuzz_save_{door}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    photo = home / "photo.png"
+    shutil.copy(sorted((ws.world / "images").glob("val_*.png"))[0], photo)
+    result = _door(ws, door)(str(photo), ["star", "circle"]) if door != "onnx" else _door(ws, door)(str(photo))
+    stage_mask = sorted(ws.pseudo.glob("*.png"))[0]
+    kept = {p: p.read_bytes() for p in (photo, stage_mask)}
+
+    @FUZZ
+    @given(target=st.sampled_from(SAVE_TARGETS), overwrite=st.booleans())
+    @example(target="the photo", overwrite=True)  # every time: each door's photo, and a file of the user's
+    @example(target="a hard link to it", overwrite=True)
+    @example(target="a file of the user's", overwrite=False)
+    def run(target, overwrite):
+        path = {"the photo": photo, "a symbolic link to it": home / "link.png", "a hard link to it": home / "hard.png",
+                "a file of the user's": home / "notes.png", "a stage folder's mask": stage_mask}[target]
+        for made in (home / "link.png", home / "hard.png", home / "notes.png"):
+            made.unlink(missing_ok=True)
+        (home / "link.png").symlink_to(photo.name)
+        os.link(photo, home / "hard.png")
+        (home / "notes.png").write_bytes(b"my notes")
+        try:
+            result.save(path, overwrite=overwrite)
+            refused = None
+        except VplError as e:
+            refused = str(e)
+        if target == "a file of the user's" and overwrite:  # replaced, as the user asked
+            assert refused is None and (home / "notes.png").read_bytes() != b"my notes", (door, refused)
+        else:
+            assert refused is not None and "\n" not in refused and refused.startswith(str(path)), \
+                (door, target, overwrite, refused)
+        assert all(p.read_bytes() == data for p, data in kept.items()), (door, target, "written over")
+        if target == "a file of the user's" and not overwrite:
+            assert (home / "notes.png").read_bytes() == b"my notes", (door, "the user's file written over")
+
+    run()
