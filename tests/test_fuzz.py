@@ -942,3 +942,91 @@ def test_a_result_of_every_door_never_saves_over_its_photo_or_a_foreign_file(ws,
             assert (home / "notes.png").read_bytes() == b"my notes", (door, "the user's file written over")
 
     run()
+
+
+# --------------------------------------------------------------------------------------------- plugins that end us
+@pytest.fixture
+def ending_plugins(ws, monkeypatch):
+    """The plugins whose register() ends the process (os._exit), hangs or dies of SIGSEGV (plugin_sites.ENDING)
+    and one that lists cleanly and marks the process that ran it (plugin_sites.MARKED), installed as if this process
+    had just started (no plugin read yet); afterwards, as before. Yields the marks file."""
+    import importlib
+
+    from plugin_sites import SHORT_TIMEOUT, write_ending, write_marked
+
+    from vpltool.plugins import entry_points as ep
+
+    site = ws.root / "fuzz_plugins_ending"
+    if not site.is_dir():
+        write_marked(write_ending(site))
+    marks = ws.root / "fuzz_plugin_marks.txt"
+    marks.write_text("")
+    saved = dict(ep._STATE), set(ep._LOADED), set(ep._WANTED), list(ep._PROBLEMS)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("VPLTOOL_PLUGIN_TIMEOUT", SHORT_TIMEOUT)
+    monkeypatch.setenv("VPLTOOL_TEST_MARKS", str(marks))
+    ep._STATE.update(loaded=False, group=None, survey=None, quiet=True)
+    yield marks
+    monkeypatch.undo()
+    importlib.invalidate_caches()
+    ep._STATE.clear()
+    ep._STATE.update(saved[0])
+    for now, before in zip((ep._LOADED, ep._WANTED), saved[1:3]):
+        now.clear()
+        now.update(before)
+    ep._PROBLEMS[:] = saved[3]
+
+
+def _own_names() -> dict[str, list[str]]:
+    """vpltool's own methods (by family) and model families, walked from the registries."""
+    from vpltool.api.methods import method_families
+    from vpltool.models.registry import loaded_families
+
+    by_family: dict[str, list[str]] = {}
+    for method, family in method_families().items():
+        by_family.setdefault(family, []).append(method)
+    return {"methods": [m for names in by_family.values() for m in names], "families": loaded_families()}
+
+
+def test_every_listing_command_and_method_beside_a_plugin_that_ends_the_process(ws, ending_plugins):
+    """With plugins installed whose register() calls os._exit(0), hangs or crashes, and one that lists cleanly but
+    marks the process it runs in: every command's --help, `vpltool --help`, list_methods() (details, licences),
+    families(), list_models(), plugins.problems() and installed(), and a look-up of every own method and family of
+    the registries run none of a plugin's code in this process (no mark, no entry point loaded) and keep their one-line
+    promise; the listing names the three broken plugins and shows the clean one's method. A needed plugin that is
+    broken is one line."""
+    from plugin_sites import ENDING, ENDING_WORDS
+
+    import vpltool
+    from vpltool.api.methods import check_method, method_licence, method_summary
+    from vpltool.config import SegmentConfig
+    from vpltool.errors import VplError
+    from vpltool.models import families
+    from vpltool.models.registry import model_family, segmenter_family
+    from vpltool.plugins import entry_points as ep
+
+    own = _own_names()
+    listed = vpltool.list_methods()
+    details, licences = vpltool.list_methods(details=True), vpltool.list_methods(licences=True)
+    assert "marked" in listed and "marked" in details and "marked" in licences, listed  # shown, from the child
+    assert "marked" in vpltool.plugins.installed()["dense"] and set(own["families"]) <= set(families())
+    vpltool.list_models()
+    problems = vpltool.plugins.problems()
+    for dist, words in ENDING_WORDS.items():
+        assert [x for x in problems if x.startswith(f"plugin {dist} 0.1.0:") and words in x], (dist, problems)
+    for name in ("--help", *(f"{c} --help" for c in sorted(COMMANDS))):
+        r = rc.invoke(*name.split())
+        assert r.exit_code == 0 and "Traceback" not in r.output, (name, r.output[-600:])
+    for method in own["methods"]:  # each of vpltool's own: looked up, summarised, configured where a --dense one
+        assert check_method(method) == method and method_summary(method) and method_licence(method) is not None
+        if segmenter_family(method) == "clip":
+            SegmentConfig.of(dense=method)
+    for family in own["families"]:
+        assert model_family(f"{family}:x")[0] in (family, "clip")
+    with pytest.raises(VplError) as refused:  # needed, and broken: no clean plugin has it
+        vpltool.segmenter(next(iter(ENDING)), model="vpl-test-vit", pretrained="none", device="cpu")
+    assert "\n" not in str(refused.value), str(refused.value)
+    foreign = sorted(k for k in ep._LOADED if not k.startswith("demo ="))
+    assert foreign == [] and str(os.getpid()) not in ending_plugins.read_text().split(), \
+        ("a listing ran a plugin's code in this process", foreign)
+    assert ending_plugins.read_text().split(), "the clean plugin was never listed (in a child)"
