@@ -697,7 +697,7 @@ def _edited(value: object, pick: int) -> object:
     flips = {"bf16": "fp32", "fp32": "bf16", "fast": "reproducible", "reproducible": "fast"}
     if pick % 3 == 0:
         return ...
-    if value in flips:
+    if isinstance(value, str) and value in flips:  # (a dict or a list is no name to flip)
         return flips[value]
     if isinstance(value, bool):
         return not value
@@ -1030,3 +1030,63 @@ def test_every_listing_command_and_method_beside_a_plugin_that_ends_the_process(
     assert foreign == [] and str(os.getpid()) not in ending_plugins.read_text().split(), \
         ("a listing ran a plugin's code in this process", foreign)
     assert ending_plugins.read_text().split(), "the clean plugin was never listed (in a child)"
+
+
+# --------------------------------------------------------------------------------------------- every stage's record
+def _stage_folder(ws: rc.Workspace, stage: str) -> Path:
+    """A finished folder of ``stage`` (one whose folder a later stage classifies: vpltool.io.protocols), made once,
+    tiny: the workspace's CAMs and CRF masks, its decoder's predictions, `segment` of the val photos, `sam-pseudo`
+    over a mask folder as segment-anything's amg.py writes one (no SAM loads)."""
+    made = {"cam": lambda: ws.cams, "crf": lambda: ws.pseudo, "predict": ws.predictions}
+    if stage in made:
+        return made[stage]()
+    out = ws.root / f"fuzz_stage_{stage}"
+    if not (out / "_stage.json").is_file():
+        args = {"segment": [ws.world, "--split", "val", *rc.TINY, *rc.CPU, "--dense", "maskclip", "--classes",
+                            "star,circle"],
+                "sam-pseudo": [ws.cams, "--masks", rc._amg_folder(ws, "fuzz_stage_amg"), "--workers", "1"]}
+        assert stage in args, f"no folder maker for stage {stage!r}: add it to _stage_folder (tests/test_fuzz.py)"
+        rc.cli_ok(stage, args[stage][0], "-o", out, *args[stage][1:])
+    return out
+
+
+def _classified_stages() -> list[str]:
+    """The stages whose folders a later stage classifies (:data:`vpltool.io.protocols._READERS`), walked."""
+    from vpltool.io import protocols
+
+    return sorted(protocols._READERS)
+
+
+@pytest.mark.parametrize("stage", _classified_stages())
+def test_an_edited_record_of_every_stage_is_refused_in_one_line(ws, stage):
+    """Every stage's sealed ``_stage.json`` edited by hand, its dtype, its numeric mode, a field of its inputs or any
+    other: `eval` of the folder (the cheapest reader: it refuses before reading an item) exits 2 in one line naming
+    the folder and the stage that re-makes it; nothing is written."""
+    import json
+
+    folder = _stage_folder(ws, stage)
+    record = json.loads((folder / "_stage.json").read_text())
+    fields = [f for f in _leaves(record) if f != ("record_digest",)]
+    copy, out = ws.root / f"fuzz_edited_{stage}", ws.root / f"fuzz_edited_{stage}_out"
+    inputs = next(f for f in fields if f[0] == "inputs" and len(f) > 1)
+
+    @FUZZ
+    @given(field=st.sampled_from(fields), pick=st.integers(1, 50))
+    @example(field=("numerics", "dtype"), pick=1)  # every time: the dtype, the mode and an input edited
+    @example(field=("numerics", "mode"), pick=1)
+    @example(field=inputs, pick=1)
+    def run(field, pick):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(folder, copy)
+        edit = json.loads(json.dumps(record))
+        value = _edit_field(edit, field, pick)
+        if edit == record:  # an edit that changed nothing
+            return
+        (copy / "_stage.json").write_text(json.dumps(edit))
+        code, output = _holds(ws, ["eval", str(copy), "--json", str(out / "scores.json")], out, own=(copy,))
+        line = rc.error_lines(output)[0] if code == 2 else ""
+        assert code == 2 and copy.name in line and f"vpltool {stage}" in line, (stage, field, value, output[-600:])
+        assert not out.exists(), (stage, field, "written")
+
+    run()
