@@ -28,7 +28,10 @@ TOY = ["--model", "vpltool-toy", *rc.TEXT_ARGS]
 DAMAGES = ("every weight NaN", "one value NaN", "one value inf", "cut short", "a tensor missing",
            "a tensor reshaped", "another architecture", "every weight 0")
 # the bytes changed under the same name: another model of the same architecture copied over the file
-REPLACED = ("replaced between a run and its resume", "replaced between check and load", "replaced while it loads")
+# ("a run and its resume": --shard 0/2, then --shard 1/2; "a kill": the run ended as kill -9 ends it, before its folder
+# is finished, then the same command again)
+REPLACED = ("replaced between a run and its resume", "replaced between a kill and its re-run",
+            "replaced between check and load", "replaced while it loads")
 
 
 @dataclass(frozen=True)

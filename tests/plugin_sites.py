@@ -138,3 +138,18 @@ def write_ending(site: Path) -> Path:
     for name, (entry, modules) in ENDING.items():
         fake_dist(site, name, entry, modules)
     return site
+
+
+# a plugin that lists cleanly (its method, `marked`) and says where its register() ran: it appends its process id to
+# the file VPLTOOL_TEST_MARKS names; a process that only lists the plugins must never find its own id there
+MARKED = {"vpltool-marked": ("marked:register", {"marked": SPEC + (
+    "import os\n"
+    "def register():\n    register_dense_method('marked', DenseMethodSpec(DENSE_SEGMENTORS['naclip'], "
+    "module='marked'))\n"
+    "    with open(os.environ['VPLTOOL_TEST_MARKS'], 'a') as f:\n        f.write(f'{os.getpid()}\\n')\n")})}
+
+
+def write_marked(site: Path) -> Path:
+    for name, (entry, modules) in MARKED.items():
+        fake_dist(site, name, entry, modules)
+    return site

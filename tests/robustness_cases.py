@@ -6700,6 +6700,7 @@ import robustness_round11_ledger  # noqa: E402, F401  (the eleventh round: model
 import robustness_round11_licences  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_plugins  # noqa: E402, F401  (the eleventh round's plugin and save rows)
 import robustness_round11_r81a  # noqa: E402, F401  (the trainers that build beside: --overwrite keeps the last)
+import robustness_round11_r81b  # noqa: E402, F401  (the rows the generators of test_fuzz found)
 import robustness_round11_records  # noqa: E402, F401  (the eleventh round's records rows)
 import robustness_round11_round11  # noqa: E402, F401  (the review list's rows no other module answers)
 

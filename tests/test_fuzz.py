@@ -330,9 +330,9 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
     target = items[pick % len(items)]
     if how == "other run":
         shutil.copyfile(other / target.name, target)
-    elif how == "special file":  # a FIFO or a link to /dev/zero under an image's name (both skipped silently once)
+    elif how == "special file":  # no regular file under an item's name (each skipped silently, or hung, once)
         target.unlink()
-        os.mkfifo(target) if pick % 2 == 0 else target.symlink_to("/dev/zero")
+        SPECIALS[pick % len(SPECIALS)](target)
     elif how == "extreme shape":  # a photo 100,000 wide and 16 tall, the least side taken (a 0-pixel side once)
         import numpy as np
         from PIL import Image
@@ -357,10 +357,13 @@ def _mutate(folder: Path, how: str, pick: int, cut: float, other: Path | None = 
 
 
 KINDS = ["features", "cams", "cams-eval", "pseudo", "pseudo-decoder", "photos", "plain-photos"]
+# what stands under an item's name that is no regular file (by ``pick % 4``): a FIFO and a link to /dev/zero (a
+# read never ends), a folder (was skipped silently: one photo fewer, exit 0), a symbolic link to itself (ELOOP)
+SPECIALS = (os.mkfifo, lambda p: p.symlink_to("/dev/zero"), lambda p: p.mkdir(), lambda p: p.symlink_to(p.name))
 # what a damage makes of each kind of input: an unreadable file (never certified) or a valid one of other content
 # (a photo or a model replaced by another is another input, and may be certified as such)
 UNREADABLE = ("other format", "truncate", "special file")
-PHOTO_DAMAGES = ("special file", "extreme shape")  # what a folder of photos holds that no stage folder does
+PHOTO_DAMAGES = ("extreme shape",)  # what a folder of photos holds that no stage folder does
 FOREIGN = ("other item", "other run")  # another item's file, the same item's file of another run: never certified
 
 
@@ -378,15 +381,19 @@ def test_every_input_kind_damaged_keeps_the_promise(ws, kind):
     other = _other_run(ws, kind)
 
     @FUZZ
-    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run", *PHOTO_DAMAGES]),
+    @given(how=st.sampled_from(["truncate", "other item", "other format", "record", "other run", "special file",
+                                *PHOTO_DAMAGES]),
            pick=st.integers(0, 50), cut=st.sampled_from([0.0, 0.01, 0.5, 0.99]))
     @example(how="other run", pick=0, cut=0.5)  # every time: a finished folder holding another run's item
-    @example(how="special file", pick=0, cut=0.5)  # and a FIFO named like a photo
+    @example(how="special file", pick=0, cut=0.5)  # and each of SPECIALS named like an item: a FIFO,
+    @example(how="special file", pick=1, cut=0.5)  # a link to /dev/zero,
+    @example(how="special file", pick=2, cut=0.5)  # a folder
+    @example(how="special file", pick=3, cut=0.5)  # and a link loop
     def run(how, pick, cut):
         if how == "other run" and other is None:
             return  # photos and models have no run
-        if how in PHOTO_DAMAGES and not photos:
-            return  # a stage folder's item is read from its record: a FIFO there is a missing item
+        if how == "extreme shape" and not photos:
+            return  # a stage folder's item is read from its record: its shape is the record's
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(source, copy)
@@ -510,7 +517,8 @@ def test_a_damaged_model_file_is_refused_in_one_line(ws, family, how):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, family, when, monkeypatch):
     """Another model of the same architecture copied over the file, between a run (``--shard 0/2``) and its
-    resume (``--shard 1/2``), after the command checked the file and named it by its digest and before the
+    resume (``--shard 1/2``), between a run killed before it finished and its re-run (the masks before the kill
+    kept, the one it cut off gone), after the command checked the file and named it by its digest and before the
     family's load reads it, or while the load reads it: exit 2 in one line, or exit 0 having made and recorded
     exactly what a clean run on the new bytes makes (never masks of one model under the other's digest, never two
     models in one folder)."""
@@ -527,6 +535,15 @@ def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, famil
         assert code == 0, output[-1500:]
         mk.replace_with_another(kind.weights_file(model), kind.noise)
         second = [*args, "--shard", "1/2"]
+    elif when == "replaced between a kill and its re-run":
+        from robustness_round11_ledger import killed_before_finish
+
+        killed_before_finish(*args)
+        assert (out / "_run.json").is_file() and not (out / "_stage.json").exists(), (family, "not killed")
+        items = sorted(p for p in out.iterdir() if p.is_file() and not p.name.startswith(("_", ".")))
+        items[-1].unlink()  # the item the kill cut off
+        mk.replace_with_another(kind.weights_file(model), kind.noise)
+        second = args
     elif when == "replaced between check and load":  # after the command checked it and named it by its digest
         real, done = registry.model_files, []
 
@@ -549,7 +566,8 @@ def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, famil
     code, output = _holds(ws, second, out, own=(model,))
     monkeypatch.undo()
     print(f"{family} | {when} | exit {code} | {output.strip().splitlines()[-1][:200]}")
-    if code == 2:
+    if code == 2:  # the same options given again: a line blaming other parameters names a fix that cannot work
+        assert "other parameters" not in rc.error_lines(output)[0], (family, when, output[-600:])
         return
     got, record = _result(out, output), json.loads((out / "_stage.json").read_text())
     shutil.rmtree(out)  # the same command afresh, on the new bytes as they now are
@@ -679,7 +697,7 @@ def _edited(value: object, pick: int) -> object:
     flips = {"bf16": "fp32", "fp32": "bf16", "fast": "reproducible", "reproducible": "fast"}
     if pick % 3 == 0:
         return ...
-    if value in flips:
+    if isinstance(value, str) and value in flips:  # (a dict or a list is no name to flip)
         return flips[value]
     if isinstance(value, bool):
         return not value
@@ -842,5 +860,233 @@ def test_the_python_door_answers_any_type_in_one_line(ws):
             vpltool.list_methods(value)
         except VplError:
             pass
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- a result's save
+def _doors() -> list[str]:
+    """Every door that segments a photo in Python: each model family of :func:`vpltool.list_methods` (walked, so a
+    new family is drawn as soon as it registers) and an exported file's (:func:`vpltool.onnx_segmenter`)."""
+    from vpltool.api.methods import method_families
+
+    return [*sorted(set(method_families().values())), "onnx"]
+
+
+def _door(ws: rc.Workspace, door: str):
+    """A segmenter of ``door``, tiny and seeded: the tiny CLIP (``clip``), an `export --decoder` file of the
+    workspace decoder (``onnx``), or the family's first method on its tiny checkpoint (model_kinds.KINDS)."""
+    import vpltool
+    from vpltool.api.methods import method_families
+
+    if door == "clip":
+        return ws.segmenter()
+    if door == "onnx":
+        pytest.importorskip("onnxruntime")
+        path = ws.root / "fuzz_door.onnx"
+        if not path.is_file():
+            rc.cli_ok("export", "-o", path, "--decoder", ws.decoder / "decoder.safetensors", "--size", "96x96")
+        return vpltool.onnx_segmenter(path)
+    assert door in mk.KINDS, f"no tiny checkpoint for family {door!r}: add its row to tests/model_kinds.py"
+    method = next(name for name, family in method_families().items() if family == door)
+    return vpltool.segmenter(method, checkpoint=mk.KINDS[door].clean(ws), device="cpu")
+
+
+# where save() is asked to write: the photo the result segmented (by its path, a symbolic link, a hard link: never,
+# whatever overwrite says), a file of the user's (only with overwrite=True), a stage folder's mask (never)
+SAVE_TARGETS = ("the photo", "a symbolic link to it", "a hard link to it", "a file of the user's",
+                "a stage folder's mask")
+
+
+@pytest.mark.parametrize("door", _doors())
+def test_a_result_of_every_door_never_saves_over_its_photo_or_a_foreign_file(ws, door):
+    """``result.save(path)`` of each door's result: over the photo it segmented (the ONNX door's once wrote there
+    with overwrite=True), or over a file vpltool did not write without overwrite=True, or into a stage folder: one
+    line naming the path, nothing written; a file of the user's with overwrite=True is replaced, as asked."""
+    from vpltool.errors import VplError
+
+    home = ws.root / f"fuzz_save_{door}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    photo = home / "photo.png"
+    shutil.copy(sorted((ws.world / "images").glob("val_*.png"))[0], photo)
+    result = _door(ws, door)(str(photo), ["star", "circle"]) if door != "onnx" else _door(ws, door)(str(photo))
+    stage_mask = sorted(ws.pseudo.glob("*.png"))[0]
+    kept = {p: p.read_bytes() for p in (photo, stage_mask)}
+
+    @FUZZ
+    @given(target=st.sampled_from(SAVE_TARGETS), overwrite=st.booleans())
+    @example(target="the photo", overwrite=True)  # every time: each door's photo, and a file of the user's
+    @example(target="a hard link to it", overwrite=True)
+    @example(target="a file of the user's", overwrite=False)
+    def run(target, overwrite):
+        path = {"the photo": photo, "a symbolic link to it": home / "link.png", "a hard link to it": home / "hard.png",
+                "a file of the user's": home / "notes.png", "a stage folder's mask": stage_mask}[target]
+        for made in (home / "link.png", home / "hard.png", home / "notes.png"):
+            made.unlink(missing_ok=True)
+        (home / "link.png").symlink_to(photo.name)
+        os.link(photo, home / "hard.png")
+        (home / "notes.png").write_bytes(b"my notes")
+        try:
+            result.save(path, overwrite=overwrite)
+            refused = None
+        except VplError as e:
+            refused = str(e)
+        if target == "a file of the user's" and overwrite:  # replaced, as the user asked
+            assert refused is None and (home / "notes.png").read_bytes() != b"my notes", (door, refused)
+        else:
+            assert refused is not None and "\n" not in refused and refused.startswith(str(path)), \
+                (door, target, overwrite, refused)
+        assert all(p.read_bytes() == data for p, data in kept.items()), (door, target, "written over")
+        if target == "a file of the user's" and not overwrite:
+            assert (home / "notes.png").read_bytes() == b"my notes", (door, "the user's file written over")
+
+    run()
+
+
+# --------------------------------------------------------------------------------------------- plugins that end us
+@pytest.fixture
+def ending_plugins(ws, monkeypatch):
+    """The plugins whose register() ends the process (os._exit), hangs or dies of SIGSEGV (plugin_sites.ENDING)
+    and one that lists cleanly and marks the process that ran it (plugin_sites.MARKED), installed as if this process
+    had just started (no plugin read yet); afterwards, as before. Yields the marks file."""
+    import importlib
+
+    from plugin_sites import SHORT_TIMEOUT, write_ending, write_marked
+
+    from vpltool.plugins import entry_points as ep
+
+    site = ws.root / "fuzz_plugins_ending"
+    if not site.is_dir():
+        write_marked(write_ending(site))
+    marks = ws.root / "fuzz_plugin_marks.txt"
+    marks.write_text("")
+    saved = dict(ep._STATE), set(ep._LOADED), set(ep._WANTED), list(ep._PROBLEMS)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("VPLTOOL_PLUGIN_TIMEOUT", SHORT_TIMEOUT)
+    monkeypatch.setenv("VPLTOOL_TEST_MARKS", str(marks))
+    ep._STATE.update(loaded=False, group=None, survey=None, quiet=True)
+    yield marks
+    monkeypatch.undo()
+    importlib.invalidate_caches()
+    ep._STATE.clear()
+    ep._STATE.update(saved[0])
+    for now, before in zip((ep._LOADED, ep._WANTED), saved[1:3]):
+        now.clear()
+        now.update(before)
+    ep._PROBLEMS[:] = saved[3]
+
+
+def _own_names() -> dict[str, list[str]]:
+    """vpltool's own methods (by family) and model families, walked from the registries."""
+    from vpltool.api.methods import method_families
+    from vpltool.models.registry import loaded_families
+
+    by_family: dict[str, list[str]] = {}
+    for method, family in method_families().items():
+        by_family.setdefault(family, []).append(method)
+    return {"methods": [m for names in by_family.values() for m in names], "families": loaded_families()}
+
+
+def test_every_listing_command_and_method_beside_a_plugin_that_ends_the_process(ws, ending_plugins):
+    """With plugins installed whose register() calls os._exit(0), hangs or crashes, and one that lists cleanly but
+    marks the process it runs in: every command's --help, `vpltool --help`, list_methods() (details, licences),
+    families(), list_models(), plugins.problems() and installed(), and a look-up of every own method and family of
+    the registries run none of a plugin's code in this process (no mark, no entry point loaded) and keep their one-line
+    promise; the listing names the three broken plugins and shows the clean one's method. A needed plugin that is
+    broken is one line."""
+    from plugin_sites import ENDING, ENDING_WORDS
+
+    import vpltool
+    from vpltool.api.methods import check_method, method_licence, method_summary
+    from vpltool.config import SegmentConfig
+    from vpltool.errors import VplError
+    from vpltool.models import families
+    from vpltool.models.registry import model_family, segmenter_family
+    from vpltool.plugins import entry_points as ep
+
+    own = _own_names()
+    listed = vpltool.list_methods()
+    details, licences = vpltool.list_methods(details=True), vpltool.list_methods(licences=True)
+    assert "marked" in listed and "marked" in details and "marked" in licences, listed  # shown, from the child
+    assert "marked" in vpltool.plugins.installed()["dense"] and set(own["families"]) <= set(families())
+    vpltool.list_models()
+    problems = vpltool.plugins.problems()
+    for dist, words in ENDING_WORDS.items():
+        assert [x for x in problems if x.startswith(f"plugin {dist} 0.1.0:") and words in x], (dist, problems)
+    for name in ("--help", *(f"{c} --help" for c in sorted(COMMANDS))):
+        r = rc.invoke(*name.split())
+        assert r.exit_code == 0 and "Traceback" not in r.output, (name, r.output[-600:])
+    for method in own["methods"]:  # each of vpltool's own: looked up, summarised, configured where a --dense one
+        assert check_method(method) == method and method_summary(method) and method_licence(method) is not None
+        if segmenter_family(method) == "clip":
+            SegmentConfig.of(dense=method)
+    for family in own["families"]:
+        assert model_family(f"{family}:x")[0] in (family, "clip")
+    with pytest.raises(VplError) as refused:  # needed, and broken: no clean plugin has it
+        vpltool.segmenter(next(iter(ENDING)), model="vpl-test-vit", pretrained="none", device="cpu")
+    assert "\n" not in str(refused.value), str(refused.value)
+    foreign = sorted(k for k in ep._LOADED if not k.startswith("demo ="))
+    assert foreign == [] and str(os.getpid()) not in ending_plugins.read_text().split(), \
+        ("a listing ran a plugin's code in this process", foreign)
+    assert ending_plugins.read_text().split(), "the clean plugin was never listed (in a child)"
+
+
+# --------------------------------------------------------------------------------------------- every stage's record
+def _stage_folder(ws: rc.Workspace, stage: str) -> Path:
+    """A finished folder of ``stage`` (one whose folder a later stage classifies: vpltool.io.protocols), made once,
+    tiny: the workspace's CAMs and CRF masks, its decoder's predictions, `segment` of the val photos, `sam-pseudo`
+    over a mask folder as segment-anything's amg.py writes one (no SAM loads)."""
+    made = {"cam": lambda: ws.cams, "crf": lambda: ws.pseudo, "predict": ws.predictions}
+    if stage in made:
+        return made[stage]()
+    out = ws.root / f"fuzz_stage_{stage}"
+    if not (out / "_stage.json").is_file():
+        args = {"segment": [ws.world, "--split", "val", *rc.TINY, *rc.CPU, "--dense", "maskclip", "--classes",
+                            "star,circle"],
+                "sam-pseudo": [ws.cams, "--masks", rc._amg_folder(ws, "fuzz_stage_amg"), "--workers", "1"]}
+        assert stage in args, f"no folder maker for stage {stage!r}: add it to _stage_folder (tests/test_fuzz.py)"
+        rc.cli_ok(stage, args[stage][0], "-o", out, *args[stage][1:])
+    return out
+
+
+def _classified_stages() -> list[str]:
+    """The stages whose folders a later stage classifies (:data:`vpltool.io.protocols._READERS`), walked."""
+    from vpltool.io import protocols
+
+    return sorted(protocols._READERS)
+
+
+@pytest.mark.parametrize("stage", _classified_stages())
+def test_an_edited_record_of_every_stage_is_refused_in_one_line(ws, stage):
+    """Every stage's sealed ``_stage.json`` edited by hand, its dtype, its numeric mode, a field of its inputs or any
+    other: `eval` of the folder (the cheapest reader: it refuses before reading an item) exits 2 in one line naming
+    the folder and the stage that re-makes it; nothing is written."""
+    import json
+
+    folder = _stage_folder(ws, stage)
+    record = json.loads((folder / "_stage.json").read_text())
+    fields = [f for f in _leaves(record) if f != ("record_digest",)]
+    copy, out = ws.root / f"fuzz_edited_{stage}", ws.root / f"fuzz_edited_{stage}_out"
+    inputs = next(f for f in fields if f[0] == "inputs" and len(f) > 1)
+
+    @FUZZ
+    @given(field=st.sampled_from(fields), pick=st.integers(1, 50))
+    @example(field=("numerics", "dtype"), pick=1)  # every time: the dtype, the mode and an input edited
+    @example(field=("numerics", "mode"), pick=1)
+    @example(field=inputs, pick=1)
+    def run(field, pick):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(folder, copy)
+        edit = json.loads(json.dumps(record))
+        value = _edit_field(edit, field, pick)
+        if edit == record:  # an edit that changed nothing
+            return
+        (copy / "_stage.json").write_text(json.dumps(edit))
+        code, output = _holds(ws, ["eval", str(copy), "--json", str(out / "scores.json")], out, own=(copy,))
+        line = rc.error_lines(output)[0] if code == 2 else ""
+        assert code == 2 and copy.name in line and f"vpltool {stage}" in line, (stage, field, value, output[-600:])
+        assert not out.exists(), (stage, field, "written")
 
     run()

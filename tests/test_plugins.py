@@ -440,7 +440,24 @@ def test_the_example_attention_method_and_clip_family_run(example_site, world, t
     assert got["same"] and got["model"]["model"] == "example-clip:vpl-test-vit@3"
 
 
-ENDING_RUN = """
+# a listing, then the modules and entry points of the plugins loaded in this process (none but vpltool's own)
+LOADS = """
+import json, sys
+sys.argv = {argv!r}
+if sys.argv[0] == "vpltool":
+    from vpltool.cli import app
+    try:
+        app()
+    except SystemExit:
+        pass
+else:
+    import vpltool
+    print(vpltool.list_methods("example*", details=True))
+from vpltool.plugins import entry_points
+print("LOADED", json.dumps([sorted(m for m in sys.modules if m.startswith("vpltool_example")),
+                            sorted(k for k in entry_points._LOADED if not k.startswith("demo ="))]))
+"""
+ENDING_RUN = f"LOADS = {LOADS!r}\n" + """
 import json, os, subprocess, sys
 world, out, timeout, *tiny = sys.argv[1:]
 os.environ["VPLTOOL_PLUGIN_TIMEOUT"] = timeout
@@ -463,8 +480,17 @@ print(json.dumps({
     "help": run("--help"),
     "named": run("segment", *seg, "-o", out + "/smooth", "--dense", "example-smooth", "--smooth-size", "3"),
     "listed": python("import json, vpltool; from vpltool import plugins; "
-                     "print(json.dumps([vpltool.list_methods(), plugins.problems()]))")}))
+                     "print(json.dumps([vpltool.list_methods(), plugins.problems()]))"),
+    # a name that no plugin listing cleanly registers: the os._exit plugin's, say; one error line, exit 2
+    "needed": run("segment", *seg, "-o", out + "/needed", "--dense", "os-exit-method"),
+    # what each listing loaded in vpltool's own process: the `vpltool` command's --help, segment --help and
+    # benchmark --presets (as the vpltool script runs them), and a program's list_methods(details=True)
+    "loads": {what: python(LOADS.format(argv=argv)) for what, argv in (
+        ("--help", ["vpltool", "--help"]), ("segment --help", ["vpltool", "segment", "--help"]),
+        ("benchmark --presets", ["vpltool", "benchmark", "--presets"]),
+        ("list_methods", ["python", "-c"]))}}))
 """
+
 
 
 def test_a_plugin_that_ends_hangs_or_crashes_costs_only_itself(example_site, tmp_path, world):
@@ -497,3 +523,11 @@ def test_a_plugin_that_ends_hangs_or_crashes_costs_only_itself(example_site, tmp
     assert f"within {SHORT_TIMEOUT} s" in [x for x in problems if "vpltool-hangs" in x][0]
     code, output = got["named"]
     assert code == 0 and "segment (example-smooth): 3 masks" in output, output
+    code, output = got["needed"]  # needed and broken: one error line, the last, exit 2; no traceback, no mask
+    errors = [x for x in output.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and output.rstrip().endswith(errors[0]) and "Traceback" not in output
+    assert "--dense 'os-exit-method'" in errors[0] and not (tmp_path / "needed").exists(), output
+    for what, (code, output) in got["loads"].items():  # listed, each in a child: none loaded in this process
+        (line,) = [x for x in output.splitlines() if x.startswith("LOADED ")]
+        assert code == 0 and json.loads(line[len("LOADED "):]) == [[], []], (what, output)
+        assert "example-smooth" in output, (what, output)  # and yet the listing shows the example's method

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..config import RuntimeConfig
@@ -148,18 +147,10 @@ def _check_return(return_tensors: str) -> bool:
 
 
 def _with_source(result: Segmentation, photo: Any) -> Segmentation:
-    """``result`` with the photo's file (:attr:`Segmentation.source`) when the photo was given as a path or a
-    ``file://`` URL, or as an embedding of one: its ``save`` never writes there."""
-    from dataclasses import replace
+    """:func:`~vpltool.api.results.with_source`, an embedding read as the photo it embeds."""
+    from .results import with_source
 
-    from .images import file_url_path, is_url
-
-    if isinstance(photo, Embedding):
-        photo = photo.photo
-    photo = file_url_path(photo)
-    if not isinstance(photo, (str, os.PathLike)) or is_url(photo):
-        return result
-    return replace(result, source=Path(photo))
+    return with_source(result, photo.photo if isinstance(photo, Embedding) else photo)
 
 
 def checked_batch_size(batch: Any) -> Any:

@@ -10,14 +10,31 @@ from ..config.licences import Licence
 from ..errors import VplError
 
 
-def method_families() -> dict[str, str]:
+def method_families(listed: bool = False) -> dict[str, str]:
     """Every method name -> its model family: the training-free dense methods of ``segment --dense`` (the
     ``clip`` family, in ``--help``'s order), then the text-supervised families' names (``pgseg``, ``groupvit``:
-    a checkpoint, ``--model pgseg:FILE``)."""
+    a checkpoint, ``--model pgseg:FILE``). ``listed``: with every plugin's that lists cleanly, each listed in a child
+    process and none loaded here (:func:`vpltool.plugins.survey.shown`); else those loaded here."""
     from ..config.dense import DENSE_CHOICES
     from ..models.registry import SEGMENTERS
 
-    return {**{name: "clip" for name in DENSE_CHOICES}, **SEGMENTERS}
+    own = {**{name: "clip" for name in DENSE_CHOICES}, **SEGMENTERS}
+    if not listed:
+        return own
+    from ..plugins import entry_points
+
+    entry_points.listed()
+    dense = {n: "clip" for n, fam in _shown("methods").items() if fam == "clip" and n not in own}
+    text = {n: fam for n, fam in _shown("methods").items() if fam != "clip" and n not in own}
+    return {**{n: fam for n, fam in own.items() if fam == "clip"}, **dense,
+            **{n: fam for n, fam in own.items() if fam != "clip"}, **text}
+
+
+def _shown(what: str) -> dict:
+    """A listing's view of the plugins not loaded here (:func:`vpltool.plugins.survey.shown`)."""
+    from ..plugins.survey import shown
+
+    return shown(what)
 
 
 def list_methods(filter: str | Sequence[str] = "", family: str | None = None, details: bool = False,
@@ -36,10 +53,7 @@ def list_methods(filter: str | Sequence[str] = "", family: str | None = None, de
     Returns:
         The names, dense methods first in ``--help``'s order, then the text-supervised ones.
     """
-    from ..plugins.entry_points import load_listed
-
-    load_listed()  # every plugin that lists cleanly (each listed in a child first: one that fails is its line)
-    table = method_families()
+    table = method_families(listed=True)  # the plugins' too, each listed in a child: none loaded here
     if family is not None and family not in set(table.values()):
         raise VplError(f"list_methods(family={family!r}): choose {', '.join(sorted(set(table.values())))}")
     if not isinstance(filter, str) and not (isinstance(filter, (list, tuple))
@@ -51,8 +65,26 @@ def list_methods(filter: str | Sequence[str] = "", family: str | None = None, de
     names = [name for name, fam in table.items() if (family is None or fam == family)
              and any(fnmatch.fnmatchcase(name.lower(), p) for p in patterns)]
     if licences:
-        return {name: method_licence(name) for name in names}
-    return {name: method_summary(name) for name in names} if details else names
+        return {name: _listed_licence(name) for name in names}
+    return {name: _listed_summary(name) for name in names} if details else names
+
+
+def _loaded(method: str) -> bool:
+    """Whether ``method``'s row is in this process's tables (vpltool's own, or a plugin loaded here)."""
+    return method in method_families()
+
+
+def _listed_licence(method: str) -> Licence | None:
+    """:func:`method_licence`, or a plugin's as its child listing said (its plugin not loaded here)."""
+    if _loaded(method):
+        return method_licence(method)
+    said = _shown("licences").get(method)
+    return None if said is None else Licence(**said)
+
+
+def _listed_summary(method: str) -> str:
+    """:func:`method_summary`, or a plugin's as its child listing said (its plugin not loaded here)."""
+    return method_summary(method) if _loaded(method) else _shown("summaries")[method]
 
 
 def method_licence(method: str) -> Licence | None:
@@ -67,10 +99,16 @@ def method_licence(method: str) -> Licence | None:
 
 def family_licences() -> dict[str, Licence | None]:
     """Every model family -> the :class:`~vpltool.config.licences.Licence` its registration declares (each
-    family's module is imported: torch loads); None: a plugin's that declares none."""
-    from ..models.registry import families, family
+    family's module is imported: torch loads); None: a plugin's that declares none. A plugin's family not loaded
+    here is read in a child process (:func:`vpltool.plugins.survey.family_licences`): a listing loads no plugin."""
+    from ..models.registry import families, family, loaded_families
+    from ..plugins.survey import family_licences as listed_licences
 
-    return {name: family(name).licence for name in families()}
+    names, own = families(), set(loaded_families())
+    listed = listed_licences([n for n in names if n not in own]) if any(n not in own for n in names) else {}
+    return {name: (family(name).licence if name in own else
+                   None if listed[name] is None else Licence(**listed[name]))
+            for name in names if name in own or name in listed}
 
 
 def method_summary(method: str) -> str:

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from .images import as_rgb, is_batch, name_of, photos
-from .results import Segmentation
+from .results import Segmentation, with_source
 
 
 class OnnxSegmenter:
@@ -34,7 +34,8 @@ class OnnxSegmenter:
     def _one(self, photo: Any, index: int | None) -> Segmentation:
         rgb = as_rgb(photo, index)
         out = self.file.run(rgb, name_of(photo, index))
-        return Segmentation(out["labels"], out["scores"], self.classes, rgb)
+        # the photo's file too: its save() never writes over the photo it segmented
+        return with_source(Segmentation(out["labels"], out["scores"], self.classes, rgb), photo)
 
     def __repr__(self) -> str:
         return (f"OnnxSegmenter({str(self.file.path)!r}, source={self.file.source!r}, "

@@ -170,4 +170,16 @@ class Segmentation:
         return labels.astype(np.uint8)
 
 
-__all__ = ["SAVED_KIND", "Segmentation"]
+def with_source(result: Segmentation, photo: Any) -> Segmentation:
+    """``result`` with the photo's file (:attr:`Segmentation.source`) when the photo was given as a path or a
+    ``file://`` URL: its ``save`` never writes there. Every door that segments a photo (:func:`vpltool.segmenter`'s,
+    :func:`vpltool.onnx_segmenter`'s) returns its result through here."""
+    from .images import file_url_path, is_url
+
+    photo = file_url_path(photo)
+    if not isinstance(photo, (str, os.PathLike)) or is_url(photo):
+        return result
+    return replace(result, source=Path(photo))
+
+
+__all__ = ["SAVED_KIND", "Segmentation", "with_source"]

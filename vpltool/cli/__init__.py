@@ -26,15 +26,20 @@ _NAMING = ("--dense", "--family", "--model")
 
 
 def _plugins_named(args: list[str]) -> None:
-    """Load, before the options below are made, the plugins this command line needs: the one that registers each
-    name given to ``--dense``, ``--family`` or ``--model FAMILY:SPEC`` that is not vpltool's own, or, for a help
-    (``--help``, ``help``, no command) and ``benchmark`` (which lists every method), every plugin that lists
-    cleanly (:func:`vpltool.plugins.entry_points.load_listed`: each listed in a child process first). A command that
-    names only vpltool's own methods runs none of a plugin's code."""
+    """Load, before the options below are made, the plugins this command line runs: the one that registers each
+    name given to ``--dense``, ``--family`` or ``--model FAMILY:SPEC``, or as ``benchmark``'s methods, that is not
+    vpltool's own. A help (``--help``, ``help``, no command) and ``benchmark --presets`` list the plugins, each in a
+    child process (:func:`vpltool.plugins.entry_points.listed`), and load none here (a help that names a plugin's
+    method shows that one's options: it is loaded). A command that names only vpltool's own methods runs none of a
+    plugin's code."""
     words = [a for a in args if not a.startswith("-")]
-    if not args or (words and words[0] in ("help", "benchmark")) or any(a in ("-h", "--help") for a in args):
-        entry_points.load_listed()
-        return
+    if not args or (words and words[0] == "help") or any(a in ("-h", "--help", "--presets") for a in args):
+        entry_points.listed()
+    if words and words[0] == "benchmark" and "--presets" not in args:  # its methods: `benchmark NAME[,NAME]`
+        for word in words[1:]:
+            for name in word.split(","):
+                if name.strip() and "/" not in name and "=" not in name:
+                    entry_points.want(name.strip())
     for i, arg in enumerate(args):
         option, eq, value = arg.partition("=")
         if option not in _NAMING:

@@ -15,10 +15,20 @@ from .values import model_spec
 from .values import shard as shard_of
 
 
+def _listed_methods() -> tuple[str, ...]:
+    """The methods with presets of the plugins listed so far (a help's), not loaded here."""
+    from ..plugins.survey import shown_so_far
+
+    own = set(BENCHMARK_PRESETS)  # iterated: a lookup by name would load the plugin that has it
+    return tuple(dict.fromkeys(row["method"] for rows in shown_so_far("presets").values() for row in rows
+                               if row["method"] not in own))
+
+
 def benchmark_cmd(
     method: Annotated[Optional[str], typer.Argument(
         help=f"The method, or several comma-separated (one row each, in <out>/<method>/): "
-             f"{' | '.join(BENCHMARK_PRESETS)} (those not in this vpltool's --dense list are listed by --presets "
+             f"{' | '.join((*BENCHMARK_PRESETS, *_listed_methods()))} (those not in this vpltool's --dense list "
+             "are listed by --presets "
              "only); or a text-supervised family (alone) with its checkpoint, e.g. pgseg with --model pgseg:FILE "
              "[default with --model NAME:FILE: NAME].",
         show_default=False)] = None,
@@ -61,7 +71,7 @@ def benchmark_cmd(
     from ..stages.benchmark import run_benchmarks
 
     if presets:
-        for row in presets_table(method):
+        for row in [*presets_table(method), *_listed_presets(method)]:
             s = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
             extra = (" [" + ", ".join(f"{k}={v}" for k, v in row["extra"].items()) + "]") if row["extra"] else ""
             typer.echo(f"{row['method']:<10} {row['benchmark']:<12} {s}{extra}\n{'':<23}from {row['repo']}: "
@@ -98,6 +108,17 @@ def benchmark_cmd(
                             runtime(**run), shard=shard_of(shard),
                             on_benchmark=lambda m, n: say(f"benchmark {m}: {n}"))
     _print_tables(tables)
+
+
+def _listed_presets(method: str | None) -> list[dict]:
+    """The presets rows of the plugins not loaded here, as each said when listed in a child process (none is
+    loaded to be listed: :func:`vpltool.plugins.survey.shown`)."""
+    from ..config.benchmarks import BENCHMARK_PRESETS
+    from ..plugins.survey import shown
+
+    own = set(BENCHMARK_PRESETS)  # iterated: a lookup by name would load the plugin that has it
+    return [row for rows in shown("presets").values() for row in rows
+            if row["method"] not in own and method in (None, row["method"])]
 
 
 def _print_text_presets(family: str | None) -> None:

@@ -10,6 +10,7 @@ import typer
 
 from ..config import SegmentConfig, dense_help
 from ..config.dense import CLASS_SETS, DENSE_CHOICES, DENSE_SPECS, KNOB_METHODS, KNOBS, PROXY_MODELS, SAM_METHODS
+from ..plugins.survey import shown_so_far
 from .options import OptionBlock
 
 _S = SegmentConfig
@@ -23,9 +24,14 @@ def _methods(names) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-# every list below is DENSE_SPECS' (vpltool/config/dense.py): a new method's row shows here by itself
+# every list below is DENSE_SPECS' (vpltool/config/dense.py): a new method's row shows here by itself; a help lists
+# the plugins' methods too, each listed in a child process and not loaded here (vpltool.plugins.survey.shown)
+_OWN_CHOICES = tuple(DENSE_CHOICES)  # a tuple: looking a name up in DENSE_CHOICES loads the plugin that has it
+LISTED_METHODS = tuple(name for name, fam in shown_so_far("methods").items()
+                       if fam == "clip" and name not in _OWN_CHOICES)
 DenseOpt = Annotated[str, typer.Option("--dense", help="How CLIP's last block mixes its tokens: "
-                                       + " | ".join(DENSE_CHOICES) + " (none: CLIP's own, the CLIP-ES path; the "
+                                       + " | ".join((*_OWN_CHOICES, *LISTED_METHODS))
+                                       + " (none: CLIP's own, the CLIP-ES path; the "
                                        "others the training-free dense methods, as their public code; "
                                        "docs/open-vocabulary.md).")]
 _BY_MODEL: dict[str, list[str]] = {}

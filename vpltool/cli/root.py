@@ -51,10 +51,8 @@ class Group(TyperGroup):
 
     def format_epilog(self, ctx, formatter) -> None:
         from ..api.methods import method_families
-        from ..plugins.entry_points import load_listed
 
-        load_listed()  # the plugins' methods too (each listed in a child first)
-        table = method_families()
+        table = method_families(listed=True)  # the plugins' methods too, each listed in a child: none loaded here
         dense = [name for name, fam in table.items() if fam == "clip"]
         text = [name for name, fam in table.items() if fam != "clip"]
         import textwrap

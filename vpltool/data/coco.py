@@ -42,7 +42,8 @@ def open_coco(root: Path, split: str, labels_file: Path | None) -> Dataset:
     for d in reversed(dirs):
         images.update(index_files(root / d, IMAGE_EXTS, _coco_key))
     mask_dir = root / "SegmentationClass"
-    masks = {**index_files(mask_dir, (".png",), _coco_key), **index_files(mask_dir / split, (".png",), _coco_key)}
+    masks = {**index_files(mask_dir, (".png",), _coco_key, what="mask"),
+             **index_files(mask_dir / split, (".png",), _coco_key, what="mask")}
     items, seen = [], set()
     for line in read_lines(listing):
         name, *ids = line.split()

@@ -187,11 +187,13 @@ def layout_folders(kind: str, root: Path) -> list[Path]:
     return [root / name for name in names]
 
 
-def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = False) -> dict[Any, Path]:
+def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = False,
+                what: str = "image") -> dict[Any, Path]:
     """``key(stem) -> path`` for the files of ``folder`` with one of ``exts``: one directory scan, not a stat per id.
 
     Two files with one key (x.jpg, x.png): with ``strict`` a VplError, else the earlier extension in ``exts`` wins
-    (a stray copy in a downloaded dataset should not block it).
+    (a stray copy in a downloaded dataset should not block it). An entry named like one (``what``: an image, a
+    mask) that is no regular file is one line (:func:`refuse_special`).
     """
     if not folder.is_dir():
         return {}
@@ -200,9 +202,9 @@ def index_files(folder: Path, exts: Sequence[str], key=str, *, strict: bool = Fa
     with os.scandir(folder) as entries:
         for entry in entries:
             stem, ext = os.path.splitext(entry.name)
-            if ext.lower() not in rank or not is_file(entry):
-                if ext.lower() in rank and not entry.is_dir():
-                    refuse_special(entry)  # a pipe, a device, a link to nothing: never skipped unsaid
+            if ext.lower() not in rank or not is_file(entry, what):
+                if ext.lower() in rank:  # a pipe, a device, a link to nothing, a folder: never skipped unsaid
+                    refuse_special(entry, what)
                 continue
             old = index.get(k := key(stem))
             if old is not None and strict:

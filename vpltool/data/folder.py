@@ -35,7 +35,7 @@ def open_folder(root: Path, split: str | None, labels_file: Path | None) -> Data
     listing = _folder_split_file(root, split) or labels_path
     ids = split_ids(listing) if listing != labels_path else list(table)
     images = index_files(root / "images", IMAGE_EXTS, strict=True)
-    masks = index_files(root / "masks", (".png",))
+    masks = index_files(root / "masks", (".png",), what="mask")
     items, fix = [], _unknown_class_fix(root, labels_path)
     for image_id in ids:
         check_id(image_id, listing)

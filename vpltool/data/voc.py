@@ -57,8 +57,8 @@ def open_voc(root: Path, split: str, labels_file: Path | None, allow_pickle: boo
            "has the 20 VOC classes)")
     images = index_files(root / "JPEGImages", IMAGE_EXTS)
     # SBD-augmented masks win: they exist for all of train_aug, SegmentationClass only for train/val
-    masks = index_files(root / "SegmentationClass", (".png",))
-    masks.update(index_files(root / "SegmentationClassAug", (".png",)))
+    masks = index_files(root / "SegmentationClass", (".png",), what="mask")
+    masks.update(index_files(root / "SegmentationClassAug", (".png",), what="mask"))
     npy = _read_cls_labels(labels_file, allow_pickle) if labels_file is not None else None
     items = []
     for image_id in ids:

@@ -105,12 +105,15 @@ def _describe(option: str, before: Any, now: Any) -> str:
         if "sha256" in now:
             return (f"{option} {where}: its content changed (sha256 {_short(before.get('sha256'))} "
                     f"there, {_short(now['sha256'])} here)")
-        if "weights" in now and "weights" in before:
+        if isinstance(now.get("weights"), str) and "weights" in before:
             name = now.get("model") if now.get("pretrained", "none") == "none" else now.get("pretrained")
             return (f"{option} {shown_path(name)}: its weights' content changed (sha256 "
                     f"{_short(before['weights'])} there, {_short(now['weights'])} here)")
     if isinstance(now, dict) and "sha256" in now:
         return f"{option} {shown_path(now.get('path'))}: other content than the record's {_shown(before)}"
+    if _same_but_bytes(before, now):  # a model recorded inside a setting (a region generator's SAM)
+        return (f"{option}: the content of the model it reads changed (sha256 {_short(_digest_in(before))} there, "
+                f"{_short(_digest_in(now))} here)")
     if isinstance(now, str) and isinstance(before, str) and now.startswith("sha256:"):
         return f"{option} changed (sha256 {_short(before)} there, {_short(now)} here)"
     return f"{option}: {_shown(before)} there, {_shown(now)} here"
@@ -169,19 +172,37 @@ def param_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any], ignore:
     return [k for k in settings if not changed & set(DERIVED.get(k, ()))], contents
 
 
-# what an identity of local bytes holds of their content (a model's ``layout``: the form its files take, part of them)
-_DIGESTS = ("sha256", "weights", "files", "layout")
+# what an identity of local bytes holds of their content (a model's ``layout``: the form its files take, part of
+# them; ``weights_sha256``: a region generator's model, recorded inside its settings)
+_DIGESTS = ("sha256", "weights", "files", "layout", "weights_sha256")
 
 
 def _same_but_bytes(old: Any, new: Any) -> bool:
-    """Whether two recorded identities of local bytes (a dict holding a digest) differ only in their bytes: the same
-    kind of input, other content."""
+    """Whether two recorded identities of local bytes (a dict holding a digest, at its top or nested: the SAM 3
+    inside a ``region_source``) differ only in their bytes: the same kind of input, other content."""
     if not (isinstance(old, dict) and isinstance(new, dict)):
         return False
-    if not any(isinstance(old.get(k), str) and isinstance(new.get(k), str) for k in ("sha256", "weights")):
+    if _digest_in(old) is None or _digest_in(new) is None:
         return False
-    strip = lambda d: {k: v for k, v in by_content(d).items() if k not in _DIGESTS}  # noqa: E731
-    return strip(old) == strip(new)
+    return _stripped(old) == _stripped(new)
+
+
+def _stripped(value: Any) -> Any:
+    """``value`` less every digest of its content (:data:`_DIGESTS`), at any depth."""
+    if isinstance(value, dict):
+        return {k: _stripped(v) for k, v in by_content(value).items() if k not in _DIGESTS}
+    return [_stripped(v) for v in value] if isinstance(value, list) else value
+
+
+def _digest_in(value: Any) -> str | None:
+    """The first digest of content ``value`` holds (its ``sha256``, a CLIP's ``weights``, a nested model's), or
+    None."""
+    if not isinstance(value, dict):
+        return None
+    for key in ("sha256", "weights", "weights_sha256"):
+        if isinstance(value.get(key), str):
+            return value[key]
+    return next((d for v in value.values() if (d := _digest_in(v)) is not None), None)
 
 
 def _as_recorded(old: Any, new: Any) -> Any:

@@ -278,11 +278,18 @@ def model_family(value: str) -> tuple[str, Any]:
 
 
 def families() -> list[str]:
-    """Every family's name (registered or registrable), sorted; the plugins' that list cleanly among them
-    (:func:`vpltool.plugins.entry_points.load_listed`)."""
-    from ..plugins.entry_points import load_listed
+    """Every family's name (registered or registrable), sorted; the plugins' that list cleanly among them, each
+    listed in a child process and none loaded here (:func:`vpltool.plugins.survey.shown`)."""
+    from ..plugins import entry_points
+    from ..plugins.survey import shown
 
-    load_listed()
+    entry_points.listed()
+    return sorted({*loaded_families(), *shown("families")})
+
+
+def loaded_families() -> list[str]:
+    """The families of this process's tables: vpltool's own and those of the plugins loaded here (iterated, never
+    looked up by name: a lookup loads the plugin that registers the name)."""
     return sorted({*_FAMILIES, *_MODULES, *BACKBONES, *TEXT_FAMILIES})
 
 

@@ -6,11 +6,11 @@ A plugin's distribution names one function in its ``pyproject.toml``::
     [project.entry-points."vpltool.plugins"]
     example = "vpltool_example:register"
 
-vpltool calls it once, with no argument, when the plugin is needed: a command or program names one of its methods or
-families, or lists the plugins (`vpltool --help`, ``benchmark``, :func:`vpltool.list_methods`; each plugin is
-listed in a child process first, so that one that ends the process, hangs or crashes costs only itself). It must be
-cheap: it imports no torch, and names the module that does the work, which is imported only
-when the method or family is used. It calls the functions here:
+vpltool calls it once, with no argument, in a child process when the plugins are listed (`vpltool --help`,
+``benchmark --presets``, :func:`vpltool.list_methods`: what each registered is read from there, so that one that ends
+the process, hangs or crashes costs only itself), and in vpltool's own process only when a command or program runs
+one of its methods or families (or asks for it: :func:`load`). It must be cheap: it imports no torch, and names the
+module that does the work, which is imported only when the method or family is used. It calls the functions here:
 
 * :func:`register_dense_method` ``(name, spec)``: ``--dense name`` in `segment`, `cam --dense`, `predict --dense`,
   `benchmark` (with its spec row's ``presets``), :func:`vpltool.segmenter` and :func:`vpltool.list_methods`; its
@@ -48,7 +48,7 @@ from . import entry_points, survey
 
 # a name no table holds is looked for among the plugins, each listed in a child process first (survey): the tables'
 # module, the ground under the registries, imports nothing above it, so it is told here
-entry_points.install(want=survey.want, load_listed=survey.load_listed)
+entry_points.install(want=survey.want, load_all=survey.load_all, survey=survey.survey)
 
 if TYPE_CHECKING:
     from ..config.dense import DenseMethodSpec
@@ -102,7 +102,7 @@ def load(*names: str) -> list[str]:
     from ..models.registry import BACKBONES, TEXT_FAMILIES
 
     if not names:
-        entry_points.load_listed()
+        entry_points.load_all()
         return []
     tables = (DENSE_SPECS, BACKBONES, TEXT_FAMILIES)
     return [name for name in names if not any(name in table for table in tables) and not entry_points.want(name)]
@@ -110,25 +110,35 @@ def load(*names: str) -> list[str]:
 
 def problems() -> list[str]:
     """The one line of every plugin that failed so far; every plugin is listed first, each in a child process
-    (:func:`vpltool.plugins.entry_points.survey`), and the ones that list cleanly are loaded and their rows checked."""
+    (:func:`vpltool.plugins.survey.survey`: its rows checked there), and none is loaded here."""
     from ..config.dense import DENSE_SPECS
     from ..models.registry import BACKBONES, TEXT_FAMILIES
 
-    entry_points.load_listed()
+    entry_points.listed()
     for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES):
-        len(table)  # read: each table checks its plugins' rows
+        len(table)  # read: each table checks the rows of the plugins loaded here so far
     return entry_points.problems()
 
 
 def installed() -> dict[str, Any]:
-    """``{kind: {name: distribution}}`` of the plugins' rows (``dense``, ``family``, ``text``); every plugin that
-    lists cleanly is loaded first."""
+    """``{kind: {name: distribution}}`` of the plugins' rows (``dense``, ``family``, ``text``), as each plugin lists
+    in a child process (none is loaded here), with those loaded here."""
     from ..config.dense import DENSE_SPECS
     from ..models.registry import BACKBONES, TEXT_FAMILIES
 
-    entry_points.load_listed()
-    return {table.kind: {n: table.plugin(n) for n in table if table.plugin(n)}
-            for table in (DENSE_SPECS, BACKBONES, TEXT_FAMILIES)}
+    entry_points.listed()
+    tables = (DENSE_SPECS, BACKBONES, TEXT_FAMILIES)
+    out = {table.kind: {n: table.plugin(n) for n in table if table.plugin(n)} for table in tables}
+    for item in survey.survey():
+        if item.failure is not None:
+            continue
+        methods, families = item.shown.get("methods", {}), set(item.shown.get("families", ()))
+        for name in (n for n, fam in methods.items() if fam == "clip"):
+            out["dense"].setdefault(name, item.dist)
+        for name in families:
+            kind = "text" if f"text:{name}" in item.names else "family"
+            out[kind].setdefault(name, item.dist)
+    return out
 
 
 __all__ = ["register_dense_method", "register_backbone_family", "register_text_family", "register_model",

@@ -1,12 +1,13 @@
 """The ``vpltool.plugins`` entry-point group, read once: what other distributions add to vpltool without forking it.
 
 Each entry point names a function of a plugin's light module (``vpltool_example:register``), which vpltool calls
-once, with no argument, when the plugin is needed: vpltool's own entry point (the demo world's) the first time one
-of its tables is read; another distribution's only when a name that is none of vpltool's own is looked up
-(:func:`want`: ``--dense example-smooth``) or the plugins are listed (:func:`load_listed`: ``--help``,
-``benchmark``, :func:`vpltool.list_methods`). Both first list every plugin in a child process (:func:`survey`,
-:mod:`vpltool.plugins.lister`), so that a plugin whose function ends the process (``os._exit``), hangs or crashes
-costs only itself, one line, and is never called in this one; a program that uses vpltool's own methods calls no
+once, with no argument: vpltool's own entry point (the demo world's) the first time one of its tables is read;
+another distribution's in this process only when a command or program runs one of its methods or families (a name
+that is none of vpltool's own is looked up, :func:`want`: ``--dense example-smooth``) or asks for it
+(:func:`vpltool.plugins.load`). A listing (``--help``, ``benchmark --presets``, :func:`vpltool.list_methods`) reads
+what each plugin registers from a child process (:func:`listed`, :mod:`vpltool.plugins.survey`,
+:mod:`vpltool.plugins.lister`) and loads none here, so that a plugin whose function ends the process
+(``os._exit``), hangs or crashes costs only itself, one line; a program that uses vpltool's own methods calls no
 plugin at all. The function calls the register functions of :mod:`vpltool.plugins`; they add a row here by kind
 (``dense``: a ``--dense`` method's spec row; ``family``: a model family's module; ``text``: a text-supervised
 family's registry row), with the distribution that added it.
@@ -51,7 +52,7 @@ _LOADED: set[str] = set()  # the entry points called in this process (by key_of)
 _WANTED: set[str] = set()  # the names looked for among the plugins (want)
 _BUILTIN_NAMES: set[str] = set()  # vpltool's own rows' names, of every table
 _NAMES: list[str] = []  # ``kind:name`` of what register calls outside _ROWS registered (an alias, a tokenizer)
-_HOOKS: dict[str, Callable[..., Any]] = {}  # want and load_listed's workers (install)
+_HOOKS: dict[str, Callable[..., Any]] = {}  # want, load_all and listed's workers (install)
 _CURRENT: list[str] = []  # the distribution whose entry point runs now (a stack: an entry point may read a table)
 _UNDO: list[Callable[[], Any]] = []  # what the running entry point's register calls outside _ROWS would take back
 
@@ -85,8 +86,9 @@ def _group() -> list[Any]:
 
 def load() -> None:
     """Call vpltool's own entry points once (later calls return at once): the demo world's toy CLIP. Another
-    distribution's plugin is loaded only when named (:func:`want`) or listed (:func:`load_listed`), so that a command
-    or a program that uses vpltool's own methods runs none of a plugin's code."""
+    distribution's plugin is loaded only when named (:func:`want`) or asked for (:func:`load_all`), never to be
+    listed (:func:`listed`), so that a command or a program that uses vpltool's own methods runs none of a plugin's
+    code."""
     if _STATE["loaded"]:
         return
     _STATE["loaded"] = True
@@ -97,14 +99,25 @@ def load() -> None:
 
 def _load_one(ep: Any) -> bool:
     """Call one entry point in this process, once. One that fails is a problem line (:func:`problem`), never an
-    exception: a broken plugin must not stop the commands that do not use it. It runs under :func:`plugin_code`
-    (its ``sys.exit``, a Ctrl-C, its prints and its reading of ``sys.argv`` kept inside), and one that fails is left
-    out whole: the rows it added before failing are dropped. True if it ran now and did not fail."""
+    exception: a broken plugin must not stop the commands that do not use it. True if it ran now and did not
+    fail."""
     key = key_of(ep)
     if key in _LOADED:
         return False
     _LOADED.add(key)
     dist = _dist_of(ep)
+    failure = call(ep, dist)
+    if failure is not None:
+        problem(_failed_line(dist, key, failure))
+        return False
+    return True
+
+
+def call(ep: Any, dist: str) -> str | None:
+    """Call one entry point as distribution ``dist``: under :func:`plugin_code` (its ``sys.exit``, a Ctrl-C, its
+    prints and its reading of ``sys.argv`` kept inside); one that fails is left out whole (the rows it added before
+    failing are dropped, its other registrations taken back). None, or how it failed (``ValueError: ...``, ``it
+    called sys.exit(0)``, with its last printed line)."""
     _CURRENT.append(dist)
     rows, undo = len(_ROWS), len(_UNDO)
     try:
@@ -114,12 +127,11 @@ def _load_one(ep: Any) -> bool:
         del _ROWS[rows:]
         while len(_UNDO) > undo:
             _UNDO.pop()()
-        problem(_failed_line(dist, key, e.cause + said.tail()))
-        return False
+        return e.cause + said.tail()
     finally:
         del _UNDO[undo:]
         _CURRENT.pop()
-    return True
+    return None
 
 
 def _failed_line(dist: str, key: str, cause: str) -> str:
@@ -135,18 +147,27 @@ def want(name: Any) -> bool:
     return bool(hook(name)) if hook is not None else False
 
 
-def load_listed() -> None:
-    """Load every plugin that lists cleanly: :func:`vpltool.plugins.survey.load_listed` (installed as :func:`want`
-    is); vpltool's own entry points in any case."""
+def load_all() -> None:
+    """Load in this process every plugin that lists cleanly (:func:`vpltool.plugins.load` with no name, a program's
+    own request: :func:`vpltool.plugins.survey.load_all`, installed as :func:`want` is); vpltool's own entry points in
+    any case. Nothing of vpltool's calls it: a listing reads the child's answers (:func:`listed`)."""
     load()
-    hook = _HOOKS.get("load_listed")
+    hook = _HOOKS.get("load_all")
     if hook is not None:
         hook()
 
 
+def listed() -> list[Any]:
+    """The plugins listed, each in a child process, never loaded in this one (:func:`vpltool.plugins.survey.survey`:
+    ``--help``, ``benchmark --presets``, :func:`vpltool.list_methods`); vpltool's own entry points are loaded."""
+    load()
+    hook = _HOOKS.get("survey")
+    return hook() if hook is not None else []
+
+
 def install(**hooks: Callable[..., Any]) -> None:
-    """Set :func:`want` and :func:`load_listed`'s workers (``want=``, ``load_listed=``): the listing in a child
-    process lives above this module (:mod:`vpltool.plugins.survey`), which imports it."""
+    """Set :func:`want`, :func:`load_all` and :func:`listed`'s workers (``want=``, ``load_all=``, ``survey=``): the
+    listing in a child process lives above this module (:mod:`vpltool.plugins.survey`), which imports it."""
     _HOOKS.update(hooks)
 
 
@@ -415,5 +436,5 @@ class DerivedMap(Derived, Mapping):
 
 
 __all__ = ["GROUP", "IN_PROCESS", "Registration", "PluginTable", "Derived", "DerivedTuple", "DerivedMap", "load",
-           "want", "load_listed", "install", "key_of", "add", "problem", "problems", "hold_warnings",
+           "want", "load_all", "listed", "install", "call", "key_of", "add", "problem", "problems", "hold_warnings",
            "uninstall_hint", "plugin_code", "PluginFailure", "undoable"]

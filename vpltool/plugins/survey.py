@@ -1,8 +1,10 @@
 """Which plugin registers what, found without running any plugin in this process: every other distribution's entry
 point is called in a child process (:mod:`vpltool.plugins.lister`) once per process, and only the plugin a command
-or program needs is then loaded here (:func:`want`: a name that is none of vpltool's own; :func:`load_listed`: a
-listing, ``--help``, ``benchmark``, :func:`vpltool.list_methods`). :mod:`vpltool.plugins` installs :func:`want` and
-:func:`load_listed` as :mod:`vpltool.plugins.entry_points`' own (the tables' module imports nothing above it).
+or program runs is then loaded here (:func:`want`: a name that is none of vpltool's own; :func:`load_all`: a program's
+own :func:`vpltool.plugins.load`). A listing (``--help``, ``benchmark --presets``, :func:`vpltool.list_methods`)
+shows what the child answered (:func:`shown`) and loads nothing here. :mod:`vpltool.plugins` installs :func:`want`,
+:func:`load_all` and :func:`survey` as :mod:`vpltool.plugins.entry_points`' own (the tables' module imports nothing
+above it).
 
 A plugin that ends the child (``sys.exit``, ``os._exit``), dies of a signal, or takes longer than the plugins'
 timeout (:func:`vpltool.config.dense_plugins.plugin_timeout`) costs only itself: one problem line, never loaded here.
@@ -11,7 +13,7 @@ timeout (:func:`vpltool.config.dense_plugins.plugin_timeout`) costs only itself:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import entry_points as ep_
@@ -28,6 +30,7 @@ class Listed:
     dist: str
     names: tuple[str, ...]
     failure: str | None
+    shown: dict = field(default_factory=dict, compare=False)  # what a listing shows of it (lister._shown)
 
     def registers(self, name: str) -> bool:
         return self.failure is None and any(n.partition(":")[2] == name for n in self.names)
@@ -41,36 +44,50 @@ def survey() -> list[Listed]:
     (:func:`problem`) and is never loaded here; the child goes on with the others."""
     if _STATE.get("survey") is None:
         foreign = [ep for ep in _group() if not _own(ep)]
-        _STATE["survey"] = _list_in_child(foreign) if foreign else []
+        _STATE["survey"], lines = _list_in_child(foreign) if foreign else ([], [])
         for item in sorted(_STATE["survey"], key=lambda i: (i.dist, i.key)):  # not the file system's order
             if item.failure is not None:
                 problem(_failed_line(item.dist, item.key, item.failure))
+            for line in item.shown.get("problems", ()):
+                problem(line)
+        for line in lines:
+            problem(line)
     return list(_STATE["survey"])
 
 
-def _list_in_child(eps: list[Any]) -> list[Listed]:
+def _list_in_child(eps: list[Any]) -> tuple[list[Listed], list[str]]:
     """:func:`survey`'s children: one lists the entry points in order; where it stops (an exit, a crash, a hang
-    killed at the timeout) the entry point it had begun is that one's failure, and a new child lists the rest."""
+    killed at the timeout) the entry point it had begun is that one's failure, and a new child lists the rest. With
+    the problem lines of the plugins' knobs (:data:`~vpltool.plugins.lister.PROBLEMS`), of every plugin that listed
+    cleanly: from one more child listing those alone where a child had stopped before saying them."""
     from ..config.dense_plugins import plugin_timeout
 
     timeout = plugin_timeout()
     dists = {key_of(ep): _dist_of(ep) for ep in eps}
-    found: dict[str, tuple[tuple[str, ...], str | None]] = {}
-    left = list(dists)
+    found: dict[str, tuple[dict, str | None]] = {}
+    left, lines, stopped = list(dists), None, False
     while left:
-        answers, running, ended = _one_child(left, timeout)
+        answers, running, ended, said = _one_child(left, timeout)
         found.update(answers)
+        stopped = stopped or said is None
+        lines = said if lines is None else lines
         if running is not None:
-            found[running] = ((), ended)
+            found[running] = ({}, ended)
         elif len(found) < len(dists) and not answers:  # it stopped before reaching any: the child itself failed
-            found.update({key: ((), f"the plugins' lister stopped before reaching it: {ended}") for key in left})
+            found.update({key: ({}, f"the plugins' lister stopped before reaching it: {ended}") for key in left})
         left = [key for key in left if key not in found]
-    return [Listed(key, dists[key], *found[key]) for key in dists]
+    clean = [key for key in dists if found[key][1] is None]
+    if stopped and clean:  # the knobs' lines of the plugins a stopped child had listed
+        lines = _one_child(clean, timeout)[3]
+    items = [Listed(key, dists[key], tuple(found[key][0].get("names", ())), found[key][1], found[key][0])
+             for key in dists]
+    return items, list(lines or [])
 
 
-def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str]:
-    """Run one lister child on ``keys``: its answers by key, the key it had begun but not answered (None), and how
-    it ended (a sentence: "it did not return within 30 s", "it ended the process with exit code 0")."""
+def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str, list[str] | None]:
+    """Run one lister child on ``keys``: its answers by key (``(shown, None)`` or ``({}, cause)``), the key it had
+    begun but not answered (None), how it ended (a sentence: "it did not return within 30 s", "it ended the process
+    with exit code 0"), and its knobs' problem lines (None: it stopped before saying them)."""
     import json
     import os
     import select
@@ -79,14 +96,14 @@ def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str]:
     import sys
     import time
 
-    from .lister import BEGIN, FAILED, MARK, OK
+    from .lister import BEGIN, FAILED, MARK, OK, PROBLEMS
 
     code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from vpltool.plugins.lister import main; "
             "main(sys.argv[2:])")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), *keys], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-    answers: dict[str, tuple[tuple[str, ...], str | None]] = {}
-    running, buffer, ended = None, b"", ""
+    answers: dict[str, tuple[dict, str | None]] = {}
+    running, buffer, ended, knob_lines = None, b"", "", None
     hang = f"it did not return within {timeout:g} s, the plugins' timeout, set by {_timeout_name()}"
     deadline = time.monotonic() + timeout  # the child's start (Python, vpltool.plugins) has one timeout too
     try:
@@ -118,15 +135,17 @@ def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str]:
                     running, deadline = key, time.monotonic() + timeout
                 elif what in (OK, FAILED) and key == running:
                     value = json.loads(rest[0]) if rest else None
-                    answers[key] = (tuple(value), None) if what == OK else ((), str(value))
+                    answers[key] = (dict(value), None) if what == OK else ({}, str(value))
                     running = None
+                elif what == PROBLEMS:
+                    knob_lines = [str(line) for line in json.loads(rest[0])] if rest else []
     finally:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         proc.stdout.close()
-    return answers, running, ended
+    return answers, running, ended, knob_lines
 
 
 def _timeout_name() -> str:
@@ -148,14 +167,88 @@ def want(name: Any) -> bool:
     return any([_load_one(ep) for ep in _group() if key_of(ep) in keys])
 
 
-def load_listed() -> None:
-    """Load in this process every plugin that listed cleanly in a child (:func:`survey`): what lists the plugins
-    (``--help``, ``benchmark``, :func:`vpltool.list_methods`) shows their rows; one that failed there is its line and
-    is never loaded here."""
+def load_all() -> None:
+    """Load in this process every plugin that listed cleanly in a child (:func:`survey`): a program's own
+    :func:`vpltool.plugins.load` with no name (its options for the CLI's app); one that failed there is its line and
+    is never loaded here. No listing of vpltool's calls it (:func:`shown`)."""
     keys = {item.key for item in survey() if item.failure is None}
     for ep in _group():
         if key_of(ep) in keys:
             _load_one(ep)
+
+
+def shown(what: str) -> dict[str, Any]:
+    """What the listings show of the plugins that listed cleanly, each in a child (:func:`survey`), none loaded
+    here: ``what`` is ``methods`` (method -> family), ``summaries``, ``licences`` (by method), ``families``,
+    ``models`` (name -> the distribution), or ``presets`` (each plugin's rows of ``benchmark --presets``, by
+    distribution), in the group's order."""
+    out: dict[str, Any] = {}
+    for item in survey():
+        if item.failure is not None:
+            continue
+        value = item.shown.get(what, {} if what in ("methods", "summaries", "licences") else [])
+        if what == "presets":
+            out[item.dist] = value
+        elif isinstance(value, dict):
+            out.update({name: v for name, v in value.items() if name not in out})
+        else:
+            out.update({name: item.dist for name in value if name not in out})
+    return out
+
+
+def family_licences(names: list[str]) -> dict[str, dict | None]:
+    """The licences (as dicts; None: undeclared) that the plugins' model families ``names`` declare where they
+    register (:func:`vpltool.models.register_family`, in each family's module), read in a child process that loads
+    their plugins and imports the modules: a listing loads no plugin here. A family the child could not read (its
+    plugin ended the child, hung past the plugins' timeout or failed) is left out, with one problem line."""
+    import json
+    import subprocess
+    import sys
+
+    from ..config.dense_plugins import plugin_timeout
+
+    code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1])\n"
+            "from vpltool.plugins.survey import read_family_licences\n"
+            "print(json.dumps(read_family_licences(sys.argv[2:])))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path), *names], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=plugin_timeout() * (len(names) + 1))
+        got = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else {}
+    except (subprocess.TimeoutExpired, ValueError, IndexError):
+        got = {}
+    for name in names:
+        if name not in got:
+            problem(f"model family {name!r} (a plugin's): its licence could not be read in a child process; run "
+                    f"vpltool.models.family({name!r}) to see why")
+    return {name: got[name] for name in names if name in got}
+
+
+def read_family_licences(names: list[str]) -> dict[str, dict | None]:
+    """:func:`family_licences`' child: each family's plugin loaded, its module imported, its licence as a dict."""
+    from dataclasses import asdict
+
+    from ..errors import VplError
+    from ..models.registry import family
+
+    out: dict[str, dict | None] = {}
+    for name in names:
+        try:
+            lic = family(name).licence
+        except VplError:
+            continue
+        out[name] = None if lic is None else asdict(lic)
+    return out
+
+
+def surveyed() -> bool:
+    """Whether this process has listed the plugins already (a help's options then show their methods)."""
+    return _STATE.get("survey") is not None
+
+
+def shown_so_far(what: str) -> dict[str, Any]:
+    """:func:`shown` if this process has listed the plugins already, else nothing (no child is started: the
+    command line's options of a run that names only vpltool's own methods list no plugin)."""
+    return shown(what) if surveyed() else {}
 
 
 def maybe_plugin(name: Any) -> bool:
@@ -169,4 +262,5 @@ def maybe_plugin(name: Any) -> bool:
     return name not in ep_._BUILTIN_NAMES
 
 
-__all__ = ["Listed", "load_listed", "maybe_plugin", "survey", "want"]
+__all__ = ["Listed", "family_licences", "load_all", "read_family_licences", "maybe_plugin", "shown", "shown_so_far",
+           "survey", "surveyed", "want"]

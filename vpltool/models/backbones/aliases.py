@@ -35,10 +35,13 @@ def register_tokenizer(kind: str, factory: Callable[[dict[str, Any], int], Any])
 
 
 def registered_models() -> list[str]:
-    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models): the
-    plugins that list cleanly are loaded first (:func:`~vpltool.plugins.entry_points.load_listed`)."""
-    entry_points.load_listed()
-    return list(_MODELS)
+    """The aliases plugins registered (``vpltool-toy``, ...), in registration order (vpltool.list_models): vpltool's
+    own and those of the plugins loaded here, then those of the other plugins that list cleanly, each listed in a
+    child process and not loaded here (:func:`vpltool.plugins.survey.shown`)."""
+    from ...plugins.survey import shown
+
+    entry_points.listed()
+    return list(dict.fromkeys([*_MODELS, *shown("models")]))
 
 
 def registered_folder(alias: str) -> Path | None:
@@ -48,7 +51,16 @@ def registered_folder(alias: str) -> Path | None:
     listing of the plugins)."""
     if alias not in _MODELS:
         entry_points.load()
+    if alias not in _MODELS and alias in _listed_models():  # listed (list_models): its plugin loaded now
+        entry_points.want(alias)
     return _MODELS[alias]() if alias in _MODELS else None
+
+
+def _listed_models() -> dict[str, str]:
+    """The aliases of the plugins listed so far in this process (none listed: nothing, no listing started)."""
+    from ...plugins.survey import shown_so_far
+
+    return shown_so_far("models")
 
 
 def tokenizer_factory(kind: str) -> Callable[[dict[str, Any], int], Any]:
