@@ -2,26 +2,42 @@
 vpltool/models/backbones/sam3_half.py), on the CPU; prints ONE JSON object (and writes it with ``--out``).
 
     python bench/bench_sam3_footprint.py [--work DIR] [--classes 20] [--repeats 2] [--out FILE]
-        [--methods sam3,activesam] [--weights sam3.pt --preview 672 --confidence-threshold 0.15]
+        [--methods sam3,activesam,toy-sam3,sam-pseudo-sam,sam-pseudo-sam3] [--images 4]
+        [--weights sam3.pt --preview 672 --confidence-threshold 0.15]
 
 The model is ``--weights`` (e.g. ``bench_activesam.py --arch full``'s full-size ``sam3.pt``), or the parity's
 reduced SAM 3 (``parity/activesam_parity.reduced_config``: a 4-block ViT of width 128 on
 336 pixels, 2 text layers, the 256-wide DETR at 2 + 2 layers and 200 queries) with seeded random weights in Hugging
 Face's layout, written in ``--work`` when missing.
 
-Each precision runs in a process of its own (its peak RSS its own), one thread: the model loaded through the
-registry, then under the precision's autocast the ``--classes`` VOC words encoded and one seeded 500 x 375 photo
-segmented by ``--dense sam3``'s path (``sam3_scores``: the image encoded once, the prompts in buckets, both heads
-run). Per process: the weights' MiB after the run (parameters and buffers), the peak RSS, and the CPU-seconds of the
-photo (text and load not counted). ``--repeats`` rounds, the order of the precisions swapped each round; the JSON
-keeps every round and the medians, and the machine (its CPU by name).
+Each precision runs in a process of its own (its peak RSS its own: ``VmHWM``, ``sidebyside.peak_rss_mib``), one
+thread: the model loaded through the registry, then under the precision's autocast the ``--classes`` VOC words
+encoded and one seeded 500 x 375 photo segmented by ``--dense sam3``'s path (``sam3_scores``: the image encoded once,
+the prompts in buckets, both heads run). Per process: the weights' MiB after the run (parameters and buffers), the
+peak RSS, and the CPU-seconds of the photo (text and load not counted). ``--repeats`` rounds, the order of the
+precisions swapped each round; the JSON keeps every round and the medians, and the machine (its CPU by name).
 
-With ``--methods``, each precision's process also runs each method as `segment` runs it (``resolve_method``, the
-hooks ``query_text``, ``dense_logits``, ``probabilities``: ``activesam_parity.vpltool_method`` at the parity's
-settings; ``--preview`` and ``--confidence-threshold`` over them) on the same photo and the 21-word class file, under
-the precision's autocast, and saves its scores and labels: ``parity`` gives, per method, bf16's max abs difference
-from fp32 of the per-word scores and the share of labels equal (the first round's processes), and each method's
-CPU-seconds per precision.
+With ``--methods``, each method runs in a process of its own per precision (its peak RSS and CPU-seconds its own),
+on the first round only, and the JSON's ``methods`` gives, per method, bf16's distance from fp32: the max abs
+difference of its scores, the share of its labels equal, and each precision's CPU-seconds and peak RSS:
+
+* ``sam3``, ``activesam``: as `segment` runs them (``resolve_method``, the hooks ``query_text``, ``dense_logits``,
+  ``probabilities``: ``activesam_parity.vpltool_method`` at the parity's settings; ``--preview`` and
+  ``--confidence-threshold`` over them) on the seeded photo and the 21-word class file, with the model above;
+  scores: the per-word scores;
+* ``toy-sam3``: `segment --dense sam3` (``vpltool.segmenter``) with the shipped toy SAM 3 (vpltool/assets/toy-sam3,
+  trained on world seed 20) at the demo's settings (the Makefile's SAM3_DEMO_ARGS_sam3) on ``--images`` val scenes
+  of the demo world (seed 0); scores: the per-class probabilities;
+* ``sam-pseudo-sam``: `sam-pseudo --masks sam`'s mask source (the demo's toy SAM, vpltool/assets/toy-sam-world20, at
+  the Makefile's SAM_PSEUDO_ARGS) and its merge rule on the same scenes, from a start label that is each scene's
+  ground truth dilated by 5 pixels (a CAM's spill); scores: per pixel the highest predicted IoU of a kept mask
+  covering it (0 where none); labels: the merged pseudo label;
+* ``sam-pseudo-sam3``: `sam-pseudo --masks sam3`'s source (the toy SAM 3, the Makefile's SAM3_PSEUDO_ARGS) and
+  its gated rule from the same start; scores: per label the highest instance probability at each pixel; labels:
+  the pseudo label.
+
+Each is run under the precision's autocast as the stage runs it (``vpltool.device.autocast``), after a warm-up
+call on the first image (the text, ActiveSAM's bank), which is not counted.
 """
 
 from __future__ import annotations
@@ -29,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +58,10 @@ sys.path[:0] = [str(HERE), str(ROOT / "parity"), str(ROOT)]
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",
        "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
 PRECISIONS = ("fp32", "bf16")
+METHODS = ("sam3", "activesam", "toy-sam3", "sam-pseudo-sam", "sam-pseudo-sam3")
+ASSETS = ROOT / "vpltool" / "assets"
+TOY_SAM3, TOY_SAM = ASSETS / "toy-sam3", ASSETS / "toy-sam-world20" / "model.safetensors"
+SPILL = 5  # pixels: the start label of sam-pseudo's rules, each scene's ground truth dilated (a CAM's spill)
 
 
 def model_folder(work: Path) -> Path:
@@ -59,18 +78,25 @@ def model_folder(work: Path) -> Path:
 
 
 def worker(args) -> None:
-    """One precision's process: prints its figures as one JSON line."""
+    """One precision's process: prints its figures as one JSON line (``--worker-method``: that method's only)."""
     import numpy as np
     import torch
+    from sidebyside import peak_rss_mib  # this process's own peak (ru_maxrss would count the parent's at the fork)
 
     torch.set_num_threads(1)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.worker]
+    if args.worker_method:
+        row = {"precision": args.worker, "method": args.worker_method,
+               "cpu_s": METHOD_RUNS[args.worker_method](args, dtype)}
+        row["peak_rss_mib"] = peak_rss_mib()
+        print(json.dumps(row))
+        return
     from vpltool.device import autocast
     from vpltool.models import load_model
     from vpltool.models.backbones.sam3 import Sam3Spec
     from vpltool.models.backbones.sam3_half import weights_bytes
     from vpltool.models.dense.sam3 import Sam3Settings, sam3_scores
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.worker]
     weights = str(args.weights or model_folder(args.work))
     sam = load_model("sam3", Sam3Spec(weights), "cpu")
     photo = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8))
@@ -80,20 +106,29 @@ def worker(args) -> None:
         start = time.process_time()
         scores = sam3_scores(sam, photo, text, (375, 500), settings)
         cpu = time.process_time() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row = {"precision": args.worker, "weights_mib": round(weights_bytes(sam.model) / 2**20, 2),
-           "peak_rss_mib": round(peak, 1), "cpu_s": round(cpu, 3), "held": str(sam.held),
+           "peak_rss_mib": peak_rss_mib(), "cpu_s": round(cpu, 3), "held": str(sam.held),
            "scores_shape": list(scores.shape)}
-    del sam
-    for method in [m for m in (args.methods or "").split(",") if m]:
-        row[f"{method}_cpu_s"] = method_run(args, method, dtype, photo.numpy())
     print(json.dumps(row))
 
 
-def method_run(args, method: str, dtype, photo) -> float:
-    """``method`` on ``photo`` as `segment` runs it under ``dtype``'s autocast; its scores and labels saved in
-    ``--work``; returns the photo's CPU-seconds (the words' text and ActiveSAM's bank made first, not counted)."""
+def save(args, method: str, scores, labels) -> None:
+    """A method's ``scores`` and ``labels`` (tensors or arrays, or lists of them, one per image) in ``--work``."""
+    import torch
+
+    def flat(x):
+        parts = x if isinstance(x, (list, tuple)) else [x]
+        return torch.cat([torch.as_tensor(p).float().flatten() for p in parts])
+
+    torch.save({"scores": flat(scores), "labels": flat(labels)}, args.work / f"{method}_{args.worker}.pt")
+
+
+def segment_run(args, method: str, dtype) -> float:
+    """``method`` (sam3, activesam) on the seeded photo as `segment` runs it under ``dtype``'s autocast; its scores
+    and labels saved in ``--work``; returns the photo's CPU-seconds (the words' text and ActiveSAM's bank made first,
+    not counted)."""
     import activesam_parity as ap
+    import numpy as np
     import torch
     import wordnet_fixture
 
@@ -102,7 +137,7 @@ def method_run(args, method: str, dtype, photo) -> float:
 
     wordnet_fixture.write(args.work / "nltk_data")  # ActiveSAM's hypernyms: the parity's small WordNet
     os.environ["NLTK_DATA"] = str(args.work / "nltk_data")
-
+    photo = np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8)
     knobs = {"preview_resolution": args.preview} if method == "activesam" and args.preview else {}
     if args.confidence_threshold is not None:
         knobs["confidence_threshold"] = args.confidence_threshold
@@ -117,87 +152,190 @@ def method_run(args, method: str, dtype, photo) -> float:
         scores = dense.hooks.dense_logits(bb, None, text, [photo.shape[:2]], dense.settings, extras)[0]
         _, labels = dense.hooks.probabilities(bb, scores, torch.tensor(idx), len(lines), dense.settings)
         cpu = time.process_time() - start
-    torch.save({"scores": scores.float(), "labels": labels}, args.work / f"{method}_{args.worker}.pt")
+    save(args, method, scores, labels)
     return round(cpu, 3)
 
 
-def parity(work: Path, methods: list[str]) -> dict:
-    """bf16's scores and labels against fp32's, per method (the files the workers saved)."""
-    import torch
+def world(args):
+    """The demo world's val scenes (seed 0, ``--images`` of them), written once in ``--work``: its dataset."""
+    from vpltool.data import open_dataset
+    from vpltool.demo.make_world import write_dataset
 
-    out = {}
-    for method in methods:
-        a, b = (torch.load(work / f"{method}_{p}.pt") for p in PRECISIONS)
-        out[method] = {"scores_max_abs_diff": float((a["scores"] - b["scores"]).abs().max()),
-                       "labels_equal": float((a["labels"] == b["labels"]).float().mean()),
-                       "fp32_score_max": float(a["scores"].max())}
+    folder = args.work / f"world_{args.images}"
+    if not (folder / "_stage.json").is_file():
+        write_dataset(folder, n_train=0, n_val=args.images, seed=0)
+    return open_dataset(folder, "val")
+
+
+def toy_sam3_run(args, dtype) -> float:
+    """`segment --dense sam3` with the toy SAM 3 on the world's scenes (``vpltool.segmenter``, the Makefile's
+    SAM3_DEMO_ARGS_sam3); returns the scenes' CPU-seconds after a warm-up on the first."""
+    import vpltool
+
+    data = world(args)
+    photos = [str(it.image) for it in data.items]
+    seg = vpltool.segmenter("sam3", sam3_weights=str(TOY_SAM3), confidence_threshold=0.1, prob_threshold=0.1,
+                            precision=args.worker, device="cpu")
+    seg(photos[:1], list(data.classes[1:]))  # warm: the text
+    start = time.process_time()
+    found = seg(photos, list(data.classes[1:]))
+    cpu = time.process_time() - start
+    save(args, "toy-sam3", [r.scores for r in found], [r.labels for r in found])
+    return round(cpu, 3)
+
+
+def spilled(gt):
+    """The start label of sam-pseudo's rules: ``gt`` (``[H, W]`` ids, 255 ignore) with each object dilated by
+    :data:`SPILL` pixels, later classes over earlier ones (a CAM's spill, which the rules are there to fix)."""
+    import cv2
+    import numpy as np
+
+    out = np.where(gt == 255, 0, gt).astype(np.int64)
+    kernel = np.ones((2 * SPILL + 1, 2 * SPILL + 1), np.uint8)
+    for c in sorted(set(np.unique(out).tolist()) - {0}):
+        out[cv2.dilate((gt == c).astype(np.uint8), kernel) > 0] = c
     return out
 
 
-def cpu_family_model() -> dict:
-    """The CPU's family and model numbers (/proc/cpuinfo), which name its generation where its name does not."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return {}
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines[:30])}
-    return {"cpu_family": fields.get("cpu family"), "cpu_model_number": fields.get("model"),
-            "cpu_flags_bf16": [f for f in fields.get("flags", "").split() if "bf16" in f or f.startswith("amx")]}
+def sam_pseudo_run(args, dtype, rule: str) -> float:
+    """`sam-pseudo --masks sam` (``rule`` sam: the toy SAM's automatic masks, merged) or ``--masks sam3`` (the toy
+    SAM 3 prompted with the labels, gated) on the world's scenes, the stage's mask source under ``dtype``'s
+    autocast as the stage runs it; returns the scenes' CPU-seconds after a warm-up on the first."""
+    import numpy as np
+    import torch
+
+    from vpltool import io
+    from vpltool.config import SamPseudoConfig
+    from vpltool.device import autocast
+    from vpltool.models.dense.corrclip.regions import record_masks
+    from vpltool.stages.sam_pseudo.rules import merge_masks, prompted_masks
+    from vpltool.stages.sam_pseudo.sources import mask_source
+
+    data = world(args)
+    if rule == "sam":  # the Makefile's SAM_PSEUDO_ARGS
+        cfg = SamPseudoConfig(masks="sam", sam_model="toy", sam_weights=str(TOY_SAM), points_per_side=16,
+                              pred_iou_thresh=0.4, stability_score_thresh=0.4)
+    else:  # SAM3_PSEUDO_ARGS
+        cfg = SamPseudoConfig(masks="sam3", sam_weights=str(TOY_SAM3), sam3_threshold=0.02, sam3_gate=0.0)
+    source = mask_source(cfg, data.classes)
+    scenes = [(io.load_image(it.image), spilled(io.read_mask(it.gt)), tuple(it.labels)) for it in data.items]
+    device = torch.device("cpu")
+
+    def one(image, start, labels):
+        h, w = image.shape[:2]
+        if rule == "sam":
+            records = source.generator.records(image)
+            masks = record_masks(records, (h, w))
+            score = np.zeros((h, w), np.float32)
+            for r, m in zip(records, masks):
+                score[m] = np.maximum(score[m], r["predicted_iou"])
+            return score, merge_masks(start, masks, cfg.merge)
+        found = source.masks(image, labels)
+        score = np.zeros((len(data.classes), h, w), np.float32)
+        for k, probs in found:
+            if len(probs):
+                score[k] = np.maximum(score[k], probs.max(0))
+        return score, prompted_masks(start, found, cfg.sam3_gate)[0]
+
+    with torch.no_grad(), autocast(device, dtype):
+        source.load(device)
+        one(*scenes[0])  # warm
+        start = time.process_time()
+        made = [one(*scene) for scene in scenes]
+        cpu = time.process_time() - start
+    save(args, f"sam-pseudo-{rule}", [s for s, _ in made], [lab for _, lab in made])
+    return round(cpu, 3)
+
+
+METHOD_RUNS = {
+    "sam3": lambda args, dtype: segment_run(args, "sam3", dtype),
+    "activesam": lambda args, dtype: segment_run(args, "activesam", dtype),
+    "toy-sam3": toy_sam3_run,
+    "sam-pseudo-sam": lambda args, dtype: sam_pseudo_run(args, dtype, "sam"),
+    "sam-pseudo-sam3": lambda args, dtype: sam_pseudo_run(args, dtype, "sam3"),
+}
+
+
+def parity(work: Path, method: str) -> dict:
+    """bf16's scores and labels against fp32's (the files the workers saved): the max abs difference of the scores,
+    the % of labels equal."""
+    import torch
+
+    a, b = (torch.load(work / f"{method}_{p}.pt") for p in PRECISIONS)
+    return {"scores_max_abs_diff": float((a["scores"] - b["scores"]).abs().max()),
+            "labels_equal_pct": round(100 * float((a["labels"] == b["labels"]).float().mean()), 4),
+            "labels": int(a["labels"].numel()), "fp32_score_max": float(a["scores"].max())}
+
+
+def spawn(args, precision: str, method: str | None = None) -> dict:
+    """One worker process (its figures)."""
+    cmd = [sys.executable, __file__, "--worker", precision, "--work", str(args.work), "--classes",
+           str(args.classes), "--images", str(args.images),
+           *(["--worker-method", method] if method else []),
+           *(["--weights", str(args.weights)] if args.weights else []),
+           *(["--preview", str(args.preview)] if args.preview else []),
+           *(["--confidence-threshold", str(args.confidence_threshold)]
+             if args.confidence_threshold is not None else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd[1:])} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/vpltool_sam3_footprint"))
     ap.add_argument("--classes", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="footprint rounds (0: the methods only)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--weights", type=Path, default=None, help="SAM 3's weights [default: the reduced, made]")
-    ap.add_argument("--methods", default="", help="also sam3,activesam as segment runs them: bf16's parity")
+    ap.add_argument("--methods", default="", help=f"also these, bf16 against fp32: {','.join(METHODS)}")
+    ap.add_argument("--images", type=int, default=4, help="demo-world scenes of the toy methods")
     ap.add_argument("--preview", type=int, default=None, help="ActiveSAM's preview side [default: the parity's]")
     ap.add_argument("--confidence-threshold", type=float, default=None)
     ap.add_argument("--worker", choices=PRECISIONS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-method", choices=METHODS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work = args.work.resolve()
+    methods = [m for m in args.methods.split(",") if m]
+    if unknown := set(methods) - set(METHODS):
+        ap.error(f"--methods: {', '.join(sorted(unknown))}: choose among {', '.join(METHODS)}")
     if args.worker:
         worker(args)
         return
-    from benchlib import machine
+    from benchlib import cpu_identity, cpu_name, machine
 
-    model_folder(args.work)
-    rounds = []
-    for r in range(args.repeats):
-        for precision in (PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]):
-            cmd = [sys.executable, __file__, "--worker", precision, "--work", str(args.work), "--classes",
-                   str(args.classes), "--methods", args.methods,
-                   *(["--weights", str(args.weights)] if args.weights else []),
-                   *(["--preview", str(args.preview)] if args.preview else []),
-                   *(["--confidence-threshold", str(args.confidence_threshold)]
-                     if args.confidence_threshold is not None else [])]
-            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-            rounds.append(json.loads(out.strip().splitlines()[-1]))
-        if r == 0 and args.methods:
-            compared = parity(args.work, args.methods.split(","))
-    medians = {p: {k: statistics.median(r[k] for r in rounds if r["precision"] == p)
-                   for k in ("weights_mib", "peak_rss_mib", "cpu_s")} for p in PRECISIONS}
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not args.weights:
+        model_folder(args.work)
+    rounds = [spawn(args, p) for r in range(args.repeats) for p in (PRECISIONS if r % 2 == 0 else PRECISIONS[::-1])]
     result = {
         "benchmark": "sam3-footprint",
-        "what": "SAM 3's footprint, fp32 against its weights held in bf16 (--precision bf16), one 500x375 photo, "
-                f"{args.classes} classes, --dense sam3's path, one thread",
+        "what": ("SAM 3's footprint, fp32 against its weights held in bf16 (--precision bf16), one 500x375 photo, "
+                 f"{args.classes} classes, --dense sam3's path, one thread" if rounds else "")
+                + ("; " if rounds and methods else "")
+                + (f"the SAM family at bf16 against fp32: {', '.join(methods)}, one thread" if methods else ""),
         "command": " ".join(["python", "bench/bench_sam3_footprint.py", *sys.argv[1:]]),
         "model": (f"SAM 3 of {args.weights}" if args.weights else
                   "the parity's reduced SAM 3 (activesam_parity.reduced_config), seeded random weights"),
-        "machine": {**machine("cpu"), **cpu_family_model()},
-        "rounds": rounds,
-        "median": medians,
-        "bf16_over_fp32": {k: round(medians["bf16"][k] / medians["fp32"][k], 3)
-                           for k in ("weights_mib", "peak_rss_mib", "cpu_s")},
+        "machine": machine("cpu"),
+        "cpu_name": cpu_name(cpu_identity()),
     }
-    if args.methods:
-        result["parity"] = compared
-        result["method_cpu_s_median"] = {p: {m: statistics.median(r[f"{m}_cpu_s"] for r in rounds
-                                                                   if r["precision"] == p)
-                                             for m in args.methods.split(",")} for p in PRECISIONS}
+    if rounds:
+        medians = {p: {k: statistics.median(r[k] for r in rounds if r["precision"] == p)
+                       for k in ("weights_mib", "peak_rss_mib", "cpu_s")} for p in PRECISIONS}
+        result.update(rounds=rounds, median=medians,
+                      bf16_over_fp32={k: round(medians["bf16"][k] / medians["fp32"][k], 3)
+                                      for k in ("weights_mib", "peak_rss_mib", "cpu_s")})
+    if methods:
+        result["methods"] = {}
+        for method in methods:
+            runs = {p: spawn(args, p, method) for p in PRECISIONS}
+            result["methods"][method] = {**parity(args.work, method),
+                                         **{p: {k: runs[p][k] for k in ("cpu_s", "peak_rss_mib")}
+                                            for p in PRECISIONS}}
+            print(method, json.dumps(result["methods"][method]), file=sys.stderr, flush=True)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

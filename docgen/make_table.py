@@ -569,17 +569,19 @@ def sam3_classes_section(d: dict) -> list[str]:
 
 
 def sam3_footprint_section(d: dict) -> list[str]:
-    """bench_sam3_footprint.py: fp32 against bf16 weights; with --methods, bf16's distance from fp32."""
-    m = d["median"]
-    rows = [[p, num(m[p]["weights_mib"], 4), num(m[p]["peak_rss_mib"], 4), num(m[p]["cpu_s"])] for p in m]
-    lines = [sentence(d["what"]) + f" Model: {d['model']}.", "", *table(
-        ["precision", "weights MiB", "peak RSS MiB", "CPU-s (sam3_scores)"], rows, "lrrr")]
-    if d.get("parity"):
-        rows = [[method, num(p["scores_max_abs_diff"], 2), f"{p['labels_equal']:.3%}",
-                 num(d["method_cpu_s_median"]["fp32"][method]), num(d["method_cpu_s_median"]["bf16"][method])]
-                for method, p in d["parity"].items()]
+    """bench_sam3_footprint.py: fp32 against bf16 weights (its rounds, where run); with --methods, each method's
+    bf16 distance from fp32 (scores, % of labels equal) and each precision's CPU-seconds and peak RSS."""
+    lines = [sentence(d["what"]) + f" Model: {d['model']}." + (f" CPU: {d['cpu_name']}." if d.get("cpu_name") else "")]
+    if d.get("median"):
+        m = d["median"]
+        rows = [[p, num(m[p]["weights_mib"], 4), num(m[p]["peak_rss_mib"], 4), num(m[p]["cpu_s"])] for p in m]
+        lines += ["", *table(["precision", "weights MiB", "peak RSS MiB", "CPU-s (sam3_scores)"], rows, "lrrr")]
+    if d.get("methods"):
+        rows = [[method, num(p["scores_max_abs_diff"], 2), f"{p['labels_equal_pct']:.3f}%", num(p["fp32"]["cpu_s"]),
+                 num(p["bf16"]["cpu_s"]), num(p["fp32"]["peak_rss_mib"], 4), num(p["bf16"]["peak_rss_mib"], 4)]
+                for method, p in d["methods"].items()]
         lines += ["", *table(["method (bf16 against fp32)", "scores max abs diff", "labels equal", "fp32 CPU-s",
-                              "bf16 CPU-s"], rows, "lrrrr")]
+                              "bf16 CPU-s", "fp32 peak RSS MiB", "bf16 peak RSS MiB"], rows, "lrrrrrr")]
     return lines
 
 

@@ -93,9 +93,9 @@ DEMO = SamPseudoConfig(sam_model="toy", sam_weights=str(TOY), points_per_side=8,
                        stability_score_thresh=0.4)
 
 
-def _cams(world: Path, folder: Path, split: str = "val") -> Path:
+def _cams(world: Path, folder: Path, split: str = "val", numerics: dict = NUMERICS) -> Path:
     """A finished `cam`-like folder over ``world``'s ``split``: per label its ground-truth mask blurred and spilled
-    past the object (a CAM's error the rule is there to fix), in [0, 1]."""
+    past the object (a CAM's error the rule is there to fix), in [0, 1]; recorded as made with ``numerics``."""
     import cv2
     import torch
 
@@ -108,9 +108,9 @@ def _cams(world: Path, folder: Path, split: str = "val") -> Path:
         maps = [np.clip(m * 2.0, 0, 1) for m in maps]
         cams = np.stack(maps) if maps else np.zeros((0, *gt.shape), np.float32)
         io.write_cam(io.cam_path(folder, item.id), torch.from_numpy(cams), item.labels, classes=data.classes,
-                     params={}, id=item.id, image_size=list(gt.shape), numerics=NUMERICS)
+                     params={}, id=item.id, image_size=list(gt.shape), numerics=numerics)
     io.write_stage_record(folder, "cam", params={}, inputs={"dataset": data.identity()}, count=len(data.items),
-                          numerics=NUMERICS)  # what every stage records (the record and each item): dtype and mode
+                          numerics=numerics)  # what every stage records (the record and each item): dtype and mode
     return folder
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..config import SAM_MERGES, SAM_STARTS, SamPseudoConfig
-from .options import _R, Device, LogFile, OutDir, Overwrite, Shard, Verbose, Workers, runtime, warn_inert
+from .options import _R, Device, LogFile, OutDir, Overwrite, Precision, Shard, Verbose, Workers, runtime, warn_inert
 from .output import pending, progress, say
 from .values import shard as shard_of
 
@@ -53,6 +53,7 @@ def sam_pseudo_cmd(
                                              "pixels carry its label in the CAM's label; a label left with none "
                                              "keeps the CAM's mask.")] = _P.sam3_gate,
     device: Device = _R.device,
+    precision: Precision = _R.precision,
     workers: Workers = None,
     shard: Shard = None,
     overwrite: Overwrite = False,
@@ -81,7 +82,8 @@ def sam_pseudo_cmd(
                                      pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
                                      sam3_threshold=sam3_threshold, sam3_gate=sam3_gate))
     with progress("sam-pseudo") as (on_start, on_item):
-        s = run_sam_pseudo(cams, out, cfg, runtime(device=device, workers=workers, overwrite=overwrite),
+        s = run_sam_pseudo(cams, out, cfg, runtime(device=device, precision=precision, workers=workers,
+                                                    overwrite=overwrite),
                            shard=shard_of(shard), on_item=on_item, on_start=on_start)
     if s.masks is None:
         what = ""

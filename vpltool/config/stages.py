@@ -342,9 +342,9 @@ class CrfConfig:
 # `sam-pseudo`: pseudo masks from SAM's masks and the CAMs. The stages whose folders are pseudo masks of the
 # crf kind (a label PNG per image, 255 = ignore): train-decoder, eval, choose-pseudo and report read either
 PSEUDO_STAGES = ("crf", "sam-pseudo")
-# the stages without --precision: each records the dtype of the CAMs it reads (crf's and sam-pseudo's masks are made
-# at the CAMs' dtype), so a dtype refused on their folder is changed by this stage's --precision, then a re-run of
-# theirs (io.check_numerics says so)
+# the stages whose dtype is the CAMs': each records the dtype of the CAMs it reads (crf has no --precision;
+# sam-pseudo's is SAM's, auto = the CAMs' and another refused), so a dtype refused on their folder is changed by this
+# stage's --precision, then a re-run of theirs (io.check_numerics says so)
 PRECISION_FROM = {"crf": "cam", "sam-pseudo": "cam"}
 # the pseudo-mask rules a Make run chooses among (the Makefile's PSEUDO words) -> the stage that makes their masks:
 # crf's, and `sam-pseudo --masks K` for each other rule K (sam: SAM's automatic masks merged, also from SAM 2 or a

@@ -228,7 +228,7 @@ def check_numerics(own: Mapping[str, Any], *made: tuple[str | os.PathLike, Any, 
         if why in ("dtype", "both"):
             from ..config.stages import PRECISION_FROM
 
-            # crf and sam-pseudo have no --precision: the dtype is the CAMs', set by `cam --precision`
+            # crf's and sam-pseudo's dtype is the CAMs', set by `cam --precision` (sam-pseudo's auto follows it)
             source, then = PRECISION_FROM.get(stage, stage), ""
             if source != stage:
                 then = f", then `vpltool {stage}` on it"

@@ -27,6 +27,7 @@ Sam3.segment`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -141,18 +142,22 @@ def sam3_record(value: str, sam_weights: str | None) -> dict:
 
 
 def fill_regions(hooks, extras: list[dict], device, key: str = "regions") -> None:
-    """Each image's SAM 3 regions (``key``: ``regions``, the id map, or ``masks``, TextRegion's soft masks) made from
-    its ``photo`` (its ``extra_inputs``), where not there yet; the concepts default to the run's query words
-    (``hooks._names``, from its ``query_text``)."""
+    """Each image's regions (``key``: ``regions``, the id map, or ``masks``, TextRegion's soft masks) made from its
+    ``photo`` (its ``extra_inputs``), where not there yet, on ``device`` at the caller's autocast (the run's
+    ``--precision``): SAM 3's, whose concepts default to the run's query words (``hooks._names``, from its
+    ``query_text``), or an automatic generator's (``sam``, ``sam2``: ``hooks._region_maker(device)``)."""
     todo = [e for e in extras if key not in e and "photo" in e]
     if not todo:
         return
-    source = sam3_source(hooks.cfg.knobs.region_masks, hooks.cfg.sam_weights, device=device)
-    names = getattr(hooks, "_names", None)
+    if is_sam3(hooks.cfg.knobs.region_masks):
+        source = sam3_source(hooks.cfg.knobs.region_masks, hooks.cfg.sam_weights, device=device)
+        names = getattr(hooks, "_names", None)
+        make = partial(source.soft_masks if key == "masks" else source.region_map, names=names)
+    else:
+        make = hooks._region_maker(device)
     for e in todo:
         photo = e.pop("photo")
-        made = source.soft_masks(photo, names) if key == "masks" else source.region_map(photo, names)
-        e[key] = torch.from_numpy(made)
+        e[key] = torch.from_numpy(make(photo))
 
 
 __all__ = ["PREFIX", "THRESHOLD", "Sam3Regions", "concepts_of", "fill_regions", "is_sam3", "sam3_record",

@@ -31,6 +31,10 @@ image-level label's name (:func:`vpltool.config.presets.spoken_names`); an insta
 label (step 1); a pixel inside staying instances takes the most probable one's label; a label SAM 3 misses (or
 whose instances the gate drops) keeps the CAM's mask; the rest is background. No published code to follow: the
 gate is the automatic rule's majority, a choice, not a reference's.
+
+**Precision.** SAM, SAM 2 or SAM 3 runs at ``--precision`` under the device's autocast: ``auto`` is the dtype the
+CAMs record (the masks carry it, as `crf`'s do), and another is refused before SAM loads; the generator's steps
+after SAM's decoder run in fp32 (:mod:`vpltool.models.dense.corrclip.amg`).
 """
 
 from __future__ import annotations
@@ -101,8 +105,8 @@ def run_sam_pseudo(
         cams_dir: output folder of `vpltool cam`; its ``_stage.json`` names the dataset holding the images.
         out: output folder (created).
         cfg: the rule, its start label and SAM (:class:`vpltool.config.SamPseudoConfig`).
-        runtime: ``device`` (SAM's), ``workers`` (image loaders, which also run the start label's CRF),
-            ``overwrite``.
+        runtime: ``device`` and ``precision`` (SAM's: auto = the CAMs' dtype; another is refused), ``workers``
+            (image loaders, which also run the start label's CRF), ``overwrite``.
         shard: ``(i, n)``: every n-th mask from the i-th (``--shard i/n``).
         on_item: called with the number of images just finished. on_start: called once with the number to do.
 
@@ -111,7 +115,7 @@ def run_sam_pseudo(
     """
     import torch
 
-    from ...device import resolve_device, shard_from_env
+    from ...device import autocast, resolve_device, resolve_precision, shard_from_env
     from ...ops.densecrf import image_tensor
     from ...runtime.batches import run_image_batches
 
@@ -120,8 +124,11 @@ def run_sam_pseudo(
     record = io.read_stage_record(cams_dir, "cam")
     dataset = open_recorded(cams_dir)
     made = io.folder_made(cams_dir, record, "cam")  # the record's, then each CAM file's own (its header)
-    # no --precision: the masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
-    numerics = run_numerics(made[0][1].get("dtype") if isinstance(made[0][1], dict) else None)
+    # --precision is SAM's: auto follows the CAMs' dtype, and another is refused (the masks carry the CAMs' dtype,
+    # in this run's mode, which must be the CAMs')
+    device = resolve_device(runtime.device)
+    dtype = resolve_precision(runtime.precision, device, io.recorded_dtype(*made))
+    numerics = run_numerics(dtype, runtime.precision, device)
     io.check_numerics(numerics, *made)
     source = mask_source(cfg, dataset.classes)
     folder_masks = source if isinstance(source, FolderMasks) else None
@@ -149,9 +156,9 @@ def run_sam_pseudo(
         if on_start:
             on_start(len(todo))
         if todo:
-            device = resolve_device(runtime.device)
             if not source.in_loader:
-                source.load(device)
+                with torch.no_grad(), autocast(device, dtype):  # SAM 3's words encoded at the run's precision
+                    source.load(device)
             classes = dataset.classes
 
             def load(k: int) -> dict[str, Any]:  # in a loading process: the image, its start label (, its masks)
@@ -166,8 +173,9 @@ def run_sam_pseudo(
             def run(batch: dict[str, Any]) -> Callable[[slice], dict]:  # SAM on the device, one image at a time
                 def chunk(part: slice) -> dict[str, Any]:
                     rows = range(len(batch["index"]))[part]
-                    masks = ([batch["masks"][b].numpy() for b in rows] if source.in_loader else
-                             [source.masks(batch["image"][b].numpy(), todo[batch["index"][b]][2]) for b in rows])
+                    with torch.no_grad(), autocast(device, dtype):  # SAM at --precision (its masks' steps in fp32)
+                        masks = ([batch["masks"][b].numpy() for b in rows] if source.in_loader else
+                                 [source.masks(batch["image"][b].numpy(), todo[batch["index"][b]][2]) for b in rows])
                     return {"start": [batch["start"][b].numpy() for b in rows], "masks": masks}
                 return chunk
 

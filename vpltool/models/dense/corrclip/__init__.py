@@ -11,6 +11,9 @@ table's (:data:`vpltool.config.dense.DENSE_SPECS`).
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,8 +55,9 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
     _sam_settings: dict | None = None  # the method's SAM automatic-mask settings; None: CorrCLIP's (regions.py)
     _names: tuple[str, ...] | None = None  # the run's query words (query_text), SAM 3's default concepts
 
-    def _source(self, load: bool = True):
-        """The run's region source (:func:`.regions.region_source`) with the method's name and SAM settings."""
+    def _source(self, load: bool = True, device: Any = "cpu"):
+        """The run's region source (:func:`.regions.region_source`, its SAM on ``device``) with the method's name and
+        SAM settings."""
         from .regions import SAM_SETTINGS, region_source
 
         if self.cfg is None:
@@ -63,7 +67,7 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         if is_sam3(k.knobs.region_masks):  # checked only: its model loads where the segmentor runs (fill_regions)
             return sam3_source(k.knobs.region_masks, k.sam_weights, load=False)
         return region_source(k.knobs.region_masks, k.sam_model, k.sam_weights, load=load,
-                             settings=self._sam_settings or SAM_SETTINGS, method=self.method)
+                             settings=self._sam_settings or SAM_SETTINGS, method=self.method, device=str(device))
 
     def check(self) -> None:
         self._source(load=False)  # the value, the SAM file's kind, the sam2 package
@@ -108,12 +112,18 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
 
     def extra_inputs(self, item, image) -> dict:
         masks = self.cfg.knobs.region_masks
-        if is_sam3(masks):  # made where the segmentor runs (fill_regions), from the photo as decoded
-            return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
-        if getattr(item, "image", None) is None and not automatic_generator(masks):
+        if is_sam3(masks) or automatic_generator(masks):  # a model's regions: made where the segmentor runs, at
+            return {"photo": torch.tensor(image)}  # its --precision (fill_regions); a copy: the array may be read-only
+        if getattr(item, "image", None) is None:
             raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to find its "
                            "<stem>.npz by; pass the photo's path, or --region-masks sam")
         return {"regions": torch.from_numpy(self._source().region_map(getattr(item, "image", None), image))}
+
+    def _region_maker(self, device):
+        """An automatic generator's (``sam``, ``sam2``) region map of a photo (``[H0, W0, 3]`` uint8, numpy or
+        torch) -> ``[H0, W0]`` int64 ids, its SAM on ``device`` (:func:`~..concept_regions.fill_regions`)."""
+        source = self._source(device=device)
+        return lambda photo: source.region_map(None, np.asarray(photo.cpu() if hasattr(photo, "cpu") else photo))
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         fill_regions(self, extras, pixels.device)

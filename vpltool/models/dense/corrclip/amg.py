@@ -44,7 +44,9 @@ class MaskGenerator(SamAutomaticMaskGenerator):
                                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                                 multimask_output=True)
         per_point = low_res.shape[1]
-        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
+        # under a half-precision autocast (--precision bf16 / fp16) the model's outputs are half: the steps below
+        # are segment-anything's post-processing, in fp32 as there (its MaskData.to_numpy has no bfloat16)
+        low_res, iou_preds = low_res.flatten(0, 1).float(), iou_preds.flatten(0, 1).float()
         points_t = torch.as_tensor(points.repeat(per_point, axis=0))
         if self.pred_iou_thresh > 0.0:
             keep = iou_preds > self.pred_iou_thresh

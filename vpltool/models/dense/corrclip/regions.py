@@ -16,7 +16,11 @@ for messages. Three generators:
   package is installed (:class:`Sam2Regions`);
 * SAM 3 prompted with concepts (the run's query words by default), its instance masks painted as SAM2's
   (``sam3[:CONCEPTS]``: :mod:`vpltool.models.dense.concept_regions`, which says why that is SAM 3's region
-  generator); made where the segmentor runs, not in a loading worker.
+  generator).
+
+A model's regions (sam, sam2, sam3) are made where the segmentor runs, not in a loading worker, on its device and at
+its ``--precision`` (:func:`vpltool.models.dense.concept_regions.fill_regions`); segment-anything's post-processing
+after the decoder runs in fp32 as there (:mod:`.amg`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from ....config.dense_knobs import automatic_generator
@@ -60,14 +61,14 @@ def generator_settings(cfg) -> MaskGenerator:
     return out
 
 
-def _source(cfg, load: bool = True):
+def _source(cfg, load: bool = True, device: str = "cpu"):
     from .regions import mask_source
 
     if cfg is None:
         raise VplError("--dense textregion needs its region masks: run it through segment or vpltool.segmenter with "
                        "--region-masks (a backbone made by name alone has none)")
     return mask_source(cfg.knobs.region_masks, cfg.sam_weights, generator_settings(cfg), load=load,
-                       sam_model=cfg.sam_model)
+                       sam_model=cfg.sam_model, device=device)
 
 
 class Hooks(DenseHooks, method="textregion", preset=PRESET):
@@ -106,13 +107,19 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
 
     def extra_inputs(self, item, image) -> dict:
         masks = self.cfg.knobs.region_masks
-        if is_sam3(masks):  # made where the segmentor runs (fill_regions), from the photo as decoded
-            return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
+        if is_sam3(masks) or automatic_generator(masks):  # a model's regions: made where the segmentor runs, at
+            return {"photo": torch.tensor(image)}  # its --precision (fill_regions); a copy: the array may be read-only
         source = _source(self.cfg)
-        if getattr(item, "image", None) is None and not automatic_generator(masks):
+        if getattr(item, "image", None) is None:
             raise VplError(f"--region-masks {masks}: a photo given as an array has no file name to "
                            "find its <stem>.npz by; pass the photo's path, or --region-masks sam2 / sam")
         return {"masks": torch.from_numpy(source.masks(getattr(item, "image", None), image, self.cfg))}
+
+    def _region_maker(self, device):
+        """An automatic generator's (``sam``, ``sam2``) soft masks of a photo (``[H0, W0, 3]`` uint8, numpy or
+        torch) -> ``[R, H0, W0]`` float16, its SAM on ``device`` (:func:`~..concept_regions.fill_regions`)."""
+        source = _source(self.cfg, device=str(device))
+        return lambda photo: source.masks(None, np.asarray(photo.cpu() if hasattr(photo, "cpu") else photo), self.cfg)
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         fill_regions(self, extras, pixels.device, key="masks")

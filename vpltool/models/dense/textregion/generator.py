@@ -232,21 +232,34 @@ class TextRegionGenerator:
         self.settings = settings or MaskGenerator()
 
     def generate(self, resized: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """``[H, W, 3]`` uint8 RGB, the photo resized; ``size`` the photo's ``(H0, W0)`` -> ``[R, H0, W0]`` float16."""
+        """``[H, W, 3]`` uint8 RGB, the photo resized; ``size`` the photo's ``(H0, W0)`` -> ``[R, H0, W0]`` float16.
+
+        The model runs at the caller's autocast (``--precision bf16 / fp16``), the reference's steps after it as
+        written (its fp16 masks, fp32 IoU) outside it: a CPU bf16 autocast has no rule for those fp16 tensors."""
+        import torch
+
+        self.model.embed(resized)
+        kind = self.model.device.type
+        half = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        with torch.autocast(kind, enabled=False):
+            return self._masks(size, half)
+
+    def _masks(self, size: tuple[int, int], half) -> np.ndarray:
+        """:meth:`generate` after the embedding: the decoder at ``half`` (None: fp32), the rest in fp32 / fp16."""
         import torch
         from torchvision.ops import batched_nms
 
         s = self.settings
         h0, w0 = size
-        self.model.embed(resized)
         device = self.model.device
         grid = torch.as_tensor(point_grid(s.points_per_side) * np.array([w0, h0])[None], dtype=torch.float32,
                                device=device)
         masks, ious, kinds, boxes = [], [], [], []
         for start in range(0, len(grid), s.points_per_batch):
             points = grid[start : start + s.points_per_batch]
-            parts = [self.model.decode(c, size) for c in points.split(DECODE_CHUNK)]
-            low, iou = torch.cat([p[0] for p in parts]).half(), torch.cat([p[1] for p in parts])
+            with torch.autocast(device.type, dtype=half, enabled=half is not None):
+                parts = [self.model.decode(c, size) for c in points.split(DECODE_CHUNK)]
+            low, iou = torch.cat([p[0] for p in parts]).half(), torch.cat([p[1] for p in parts]).float()
             m = torch.cat([low[:, 2], low[:, 1], low[:, 0]])  # whole, parts, sub-parts
             q = torch.cat([iou[:, 2], iou[:, 1], iou[:, 0]])
             k = torch.tensor([2, 1, 0], device=device).repeat_interleave(len(points))

@@ -101,17 +101,17 @@ NEED = ("--dense textregion needs class-agnostic region masks: pass --region-mas
         "--region-masks sam2[:CONFIG] with --sam-weights (SAM 2's generator as TextRegion runs it; the sam2 package), "
         "or --region-masks sam with --sam-model and --sam-weights (that generator on segment-anything's SAM), or "
         "--region-masks sam3 with --sam-weights (SAM 3 prompted with the run's class names)")
-_SOURCES: dict[tuple, object] = {}  # per process (a loading worker builds its SAM 2 once)
+_SOURCES: dict[tuple, object] = {}  # per process and device: the segmentor's builds its SAM (2) once
 
 
 def mask_source(value: str | None, sam_weights: str | None = None, generator=None, load: bool = True,
-                sam_model: str = "vit_b"):
+                sam_model: str = "vit_b", device: str = "cpu"):
     """The generator ``--region-masks value`` names: a folder (:class:`FolderMasks`), ``sam2[:CONFIG]`` (TextRegion's
     generator, :class:`~.generator.TextRegionGenerator` with ``generator``'s settings, on SAM 2's ``CONFIG``, by
     default the reference's ``sam2.1_hiera_l.yaml``, and ``--sam-weights``) or ``sam`` (the same generator on
     segment-anything's ``--sam-model`` / ``--sam-weights``, its prompt encoder and mask decoder included: the demo
-    world's toy SAM). ``load`` False: checked only (the package, the file's kind), nothing built. One line naming
-    the fix for a value that is none of these."""
+    world's toy SAM), on ``device``. ``load`` False: checked only (the package, the file's kind), nothing built. One
+    line naming the fix for a value that is none of these."""
     from ..concept_regions import is_sam3, sam3_source
 
     if not value:
@@ -131,17 +131,17 @@ def mask_source(value: str | None, sam_weights: str | None = None, generator=Non
 
             spec = SamSpec(sam_model, sam_weights, prompt=True)
             check_model("sam", spec)
-            key = ("sam", sam_model, sam_weights, generator)
+            key = ("sam", sam_model, sam_weights, generator, device)
             if load and key not in _SOURCES:
-                _SOURCES[key] = TextRegionGenerator(SamModel(load_model("sam", spec, "cpu")), generator)
+                _SOURCES[key] = TextRegionGenerator(SamModel(load_model("sam", spec, device)), generator)
             return _SOURCES.get(key)
         import_sam2()
         if not Path(sam_weights).is_file():
             raise VplError(f"--sam-weights {sam_weights}: no such file; give SAM 2's checkpoint (.pt)")
         config = value.partition(":")[2] or DEFAULT_CONFIG
-        key = ("sam2", config, sam_weights, generator)
+        key = ("sam2", config, sam_weights, generator, device)
         if load and key not in _SOURCES:
-            _SOURCES[key] = TextRegionGenerator(Sam2Model(config, Path(sam_weights)), generator)
+            _SOURCES[key] = TextRegionGenerator(Sam2Model(config, Path(sam_weights), device), generator)
         return _SOURCES.get(key)
     return FolderMasks(Path(value).expanduser())
 
