@@ -418,7 +418,7 @@ def _sp_dtype_lie_eval(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("train-decoder --precision fp32 on sam-pseudo masks made at bf16 (the fix names `vpltool cam`, whose "
-      "--precision sets the masks' dtype; once 're-run `vpltool sam-pseudo` with --precision', which it lacks)",
+      "--precision sets the masks' dtype: sam-pseudo's --precision auto follows its CAMs')",
       "made at bf16", "re-run `vpltool cam`", "then `vpltool sam-pseudo` on it", tsv="ref_sp_bf16_train_decoder_fp32")
 def _sp_bf16_decoder_fp32(ws: Workspace) -> Iterator[list[object]]:
     from robustness_round10 import _amx_features
