@@ -8,6 +8,11 @@ Both run as the Makefile runs them in `make sam` (reproducible mode, one torch t
 side, thresholds 0.4). The issue's bar: sam-pseudo at most 5 times the CRF's CPU-seconds an image. ``masks_sha256``
 digests the masks' names and labels (not the PNGs' text chunks, which name the run): the same digest before and after a
 change of the generator's code is the proof that its masks did not move.
+
+    python bench/bench_sam_pseudo.py --profile 30 > bench/results/sam_pseudo_profile.json
+
+``--profile N`` runs neither command: the generator alone, in this process (reproducible mode, one thread), on the
+CAM folder's first N images, its CPU-seconds an image and where they go (cProfile's own time of each function).
 """
 
 from __future__ import annotations
@@ -55,11 +60,47 @@ def folder_digest(folder: Path) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def generator_profile(cams: Path, n: int, top: int = 14) -> dict:
+    """sam-pseudo's generator (the demo's settings) on the first ``n`` images of ``cams``' dataset, after one
+    warm-up image: CPU-seconds an image, and the ``top`` functions by their own CPU time (share of the total)."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vpltool import io
+    from vpltool.data import open_recorded
+    from vpltool.models.dense.corrclip.regions import region_source
+
+    torch.set_num_threads(1)
+    settings = {"points_per_side": 16, "pred_iou_thresh": 0.4, "stability_score_thresh": 0.4}  # SAM_ARGS'
+    generator = region_source("sam", "toy", SAM_ARGS[SAM_ARGS.index("--sam-weights") + 1], settings=settings,
+                              method="sam-pseudo")
+    ids, items = io.cam_items(cams, open_recorded(cams))
+    images = [np.asarray(Image.open(items[i].image).convert("RGB")) for i in ids[:n + 1]]
+    generator.records(images[0])
+    profiler = cProfile.Profile(time.process_time)
+    profiler.runcall(lambda: [generator.records(image) for image in images[1:]])
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive calls, own, cumulative, callers)}
+    total = sum(own for _, _, own, _, _ in stats.values())
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    where = {key: f"{Path(key[0]).parent.name}/{Path(key[0]).name}:{key[1]}({key[2]})" if key[0] != "~" else key[2]
+             for key, _ in rows}  # segment-anything's utils/amg.py and ours share a file name
+    per = len(images) - 1
+    return {"images": per, "cpu_s_per_image": round(total / per, 4),
+            "own_time": [{"function": where[key], "cpu_s_per_image": round(own / per, 4),
+                          "share": round(own / total, 3)} for key, (_, _, own, _, _) in rows]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cams", type=Path, default=ROOT / "runs/demo/caa/cams_vision",
                     help="a finished `cam` folder of the demo (default: runs/demo/caa/cams_vision)")
     ap.add_argument("--shard", default=None, help="i/n: every n-th image from the i-th (both commands)")
+    ap.add_argument("--profile", type=int, default=None, metavar="N",
+                    help="only profile the generator in this process on the first N images (no commands run)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="crf --workers (the Makefile's: cores)")
     benchlib.add_common_args(ap, "unused (the demo's CAMs are the input)", "cpu (the demo's)")
     args = ap.parse_args()
@@ -67,6 +108,16 @@ def main() -> None:
            "PYTHONPATH": str(ROOT)}
     vpl = [sys.executable, "-m", "vpltool"]
     shard = ["--shard", args.shard] if args.shard else []
+    if args.profile:
+        os.environ.update({k: v for k, v in env.items() if k != "PYTHONPATH"})
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        import vpltool  # noqa: F401  (reproducible mode, from VPLTOOL_REPRODUCIBLE, before torch loads)
+
+        print(json.dumps({"benchmark": "sam-pseudo generator profile", "machine": benchlib.machine("cpu"),
+                          "cams": str(args.cams), "mode": "reproducible (VPLTOOL_REPRODUCIBLE=1), one thread",
+                          "generator": generator_profile(args.cams, args.profile)}, indent=1))
+        return
     result = {"benchmark": "sam-pseudo", "machine": benchlib.machine("cpu"), "cams": str(args.cams),
               "shard": args.shard, "mode": "reproducible (VPLTOOL_REPRODUCIBLE=1), OMP_NUM_THREADS=1"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -413,3 +413,39 @@ def test_the_mask_generator_gives_segment_anythings_own_records(world, settings)
             [{**r, "segmentation": r["segmentation"].tobytes()} for r in want]
         seen += len(want)
     assert seen > 0
+
+
+@needs_toy
+def test_the_decoder_makes_segment_anythings_kept_masks_bit_for_bit(world):
+    """:func:`~vpltool.models.dense.corrclip.amg.decode` (the first layer's image side once, only the kept masks
+    upscaled) against segment-anything's ``MaskDecoder`` on the toy SAM, then its IoU threshold: the same kept
+    (prompt, mask) pairs, the same logits and IoUs bit for bit, with batches of one, a few and many prompts and
+    thresholds that keep none, one prompt's, some and every mask (one kept prompt of several takes the route of a
+    batch of one in the transposed convolution unless paired)."""
+    import torch
+
+    from vpltool.data import open_dataset
+    from vpltool.models.dense.corrclip.amg import decode
+    from vpltool.models.dense.corrclip.regions import region_source
+
+    predictor = region_source("sam", "toy", str(TOY), settings=dict(points_per_side=8), method="sam-pseudo"
+                              ).generator.predictor
+    model, rng, kept = predictor.model, np.random.default_rng(0), set()
+    image = np.asarray(Image.open(open_dataset(world, "val").items[0].image).convert("RGB"))
+    with torch.no_grad():
+        predictor.set_image(image)
+        pe = model.prompt_encoder.get_dense_pe()
+        for batch in (1, 5, 64):
+            points = torch.as_tensor(predictor.transform.apply_coords(rng.uniform(0, 96, (batch, 2)), image.shape[:2]))
+            sparse, dense = model.prompt_encoder(points=(points[:, None, :], torch.ones(batch, 1, dtype=torch.int)),
+                                                 boxes=None, masks=None)
+            want, iou = model.mask_decoder(predictor.features, pe, sparse, dense, multimask_output=True)
+            want, iou = want.flatten(0, 1), iou.flatten(0, 1)
+            one = iou.view(batch, 3).max(1).values.sort().values[-2:].mean().item() if batch > 1 else None
+            for thresh in (None, -1e9, 1e9, iou.median().item(), one):
+                keep = iou > thresh if thresh is not None else torch.ones_like(iou, dtype=torch.bool)
+                got_keep, got, got_iou = decode(model.mask_decoder, predictor.features, pe, sparse, dense, thresh)
+                assert torch.equal(got_keep, keep) and torch.equal(got_iou, iou[keep])
+                assert torch.equal(got, want[keep]), (batch, thresh)
+                kept.add(int(keep.view(batch, 3).any(1).sum()))
+    assert {0, 1, 5, 64} <= kept  # none, one prompt, some, all

@@ -155,8 +155,8 @@ class FolderRegions:
 
 class SamRegions:
     """segment-anything's ``SamAutomaticMaskGenerator`` (``settings``, by default :data:`SAM_SETTINGS`; its records
-    from :class:`~.amg.MaskGenerator`, which upsamples only the masks it keeps) on a whole SAM (``load_sam`` with its
-    prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
+    from :class:`~.amg.MaskGenerator`, which makes and upsamples only the masks it keeps) on a whole SAM
+    (``load_sam`` with its prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
 
     def __init__(self, sam, settings: dict = SAM_SETTINGS):
         from segment_anything.modeling import Sam
