@@ -270,7 +270,8 @@ class Sam3:
         if index is None:
             index = [0] * k if image.batch == 1 else list(range(k))
         index = torch.as_tensor(index, dtype=torch.long, device=self.device)
-        if image.batch == 1 and not bool(index.any()):  # every prompt reads the one image: views, not K copies
+        one = image.batch == 1 and not bool(index.any())
+        if one:  # every prompt reads the one image: views, not K copies
             # (at 1008 px its finest level and positions are 85 MB each a prompt)
             feats = [f.expand(k, *f.shape[1:]) for f in image.features]
             pos = [p.expand(k, *p.shape[1:]) for p in image.positions]
@@ -289,8 +290,7 @@ class Sam3:
                                          img_feats=[f.float() for f in feats], img_pos_embeds=[p.float() for p in pos])
             prompt = torch.cat([prompt, geo.last_hidden_state], dim=1)
             valid = torch.cat([valid, geo.attention_mask.to(valid.dtype)], dim=1)
-        with _first_attention_shared(m.detr_encoder.layers[0], image, (self.held, autocast_dtype(self.device)),
-                                     image.batch == 1 and not bool(index.any())):
+        with _first_attention_shared(m.detr_encoder.layers[0], image, (self.held, autocast_dtype(self.device)), one):
             enc = m.detr_encoder(vision_features=[feats[-1]], text_features=prompt, vision_pos_embeds=[pos[-1]],
                                  text_mask=valid)
         dec = m.detr_decoder(vision_features=enc.last_hidden_state, text_features=enc.text_features,
@@ -307,7 +307,10 @@ class Sam3:
             out.mask_prompts = rows.tolist()
         if masks is not False and (rows is None or len(rows)):
             pick = torch.arange(k, device=self.device) if rows is None else rows
-            parts = [m.mask_decoder(decoder_queries=hidden[-1][p], backbone_features=[f[p] for f in feats],
+            # the one image's levels as views (rows of an expanded tensor are alike): picked rows would copy them,
+            # 111 MB a prompt at 1008 px, on top of the copy the head makes of them itself
+            parts = [m.mask_decoder(decoder_queries=hidden[-1][p],
+                                    backbone_features=[f[:len(p)] if one else f[p] for f in feats],
                                     encoder_hidden_states=enc.last_hidden_state[p], prompt_features=prompt[p],
                                     prompt_mask=valid[p])
                      for p in pick.split(MASK_PROMPTS)]
