@@ -2,7 +2,8 @@
 
     python bench/bench_activesam.py --ref ActiveSAM --method activesam [--work DIR] [--images 3] [--pairs 6]
         [--arch reduced|full] [--photo WxH] [--class-set SET:BENCHMARK] [--classes N] [--confidence-threshold T]
-        [--settings JSON]
+        [--settings JSON] [--one-at-a-time]
+    python bench/bench_activesam.py --worker vpltool|reference --profile 40 ...   # where one unit's CPU time goes
 
 The set-up of ``parity/activesam_parity.py`` (made in ``--work`` when missing, reused when there): its reduced SAM 3
 with seeded random weights in Meta's layout, the parity photos, its small WordNet, ``configs/cfg_voc21.py``'s 21
@@ -33,6 +34,12 @@ Each worker gives its heap's free pages back once built (``sidebyside.trim_heap`
 read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
 the unit (its process's own, the peak reset before each unit:
 ``sidebyside.reset_peak``) and the process's peak so far (its building's included).
+
+``--one-at-a-time`` (two full-size models need ~13 GB together): the reference's worker does its warm-up and units,
+is closed, then vpltool's (``sidebyside.one_at_a_time``); the JSON says ``"sides": "one at a time, not alternated"``.
+``--worker SIDE --profile N`` (the driver's arguments otherwise, ``--overrides`` the reference's JSON): that side's
+first unit with each aten operator's and module class's CPU-seconds (:func:`cpu_profile`), its N costliest to
+stderr: where one side spends more than the other.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "parity")]
-from sidebyside import claim_stdout, race, serve  # noqa: E402
+from sidebyside import claim_stdout, one_at_a_time, race, serve  # noqa: E402
 
 GOAL = 0.8
 # the reference's keyword -> vpltool's knob, for the settings both sides are given
@@ -119,7 +126,7 @@ def reference_worker(args) -> None:
             seg._inference_single_view = inner
             return {"scores": seen["scores"], "pred": sample.data["pred_sem_seg"].data[0]}
 
-        serve(unit, trim=True)
+        finish(args, unit)
 
 
 def vpltool_worker(args) -> None:
@@ -152,7 +159,75 @@ def vpltool_worker(args) -> None:
         _, labels = dense.hooks.probabilities(bb, scores, query_class, n, dense.settings)
         return {"scores": scores, "pred": labels}
 
-    serve(unit, trim=True)
+    finish(args, unit)
+
+
+def finish(args, unit) -> None:
+    """A worker's loop (:func:`sidebyside.serve`), or with ``--profile N``: one unit profiled (:func:`cpu_profile`),
+    its ``N`` costliest operators and module classes written to stderr as JSON, the driver's protocol unused."""
+    if not args.profile:
+        serve(unit, trim=True)
+        return
+    prof = cpu_profile(unit, args.profile)
+    print(f"{args.worker}: {prof['cpu_seconds']} CPU-s, {prof['ops_seconds']} in operators", file=sys.stderr)
+    for table in ("modules", "ops_by_name", "ops"):
+        print(f"-- {table}", file=sys.stderr)
+        for row in prof[table]:
+            print(" ".join(f"{v:9.3f}" if isinstance(v, float) else str(v) for v in row[1:]), row[0], file=sys.stderr)
+
+
+def cpu_profile(unit, top: int) -> dict:
+    """One call of ``unit`` with each aten operator's and each module class's CPU-seconds (this thread's
+    ``time.thread_time``: on a shared machine a wall-clock profiler counts the other processes' time too;
+    ``torch.profiler`` also held gigabytes at SAM 3's full size). Operators: outermost calls (what they dispatch
+    inside is theirs), keyed by name and input shapes; modules: a class's outermost calls, inclusive (a module
+    within another of its class is not counted twice)."""
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    ops, mods, depth, open_ = collections.Counter(), collections.Counter(), collections.Counter(), {}
+    calls = collections.Counter()
+
+    class Timed(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t = time.thread_time()
+            out = func(*args, **(kwargs or {}))
+            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            key = f"{func.__name__} {shapes}"[:150]
+            ops[key] += time.thread_time() - t
+            calls[key] += 1
+            return out
+
+    def pre(module, _):
+        name = type(module).__name__
+        depth[name] += 1
+        if depth[name] == 1:
+            open_[name] = time.thread_time()
+
+    def post(module, _, __):
+        name = type(module).__name__
+        depth[name] -= 1
+        if depth[name] == 0:
+            mods[name] += time.thread_time() - open_.pop(name)
+
+    hooks = [torch.nn.modules.module.register_module_forward_pre_hook(pre),
+             torch.nn.modules.module.register_module_forward_hook(post)]
+    start = time.thread_time()
+    try:
+        with Timed():
+            unit()
+    finally:
+        for h in hooks:
+            h.remove()
+    total = time.thread_time() - start
+    return {"cpu_seconds": round(total, 2), "ops_seconds": round(sum(ops.values()), 2),
+            "ops": [[k, round(v, 3), calls[k]] for k, v in ops.most_common(top)],
+            "modules": [[k, round(v, 3)] for k, v in mods.most_common(top)],
+            "ops_by_name": [[k, round(v, 3)] for k, v in collections.Counter(
+                {n: sum(v for k, v in ops.items() if k.split(" ")[0] == n)
+                 for n in {k.split(" ")[0] for k in ops}}).most_common(top)]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,8 +247,13 @@ def main(argv: list[str] | None = None) -> None:
                      help="the instances' threshold on both sides [default: the parity's]")
     ap_.add_argument("--prob-threshold", type=float, default=None,
                      help="the background threshold (prob_thd) on both sides [default: the parity's]")
+    ap_.add_argument("--one-at-a-time", action="store_true",
+                     help="one worker alive at a time (the reference's units, then vpltool's): two full-size models "
+                          "need ~13 GB together")
     ap_.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap_.add_argument("--worker", choices=("reference", "vpltool"), help=argparse.SUPPRESS)
+    ap_.add_argument("--profile", type=int, default=0, metavar="N",
+                     help="with --worker: one unit profiled (CPU time), its N costliest ops and modules to stderr")
     ap_.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)  # the reference's (the parity's)
     args = ap_.parse_args(argv)
     args.work, args.ref = args.work.resolve(), args.ref.resolve()
@@ -207,12 +287,12 @@ def main(argv: list[str] | None = None) -> None:
               *(["--photo", args.photo] if args.photo else [])]
     files = photos(args.work, args.images, args.photo)
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
-    rows, a, b = race(__file__, common, args.work, env, args.pairs)
+    rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs)
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     result = json.dumps({
         "benchmark": f"{args.method}-vs-reference", "machine": benchlib.machine("cpu"), "threads": 1,
-        "precision": "fp32",
+        "precision": "fp32", "sides": "one at a time, not alternated" if args.one_at_a_time else "alternated",
         "command": " ".join(["python", "bench/bench_activesam.py", *map(str, argv or sys.argv[1:])]),
         "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
         "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)},

@@ -170,4 +170,26 @@ def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[
     return rows, torch.load(work / "vpltool_out.pt"), torch.load(work / "reference_out.pt")
 
 
-__all__ = ["claim_stdout", "peak_rss_mib", "reset_peak", "trim_heap", "serve", "Side", "alternate", "race"]
+def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int
+                  ) -> tuple[list[dict], object, object]:
+    """:func:`race`'s rows and outputs with one worker alive at a time (where two models do not fit in memory):
+    the reference's worker does its warm-up unit and ``pairs`` units, then is closed, then vpltool's the same. The
+    sides do not alternate: a drift of the machine's load falls on one side alone (say so beside the figure)."""
+    import torch
+
+    rows: list[dict] = [{} for _ in range(pairs)]
+    for name in ("reference", "vpltool"):
+        side = Side(name, [sys.executable, script, "--worker", name, *common], work / f"{name}.log", env)
+        try:
+            print(json.dumps({"warm_up": name, **side.run()}), file=sys.stderr, flush=True)
+            for row in rows:
+                row[name] = side.run()
+                print(json.dumps({"unit": name, **row[name]}), file=sys.stderr, flush=True)
+            side.save(work / f"{name}_out.pt")
+        finally:
+            side.close()
+    return rows, torch.load(work / "vpltool_out.pt"), torch.load(work / "reference_out.pt")
+
+
+__all__ = ["claim_stdout", "peak_rss_mib", "reset_peak", "trim_heap", "serve", "Side", "alternate", "race",
+           "one_at_a_time"]

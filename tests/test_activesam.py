@@ -308,7 +308,7 @@ def test_the_image_is_encoded_once_per_photo_whatever_the_number_of_classes(tiny
     from vpltool.config import SegmentConfig
     from vpltool.models.backbones.sam3 import Sam3
     from vpltool.models.dense.method import resolve_method
-    from vpltool.models.dense.sam3 import BUCKET
+    from vpltool.models.dense.sam3 import bucket
 
     knobs = {"hypernym_tokens": 0, "preview_resolution": 56, "bucket_size": 16} if method == "activesam" else {}
     dense = resolve_method(SegmentConfig.of(method, sam3_weights=str(tiny_sam3), **knobs))
@@ -337,7 +337,7 @@ def test_the_image_is_encoded_once_per_photo_whatever_the_number_of_classes(tiny
         previews = [s for s in calls["encode_image"] if s != side]
         assert previews == ([56] * len(photos) if method == "activesam" and n > max_active else []), n
         if method == "sam3":
-            assert len(calls["ground"]) == len(photos) * math.ceil(n / BUCKET)
+            assert len(calls["ground"]) == len(photos) * math.ceil(n / bucket(bb.sam))
             assert len(calls["encode_text"]) <= 1  # once per vocabulary (the words of a run)
 
 
@@ -435,6 +435,34 @@ def test_ground_runs_the_heads_of_prompts_with_a_kept_query_alone(tiny_sam3):
     assert torch.allclose(part.semantic_seg, whole.semantic_seg[rows], atol=1e-5)
     none = sam.ground(image, text, masks=1.0)
     assert none.mask_prompts == [] and none.pred_masks is None
+
+
+def test_the_encoders_first_self_attention_is_shared_by_the_prompts_of_one_image(tiny_sam3):
+    """``ground`` on one image computes the DETR encoder's first self-attention (the image alone, no prompt yet)
+    once, for every prompt and bucket after it: the same outputs as transformers' encoder run on each prompt's own
+    copy of the image (a batch of copies, one per prompt, which shares nothing)."""
+    from vpltool.models import load_model
+    from vpltool.models.backbones.sam3 import Sam3Spec
+    from vpltool.models.backbones.sam3_states import Sam3Image
+
+    sam = load_model("sam3", Sam3Spec(str(tiny_sam3)), "cpu")
+    image = sam.encode_image(sam.prepare(torch.randint(0, 255, (40, 50, 3), dtype=torch.uint8)))
+    text = sam.encode_text(["cat", "dog", "sofa"])
+    calls, attention = [], sam.model.detr_encoder.layers[0].self_attn
+    hook = attention.register_forward_hook(lambda m, a, kw, out: calls.append(kw["query"].shape[0]), with_kwargs=True)
+    try:
+        first = sam.ground(image, text.select([0]))
+        rest = sam.ground(image, text.select([1, 2]))
+    finally:
+        hook.remove()
+    assert calls == [1] and len(image.attended) == 1  # once, on one row, for the three prompts
+    copies = Sam3Image(tuple(f.expand(3, -1, -1, -1) for f in image.features),
+                       tuple(p.expand(3, -1, -1, -1) for p in image.positions), image.size)
+    own = sam.ground(copies, text)
+    assert not copies.attended
+    for name in ("pred_logits", "presence_logits", "pred_boxes", "pred_masks", "semantic_seg"):
+        shared = torch.cat([getattr(first, name), getattr(rest, name)])
+        assert torch.allclose(shared, getattr(own, name), atol=1e-5), name
 
 
 def test_install_lines_work_from_a_clone(monkeypatch):

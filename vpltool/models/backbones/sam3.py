@@ -26,6 +26,7 @@ certified finite by the registry when they load.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Sequence
@@ -200,6 +201,12 @@ class Sam3:
         side = int(pixels.shape[-1])
         if pixels.shape[-2] != side or side % self.patch:
             raise VplError(f"SAM 3 input {tuple(pixels.shape[-2:])}: give a square side, a multiple of {self.patch}")
+        from ..dense.bands import keep_freed_memory
+
+        # at 1008 px most of a photo's tensors are tens of MB (the ViT's [5184, 4736] activations, a prompt's
+        # [8, 200, 5184] attention bias): glibc maps each afresh and its pages fault in again, a third of the time
+        # of an element-wise op; kept on the heap when freed, the next one reuses them (bands.KEEP_FREED)
+        keep_freed_memory()
         self.follow_autocast()
         self._set_positions(side)
         out = self.model.vision_encoder(pixels.to(self.device))
@@ -255,13 +262,16 @@ class Sam3:
         """
         from transformers.models.sam3.modeling_sam3 import inverse_sigmoid
 
+        from .sam3_half import autocast_dtype
+
         self.follow_autocast()
         m = self.model
         k = text.features.shape[0]
         if index is None:
             index = [0] * k if image.batch == 1 else list(range(k))
         index = torch.as_tensor(index, dtype=torch.long, device=self.device)
-        if image.batch == 1 and not bool(index.any()):  # every prompt reads the one image: views, not K copies
+        one = image.batch == 1 and not bool(index.any())
+        if one:  # every prompt reads the one image: views, not K copies
             # (at 1008 px its finest level and positions are 85 MB each a prompt)
             feats = [f.expand(k, *f.shape[1:]) for f in image.features]
             pos = [p.expand(k, *p.shape[1:]) for p in image.positions]
@@ -280,8 +290,9 @@ class Sam3:
                                          img_feats=[f.float() for f in feats], img_pos_embeds=[p.float() for p in pos])
             prompt = torch.cat([prompt, geo.last_hidden_state], dim=1)
             valid = torch.cat([valid, geo.attention_mask.to(valid.dtype)], dim=1)
-        enc = m.detr_encoder(vision_features=[feats[-1]], text_features=prompt, vision_pos_embeds=[pos[-1]],
-                             text_mask=valid)
+        with _first_attention_shared(m.detr_encoder.layers[0], image, (self.held, autocast_dtype(self.device)), one):
+            enc = m.detr_encoder(vision_features=[feats[-1]], text_features=prompt, vision_pos_embeds=[pos[-1]],
+                                 text_mask=valid)
         dec = m.detr_decoder(vision_features=enc.last_hidden_state, text_features=enc.text_features,
                              vision_pos_encoding=enc.pos_embeds_flattened, text_mask=valid,
                              spatial_shapes=enc.spatial_shapes)
@@ -296,7 +307,10 @@ class Sam3:
             out.mask_prompts = rows.tolist()
         if masks is not False and (rows is None or len(rows)):
             pick = torch.arange(k, device=self.device) if rows is None else rows
-            parts = [m.mask_decoder(decoder_queries=hidden[-1][p], backbone_features=[f[p] for f in feats],
+            # the one image's levels as views (rows of an expanded tensor are alike): picked rows would copy them,
+            # 111 MB a prompt at 1008 px, on top of the copy the head makes of them itself
+            parts = [m.mask_decoder(decoder_queries=hidden[-1][p],
+                                    backbone_features=[f[:len(p)] if one else f[p] for f in feats],
                                     encoder_hidden_states=enc.last_hidden_state[p], prompt_features=prompt[p],
                                     prompt_mask=valid[p])
                      for p in pick.split(MASK_PROMPTS)]
@@ -343,6 +357,38 @@ class Sam3:
             grounding = self.ground(image, text.select(range(start, min(start + bucket, len(key)))))
             out += self.concepts(grounding, (h, w), threshold)
         return out
+
+
+class _SharedAttention(torch.nn.Module):
+    """A DETR encoder layer's self-attention whose K query rows are one image's, alike: computed on the first row
+    once per image and precision (kept in ``store``), the K rows its view."""
+
+    def __init__(self, attention: torch.nn.Module, store: dict, key):
+        super().__init__()
+        self.attention, self.store, self.key = attention, store, key
+
+    def forward(self, query, key, value, **kwargs):
+        if self.key not in self.store:
+            self.store[self.key] = self.attention(query=query[:1], key=key[:1], value=value[:1], **kwargs)[0]
+        out = self.store[self.key]
+        return out.expand(query.shape[0], *out.shape[1:]), None
+
+
+@contextlib.contextmanager
+def _first_attention_shared(layer, image: Sam3Image, key, shared: bool):
+    """While open, the DETR encoder's first ``layer`` computes its self-attention once per image (with
+    ``shared``: every prompt reads the one image): its input is the image's coarsest level and positions alone,
+    the prompt not yet mixed in, so each prompt's is the same numbers (6 layers: a sixth of the encoder's
+    attention, the costliest part of a prompt at Meta's 72 x 72 grid)."""
+    if not shared:
+        yield
+        return
+    own = layer.self_attn
+    layer.self_attn = _SharedAttention(own, image.attended, key)
+    try:
+        yield
+    finally:
+        layer.self_attn = own
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,7 +4,7 @@ grounding and one prompt's result at the photo's size. Plain tensors in dataclas
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -18,11 +18,15 @@ class Sam3Image:
             (``D`` the DETR width, 256; ``g = S / 14``, 72 at 1008 px): Meta's ``backbone_fpn`` (its ``scalp`` 1).
         positions: their sine position encodings, the same shapes (Meta's ``vision_pos_enc``).
         size: the input side ``S``.
+        attended: the DETR encoder's first self-attention over the coarsest level, ``[1, g * g, D]``, by the
+            precision it was made in: what every prompt on this one image computes alike (before any text is
+            mixed in), made by the first :meth:`Sam3.ground` that reads the image and shared by the others.
     """
 
     features: tuple[torch.Tensor, ...]
     positions: tuple[torch.Tensor, ...]
     size: int
+    attended: dict = field(default_factory=dict, repr=False)
 
     @property
     def batch(self) -> int:

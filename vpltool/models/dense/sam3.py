@@ -8,8 +8,8 @@ One photo ``[H0, W0, 3]`` uint8, ``Q`` query words (each class's names, then the
 1. the family's ``prepare``: the photo resized to SAM 3's square input (bilinear with antialiasing, on the uint8
    image, as Meta's ``Sam3Processor``'s torchvision transform), normalised; SAM 3's image encoder once;
 2. per word, its concept prompt grounded on the photo's features (the family's ``ground``; the words' text encoded
-   once per run, the prompts in buckets of :data:`BUCKET`: one forward decodes many prompts, each on its own, as one
-   prompt per forward would);
+   once per run, the prompts in buckets, :func:`bucket`: 8 on a small grid, one at Meta's size; one forward decodes
+   many prompts, each on its own, as one prompt per forward would);
 3. :func:`grounding_scores`: per word its instance masks whose score ``sigmoid(logit) * presence`` is above
    ``--confidence-threshold``, each resized bilinearly to the photo, its sigmoid times its score, the pixelwise max
    over them (``--sam3-heads instance``, the row's reading); ``semantic``: the semantic head's sigmoid, resized;
@@ -34,8 +34,10 @@ from .hooks import DenseHooks
 from .mixing import DenseMixing
 
 PRESET = DenseMixing("sam3")  # no CLIP block is mixed: the name alone
-BUCKET = 8  # prompts grounded in one forward (smaller than ActiveSAM's 32: less memory traffic on a CPU); the
-# result is each prompt's own
+BUCKET_TOKENS = 4608  # the image's tokens (the DETR's grid, g x g) times the prompts grounded in one forward: 8
+# prompts on a 24 x 24 grid (one forward decodes many prompts, each on its own, as one prompt per forward would), one
+# at a time on Meta's 72 x 72 (1008 px), where a prompt's encoder activations ([5184, 2048]) and decoder attention
+# bias ([8, 200, 5184]) are tens of MB each: in buckets they fall out of the CPU's caches (:func:`bucket`)
 MASK_CHUNK = 16  # instance masks resized and folded at a time (the memory a prompt's masks take at the photo's size)
 _UNREAD = ("model", "template_list", "templates")  # a CLIP's entries an earlier vpltool's record held
 
@@ -105,14 +107,22 @@ def grounding_scores(grounding, size: tuple[int, int], settings: Sam3Settings,
     return torch.stack(out)
 
 
+def bucket(sam) -> int:
+    """The prompts :func:`sam3_scores` grounds in one forward on ``sam`` (the family's model): as many as
+    :data:`BUCKET_TOKENS` holds of its DETR's grid (``image_size / patch`` squared), at least one."""
+    grid = int(sam.image_size) // int(sam.patch)
+    return max(1, BUCKET_TOKENS // (grid * grid))
+
+
 def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
     """Steps 1-3 for one photo: ``sam`` the family's model, ``text`` its encoding of the Q words (once per run) ->
     ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
     image = sam.encode_image(sam.prepare(photo))
     n, threshold = int(text.features.shape[0]), settings.confidence_threshold
     out = []
-    for start in range(0, n, BUCKET):
-        index = list(range(start, min(start + BUCKET, n)))
+    size_of = bucket(sam)
+    for start in range(0, n, size_of):
+        index = list(range(start, min(start + size_of, n)))
         if settings.heads != "instance":
             out.append(grounding_scores(sam.ground(image, text.select(index)), size, settings))
             continue
@@ -259,5 +269,5 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         return probs, threshold_background(probs, settings.prob_threshold)
 
 
-__all__ = ["Hooks", "PRESET", "BUCKET", "Sam3Settings", "sam3_settings", "ConceptPrompts", "grounding_scores",
-           "sam3_scores", "Sam3Backbone", "load_sam3", "check_sam3"]
+__all__ = ["Hooks", "PRESET", "BUCKET_TOKENS", "bucket", "Sam3Settings", "sam3_settings", "ConceptPrompts",
+           "grounding_scores", "sam3_scores", "Sam3Backbone", "load_sam3", "check_sam3"]
