@@ -1,6 +1,6 @@
 """MKL's packed product for fp32 linear layers (``vpltool.models.backbones.mkl_packed``): ``F.linear``'s outputs,
-packed again for another row count or other weights, never taken where the route takes oneDNN, in reproducible mode,
-inside the references' library or with gradients."""
+packed for the first rows or as a caller prepares, packed again for weights loaded in place, never taken where the
+route takes oneDNN, in reproducible mode, inside the references' library or with gradients."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _counted(monkeypatch) -> list:
     return calls
 
 
-def test_mkl_s_packed_product_is_f_linear_s_and_is_packed_again_for_other_rows_or_weights(monkeypatch):
+def test_mkl_s_packed_product_is_f_linear_s_for_the_rows_packed_and_plain_mkl_for_others(monkeypatch):
     import copy
     import pickle
 
@@ -37,15 +37,22 @@ def test_mkl_s_packed_product_is_f_linear_s_and_is_packed_again_for_other_rows_o
     assert mkl_packed.use_packed_mkl(layer) == 1 and type(layer) is mkl_packed.PackedLinear
     assert list(layer.state_dict()) == ["weight", "bias"]  # no packed copy in a checkpoint
     gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(2, 5, 64, generator=gen), torch.randn(7, 64, generator=gen)
     with torch.no_grad():
-        for x in (torch.randn(2, 5, 64, generator=gen), torch.randn(7, 64, generator=gen)):
-            rows = x.numel() // 64
-            assert torch.allclose(layer(x), plain(x), rtol=1e-5, atol=1e-6)
-            assert layer.__dict__["_mkl_packed"][0][0] == rows  # packed for this row count
+        assert torch.allclose(layer(x), plain(x), rtol=1e-5, atol=1e-6)
+        assert layer.__dict__["_mkl_packed"][0][0] == 10  # packed for the first forward's 10 rows
+        assert torch.allclose(layer(y), plain(y), rtol=1e-5, atol=1e-6)  # 7 rows: MKL's plain product
+        assert layer.__dict__["_mkl_packed"][0][0] == 10
+        layer.prepare(7)  # once: the packing kept (sizes in turn keep one)
+        assert layer.__dict__["_mkl_packed"][0][0] == 10
+        layer.prepare(7)  # twice in a row: packed for 7 rows, before the forward
+        assert layer.__dict__["_mkl_packed"][0][0] == 7 and layer.packed(7) is not None
+        assert torch.allclose(layer(y), plain(y), rtol=1e-5, atol=1e-6)
         layer.load_state_dict({"weight": plain.weight * 2, "bias": plain.bias})  # in place: packed again
-        assert torch.allclose(layer(x), F.linear(x, plain.weight * 2, plain.bias), rtol=1e-5, atol=1e-6)
-        layer.prepare(11)
-        assert layer.__dict__["_mkl_packed"][0][0] == 11  # packed ahead of a forward of 11 rows
+        assert layer.packed(7) is None
+        assert torch.allclose(layer(y), F.linear(y, plain.weight * 2, plain.bias), rtol=1e-5, atol=1e-6)
+        assert layer.packed(7) is not None
+    x = y
     for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):  # without the packing, made again
         assert "_mkl_packed" not in twin.__dict__
         with torch.no_grad():

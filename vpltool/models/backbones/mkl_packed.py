@@ -42,39 +42,55 @@ class PackedLinear(OneDnnLinear):
     """:class:`OneDnnLinear` whose MKL product, where the route takes MKL's (:func:`packs_mkl`), is MKL's packed
     ``sgemm`` (``cblas_sgemm_pack`` once, ``cblas_sgemm_compute`` per call: ``torch.ops.mkl._mkl_linear``, the op
     torch's own compiler emits for a frozen CPU linear): the weights are laid out for MKL's kernel once, not on
-    every call (module docstring). MKL packs for one row count: the layer
-    keeps one packing, made again when the rows change, beside its weights (the packed copy's bytes are held as
-    long as the layer: :func:`use_packed_mkl`'s caller chooses the layers)."""
+    every call (module docstring). MKL packs for one row count: the layer keeps one packing beside its weights
+    (its bytes held as long as the layer: :func:`use_packed_mkl`'s caller chooses the layers), made for the first
+    forward's rows or as :meth:`prepare` decides; products of other rows are MKL's plain ones."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if applies(x, self.weight) or not packs_mkl(x, self.weight):
             return f_linear(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1]
+        packed, kept = self.packed(rows), self.__dict__.get("_mkl_packed")
+        if packed is None:
+            if kept is not None and kept[0][0] != rows:  # packed for another row count: MKL's plain product
+                return f_linear(x, self.weight, self.bias)
+            packed = self.pack(rows)  # the first forward's rows, or the same rows of weights loaded in place
         bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkl._mkl_linear(x.contiguous(), self.pack(rows), self.weight.detach(), bias, rows)
+        return torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows)
 
     def prepare(self, rows: int) -> None:
-        """Pack now for a forward of ``rows`` fp32 CPU rows where :meth:`forward` will take the packed product."""
+        """Before a forward of ``rows`` fp32 CPU rows: packed for them now where :meth:`forward` will take the
+        packed product and either nothing is packed yet or the last forward prepared had the same rows (packing
+        costs about as much as a ViT-B photo gains from it: photos of sizes in turn keep one packing, and the
+        others' products are MKL's plain ones)."""
         probe = self.weight.new_empty(1).expand(rows, self.in_features)  # no memory: only its shape is read
         if self.weight.device.type == "cpu" and not applies(probe, self.weight) and packs_mkl(probe, self.weight):
-            self.pack(rows)
+            if self.packed(rows) is None and ("_mkl_packed" not in self.__dict__ or self.__dict__.get("_mkl_seen")
+                                              == rows):
+                self.pack(rows)
+        self.__dict__["_mkl_seen"] = rows
+
+    def packed(self, rows: int) -> torch.Tensor | None:
+        """The packing for ``rows`` rows of the current weights, None where there is none."""
+        packed = self.__dict__.get("_mkl_packed")
+        return packed[1] if packed is not None and packed[0] == (rows, id(self.weight), self.weight._version) \
+            else None
 
     def pack(self, rows: int) -> torch.Tensor:
-        """The weights packed for products of ``rows`` rows (kept; made again for another row count or other
-        weights). A caller that knows the rows of its next forward packs its layers first: packed among a
-        forward's activations, the copies would leave the heap's freed pages scattered and resident (in RADSeg's
-        worker, about twice the copies' own bytes more resident memory)."""
-        packed, key = self.__dict__.get("_mkl_packed"), (rows, id(self.weight), self.weight._version)
-        if packed is None or packed[0] != key:  # another row count, or other weights (loaded in place)
-            self.__dict__.pop("_mkl_packed", None)  # the old copy freed before the new one is made
-            packed = (key, torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows))
-            self.__dict__["_mkl_packed"] = packed
-        return packed[1]
+        """The weights packed for products of ``rows`` rows, kept (the previous packing freed first). A caller that
+        knows the rows of its next forward packs its layers first (:meth:`prepare`): packed among a forward's
+        activations, the copies would leave the heap's freed pages scattered and resident (in RADSeg's worker,
+        about twice the copies' own bytes more resident memory)."""
+        self.__dict__.pop("_mkl_packed", None)
+        key = (rows, id(self.weight), self.weight._version)
+        self.__dict__["_mkl_packed"] = (key, torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows))
+        return self.__dict__["_mkl_packed"][1]
 
     def __getstate__(self) -> dict:
         """Pickled and deep-copied without the packing (made again at the copy's first call)."""
         state = super().__getstate__()
         state.pop("_mkl_packed", None)
+        state.pop("_mkl_seen", None)
         return state
 
 
