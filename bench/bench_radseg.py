@@ -129,13 +129,14 @@ def vpltool_worker(args, run) -> None:
     run(unit)
 
 
-GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
+GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise", "mkl::_mkl_linear")
 ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
 
 
 def op_flop(name: str, shapes: list) -> float:
     """The multiply-adds (x2) of one call of a product or attention op from its recorded input shapes (0 for
-    any other op): ``addmm`` (bias, a, b), ``mm`` / ``bmm`` / ``baddbmm``, oneDNN's linear (x, w), SDPA (q, k, v:
+    any other op): ``addmm`` (bias, a, b), ``mm`` / ``bmm`` / ``baddbmm``, oneDNN's linear (x, w), MKL's packed
+    linear (x, packed, w), SDPA (q, k, v:
     ``q kᵀ`` and ``· v``)."""
     try:
         if name == "aten::addmm":
@@ -147,8 +148,8 @@ def op_flop(name: str, shapes: list) -> float:
         if name in ("aten::bmm", "aten::baddbmm"):
             a, b = (shapes[0], shapes[1]) if name == "aten::bmm" else (shapes[1], shapes[2])
             return 2.0 * a[0] * a[1] * a[2] * b[2]
-        if name == "mkldnn::_linear_pointwise":
-            x, w = shapes[0], shapes[1]
+        if name in ("mkldnn::_linear_pointwise", "mkl::_mkl_linear"):  # MKL's packed: (x, packed, weight, ...)
+            x, w = shapes[0], shapes[1 if name.startswith("mkldnn") else 2]
             return 2.0 * math.prod(x[:-1]) * x[-1] * w[0]
         if name in ATTENTION_OPS:
             q, k = shapes[0], shapes[1]

@@ -126,6 +126,7 @@ def test_the_radseg_floor_is_the_reference_s_products_at_the_fastest_rate_measur
     assert br.op_flop("aten::bmm", [[24, 449, 64], [24, 64, 449]]) == 2 * 24 * 449 * 64 * 449
     sdpa = "aten::_scaled_dot_product_flash_attention_for_cpu"
     assert br.op_flop(sdpa, [[2, 12, 449, 64]] * 3) == 4 * 24 * 449 * 449 * 64
+    assert br.op_flop("mkl::_mkl_linear", [[2, 449, 768], [], [3072, 768], [3072], []]) == 2 * 898 * 768 * 3072
     assert br.op_flop("aten::gelu", [[2, 449, 3072]]) == 0 and br.op_flop("aten::mm", [[]]) == 0
 
     def side(gemm_s, rest_s):
