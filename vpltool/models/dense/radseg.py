@@ -172,10 +172,11 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
 
 
 # the blocks' layers whose weights MKL's packed product reads (backbones.mkl_packed.PackedLinear): each keeps a packed
-# copy of its weights beside them, so not every layer: the qkv and first MLP layers (189 MiB at ViT-B: 12 x (2,304
-# + 3,072) x 768 floats; in the probe of a ViT-B's four shapes, the two whose packing gained most a MiB) keep the
-# worker's peak below the reference's (bench/bench_radseg.py)
-PACKED = ("attn.qkv", "mlp.fc1")
+# copy of its weights beside them, so not every layer: the qkv layers alone (81 MiB at ViT-B: 12 x 2,304 x 768
+# floats; of a ViT-B's four shapes, the one whose packing gained most a MiB). With the first MLP layers too (189
+# MiB) bench/bench_radseg.py's ratio was 0.02 lower, and vpltool's worker held 110 MiB more than the reference's
+# at its photos (its peaks of the process, at the text rows, vary by +-100 MiB from run to run on both sides)
+PACKED = ("attn.qkv",)
 
 
 def packed_layers(model) -> list:
