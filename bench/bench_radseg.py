@@ -24,13 +24,20 @@ unit's outputs of the two sides are compared, so that the figure is of the same 
 before the denoising (the reference's on the patch grid, resized to the photo here as its ``predict`` resizes
 them), after it, and the labels. The machine's load average is recorded before and after; ``linear`` times one of
 the backbone's fp32 matrix products through each of torch's two CPU libraries (MKL's, which ``F.linear`` calls,
-and oneDNN's, which vpltool's RADSeg calls: :mod:`vpltool.models.backbones.onednn`).
+and oneDNN's, which vpltool's RADSeg calls: :mod:`vpltool.models.backbones.onednn`) and MKL's packed product
+(:mod:`vpltool.models.backbones.mkl_packed`, which its blocks' qkv and first MLP layers take where the route is MKL's).
+
+``--profile`` adds each side's ops (one worker more a side, alone, after the pairs: three units under
+``torch.profiler``, :func:`profile_unit`) side by side (:func:`op_table`), and the **floor** (:func:`floor_of`): the
+reference's GEMM and attention FLOPs at the fastest fp32 rate measured in the run, over its median CPU-seconds, the
+least ratio the same arithmetic allows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -68,8 +75,9 @@ def cycle(inputs: list):
     return take
 
 
-def reference_worker(args) -> None:
-    """RADSeg's own segmentor, built once; a unit is its ``predict`` on the next photo."""
+def reference_worker(args, run) -> None:
+    """RADSeg's own segmentor, built once; a unit is its ``predict`` on the next photo, handed to ``run``
+    (:func:`sidebyside.serve`, or :func:`profile_unit`)."""
     import radseg_ref_runner as rr
     import torch
     from dense_ref_runner import Sample
@@ -90,12 +98,12 @@ def reference_worker(args) -> None:
             return {"input": x, "grid_probs": seen["grid_probs"], "probs": sample.data["seg_logits"].data,
                     "pred": sample.data["pred_sem_seg"].data}
 
-        serve(unit)
+        run(unit)
 
 
-def vpltool_worker(args) -> None:
+def vpltool_worker(args, run) -> None:
     """``--dense radseg`` as `segment` loads it, built once; a unit is its path from the next photo's input to the
-    labels."""
+    labels, handed to ``run``."""
     import radseg_parity as rp
     import torch
 
@@ -118,7 +126,122 @@ def vpltool_worker(args) -> None:
         _, labels = bb.hooks.probabilities(bb, probs, idx, len(names) + 1, settings)
         return {"input": x, "probs_plain": probs, "pred": labels}
 
-    serve(unit)
+    run(unit)
+
+
+GEMM_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise", "mkl::_mkl_linear")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math")
+
+
+def op_flop(name: str, shapes: list) -> float:
+    """The multiply-adds (x2) of one call of a product or attention op from its recorded input shapes (0 for
+    any other op): ``addmm`` (bias, a, b), ``mm`` / ``bmm`` / ``baddbmm``, oneDNN's linear (x, w), MKL's packed
+    linear (x, packed, w), SDPA (q, k, v:
+    ``q kᵀ`` and ``· v``)."""
+    try:
+        if name == "aten::addmm":
+            (m, k), n = shapes[1], shapes[2][1]
+            return 2.0 * m * k * n
+        if name == "aten::mm":
+            (m, k), n = shapes[0], shapes[1][1]
+            return 2.0 * m * k * n
+        if name in ("aten::bmm", "aten::baddbmm"):
+            a, b = (shapes[0], shapes[1]) if name == "aten::bmm" else (shapes[1], shapes[2])
+            return 2.0 * a[0] * a[1] * a[2] * b[2]
+        if name in ("mkldnn::_linear_pointwise", "mkl::_mkl_linear"):  # MKL's packed: (x, packed, weight, ...)
+            x, w = shapes[0], shapes[1 if name.startswith("mkldnn") else 2]
+            return 2.0 * math.prod(x[:-1]) * x[-1] * w[0]
+        if name in ATTENTION_OPS:
+            q, k = shapes[0], shapes[1]
+            return 4.0 * math.prod(q[:-2]) * q[-2] * k[-2] * q[-1]
+    except (IndexError, TypeError, ValueError):
+        return 0.0
+    return 0.0
+
+
+def profile_unit(out: Path, repeats: int = 3):
+    """A ``run`` for the workers: one warm-up unit, then ``repeats`` units each under ``torch.profiler`` (CPU,
+    shapes recorded); writes to ``out`` ``{"ops": {name: {"self_s", "cpu_s", "calls", "gflop"}}, "unit_s"}``. The
+    profiler's clock is the wall's: on a shared CPU another process's work lands in whichever op it interrupts, so
+    per unit each op's self time is also scaled to the unit's CPU-seconds (``cpu_s``: its share of the profiled
+    self time, times the unit's CPU-seconds), and per op the median over the repeats is kept; ``gflop``: the
+    products' and attention's FLOPs from their shapes (:func:`op_flop`); ``unit_s``: the median CPU-seconds of a
+    profiled unit."""
+    def run(unit) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        unit()
+        seen: list = []
+        spent = []
+        for _ in range(repeats):
+            start = time.process_time()
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                unit()
+            spent.append(time.process_time() - start)
+            ops: dict = {}
+            for e in prof.key_averages(group_by_input_shape=True):
+                row = ops.setdefault(e.key, {"self_s": 0.0, "calls": 0, "gflop": 0.0})
+                row["self_s"] += e.self_cpu_time_total / 1e6
+                row["calls"] += e.count
+                row["gflop"] += op_flop(e.key, e.input_shapes) * e.count / 1e9
+            wall = sum(o["self_s"] for o in ops.values()) or 1.0
+            for o in ops.values():
+                o["cpu_s"] = o["self_s"] * spent[-1] / wall
+            seen.append(ops)
+        merged = {}
+        for name in set().union(*seen):
+            rows = [ops[name] for ops in seen if name in ops]
+            merged[name] = {**rows[0], **{k: statistics.median(r[k] for r in rows) for k in ("self_s", "cpu_s")}}
+        out.write_text(json.dumps({"ops": merged, "unit_s": statistics.median(spent), "repeats": repeats,
+                                   "torch": torch.__version__}))
+    return run
+
+
+def op_table(sides: dict, top: int = 25) -> dict:
+    """The two profiles side by side: per op (the ``top`` by the larger CPU-seconds), each side's estimated
+    CPU-seconds (:func:`profile_unit`), wall self seconds, calls and GFLOP (products and attention), and per side
+    the totals of the products, the attention and the rest, with the products' and attention's rates."""
+    names = sorted(set().union(*(p["ops"] for p in sides.values())),
+                   key=lambda n: -max(p["ops"].get(n, {}).get("cpu_s", 0.0) for p in sides.values()))
+    rows = []
+    for name in names[:top]:
+        row = {"op": name}
+        for side, p in sides.items():
+            o = p["ops"].get(name)
+            row[side] = None if o is None else {"cpu_s": round(o["cpu_s"], 4), "wall_self_s": round(o["self_s"], 4),
+                                                "calls": o["calls"], **({"gflop": round(o["gflop"], 3)}
+                                                                        if o["gflop"] else {})}
+        rows.append(row)
+    totals = {}
+    for side, p in sides.items():
+        def part(names_):
+            picked = [o for n, o in p["ops"].items() if n in names_]
+            s, f = sum(o["cpu_s"] for o in picked), sum(o["gflop"] for o in picked)
+            return {"cpu_s": round(s, 4), "gflop": round(f, 3), "gflops_per_s": round(f / s, 1) if s else None}
+        every = sum(o["cpu_s"] for o in p["ops"].values())
+        gemm, attn = part(GEMM_OPS), part(ATTENTION_OPS)
+        totals[side] = {"unit_cpu_s": round(p["unit_s"], 4), "gemm": gemm, "attention": attn,
+                        "rest_cpu_s": round(every - gemm["cpu_s"] - attn["cpu_s"], 4)}
+    return {"what": "one photo per side under torch.profiler, the median of 3 profiled units; cpu_s: each op's "
+                    "share of the wall self time times the unit's CPU-seconds (an estimate on a shared CPU)",
+            "ops": rows, "totals": totals}
+
+
+def floor_of(table: dict, linear: dict) -> dict:
+    """The floor under a unit on this CPU: the reference's product and attention FLOPs (from its profile) at the
+    fastest fp32 rate measured in this run (the GEMM probe through either library, or any side's product total in
+    its profile), over the reference's CPU-seconds; the rest of the unit (softmax, norms, resizes) counts 0."""
+    ref = table["totals"]["reference"]
+    flop = (ref["gemm"]["gflop"] + ref["attention"]["gflop"]) * 1e9
+    rates = {f"{k[:-7]}_probe": v for k, v in linear.items() if k.endswith("_gflops")}
+    profiled = {f"{side}_{part}": t[part]["gflops_per_s"] for side, t in table["totals"].items()
+                for part in ("gemm", "attention")}
+    peak = max([r for r in rates.values() if r] + [r for r in profiled.values() if r]) * 1e9
+    return {"what": "the reference's GEMM and attention FLOPs at the fastest fp32 rate measured here (the probes "
+                    "of benchlib.gemm_rates, or a side's products or attention in its profile), all else 0",
+            "gflop": round(flop / 1e9, 3), "rates_gflops_per_s": {**rates, **profiled},
+            "peak_gflops_per_s": round(peak / 1e9, 1), "floor_s": round(flop / peak, 4)}
 
 
 def compare(ours: dict, ref: dict) -> dict:
@@ -138,6 +261,17 @@ def compare(ours: dict, ref: dict) -> dict:
             "queries_kept": int((ref["probs"].flatten(1).amax(1) > 0).sum()), "shape": list(plain.shape)}
 
 
+def profiles(common: list, work: Path, env: dict) -> dict:
+    """Each side's worker run once more, alone, in profile mode (:func:`profile_unit`): ``{side: its profile}``."""
+    out = {}
+    for side in ("reference", "vpltool"):
+        path = work / f"profile_{side}.json"
+        subprocess.run([sys.executable, __file__, "--worker", side, *map(str, common), "--profile-to", str(path)],
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        out[side] = json.loads(path.read_text())
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", type=Path, required=True, help="a clone of RADSeg-OVSS/RADSeg (05ec86f)")
@@ -146,7 +280,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=3, help="photos taken in turn, one a unit")
     ap.add_argument("--pairs", type=int, default=6, help="alternating pairs after the warm-up (median over them)")
     ap.add_argument("--text-layers", type=int, default=2, help="as radseg_parity.py's")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one unit of each side by op (torch.profiler, after the timed pairs) and "
+                         "give the floor: the reference's GEMM and attention FLOPs at the fastest rate measured")
     ap.add_argument("--worker", choices=("reference", "vpltool"), help=argparse.SUPPRESS)
+    ap.add_argument("--profile-to", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.work, args.ref, args.radio_ref = args.work.resolve(), args.ref.resolve(), args.radio_ref.resolve()
@@ -160,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(1)
-        (reference_worker if args.worker == "reference" else vpltool_worker)(args)
+        run = profile_unit(args.profile_to) if args.profile_to else serve
+        (reference_worker if args.worker == "reference" else vpltool_worker)(args, run)
         return
     import radseg_parity as rp
     import torch
@@ -183,6 +322,12 @@ def main(argv: list[str] | None = None) -> None:
     linear = benchlib.gemm_rates()  # the backbone's MLP on two 336-pixel windows, each library's fp32 GEMM rate
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
+    ref_cpu = statistics.median(r["reference"]["cpu"] for r in rows)
+    profiled = {}
+    if args.profile:
+        table = op_table(profiles(common, args.work, env))
+        floor = floor_of(table, linear)
+        profiled = {"profile": table, "floor": {**floor, "floor_over_reference": round(floor["floor_s"] / ref_cpu, 3)}}
     print(json.dumps({
         "benchmark": "radseg-vs-reference", "machine": benchlib.machine("cpu", linear), "threads": 1,
         "precision": "fp32",
@@ -199,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
                                for side in ("vpltool", "reference")},
         "rss_peak_mib": {**{side: max(r[side]["rss_peak_mib"] or 0 for r in rows)
                             for side in ("vpltool", "reference")}, "driver": peak_rss_mib()},
-        "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear,
+        "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear, **profiled,
         "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
         "seconds": round(time.perf_counter() - start, 1)}, indent=1))

@@ -233,17 +233,25 @@ def machine(device: str = "cpu", gemm_gflops: dict | None = None) -> dict:
 
 def gemm_rates(rows: int = 914, k: int = 768, n: int = 3072, repeats: int = 5) -> dict:
     """GFLOP/s of one fp32 product ``[rows, k] x [k, n]`` plus a bias on this process's threads, through each of
-    torch's CPU libraries: ``F.linear`` (MKL's) and oneDNN's (:func:`vpltool.models.backbones.onednn.linear`). The
-    default is a ViT-B's MLP on two 336-pixel windows (RADSeg's)."""
+    torch's CPU libraries: ``F.linear`` (MKL's) and oneDNN's (:func:`vpltool.models.backbones.onednn.linear`), and
+    MKL's packed product (``mkl_packed``: the weights packed once, :mod:`vpltool.models.backbones.mkl_packed`) where
+    torch has it. The default is a ViT-B's MLP on two 336-pixel windows (RADSeg's)."""
     import torch
     import torch.nn.functional as F
 
+    from vpltool.models.backbones.mkl_packed import HAS_MKL_PACK
     from vpltool.models.backbones.onednn import available, linear
 
     gen = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*s, generator=gen) for s in ((rows, k), (n, k), (n,)))
     out = {"shape": f"{rows}x{k}x{n}"}
-    for name, fn in (("mkl", F.linear), ("onednn", linear if available() else None)):
+    packed = None
+    if HAS_MKL_PACK:
+        wp = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+
+        def packed(x_, w_, b_):
+            return torch.ops.mkl._mkl_linear(x_, wp, w_, b_, rows)
+    for name, fn in (("mkl", F.linear), ("onednn", linear if available() else None), ("mkl_packed", packed)):
         if fn is None:
             continue
         fn(x, w, b)

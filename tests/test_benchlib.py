@@ -115,3 +115,31 @@ def test_make_table_groups_results_by_cpu(tmp_path):
     assert "### CPU: Intel Sapphire Rapids (Intel(R) Xeon(R) Platinum 8480+; family 6, model 143), AMX" in text
     assert "### CPU: AMD EPYC (generation not recorded)" in text and 'only as "AMD EPYC"' in text
     assert "| `new.json` | x | cpu | — | 150 | — |" in text and "| `old.json` | y | cpu | — | — | 228 |" in text
+
+
+def test_the_radseg_floor_is_the_reference_s_products_at_the_fastest_rate_measured():
+    """bench_radseg.py --profile: FLOPs from the profiled shapes, the two sides' ops side by side, the floor."""
+    sys.path.insert(0, str(ROOT / "parity"))
+    import bench_radseg as br
+
+    assert br.op_flop("aten::addmm", [[3072], [898, 768], [768, 3072], [], []]) == 2 * 898 * 768 * 3072
+    assert br.op_flop("aten::bmm", [[24, 449, 64], [24, 64, 449]]) == 2 * 24 * 449 * 64 * 449
+    sdpa = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert br.op_flop(sdpa, [[2, 12, 449, 64]] * 3) == 4 * 24 * 449 * 449 * 64
+    assert br.op_flop("mkl::_mkl_linear", [[2, 449, 768], [], [3072, 768], [3072], []]) == 2 * 898 * 768 * 3072
+    assert br.op_flop("aten::gelu", [[2, 449, 3072]]) == 0 and br.op_flop("aten::mm", [[]]) == 0
+
+    def side(gemm_s, rest_s):
+        return {"unit_s": gemm_s + 0.1 + rest_s, "ops": {
+            "aten::addmm": {"self_s": 2 * gemm_s, "cpu_s": gemm_s, "calls": 4, "gflop": 100.0},
+            sdpa: {"self_s": 0.2, "cpu_s": 0.1, "calls": 1, "gflop": 5.0},
+            "aten::gelu": {"self_s": 2 * rest_s, "cpu_s": rest_s, "calls": 1, "gflop": 0.0}}}
+
+    table = br.op_table({"reference": side(1.0, 0.3), "vpltool": side(0.8, 0.2)})
+    assert [r["op"] for r in table["ops"]] == ["aten::addmm", "aten::gelu", sdpa]
+    assert table["totals"]["vpltool"]["gemm"]["gflops_per_s"] == 125.0
+    assert table["totals"]["reference"]["rest_cpu_s"] == 0.3
+    floor = br.floor_of(table, {"shape": "x", "mkl_gflops": 140.0, "onednn_gflops": 120.0})
+    assert floor["gflop"] == 105.0 and floor["peak_gflops_per_s"] == 140.0 and floor["floor_s"] == 0.75
+    floor = br.floor_of(table, {"mkl_gflops": 100.0})  # a side's products faster than any probe: their rate
+    assert floor["peak_gflops_per_s"] == 125.0 and floor["floor_s"] == 0.84

@@ -338,6 +338,11 @@ def references_library() -> Iterator[None]:
         _PINNED[0] -= 1
 
 
+def pinned() -> bool:
+    """Whether a :func:`references_library` block is open (MKL's plain product, whatever the route)."""
+    return _PINNED[0] > 0
+
+
 def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`f_linear` takes oneDNN's product for ``x`` and ``weight``: fp32 both, on the CPU, the weight
     contiguous, no gradient asked for, no autocast, and the route (:func:`takes_onednn`) says oneDNN for this shape
@@ -420,5 +425,5 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
 
 
 __all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "decide", "f_linear",
-           "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "references_library",
+           "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "pinned", "references_library",
            "route_now", "route_watching", "self_attention", "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]

@@ -137,7 +137,9 @@ def feature_normalizer(chk: RadioCheckpoint) -> tuple[torch.Tensor, torch.Tensor
     """RADIO's ``FeatureNormalizer`` of the patch features, ``(mean [C], tx [C, C])``: ``(x - mean) @ tx.T``; None
     when the checkpoint has none (the hub code's identity)."""
     sd = chk.prefixed("_feature_normalizer.")
-    return (sd["mean"].float(), sd["tx"].float()) if sd else None
+    # copies: a view would keep the whole memory-mapped checkpoint mapped, and every page of it the model's
+    # loading touched resident, for as long as the model lives
+    return (sd["mean"].float().clone(), sd["tx"].float().clone()) if sd else None
 
 
 class AdaptorMLP(nn.Module):

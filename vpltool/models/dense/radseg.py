@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import VplError
+from ..backbones.mkl_packed import use_packed_mkl
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 from .segmentor import slide_windows
@@ -87,9 +88,10 @@ def scra(attn, x: torch.Tensor, scale: float) -> torch.Tensor:
     q, k, v = attn.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
     first = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, d]
     o = attn.proj(first.transpose(1, 2).reshape(b, n, c)).reshape(b, n, heads, c // heads).transpose(1, 2)
-    unit = F.normalize(o, dim=-1)
-    sim = (unit @ unit.transpose(-2, -1)) * scale
-    sim = sim.masked_fill(sim < 0, float("-inf")).softmax(-1)
+    unit = F.normalize(o, dim=-1).flatten(0, 1)
+    # the scale inside the product (MKL's alpha) and the mask in place: two passes over [B h, N, N] fewer
+    sim = torch.baddbmm(unit.new_empty(()), unit, unit.transpose(-2, -1), beta=0.0, alpha=scale)
+    sim = sim.masked_fill_(sim < 0, float("-inf")).softmax(-1).unflatten(0, (b, heads))
     return attn.proj((sim @ v).transpose(1, 2).reshape(b, n, c))
 
 
@@ -169,6 +171,26 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
     return out, torch.where(top < prob_threshold, torch.zeros_like(labels), labels)
 
 
+# the blocks' layers whose weights MKL's packed product reads (backbones.mkl_packed.PackedLinear): each keeps a packed
+# copy of its weights beside them, so not every layer: the qkv layers alone (81 MiB at ViT-B: 12 x 2,304 x 768
+# floats; of a ViT-B's four shapes, the one whose packing gained most a MiB). With the first MLP layers too (189
+# MiB) bench/bench_radseg.py's ratio was 0.02 lower, and vpltool's worker held 110 MiB more than the reference's
+# at its photos (its peaks of the process, at the text rows, vary by +-100 MiB from run to run on both sides)
+PACKED = ("attn.qkv",)
+
+
+def packed_layers(model) -> list:
+    """The layers :data:`PACKED` names in each of ``model``'s blocks (the SCRA's inner attention's too)."""
+    out = []
+    for block in model.blocks:
+        for name in PACKED:
+            owner, attr = name.split(".")
+            module = getattr(block, owner)
+            module = getattr(module, "inner", module)
+            out.append(getattr(module, attr))
+    return out
+
+
 class RadsegBackbone:
     """The model RADSeg runs (module docstring): C-RADIOv3 (``dino``, a
     :class:`~vpltool.models.backbones.dino.DinoBackbone` whose last block's attention is :class:`ScraAttention`),
@@ -179,6 +201,7 @@ class RadsegBackbone:
         last = self.model.blocks[-1]
         if not isinstance(last.attn, ScraAttention):
             last.attn = ScraAttention(last.attn, scra_scale)
+        self.packed = packed_layers(self.model) if use_packed_mkl(*packed_layers(self.model)) else []
         self.device = dino.device
         self.head = head.to(self.device)
         self.normalizer = None if normalizer is None else tuple(t.to(self.device) for t in normalizer)
@@ -215,6 +238,9 @@ class RadsegBackbone:
     def patch_features(self, windows: torch.Tensor) -> torch.Tensor:
         """``[n, 3, h*p, w*p]`` normalised windows -> ``[n, C, h, w]`` C-RADIOv3's patch tokens (its last block the
         SCRA), through its feature normaliser."""
+        tokens = (windows.shape[-2] // self.patch_size) * (windows.shape[-1] // self.patch_size)
+        for layer in self.packed:  # MKL's packed weights made before the forward's activations (onednn.PackedLinear)
+            layer.prepare(len(windows) * (tokens + self.dino.n_prefix))
         _, patches, grid = self.dino.summary_and_patches(windows)
         patches = patches.float()
         if self.normalizer is not None:
@@ -331,6 +357,11 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
         return RadsegBackbone(dino, head, feature_normalizer(chk), text, self, knobs.scra_scale)
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
+        from .bands import keep_freed_memory
+
+        # a photo's activations (11 MB a block's MLP, 15 MB its probabilities: above glibc's mmap threshold) reuse
+        # the last photo's pages rather than being faulted in and zeroed anew (the kernel's time, in CPU-seconds)
+        keep_freed_memory()
         knobs = knobs_of(self.cfg)
         return [radseg_probabilities(bb, pixels[i:i + 1], text, size, settings, knobs)
                 for i, size in enumerate(sizes)]

@@ -1,0 +1,80 @@
+"""MKL's packed product for fp32 linear layers (``vpltool.models.backbones.mkl_packed``): ``F.linear``'s outputs,
+packed for the first rows or as a caller prepares, packed again for weights loaded in place, never taken where the
+route takes oneDNN, in reproducible mode, inside the references' library or with gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vpltool.models.backbones import mkl_packed, onednn
+
+pytestmark = pytest.mark.skipif(not mkl_packed.HAS_MKL_PACK, reason="this torch has no MKL packed linear op")
+
+
+def _counted(monkeypatch) -> list:
+    calls = []
+    inner = onednn.linear
+
+    def counting(*a):
+        calls.append(a[0].shape)
+        return inner(*a)
+
+    monkeypatch.setattr(onednn, "linear", counting)
+    return calls
+
+
+def test_mkl_s_packed_product_is_f_linear_s_for_the_rows_packed_and_plain_mkl_for_others(monkeypatch):
+    import copy
+    import pickle
+
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")  # the route's MKL side, where the packed product is taken
+    torch.manual_seed(6)
+    layer, plain = nn.Linear(64, 96), nn.Linear(64, 96)
+    plain.load_state_dict(layer.state_dict())
+    assert mkl_packed.use_packed_mkl(layer) == 1 and type(layer) is mkl_packed.PackedLinear
+    assert list(layer.state_dict()) == ["weight", "bias"]  # no packed copy in a checkpoint
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(2, 5, 64, generator=gen), torch.randn(7, 64, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), plain(x), rtol=1e-5, atol=1e-6)
+        assert layer.__dict__["_mkl_packed"][0][0] == 10  # packed for the first forward's 10 rows
+        assert torch.allclose(layer(y), plain(y), rtol=1e-5, atol=1e-6)  # 7 rows: MKL's plain product
+        assert layer.__dict__["_mkl_packed"][0][0] == 10
+        layer.prepare(7)  # once: the packing kept (sizes in turn keep one)
+        assert layer.__dict__["_mkl_packed"][0][0] == 10
+        layer.prepare(7)  # twice in a row: packed for 7 rows, before the forward
+        assert layer.__dict__["_mkl_packed"][0][0] == 7 and layer.packed(7) is not None
+        assert torch.allclose(layer(y), plain(y), rtol=1e-5, atol=1e-6)
+        layer.load_state_dict({"weight": plain.weight * 2, "bias": plain.bias})  # in place: packed again
+        assert layer.packed(7) is None
+        assert torch.allclose(layer(y), F.linear(y, plain.weight * 2, plain.bias), rtol=1e-5, atol=1e-6)
+        assert layer.packed(7) is not None
+    x = y
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):  # without the packing, made again
+        assert "_mkl_packed" not in twin.__dict__
+        with torch.no_grad():
+            assert torch.equal(twin(x), layer(x))
+    out = layer(x).sum()  # a gradient asked of the weights: F.linear and its backward
+    out.backward()
+    assert layer.weight.grad is not None
+
+
+@pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN linear op")
+def test_the_packed_product_leaves_the_onednn_route_reproducible_mode_and_the_references_library(monkeypatch):
+    torch.manual_seed(8)
+    layer = nn.Linear(64, 32)
+    mkl_packed.use_packed_mkl(layer)
+    x = torch.randn(9, 64)
+    calls = _counted(monkeypatch)
+    with torch.no_grad():
+        layer(x)  # the suite's route: oneDNN (conftest)
+        assert calls == [(9, 64)] and "_mkl_packed" not in layer.__dict__
+        monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")
+        with onednn.references_library():
+            assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+        monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert "_mkl_packed" not in layer.__dict__ and mkl_packed.use_packed_mkl(nn.Linear(4, 4)) == 0
