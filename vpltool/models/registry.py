@@ -279,12 +279,12 @@ def model_family(value: str) -> tuple[str, Any]:
 
 def families() -> list[str]:
     """Every family's name (registered or registrable), sorted; the plugins' that list cleanly among them, each
-    listed in a child process and none loaded here (:func:`vpltool.plugins.survey.shown`)."""
+    listed in a child process and none loaded here (:func:`vpltool.plugins.entry_points.listed`; the survey module
+    sits above this one)."""
     from ..plugins import entry_points
-    from ..plugins.survey import shown
 
-    entry_points.listed()
-    return sorted({*loaded_families(), *shown("families")})
+    listed = {name for item in entry_points.listed() if item.failure is None for name in item.shown.get("families", [])}
+    return sorted({*loaded_families(), *listed})
 
 
 def loaded_families() -> list[str]:

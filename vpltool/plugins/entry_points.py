@@ -6,7 +6,7 @@ another distribution's in this process only when a command or program runs one o
 that is none of vpltool's own is looked up, :func:`want`: ``--dense example-smooth``) or asks for it
 (:func:`vpltool.plugins.load`). A listing (``--help``, ``benchmark --presets``, :func:`vpltool.list_methods`) reads
 what each plugin registers from a child process (:func:`listed`, :mod:`vpltool.plugins.survey`,
-:mod:`vpltool.plugins.lister`) and loads none here, so that a plugin whose function ends the process
+:mod:`vpltool.api.plugin_lister`) and loads none here, so that a plugin whose function ends the process
 (``os._exit``), hangs or crashes costs only itself, one line; a program that uses vpltool's own methods calls no
 plugin at all. The function calls the register functions of :mod:`vpltool.plugins`; they add a row here by kind
 (``dense``: a ``--dense`` method's spec row; ``family``: a model family's module; ``text``: a text-supervised

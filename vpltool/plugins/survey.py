@@ -1,5 +1,5 @@
 """Which plugin registers what, found without running any plugin in this process: every other distribution's entry
-point is called in a child process (:mod:`vpltool.plugins.lister`) once per process, and only the plugin a command
+point is called in a child process (:mod:`vpltool.api.plugin_lister`) once per process, and only the plugin a command
 or program runs is then loaded here (:func:`want`: a name that is none of vpltool's own; :func:`load_all`: a program's
 own :func:`vpltool.plugins.load`). A listing (``--help``, ``benchmark --presets``, :func:`vpltool.list_methods`)
 shows what the child answered (:func:`shown`) and loads nothing here. :mod:`vpltool.plugins` installs :func:`want`,
@@ -30,14 +30,14 @@ class Listed:
     dist: str
     names: tuple[str, ...]
     failure: str | None
-    shown: dict = field(default_factory=dict, compare=False)  # what a listing shows of it (lister._shown)
+    shown: dict = field(default_factory=dict, compare=False)  # what a listing shows of it (plugin_lister._shown)
 
     def registers(self, name: str) -> bool:
         return self.failure is None and any(n.partition(":")[2] == name for n in self.names)
 
 
 def survey() -> list[Listed]:
-    """Every other distribution's entry point, called in a child process (:mod:`vpltool.plugins.lister`) once per
+    """Every other distribution's entry point, called in a child process (:mod:`vpltool.api.plugin_lister`) once per
     process, never in this one: what each registers, or how it failed. One that raises, exits (``sys.exit``,
     ``os._exit``), crashes or takes longer than the plugins' timeout
     (:func:`vpltool.config.dense_plugins.plugin_timeout`) costs only itself: it is a problem line
@@ -98,7 +98,7 @@ def _one_child(keys: list[str], timeout: float) -> tuple[dict, str | None, str, 
 
     from .lister import BEGIN, FAILED, MARK, OK, PROBLEMS
 
-    code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from vpltool.plugins.lister import main; "
+    code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from vpltool.api.plugin_lister import main; "
             "main(sys.argv[2:])")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(sys.path), *keys], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -208,7 +208,7 @@ def family_licences(names: list[str]) -> dict[str, dict | None]:
     from ..config.dense_plugins import plugin_timeout
 
     code = ("import json, sys; sys.path[:] = json.loads(sys.argv[1])\n"
-            "from vpltool.plugins.survey import read_family_licences\n"
+            "from vpltool.api.plugin_lister import read_family_licences\n"
             "print(json.dumps(read_family_licences(sys.argv[2:])))")
     try:
         done = subprocess.run([sys.executable, "-c", code, json.dumps(sys.path), *names], capture_output=True,
@@ -221,23 +221,6 @@ def family_licences(names: list[str]) -> dict[str, dict | None]:
             problem(f"model family {name!r} (a plugin's): its licence could not be read in a child process; run "
                     f"vpltool.models.family({name!r}) to see why")
     return {name: got[name] for name in names if name in got}
-
-
-def read_family_licences(names: list[str]) -> dict[str, dict | None]:
-    """:func:`family_licences`' child: each family's plugin loaded, its module imported, its licence as a dict."""
-    from dataclasses import asdict
-
-    from ..errors import VplError
-    from ..models.registry import family
-
-    out: dict[str, dict | None] = {}
-    for name in names:
-        try:
-            lic = family(name).licence
-        except VplError:
-            continue
-        out[name] = None if lic is None else asdict(lic)
-    return out
 
 
 def surveyed() -> bool:
@@ -262,5 +245,5 @@ def maybe_plugin(name: Any) -> bool:
     return name not in ep_._BUILTIN_NAMES
 
 
-__all__ = ["Listed", "family_licences", "load_all", "read_family_licences", "maybe_plugin", "shown", "shown_so_far",
+__all__ = ["Listed", "family_licences", "load_all", "maybe_plugin", "shown", "shown_so_far",
            "survey", "surveyed", "want"]

@@ -336,12 +336,9 @@ def run_train_text(
         per_epoch = steps_per_epoch(len(pairs.pairs), cfg.batch_size, world, pairs.root)
         total = cfg.epochs * per_epoch
         io.make_folder(out_dir)
-        # --overwrite builds the new result in the folder's place while the last one waits beside it, and keeps the
-        # last one unless this run writes its _stage.json (a NaN, a kill); the new folder starts from the last one's
-        # feature cache (hard links: the last one's stays as it was)
-        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext(), \
-                built_beside(out_dir, io.STAGE_RECORD, runtime.overwrite and not resume, alone=world == 1,
-                             carry=(CACHE_DIR,)):
+        # --overwrite: built beside the last run, which stays unless this one ends (the module's docstring)
+        with io.output_lock(out_dir) if rank == 0 else contextlib.nullcontext(), built_beside(
+                out_dir, io.STAGE_RECORD, runtime.overwrite and not resume, alone=world == 1, carry=(CACHE_DIR,)):
             if (off := cache_off(fam, cfg)) is None:
                 check_cache_folder(out_dir / CACHE_DIR)  # a file there, before anything is written
             ckpt, previous = _prepare_out(out_dir, cfg, resume, runtime.overwrite, rank, world)
