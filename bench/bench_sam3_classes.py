@@ -2,6 +2,7 @@
 what ``seg.embed(photo)`` saves; prints ONE JSON object (and writes it with ``--out``).
 
     python bench/bench_sam3_classes.py --ref ActiveSAM [--work DIR] [--counts 1,21,150] [--methods sam3,activesam]
+        [--door-only]
 
 Per method and class count, ``bench_activesam.py`` (its own process pair, one thread each, the reference's and
 vpltool's CPU-seconds per photo in alternating pairs, the outputs compared) on the parity's reduced SAM 3 with the
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--door-only", action="store_true", help="only the Python door's figures (no side-by-side runs)")
     args = ap.parse_args()
     args.work, args.ref = args.work.resolve(), args.ref.resolve()
     import activesam_parity
@@ -109,8 +111,8 @@ def main() -> None:
               "machine": benchlib.machine("cpu"), "threads": 1, "precision": "fp32", "settings": SETTINGS,
               "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": activesam_parity.commit_of(args.ref)}}
     for method in args.methods.split(","):
-        result[method] = {"side_by_side": {str(n): side_by_side(args, method, n) for n in counts},
-                          "python_door": door(args, method, counts)}
+        pairs = {} if args.door_only else {"side_by_side": {str(n): side_by_side(args, method, n) for n in counts}}
+        result[method] = {**pairs, "python_door": door(args, method, counts)}
     result["seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(result, indent=1)
     print(text)
