@@ -4,11 +4,13 @@ that sees them (``PYTHONPATH``), since a plugin's options join the command line 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 TESTS = Path(__file__).parent
@@ -153,3 +155,22 @@ def write_marked(site: Path) -> Path:
     for name, (entry, modules) in MARKED.items():
         fake_dist(site, name, entry, modules)
     return site
+
+
+@contextlib.contextmanager
+def fresh_plugin_state(quiet: bool) -> Iterator[None]:
+    """vpltool's plugin state (``vpltool.plugins.entry_points``) as in a process that has read no plugin yet (its own
+    entry points as they were), ``quiet`` or not; afterwards, all of it as before."""
+    from vpltool.plugins import entry_points as ep
+
+    saved = dict(ep._STATE), set(ep._LOADED), set(ep._WANTED), list(ep._PROBLEMS)
+    ep._STATE.update(loaded=False, group=None, survey=None, quiet=quiet)
+    try:
+        yield
+    finally:
+        ep._STATE.clear()
+        ep._STATE.update(saved[0])
+        for now, before in zip((ep._LOADED, ep._WANTED), saved[1:3]):
+            now.clear()
+            now.update(before)
+        ep._PROBLEMS[:] = saved[3]

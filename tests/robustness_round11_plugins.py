@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from unittest import mock
 
-from plugin_sites import write_ending  # tests/ is on sys.path
+from plugin_sites import fresh_plugin_state, write_ending  # tests/ is on sys.path
 
 from robustness_cases import CPU, TINY, Workspace, case
 
@@ -31,27 +31,18 @@ TIMEOUT = "5"  # seconds: the plugins' timeout these rows set (VPLTOOL_PLUGIN_TI
 def _ending_plugins(ws: Workspace) -> Iterator[None]:
     """The plugins of ``plugin_sites.ENDING`` installed (a folder on ``sys.path``) as if this process had just
     started: none of the plugins read yet (vpltool's own entry points as they were); afterwards, all as before."""
-    from vpltool.plugins import entry_points as ep
-
     site = ws.root / "plugins_ending"
     if not site.is_dir():
         write_ending(site)
-    saved = dict(ep._STATE), set(ep._LOADED), set(ep._WANTED), list(ep._PROBLEMS)
-    sys.path.insert(0, str(site))
-    importlib.invalidate_caches()
-    ep._STATE.update(loaded=False, group=None, survey=None, quiet=False)  # a process that has read no plugin
-    try:
-        with mock.patch.dict(os.environ, {"VPLTOOL_PLUGIN_TIMEOUT": TIMEOUT}):
-            yield
-    finally:
-        sys.path.remove(str(site))
+    with fresh_plugin_state(quiet=False):  # a process that has read no plugin
+        sys.path.insert(0, str(site))
         importlib.invalidate_caches()
-        ep._STATE.clear()
-        ep._STATE.update(saved[0])
-        for now, before in zip((ep._LOADED, ep._WANTED), saved[1:3]):
-            now.clear()
-            now.update(before)
-        ep._PROBLEMS[:] = saved[3]
+        try:
+            with mock.patch.dict(os.environ, {"VPLTOOL_PLUGIN_TIMEOUT": TIMEOUT}):
+                yield
+        finally:
+            sys.path.remove(str(site))
+            importlib.invalidate_caches()
 
 
 @case("segment --dense naclip with plugins installed whose register() calls os._exit(0), hangs or dies of SIGSEGV "

@@ -952,29 +952,20 @@ def ending_plugins(ws, monkeypatch):
     had just started (no plugin read yet); afterwards, as before. Yields the marks file."""
     import importlib
 
-    from plugin_sites import SHORT_TIMEOUT, write_ending, write_marked
-
-    from vpltool.plugins import entry_points as ep
+    from plugin_sites import SHORT_TIMEOUT, fresh_plugin_state, write_ending, write_marked
 
     site = ws.root / "fuzz_plugins_ending"
     if not site.is_dir():
         write_marked(write_ending(site))
     marks = ws.root / "fuzz_plugin_marks.txt"
     marks.write_text("")
-    saved = dict(ep._STATE), set(ep._LOADED), set(ep._WANTED), list(ep._PROBLEMS)
-    monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setenv("VPLTOOL_PLUGIN_TIMEOUT", SHORT_TIMEOUT)
-    monkeypatch.setenv("VPLTOOL_TEST_MARKS", str(marks))
-    ep._STATE.update(loaded=False, group=None, survey=None, quiet=True)
-    yield marks
-    monkeypatch.undo()
-    importlib.invalidate_caches()
-    ep._STATE.clear()
-    ep._STATE.update(saved[0])
-    for now, before in zip((ep._LOADED, ep._WANTED), saved[1:3]):
-        now.clear()
-        now.update(before)
-    ep._PROBLEMS[:] = saved[3]
+    with fresh_plugin_state(quiet=True):
+        monkeypatch.syspath_prepend(str(site))
+        monkeypatch.setenv("VPLTOOL_PLUGIN_TIMEOUT", SHORT_TIMEOUT)
+        monkeypatch.setenv("VPLTOOL_TEST_MARKS", str(marks))
+        yield marks
+        monkeypatch.undo()
+        importlib.invalidate_caches()
 
 
 def _own_names() -> dict[str, list[str]]:

@@ -7,23 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_onednn import _counted  # tests/ is on sys.path: oneDNN's linear calls, counted
 from torch import nn
 
 from vpltool.models.backbones import mkl_packed, onednn
 
 pytestmark = pytest.mark.skipif(not mkl_packed.HAS_MKL_PACK, reason="this torch has no MKL packed linear op")
-
-
-def _counted(monkeypatch) -> list:
-    calls = []
-    inner = onednn.linear
-
-    def counting(*a):
-        calls.append(a[0].shape)
-        return inner(*a)
-
-    monkeypatch.setattr(onednn, "linear", counting)
-    return calls
 
 
 def test_mkl_s_packed_product_is_f_linear_s_for_the_rows_packed_and_plain_mkl_for_others(monkeypatch):
