@@ -183,6 +183,11 @@ DENSE_SIZE_textregion@sam3 ?= --short-side 288 --long-side 432 --region-crop 144
 DENSE_THR_corrclip@sam3 ?= 0.2
 DENSE_THR_ov-stitcher@sam3 ?= 0.6
 DENSE_THR_textregion@sam3 ?= 0.9
+# the instance score above which a toy SAM 3 instance is a region (--confidence-threshold; Meta's 0.5 unless set),
+# each method's chosen on train by studies/study_sam3_regions_demo.py (studies/results/sam3_regions_demo.json)
+SAM3_REGION_CONF_corrclip ?= 0.5
+SAM3_REGION_CONF_ov-stitcher ?= 0.5
+SAM3_REGION_CONF_textregion ?= 0.5
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
 # what the features depend on besides the data: the shipped toy CLIP's weights; set MODEL_DEP= for other models
@@ -478,6 +483,7 @@ $(RUN)/dense/%@sam3/segment_val/_stage.json: $(DATA_DEP) $(MODEL_DEP) $(call sam
 	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --model $(MODEL) --pretrained $(PRETRAINED) \
 	  --templates "$(TEMPLATES)" --background "$(BACKGROUND)" $(DENSE_SIZE_$*@sam3) \
 	  --prob-threshold $(DENSE_THR_$*@sam3) --region-masks sam3 --sam-weights $(SAM3_REGION_WEIGHTS) \
+	  --confidence-threshold $(SAM3_REGION_CONF_$*) \
 	  --device $(DEVICE) --overwrite
 $(RUN)/dense/%/cams/_stage.json: $(RUN)/text_prototypes.safetensors
 	$(VPL) cam $(DATA) --split $(TRAIN_SPLIT) -p $< -o $(@D) --dense $* $(call dense_size,$*) --device $(DEVICE) \

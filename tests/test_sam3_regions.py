@@ -148,3 +148,48 @@ def test_bad_sam3_regions_are_one_line_before_any_model_loads(case, sam3_folder,
         run_segment(open_dataset(world, "val"), out, tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1))
     assert expect in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_confidence_threshold_chooses_the_instances_that_are_regions(sam3_folder, world):
+    """--confidence-threshold reaches the generator through the hooks (fill_regions): above the middle of the
+    scores Meta's 0.5 keeps, fewer instances are regions, and the map is the generator's at that threshold."""
+    from types import SimpleNamespace
+
+    from vpltool.data import open_dataset
+
+    photo = _photo(open_dataset(world, "val").items[1])
+    sam, words = load_model("sam3", Sam3Spec(str(sam3_folder))), ["circle", "star", "wall"]
+    _, scores = Sam3Regions(sam).instances(photo, words)
+    assert scores.numel() > 1 and float(scores.max()) > float(scores.min())
+    middle = float(scores.min() + scores.max()) / 2
+    _, kept = Sam3Regions(sam, threshold=middle).instances(photo, words)
+    assert 0 < kept.numel() < scores.numel() and bool((kept > middle).all())
+    knobs = SimpleNamespace(region_masks="sam3", confidence_threshold=middle)
+    hooks = SimpleNamespace(cfg=SimpleNamespace(knobs=knobs, sam_weights=str(sam3_folder)), _names=tuple(words))
+    extras = [{"photo": torch.from_numpy(photo.copy())}]
+    fill_regions(hooks, extras, "cpu")
+    want = Sam3Regions(sam, threshold=middle).region_map(photo, words)
+    assert np.array_equal(extras[0]["regions"].numpy(), want)
+    assert not np.array_equal(want, Sam3Regions(sam).region_map(photo, words))
+
+
+def test_the_runs_record_names_its_threshold(sam3_folder, world, tiny_spec, tmp_path):
+    from vpltool import io
+    from vpltool.config import RuntimeConfig
+    from vpltool.data import open_dataset
+    from vpltool.stages.segment import run_segment
+
+    ds = open_dataset(world, "val")
+    ds = replace(ds, items=ds.items[:1])
+    cfg = _cfg("textregion", sam3_folder, region_masks="sam3:star,sky", region_crop=64, confidence_threshold=0.25)
+    assert run_segment(ds, tmp_path / "t", tiny_spec, cfg, RuntimeConfig(device="cpu", workers=1)).done == 1
+    assert io.read_stage_record(tmp_path / "t", "segment")["params"]["region_source"]["threshold"] == 0.25
+
+
+@pytest.mark.parametrize("value", ["sam", "sam2", None])
+def test_a_confidence_threshold_without_sam3_regions_is_refused(value, sam3_folder):
+    """Only SAM 3's instances have a score to keep: with another source the option would do nothing, so it is
+    refused in one line, not ignored."""
+    with pytest.raises(VplError) as e:
+        _cfg("corrclip", sam3_folder, region_masks=value, confidence_threshold=0.2)
+    assert "--confidence-threshold 0.2 with --region-masks" in str(e.value) and "\n" not in str(e.value)

@@ -108,6 +108,23 @@ def sam_weights_hint(sam_model: str) -> str:
             "segment-anything's model card)")
 
 
+# ActiveSAM's settings, defined once: VILA-Lab/ActiveSAM@41cad43 configs/base_config.py's model dict (its
+# pruner_max_active is max_active here). --help, the benchmark presets and the method's settings all read them
+ACTIVESAM_DEFAULTS = {"neighbor_tokens": 2, "hypernym_tokens": 2, "bucket_size": 32, "confidence_threshold": 0.3,
+                      "preview_resolution": 672, "quantile_alpha": 0.2, "max_active": 40, "mabc_exponent": 1.25}
+
+
+def _confidence_threshold(newer: bool = False) -> float | None:
+    """The instance-score threshold both SAM 3 methods read, and SAM 3's region generator (declared alike;
+    ``newer`` in the region methods, whose runs were recorded before it)."""
+    return knob(
+        "--confidence-threshold", "an instance mask of a concept prompt is kept when its score (sigmoid of its "
+        "logit times the prompt's presence) is above this (its confidence_threshold); corrclip, ov-stitcher and "
+        "textregion: with --region-masks sam3, the instances that are regions [default: 0.5 sam3 and the regions, "
+        f"base.py and Meta's Sam3Processor; {ACTIVESAM_DEFAULTS['confidence_threshold']} activesam, "
+        "base_config.py].", newer=newer)
+
+
 def _region_masks() -> str | None:
     """The knob CorrCLIP, OV-Stitcher and TextRegion share (each class declares it alike, so --region-masks is one
     option whose help says what each method reads)."""
@@ -142,6 +159,17 @@ def _check_query_merge(value: str | None) -> None:
         choice("--query-merge", value, QUERY_MERGES)
 
 
+def _check_region_threshold(region_masks: str | None, threshold: float | None) -> None:
+    """--confidence-threshold is SAM 3's instance score: read by --region-masks sam3 alone (the folders and the
+    automatic generators keep every mask they have), so with another source it is refused, not ignored."""
+    if threshold is None:
+        return
+    fraction("--confidence-threshold", threshold)
+    require(isinstance(region_masks, str) and region_masks.split(":", 1)[0] == "sam3",
+            f"--confidence-threshold {threshold:g} with --region-masks {region_masks}: it keeps SAM 3's instances "
+            "(--region-masks sam3) and no other source has scores to keep; drop it or use --region-masks sam3")
+
+
 @dataclass(frozen=True)
 class CorrCLIPKnobs(MethodKnobs):
     """CorrCLIP's class-agnostic region masks per image (:mod:`vpltool.models.dense.corrclip.regions`)."""
@@ -150,9 +178,11 @@ class CorrCLIPKnobs(MethodKnobs):
     # --sam-model, --sam-weights) | sam2[:CONFIG] (SAM2's, where installed: --sam-weights its checkpoint)
     region_masks: str | None = _region_masks()
     query_merge: str | None = _query_merge()  # max | reference (postprocess_result's merge by position)
+    confidence_threshold: float | None = _confidence_threshold(newer=True)  # --region-masks sam3's
 
     def __post_init__(self) -> None:
         _check_query_merge(self.query_merge)
+        _check_region_threshold(self.region_masks, self.confidence_threshold)
 
 
 @dataclass(frozen=True)
@@ -173,11 +203,13 @@ class TextRegionKnobs(MethodKnobs):
         "336, base_config.py].")
 
     query_merge: str | None = _query_merge()  # max | reference (model_semantic.py's merge by position)
+    confidence_threshold: float | None = _confidence_threshold(newer=True)  # --region-masks sam3's
 
     def __post_init__(self) -> None:
         at_least("--points-per-side", self.points_per_side, 1, allow_none=True, why=" points")
         at_least("--region-crop", self.region_crop, 16, allow_none=True, why=" pixels")
         _check_query_merge(self.query_merge)
+        _check_region_threshold(self.region_masks, self.confidence_threshold)
 
 
 @dataclass(frozen=True)
@@ -187,9 +219,11 @@ class OVStitcherKnobs(MethodKnobs):
 
     region_masks: str | None = _region_masks()
     query_merge: str | None = _query_merge()  # max | reference (CorrCLIP's postprocess_result, as its code has it)
+    confidence_threshold: float | None = _confidence_threshold(newer=True)  # --region-masks sam3's
 
     def __post_init__(self) -> None:
         _check_query_merge(self.query_merge)
+        _check_region_threshold(self.region_masks, self.confidence_threshold)
 
 
 @dataclass(frozen=True)
@@ -213,10 +247,6 @@ class RadsegKnobs(MethodKnobs):
         positive("--scga-scale", self.scga_scale, allow_none=True, upper=1000.0)
 
 
-# ActiveSAM's settings, defined once: VILA-Lab/ActiveSAM@41cad43 configs/base_config.py's model dict (its
-# pruner_max_active is max_active here). --help, the benchmark presets and the method's settings all read them
-ACTIVESAM_DEFAULTS = {"neighbor_tokens": 2, "hypernym_tokens": 2, "bucket_size": 32, "confidence_threshold": 0.3,
-                      "preview_resolution": 672, "quantile_alpha": 0.2, "max_active": 40, "mabc_exponent": 1.25}
 _A = ACTIVESAM_DEFAULTS
 SAM3_PATCH = 14  # SAM 3's ViT patch in pixels (Meta's and every checkpoint's): a side SAM 3 reads is a multiple
 
@@ -226,14 +256,6 @@ def _sam3_weights() -> str | None:
     return knob(
         "--sam3-weights", "SAM 3's weights: a local folder in Hugging Face's layout (facebook/sam3: config.json, "
         "model.safetensors) or Meta's checkpoint file (sam3.pt, as ActiveSAM and Meta's package load it).")
-
-
-def _confidence_threshold() -> float | None:
-    """The instance-score threshold both SAM 3 methods read (declared alike)."""
-    return knob(
-        "--confidence-threshold", "an instance mask of a concept prompt is kept when its score (sigmoid of its "
-        "logit times the prompt's presence) is above this (its confidence_threshold) [default: 0.5 sam3, "
-        f"base.py; {ACTIVESAM_DEFAULTS['confidence_threshold']} activesam, base_config.py].")
 
 
 SAM3_HEADS = ("instance", "semantic", "both")

@@ -9,7 +9,8 @@ every instance mask it finds, dropping the concept: by default the words the run
 synonyms, then the background words, the queries CLIP scores), so that the regions cover what the run asks about
 and the stuff around it; ``sam3:WORD,WORD`` names other concepts (generic ones, e.g. ``sam3:object,stuff``). Each
 concept's instances are those Meta's processor keeps (object probability times presence above its confidence
-threshold 0.5), at the photo's size. CLIP still decides each region's class, as in the references.
+threshold, 0.5 unless ``--confidence-threshold`` says otherwise), at the photo's size. CLIP still decides each
+region's class, as in the references.
 
 The two forms the methods read:
 
@@ -38,6 +39,13 @@ from ...errors import VplError
 PREFIX = "sam3"
 THRESHOLD = 0.5  # Meta's Sam3Processor's confidence_threshold
 CLAMP = (0.0, 3.0)  # TextRegion's soft masks: SAM 2's logits clamped so
+
+
+def threshold_of(knobs) -> float:
+    """The instance-score threshold a run's region methods give SAM 3: its ``--confidence-threshold``, else
+    Meta's 0.5."""
+    value = getattr(knobs, "confidence_threshold", None)
+    return THRESHOLD if value is None else float(value)
 
 
 def is_sam3(value: str | None) -> bool:
@@ -103,9 +111,11 @@ class Sam3Regions:
 _SOURCES: dict[tuple, Sam3Regions] = {}  # per process: one SAM 3 per weights and device
 
 
-def sam3_source(value: str, sam_weights: str | None, load: bool = True, device: Any = "cpu"):
-    """The SAM 3 region generator ``--region-masks value`` names (checked: the concepts, the weights file's kind,
-    one line, before any model loads; ``load`` False: checked only)."""
+def sam3_source(value: str, sam_weights: str | None, load: bool = True, device: Any = "cpu",
+                threshold: float = THRESHOLD):
+    """The SAM 3 region generator ``--region-masks value`` names, keeping the instances scored above ``threshold``
+    (checked: the concepts, the weights file's kind, one line, before any model loads; ``load`` False: checked
+    only)."""
     from ..backbones.sam3 import Sam3Spec
     from ..registry import check_model, load_model
 
@@ -128,17 +138,18 @@ def sam3_source(value: str, sam_weights: str | None, load: bool = True, device: 
         _SOURCES.clear()  # one SAM 3 at a time: they are large
         _SOURCES[key] = Sam3Regions(load_model("sam3", spec, device))
     source = _SOURCES[key]
-    return Sam3Regions(source.sam, concepts, THRESHOLD) if source.concepts != concepts else source
+    same = source.concepts == concepts and source.threshold == threshold
+    return source if same else Sam3Regions(source.sam, concepts, threshold)
 
 
-def sam3_record(value: str, sam_weights: str | None) -> dict:
+def sam3_record(value: str, sam_weights: str | None, threshold: float = THRESHOLD) -> dict:
     """How a run names its SAM 3 regions in its record: the concepts (or the run's queries), the threshold and the
     weights by content (:func:`vpltool.models.backbones.sam3.sam3_identity`)."""
     from ..backbones.sam3 import Sam3Spec, sam3_identity
 
     concepts = concepts_of(value)
     return {"generator": PREFIX, "concepts": list(concepts) if concepts else "the run's queries",
-            "threshold": THRESHOLD, "weights": sam3_identity(Sam3Spec(str(sam_weights)))}
+            "threshold": threshold, "weights": sam3_identity(Sam3Spec(str(sam_weights)))}
 
 
 def fill_regions(hooks, extras: list[dict], device, key: str = "regions") -> None:
@@ -150,7 +161,8 @@ def fill_regions(hooks, extras: list[dict], device, key: str = "regions") -> Non
     if not todo:
         return
     if is_sam3(hooks.cfg.knobs.region_masks):
-        source = sam3_source(hooks.cfg.knobs.region_masks, hooks.cfg.sam_weights, device=device)
+        knobs = hooks.cfg.knobs
+        source = sam3_source(knobs.region_masks, hooks.cfg.sam_weights, device=device, threshold=threshold_of(knobs))
         names = getattr(hooks, "_names", None)
         make = partial(source.soft_masks if key == "masks" else source.region_map, names=names)
     else:
@@ -161,4 +173,4 @@ def fill_regions(hooks, extras: list[dict], device, key: str = "regions") -> Non
 
 
 __all__ = ["PREFIX", "THRESHOLD", "Sam3Regions", "concepts_of", "fill_regions", "is_sam3", "sam3_record",
-           "sam3_source"]
+           "sam3_source", "threshold_of"]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ....config.dense_knobs import automatic_generator
 from ....errors import VplError
-from ..concept_regions import fill_regions, is_sam3, sam3_record, sam3_source
+from ..concept_regions import fill_regions, is_sam3, sam3_record, sam3_source, threshold_of
 from ..hooks import DenseHooks
 from ..mixing import DenseMixing
 from .kernels import (
@@ -86,7 +86,8 @@ class Hooks(DenseHooks, method="corrclip", preset=PRESET):
         from .regions import SAM_SETTINGS, source_record
 
         k = self.cfg
-        out = {"region_source": sam3_record(k.knobs.region_masks, k.sam_weights) if is_sam3(k.knobs.region_masks)
+        out = {"region_source": sam3_record(k.knobs.region_masks, k.sam_weights, threshold_of(k.knobs))
+               if is_sam3(k.knobs.region_masks)
                else source_record(k.knobs.region_masks, k.sam_model, k.sam_weights,
                                   self._sam_settings or SAM_SETTINGS)}
         if self._folder is not None:  # the folder by content, in place of the path given (an input, not a setting)

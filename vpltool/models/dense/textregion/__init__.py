@@ -95,7 +95,7 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
         from .regions import source_record
 
         out = source_record(self.cfg.knobs.region_masks, self.cfg.sam_weights, generator_settings(self.cfg),
-                            self.cfg.sam_model)
+                            self.cfg.sam_model, self.cfg.knobs.confidence_threshold)
         if self._folder is None:
             return {"region_source": out}
         # the folder by content, in place of the path given (an input, not a setting), as CorrCLIP's
