@@ -56,8 +56,9 @@ def test_each_method_names_its_reference_s_class_file_set():
 def test_a_knob_value_that_reads_a_shared_option_makes_it_live():
     from vpltool.config import SegmentConfig
 
-    knob, merge = DENSE_SPECS["corrclip"].knobs  # --region-masks sam reads --sam-model / --sam-weights
+    knob, merge, threshold = DENSE_SPECS["corrclip"].knobs  # --region-masks sam reads --sam-model / --sam-weights
     assert knob.uses == ("sam_model", "sam_weights") and merge.field == "query_merge" and not merge.uses
+    assert threshold.field == "confidence_threshold" and not threshold.uses  # SAM 3's regions' (and sam3's)
     assert "sam_weights" not in SegmentConfig.of(dense="corrclip", region_masks="sam").inert()
     assert SegmentConfig.of(dense="corrclip", region_masks="masks/").inert()["sam_weights"] == (
         "without --region-masks sam or sam2 or sam3")
