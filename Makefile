@@ -186,7 +186,7 @@ DENSE_THR_textregion@sam3 ?= 0.9
 # the instance score above which a toy SAM 3 instance is a region (--confidence-threshold; Meta's 0.5 unless set),
 # each method's chosen on train by studies/study_sam3_regions_demo.py (studies/results/sam3_regions_demo.json)
 SAM3_REGION_CONF_corrclip ?= 0.5
-SAM3_REGION_CONF_ov-stitcher ?= 0.5
+SAM3_REGION_CONF_ov-stitcher ?= 0.1
 SAM3_REGION_CONF_textregion ?= 0.5
 # what the features depend on: the rendered world by default; set DATA_DEP= for a real dataset root
 DATA_DEP ?= $(RUN)/world/_stage.json
