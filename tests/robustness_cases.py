@@ -5143,9 +5143,22 @@ def _cam_model_clip_name(ws: Workspace) -> Iterator[list[object]]:
 # a run records every input by content ({path, sha256}, vpltool.io.inputs): a resume, the next shard or the next stage
 # refuses, in one line naming the input, to go on from other bytes, and takes the same bytes by another path
 def _pgseg_run(ws: Workspace, pairs: Path, name: str, stop_after: int | None = None, npr: bool = True) -> Path:
-    """A finished (or, ``stop_after``, interrupted) train-pgseg run on ``pairs``, made with PGSEG_ARGS (``npr``
-    False: with --no-npr)."""
+    """A finished (or, ``stop_after``, interrupted) train-pgseg run on ``pairs`` in ``name``, made with PGSEG_ARGS
+    (``npr`` False: with --no-npr). On the workspace's own world each kind of run is trained once and copied (a
+    training costs seconds; six cases want one); a pairs folder of the case's own is trained on as it is."""
     out = ws.out(name)
+    if pairs != ws.world:
+        return _train_pgseg(pairs, out, stop_after, npr)
+    made = ws.root / ".pgseg_runs" / f"stop{stop_after}_npr{int(npr)}"  # hidden: no case's output, never damaged
+    if not made.is_dir():
+        _train_pgseg(ws.world, made.with_name(made.name + ".part"), stop_after, npr).rename(made)
+    shutil.copytree(made, out)
+    return out
+
+
+def _train_pgseg(pairs: Path, out: Path, stop_after: int | None, npr: bool) -> Path:
+    """:func:`_pgseg_run`'s training into ``out``."""
+    shutil.rmtree(out, ignore_errors=True)
     if stop_after is None:
         cli_ok("train-pgseg", pairs, "-o", out, *PGSEG_ARGS, *([] if npr else ["--no-npr"]))
     else:
