@@ -6720,3 +6720,6 @@ import robustness_round11_round11  # noqa: E402, F401  (the review list's rows n
 # ---- the eleventh round's rows for a new user of SAM 3, in their own module
 import robustness_round11_sam3  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round11_toysam3  # noqa: E402, F401  (the toy SAM 3's rows: train-toy-sam3)
+
+# ---- the twelfth round's rows: SAM 3's region generator's --confidence-threshold
+import robustness_round12_regions  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
