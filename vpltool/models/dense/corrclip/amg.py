@@ -57,6 +57,24 @@ def _attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     return attn.out_proj(attn._recombine_heads(weights @ v))
 
 
+def _attend_image(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The image->token attention (``attn`` a segment-anything ``Attention``) from its projections on, the scores
+    held token-major: ``q`` ``[B, N, D]`` (the image's N queries), ``k``, ``v`` ``[B, T, D]`` (the T prompt tokens)
+    -> ``[B, N, C]``. Why: a softmax over the last dimension of T = 7 scores (a point prompt's tokens) runs ~13x
+    slower on CPU than the same softmax over the middle dimension of the transposed scores ``[B, heads, T, N]``,
+    where it vectorises over the N queries; this attention was a third of the decoder's time. The same sums, the
+    softmax within float32 rounding of segment-anything's (a few ulp: ``tests/test_sam_pseudo.py`` holds the
+    logits to the parity tolerance and the records to segment-anything's)."""
+    heads = attn.num_heads
+    q, k, v = (attn._separate_heads(t, heads) for t in (q, k, v))
+    weights = k @ q.permute(0, 1, 3, 2)  # [B, heads, T, N]
+    weights = weights / math.sqrt(q.shape[-1])
+    weights = torch.softmax(weights, dim=-2)
+    out = v.transpose(-1, -2) @ weights  # [B, heads, D / heads, N]
+    b, h, d, n = out.shape
+    return attn.out_proj(out.permute(0, 3, 1, 2).reshape(b, n, h * d))
+
+
 def _first_layer(layer, queries, image: torch.Tensor, image_pe: torch.Tensor):
     """The first ``TwoWayAttentionBlock`` (no positional encoding on its self-attention), its image-side work done
     once: every prompt's image tokens are the same there (``image`` ``[1, N, C]``, the embedding plus the no-mask
@@ -72,7 +90,7 @@ def _first_layer(layer, queries, image: torch.Tensor, image_pe: torch.Tensor):
                                             _project_once(t2i.v_proj, image, batch)))
     queries = layer.norm3(queries + layer.mlp(queries))
     q = queries + query_pe
-    out = _attend(i2t, _project_once(i2t.q_proj, k_img, batch), i2t.k_proj(q), i2t.v_proj(queries))
+    out = _attend_image(i2t, _project_once(i2t.q_proj, k_img, batch), i2t.k_proj(q), i2t.v_proj(queries))
     return queries, layer.norm4(image + out)
 
 
@@ -85,7 +103,8 @@ def _layer(layer, queries, keys, query_pe, key_pe):
     queries = layer.norm2(queries + layer.cross_attn_token_to_image(q=q, k=k, v=keys))
     queries = layer.norm3(queries + layer.mlp(queries))
     q = queries + query_pe
-    keys = layer.norm4(keys + layer.cross_attn_image_to_token(q=k, k=q, v=queries))
+    i2t = layer.cross_attn_image_to_token
+    keys = layer.norm4(keys + _attend_image(i2t, i2t.q_proj(k), i2t.k_proj(q), i2t.v_proj(queries)))
     return queries, keys
 
 
@@ -135,6 +154,22 @@ def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, spar
     return keep.flatten(), masks, iou.flatten()[keep.flatten()]
 
 
+def upsample(model, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+    """``Sam.postprocess_masks``: ``low_res`` ``[K, 1, h, w]`` logits -> ``[K, 1, H0, W0]`` at the image's size.
+    segment-anything resizes bilinearly to the model's square input (4h = img_size), crops the image's part and
+    resizes that to the image. Where the image is square and half the input (a 96-px scene on a 192-px model, 512
+    px on SAM's 1024), the crop is the whole square and the two resizes are one bilinear 2x resize of the logits:
+    4x up then 2x down (align_corners=False) takes the mean of the samples at i/2 - 3/8 and i/2 - 1/8, which is the
+    sample at i/2 - 1/4, the 2x resize's, edges clamped alike; one resize of a quarter of the pixels instead of
+    two. Equal in exact arithmetic, within float32 rounding in fact (the bench's mask digest and
+    ``tests/test_sam_pseudo.py`` hold the masks to segment-anything's); other sizes take segment-anything's route."""
+    side = model.image_encoder.img_size
+    if (tuple(input_size) == (side, side) and tuple(original_size) == (side // 2, side // 2)
+            and low_res.shape[-2:] == (side // 4, side // 4) and side % 4 == 0):
+        return torch.nn.functional.interpolate(low_res, tuple(original_size), mode="bilinear", align_corners=False)
+    return model.postprocess_masks(low_res, input_size, original_size)
+
+
 class _Rle(dict):
     """An RLE record (``size``, ``counts``). ``MaskData.cat`` deep-copies every list it concatenates, each batch's
     RLEs and then each crop's (an eighth of the generator's time on the demo); an RLE is never changed once made,
@@ -167,7 +202,7 @@ class MaskGenerator(SamAutomaticMaskGenerator):
         points_t = torch.as_tensor(points.repeat(len(keep) // len(points), axis=0))[keep]
         # each mask one plane [K, 1, h, w]: F.interpolate works plane by plane, so a plane's values do not depend on
         # which other planes share the call
-        masks = model.postprocess_masks(low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
+        masks = upsample(model, low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
         data = MaskData(masks=masks, iou_preds=iou_preds, points=points_t)
         del masks
 
