@@ -463,3 +463,23 @@ def test_the_decoder_makes_segment_anythings_kept_masks_within_the_parity_tolera
                 torch.testing.assert_close(got, want[keep], rtol=0, atol=PARITY)
                 kept.add(int(keep.view(batch, 3).any(1).sum()))
     assert {0, 1, 5, 64} <= kept  # none, one prompt, some, all
+
+
+@pytest.mark.skipif(importlib.util.find_spec("segment_anything") is None, reason="segment-anything is not installed")
+def test_the_masks_rles_are_segment_anythings_lists():
+    """:func:`~vpltool.models.dense.corrclip.amg.mask_to_rle` (every mask's changes in one pass) against
+    segment-anything's ``mask_to_rle_pytorch``: the same run lengths for random masks, an empty one, a full one and
+    masks whose first pixel is set or not (a first run of zeros of length 0)."""
+    import torch
+    from segment_anything.utils.amg import mask_to_rle_pytorch
+
+    from vpltool.models.dense.corrclip.amg import mask_to_rle
+
+    masks = torch.from_numpy(np.random.default_rng(0).random((6, 7, 5)) < 0.5)
+    masks[0], masks[1] = False, True
+    masks[2, 0, 0], masks[3, 0, 0] = True, False
+    got, want = mask_to_rle(masks), mask_to_rle_pytorch(masks)
+    assert got == want
+    assert got[0]["counts"] == [35] and got[1]["counts"] == [0, 35]  # empty, full (7 x 5)
+    assert got[2]["counts"][0] == 0 < got[3]["counts"][0]  # first pixel set: a first run of zeros of length 0
+    assert mask_to_rle(masks[:0]) == []

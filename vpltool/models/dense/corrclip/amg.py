@@ -14,7 +14,8 @@ times `sam-pseudo` on the demo's CAMs and digests its masks):
   masks made;
 * only those masks are upsampled (:func:`upsample`: one 2x resize where the image is square and half the model's
   input, segment-anything's two resizes otherwise);
-* an RLE is not deep-copied each time ``MaskData.cat`` gathers the batches and the crops (:class:`_Rle`).
+* the kept masks' RLEs in one pass (:func:`mask_to_rle`), and an RLE is not deep-copied each time ``MaskData.cat``
+  gathers the batches and the crops (:class:`_Rle`).
 
 Each step is segment-anything's in exact arithmetic; in float32 the logits and scores move by rounding (within the
 parity tolerance, 1e-4), the masks not: ``tests/test_sam_pseudo.py`` holds the records' masks, boxes and points to
@@ -34,7 +35,6 @@ from segment_anything.utils.amg import (
     batched_mask_to_box,
     calculate_stability_score,
     is_box_near_crop_edge,
-    mask_to_rle_pytorch,
     uncrop_masks,
 )
 
@@ -215,6 +215,24 @@ class _Rle(dict):
         return self
 
 
+def mask_to_rle(masks: torch.Tensor) -> list[_Rle]:
+    """segment-anything's ``mask_to_rle_pytorch``: ``masks`` ``[K, H, W]`` bool -> K uncompressed RLEs (column-major
+    run lengths, the first a run of zeros), the same lists. Its loop runs six small torch operations a mask; this
+    finds every mask's changes in one ``nonzero`` and cuts them per mask with numpy (~5x less CPU a mask)."""
+    k, h, w = masks.shape
+    flat = masks.permute(0, 2, 1).flatten(1)
+    change = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()  # [changes, 2]: (mask, index), mask-major
+    first = flat[:, 0].cpu().numpy()
+    bounds = np.searchsorted(change[:, 0], np.arange(k + 1))
+    starts = change[:, 1] + 1
+    out = []
+    for i in range(k):
+        counts = [0] if first[i] else []
+        counts.extend(np.diff(np.concatenate(([0], starts[bounds[i]:bounds[i + 1]], [h * w]))).tolist())
+        out.append(_Rle(size=[h, w], counts=counts))
+    return out
+
+
 class MaskGenerator(SamAutomaticMaskGenerator):
     """:class:`segment_anything.SamAutomaticMaskGenerator` (same arguments, same records) whose batches decode the
     image side once and make and upsample only the masks the predicted-IoU threshold keeps (the module docstring)."""
@@ -253,7 +271,7 @@ class MaskGenerator(SamAutomaticMaskGenerator):
         if not torch.all(keep):
             data.filter(keep)
         data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
-        data["rles"] = [_Rle(rle) for rle in mask_to_rle_pytorch(data["masks"])]
+        data["rles"] = mask_to_rle(data["masks"])
         del data["masks"]
         return data
 
