@@ -162,9 +162,8 @@ def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, spar
     src = image_embeddings + no_mask[:1]  # [1, C, h, w], what repeat_interleave + dense gives every prompt
     c, h, w = src.shape[1:]
     image = src.flatten(2).permute(0, 2, 1)
-    pos_src = torch.repeat_interleave(image_pe, batch, dim=0)
-    key_pe = pos_src.flatten(2).permute(0, 2, 1)
-    queries, keys = _first_layer(transformer.layers[0], tokens, image, image_pe.flatten(2).permute(0, 2, 1))
+    key_pe = image_pe.flatten(2).permute(0, 2, 1)  # [1, N, C]: broadcast, the values repeat_interleave would copy
+    queries, keys = _first_layer(transformer.layers[0], tokens, image, key_pe)
     for layer in transformer.layers[1:]:
         queries, keys = _layer(layer, queries, keys, tokens, key_pe)
     # the final attention for the tokens read after it alone: the IoU token and the multimask output's mask tokens
