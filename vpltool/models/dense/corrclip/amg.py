@@ -64,8 +64,9 @@ def _token_to_image(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     wv, bv = _split(attn.v_proj, heads)
     qh = _token_heads(attn.q_proj(q), heads)  # [B, h, T, d]
     t, d = qh.shape[2], qh.shape[3]
-    scores = ((qh @ wk).reshape(b, heads * t, c) @ k.transpose(1, 2)).view(b, heads, t, n) + qh @ bk
-    weights = torch.softmax(scores / math.sqrt(d), dim=-1)
+    qh = qh / math.sqrt(d)  # the scores' scale on the T tokens, not on the T x N scores
+    scores = torch.baddbmm((qh @ bk).reshape(b, heads * t, 1), (qh @ wk).reshape(b, heads * t, c), k.transpose(1, 2))
+    weights = torch.softmax(scores.view(b, heads, t, n), dim=-1)
     mixed = (weights.view(b, heads * t, n) @ v).view(b, heads, t, c)  # [B, h, T, C]
     out = mixed @ wv.transpose(1, 2) + bv.transpose(1, 2)  # [B, h, T, d]
     return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
@@ -84,15 +85,16 @@ def _image_to_token(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     wq, bq = _split(attn.q_proj, heads)
     kh, vh = _token_heads(attn.k_proj(k), heads), _token_heads(attn.v_proj(v), heads)  # [B, h, T, d]
     d = kh.shape[-1]
-    mixed = kh @ wq  # [B, h, T, C]
+    kh = kh / math.sqrt(d)  # the scores' scale on the T tokens, not on the T x N scores
+    mixed, bias = kh @ wq, kh @ bq  # [B, h, T, C], [B, h, T, 1]
     if q.shape[0] == 1:  # one image for every prompt (the first layer): one product of every prompt's rows
-        scores = (mixed.reshape(b * heads * t, c) @ q[0].t()).view(b, heads, t, n)
+        scores = torch.addmm(bias.reshape(b * heads * t, 1), mixed.reshape(b * heads * t, c), q[0].t())
     else:
-        scores = (mixed.reshape(b, heads * t, c) @ q.transpose(1, 2)).view(b, heads, t, n)
-    weights = torch.softmax((scores + kh @ bq) / math.sqrt(d), dim=-2)  # over the tokens
+        scores = torch.baddbmm(bias.reshape(b, heads * t, 1), mixed.reshape(b, heads * t, c), q.transpose(1, 2))
+    weights = torch.softmax(scores.view(b, heads, t, n), dim=-2)  # over the tokens
     wo = attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)  # [h, d, C]: each head's block
     values = (vh @ wo).reshape(b, heads * t, c)  # [B, h T, C]
-    return weights.view(b, heads * t, n).transpose(1, 2) @ values + attn.out_proj.bias
+    return torch.baddbmm(attn.out_proj.bias, weights.view(b, heads * t, n).transpose(1, 2), values)
 
 
 def _token_to_one_image(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
