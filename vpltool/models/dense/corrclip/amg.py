@@ -7,15 +7,20 @@ times `sam-pseudo` on the demo's CAMs and digests its masks):
 
 * :func:`decode`, the decoder: the first two-way layer's image side (keys and values of the token->image attention,
   queries of the image->token one) is the same for every prompt (the image embedding plus the no-mask embedding), so
-  it is projected once an image instead of once a prompt; the predicted IoU comes before the masks, and only the
-  prompts with a mask over the threshold are upscaled, only their kept masks made;
-* only those masks are upsampled, by the same ``F.interpolate`` calls on the same logits (one plane each);
-* an RLE is not deep-copied each time ``MaskData.cat`` gathers the batches and the crops (:class:`_Rle`).
+  it is projected once an image instead of once a prompt; the later layers' cross attentions never project the
+  image's tokens (the projections folded into the tokens' side: :func:`_token_to_image`, :func:`_image_to_token`),
+  the image->token softmax runs token-major, the final attention only for the tokens read after it; the predicted
+  IoU comes before the masks, and only the prompts with a mask over the threshold are upscaled, only their kept
+  masks made;
+* only those masks are upsampled (:func:`upsample`: one 2x resize where the image is square and half the model's
+  input, segment-anything's two resizes otherwise);
+* the kept masks' RLEs in one pass (:func:`mask_to_rle`), and an RLE is not deep-copied each time ``MaskData.cat``
+  gathers the batches and the crops (:class:`_Rle`).
 
-Every kept mask's logits are the same bits as segment-anything's (the same operations on the same operands; where a
-route depends on the batch, as a transposed convolution of one image does, the batch takes it too), so its stability
-score, box, RLE, the NMS and the records are too; ``tests/test_sam_pseudo.py`` compares the records with
-segment-anything's own generator, with crops too.
+Each step is segment-anything's in exact arithmetic; in float32 the logits and scores move by rounding (within the
+parity tolerance, 1e-4), the masks not: ``tests/test_sam_pseudo.py`` holds the records' masks, boxes and points to
+segment-anything's own generator exactly, with crops too, and ``bench/bench_sam_pseudo.py`` digests the demo's 500
+masks, which must stay those of segment-anything's generator.
 """
 
 from __future__ import annotations
@@ -30,70 +35,118 @@ from segment_anything.utils.amg import (
     batched_mask_to_box,
     calculate_stability_score,
     is_box_near_crop_edge,
-    mask_to_rle_pytorch,
     uncrop_masks,
 )
 
 
 # --------------------------------------------------------------------------------------------- the mask decoder
-def _project_once(linear: torch.nn.Linear, x: torch.Tensor, batch: int) -> torch.Tensor:
-    """``linear`` of one image-side tensor ``x`` ``[1, N, C]`` (a permuted view, as segment-anything's transformer
-    holds its image tokens) repeated for ``batch`` prompts: ``[batch, N, out]`` contiguous, the bits of ``linear``
-    on the repeated tensor. That non-contiguous input takes ``F.linear``'s matmul-then-bias route on a contiguous
-    copy (a matrix product's row does not depend on how many rows share the call), so this takes it too."""
-    out = torch.matmul(x.contiguous(), linear.weight.t())
-    out.add_(linear.bias)
-    return out.expand(batch, -1, -1).contiguous()
+def _split(linear: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An attention's input projection by head: weight ``[heads, d, C]``, bias ``[heads, d, 1]`` (d = out / heads)."""
+    out, c = linear.weight.shape
+    return linear.weight.view(heads, out // heads, c), linear.bias.view(heads, out // heads, 1)
 
 
-def _attend(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """segment-anything's ``Attention.forward`` from its projections on: ``q`` ``[B, Nq, D]``, ``k``, ``v``
-    ``[B, Nk, D]`` -> ``[B, Nq, C]``."""
-    heads = attn.num_heads
-    q, k, v = (attn._separate_heads(t, heads) for t in (q, k, v))
-    weights = q @ k.permute(0, 1, 3, 2)
-    weights = weights / math.sqrt(q.shape[-1])
-    weights = torch.softmax(weights, dim=-1)
-    return attn.out_proj(attn._recombine_heads(weights @ v))
+def _token_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, T, D]`` -> ``[B, heads, T, D / heads]`` (segment-anything's ``_separate_heads``)."""
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def _token_to_image(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """segment-anything's token->image ``Attention`` (``attn``): ``q`` ``[B, T, C]`` the prompt tokens, ``k``, ``v``
+    ``[B, N, C]`` the image's -> ``[B, T, C]``, the image side never projected. A score is q_h . (W_h k + b_h) =
+    (W_h^T q_h) . k + q_h . b_h, and the softmax's rows sum to one, so P (W_h v + b_h) = W_h (P v) + b_h: two
+    products of the heads' T-token rows with the N image tokens (``[B, heads T, C] x [B, C, N]`` and back) in place
+    of two projections of the N tokens and the per-head products. Equal in exact arithmetic, within float32
+    rounding in fact (``tests/test_sam_pseudo.py``)."""
+    heads, (b, n, c) = attn.num_heads, k.shape
+    wk, bk = _split(attn.k_proj, heads)
+    wv, bv = _split(attn.v_proj, heads)
+    qh = _token_heads(attn.q_proj(q), heads)  # [B, h, T, d]
+    t, d = qh.shape[2], qh.shape[3]
+    qh = qh / math.sqrt(d)  # the scores' scale on the T tokens, not on the T x N scores
+    scores = torch.baddbmm((qh @ bk).reshape(b, heads * t, 1), (qh @ wk).reshape(b, heads * t, c), k.transpose(1, 2))
+    weights = torch.softmax(scores.view(b, heads, t, n), dim=-1)
+    mixed = (weights.view(b, heads * t, n) @ v).view(b, heads, t, c)  # [B, h, T, C]
+    out = mixed @ wv.transpose(1, 2) + bv.transpose(1, 2)  # [B, h, T, d]
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, heads * d))
+
+
+def _image_to_token(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """segment-anything's image->token ``Attention`` (``attn``): ``q`` ``[B or 1, N, C]`` the image's queries,
+    ``k``, ``v`` ``[B, T, C]`` the prompt tokens -> ``[B, N, C]``, the image side never projected: a score is
+    (W_h q + b_h) . k_h = q . (W_h^T k_h) + b_h . k_h, and the output projection of the heads' mix is the mix of
+    the tokens' values each projected by its head's block of the output weights (the softmax's rows sum to one):
+    ``[B, heads T, C] x [C, N]`` and ``[B, N, heads T] x [B, heads T, C]``, no projection of the N tokens. The scores
+    are held token-major, ``[B, heads, T, N]``: a softmax over their middle dimension vectorises over the N
+    queries, ~13x faster on CPU than over a last dimension of T = 7 (a point prompt's tokens). Equal in exact
+    arithmetic, within float32 rounding in fact (``tests/test_sam_pseudo.py``)."""
+    heads, (b, t, c), n = attn.num_heads, k.shape, q.shape[1]
+    wq, bq = _split(attn.q_proj, heads)
+    kh, vh = _token_heads(attn.k_proj(k), heads), _token_heads(attn.v_proj(v), heads)  # [B, h, T, d]
+    d = kh.shape[-1]
+    kh = kh / math.sqrt(d)  # the scores' scale on the T tokens, not on the T x N scores
+    mixed, bias = kh @ wq, kh @ bq  # [B, h, T, C], [B, h, T, 1]
+    if q.shape[0] == 1:  # one image for every prompt (the first layer): one product of every prompt's rows
+        scores = torch.addmm(bias.reshape(b * heads * t, 1), mixed.reshape(b * heads * t, c), q[0].t())
+    else:
+        scores = torch.baddbmm(bias.reshape(b, heads * t, 1), mixed.reshape(b, heads * t, c), q.transpose(1, 2))
+    weights = torch.softmax(scores.view(b, heads, t, n), dim=-2)  # over the tokens
+    wo = attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)  # [h, d, C]: each head's block
+    values = (vh @ wo).reshape(b, heads * t, c)  # [B, h T, C]
+    return torch.baddbmm(attn.out_proj.bias, weights.view(b, heads * t, n).transpose(1, 2), values)
+
+
+def _token_to_one_image(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """segment-anything's token->image ``Attention`` (``attn``) where every prompt attends to the same image tokens:
+    ``q`` ``[B, T, C]`` the prompt tokens, ``k``, ``v`` ``[1, N, C]`` -> ``[B, T, C]``. The image side is projected
+    once, and each head's products take every prompt's tokens at once (``[heads, B T, d] x [heads, d, N]``), in place
+    of B copies of the projected image and B x heads small products."""
+    heads, (b, t, _), n = attn.num_heads, q.shape, k.shape[1]
+    qh = attn.q_proj(q)
+    d = qh.shape[-1] // heads
+    qh = qh.view(b * t, heads, d).transpose(0, 1)  # [h, B T, d]
+    kh = attn.k_proj(k[0]).view(n, heads, d).permute(1, 2, 0)  # [h, d, N]
+    vh = attn.v_proj(v[0]).view(n, heads, d).transpose(0, 1)  # [h, N, d]
+    weights = torch.softmax((qh @ kh) / math.sqrt(d), dim=-1)
+    out = (weights @ vh).transpose(0, 1).reshape(b, t, heads * d)
+    return attn.out_proj(out)
 
 
 def _first_layer(layer, queries, image: torch.Tensor, image_pe: torch.Tensor):
-    """The first ``TwoWayAttentionBlock`` (no positional encoding on its self-attention), its image-side work done
-    once: every prompt's image tokens are the same there (``image`` ``[1, N, C]``, the embedding plus the no-mask
-    embedding), so the token->image keys and values and the image->token queries are projected once and repeated.
-    ``queries`` ``[B, T, C]`` -> (queries, keys ``[B, N, C]``)."""
-    batch = queries.shape[0]
+    """The first ``TwoWayAttentionBlock`` (no positional encoding on its self-attention): every prompt's image
+    tokens are the same there (``image`` ``[1, N, C]``, the embedding plus the no-mask embedding), so its
+    token->image keys and values are projected once an image and repeated, and the image->token attention takes
+    the one image. ``queries`` ``[B, T, C]`` -> (queries, keys ``[B, N, C]``)."""
     query_pe = queries
     queries = layer.norm1(layer.self_attn(q=queries, k=queries, v=queries))
     k_img = image + image_pe  # [1, N, C]: the same for every prompt
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
     q = queries + query_pe
-    queries = layer.norm2(queries + _attend(t2i, t2i.q_proj(q), _project_once(t2i.k_proj, k_img, batch),
-                                            _project_once(t2i.v_proj, image, batch)))
+    queries = layer.norm2(queries + _token_to_one_image(t2i, q, k_img, image))
     queries = layer.norm3(queries + layer.mlp(queries))
-    q = queries + query_pe
-    out = _attend(i2t, _project_once(i2t.q_proj, k_img, batch), i2t.k_proj(q), i2t.v_proj(queries))
-    return queries, layer.norm4(image + out)
+    return queries, layer.norm4(image + _image_to_token(i2t, k_img, queries + query_pe, queries))
 
 
 def _layer(layer, queries, keys, query_pe, key_pe):
     """A later ``TwoWayAttentionBlock``, as segment-anything's but for ``keys + key_pe``, computed once for both
-    cross attentions (the same operands, so the same tensor)."""
+    cross attentions (the same operands, so the same tensor), and its cross attentions with the image side
+    unprojected (:func:`_token_to_image`, :func:`_image_to_token`)."""
     q = queries + query_pe
     queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
     q, k = queries + query_pe, keys + key_pe
-    queries = layer.norm2(queries + layer.cross_attn_token_to_image(q=q, k=k, v=keys))
+    queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, q, k, keys))
     queries = layer.norm3(queries + layer.mlp(queries))
-    q = queries + query_pe
-    keys = layer.norm4(keys + layer.cross_attn_image_to_token(q=k, k=q, v=queries))
+    keys = layer.norm4(keys + _image_to_token(layer.cross_attn_image_to_token, k, queries + query_pe, queries))
     return queries, keys
 
 
 def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
            no_mask: torch.Tensor, iou_thresh: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """segment-anything's ``MaskDecoder(..., multimask_output=True)`` for point prompts, the same bits, less work:
-    the first layer's image side once per image, and the masks of only the (prompt, mask) pairs whose predicted IoU
-    is over ``iou_thresh`` (which the generator drops before anything else).
+    """segment-anything's ``MaskDecoder(..., multimask_output=True)`` for point prompts, within float32 rounding,
+    less work: the first layer's image side once per image, no projection of the image's tokens in the later
+    layers, the final attention for the read tokens alone, and the masks of only the (prompt, mask) pairs whose
+    predicted IoU is over ``iou_thresh`` (which the generator drops before anything else).
 
     Args:
         decoder: segment-anything's ``MaskDecoder`` (two-way transformer of two or more layers).
@@ -111,13 +164,17 @@ def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, spar
     src = image_embeddings + no_mask[:1]  # [1, C, h, w], what repeat_interleave + dense gives every prompt
     c, h, w = src.shape[1:]
     image = src.flatten(2).permute(0, 2, 1)
-    pos_src = torch.repeat_interleave(image_pe, batch, dim=0)
-    key_pe = pos_src.flatten(2).permute(0, 2, 1)
-    queries, keys = _first_layer(transformer.layers[0], tokens, image, image_pe.flatten(2).permute(0, 2, 1))
+    key_pe = image_pe.flatten(2).permute(0, 2, 1)  # [1, N, C]: broadcast, the values repeat_interleave would copy
+    queries, keys = _first_layer(transformer.layers[0], tokens, image, key_pe)
     for layer in transformer.layers[1:]:
         queries, keys = _layer(layer, queries, keys, tokens, key_pe)
-    q, k = queries + tokens, keys + key_pe
-    queries = transformer.norm_final_attn(queries + transformer.final_attn_token_to_image(q=q, k=k, v=keys))
+    # the final attention for the tokens read after it alone: the IoU token and the multimask output's mask tokens
+    # (1..3; mask token 0 is the single-mask output, the point tokens are read by nothing); a token's row of an
+    # attention does not depend on the other rows
+    read = [0, *range(2, 1 + decoder.num_mask_tokens)]
+    q, k = queries[:, read] + tokens[:, read], keys + key_pe
+    queries = transformer.norm_final_attn(queries[:, read] + _token_to_image(transformer.final_attn_token_to_image,
+                                                                             q, k, keys))
 
     iou = decoder.iou_prediction_head(queries[:, 0, :])[:, 1:]  # [B, 3]: multimask output, masks 1..3
     keep = iou > iou_thresh if iou_thresh is not None else torch.ones_like(iou, dtype=torch.bool)
@@ -127,12 +184,27 @@ def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, spar
     picked = keep[rows]
     if len(rows) == 1 < batch:  # a transposed convolution of one image takes another route than of several: pair it
         rows = torch.cat([rows, rows])
-    mask_tokens = queries[:, 1:1 + decoder.num_mask_tokens, :]
-    hyper = torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 1)
+    hyper = torch.stack([mlp(queries[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps[1:], 1)], 1)
     up = decoder.output_upscaling(keys[rows].transpose(1, 2).view(len(rows), c, h, w))
     masks = (hyper[rows] @ up.view(len(rows), up.shape[1], -1)).view(len(rows), -1, *up.shape[2:])
-    masks = masks[: len(picked), 1:][picked]
+    masks = masks[: len(picked)][picked]
     return keep.flatten(), masks, iou.flatten()[keep.flatten()]
+
+
+def upsample(model, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
+    """``Sam.postprocess_masks``: ``low_res`` ``[K, 1, h, w]`` logits -> ``[K, 1, H0, W0]`` at the image's size.
+    segment-anything resizes bilinearly to the model's square input (4h = img_size), crops the image's part and
+    resizes that to the image. Where the image is square and half the input (a 96-px scene on a 192-px model, 512
+    px on SAM's 1024), the crop is the whole square and the two resizes are one bilinear 2x resize of the logits:
+    4x up then 2x down (align_corners=False) takes the mean of the samples at i/2 - 3/8 and i/2 - 1/8, which is the
+    sample at i/2 - 1/4, the 2x resize's, edges clamped alike; one resize of a quarter of the pixels instead of
+    two. Equal in exact arithmetic, within float32 rounding in fact (the bench's mask digest and
+    ``tests/test_sam_pseudo.py`` hold the masks to segment-anything's); other sizes take segment-anything's route."""
+    side = model.image_encoder.img_size
+    if (tuple(input_size) == (side, side) and tuple(original_size) == (side // 2, side // 2)
+            and low_res.shape[-2:] == (side // 4, side // 4) and side % 4 == 0):
+        return torch.nn.functional.interpolate(low_res, tuple(original_size), mode="bilinear", align_corners=False)
+    return model.postprocess_masks(low_res, input_size, original_size)
 
 
 class _Rle(dict):
@@ -142,6 +214,24 @@ class _Rle(dict):
 
     def __deepcopy__(self, memo: dict) -> _Rle:
         return self
+
+
+def mask_to_rle(masks: torch.Tensor) -> list[_Rle]:
+    """segment-anything's ``mask_to_rle_pytorch``: ``masks`` ``[K, H, W]`` bool -> K uncompressed RLEs (column-major
+    run lengths, the first a run of zeros), the same lists. Its loop runs six small torch operations a mask; this
+    finds every mask's changes in one ``nonzero`` and cuts them per mask with numpy (~5x less CPU a mask)."""
+    k, h, w = masks.shape
+    flat = masks.permute(0, 2, 1).flatten(1)
+    change = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()  # [changes, 2]: (mask, index), mask-major
+    first = flat[:, 0].cpu().numpy()
+    bounds = np.searchsorted(change[:, 0], np.arange(k + 1))
+    starts = change[:, 1] + 1
+    out = []
+    for i in range(k):
+        counts = [0] if first[i] else []
+        counts.extend(np.diff(np.concatenate(([0], starts[bounds[i]:bounds[i + 1]], [h * w]))).tolist())
+        out.append(_Rle(size=[h, w], counts=counts))
+    return out
 
 
 class MaskGenerator(SamAutomaticMaskGenerator):
@@ -167,7 +257,7 @@ class MaskGenerator(SamAutomaticMaskGenerator):
         points_t = torch.as_tensor(points.repeat(len(keep) // len(points), axis=0))[keep]
         # each mask one plane [K, 1, h, w]: F.interpolate works plane by plane, so a plane's values do not depend on
         # which other planes share the call
-        masks = model.postprocess_masks(low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
+        masks = upsample(model, low_res[:, None], predictor.input_size, predictor.original_size)[:, 0]
         data = MaskData(masks=masks, iou_preds=iou_preds, points=points_t)
         del masks
 
@@ -182,7 +272,7 @@ class MaskGenerator(SamAutomaticMaskGenerator):
         if not torch.all(keep):
             data.filter(keep)
         data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
-        data["rles"] = [_Rle(rle) for rle in mask_to_rle_pytorch(data["masks"])]
+        data["rles"] = mask_to_rle(data["masks"])
         del data["masks"]
         return data
 
