@@ -249,13 +249,21 @@ class SigLIP2Text:
         return {k: v.to(self.device) for k, v in out.items()}
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+    def encode(self, prompts: list[str], batch_size: int = 16) -> torch.Tensor:
         """``batch_size`` prompts at a time: at 256, the MLP of SigLIP 2 g's width (64 tokens x 4,304 a prompt) and
         transformers' tanh GELU's temporaries took 0.8 GB above the weights (bench/bench_radseg.py's worker); at 64,
-        0.4 GB, and the same rows bit for bit (each row is its own arithmetic; MKL's kernels for 64 x 64 rows and
-        more are those of 256 x 64)."""
-        rows = [self.model(**self.tokens(prompts[i:i + batch_size])).pooler_output.float()
-                for i in range(0, len(prompts), batch_size)]
+        0.4 GB; at 16 about a quarter of that, and the same rows bit for
+        bit (each row is its own arithmetic; MKL's kernels for 16 x 64 rows and more are those of 256 x 64:
+        ``tests/test_radseg.py``). Each batch's temporaries are given back to the system after it
+        (:func:`~..dense.bands.give_back_freed_memory`): kept in glibc's heap, VOC20's 1,600 prompts left it
+        scattered and larger by an amount that varied from run to run, and the photos' work then grew on top of it.
+        """
+        from ..dense.bands import give_back_freed_memory
+
+        rows = []
+        for i in range(0, len(prompts), batch_size):
+            rows.append(self.model(**self.tokens(prompts[i:i + batch_size])).pooler_output.float())
+            give_back_freed_memory()
         return torch.cat(rows) if rows else torch.zeros(0, self.dim)
 
     def to(self, device) -> SigLIP2Text:

@@ -121,6 +121,25 @@ def keep_freed_memory(limit: int = KEEP_FREED) -> None:
     libc.mallopt(-1, limit)  # M_TRIM_THRESHOLD
 
 
+def give_back_freed_memory() -> bool:
+    """Under glibc, the heap's free pages given back to the system now (``malloc_trim(0)``), whatever
+    :func:`keep_freed_memory` set: after a burst of temporaries that the next work will not reuse (a text tower's
+    batches before the photos), so that their pages neither stay resident nor scatter the heap the photos then
+    grow. Returns whether glibc was there to ask; elsewhere nothing is done."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (glibc's: malloc_trim is a glibc extension)
+    except (OSError, AttributeError):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def available_bytes() -> int | None:
     """The memory the system can give without swapping (``MemAvailable`` of /proc/meminfo); None where unknown."""
     try:
@@ -405,7 +424,7 @@ def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tens
     return probs, labels
 
 
-__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "KEEP_FREED", "keep_freed_memory", "whole_bytes", "band_bytes",
-           "working_size", "enlarge", "photo_bytes", "available_bytes", "fitting_max_side", "check_photo_memory",
-           "ColumnUpsampler", "band_affinity", "band_step", "logit_bands", "class_probabilities",
+__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "KEEP_FREED", "keep_freed_memory", "give_back_freed_memory", "whole_bytes",
+           "band_bytes", "working_size", "enlarge", "photo_bytes", "available_bytes", "fitting_max_side",
+           "check_photo_memory", "ColumnUpsampler", "band_affinity", "band_step", "logit_bands", "class_probabilities",
            "banded_probabilities"]
