@@ -175,7 +175,8 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
 # copy of its weights beside them, so not every layer: the qkv layers alone (81 MiB at ViT-B: 12 x 2,304 x 768
 # floats; of a ViT-B's four shapes, the one whose packing gained most a MiB). With the first MLP layers too (189
 # MiB) bench/bench_radseg.py's ratio was 0.02 lower, and vpltool's worker held 110 MiB more than the reference's
-# at its photos (its peaks of the process, at the text rows, vary by +-100 MiB from run to run on both sides)
+# at its photos then (before the text rows were encoded 16 prompts a batch with the heap given back: its peak is
+# now its photos', below the reference's)
 PACKED = ("attn.qkv",)
 
 
