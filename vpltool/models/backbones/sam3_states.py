@@ -18,9 +18,10 @@ class Sam3Image:
             (``D`` the DETR width, 256; ``g = S / 14``, 72 at 1008 px): Meta's ``backbone_fpn`` (its ``scalp`` 1).
         positions: their sine position encodings, the same shapes (Meta's ``vision_pos_enc``).
         size: the input side ``S``.
-        attended: the DETR encoder's first self-attention over the coarsest level, ``[1, g * g, D]``, by the
-            precision it was made in: what every prompt on this one image computes alike (before any text is
-            mixed in), made by the first :meth:`Sam3.ground` that reads the image and shared by the others.
+        attended: what every prompt on this one image computes alike, by the precision it was made in, made by
+            the first :meth:`Sam3.ground` that reads the image and shared by the others: the DETR encoder's first
+            self-attention over the coarsest level, ``[1, g * g, D]`` (before any text is mixed in), and the
+            pixel decoder's convolution of each finer level (``("levels", precision)``: ``{stage: [1, D, h, w]}``).
     """
 
     features: tuple[torch.Tensor, ...]
