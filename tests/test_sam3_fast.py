@@ -100,3 +100,16 @@ def test_the_complex_rotation_is_transformers_rotary_encoding():
                           sam3_fast.rotate_complex(k, turn))):
         assert b.is_contiguous()
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_the_layouts_leave_training_to_transformers_own_forward(model):
+    """With gradients on (training), each layer runs transformers' forward: its in-place writes have no backward."""
+    torch.manual_seed(0)
+    decoder = copy.deepcopy(model.model.detr_decoder).requires_grad_(True)
+    boxes = torch.rand(1, 4, 4, requires_grad=True)
+    bias = decoder._get_rpb_matrix(boxes, (torch.tensor(3), torch.tensor(5)))
+    bias.sum().backward()
+    assert boxes.grad is not None and decoder.box_rpb_embed_x.layer1.weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(decoder._get_rpb_matrix(boxes, (torch.tensor(3), torch.tensor(5))), bias,
+                                   rtol=0, atol=0)

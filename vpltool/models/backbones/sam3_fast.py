@@ -91,7 +91,10 @@ class LayoutDetrDecoder(hf.Sam3DetrDecoder):
 
     def _get_rpb_matrix(self, reference_boxes: torch.Tensor, spatial_shape) -> torch.Tensor:
         """``[B, Q, 4]`` boxes (cx, cy, w, h in [0, 1]), the grid's ``(H, W)`` -> ``[B, heads, Q, H*W]``: bias
-        ``(q, y*W + x)`` = ``embed_y(dy)[q, y] + embed_x(dx)[q, x]``, transformers' numbers bit for bit."""
+        ``(q, y*W + x)`` = ``embed_y(dy)[q, y] + embed_x(dx)[q, x]``, transformers' numbers bit for bit (with
+        gradients on, transformers' own: the sum is written into its place, which autograd does not follow)."""
+        if torch.is_grad_enabled():
+            return super()._get_rpb_matrix(reference_boxes, spatial_shape)
         dy, dx = _rpb_embeddings(self, reference_boxes, spatial_shape)  # [B, Q, H, heads], [B, Q, W, heads]
         dy, dx = dy.permute(0, 3, 1, 2), dx.permute(0, 3, 1, 2)  # [B, heads, Q, H], [B, heads, Q, W]: small
         out = dy.new_empty(*dy.shape, dx.shape[-1])
