@@ -549,7 +549,7 @@ def sam3_side_by_side_section(d: dict) -> list[str]:
     if reused:  # --reference-from: vpltool's side alone ran, the reference's units are an earlier run's
         lines += ["", f"The reference's units and outputs are those of an earlier run of the same settings "
                       f"(vpltool {reused.get('vpltool_commit')}, its load {json.dumps(reused.get('load_average_1min'))}"
-                      "): only vpltool's side ran here (`--reference-from`)."]
+                      "): only vpltool's side ran here (`bench/bench_activesam.py --reference-from`)."]
     return lines
 
 

@@ -58,8 +58,8 @@ def test_the_model_loads_with_the_cpu_layouts_in_place(model):
     photo = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     image = model.encode_image(model.prepare(photo))
     model.ground(image, model.encode_text(PROMPTS))
-    levels = [v for k, v in image.attended.items() if k[0] == "levels"]  # the image's own, once per image
-    assert [tuple(t.shape) for t in levels[0].values()] == [(1, *f.shape[1:]) for f in image.features[-2::-1]]
+    (levels,) = image.convolved.values()  # the image's own, once per image, in one precision
+    assert [tuple(t.shape) for t in levels.values()] == [(1, *f.shape[1:]) for f in image.features[-2::-1]]
 
 
 def test_fast_mode_gives_transformers_numbers_and_reproducible_mode_its_bits(model, monkeypatch):

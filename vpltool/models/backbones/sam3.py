@@ -399,14 +399,14 @@ def _first_attention_shared(layer, image: Sam3Image, key, shared: bool):
 @contextlib.contextmanager
 def _levels_shared(decoder, image: Sam3Image, key, shared: bool):
     """While open, with ``shared`` (every prompt reads the one image), the segmentation head's pixel decoder
-    convolves each of the image's own levels once per image and precision (kept in ``image.attended``), each
+    convolves each of the image's own levels once per image and precision (kept in ``image.convolved``), each
     prompt only its own upsampled map (:class:`.sam3_fast.SharedLateralPixelDecoder`)."""
     from .sam3_fast import SharedLateralPixelDecoder
 
     if not shared or not isinstance(decoder, SharedLateralPixelDecoder):
         yield
         return
-    decoder.levels, decoder.lateral = image.features, image.attended.setdefault(("levels", key), {})
+    decoder.levels, decoder.lateral = image.features, image.convolved.setdefault(key, {})
     try:
         yield
     finally:
