@@ -37,6 +37,10 @@ the unit (its process's own, the peak reset before each unit:
 
 ``--one-at-a-time`` (two full-size models need ~13 GB together): the reference's worker does its warm-up and units,
 is closed, then vpltool's (``sidebyside.one_at_a_time``); the JSON says ``"sides": "one at a time, not alternated"``.
+``--reference-from JSON`` (with ``--one-at-a-time``): vpltool's side alone, the reference's units taken from an
+earlier result of the same settings, class set, photos, pairs and reference commit (:func:`reference_rows`; one line
+where any differs) and its outputs from the ``reference_out.pt`` that run left in ``--work``: the reference's code
+does not change between vpltool's commits, and its side is half the run. The JSON names the file and its load.
 ``--worker SIDE --profile N`` (the driver's arguments otherwise, ``--overrides`` the reference's JSON): that side's
 first unit with each aten operator's and module class's CPU-seconds (:func:`cpu_profile`), its N costliest to
 stderr: where one side spends more than the other.
@@ -230,6 +234,37 @@ def cpu_profile(unit, top: int) -> dict:
                  for n in {k.split(" ")[0] for k in ops}}).most_common(top)]}
 
 
+def reference_rows(args, settings: dict, unit: str) -> dict:
+    """``--reference-from``: the earlier result's reference rows (``{"rows": [...], "note": {...}}``), after checking
+    that it measured what this run measures (method, model, settings, class set, classes, photos, pairs, the clone's
+    commit) and that its outputs are in ``--work``; one line naming the file and what differs otherwise."""
+    import activesam_parity as ap
+
+    path = args.reference_from
+    if not args.one_at_a_time:
+        raise SystemExit("--reference-from runs vpltool's side alone: add --one-at-a-time")
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--reference-from {path}: not a result of this bench ({e}); give the JSON an earlier "
+                         "run wrote with --out") from None
+    own = {"benchmark": f"{args.method}-vs-reference", "model": MODELS[args.arch], "settings": settings,
+           "class_set": args.class_set, "classes": args.classes, "unit": unit,
+           "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)}}
+    differs = [key for key, value in own.items() if earlier.get(key) != value]
+    if len(earlier.get("pairs", [])) != args.pairs:
+        differs.append(f"pairs ({len(earlier.get('pairs', []))} there)")
+    if differs:
+        raise SystemExit(f"--reference-from {path}: measured another run ({', '.join(differs)} differ); run both "
+                         "sides (leave --reference-from out)")
+    if not (args.work / "reference_out.pt").is_file():
+        raise SystemExit(f"--reference-from {path}: {args.work / 'reference_out.pt'} missing (the reference's outputs "
+                         "that run left in its --work); copy it there, or run both sides")
+    note = {"file": str(path), "command": earlier.get("command"), "vpltool_commit": earlier.get("vpltool_commit"),
+            "load_average_1min": earlier.get("load_average_1min", earlier.get("machine", {}).get("load_average_1min"))}
+    return {"rows": [pair["reference"] for pair in earlier["pairs"]], "note": note}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap_ = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap_.add_argument("--ref", type=Path, required=True, help="a clone of VILA-Lab/ActiveSAM (41cad43)")
@@ -250,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     ap_.add_argument("--one-at-a-time", action="store_true",
                      help="one worker alive at a time (the reference's units, then vpltool's): two full-size models "
                           "need ~13 GB together")
+    ap_.add_argument("--reference-from", type=Path, default=None, metavar="JSON",
+                     help="with --one-at-a-time: the reference's units from this earlier result of the same settings "
+                          "(its outputs from --work's reference_out.pt); vpltool's side alone is run")
     ap_.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap_.add_argument("--worker", choices=("reference", "vpltool"), help=argparse.SUPPRESS)
     ap_.add_argument("--profile", type=int, default=0, metavar="N",
@@ -286,8 +324,16 @@ def main(argv: list[str] | None = None) -> None:
               "--class-set", args.class_set,
               *(["--photo", args.photo] if args.photo else [])]
     files = photos(args.work, args.images, args.photo)
+    unit = f"one photo, {len(files)} in turn: " + ", ".join(f"{Image.open(f).size[0]}x{Image.open(f).size[1]}"
+                                                            for f in files)
+    reused = reference_rows(args, settings, unit) if args.reference_from else None
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
-    rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs)
+    if reused:
+        rows, a, b = one_at_a_time(__file__, common, args.work, env, args.pairs, names=("vpltool",))
+        for row, earlier in zip(rows, reused["rows"]):
+            row["reference"] = earlier
+    else:
+        rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs)
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     result = json.dumps({
@@ -300,8 +346,8 @@ def main(argv: list[str] | None = None) -> None:
         "settings": settings, "class_set": args.class_set, "classes": args.classes,
         "words": sum(len(line.split(",")) for line in
                      class_file(args.work, args.classes, args.class_set).read_text().splitlines()),
-        "unit": f"one photo, {len(files)} in turn: " + ", ".join(f"{Image.open(f).size[0]}x{Image.open(f).size[1]}"
-                                                                 for f in files),
+        "unit": unit,
+        **({"reference_from": reused["note"]} if reused else {}),
         "pairs": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in rows],
         "ratios": [round(r, 3) for r in ratios], "ratio_median": round(ratio, 3),
         "cpu_seconds_median": {side: round(statistics.median(r[side]["cpu"] for r in rows), 3)

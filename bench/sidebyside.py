@@ -170,15 +170,17 @@ def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[
     return rows, torch.load(work / "vpltool_out.pt"), torch.load(work / "reference_out.pt")
 
 
-def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int
-                  ) -> tuple[list[dict], object, object]:
+def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int,
+                  names: tuple[str, ...] = ("reference", "vpltool")) -> tuple[list[dict], object, object]:
     """:func:`race`'s rows and outputs with one worker alive at a time (where two models do not fit in memory):
     the reference's worker does its warm-up unit and ``pairs`` units, then is closed, then vpltool's the same. The
-    sides do not alternate: a drift of the machine's load falls on one side alone (say so beside the figure)."""
+    sides do not alternate: a drift of the machine's load falls on one side alone (say so beside the figure).
+    ``names`` without ``"reference"``: vpltool's side alone, the reference's outputs read from ``work`` as an
+    earlier run left them (its rows are the caller's)."""
     import torch
 
     rows: list[dict] = [{} for _ in range(pairs)]
-    for name in ("reference", "vpltool"):
+    for name in names:
         side = Side(name, [sys.executable, script, "--worker", name, *common], work / f"{name}.log", env)
         try:
             print(json.dumps({"warm_up": name, **side.run()}), file=sys.stderr, flush=True)

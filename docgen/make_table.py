@@ -542,9 +542,15 @@ def sam3_side_by_side_section(d: dict) -> list[str]:
     rows = [[d["model"], d["unit"], f"{d.get('words', '?')}", json.dumps(d["settings"]), num(cpu["vpltool"]),
              num(cpu["reference"]), num(d["ratio_median"]), "met" if d["goal_met"] else "**not met**", memory,
              f"scores Δ {num(out['scores_max_abs_diff'], 2)}, labels {out['labels_equal']:.2%}"]]
-    return table(["model", "unit", "words", "settings", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
-                  f"goal ≤ {d['goal']}", "peak RSS in a photo, MiB (vpltool / reference)", "outputs"], rows,
-                 "lllrrrrlll")
+    lines = table(["model", "unit", "words", "settings", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
+                   f"goal ≤ {d['goal']}", "peak RSS in a photo, MiB (vpltool / reference)", "outputs"], rows,
+                  "lllrrrrlll")
+    reused = d.get("reference_from")
+    if reused:  # --reference-from: vpltool's side alone ran, the reference's units are an earlier run's
+        lines += ["", f"The reference's units and outputs are those of an earlier run of the same settings "
+                      f"(vpltool {reused.get('vpltool_commit')}, its load {json.dumps(reused.get('load_average_1min'))}"
+                      "): only vpltool's side ran here (`bench/bench_activesam.py --reference-from`)."]
+    return lines
 
 
 def sam3_classes_section(d: dict) -> list[str]:

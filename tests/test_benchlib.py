@@ -143,3 +143,35 @@ def test_the_radseg_floor_is_the_reference_s_products_at_the_fastest_rate_measur
     assert floor["gflop"] == 105.0 and floor["peak_gflops_per_s"] == 140.0 and floor["floor_s"] == 0.75
     floor = br.floor_of(table, {"mkl_gflops": 100.0})  # a side's products faster than any probe: their rate
     assert floor["peak_gflops_per_s"] == 125.0 and floor["floor_s"] == 0.84
+
+
+def test_bench_activesam_reuses_the_reference_of_an_earlier_run_of_the_same_settings_alone(tmp_path, monkeypatch):
+    """--reference-from: the earlier result's reference rows where it measured the same thing; one line naming what
+    differs (the settings, the pairs), a missing outputs file, or --one-at-a-time left out."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "parity"))
+    import activesam_parity
+    import bench_activesam as ba
+
+    monkeypatch.setattr(activesam_parity, "commit_of", lambda folder: "abc")
+    settings, unit = {"prob_thd": 0.1, "confidence_threshold": 0.15}, "one photo, 1 in turn: 50x40"
+    earlier = {"benchmark": "sam3-vs-reference", "model": ba.MODELS["full"], "settings": settings,
+               "class_set": "activesam:voc21", "classes": 21, "unit": unit, "command": "python bench/...",
+               "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": "abc"}, "vpltool_commit": "df04ed2",
+               "pairs": [{"reference": {"cpu": 10.0}, "vpltool": {"cpu": 9.0}}]}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    args = argparse.Namespace(reference_from=path, one_at_a_time=True, method="sam3", arch="full", ref=tmp_path,
+                              class_set="activesam:voc21", classes=21, pairs=1, work=tmp_path)
+    with pytest.raises(SystemExit, match="reference_out.pt missing"):
+        ba.reference_rows(args, settings, unit)
+    (tmp_path / "reference_out.pt").write_bytes(b"")
+    reused = ba.reference_rows(args, settings, unit)
+    assert reused["rows"] == [{"cpu": 10.0}] and reused["note"]["vpltool_commit"] == "df04ed2"
+    with pytest.raises(SystemExit, match=r"settings differ"):
+        ba.reference_rows(args, {**settings, "prob_thd": 0.2}, unit)
+    with pytest.raises(SystemExit, match=r"pairs \(1 there\) differ"):
+        ba.reference_rows(argparse.Namespace(**{**vars(args), "pairs": 2}), settings, unit)
+    with pytest.raises(SystemExit, match="add --one-at-a-time"):
+        ba.reference_rows(argparse.Namespace(**{**vars(args), "one_at_a_time": False}), settings, unit)

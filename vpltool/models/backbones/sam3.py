@@ -126,7 +126,10 @@ class Sam3:
     DETR's, 256)."""
 
     def __init__(self, model, device: torch.device, spec: Sam3Spec | None = None):
+        from .sam3_fast import speed_up
+
         self.model = model.eval().requires_grad_(False).to(device)
+        speed_up(self.model)  # the same sums laid out for the CPU (sam3_fast; transformers' own in reproducible mode)
         self.spec, self.device = spec, device
         cfg = model.config
         self.vit_config = cfg.vision_config.backbone_config
@@ -290,7 +293,8 @@ class Sam3:
                                          img_feats=[f.float() for f in feats], img_pos_embeds=[p.float() for p in pos])
             prompt = torch.cat([prompt, geo.last_hidden_state], dim=1)
             valid = torch.cat([valid, geo.attention_mask.to(valid.dtype)], dim=1)
-        with _first_attention_shared(m.detr_encoder.layers[0], image, (self.held, autocast_dtype(self.device)), one):
+        precision = (self.held, autocast_dtype(self.device))
+        with _first_attention_shared(m.detr_encoder.layers[0], image, precision, one):
             enc = m.detr_encoder(vision_features=[feats[-1]], text_features=prompt, vision_pos_embeds=[pos[-1]],
                                  text_mask=valid)
         dec = m.detr_decoder(vision_features=enc.last_hidden_state, text_features=enc.text_features,
@@ -309,11 +313,12 @@ class Sam3:
             pick = torch.arange(k, device=self.device) if rows is None else rows
             # the one image's levels as views (rows of an expanded tensor are alike): picked rows would copy them,
             # 111 MB a prompt at 1008 px, on top of the copy the head makes of them itself
-            parts = [m.mask_decoder(decoder_queries=hidden[-1][p],
-                                    backbone_features=[f[:len(p)] if one else f[p] for f in feats],
-                                    encoder_hidden_states=enc.last_hidden_state[p], prompt_features=prompt[p],
-                                    prompt_mask=valid[p])
-                     for p in pick.split(MASK_PROMPTS)]
+            with _levels_shared(m.mask_decoder.pixel_decoder, image, precision, one):
+                parts = [m.mask_decoder(decoder_queries=hidden[-1][p],
+                                        backbone_features=[f[:len(p)] if one else f[p] for f in feats],
+                                        encoder_hidden_states=enc.last_hidden_state[p], prompt_features=prompt[p],
+                                        prompt_mask=valid[p])
+                         for p in pick.split(MASK_PROMPTS)]
             out.pred_masks = torch.cat([h.pred_masks for h in parts])
             out.semantic_seg = torch.cat([h.semantic_seg for h in parts])
         return out
@@ -389,6 +394,24 @@ def _first_attention_shared(layer, image: Sam3Image, key, shared: bool):
         yield
     finally:
         layer.self_attn = own
+
+
+@contextlib.contextmanager
+def _levels_shared(decoder, image: Sam3Image, key, shared: bool):
+    """While open, with ``shared`` (every prompt reads the one image), the segmentation head's pixel decoder
+    convolves each of the image's own levels once per image and precision (kept in ``image.convolved``), each
+    prompt only its own upsampled map (:class:`.sam3_fast.SharedLateralPixelDecoder`)."""
+    from .sam3_fast import SharedLateralPixelDecoder
+
+    if not shared or not isinstance(decoder, SharedLateralPixelDecoder):
+        yield
+        return
+    decoder.levels, decoder.lateral = image.features, image.convolved.setdefault(key, {})
+    try:
+        yield
+    finally:
+        decoder.__dict__.pop("levels", None)
+        decoder.__dict__.pop("lateral", None)
 
 
 @functools.lru_cache(maxsize=None)

@@ -21,12 +21,16 @@ class Sam3Image:
         attended: the DETR encoder's first self-attention over the coarsest level, ``[1, g * g, D]``, by the
             precision it was made in: what every prompt on this one image computes alike (before any text is
             mixed in), made by the first :meth:`Sam3.ground` that reads the image and shared by the others.
+        convolved: the segmentation head's convolution of each finer level, ``{stage: [1, D, h, w]}`` by the
+            precision it was made in: made by the first :meth:`Sam3.ground` that runs the head, read by the others
+            (:class:`.sam3_fast.SharedLateralPixelDecoder`).
     """
 
     features: tuple[torch.Tensor, ...]
     positions: tuple[torch.Tensor, ...]
     size: int
     attended: dict = field(default_factory=dict, repr=False)
+    convolved: dict = field(default_factory=dict, repr=False)
 
     @property
     def batch(self) -> int:

@@ -1,0 +1,115 @@
+"""The sam3 family's CPU layouts (vpltool.models.backbones.sam3_fast) against transformers' own layers: the same
+numbers within float rounding in fast mode, transformers' bits in reproducible mode, and each piece against the
+operation it stands for."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.sam3 import modeling_sam3 as hf
+
+from vpltool.models import load_model
+from vpltool.models.backbones import sam3_fast
+from vpltool.models.backbones.sam3 import Sam3, Sam3Spec
+from vpltool.models.backbones.sam3_files import write_tiny
+
+PROMPTS = ["a red square", "a blue circle", "stripes"]
+FAST = (sam3_fast.ComplexRoPEAttention, sam3_fast.LayoutDetrDecoder, sam3_fast.FusedReluMLP,
+        sam3_fast.SharedLateralPixelDecoder, sam3_fast.LevelsMaskDecoder, sam3_fast.FusedReluDecoderMLP)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Sam3:
+    return load_model("sam3", Sam3Spec(str(write_tiny(tmp_path_factory.mktemp("sam3") / "hf", "hf"))))
+
+
+def _transformers_own(model: Sam3) -> Sam3:
+    """A copy of ``model`` whose layers are transformers' classes again."""
+    plain = Sam3(copy.deepcopy(model.model), model.device)
+    for m in plain.model.modules():
+        if isinstance(m, FAST):
+            m.__class__ = type(m).__mro__[1]
+    assert not any(isinstance(m, FAST) for m in plain.model.modules())
+    return plain
+
+
+def _outputs(sam: Sam3, photos: list[np.ndarray]) -> list[torch.Tensor]:
+    text = sam.encode_text(PROMPTS)
+    out = []
+    for photo in photos:
+        image = sam.encode_image(sam.prepare(photo))
+        for _ in range(2):  # the image's shared levels made by the first grounding, read by the second
+            g = sam.ground(image, text)
+            out += [*image.features, g.pred_logits, g.presence_logits, g.pred_boxes, g.pred_masks, g.semantic_seg]
+    return out
+
+
+def test_the_model_loads_with_the_cpu_layouts_in_place(model):
+    kinds = {type(m) for m in model.model.modules()}
+    assert set(FAST) <= kinds
+    assert sam3_fast.speed_up(model.model) == 0 and {type(m) for m in model.model.modules()} == kinds  # idempotent
+    assert sam3_fast.speed_up(_transformers_own(model).model) == sum(isinstance(m, FAST) for m in model.model.modules())
+    assert not any(type(m) is hf.Sam3MLP and isinstance(m.activation_fn, torch.nn.ReLU)
+                   for m in model.model.modules())
+    photo = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    image = model.encode_image(model.prepare(photo))
+    model.ground(image, model.encode_text(PROMPTS))
+    (levels,) = image.convolved.values()  # the image's own, once per image, in one precision
+    assert [tuple(t.shape) for t in levels.values()] == [(1, *f.shape[1:]) for f in image.features[-2::-1]]
+
+
+def test_fast_mode_gives_transformers_numbers_and_reproducible_mode_its_bits(model, monkeypatch):
+    """Two photos (the image's shared levels are its own), every output of the image encoder and the grounding:
+    within float rounding in fast mode; bit for bit in reproducible mode, where only the layouts that are the same
+    sums in the same order run."""
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(2)]
+    plain = _transformers_own(model)
+    ref, fast = _outputs(plain, photos), _outputs(model, photos)
+    assert (ref[-1] - _outputs(plain, photos[:1])[-1]).abs().max() > 1e-3  # the two photos' heads differ
+    for a, b in zip(ref, fast):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4 * max(1.0, float(a.abs().max())))
+    monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
+    for a, b in zip(_outputs(plain, photos), _outputs(model, photos)):
+        assert torch.equal(a, b)
+
+
+def test_the_upsampled_convolution_is_the_convolution_of_the_upsampled_map():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1)
+    x, plus = torch.randn(2, 6, 7, 9), torch.randn(1, 5, 14, 18)
+    with torch.no_grad():
+        ref = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight, padding=1) + plus
+        ours = sam3_fast.upsampled_conv(x, sam3_fast.phase_kernels(conv.weight), plus)
+    assert ours.shape == (2, 5, 14, 18)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_the_complex_rotation_is_transformers_rotary_encoding():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)
+    angles = (torch.rand(10, 4) * 6).repeat_interleave(2, dim=-1)[None]  # each pair's angle on both its channels
+    cos, sin = angles.cos(), angles.sin()
+    ref = hf.apply_rotary_pos_emb_2d(q, k, cos, sin)
+    turn = sam3_fast.turn_of(cos, sin)
+    for a, b in zip(ref, (sam3_fast.rotate_complex(q.transpose(1, 2).transpose(1, 2), turn),
+                          sam3_fast.rotate_complex(k, turn))):
+        assert b.is_contiguous()
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_the_layouts_leave_training_to_transformers_own_forward(model):
+    """With gradients on (training), each layer runs transformers' forward: its in-place writes have no backward."""
+    torch.manual_seed(0)
+    decoder = copy.deepcopy(model.model.detr_decoder).requires_grad_(True)
+    boxes = torch.rand(1, 4, 4, requires_grad=True)
+    bias = decoder._get_rpb_matrix(boxes, (torch.tensor(3), torch.tensor(5)))
+    bias.sum().backward()
+    assert boxes.grad is not None and decoder.box_rpb_embed_x.layer1.weight.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(decoder._get_rpb_matrix(boxes, (torch.tensor(3), torch.tensor(5))), bias,
+                                   rtol=0, atol=0)

@@ -1,0 +1,258 @@
+"""SAM 3's CPU arithmetic laid out for speed, the same sums within float rounding: some of transformers'
+``Sam3Model`` layers given another ``forward`` in place (:func:`speed_up`, at load; parameters, state dict, ``.to``
+and the half-precision weights of :mod:`.sam3_half` unchanged), each only where it is the same computation.
+
+* :class:`ComplexRoPEAttention`, the ViT's attention: its rotary encoding as one complex product of each (even, odd)
+  pair of q's and k's channels with ``cos + i sin``, as Meta's ViT applies it, where transformers builds
+  ``rotate_pairwise``'s stacked copy and two more products and a sum (``stack``, ``mul``, ``add`` and ``neg`` in
+  bench/results/sam3_full_profile_cpu_intel_emerald_rapids.txt); fp32 outside reproducible mode.
+* :class:`LayoutDetrDecoder`, the DETR decoder: each layer's box relative-position bias ``[B, heads, Q, H*W]`` (the
+  ``y`` and ``x`` embeddings' outer sum) written in its final layout by one broadcast sum, where transformers sums
+  into ``[B, Q, H, W, heads]`` and copies it transposed (33 MB a prompt a layer at Meta's 72 x 72 grid): the same
+  numbers bit for bit, in every mode.
+* :class:`FusedReluMLP`, the DETR encoder's and decoder's feed-forward, and :class:`FusedReluDecoderMLP`, the
+  decoder's small heads (its box relative-position bias's among them): each product followed by a ReLU as one
+  oneDNN call (its ReLU applied as each tile is written) where transformers writes the product and reads it again
+  (``[5184, 2048]`` float32 a prompt an encoder layer); fp32 inference outside reproducible mode and
+  :func:`.onednn.references_library`.
+* :class:`SharedLateralPixelDecoder` and :class:`LevelsMaskDecoder`, the segmentation head: where every prompt
+  reads one image, each stage's convolution of ``upsample(prev) + level`` as the image's ``conv(level)``, once per
+  image, plus the prompt's own ``prev`` convolved before upsampling (:func:`upsampled_conv`, 4/9 of the
+  multiply-adds); the image's levels handed over without transformers' copies.
+
+Reproducible mode (:mod:`vpltool.runtime.numerics`) keeps transformers' rotary encoding, pixel decoder and MKL's
+products: only the layouts that are the same sums in the same order (the decoder's bias, the levels handed over) run
+there, so its numbers are transformers' bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.sam3 import modeling_sam3 as hf
+
+
+def _fast_fp32(*tensors: torch.Tensor) -> bool:
+    """Whether the faster layout may run: fp32 CPU tensors, no gradient asked, no autocast, outside reproducible
+    mode (whose numbers are transformers' bit for bit)."""
+    from ...runtime.numerics import reproducible_asked
+
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return not torch.is_autocast_enabled("cpu") and not reproducible_asked()
+
+
+def rotate_complex(x: torch.Tensor, turn: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[B, heads, S, D]`` float32 (a view: any strides with unit channel stride) rotated pairwise:
+    channels ``(2j, 2j+1)`` as the complex number ``x[2j] + i x[2j+1]`` times ``turn`` ``[S, D/2]`` complex64
+    (``cos + i sin`` of the pair's angle) -> ``[B, heads, S, D]`` float32, contiguous. Transformers'
+    ``apply_rotary_pos_emb_2d`` in one product: ``x cos + rotate_pairwise(x) sin``."""
+    pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    # written contiguous, whatever x's strides (a transposed view of a projection): SDPA's CPU kernel reads
+    # contiguous [B, heads, S, D] faster than the transposed view, by more than the copy costs
+    out = torch.empty(pairs.shape, dtype=pairs.dtype, device=pairs.device)
+    return torch.view_as_real(torch.mul(pairs, turn, out=out)).flatten(-2)
+
+
+def turn_of(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Transformers' ``(cos, sin)`` ``[1, S, D]`` float32 (each angle repeated for its pair's two channels) ->
+    ``[S, D/2]`` complex64 ``cos + i sin``, one entry a pair."""
+    return torch.complex(cos[0, :, ::2], sin[0, :, ::2])
+
+
+class ComplexRoPEAttention(hf.Sam3ViTRoPEAttention):
+    """Transformers' ``Sam3ViTRoPEAttention`` whose fp32 rotary encoding is one complex product
+    (:func:`rotate_complex`, module docstring); elsewhere its own ``forward``."""
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings, **kwargs):
+        """``[B, h, w, C]`` float32 tokens (a window or the whole grid), ``(cos, sin)`` ``[1, h*w, D]`` ->
+        ``([B, h, w, C], None)``."""
+        cos, sin = position_embeddings
+        if self.config._attn_implementation != "sdpa" or not _fast_fp32(hidden_states, self.q_proj.weight, cos):
+            return super().forward(hidden_states, position_embeddings, **kwargs)
+        b, h, w, _ = hidden_states.shape
+        shape = (b, h * w, self.num_attention_heads, self.head_dim)
+        turn = turn_of(cos, sin)
+        query = rotate_complex(self.q_proj(hidden_states).view(shape).transpose(1, 2), turn)
+        key = rotate_complex(self.k_proj(hidden_states).view(shape).transpose(1, 2), turn)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2).contiguous()  # as query and key (above)
+        out = F.scaled_dot_product_attention(query, key, value, scale=self.scaling)
+        return self.o_proj(out.transpose(1, 2).reshape(b, h, w, -1)), None
+
+
+class LayoutDetrDecoder(hf.Sam3DetrDecoder):
+    """Transformers' ``Sam3DetrDecoder`` whose box relative-position bias is summed in its final layout
+    (module docstring)."""
+
+    def _get_rpb_matrix(self, reference_boxes: torch.Tensor, spatial_shape) -> torch.Tensor:
+        """``[B, Q, 4]`` boxes (cx, cy, w, h in [0, 1]), the grid's ``(H, W)`` -> ``[B, heads, Q, H*W]``: bias
+        ``(q, y*W + x)`` = ``embed_y(dy)[q, y] + embed_x(dx)[q, x]``, transformers' numbers bit for bit (with
+        gradients on, transformers' own: the sum is written into its place, which autograd does not follow)."""
+        if torch.is_grad_enabled():
+            return super()._get_rpb_matrix(reference_boxes, spatial_shape)
+        dy, dx = _rpb_embeddings(self, reference_boxes, spatial_shape)  # [B, Q, H, heads], [B, Q, W, heads]
+        dy, dx = dy.permute(0, 3, 1, 2), dx.permute(0, 3, 1, 2)  # [B, heads, Q, H], [B, heads, Q, W]: small
+        out = dy.new_empty(*dy.shape, dx.shape[-1])
+        torch.add(dy[..., :, None], dx[..., None, :], out=out)
+        return out.flatten(3)
+
+
+def _rpb_embeddings(decoder, reference_boxes: torch.Tensor, spatial_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transformers' ``_get_rpb_matrix`` up to its outer sum: the boxes' log-scaled distances to each grid row and
+    column, embedded -> ``[B, Q, H, heads]`` and ``[B, Q, W, heads]``."""
+    height, width = spatial_shape
+    boxes = hf.box_cxcywh_to_xyxy(reference_boxes)
+    b, q, _ = boxes.shape
+    coords_h, coords_w = decoder._get_coords(height, width, dtype=reference_boxes.dtype,
+                                             device=reference_boxes.device)
+    deltas_y = (coords_h.view(1, -1, 1) - boxes.reshape(-1, 1, 4)[:, :, 1:4:2]).view(b, q, -1, 2)
+    deltas_x = (coords_w.view(1, -1, 1) - boxes.reshape(-1, 1, 4)[:, :, 0:3:2]).view(b, q, -1, 2)
+    scaled = []
+    for d in (deltas_x, deltas_y):
+        d = d * 8
+        scaled.append(torch.sign(d) * torch.log2(torch.abs(d) + 1.0) / math.log2(8))
+    return decoder.box_rpb_embed_y(scaled[1]), decoder.box_rpb_embed_x(scaled[0])
+
+
+def linear_relu(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``relu(layer(x))``: ``[..., K]`` -> ``[..., N]``; one oneDNN call with the ReLU fused where it may run
+    (fp32 CPU inference, oneDNN in this torch, outside reproducible mode and :func:`.onednn.references_library`),
+    else the layer's own product and a ReLU."""
+    from .onednn import available, pinned
+
+    w, bias = layer.weight, layer.bias
+    if (_fast_fp32(x, w) and available() and not pinned() and w.is_contiguous() and x.dim() >= 2
+            and (bias is None or bias.dtype == torch.float32)):
+        return torch.ops.mkldnn._linear_pointwise(x, w, bias, "relu", [], "")
+    return F.relu(layer(x))
+
+
+class FusedReluMLP(hf.Sam3MLP):
+    """Transformers' ``Sam3MLP`` with a ReLU, its first product and the ReLU one call (:func:`linear_relu`)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``[..., C]`` -> ``[..., C]`` (dropout: inference, none)."""
+        if self.training:
+            return super().forward(hidden_states)
+        return self.fc2(linear_relu(hidden_states, self.fc1))
+
+
+class FusedReluDecoderMLP(hf.Sam3DecoderMLP):
+    """Transformers' ``Sam3DecoderMLP`` (the DETR decoder's box, presence and relative-position heads) with each
+    product followed by a ReLU one call (:func:`linear_relu`): the position bias's heads run on ``[B, Q, 72, 2]`` a
+    layer at Meta's 72 x 72 grid, their ``[B, Q, 72, 256]`` hidden map written once."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., input_dim]`` -> ``[..., output_dim]``."""
+        x = linear_relu(x, self.layer1)
+        if self.layer3 is None:
+            return self.layer2(x)
+        return self.layer3(linear_relu(x, self.layer2))
+
+
+# the rows (a) of a 3-tap kernel that fall on each low-resolution row, for an output row of either parity (p): a
+# nearest 2x upsampling repeats each row, so output row 2m reads rows m-1 (tap 0) and m (taps 1, 2), row 2m+1 rows m
+# (taps 0, 1) and m+1 (tap 2)
+_PHASE_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+
+
+def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """A 3 x 3 convolution's ``weight`` ``[O, I, 3, 3]`` -> ``[4 O, I, 2, 2]``: the four 2 x 2 kernels that give its
+    output on a nearest 2x upsampled input from the input before upsampling, one per output parity ``(py, px)``
+    (``2 py + px``), the taps that read the same input pixel summed."""
+    taps = _PHASE_TAPS.to(weight)
+    return torch.cat([torch.einsum("ak,oikl,bl->oiab", taps[py], weight, taps[px]) for py in (0, 1) for px in (0, 1)])
+
+
+def upsampled_conv(x: torch.Tensor, kernels: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
+    """``conv3x3(upsample_nearest_2x(x)) + plus`` (no bias, zero padding 1): ``x`` ``[B, I, h, w]``, ``kernels``
+    :func:`phase_kernels`' ``[4 O, I, 2, 2]``, ``plus`` ``[1 or B, O, 2h, 2w]`` -> ``[B, O, 2h, 2w]``; one
+    convolution of 4 x 4 taps a pixel on the small input, where the upsampled one takes 9 on four times the pixels
+    (4/9 of the multiply-adds)."""
+    b, _, h, w = x.shape
+    o = kernels.shape[0] // 4
+    phases = F.conv2d(x, kernels, padding=1)  # [B, 4 O, h + 1, w + 1]: output row 2m + py is row m + py here
+    out = x.new_empty(b, o, h, 2, w, 2)
+    grid = plus.view(plus.shape[0], o, h, 2, w, 2)
+    for py in (0, 1):
+        for px in (0, 1):
+            k = 2 * py + px
+            torch.add(phases[:, k * o:(k + 1) * o, py:py + h, px:px + w], grid[:, :, :, py, :, px],
+                      out=out[:, :, :, py, :, px])
+    return out.view(b, o, 2 * h, 2 * w)
+
+
+class SharedLateralPixelDecoder(hf.Sam3PixelDecoder):
+    """Transformers' ``Sam3PixelDecoder`` where every prompt reads one image (:meth:`Sam3.ground` sets ``levels``,
+    the image's own ``[1, C, H_i, W_i]``, and ``lateral``, a dict the image keeps): each stage's
+    ``conv(upsample(prev) + level)`` as ``conv(level)`` (with the bias) once per image, kept in ``lateral``, plus
+    :func:`upsampled_conv` of the prompt's own ``prev``; elsewhere (none set, not fp32, reproducible mode) its own
+    ``forward``."""
+
+    def forward(self, backbone_features: list[torch.Tensor]) -> torch.Tensor:
+        """Levels ``[B, C, H_i, W_i]``, coarse last (the prompt's encoder map), the others the image's in every row
+        -> ``[B, C, H, W]`` at the finest level."""
+        lateral, levels = self.__dict__.get("lateral"), self.__dict__.get("levels")
+        prev = backbone_features[-1]
+        if lateral is None or levels is None or not _fast_fp32(prev, self.conv_layers[0].weight):
+            return super().forward(backbone_features)
+        for i in range(len(backbone_features) - 1):
+            conv = self.conv_layers[i]
+            if i not in lateral:
+                # the image's own tensor, not the prompt's view of it (whose strides depend on the bucket):
+                # convolution's kernel follows the strides, and an image's numbers must not depend on its first call
+                lateral[i] = conv(levels[-2 - i])
+            prev = F.relu(self.norms[i](upsampled_conv(prev, _kernels(conv), lateral[i])))
+        return prev
+
+
+def _kernels(conv: nn.Conv2d) -> torch.Tensor:
+    """``conv``'s :func:`phase_kernels`, kept beside it for its current weights (1 MB at SAM 3's 256 channels)."""
+    key = (id(conv.weight), conv.weight._version)
+    kept = conv.__dict__.get("_phase_kernels")
+    if kept is None or kept[0] != key:
+        kept = conv.__dict__["_phase_kernels"] = (key, phase_kernels(conv.weight.detach()))
+    return kept[1]
+
+
+class LevelsMaskDecoder(hf.Sam3MaskDecoder):
+    """Transformers' ``Sam3MaskDecoder`` that hands its pixel decoder the image's levels as they are: transformers
+    copies each first (85 MB a prompt at SAM 3's 288 x 288 level), which nothing writes to."""
+
+    def _embed_pixels(self, backbone_features: list[torch.Tensor], encoder_hidden_states: torch.Tensor
+                      ) -> torch.Tensor:
+        """The levels ``[B, C, H_i, W_i]`` (coarse last) with the coarse one replaced by the encoder's image tokens
+        ``[B, h*w (+ more), C]`` -> the pixel decoder's ``[B, C, H, W]``."""
+        b, height, width = encoder_hidden_states.shape[0], *backbone_features[-1].shape[-2:]
+        tokens = encoder_hidden_states[:, :height * width, :]
+        coarse = tokens.transpose(1, 2).reshape(b, tokens.shape[-1], height, width)
+        return self.pixel_decoder([*backbone_features[:-1], coarse])
+
+
+def speed_up(model: nn.Module) -> int:
+    """``model`` (transformers' ``Sam3Model``)'s ViT attention, DETR decoder and ReLU feed-forward layers given the
+    classes above, in place (idempotent); returns how many modules. The classes are module-level: a converted
+    model pickles and deep-copies as before."""
+    kinds = {hf.Sam3ViTRoPEAttention: ComplexRoPEAttention, hf.Sam3DetrDecoder: LayoutDetrDecoder,
+             hf.Sam3PixelDecoder: SharedLateralPixelDecoder, hf.Sam3MaskDecoder: LevelsMaskDecoder,
+             hf.Sam3DecoderMLP: FusedReluDecoderMLP}
+    n = 0
+    for m in model.modules():
+        if type(m) in kinds:
+            m.__class__ = kinds[type(m)]
+        elif type(m) is hf.Sam3MLP and isinstance(m.activation_fn, nn.ReLU):
+            m.__class__ = FusedReluMLP
+        else:
+            continue
+        n += 1
+    return n
+
+
+__all__ = ["ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "LayoutDetrDecoder", "LevelsMaskDecoder",
+           "SharedLateralPixelDecoder", "linear_relu", "phase_kernels", "rotate_complex", "speed_up", "turn_of",
+           "upsampled_conv"]
