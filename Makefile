@@ -364,6 +364,19 @@ CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 	$(CRF)
 %/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
 	$(CRF)
+# and the CRF masks of that pair in one crf run (crf --with-cams: each image read and its CRF's pairwise terms built
+# once for both; the masks and records of two runs, bit for bit)
+define shared_crf
+$(RUN)/caa/$(1)/_stage.json $(RUN)/$(1)/_stage.json &: $(RUN)/caa/$(2)/_stage.json $(RUN)/$(2)/_stage.json
+	$$(VPL) crf $(RUN)/caa/$(2) -o $(RUN)/caa/$(1) --with-cams $(RUN)/$(2) --with-out $(RUN)/$(1) --workers $$(WORKERS) \
+	  --overwrite
+endef
+ifneq ($(SHARED_GRADCAM),)
+$(eval $(call shared_crf,pseudo,cams_vision))
+$(eval $(call shared_crf,pseudo_val,cams_vision_val))
+$(eval $(call shared_crf,pseudo_text,cams_text))
+$(eval $(call shared_crf,pseudo_text_val,cams_text_val))
+endif
 # sam-pseudo's rules (PSEUDO's words but crf; vpltool.config.SAM_PSEUDO_RULES, which tests check this against):
 # rule K's pseudo masks of refinement R are `sam-pseudo --masks K` of RUN[/R]/cams_vision in RUN[/R]/K/pseudo
 # (make prefers these rules to the crf ones above: the shorter stem), with K's options SAM_OPTS_K and the weights
