@@ -343,6 +343,23 @@ CAM = $(VPL) cam $(<D) -p $(lastword $^) -o $(@D) $(call cam_args,$(call refine_
 	$(CAM)
 %/cams_vision_val/_stage.json: $(RUN)/features_val/_stage.json $(RUN)/vision_prototypes.safetensors
 	$(CAM)
+# one GradCAM for two rows: where REFINE's CAMs (RUN's) are none's and REFINES compares caa (RUN/caa) on CLIP's
+# attention, caa's run writes none's folder too (cam --raw-out: the files and records a --refine none run makes, bit
+# for bit), so the pair costs one GradCAM pass, not two. A grouped target (&:, GNU make 4.3): one recipe, both folders
+SHARED_GRADCAM = $(and $(filter none,$(REFINE)),$(filter none,$(REFINES)),$(filter caa,$(REFINES)),\
+  $(filter clip,$(AFFINITY)))
+# $(call shared_cam,FOLDER,FEATURES,PROTOTYPES): RUN/caa/FOLDER and RUN/FOLDER from one cam run
+define shared_cam
+$(RUN)/caa/$(1)/_stage.json $(RUN)/$(1)/_stage.json &: $(2) $(3)
+	$$(VPL) cam $$(<D) -p $$(lastword $$^) -o $(RUN)/caa/$(1) --raw-out $(RUN)/$(1) $$(call cam_args,caa) \
+	  --device $$(DEVICE) --overwrite
+endef
+ifneq ($(SHARED_GRADCAM),)
+$(eval $(call shared_cam,cams_text,$(RUN)/features/_stage.json,$(RUN)/text_prototypes.safetensors))
+$(eval $(call shared_cam,cams_vision,$(RUN)/features/_stage.json,$(RUN)/vision_prototypes.safetensors))
+$(eval $(call shared_cam,cams_text_val,$(RUN)/features_val/_stage.json,$(RUN)/text_prototypes.safetensors))
+$(eval $(call shared_cam,cams_vision_val,$(RUN)/features_val/_stage.json,$(RUN)/vision_prototypes.safetensors))
+endif
 CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 %/pseudo/_stage.json: %/cams_vision/_stage.json
 	$(CRF)
@@ -352,6 +369,19 @@ CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
 	$(CRF)
 %/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
 	$(CRF)
+# and the CRF masks of that pair in one crf run (crf --with-cams: each image read and its CRF's pairwise terms built
+# once for both; the masks and records of two runs, bit for bit)
+define shared_crf
+$(RUN)/caa/$(1)/_stage.json $(RUN)/$(1)/_stage.json &: $(RUN)/caa/$(2)/_stage.json $(RUN)/$(2)/_stage.json
+	$$(VPL) crf $(RUN)/caa/$(2) -o $(RUN)/caa/$(1) --with-cams $(RUN)/$(2) --with-out $(RUN)/$(1) --workers $$(WORKERS) \
+	  --overwrite
+endef
+ifneq ($(SHARED_GRADCAM),)
+$(eval $(call shared_crf,pseudo,cams_vision))
+$(eval $(call shared_crf,pseudo_val,cams_vision_val))
+$(eval $(call shared_crf,pseudo_text,cams_text))
+$(eval $(call shared_crf,pseudo_text_val,cams_text_val))
+endif
 # sam-pseudo's rules (PSEUDO's words but crf; vpltool.config.SAM_PSEUDO_RULES, which tests check this against):
 # rule K's pseudo masks of refinement R are `sam-pseudo --masks K` of RUN[/R]/cams_vision in RUN[/R]/K/pseudo
 # (make prefers these rules to the crf ones above: the shorter stem), with K's options SAM_OPTS_K and the weights

@@ -473,3 +473,37 @@ def test_affinity_share_against_chance():
     assert torch.equal(own, torch.ones(4))
     own, _ = affinity_share(torch.ones(4, 4) - torch.eye(4), regions)  # everything elsewhere: the object keeps 0
     assert own[3] == 0 and torch.allclose(own[:3], torch.full((3,), 2 / 3))
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_raw_out_writes_the_refine_none_folder_from_the_caa_pass(features_dir, text_protos, tmp_path):
+    """`cam --refine caa --raw-out DIR`: DIR holds the very bytes (maps, headers, record) of a `--refine none` run,
+    and --out those of a plain caa run, from one GradCAM pass (the Makefile's demo rows rely on it)."""
+    from vpltool.config import CamConfig
+
+    run_cam(features_dir, text_protos, tmp_path / "none", CamConfig(refine="none"))
+    run_cam(features_dir, text_protos, tmp_path / "caa", CamConfig(refine="caa"))
+    both = run_cam(features_dir, text_protos, tmp_path / "both_caa", CamConfig(refine="caa"),
+                   raw_out=tmp_path / "both_none")
+    assert both.complete and both.done == len(list(features_dir.glob("*.safetensors")))
+    none, caa = _files(tmp_path / "none"), _files(tmp_path / "caa")
+    assert len([n for n in none if n.endswith(".safetensors")]) >= 4
+    assert none != caa  # CAA changes the maps: the comparison below could fail
+    assert _files(tmp_path / "both_none") == none
+    assert _files(tmp_path / "both_caa") == caa
+    again = run_cam(features_dir, text_protos, tmp_path / "both_caa", CamConfig(refine="caa"),
+                    raw_out=tmp_path / "both_none")
+    assert again.done == 0  # both folders complete: a resume has nothing to do
+
+
+@pytest.mark.parametrize("refine, same", [("none", False), ("caa+sgc", False), ("caa", True)])
+def test_raw_out_is_refused_where_it_would_not_be_the_none_folder(features_dir, text_protos, tmp_path, refine, same):
+    from vpltool.config import CamConfig
+
+    out = tmp_path / "cams"
+    with pytest.raises(VplError, match="--raw-out"):
+        run_cam(features_dir, text_protos, out, CamConfig(refine=refine), raw_out=out if same else tmp_path / "r")
+    assert not out.exists() and not (tmp_path / "r").exists()  # refused before anything is written

@@ -41,11 +41,12 @@ def _gt_cams(gt: np.ndarray, labels: tuple[int, ...], rng: np.random.Generator) 
     return np.stack(maps) if maps else np.zeros((0, h, w), np.float32)
 
 
-def _write_cam_folder(folder: Path, dataset, size_override: dict[str, tuple[int, int]] | None = None) -> Path:
+def _write_cam_folder(folder: Path, dataset, size_override: dict[str, tuple[int, int]] | None = None,
+                      seed: int = 0) -> Path:
     """A finished `cam`-like folder over ``dataset``: one CAM file per item + a `_stage.json` naming the dataset."""
     import torch
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for item in dataset.items:
         cams = _gt_cams(io.read_mask(item.gt), item.labels, rng)
         if size_override and item.id in size_override:
@@ -322,3 +323,53 @@ def test_backend_option_default_record_and_bad_values(cams_dir, tmp_path):
         errors = [line for line in r.output.splitlines() if line.startswith("error:")]
         assert r.exit_code == 2 and len(errors) == 1 and words in errors[0], r.output
         assert "Traceback" not in r.output and not (tmp_path / "bad").exists()
+
+
+@needs_crf
+def test_dense_crfs_of_one_image_equal_each_dense_crf_alone():
+    image, _ = _blocks_image()
+    rng = np.random.default_rng(1)
+    probs = [rng.uniform(0, 1, (3, *image.shape[:2])).astype(np.float32) for _ in range(3)]
+    from vpltool.ops.densecrf import dense_crfs
+
+    together = dense_crfs(image, probs)
+    alone = [dense_crf(image, p) for p in probs]
+    assert not np.array_equal(alone[0], alone[1])  # different unaries: the equality below could fail
+    for a, b in zip(together, alone):
+        assert a.tobytes() == b.tobytes()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+@needs_crf
+def test_with_cams_writes_both_folders_as_their_own_runs(pseudo_dir, cams_dir, dataset, tmp_path):
+    """`crf A -o OA --with-cams B --with-out OB`: OA and OB hold the bytes (masks and records) of `crf A -o OA` and
+    `crf B -o OB`, on one process or two."""
+    other = _write_cam_folder(tmp_path / "cams_b", dataset, seed=7)
+    run_crf(other, tmp_path / "b_alone", runtime=ONE)
+    assert _files(tmp_path / "b_alone") != _files(pseudo_dir)  # other CAMs, other masks: the check can fail
+    for workers in (1, 2):
+        out_a, out_b = tmp_path / f"a{workers}", tmp_path / f"b{workers}"
+        summary = run_crf(cams_dir, out_a, runtime=RuntimeConfig(device="cpu", workers=workers),
+                          with_cams=(other, out_b))
+        assert summary.complete and summary.done == len(dataset.items)
+        assert _files(out_a) == _files(pseudo_dir)
+        assert _files(out_b) == _files(tmp_path / "b_alone")
+    (out_b / next(out_b.glob("*.png")).name).unlink()  # a resume redoes what either folder misses
+    again = run_crf(cams_dir, out_a, runtime=ONE, with_cams=(other, out_b))
+    assert again.done == 1 and _files(out_b) == _files(tmp_path / "b_alone")
+
+
+@needs_crf
+def test_with_cams_of_other_images_or_the_torch_backend_is_refused(cams_dir, dataset, tmp_path):
+    from vpltool.data import open_dataset
+
+    val = open_dataset(dataset.root, "val")
+    other = _write_cam_folder(tmp_path / "cams_val", val)
+    with pytest.raises(VplError, match="--with-cams .*other images"):
+        run_crf(cams_dir, tmp_path / "a", runtime=ONE, with_cams=(other, tmp_path / "b"))
+    with pytest.raises(VplError, match="--with-cams .*pydensecrf"):
+        run_crf(cams_dir, tmp_path / "a", CrfConfig(backend="torch"), ONE, with_cams=(other, tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written

@@ -59,6 +59,9 @@ FAKE = textwrap.dedent("""\
         touch(out) if out.endswith((".json", ".safetensors")) else folder(out)
     else:
         sys.exit("fake vpltool: no output in " + " ".join(args))
+    for second in ("--raw-out", "--with-out"):  # cam's second folder (--refine none's), crf's (--with-cams's)
+        if second in rest:
+            folder(rest[rest.index(second) + 1])
     """)
 
 
@@ -100,6 +103,13 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
     assert [a[0] for a in demo][-2:] == ["demo-report", "report"]
     assert not any(a[0] == "segment" for a in demo)  # the demo itself leaves the open-vocabulary rows out
     assert not any("caa+sgc" in a for a in demo) and not any("dino" in a for a in demo)
+    # none's and caa's CAMs of each split and prototypes from one GradCAM pass: four cam runs, not eight
+    cams = [a for a in demo if a[0] == "cam"]
+    assert sorted(a[a.index("--raw-out") + 1] for a in cams) == sorted(
+        f"{run}/{c}" for c in ("cams_text", "cams_vision", "cams_text_val", "cams_vision_val"))
+    crfs = [a for a in demo if a[0] == "crf"]  # and their CRF masks: four crf runs, not eight
+    assert sorted(a[a.index("--with-out") + 1] for a in crfs) == sorted(
+        f"{run}/{c}" for c in ("pseudo", "pseudo_val", "pseudo_text", "pseudo_text_val"))
 
     result, sgc = make(world, "sgc")
     assert "Nothing to be done" not in result.stdout

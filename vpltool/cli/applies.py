@@ -80,7 +80,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule(("bg_thresh",), _no_text, "without --pgseg or a FAMILY:FILE checkpoint"),
     ),
     "cam": (
-        Rule(("prototypes", "save_overlays", "save_debug"), _text, _TEXT_WHY, refuse=True),
+        Rule(("prototypes", "save_overlays", "save_debug", "raw_out"), _text, _TEXT_WHY, refuse=True),
         Rule(("dense",), lambda v: _text(v) and v.get("dense") not in (None, "none"), _TEXT_WHY, refuse=True),
         Rule(("parity",), lambda v: _text(v) and v.get("parity") not in (None, "none"), _TEXT_WHY, refuse=True),
         Rule(_CAM_GRADCAM, _text, "with --pgseg or a FAMILY:FILE checkpoint (its seeds are the checkpoint's maps: no "

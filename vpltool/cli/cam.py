@@ -109,6 +109,10 @@ def cam_cmd(
     save_debug: Annotated[Optional[Path], typer.Option(help="Also write each image's raw GradCAM, softmax "
                                                        "probabilities, CAA boxes and pre-min-max refined maps here "
                                                        "(docs/file-formats.md).")] = None,
+    raw_out: Annotated[Optional[Path], typer.Option(help="With --refine caa: also write here the folder --refine "
+                                                    "none would make (its GradCAM maps, the same files and "
+                                                    "records), from the same pass: one GradCAM for both.",
+                                                    show_default=False)] = None,
     shard: Shard = None,
     run: dict = BATCHED,
     log_file: LogFile = None,
@@ -140,6 +144,9 @@ def cam_cmd(
     if family == "clip" and prototypes is None:
         raise VplError("cam: pass --prototypes/-p (a text-prototypes or learn-prototypes file), or --model pgseg:FILE "
                        "(alias --pgseg FILE)")
+    if raw_out is not None and (family != "clip" or dense != "none"):
+        raise VplError(f"--raw-out {raw_out}: made only with --refine caa (GradCAM), not with --dense or --model "
+                       f"{family}:FILE; drop it")
     source, split = _open_source(source, split, prototypes)
     if family != "clip":  # a text-supervised family's checkpoint
         _cam_text(source, family, checkpoint, out, split, pgseg_side, run, shard)
@@ -165,9 +172,11 @@ def cam_cmd(
     cfg = warn_inert(cam_cfg)
     with progress("cam") as (on_start, on_item):
         s = run_cam(source, prototypes, out, cfg, runtime(**run), split=split, overlays=save_overlays,
-                    debug=save_debug, shard=shard_of(shard), on_item=on_item, on_start=on_start, model_at=model_at)
+                    debug=save_debug, shard=shard_of(shard), on_item=on_item, on_start=on_start, model_at=model_at,
+                    raw_out=raw_out)
+    also = "" if raw_out is None else f" (and --refine none's → {raw_out}{pending(raw_out)})"
     say(f"[green]✓[/] cam: {s.done} images ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
-        f"{pending(out)}")
+        f"{pending(out)}{also}")
 
 
 def _open_source(source: Path, split: str | None, prototypes: Path | None):

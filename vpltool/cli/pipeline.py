@@ -253,6 +253,13 @@ def crf_cmd(
                                                       show_default=False, rich_help_panel=RUNTIME)] = None,
     workers: Annotated[int, typer.Option(help="CRF processes (pydensecrf) or image loaders (torch); 0 = one per "
                                          "CPU core; results do not depend on it.", rich_help_panel=RUNTIME)] = 0,
+    with_cams: Annotated[Optional[Path], typer.Option(help="Another `cam` folder of the same images (another "
+                                                      "refinement's CAMs), refined by the same processes into "
+                                                      "--with-out, each image's CRF pairwise terms built once for "
+                                                      "both; the same masks and records as its own run.",
+                                                      show_default=False)] = None,
+    with_out: Annotated[Optional[Path], typer.Option(help="The output folder of --with-cams's masks.",
+                                                     show_default=False)] = None,
     shard: Shard = None,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
@@ -267,6 +274,10 @@ def crf_cmd(
     """
     from ..stages.crf import run_crf
 
+    if (with_cams is None) != (with_out is None):
+        given, missing = ("--with-cams", "--with-out") if with_out is None else ("--with-out", "--with-cams")
+        raise VplError(f"{given} {with_cams or with_out}: needs {missing} too (the other CAM folder and its masks' "
+                       "folder)")
     cfg = warn_inert(CrfConfig(iterations=iterations, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
                                bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb,
                                bilateral_compat=bilateral_compat, confidence=confidence, bg_exponent=bg_exponent,
@@ -274,12 +285,13 @@ def crf_cmd(
     with progress("crf") as (on_start, on_item):
         s = run_crf(cams, out, cfg, runtime(device=device, batch_size=batch_size, workers=workers,
                                             overwrite=overwrite), shard=shard_of(shard), on_item=on_item,
-                      on_start=on_start)
+                      on_start=on_start, with_cams=None if with_cams is None else (with_cams, with_out))
     whose = f"the {s.done + s.skipped} masks' pixels" if s.skipped else "their pixels"  # a resume: the whole folder
     ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of {whose} ignored (255)"
     if s.ignored is not None and s.ignored >= CRF_IGNORED_WARNING:
         say(f"[yellow]warning:[/] {100 * s.ignored:.1f}% of the pixels of these masks are 255 (CRF probability below "
             f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "
             f"lower --confidence (default {_C.confidence:g})")
+    also = "" if with_out is None else f" (and --with-cams's → {with_out}{pending(with_out)})"
     say(f"[green]✓[/] crf ({s.backend}): {s.done} masks ({s.images_per_s:.1f} img/s){ignored}, {s.skipped} already "
-        f"done → {out}{pending(out)}")
+        f"done → {out}{pending(out)}{also}")

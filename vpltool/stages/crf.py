@@ -31,6 +31,7 @@ one that ran, since they differ in float rounding):
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -47,9 +48,9 @@ import numpy as np
 from .. import io
 from ..config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_params, worker_count
 from ..data import open_recorded
-from ..errors import VplError, VplWarning
+from ..errors import ContractError, VplError, VplWarning
 from ..ops.densecrf import densecrf_module, resolve_backend, unary
-from ..ops.kernels import crf_probabilities, refine_image
+from ..ops.kernels import crf_probabilities, refine_image, refine_images
 from ..runtime.numerics import run_numerics
 
 STAGE = "crf"
@@ -72,8 +73,25 @@ def write_item(out: str | Path, item_id: str, mask: np.ndarray) -> tuple[int, in
 def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, labels: Sequence[int], classes: Sequence[str],
              cfg: CrfConfig) -> tuple[int, int]:
     """Read one CAM file and its image, write its mask with pydensecrf (:func:`refine_image`, :func:`write_item`)."""
-    image, maps = read_item(cams_dir, item_id, image_path, labels, classes)
-    return write_item(out, item_id, refine_image(image, maps.cams, maps.labels, cfg))
+    return crf_items(((cams_dir, out),), item_id, image_path, labels, classes, cfg)[0]
+
+
+def crf_items(pairs: Sequence[tuple[str, str]], item_id: str, image_path: str, labels: Sequence[int],
+              classes: Sequence[str], cfg: CrfConfig) -> list[tuple[int, int]]:
+    """:func:`crf_item` for one image in each ``(cams_dir, out)`` of ``pairs`` (``--with-cams``: CAM folders of the
+    same images and labels), the image read once and the CRF's pairwise terms built once
+    (:func:`vpltool.ops.kernels.refine_images`: each mask the same bytes as alone)."""
+    image, first = read_item(pairs[0][0], item_id, image_path, labels, classes)
+    maps = [first]
+    for cams_dir, _ in pairs[1:]:
+        more = io.read_cam(io.cam_path(cams_dir, item_id), classes, labels)
+        if more.cams.shape != first.cams.shape:
+            raise ContractError(f"{more.file.path}: CAMs of a {more.cams.shape[1]}x{more.cams.shape[2]} image, "
+                                f"{first.file.path}'s of {first.cams.shape[1]}x{first.cams.shape[2]}; re-run `vpltool "
+                                "cam` for one of them")
+        maps.append(more)
+    masks = refine_images(image, [m.cams for m in maps], first.labels, cfg)
+    return [write_item(out, item_id, mask) for (_, out), mask in zip(pairs, masks)]
 
 
 Todo = list[tuple[str, str, tuple[int, ...]]]  # (id, image path, image-level labels) of the images to refine
@@ -83,18 +101,17 @@ Todo = list[tuple[str, str, tuple[int, ...]]]  # (id, image path, image-level la
 class _Chunk:
     """One pool task: only ids and paths cross the process boundary, never images or maps."""
 
-    cams_dir: str
-    out: str
+    pairs: tuple[tuple[str, str], ...]  # (cam folder, mask folder): --out's first, then --with-out's
     classes: tuple[str, ...]
     cfg: CrfConfig
     items: tuple[tuple[str, str, tuple[int, ...]], ...]  # (id, image path, image-level labels)
 
 
 def _run_chunk(chunk: _Chunk) -> tuple[int, int, int]:
-    """``(images, ignored pixels, pixels)`` of one chunk."""
+    """``(images, ignored pixels, pixels)`` of one chunk (the pixels of ``--out``'s masks)."""
     ignored = total = 0
     for item_id, image_path, labels in chunk.items:
-        i, t = crf_item(chunk.cams_dir, chunk.out, item_id, image_path, labels, chunk.classes, chunk.cfg)
+        i, t = crf_items(chunk.pairs, item_id, image_path, labels, chunk.classes, chunk.cfg)[0]
         ignored, total = ignored + i, total + t
     return len(chunk.items), ignored, total
 
@@ -213,6 +230,7 @@ def run_crf(
     shard: tuple[int, int] | None = None,
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    with_cams: tuple[str | os.PathLike, str | os.PathLike] | None = None,
 ) -> CrfSummary:
     """Pseudo masks ``<out>/<id>.png`` for every CAM file of a `cam` folder, then ``<out>/_stage.json``.
 
@@ -225,6 +243,9 @@ def run_crf(
         shard: ``(i, n)``: every n-th mask from the i-th (``--shard i/n``; under torchrun the rank, see
             :func:`vpltool.device.shard_from_env`); the folder completes when every shard's masks are there.
         on_item: called with the number of images just finished. on_start: called once with the number to do.
+        with_cams: ``(cams_dir2, out2)``: another `cam` folder of the same images and labels (another refinement's
+            CAMs), refined by the same processes into ``out2`` (its own records, as its own run would write them),
+            each image's CRF pairwise terms built once for both (pydensecrf, or ``--no-crf``).
 
     Raises:
         MissingDependencyError: pydensecrf is not installed (and its backend is asked for).
@@ -241,40 +262,76 @@ def run_crf(
         warnings.warn(VplWarning(ignored_option("--batch-size", runtime.batch_size, why)), stacklevel=2)
     if not cfg.no_crf and not on_torch:
         densecrf_module()  # fail in one line before any folder is touched
-    record = io.read_stage_record(cams_dir, "cam")
+    io.read_stage_record(cams_dir, "cam")  # a `cam` folder's record, one line otherwise
     dataset = open_recorded(cams_dir)
     io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the cam folder": cams_dir},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     ids, items = io.cam_items(cams_dir, dataset)
-    made = io.folder_made(cams_dir, record, "cam")  # the record's, then each CAM file's own (its header)
-    # crf takes no --precision: its masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
-    numerics = run_numerics(made[0][1].get("dtype") if isinstance(made[0][1], dict) else None)
-    io.check_numerics(numerics, *made)
+    pairs = [(cams_dir, out), *([] if with_cams is None else [_with_cams(with_cams, cams_dir, out, ids, dataset,
+                                                                           on_torch, runtime.overwrite)])]
     start = time.perf_counter()
-    inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
     # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock
     # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
-    with io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
-                        shard=shard, items=(ids, io.mask_path), numerics=numerics) as folder:
-        todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
+    with contextlib.ExitStack() as stack:
+        folder, *others = [stack.enter_context(_mask_folder(c, o, cfg, runtime, shard, ids)) for c, o in pairs]
+        missing = set(folder.todo(ids, io.mask_path)).union(*(f.todo(ids, io.mask_path) for f in others))
+        todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.mine(ids) if i in missing]
         if on_start:
             on_start(len(todo))
         if on_torch:
             workers, ignored, total = _run_torch(todo, cams_dir, out, dataset.classes, cfg, runtime, on_item)
         else:
             workers = resolve_workers(runtime.workers)
-            chunks = _chunks(todo, workers, cams_dir=str(cams_dir), out=str(out), classes=tuple(dataset.classes),
-                             cfg=cfg)
+            chunks = _chunks(todo, workers, pairs=tuple((str(c), str(o)) for c, o in pairs),
+                             classes=tuple(dataset.classes), cfg=cfg)
             workers, ignored, total = _run_chunks(chunks, workers, on_item)
         done, mine = {item[0] for item in todo}, folder.mine(ids)
         ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in mine if i not in done],
                                                    resolve_workers(runtime.workers))
         complete = folder.finish(ids, io.mask_path)
+        for other in others:
+            complete = other.finish(ids, io.mask_path) and complete
     total += total_kept
     return CrfSummary(done=len(todo), skipped=len(mine) - len(todo), seconds=time.perf_counter() - start,
                       complete=complete,
                       workers=workers, ignored=(ignored + ignored_kept) / total if total else None,
                       backend="none" if cfg.no_crf else cfg.backend)
+
+
+def _mask_folder(cams_dir: Path, out: Path, cfg: CrfConfig, runtime: RuntimeConfig, shard: tuple[int, int],
+                 ids: list[str]) -> io.StageFolder:
+    """The output folder of the masks of ``cams_dir``, with the records a run on that folder alone writes: the CAM
+    folder's record and dataset as inputs, and its numerics (a CAM file of another dtype or mode is refused)."""
+    record = io.read_stage_record(cams_dir, "cam")
+    made = io.folder_made(cams_dir, record, "cam")  # the record's, then each CAM file's own (its header)
+    # crf takes no --precision: its masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
+    numerics = run_numerics(made[0][1].get("dtype") if isinstance(made[0][1], dict) else None)
+    io.check_numerics(numerics, *made)
+    inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
+    return io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
+                          shard=shard, items=(ids, io.mask_path), numerics=numerics)
+
+
+def _with_cams(with_cams, cams_dir: Path, out: Path, ids: list[str], dataset, on_torch: bool,
+               overwrite: bool) -> tuple[Path, Path]:
+    """``--with-cams DIR --with-out OUT`` checked before any folder is touched: CAMs of the very images of
+    ``cams_dir`` (the same dataset, split and ids) into another folder; the pydensecrf backend (or ``--no-crf``)."""
+    cams2, out2 = Path(with_cams[0]), Path(with_cams[1])
+    if on_torch:
+        raise VplError(f"--with-cams {cams2}: refined beside {cams_dir} by the pydensecrf backend only; drop "
+                       "--backend torch, or run crf on it alone")
+    if out2.resolve() == out.resolve() or cams2.resolve() == cams_dir.resolve():
+        raise VplError(f"--with-cams {cams2} --with-out {out2}: another CAM folder and another output than "
+                       f"{cams_dir} and --out {out}")
+    io.read_stage_record(cams2, "cam")
+    other = open_recorded(cams2)
+    io.check_outputs(STAGE, {"--with-out": (out2, "stage")}, inputs={"the cam folder": cams2},
+                     protected=other.folders(), overwrite=overwrite)
+    ids2, _ = io.cam_items(cams2, other)
+    if ids2 != ids or (other.root, other.split) != (dataset.root, dataset.split):
+        raise VplError(f"--with-cams {cams2}: CAMs of other images than {cams_dir} ({len(ids2)} of {other.root} "
+                       f"against {len(ids)} of {dataset.root}); run crf on each alone")
+    return cams2, out2
 
 
 def _ignored_pixels(masks: list[Path], workers: int) -> tuple[int, int]:

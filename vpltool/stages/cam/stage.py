@@ -15,6 +15,7 @@ Each image's maps are written by the writer thread (:func:`vpltool.io.write_cam`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -110,6 +111,7 @@ def run_cam(
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
     model_at: ModelSpec | None = None,
+    raw_out: str | Path | None = None,
 ) -> io.StageSummary:
     """CAMs for every image of an `extract` folder, or of a dataset given directly, with its image-level labels.
 
@@ -121,6 +123,9 @@ def run_cam(
             ``cam-debug``, docs/file-formats.md). backbone: reuse an already loaded model of the same identity.
         model_at: where the recorded CLIP lies now (``--model local-dir:NEW``, its folder renamed since), taken
             when it holds the recorded bytes (:meth:`vpltool.models.ModelSpec.from_identity`).
+        raw_out: with ``--refine caa`` (batched, CLIP's attention), also the folder ``--refine none`` would make
+            (the same files and records): the GradCAM maps CAA starts from, written from the same pass, so that
+            comparing the two refinements costs one GradCAM (:func:`check_raw_out`).
         shard: ``(i, n)``: every n-th image from the i-th (``--shard i/n``; under torchrun the rank, see
             :func:`vpltool.device.shard_from_env`); the folder completes when every shard's images are there.
     """
@@ -137,11 +142,29 @@ def run_cam(
         src = FromDataset(source, split, prototypes, cfg, model_at)
         source = Path(source.root if isinstance(source, Dataset) else source)
     dino_file = cfg.dino_weights if cfg.affinity != "clip" and cfg.dino_weights not in ("hub", "none") else None
-    io.check_outputs(STAGE, {"--out": (out, "stage"), "--save-overlays": (overlays, "side"),
-                             "--save-debug": (debug, "side")},
+    raw_out = check_raw_out(cfg, out, raw_out)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--raw-out": (raw_out, "stage"),
+                             "--save-overlays": (overlays, "side"), "--save-debug": (debug, "side")},
                      inputs={"the source": source, "--prototypes": prototypes, "--dino-weights": dino_file},
                      protected=src.folders(), overwrite=runtime.overwrite)  # every output, before the model loads
-    return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone)
+    return _run_on(src, out, cfg, runtime, overlays, debug, shard_from_env(shard), on_item, on_start, backbone,
+                   raw_out)
+
+
+def check_raw_out(cfg: CamConfig, out: Path, raw_out: str | Path | None) -> Path | None:
+    """``--raw-out`` as a path, or VplError (one line, before the model loads) where this run computes no GradCAM
+    that ``--refine none`` would store as is: only the batched CAA on CLIP's attention (:func:`batched_mode`)
+    keeps it apart from its refined maps, bit for bit the maps of a ``--refine none`` run."""
+    if raw_out is None:
+        return None
+    raw_out = Path(raw_out)
+    if cfg.refine != "caa" or not batched_mode(cfg):
+        raise VplError(f"--raw-out {raw_out}: made only with --refine caa --affinity clip (without --parity "
+                       f"clip-es), not --refine {cfg.refine} --affinity {cfg.affinity} --parity {cfg.parity}; drop it "
+                       "and run `cam --refine none` for that folder")
+    if raw_out.resolve() == out.resolve():
+        raise VplError(f"--raw-out {raw_out}: the same folder as --out; give the --refine none folder another name")
+    return raw_out
 
 
 def batched_mode(cfg: CamConfig) -> bool:
@@ -152,7 +175,7 @@ def batched_mode(cfg: CamConfig) -> bool:
 
 
 def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, debug, shard: tuple[int, int],
-            on_item, on_start, backbone) -> io.StageSummary:
+            on_item, on_start, backbone, raw_out: Path | None = None) -> io.StageSummary:
     """The stage on either source, through the shared pipeline of :mod:`vpltool.runtime.batches` (plan, load ahead, run
     batched, write behind) inside the skeleton of :class:`vpltool.io.StageFolder`."""
     device = resolve_device(runtime.device)
@@ -161,8 +184,10 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     numerics = run_numerics(dtype, runtime.precision, device)
     io.check_numerics(numerics, *made)  # the features and prototypes: this run's dtype and mode
     temperature = temperature_of(cfg, src.protos)
-    params = {**to_params(cfg), "temperature": temperature,
-              "prototypes": io.file_identity(src.protos.path, source=src.protos.source)}
+    prototypes = io.file_identity(src.protos.path, source=src.protos.source)
+    params = {**to_params(cfg), "temperature": temperature, "prototypes": prototypes}
+    # --raw-out's record: what a --refine none run of the same options records (CAA's own fields are inert there)
+    raw_params = {**to_params(replace(cfg, refine="none")), "temperature": temperature, "prototypes": prototypes}
     inputs = dict(src.inputs)
     if "dino_weights" in params and params["dino_weights"] not in ("hub", "none"):
         # a weights file is an input, known by its content: another spelling of its path is the same run, the same
@@ -178,18 +203,44 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
             raise ContractError(f"{src.protos.path}: prototypes are {src.protos.dim}-d but the model's features "
                                 f"are {bb.embed_dim}-d; make prototypes with the same CLIP model")
         plan = src.plan(bb, todo, items, runtime.loader_workers(bb.device))
-        _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item)
+        raw = None if raw_out is None else (raw_out, raw_params)
+        _run_batches(bb, src, plan, out, cfg, runtime, temperature, dtype, params, overlays, debug, on_item, raw)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
                             sides={"--save-overlays": overlays, "--save-debug": debug}, numerics=numerics)
-    return folder.run(src.ids, io.cam_path, work, on_start, inputs=inputs)
+    if raw_out is None:
+        return folder.run(src.ids, io.cam_path, work, on_start, inputs=inputs)
+    raw_folder = io.StageFolder(raw_out, STAGE, raw_params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
+                                numerics=numerics)
+    return _run_both(folder, raw_folder, src.ids, work, on_start, inputs)
+
+
+def _run_both(folder: io.StageFolder, raw: io.StageFolder, ids, work, on_start, inputs: dict) -> io.StageSummary:
+    """:meth:`vpltool.io.StageFolder.run` for ``--out`` and ``--raw-out`` at once: both folders locked and recorded,
+    an image is done again where either folder misses its file (rewritten the same where the other has it: the
+    same run, so the same bytes), and each folder completes on its own."""
+    start = time.perf_counter()
+    folder.items = raw.items = (ids, io.cam_path)
+    with folder, raw:
+        missing = set(folder.todo(ids, io.cam_path)) | set(raw.todo(ids, io.cam_path))
+        todo = [i for i in folder.mine(ids) if i in missing]
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            work(todo)
+        complete = folder.finish(ids, io.cam_path, inputs=inputs)
+        complete = raw.finish(ids, io.cam_path, inputs=inputs) and complete
+    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
+                           seconds=time.perf_counter() - start, complete=complete)
 
 
 def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamConfig, runtime: RuntimeConfig,
-                 temperature: float, dtype: torch.dtype, params: dict, overlays, debug, on_item) -> None:
+                 temperature: float, dtype: torch.dtype, params: dict, overlays, debug, on_item,
+                 raw: tuple[Path, dict] | None = None) -> None:
     """The images of ``plan`` on the shared loop (:func:`vpltool.runtime.batches.run_image_batches`): same-grid
     batches loaded ahead, run batched (:func:`cams_for_batch`, chunks halved on out-of-memory) or one image a batch
-    (:func:`cams_for_image`), written behind."""
+    (:func:`cams_for_image`), written behind; ``raw``: ``(folder, its params)`` of ``--raw-out``, where the batch's
+    GradCAM maps before CAA go as well (batched only, :func:`check_raw_out`)."""
     batched = batched_mode(cfg)
     need_image = overlays is not None or (src.need_images and not batched)
     pre, rows, block = bb.preprocessor, PrototypeRows(src.protos, bb.device), gradcam_precision(bb.device)
@@ -207,7 +258,8 @@ def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamCon
 
         def chunk(part: slice) -> dict:
             cams = _chunk(bb, batch, part, entries, src, rows, cfg, temperature, dtype, block)
-            return {**_batch_tensors(cams, debug is not None), "offsets": cams.offsets, "image": images[part]}
+            return {**_batch_tensors(cams, debug is not None, raw is not None), "offsets": cams.offsets,
+                    "image": images[part]}
 
         return chunk
 
@@ -215,6 +267,9 @@ def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamCon
         entries = [plan[i] for i in index]
         if batched:
             _batch_writer(out, entries, t["image"], t["offsets"], src, params, overlays, debug, cfg)(t)
+            if raw is not None:  # the maps --refine none stores: GradCAM's, as they entered CAA
+                _batch_writer(raw[0], entries, t["image"], t["offsets"], src, raw[1], None, None, cfg)(
+                    {"maps": t["raw_maps"], "finite": t["raw_finite"]})
         else:
             _writer(out, entries[0], t["image"][0], src, params, overlays, debug)(t)
 
@@ -252,12 +307,16 @@ def _chunk(bb: ClipBackbone, batch: dict, part: slice, entries: list[dict], src,
     return cams_for_batch(bb, tokens, prev, n_prev, grid, labels, rows, cfg, temperature, block)
 
 
-def _batch_tensors(cams: CamBatch, debug: bool) -> dict:
+def _batch_tensors(cams: CamBatch, debug: bool, raw_out: bool = False) -> dict:
     """What the writer needs of a batch, cast and checked on the device: the maps clamped to [0, 1] as stored, a
-    finiteness flag per map, and (``--save-debug``) the intermediate maps; nothing else crosses to the host."""
+    finiteness flag per map, (``--save-debug``) the intermediate maps, and (``--raw-out``) the GradCAM maps as a
+    ``--refine none`` run's would be; nothing else crosses to the host."""
     out = {"maps": cams.maps.clamp(0, 1), "finite": torch.isfinite(cams.maps).flatten(1).all(1)}
     if debug:
         out.update(raw=cams.raw, probs=cams.probs, before=cams.before)
+    if raw_out:
+        # flat keys: the host copy (vpltool.runtime.host.to_host) takes tensors and lists of them, not dicts
+        out.update(raw_maps=cams.raw.clamp(0, 1), raw_finite=torch.isfinite(cams.raw).flatten(1).all(1))
     return out
 
 
