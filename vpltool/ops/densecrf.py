@@ -98,30 +98,22 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: CrfConfig = CrfConfig()
 
 
 def dense_crfs(image: np.ndarray, probs: Sequence[np.ndarray], cfg: CrfConfig = CrfConfig()) -> list[np.ndarray]:
-    """:func:`dense_crf` of several score maps of one image with the same C (e.g. two refinements' CAMs of its
-    labels): the pairwise terms (the bilateral term's permutohedral lattice, ~45 % of an image's CRF on a CPU) are
-    built once and each unary runs on them. Each Q is bit for bit the one :func:`dense_crf` gives alone: inference
-    starts from the unary it is given and only reads the pairwise terms.
-
-    Returns:
-        One Q ``[C, H, W]`` float32 per element of ``probs``.
-    """
+    """:func:`dense_crf` of several score maps of one image with the same C (two refinements' CAMs of its labels): one
+    Q ``[C, H, W]`` float32 each, bit for bit :func:`dense_crf`'s alone (inference starts from the unary it is given
+    and only reads the pairwise terms), the pairwise terms (the bilateral lattice, ~45 % of a CRF's CPU) built once."""
     c, h, w = probs[0].shape
     check_image(image, (h, w))
     if any(p.shape != probs[0].shape for p in probs):
         raise ValueError(f"dense_crfs: score maps of one image must share their shape, got {[p.shape for p in probs]}")
     if c == 1:  # a single label has nothing to decide; pydensecrf would only spend time on it
         return [np.ones((1, h, w), np.float32) for _ in probs]
-    dcrf = densecrf_module()
-    crf = dcrf.DenseCRF2D(w, h, c)
+    crf = densecrf_module().DenseCRF2D(w, h, c)
+    crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
+    rgbim = np.require(image, requirements="CW")  # pydensecrf wants a writable buffer; PIL's arrays are read-only
+    crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=rgbim, compat=cfg.bilateral_compat)
     out = []
-    for k, p in enumerate(probs):
-        crf.setUnaryEnergy(unary(p))  # replaces the last unary
-        if k == 0:
-            crf.addPairwiseGaussian(sxy=cfg.gaussian_sxy, compat=cfg.gaussian_compat)
-            rgbim = np.require(image, requirements="CW")  # pydensecrf wants a writable buffer; PIL's are read-only
-            crf.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb, rgbim=rgbim,
-                                     compat=cfg.bilateral_compat)
+    for p in probs:  # each unary replaces the last; the pairwise terms never read it
+        crf.setUnaryEnergy(unary(p))
         out.append(np.asarray(crf.inference(cfg.iterations), dtype=np.float32).reshape(c, h, w))
     return out
 
@@ -453,5 +445,4 @@ def crf_labels(images: Sequence[Tensor], unaries: Sequence[Tensor], ids: Sequenc
 
 __all__ = ["UNARY_FLOOR", "resolve_backend", "densecrf_module", "unary", "dense_crf", "dense_crfs", "check_image",
            "Lattice", "lattice", "pixel_features", "symmetric_norm", "mean_field", "mean_field_flat", "pairwise_terms",
-           "iterate", "image_tensor",
-           "torch_unary", "crf_labels"]
+           "iterate", "image_tensor", "torch_unary", "crf_labels"]
