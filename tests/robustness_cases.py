@@ -38,6 +38,10 @@ ASSETS = Path(__file__).parent / "assets"
 TINY = ["--model", "vpl-test-vit", "--pretrained", "none"]
 CPU = ["--device", "cpu"]
 TEXT_ARGS = ["--templates", "a photo of a {}.", "--background", "grass,sky,wall,water"]
+# segment on the toy CLIP with one prompt template: the default imagenet's 80 send ~2,300 prompts through the
+# text tower (~70 % of such a case's CPU), and a case not about templates reads the same with one
+ONE_TEMPLATE = ["--templates", "a photo of a {}."]
+SEG_TINY = [*TINY, *CPU, *ONE_TEMPLATE]
 DINO_MODEL = "vit_tiny_patch16_224"  # the smallest timm ViT: the DINO of these cases, with seeded random weights
 DECODER_ARGS = ["--iters", "2", "--batch-size", "2", "--dim", "16", "--layers", "1", "--heads", "2",
                 "--crop-size", "64", "--checkpoint-every", "1", "--workers", "1", *CPU]
@@ -739,7 +743,7 @@ def _local_clip_cut_short(ws: Workspace) -> Iterator[list[object]]:
       "changed (sha256 ")
 def _weights_between_shards(ws: Workspace) -> Iterator[list[object]]:
     clip, out = _local_clip(ws, "clip_shard"), ws.out("seg_shard")
-    args = ["segment", ws.world, "--split", "val", "-o", out, "--model", f"local-dir:{clip}", *CPU]
+    args = ["segment", ws.world, "--split", "val", "-o", out, "--model", f"local-dir:{clip}", *CPU, *ONE_TEMPLATE]
     cli_ok(*args, "--shard", "0/2")
     _replace_weights(clip)
     yield [*args, "--shard", "1/2"]
@@ -939,7 +943,7 @@ def _halves(dtype: str = "int64", low: int = 0):
     return ids_of
 
 
-CORRCLIP = ["--dense", "corrclip", "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, *TINY, *CPU]
+CORRCLIP = ["--dense", "corrclip", "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, *SEG_TINY]
 
 
 @case("an np.save file named .npz as a region mask (segment --dense corrclip --region-masks; was a TypeError "
@@ -1020,7 +1024,7 @@ def _photo_rewritten(ws: Workspace) -> Iterator[list[object]]:
 
     with mock.patch.object(stage.StageFolder, "todo", todo_then_rewrite):
         yield ["segment", world, "--split", "val", "--classes", "star,circle", "-o", ws.out("out"), "--dense",
-               "maskclip", *TINY, *CPU]
+               "maskclip", *SEG_TINY]
 
 
 @case("region ids past 2^24 and uint64 ids past 2^63 (segment --dense corrclip; ids 2^24 and 2^24 + 1 merged "
@@ -2045,7 +2049,7 @@ def _eval_features(ws: Workspace) -> Iterator[list[object]]:
 
 @case("segment with 'background' among the class names", "--classes")
 def _segment_background_class(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_bg"), *TINY, *CPU, "--classes", "background,cat"]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_bg"), *SEG_TINY, "--classes", "background,cat"]
 
 
 @case("segment a 24-megapixel photo with 1 GB of memory free (a 6000x4000 JPEG)",
@@ -2062,7 +2066,7 @@ def _photo_over_memory(ws: Workspace) -> Iterator[list[object]]:
         Image.new("RGB", (6000, 4000), (90, 120, 60)).save(photo, quality=50)
     # refused from the photo's header and the free memory, before any model loads: the same on any machine
     with mock.patch.object(bands, "available_bytes", lambda: 2**30):
-        yield ["segment", photo, "--classes", "cat,dog", "-o", ws.out("seg_24mp"), *TINY, *CPU]
+        yield ["segment", photo, "--classes", "cat,dog", "-o", ws.out("seg_24mp"), *SEG_TINY]
 
 
 def _world_with_24mp_photo(ws: Workspace, name: str) -> Path:
@@ -2112,7 +2116,7 @@ def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
             Image.open(ws.world / "images" / f"train_00000{i}.png").convert("RGB").resize((192, 144)).save(
                 photos / f"IMG_000{i}.jpg", quality=90)
     out = ws.out("seg_killed")
-    args = ["segment", photos, "--classes", "cat,dog", "-o", out, *TINY, *CPU, "--workers", "2"]
+    args = ["segment", photos, "--classes", "cat,dog", "-o", out, *SEG_TINY, "--workers", "2"]
     proc = paced_cli(args)
     try:
         wait_until(proc, lambda: any(out.glob("*.png")))
@@ -2128,7 +2132,7 @@ def _segment_resume_after_kill(ws: Workspace) -> Iterator[list[object]]:
       "seg_foreign/val_000000.png: made by another run than its folder's", "a file copied in",
       "remove it and re-run `vpltool segment` with the folder's options")
 def _segment_foreign_mask(ws: Workspace) -> Iterator[list[object]]:
-    args = ["segment", ws.world, "--split", "val", *TINY, *CPU, "--short-side", "64", "--slide-crop", "0"]
+    args = ["segment", ws.world, "--split", "val", *SEG_TINY, "--short-side", "64", "--slide-crop", "0"]
     out, other = ws.out("seg_foreign"), ws.out("seg_foreign_other")
     cli_ok(*args, "-o", out, "--classes", "star,circle")
     cli_ok(*args, "-o", other, "--classes", "circle,star")  # other classes: another run
@@ -2138,7 +2142,7 @@ def _segment_foreign_mask(ws: Workspace) -> Iterator[list[object]]:
 
 @case("segment with an unknown dense method", "--dense 'nope'", "choose none, maskclip")
 def _segment_bad_dense(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *TINY, *CPU, "--dense", "nope"]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_nope"), *SEG_TINY, "--dense", "nope"]
 
 
 @case("segment --dense proxyclip on SigLIP 2 (a timm tower: no class token, no nn.MultiheadAttention)",
@@ -2152,7 +2156,7 @@ def _segment_siglip2_proxyclip(ws: Workspace) -> Iterator[list[object]]:
 @case("segment --dense trident with SAM 2 as its SAM", "--sam-model sam2_hiera_t: SAM 2's Hiera encoder",
       "--region-masks sam2:CONFIG")
 def _segment_trident_sam2(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident_sam2"), *TINY, *CPU, "--dense",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident_sam2"), *SEG_TINY, "--dense",
            "trident", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "sam2_hiera_t",
            "--sam-weights", "none"]
 
@@ -2160,7 +2164,7 @@ def _segment_trident_sam2(ws: Workspace) -> Iterator[list[object]]:
 @case("segment --dense textregion without region masks", "--dense textregion needs class-agnostic region masks",
       "--region-masks FOLDER")
 def _segment_textregion_no_masks(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion"), *TINY, *CPU, "--dense",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion"), *SEG_TINY, "--dense",
            "textregion"]
 
 
@@ -2188,7 +2192,7 @@ def _segment_textregion_mask_size(ws: Workspace) -> Iterator[list[object]]:
     import numpy as np
 
     folder = _textregion_masks(ws, "textregion_masks_size", {"masks": np.ones((1, 5, 5), np.float16)})
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_size"), *TINY, *CPU, "--dense",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_size"), *SEG_TINY, "--dense",
            "textregion", "--region-masks", folder]
 
 
@@ -2198,14 +2202,14 @@ def _segment_textregion_mask_nan(ws: Workspace) -> Iterator[list[object]]:
     import numpy as np
 
     folder = _textregion_masks(ws, "textregion_masks_nan", {"masks": np.full((1, 96, 96), np.nan, np.float32)})
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_nan"), *TINY, *CPU, "--dense",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_nan"), *SEG_TINY, "--dense",
            "textregion", "--region-masks", folder]
 
 
 @case("segment --dense textregion --region-masks sam2 without --sam-weights", "--region-masks sam2 needs the "
       "model's weights", "--sam-weights FILE")
 def _segment_textregion_sam2_no_weights(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_sam2"), *TINY, *CPU, "--dense",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_textregion_sam2"), *SEG_TINY, "--dense",
            "textregion", "--region-masks", "sam2"]
 
 
@@ -2218,17 +2222,17 @@ def _segment_siglip2_textregion(ws: Workspace) -> Iterator[list[object]]:
 
 @case("segment --long-side 8", "--long-side 8: must be >= 16")
 def _segment_long_side_small(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_long_side"), *TINY, *CPU, "--long-side", "8"]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_long_side"), *SEG_TINY, "--long-side", "8"]
 
 
 @case("segment --max-side 10 (a working size PAMR's dilations have no room in)", "--max-side 10: must be >= 64")
 def _segment_max_side_small(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_max_side"), *TINY, *CPU, "--max-side", "10"]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_max_side"), *SEG_TINY, "--max-side", "10"]
 
 
 @case("segment with a stride larger than its window", "--slide-stride 500 is larger than --slide-crop 224")
 def _segment_bad_stride(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_stride"), *TINY, *CPU, "--dense", "sclip",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_stride"), *SEG_TINY, "--dense", "sclip",
            "--slide-stride", "500"]
 
 
@@ -2240,7 +2244,7 @@ def _segment_proxy_wrong_weights(ws: Workspace) -> Iterator[list[object]]:
 
     path = ws.root / "other_proxy.safetensors"
     save_file({"head.weight": torch.zeros(2, 2)}, str(path))
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_proxy"), *TINY, *CPU, "--dense", "proxyclip",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_proxy"), *SEG_TINY, "--dense", "proxyclip",
            "--proxy-model", DINO_MODEL, "--proxy-weights", path]
 
 
@@ -2252,7 +2256,7 @@ def _segment_trident_wrong_sam(ws: Workspace) -> Iterator[list[object]]:
 
     path = ws.root / "other_sam.safetensors"
     save_file({"blocks.0.attn.qkv.weight": torch.zeros(6, 2)}, str(path))
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *SEG_TINY, "--dense", "trident",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-weights", path]
 
 
@@ -2270,7 +2274,7 @@ def _segment_trident_sam_size(ws: Workspace) -> Iterator[list[object]]:
     state["blocks.0.attn.proj.bias"] = torch.zeros(1024)
     path = ws.root / "sam_small.safetensors"
     save_file(state, str(path))
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *SEG_TINY, "--dense", "trident",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-weights", path]
 
 
@@ -2285,7 +2289,7 @@ def _segment_trident_refine_encoder_only(ws: Workspace) -> Iterator[list[object]
     torch.manual_seed(0)
     path = ws.root / "sam_encoder.safetensors"
     save_file({k: v.contiguous() for k, v in _build(SAM_ARCHS["test"]).state_dict().items()}, str(path))
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *SEG_TINY, "--dense", "trident",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "test", "--sam-weights", path,
            "--sam-refine"]
 
@@ -2293,7 +2297,7 @@ def _segment_trident_refine_encoder_only(ws: Workspace) -> Iterator[list[object]
 @case("segment --dense trident without --sam-weights", "--dense trident needs SAM's image encoder",
       "--sam-weights FILE")
 def _segment_trident_no_sam(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *SEG_TINY, "--dense", "trident",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none"]
 
 
@@ -2301,20 +2305,20 @@ def _segment_trident_no_sam(ws: Workspace) -> Iterator[list[object]]:
       "--dense trident needs SAM's image encoder: pass --sam-weights "
       "<checkout>/vpltool/assets/toy-sam/model.safetensors (the demo world's toy SAM")
 def _segment_trident_toy_no_sam(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *TINY, *CPU, "--dense", "trident",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_trident"), *SEG_TINY, "--dense", "trident",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "toy"]
 
 
 @case("segment --dense cass with a --global-weight above 1", "--global-weight 1.5")
 def _segment_cass_bad_weight(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_cass"), *TINY, *CPU, "--dense", "cass",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_cass"), *SEG_TINY, "--dense", "cass",
            "--global-weight", "1.5"]
 
 
 @case("segment --dense ov-stitcher without --region-masks", "--dense ov-stitcher needs class-agnostic region masks",
       "--region-masks FOLDER")
 def _segment_ov_stitcher_no_masks(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *TINY, *CPU, "--dense", "ov-stitcher",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *SEG_TINY, "--dense", "ov-stitcher",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none"]
 
 
@@ -2322,7 +2326,7 @@ def _segment_ov_stitcher_no_masks(ws: Workspace) -> Iterator[list[object]]:
       "--slide-crop 300: --dense ov-stitcher stitches whole windows", "a positive multiple of 56")
 def _segment_ov_stitcher_crop(ws: Workspace) -> Iterator[list[object]]:
     (ws.root / "ovs_masks").mkdir(exist_ok=True)
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *TINY, *CPU, "--dense", "ov-stitcher",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *SEG_TINY, "--dense", "ov-stitcher",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--region-masks", ws.root / "ovs_masks",
            "--slide-crop", "300"]
 
@@ -2331,7 +2335,7 @@ def _segment_ov_stitcher_crop(ws: Workspace) -> Iterator[list[object]]:
       "--short-side 224 is smaller than --slide-crop 336", "pass --short-side 336 or more")
 def _segment_ov_stitcher_short(ws: Workspace) -> Iterator[list[object]]:
     (ws.root / "ovs_masks").mkdir(exist_ok=True)
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *TINY, *CPU, "--dense", "ov-stitcher",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_ovs"), *SEG_TINY, "--dense", "ov-stitcher",
            "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--region-masks", ws.root / "ovs_masks",
            "--short-side", "224"]
 
@@ -4415,7 +4419,7 @@ SHAPES = ("circle", "square", "triangle", "star", "hexagon", "cross", "ring", "d
 
 
 def _segment(ws: Workspace, out: str, *extra: object) -> list[object]:
-    return ["segment", ws.world, "--split", "val", "-o", ws.out(out), *TINY, *CPU, "--dense", "maskclip", *extra]
+    return ["segment", ws.world, "--split", "val", "-o", ws.out(out), *SEG_TINY, "--dense", "maskclip", *extra]
 
 
 @case("segment --classes FILE with 254 filler names then the 8 shapes (262 classes: a uint8 mask wraps at 255)",
@@ -4624,7 +4628,7 @@ def _strip_world(ws: Workspace) -> Path:
 @case("segment on a split holding a 1x5000 image", "world_strip/images/val_000000.png: 1x5000 pixels, too small "
       "to segment")
 def _segment_strip(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", _strip_world(ws), "--split", "val", "-o", ws.out("seg_strip"), *TINY, *CPU, "--dense",
+    yield ["segment", _strip_world(ws), "--split", "val", "-o", ws.out("seg_strip"), *SEG_TINY, "--dense",
            "maskclip", "--classes", "star,circle"]
 
 
@@ -4820,7 +4824,7 @@ def _miniature(ws: Workspace, name: str) -> Path:
       "images/validation", "annotations/validation")
 def _benchmark_wrong_layout(ws: Workspace) -> Iterator[list[object]]:
     root = _miniature(ws, "voc21")
-    yield ["segment", f"ade20k={root}", "-o", ws.out("out"), *TINY, *CPU]
+    yield ["segment", f"ade20k={root}", "-o", ws.out("out"), *SEG_TINY]
 
 
 @case("a class file with an empty line", "classes_blank.txt", "line 3 is empty", "remove the line")
@@ -4838,8 +4842,8 @@ def _class_file_trailing_blank(ws: Workspace) -> Iterator[list[object]]:
 
     path = ws.root / "classes_trailing.txt"
     path.write_text(class_file_path("sclip:voc21").read_text().rstrip("\n") + "\n\n\n")
-    yield ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", ws.out("seg_trailing"), "--class-file", path, *TINY,
-           *CPU, "--short-side", "64", "--slide-crop", "0"]
+    yield ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", ws.out("seg_trailing"), "--class-file", path, *SEG_TINY,
+           "--short-side", "64", "--slide-crop", "0"]
 
 
 @case("a --class-file rewritten between segment --shard 0/2 and 1/2 (a class's queries changed: named as a changed "
@@ -4851,7 +4855,7 @@ def _class_file_changed_between_shards(ws: Workspace) -> Iterator[list[object]]:
     path, out = ws.root / "classes_changed.txt", ws.out("seg_class_file_changed")
     text = class_file_path("sclip:voc21").read_text()
     path.write_text(text)
-    args = ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--class-file", path, *TINY, *CPU,
+    args = ["segment", f"voc21={_miniature(ws, 'voc21')}", "-o", out, "--class-file", path, *SEG_TINY,
             "--short-side", "64", "--slide-crop", "0"]
     cli_ok(*args, "--shard", "0/2")
     lines = text.splitlines()
@@ -5290,7 +5294,7 @@ def _weclip_no_background_row(ws: Workspace) -> Iterator[list[object]]:
 def _segment_proxy_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
     path = ws.dino_weights("proxy_shards.safetensors", seed=0)
     out = ws.out("seg_proxy_shards")
-    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+    args = ["segment", ws.world, "--split", "val", "-o", out, *SEG_TINY, "--classes", "star,circle", "--dense",
             "proxyclip", "--proxy-model", DINO_MODEL, "--proxy-weights", path]
     cli_ok(*args, "--shard", "0/2")
     ws.dino_weights("proxy_shards.safetensors", seed=1)
@@ -5314,7 +5318,7 @@ def _region_folder(ws: Workspace, name: str) -> Path:
 
 
 def _corrclip_args(ws: Workspace, out: Path) -> list[object]:
-    return ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+    return ["segment", ws.world, "--split", "val", "-o", out, *SEG_TINY, "--classes", "star,circle", "--dense",
             "corrclip", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--short-side", "64", "--slide-crop",
             "0"]
 
@@ -5434,7 +5438,7 @@ def _segment_sam_weights_replaced(ws: Workspace) -> Iterator[list[object]]:
 
     write(0)
     out = ws.out("seg_sam_shards")
-    args = ["segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--classes", "star,circle", "--dense",
+    args = ["segment", ws.world, "--split", "val", "-o", out, *SEG_TINY, "--classes", "star,circle", "--dense",
             "trident", "--proxy-model", DINO_MODEL, "--proxy-weights", "none", "--sam-model", "test",
             "--sam-weights", path]
     cli_ok(*args, "--shard", "0/2")
@@ -5573,7 +5577,7 @@ def _radseg_scale_zero(ws: Workspace) -> Iterator[list[object]]:
       "radseg/text has no effect without --dense radseg", exit_code=0, leaves=("seg_radseg_naclip/*",))
 def _radseg_option_elsewhere(ws: Workspace) -> Iterator[list[object]]:
     _, text = _radseg_files(ws)
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_radseg_naclip"), *TINY, *CPU, "--classes",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_radseg_naclip"), *SEG_TINY, "--classes",
            "star,circle", "--dense", "naclip", "--language-model", text]
 
 
@@ -5618,13 +5622,13 @@ def _eval_copy_other_masks(ws: Workspace) -> Iterator[list[object]]:
 def _segment_not_a_photo(ws: Workspace) -> Iterator[list[object]]:
     notes = ws.root / "notes.txt"
     notes.write_text("not a photo")
-    yield ["segment", notes, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+    yield ["segment", notes, "--classes", "star", "-o", ws.out("out"), *SEG_TINY]
 
 
 @case("an empty folder where photos belong (segment FOLDER)", "is empty: no image", "a folder of photos")
 def _segment_empty_folder(ws: Workspace) -> Iterator[list[object]]:
     (ws.root / "no_photos").mkdir()
-    yield ["segment", ws.root / "no_photos", "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+    yield ["segment", ws.root / "no_photos", "--classes", "star", "-o", ws.out("out"), *SEG_TINY]
 
 
 @case("a photo that is no image inside (segment PHOTO)", "broken.jpg")
@@ -5632,7 +5636,7 @@ def _segment_unreadable_photo(ws: Workspace) -> Iterator[list[object]]:
     broken = ws.root / "photos" / "broken.jpg"
     broken.parent.mkdir()
     broken.write_bytes(b"\xff\xd8 cut short")
-    yield ["segment", broken.parent, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+    yield ["segment", broken.parent, "--classes", "star", "-o", ws.out("out"), *SEG_TINY]
 
 
 def _tif(path: Path, seed: int = 0) -> Path:
@@ -5681,7 +5685,7 @@ def _segment_skipped_files(ws: Workspace) -> Iterator[list[object]]:
 
 @case("segment --dense naclp (a typo)", "--dense 'naclp': did you mean 'naclip'?")
 def _segment_dense_typo(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world / "images", "--classes", "star", "-o", ws.out("out"), "--dense", "naclp", *TINY, *CPU]
+    yield ["segment", ws.world / "images", "--classes", "star", "-o", ws.out("out"), "--dense", "naclp", *SEG_TINY]
 
 
 # the Python door (docs/api.md): every check of the CLI, with its line
@@ -5874,7 +5878,7 @@ def _app_missing_weights(ws: Workspace) -> Iterator[list[object]]:
 @case("plain photos segmented without class names (segment FOLDER)", "plain photos name no classes",
       "--classes")
 def _segment_photos_no_classes(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world / "images", "-o", ws.out("out"), *TINY, *CPU]
+    yield ["segment", ws.world / "images", "-o", ws.out("out"), *SEG_TINY]
 
 
 @case("eval of masks made from plain photos (no ground truth)", "plain photos", "cannot be scored",
@@ -6130,7 +6134,7 @@ def _class_file_query_twice(ws: Workspace) -> Iterator[list[object]]:
 
     path = ws.root / "cls_twice.txt"
     path.write_text("\n".join(["dog", *VOC_CLASSES[1:]]) + "\n")
-    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", path, *SEG_TINY]
 
 
 @case("a class file with '|' (--classes' synonym mark)", "holds '|', --classes' synonym mark")
@@ -6140,7 +6144,7 @@ def _class_file_bar(ws: Workspace) -> Iterator[list[object]]:
 
     path = ws.root / "cls_bar.txt"
     path.write_text("\n".join(["aeroplane|jet", *VOC_CLASSES[1:]]) + "\n")
-    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+    yield ["segment", f"voc20={root}", "-o", ws.out("out"), "--class-file", path, *SEG_TINY]
 
 
 def _world_class_file(ws: Workspace, name: str, lines: Callable[[list[str]], list[str]]) -> Path:
@@ -6157,7 +6161,7 @@ def _world_class_file(ws: Workspace, name: str, lines: Callable[[list[str]], lis
       "mark that line 'background: WORDS'")
 def _class_file_one_short(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_short.txt", lambda names: ["grass, sky, wall, water", *names[:-1]])
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *SEG_TINY]
 
 
 @case("a class file without its first class: the background's line kept, unmarked (segment; once read with the "
@@ -6165,7 +6169,7 @@ def _class_file_one_short(ws: Workspace) -> Iterator[list[object]]:
       "--background WORDS, voc or coco")
 def _class_file_no_first_class(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_no_first.txt", lambda names: ["grass, sky, wall, water", *names[1:]])
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *SEG_TINY]
 
 
 @case("a class file without its first class, its lines of synonyms (segment; no line asks only another class's "
@@ -6173,7 +6177,7 @@ def _class_file_no_first_class(ws: Workspace) -> Iterator[list[object]]:
 def _class_file_synonyms_short(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_synonyms_short.txt",
                              lambda names: ["grass, sky", *(f"{n}, a {n} shape" for n in names[1:])])
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *SEG_TINY]
 
 
 @case("Python: a class file without its first class, the background's line unmarked",
@@ -6189,7 +6193,7 @@ def _py_class_file_short(ws: Workspace) -> Iterator[list[object]]:
       "cls_marked_short.txt: 8 lines for the background and 8 classes: one class line is missing")
 def _class_file_marked_short(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_marked_short.txt", lambda names: ["background: grass, sky", *names[:-1]])
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *SEG_TINY]
 
 
 @case("benchmark --class-file: VOC21's file without its last line (20 lines)",
@@ -6207,7 +6211,7 @@ def _benchmark_class_file_short(ws: Workspace) -> Iterator[list[object]]:
       "cls_no_background.txt: 8 lines for 8 classes, the first not marked", "--background WORDS, voc or coco")
 def _class_file_no_background(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_no_background.txt", lambda names: names)
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *TINY, *CPU]
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("out"), "--class-file", path, *SEG_TINY]
 
 
 @case("a class file of one line a class with --background none (segment): read as one line a class", "✓ segment",
@@ -6215,7 +6219,7 @@ def _class_file_no_background(ws: Workspace) -> Iterator[list[object]]:
 def _class_file_background_given(ws: Workspace) -> Iterator[list[object]]:
     path = _world_class_file(ws, "cls_no_background.txt", lambda names: names)
     yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_no_background"), "--class-file", path,
-           "--background", "none", *TINY, *CPU]
+           "--background", "none", *SEG_TINY]
 
 
 @case("benchmark --class-file FILE for two benchmarks", "--class-file sclip:voc21: one file for 2 benchmarks",
@@ -6425,7 +6429,7 @@ def _eval_foreign_segment_mask(ws: Workspace) -> Iterator[list[object]]:
     mine, other = ws.root / "seg_maskclip_run", ws.root / "seg_naclip_run"
     for out, dense in ((mine, "maskclip"), (other, "naclip")):
         if not (out / "_stage.json").is_file():
-            cli_ok("segment", ws.world, "--split", "val", "-o", out, *TINY, *CPU, "--dense", dense, "--classes",
+            cli_ok("segment", ws.world, "--split", "val", "-o", out, *SEG_TINY, "--dense", dense, "--classes",
                    ",".join(SHAPES))
     yield ["eval", _foreign(ws, mine, "seg_foreign", other, ".png")]
 
@@ -6459,7 +6463,7 @@ def _segment_cut_photo(ws: Workspace) -> Iterator[list[object]]:
     photo = _cut_jpeg(ws, ws.root / "cut_photo.jpg")
     shutil.rmtree(ws.root / "runs_new", ignore_errors=True)
     with _no_model_load():
-        yield ["segment", photo, "--classes", "star", "-o", ws.root / "runs_new" / "photo", *TINY, *CPU]
+        yield ["segment", photo, "--classes", "star", "-o", ws.root / "runs_new" / "photo", *SEG_TINY]
 
 
 @case("segment of a folder of photos, one a truncated JPEG", "photos_cut/b.jpg: cut short", "re-download it or "
@@ -6471,7 +6475,7 @@ def _segment_folder_cut_photo(ws: Workspace) -> Iterator[list[object]]:
     shutil.copyfile(ws.world / "images" / "train_000001.png", folder / "a.png")
     _cut_jpeg(ws, folder / "b.jpg")
     with _no_model_load():
-        yield ["segment", folder, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+        yield ["segment", folder, "--classes", "star", "-o", ws.out("out"), *SEG_TINY]
 
 
 @case("extract of a truncated PNG in a dataset's split (the fix: the split)", "world_cut_png/images/"
@@ -6491,7 +6495,7 @@ def _segment_tiny_photo(ws: Workspace) -> Iterator[list[object]]:
     from PIL import Image
 
     Image.new("RGB", (8, 8), (200, 30, 30)).save(ws.root / "tiny_photo.png")
-    yield ["segment", ws.root / "tiny_photo.png", "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+    yield ["segment", ws.root / "tiny_photo.png", "--classes", "star", "-o", ws.out("out"), *SEG_TINY]
 
 
 @case("segment FOLDER whose photos are in sub-folders (they are named sub-folders, not other files)",
@@ -6504,7 +6508,7 @@ def _segment_nested_photos(ws: Workspace) -> Iterator[list[object]]:
         (folder / name).mkdir(parents=True)
         shutil.copyfile(ws.world / "images" / "train_000000.png", folder / name / "x.png")
     (folder / "notes.txt").write_text("holiday\n")
-    yield ["segment", folder, "--classes", "star", "-o", ws.out("out"), *TINY, *CPU]
+    yield ["segment", folder, "--classes", "star", "-o", ws.out("out"), *SEG_TINY]
 
 
 @case("train-pgseg --groups 1,1 (a one-group model gives every pixel one class)", "--groups 1,1: the last stage's "
@@ -6589,7 +6593,7 @@ def _corrclip_at_bf16(ws: Workspace) -> Iterator[list[object]]:
     dino = ws.root / "dino_corrclip.safetensors"
     shutil.copy(Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors", dino)
     with mock.patch.dict(os.environ, {"VPLTOOL_ASSUME_AMX": "1"}):
-        yield ["segment", ws.world, "--split", "val", "-o", ws.out("corrclip_amx"), *TINY, *CPU, "--dense", "corrclip",
+        yield ["segment", ws.world, "--split", "val", "-o", ws.out("corrclip_amx"), *SEG_TINY, "--dense", "corrclip",
                "--classes", ",".join(SHAPES), "--proxy-model", "test_vit", "--proxy-weights", dino, "--region-masks",
                masks, "--short-side", "64", "--slide-crop", "64", "--slide-stride", "32"]
 

@@ -11,9 +11,9 @@ from unittest import mock
 
 import bad_output_method as bom  # tests/ is on sys.path
 
-from robustness_cases import ASSETS, CPU, TINY, Workspace, case, cli_ok
+from robustness_cases import ASSETS, CPU, SEG_TINY, TINY, Workspace, case, cli_ok
 
-SEG_VAL = ["--split", "val", *TINY, *CPU, "--classes", "star,circle"]
+SEG_VAL = ["--split", "val", *SEG_TINY, "--classes", "star,circle"]
 TOY_DINO = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-dino" / "model.safetensors"
 
 
@@ -389,7 +389,7 @@ _py_case("a class name with a line break (once one class 'star\\ncircle')",
 @case("segment --classes with a line break in a name (a pasted list; once one class)", "--classes: 'star\\ncircle' "
       "holds a line break or a tab, so it would be one class")
 def _classes_newline(ws: Workspace) -> Iterator[list[object]]:
-    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_newline"), *TINY, *CPU, "--classes",
+    yield ["segment", ws.world, "--split", "val", "-o", ws.out("seg_newline"), *SEG_TINY, "--classes",
            "star\ncircle"]
 
 
@@ -480,14 +480,14 @@ def _photos_with(ws: Workspace, name: str, make) -> Path:
       "(FIFO), not an image file; remove it, or put the image itself there")
 def _photo_fifo(ws: Workspace) -> Iterator[list[object]]:
     folder = _photos_with(ws, "photos_fifo", lambda f: os.mkfifo(f / "pipe.png"))
-    yield ["segment", folder, "-o", ws.out("seg_fifo"), *TINY, *CPU, "--classes", "star"]
+    yield ["segment", folder, "-o", ws.out("seg_fifo"), *SEG_TINY, "--classes", "star"]
 
 
 @case("segment a folder of photos where one .png is a link to /dev/zero (once skipped silently)", "photos_zero/"
       "zero.png: a link to /dev/zero, a device, not an image file")
 def _photo_dev_zero(ws: Workspace) -> Iterator[list[object]]:
     folder = _photos_with(ws, "photos_zero", lambda f: (f / "zero.png").symlink_to("/dev/zero"))
-    yield ["segment", folder, "-o", ws.out("seg_zero"), *TINY, *CPU, "--classes", "star"]
+    yield ["segment", folder, "-o", ws.out("seg_zero"), *SEG_TINY, "--classes", "star"]
 
 
 # ---- L: eval of a folder another run is writing

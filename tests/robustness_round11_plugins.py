@@ -20,9 +20,9 @@ from unittest import mock
 
 from plugin_sites import fresh_plugin_state, write_ending  # tests/ is on sys.path
 
-from robustness_cases import CPU, TINY, Workspace, case
+from robustness_cases import SEG_TINY, Workspace, case
 
-SEG_VAL = ["--split", "val", *TINY, *CPU, "--classes", "star,circle"]
+SEG_VAL = ["--split", "val", *SEG_TINY, "--classes", "star,circle"]
 TIMEOUT = "5"  # seconds: the plugins' timeout these rows set (VPLTOOL_PLUGIN_TIMEOUT), the hanging plugin's cost
 
 

@@ -24,6 +24,7 @@ from robustness_cases import (
     CORRCLIP,
     CPU,
     DECODER_ARGS,
+    SEG_TINY,
     TINY,
     Workspace,
     _amg_folder,
@@ -362,7 +363,7 @@ def _regions_sam3_loop_pt(ws: Workspace) -> Iterator[list[object]]:
 
 
 # ---- the CPU linear route's cache file (VPLTOOL_CPU_LINEAR=auto): damaged, a FIFO, forged between two shards
-LINEAR_SEG = ["--split", "val", *TINY, *CPU, "--classes", "circle,star,square", "--dense", "naclip"]
+LINEAR_SEG = ["--split", "val", *SEG_TINY, "--classes", "circle,star,square", "--dense", "naclip"]
 
 
 @contextlib.contextmanager

@@ -83,7 +83,7 @@ def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
         "learn-prototypes": [ws.features, "-c", ws.cams, "-t", ws.text, "-o", out / "vision.safetensors", "--iters",
                              "2", *rc.CPU],
         "crf": [ws.cams, "-o", out, "--workers", "1"],
-        "segment": [ws.world, "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--dense", "maskclip", "--classes",
+        "segment": [ws.world, "--split", "val", "-o", out, *rc.SEG_TINY, "--dense", "maskclip", "--classes",
                     "star,circle"],
         "train-decoder": [ws.pseudo, "-p", ws.text, "-o", out, *rc.DECODER_ARGS],
         "predict": [decoder, "--split", "val", "-o", out, *rc.CPU],
@@ -446,7 +446,7 @@ def test_a_damaged_class_file_is_refused_or_read_as_written(ws, tmp_path):
         path, out = ws.root / "fuzz_classes.txt", ws.root / "fuzz_class_seg"  # inside the workspace _holds watches
         shutil.rmtree(out, ignore_errors=True)
         path.write_text("\n".join(lines) + "\n")
-        code, output = _holds(ws, ["segment", str(ws.world), "--split", "val", "-o", str(out), *rc.TINY, *rc.CPU,
+        code, output = _holds(ws, ["segment", str(ws.world), "--split", "val", "-o", str(out), *rc.SEG_TINY,
                                    "--dense", "maskclip", "--class-file", str(path)], out)
         if code != 0:
             return
@@ -660,8 +660,8 @@ def test_a_dense_methods_damaged_output_is_never_written(ws):
     def run(method, damage):
         shutil.rmtree(out, ignore_errors=True)
         with bom.damaged_postprocess(method, damage):
-            code, output = _holds(ws, ["segment", str(ws.world), "--split", "val", "-o", str(out), *rc.TINY,
-                                       *rc.CPU, "--dense", method, "--classes", "star,circle"], out)
+            code, output = _holds(ws, ["segment", str(ws.world), "--split", "val", "-o", str(out), *rc.SEG_TINY,
+                                       "--dense", method, "--classes", "star,circle"], out)
         assert code == 2 and f"--dense {method}" in rc.error_lines(output)[0], (method, damage, output[-600:])
         assert not list(out.glob("*.png")), (method, damage)
 
@@ -1033,7 +1033,7 @@ def _stage_folder(ws: rc.Workspace, stage: str) -> Path:
         return made[stage]()
     out = ws.root / f"fuzz_stage_{stage}"
     if not (out / "_stage.json").is_file():
-        args = {"segment": [ws.world, "--split", "val", *rc.TINY, *rc.CPU, "--dense", "maskclip", "--classes",
+        args = {"segment": [ws.world, "--split", "val", *rc.SEG_TINY, "--dense", "maskclip", "--classes",
                             "star,circle"],
                 "sam-pseudo": [ws.cams, "--masks", rc._amg_folder(ws, "fuzz_stage_amg"), "--workers", "1"]}
         assert stage in args, f"no folder maker for stage {stage!r}: add it to _stage_folder (tests/test_fuzz.py)"

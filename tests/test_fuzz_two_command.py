@@ -323,7 +323,7 @@ def _segment_setup(key: str) -> Callable:
 
 def _segment_args(dense: list[str]) -> tuple[Callable, Callable]:
     def base(inputs, out):
-        return ["segment", inputs["world"], "--split", "val", "-o", out, *rc.TINY, *rc.CPU, "--classes",
+        return ["segment", inputs["world"], "--split", "val", "-o", out, *rc.SEG_TINY, "--classes",
                 "star,circle", *dense[:-1], dense[-1] if dense[-1] != "WEIGHTS" else inputs["weights"]]
 
     def first(inputs, out, mode):
