@@ -186,8 +186,10 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
     temperature = temperature_of(cfg, src.protos)
     prototypes = io.file_identity(src.protos.path, source=src.protos.source)
     params = {**to_params(cfg), "temperature": temperature, "prototypes": prototypes}
-    # --raw-out's record: what a --refine none run of the same options records (CAA's own fields are inert there)
-    raw_params = {**to_params(replace(cfg, refine="none")), "temperature": temperature, "prototypes": prototypes}
+    # --raw-out's record: what a --refine none run of the same options records (CAA's own fields are inert there);
+    # only with --raw-out, which check_raw_out allows with --affinity clip alone (refine none refuses another)
+    raw_params = None if raw_out is None else {**to_params(replace(cfg, refine="none")), "temperature": temperature,
+                                               "prototypes": prototypes}
     inputs = dict(src.inputs)
     if "dino_weights" in params and params["dino_weights"] not in ("hub", "none"):
         # a weights file is an input, known by its content: another spelling of its path is the same run, the same
