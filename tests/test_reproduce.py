@@ -32,6 +32,12 @@ def commands(dry: str) -> list[str]:
     return [line.strip() for line in joined.splitlines() if "bin/vpltool " in line]
 
 
+def makes_crf(cmds: list[str], cams: str, masks: str) -> bool:
+    """Whether a command makes CRF masks ``masks`` from ``cams``: its own `crf`, or another refinement's run that
+    refines them too (`crf ... --with-cams CAMS --with-out MASKS`, the demo's none beside caa)."""
+    return any(f"crf {cams} -o {masks} " in c or f"--with-cams {cams} --with-out {masks} " in c for c in cmds)
+
+
 def stage(cmds: list[str], name: str, *, nth: int = 0) -> str:
     found = [c for c in cmds if c.split("bin/vpltool ")[1].startswith(name + " ")]
     assert len(found) > nth, f"no `{name}` command (#{nth}) in:\n" + "\n".join(cmds)
@@ -127,14 +133,17 @@ def test_make_report_compares_refinements_and_chooses_the_decoders_masks_on_trai
             assert cam.split("bin/vpltool ")[1].startswith("cam ")
             assert f"-p runs/x/{protos}_prototypes.safetensors" in cam
             assert "--refine caa+sgc --affinity clip --sgc-segments 256 --sgc-clusters 32 --sgc-position 0" in cam
-            assert any(f"-o runs/x/caa/cams_{protos}{split} --box-threshold 0.95 --refine caa --affinity clip " in c
-                       for c in cmds)
+            assert any(f"-o runs/x/caa/cams_{protos}{split} " in c and "--box-threshold 0.95 --refine caa --affinity "
+                       "clip " in c for c in cmds)
         for refine in ("", "caa/", "caa+sgc/"):
             for masks, cams in (("pseudo_text", "cams_text"), ("pseudo", "cams_vision")):
-                assert any(f"crf runs/x/{refine}{cams}{split} -o runs/x/{refine}{masks}{split} " in c for c in cmds)
+                assert makes_crf(cmds, f"runs/x/{refine}{cams}{split}", f"runs/x/{refine}{masks}{split}")
                 assert any(f"eval runs/x/{refine}{masks}{split} " in c and
                            f"--json runs/x/metrics/{refine}{masks}{split}.json" in c for c in cmds)
-    assert "--refine none --device" in next(c for c in cmds if "-o runs/x/cams_text " in c)  # W's seeds: none
+    # W's seeds: none's text CAMs, GradCAM's maps as caa's run meets them (its --raw-out: one GradCAM for both)
+    none_cams = next(c for c in cmds if "-o runs/x/cams_text " in c or "--raw-out runs/x/cams_text " in c)
+    assert "--refine none --device" in none_cams or "--raw-out runs/x/cams_text --box-threshold 0.95 --refine caa " \
+        "--affinity clip " in none_cams
     for refine in ("", "caa/", "caa+sgc/"):  # issue 37: a decoder per refinement, each scored on train
         assert any(f"train-decoder runs/x/{refine}pseudo -p runs/x/vision_prototypes.safetensors -o "
                    f"runs/x/{refine}decoder " in c for c in cmds)
@@ -165,7 +174,7 @@ def test_make_demo_leaves_the_dense_affinity_and_sgc_rows_to_their_own_targets(t
     assert result.returncode == 0, result.stderr
     cmds = commands(result.stdout)
     for r in ("", "caa/"):
-        assert any(f"crf runs/x/{r}cams_vision -o runs/x/{r}pseudo " in c for c in cmds)
+        assert makes_crf(cmds, f"runs/x/{r}cams_vision", f"runs/x/{r}pseudo")
         assert any(f"train-decoder runs/x/{r}pseudo " in c for c in cmds)
     assert any("demo-report runs/x" in c for c in cmds)
     assert any("--dense" in c for c in cmds) == dense
