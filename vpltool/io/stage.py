@@ -362,21 +362,33 @@ class StageFolder:
         present = _names(self.folder)
         return [i for i in mine if path_of(self.folder, i).name not in present]
 
+    def todo_with(self, beside: Sequence[StageFolder], ids: Iterable[str],
+                  path_of: Callable[[str | os.PathLike, str], Path]) -> list[str]:
+        """:meth:`todo` of this folder and the folders ``beside`` it that the same work writes: the ids of this
+        shard that any of them lacks, in this shard's order."""
+        missing = set(self.todo(ids, path_of)).union(*(f.todo(ids, path_of) for f in beside))
+        return [i for i in self.mine(ids) if i in missing]
+
     def run(self, ids: Sequence[str], path_of: Callable[[str | os.PathLike, str], Path],
             work: Callable[[list[str]], None], on_start: Callable[[int], None] | None = None,
-            **finish: Any) -> StageSummary:
+            beside: Sequence[StageFolder] = (), **finish: Any) -> StageSummary:
         """The skeleton in one call, for a per-image stage: inside the folder (its lock, records and shard) the ids of
         this shard whose output is missing (:meth:`todo`), ``on_start(len(todo))``, ``work(todo)`` when there is
-        work (a model loads only then), last :meth:`finish` (``finish``: what it records besides)."""
+        work (a model loads only then), last :meth:`finish` (``finish``: what it records besides). ``beside``:
+        folders the same work writes too (`cam --raw-out`), each locked and recorded with this one, an item done
+        again where any of them lacks it (:meth:`todo_with`), each completing on its own."""
         start = time.perf_counter()
-        self.items = (ids, path_of)
-        with self:
-            todo = self.todo(ids, path_of)
+        folders = (self, *beside)
+        with contextlib.ExitStack() as stack:
+            for f in folders:
+                f.items = (ids, path_of)
+                stack.enter_context(f)
+            todo = self.todo_with(beside, ids, path_of)
             if on_start:
                 on_start(len(todo))
             if todo:
                 work(todo)
-            complete = self.finish(ids, path_of, **finish)
+            complete = all([f.finish(ids, path_of, **finish) for f in folders])  # a list: every folder finishes
         return StageSummary(done=len(todo), skipped=len(self.mine(ids)) - len(todo),
                             seconds=time.perf_counter() - start, complete=complete)
 

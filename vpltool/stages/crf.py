@@ -274,8 +274,7 @@ def run_crf(
     # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
     with contextlib.ExitStack() as stack:
         folder, *others = [stack.enter_context(_mask_folder(c, o, cfg, runtime, shard, ids)) for c, o in pairs]
-        missing = set(folder.todo(ids, io.mask_path)).union(*(f.todo(ids, io.mask_path) for f in others))
-        todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.mine(ids) if i in missing]
+        todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo_with(others, ids, io.mask_path)]
         if on_start:
             on_start(len(todo))
         if on_torch:

@@ -15,7 +15,6 @@ Each image's maps are written by the writer thread (:func:`vpltool.io.write_cam`
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -210,30 +209,11 @@ def _run_on(src, out: Path, cfg: CamConfig, runtime: RuntimeConfig, overlays, de
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
                             sides={"--save-overlays": overlays, "--save-debug": debug}, numerics=numerics)
-    if raw_out is None:
-        return folder.run(src.ids, io.cam_path, work, on_start, inputs=inputs)
-    raw_folder = io.StageFolder(raw_out, STAGE, raw_params, overwrite=runtime.overwrite, inputs=inputs, shard=shard,
-                                numerics=numerics)
-    return _run_both(folder, raw_folder, src.ids, work, on_start, inputs)
-
-
-def _run_both(folder: io.StageFolder, raw: io.StageFolder, ids, work, on_start, inputs: dict) -> io.StageSummary:
-    """:meth:`vpltool.io.StageFolder.run` for ``--out`` and ``--raw-out`` at once: both folders locked and recorded,
-    an image is done again where either folder misses its file (rewritten the same where the other has it: the
-    same run, so the same bytes), and each folder completes on its own."""
-    start = time.perf_counter()
-    folder.items = raw.items = (ids, io.cam_path)
-    with folder, raw:
-        missing = set(folder.todo(ids, io.cam_path)) | set(raw.todo(ids, io.cam_path))
-        todo = [i for i in folder.mine(ids) if i in missing]
-        if on_start:
-            on_start(len(todo))
-        if todo:
-            work(todo)
-        complete = folder.finish(ids, io.cam_path, inputs=inputs)
-        complete = raw.finish(ids, io.cam_path, inputs=inputs) and complete
-    return io.StageSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
-                           seconds=time.perf_counter() - start, complete=complete)
+    # --raw-out's folder beside it: an image done again where either misses its file is rewritten the same where the
+    # other has it (the same run, so the same bytes)
+    beside = [] if raw_out is None else [io.StageFolder(raw_out, STAGE, raw_params, overwrite=runtime.overwrite,
+                                                        inputs=inputs, shard=shard, numerics=numerics)]
+    return folder.run(src.ids, io.cam_path, work, on_start, beside=beside, inputs=inputs)
 
 
 def _run_batches(bb: ClipBackbone, src, plan: list[dict], out: Path, cfg: CamConfig, runtime: RuntimeConfig,
