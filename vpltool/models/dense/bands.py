@@ -107,18 +107,9 @@ def keep_freed_memory(limit: int = KEEP_FREED) -> None:
     if _kept:
         return
     _kept = True
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (glibc's: another libc's mallopt takes other numbers)
-    except (OSError, AttributeError):
-        return
-    libc.mallopt(-3, limit)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, limit)  # M_TRIM_THRESHOLD
+    if (libc := _glibc()) is not None:
+        libc.mallopt(-3, limit)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, limit)  # M_TRIM_THRESHOLD
 
 
 def give_back_freed_memory() -> bool:
@@ -126,18 +117,26 @@ def give_back_freed_memory() -> bool:
     :func:`keep_freed_memory` set: after a burst of temporaries that the next work will not reuse (a text tower's
     batches before the photos), so that their pages neither stay resident nor scatter the heap the photos then
     grow. Returns whether glibc was there to ask; elsewhere nothing is done."""
+    if (libc := _glibc()) is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+def _glibc():
+    """glibc (a ``ctypes.CDLL``), or None under another C library or system: ``mallopt``'s numbers and
+    ``malloc_trim`` are glibc's own."""
     import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (glibc's: malloc_trim is a glibc extension)
+        libc.gnu_get_libc_version  # noqa: B018  (glibc's alone)
     except (OSError, AttributeError):
-        return False
-    libc.malloc_trim(0)
-    return True
+        return None
+    return libc
 
 
 def available_bytes() -> int | None:
