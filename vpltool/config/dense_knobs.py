@@ -159,13 +159,19 @@ def _check_query_merge(value: str | None) -> None:
         choice("--query-merge", value, QUERY_MERGES)
 
 
+def is_sam3(value: str | None) -> bool:
+    """Whether ``--region-masks value`` names SAM 3 (``sam3`` or ``sam3:CONCEPTS``: the region generator of
+    :mod:`vpltool.models.dense.concept_regions`)."""
+    return isinstance(value, str) and value.split(":", 1)[0] == "sam3"
+
+
 def _check_region_threshold(region_masks: str | None, threshold: float | None) -> None:
     """--confidence-threshold is SAM 3's instance score: read by --region-masks sam3 alone (the folders and the
     automatic generators keep every mask they have), so with another source it is refused, not ignored."""
     if threshold is None:
         return
     fraction("--confidence-threshold", threshold)
-    require(isinstance(region_masks, str) and region_masks.split(":", 1)[0] == "sam3",
+    require(is_sam3(region_masks),
             f"--confidence-threshold {threshold:g} with --region-masks {region_masks}: it keeps SAM 3's instances "
             "(--region-masks sam3) and no other source has scores to keep; drop it or use --region-masks sam3")
 
@@ -331,4 +337,5 @@ class ActiveSamKnobs(MethodKnobs):
 
 
 __all__ = ["CassKnobs", "TridentKnobs", "CorrCLIPKnobs", "OVStitcherKnobs", "TextRegionKnobs", "RadsegKnobs",
-           "Sam3Knobs", "ActiveSamKnobs", "ACTIVESAM_DEFAULTS", "SAM3_PATCH", "SAM3_HEADS", "QUERY_MERGES"]
+           "Sam3Knobs", "ActiveSamKnobs", "ACTIVESAM_DEFAULTS", "SAM3_PATCH", "SAM3_HEADS", "QUERY_MERGES",
+           "is_sam3"]

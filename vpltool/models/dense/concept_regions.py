@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...config.dense_knobs import is_sam3  # torch-free: the knobs' check reads it too
 from ...errors import VplError
 
 PREFIX = "sam3"
@@ -46,11 +47,6 @@ def threshold_of(knobs) -> float:
     Meta's 0.5."""
     value = getattr(knobs, "confidence_threshold", None)
     return THRESHOLD if value is None else float(value)
-
-
-def is_sam3(value: str | None) -> bool:
-    """Whether ``--region-masks value`` names SAM 3 (``sam3`` or ``sam3:CONCEPTS``)."""
-    return isinstance(value, str) and (value == PREFIX or value.startswith(PREFIX + ":"))
 
 
 def concepts_of(value: str) -> tuple[str, ...] | None:
