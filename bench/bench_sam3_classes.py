@@ -2,7 +2,7 @@
 what ``seg.embed(photo)`` saves; prints ONE JSON object (and writes it with ``--out``).
 
     python bench/bench_sam3_classes.py --ref ActiveSAM [--work DIR] [--counts 1,21,150] [--methods sam3,activesam]
-        [--door-only]
+        [--door-only] [--arch reduced|full]
 
 Per method and class count, ``bench_activesam.py`` (its own process pair, one thread each, the reference's and
 vpltool's CPU-seconds per photo in alternating pairs, the outputs compared) on the parity's reduced SAM 3 with the
@@ -13,7 +13,9 @@ recorded with its error's last line.
 
 Then the Python door, vpltool alone: ``seg = vpltool.segmenter(method, ...)`` on the same weights, the CPU-seconds of
 ``seg.embed(photo)``, of ``seg(emb, names)`` and of a fresh ``seg(photo, names)`` for each count (one thread, the
-median of ``--repeats``), and the share ``seg(emb, names) / seg(photo, names)``.
+median of ``--repeats``), and the share ``seg(emb, names) / seg(photo, names)``. ``--arch full``: SAM 3 at Meta's
+own sizes in place of the reduced one (``activesam_parity.setup``; its ``sam3.pt`` in ``--work``, written there
+when missing: 3.4 GB), for the door's figures (``--door-only``) at full size.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def side_by_side(args, method: str, count: int) -> dict:
     """One ``bench_activesam.py`` run; its JSON's figures, or the error that stopped it."""
     out = args.work / f"classes_{method}_{count}.json"
     cmd = [sys.executable, str(HERE / "bench_activesam.py"), "--ref", str(args.ref), "--method", method, "--work",
-           str(args.work), "--images", "1", "--pairs", str(args.pairs), "--class-set", CLASS_SET, "--classes",
-           str(count), "--settings", json.dumps(SETTINGS[method]), "--out", str(out)]
+           str(args.work), "--arch", args.arch, "--images", "1", "--pairs", str(args.pairs), "--class-set", CLASS_SET,
+           "--classes", str(count), "--settings", json.dumps(SETTINGS[method]), "--out", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if run.returncode:
         lines = [line for line in run.stderr.splitlines() if line.strip()]
@@ -93,13 +95,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--door-only", action="store_true", help="only the Python door's figures (no side-by-side runs)")
+    ap.add_argument("--arch", choices=("reduced", "full"), default="reduced",
+                    help="the parity's reduced SAM 3, or Meta's sizes (full) [default: reduced]")
     args = ap.parse_args()
     args.work, args.ref = args.work.resolve(), args.ref.resolve()
     import activesam_parity
 
     import benchlib
 
-    activesam_parity.setup(args.work, 3)
+    activesam_parity.setup(args.work, 3, args.arch)
     os.environ["NLTK_DATA"] = str(args.work / "nltk_data")
     counts = [int(c) for c in args.counts.split(",")]
     start = time.perf_counter()
@@ -107,7 +111,8 @@ def main() -> None:
               "what": "CPU-seconds of one photo against the number of classes (the first N of ADE20K's 150), "
                       "vpltool beside ActiveSAM's own code, and seg.embed's share of a fresh call",
               "command": " ".join(["python", "bench/bench_sam3_classes.py", *sys.argv[1:]]),
-              "model": "reduced SAM 3 (parity/activesam_parity.py reduced_config), seeded random, Meta's layout",
+              "model": ("reduced SAM 3 (parity/activesam_parity.py reduced_config)" if args.arch == "reduced" else
+                        "full-size SAM 3 (Meta's sizes: sam3_weights.meta_config)") + ", seeded random, Meta's layout",
               "machine": benchlib.machine("cpu"), "threads": 1, "precision": "fp32", "settings": SETTINGS,
               "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": activesam_parity.commit_of(args.ref)}}
     for method in args.methods.split(","):

@@ -11,10 +11,13 @@ reduced SAM 3 (``parity/activesam_parity.reduced_config``: a 4-block ViT of widt
 Face's layout, written in ``--work`` when missing.
 
 Each precision runs in a process of its own (its peak RSS its own: ``VmHWM``, ``sidebyside.peak_rss_mib``), one
-thread: the model loaded through the registry, then under the precision's autocast the ``--classes`` VOC words
-encoded and one seeded 500 x 375 photo segmented by ``--dense sam3``'s path (``sam3_scores``: the image encoded once,
-the prompts in buckets, both heads run). Per process: the weights' MiB after the run (parameters and buffers), the
-peak RSS, and the CPU-seconds of the photo (text and load not counted). ``--repeats`` rounds, the order of the
+thread: the model loaded through the registry under the precision's autocast, as `segment` loads it (bf16: the
+halved weights read straight into bf16), then under it the ``--classes`` VOC words encoded and one seeded 500 x 375
+photo segmented by ``--dense sam3``'s path (``sam3_scores``: the image encoded once, the prompts in buckets, both
+heads run). Per process: the weights' MiB after the run (parameters and buffers), the peak RSS once loaded
+(``load_peak_rss_mib``) and after the photo (``peak_rss_mib``), and the CPU-seconds of the load and of the photo
+(text not counted). ``bf16_against_fp32``: the photo's scores of the two precisions' last rounds, their max abs
+difference and the % of pixels whose highest-scoring class is the same. ``--repeats`` rounds, the order of the
 precisions swapped each round; the JSON keeps every round and the medians, and the machine (its CPU by name).
 
 With ``--methods``, each method runs in a process of its own per precision (its peak RSS and CPU-seconds its own),
@@ -58,6 +61,7 @@ sys.path[:0] = [str(HERE), str(ROOT / "parity"), str(ROOT)]
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",
        "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
 PRECISIONS = ("fp32", "bf16")
+FIGURES = ("weights_mib", "load_peak_rss_mib", "peak_rss_mib", "load_cpu_s", "cpu_s")
 METHODS = ("sam3", "activesam", "toy-sam3", "sam-pseudo-sam", "sam-pseudo-sam3")
 ASSETS = ROOT / "vpltool" / "assets"
 TOY_SAM3, TOY_SAM = ASSETS / "toy-sam3", ASSETS / "toy-sam-world20" / "model.safetensors"
@@ -98,7 +102,12 @@ def worker(args) -> None:
     from vpltool.models.dense.sam3 import Sam3Settings, sam3_scores
 
     weights = str(args.weights or model_folder(args.work))
-    sam = load_model("sam3", Sam3Spec(weights), "cpu")
+    start = time.process_time()
+    # loaded as a run loads it, under its precision's autocast: in bf16 the halved weights are read straight in
+    with torch.no_grad(), autocast(torch.device("cpu"), dtype):
+        sam = load_model("sam3", Sam3Spec(weights), "cpu")
+    load = {"load_peak_rss_mib": peak_rss_mib(), "load_cpu_s": round(time.process_time() - start, 3),
+            "held_at_load": str(sam.held)}
     photo = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8))
     settings = Sam3Settings(confidence_threshold=0.0, heads="both")  # every query kept: both heads, every mask
     with torch.no_grad(), autocast(torch.device("cpu"), dtype):
@@ -108,7 +117,8 @@ def worker(args) -> None:
         cpu = time.process_time() - start
     row = {"precision": args.worker, "weights_mib": round(weights_bytes(sam.model) / 2**20, 2),
            "peak_rss_mib": peak_rss_mib(), "cpu_s": round(cpu, 3), "held": str(sam.held),
-           "scores_shape": list(scores.shape)}
+           "scores_shape": list(scores.shape), **load}
+    torch.save(scores.float(), args.work / f"footprint_scores_{args.worker}.pt")  # bf16's distance from fp32
     print(json.dumps(row))
 
 
@@ -267,6 +277,17 @@ def parity(work: Path, method: str) -> dict:
             "labels": int(a["labels"].numel()), "fp32_score_max": float(a["scores"].max())}
 
 
+def footprint_parity(work: Path) -> dict:
+    """The footprint rounds' scores (``[K, H, W]``, the last round of each precision), bf16 against fp32: the max abs
+    difference, and the % of pixels whose highest-scoring class is the same."""
+    import torch
+
+    a, b = (torch.load(work / f"footprint_scores_{p}.pt") for p in PRECISIONS)
+    return {"scores_max_abs_diff": float((a - b).abs().max()),
+            "argmax_equal_pct": round(100 * float((a.argmax(0) == b.argmax(0)).float().mean()), 4),
+            "pixels": int(a[0].numel()), "fp32_score_max": float(a.max())}
+
+
 def spawn(args, precision: str, method: str | None = None) -> dict:
     """One worker process (its figures)."""
     cmd = [sys.executable, __file__, "--worker", precision, "--work", str(args.work), "--classes",
@@ -324,10 +345,10 @@ def main() -> None:
     }
     if rounds:
         medians = {p: {k: statistics.median(r[k] for r in rounds if r["precision"] == p)
-                       for k in ("weights_mib", "peak_rss_mib", "cpu_s")} for p in PRECISIONS}
+                       for k in FIGURES} for p in PRECISIONS}
         result.update(rounds=rounds, median=medians,
-                      bf16_over_fp32={k: round(medians["bf16"][k] / medians["fp32"][k], 3)
-                                      for k in ("weights_mib", "peak_rss_mib", "cpu_s")})
+                      bf16_over_fp32={k: round(medians["bf16"][k] / medians["fp32"][k], 3) for k in FIGURES},
+                      bf16_against_fp32=footprint_parity(args.work))
     if methods:
         result["methods"] = {}
         for method in methods:

@@ -59,7 +59,7 @@ class DenseSegmenter(Segmenter):
         self.precision, self.batch_size = runtime.precision, runtime.batch_size
         self.device = resolve_device(runtime.device)
         self.dtype = resolve_precision(runtime.precision, self.device)
-        self.backbone = load_dense(spec, self.dense, self.device)
+        self.backbone = load_dense(spec, self.dense, self.device, dtype=self.dtype)
         self._queries: dict[tuple[str, ...], tuple] = {}
         self._words: dict[tuple[str, ...], tuple] = {}
 

@@ -197,6 +197,50 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     return load_file(str(path))  # raises the library's own error for a damaged file
 
 
+def read_safetensors_as(path: str | os.PathLike, dtypes: Mapping[str, Any]) -> dict[str, Any]:
+    """The tensors of a safetensors file that ``dtypes`` names, each converted to its dtype there (None: the file's
+    own) as it is read: one tensor's bytes at a time into one reused buffer, then copied out in the new dtype. So the
+    file's dtype is never held whole: an fp32 file read into bf16 peaks at the bf16 tensors plus its largest fp32
+    tensor, where :func:`read_safetensors` then a cast holds the whole file and its copy. Plain reads, no mapping
+    (as :func:`read_safetensors`). A file this reader cannot make sense of is handed to the library, whose error
+    says what is wrong."""
+    import numpy as np
+    import torch
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            total = os.fstat(fh.fileno()).st_size
+            size = int.from_bytes(fh.read(8), "little")
+            if sys.byteorder != "little" or not 0 < size <= total - 8:
+                raise ValueError(path)
+            header, start = json.loads(fh.read(size)), 8 + size
+            out, buffer = {}, np.empty(0, dtype=np.uint8)
+            for name, want in dtypes.items():
+                entry = header[name]
+                dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+                begin, end = entry["data_offsets"]
+                shape = [int(d) for d in entry["shape"]]
+                count = math.prod(shape)
+                if not 0 <= begin <= end <= total - start or end - begin != count * dtype.itemsize:
+                    raise ValueError(name)
+                if buffer.size < end - begin:
+                    buffer = np.empty(end - begin, dtype=np.uint8)
+                fh.seek(start + begin)
+                if fh.readinto(memoryview(buffer)[:end - begin]) != end - begin:
+                    raise ValueError(name)
+                read = torch.frombuffer(buffer, dtype=dtype, count=count).reshape(shape) if count else \
+                    torch.empty(shape, dtype=dtype)
+                out[name] = read.to(want or dtype, copy=True)  # a copy: the buffer is the next tensor's
+            return out
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError):
+        pass
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))  # raises the library's own error for a damaged file
+    return {k: state[k].to(want or state[k].dtype, copy=True) for k, want in dtypes.items()}
+
+
 def check_weights(path: str | os.PathLike, state: Mapping[str, Any], expected: Mapping[str, Any] | None = None,
                   fix: str = "re-download it, or pass the file of that model", shapes_only: bool = False) -> None:
     """The one scrutiny of a model file loaded from outside (a release ``.pth``, a weights file, a checkpoint):

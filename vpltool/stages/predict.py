@@ -314,7 +314,7 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                             shard=shard_from_env(shard), numerics=run_numerics(dtype, runtime.precision, device),
                             older=method.hooks.older_record)
-    job = DenseJob(cfg.dense, classes, settings, dtype, lambda: method.load(model, device, backbone),
+    job = DenseJob(cfg.dense, classes, settings, dtype, lambda: method.load(model, device, backbone, dtype),
                    (synonyms, prompts["templates"], prompts["background_words"]), "--classes")
     return dense_mask_stage(folder, dataset, job, runtime, device, on_start, on_item)
 

@@ -185,10 +185,10 @@ def check_dense(cfg: SegmentConfig, spec: ModelSpec | None = None):
     return method
 
 
-def load_dense(spec: ModelSpec, method, device, backbone: ClipBackbone | None = None) -> ClipBackbone:
+def load_dense(spec: ModelSpec, method, device, backbone: ClipBackbone | None = None, dtype=None) -> ClipBackbone:
     """The CLIP of ``spec`` (or ``backbone``, already loaded) with :func:`check_dense`'s method
-    (:meth:`~vpltool.models.dense.method.DenseMethod.load`)."""
-    return method.load(spec, device, backbone)
+    (:meth:`~vpltool.models.dense.method.DenseMethod.load`; ``dtype``: the run's precision)."""
+    return method.load(spec, device, backbone, dtype)
 
 
 def class_list(dataset: Dataset, cfg_classes: Sequence[str] | None, option: str = "--classes") -> list[str]:
@@ -244,7 +244,7 @@ def run_segment(
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED,
                             inputs=dataset.inputs(), shard=shard_from_env(shard),
                             numerics=run_numerics(dtype, runtime.precision, device), older=method.hooks.older_record)
-    job = DenseJob(cfg.dense, classes, settings, dtype, lambda: load_dense(spec, method, device, backbone),
+    job = DenseJob(cfg.dense, classes, settings, dtype, lambda: load_dense(spec, method, device, backbone, dtype),
                    (synonyms, templates, background),
                    "--class-file / --templates" if cfg.class_file else "--classes / --templates / --background",
                    max_side_option="--max-side {}")

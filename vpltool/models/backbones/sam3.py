@@ -94,23 +94,28 @@ def _where(files: Sam3Files) -> Path:
 def load_sam3(spec: Sam3Spec, device: torch.device | str = "cpu") -> Sam3:
     """The frozen :class:`Sam3` of ``spec``: checked first (:func:`check_sam3`), built without random
     initialisation, then every tensor loaded strictly (names, shapes, dtypes, finite values: one line naming the
-    file)."""
+    file). Loaded under a bf16 or fp16 autocast on ``device`` (``--precision bf16|fp16``), its linear and
+    convolution weights are read straight into that dtype, one tensor at a time (:mod:`.sam3_half`), so the fp32
+    weights are never held whole; outside one, as the files hold them."""
     from transformers.initialization import no_init_weights
 
     from ...io import check_weights, sha256_file
+    from .sam3_half import autocast_dtype, load_dtypes
 
     files, config = check_sam3(spec)
     loaded = {str(f): sha256_file(f) for f in files.files}  # what follow_autocast reads back must be these bytes
-    state = read_state(files, shapes_only=False)
-    with no_init_weights():
+    with no_init_weights():  # its own tensors allocated, never written: not resident (the read ones replace them)
         model = import_transformers()(config)
+    held = autocast_dtype(torch.device(device))
+    state = read_state(files, shapes_only=False,
+                       dtype_of=None if held == torch.float32 else load_dtypes(model, held))
     check_weights(_where(files), state, model.state_dict(), FIX)
     # the read tensors become the parameters (assign): the model's own, allocated uninitialised, are never written,
     # so the weights are resident once, not twice while they are copied (3.4 GB each in fp32 at full size)
     model.load_state_dict(state, strict=True, assign=True)
     del state
     sam = Sam3(model, torch.device(device), spec)
-    sam.loaded = loaded
+    sam.loaded, sam.held = loaded, held
     return sam
 
 

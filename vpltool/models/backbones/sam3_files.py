@@ -5,7 +5,9 @@ content (:func:`identity`)."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +48,31 @@ def read_config(files: Sam3Files) -> dict[str, Any]:
     return own if isinstance(own, dict) else meta_config()
 
 
-def read_state(files: Sam3Files, shapes_only: bool) -> dict[str, Any]:
+def read_state(files: Sam3Files, shapes_only: bool, dtype_of: Callable[[str], Any] | None = None
+               ) -> dict[str, Any]:
     """The tensors of ``files`` under transformers' ``Sam3Model`` names. ``shapes_only``: nothing read but what
     the names and shapes take (safetensors' header; a torch file mapped, its tensors' views never touched), else
-    every tensor in this process's own memory."""
+    every tensor in this process's own memory. ``dtype_of`` (a name -> the dtype to hold it in, None: the file's):
+    each tensor converted as it is read, one at a time (:func:`_read_as`), so the file's fp32 is never held whole
+    (a load straight into bf16: :func:`.sam3_half.load_dtypes`)."""
     if files.layout == "hf":
         state: dict[str, Any] = {}
         for path in files.weights:
-            state.update(_safetensors(path, shapes_only))
-        if any(k.startswith(HF_PREFIX) for k in state):
+            state.update(_safetensors(path, shapes_only or dtype_of is not None))
+        prefixed = any(k.startswith(HF_PREFIX) for k in state)
+        if prefixed:
             state = {k[len(HF_PREFIX):]: v for k, v in state.items() if k.startswith(HF_PREFIX)}
-        return {k: v for k, v in state.items() if not k.startswith(HF_OTHER)}
+        state = {k: v for k, v in state.items() if not k.startswith(HF_OTHER)}
+        if dtype_of is None:
+            return state
+        inner = {(HF_PREFIX if prefixed else "") + k: k for k in state}  # the file's name -> transformers'
+        read: dict[str, Any] = {}
+        for path in files.weights:
+            here = [n for n in _safetensors(path, True) if n in inner]
+            read.update(_safetensors(path, False, {n: dtype_of(inner[n]) for n in here}))
+        return {inner[n]: v for n, v in read.items()}
     path = files.weights[0]
-    saved = _torch_file(path, lazy=shapes_only)
+    saved, mapped = _torch_file_mapped(path, lazy=shapes_only or dtype_of is not None)
     state = saved.get("model") if isinstance(saved.get("model"), dict) else saved
     detector = {k[len("detector."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("detector.")}
     if not detector:
@@ -66,19 +80,70 @@ def read_state(files: Sam3Files, shapes_only: bool) -> dict[str, Any]:
     bad = next((k for k, v in detector.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise VplError(f"{path}: entry 'detector.{bad}' is no tensor; {FIX}")
-    return from_meta(detector, path)
+    state = from_meta(detector, path)
+    return state if dtype_of is None or shapes_only else _read_as(state, dtype_of, mapped)
 
 
-def _safetensors(path: Path, shapes_only: bool) -> dict[str, Any]:
+def _read_as(state: dict[str, torch.Tensor], dtype_of: Callable[[str], Any], mapped: bool) -> dict[str, torch.Tensor]:
+    """Each tensor of ``state`` (views of a torch file) as ``dtype_of(name)`` (None: its own dtype), a copy in this
+    process's memory. ``mapped`` (the file mapped, not read): each storage's pages given back to the kernel once its
+    tensors are copied, since a mapped page once read counts in the process's resident memory until then: copying a
+    whole mapped file would hold it and its copy (a full-size SAM 3: 3.4 GB of fp32 pages under 1.7 GB of bf16)."""
+    out: dict[str, torch.Tensor] = {}
+    last = None
+    for name, value in state.items():  # a fused projection's q, k and v views come one after the other
+        out[name] = value.to(dtype_of(name) or value.dtype, copy=True)
+        storage = value.untyped_storage()
+        if mapped and last is not None and last.data_ptr() != storage.data_ptr():
+            _give_back(last)
+        last = storage
+    if mapped and last is not None:
+        _give_back(last)
+    return out
+
+
+def _give_back(storage) -> None:
+    """The whole pages of ``storage`` (a private mapping of a file, only read) dropped from this process's memory
+    (``madvise(MADV_DONTNEED)``): read again from the file, were they touched again. Nothing where Linux's
+    ``madvise`` is missing (the copy then peaks higher, nothing else changes)."""
+    import ctypes
+    import mmap
+
+    libc = _libc()
+    start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
+    if libc is not None and last > first:  # pages wholly its own: a neighbour's is never dropped
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The C library's ``madvise`` holder (a ``ctypes.CDLL``), or None off Linux."""
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _safetensors(path: Path, shapes_only: bool, dtypes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The tensors of one safetensors file (``dtypes``: those it names, each read into its dtype there)."""
     from safetensors import SafetensorError, safe_open
 
-    from ...io import read_safetensors
+    from ...io import read_safetensors, read_safetensors_as
 
     try:
         if shapes_only:  # empty tensors on the meta device: the header's shapes and dtypes, nothing read
             with safe_open(str(path), framework="pt") as f:
                 return {k: _header_tensor(f.get_slice(k)) for k in f.keys()}
-        return read_safetensors(path)
+        return read_safetensors(path) if dtypes is None else read_safetensors_as(path, dtypes)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise VplError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]}); {FIX}") from None
 
@@ -97,18 +162,24 @@ def _header_tensor(view) -> torch.Tensor:
 def _torch_file(path: Path, lazy: bool) -> dict:
     """A torch checkpoint loaded with ``weights_only`` (no code runs); ``lazy``: mapped, nothing read but its
     index (a file of torch's legacy format, which cannot be mapped, is read)."""
+    return _torch_file_mapped(path, lazy)[0]
+
+
+def _torch_file_mapped(path: Path, lazy: bool) -> tuple[dict, bool]:
+    """:func:`_torch_file`, and whether the file was mapped (its tensors views of the file's pages)."""
+    mapped = lazy
     try:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
         except RuntimeError as e:
             if not (lazy and "mmap" in str(e)):
                 raise
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved, mapped = torch.load(path, map_location="cpu", weights_only=True), False
     except Exception:  # pickle, zip or format errors of every kind: the file is no checkpoint
         raise VplError(f"{path}: not a readable torch checkpoint (cut short, or another format); {FIX}") from None
     if not isinstance(saved, dict):
         raise VplError(f"{path}: holds a {type(saved).__name__}, not a checkpoint's name -> tensor mapping; {FIX}")
-    return saved
+    return saved, mapped
 
 
 def check_state(where: Path | str, state: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:

@@ -11,7 +11,9 @@ again from the model's files: a bf16 weight cast back would not be the file's nu
 
 :meth:`~vpltool.models.backbones.sam3.Sam3.follow_autocast` calls :func:`hold` at each call of the model, so the
 weights follow whatever autocast the caller runs under, as the stages' ``autocast`` (:func:`vpltool.device.autocast`)
-sets it.
+sets it. A model loaded under such an autocast (:func:`~vpltool.models.backbones.sam3.load_sam3`) reads its halved
+weights straight into that dtype, one tensor at a time (:func:`load_dtypes`): the fp32 copy is never held whole,
+so the process's peak memory shrinks with the weights.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ def halved_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def halved_names(model: nn.Module) -> set[str]:
+    """The names (``model``'s state) of the parameters of its :func:`halved_layers`."""
+    return {f"{name}.{key}" if name else key
+            for name, layer in halved_layers(model) for key, _ in layer.named_parameters(recurse=False)}
+
+
+def load_dtypes(model: nn.Module, dtype: torch.dtype):
+    """What a load straight into ``dtype`` reads each of ``model``'s tensors as (its name -> ``dtype``, or None: as
+    the file holds it): the weights :func:`hold` makes of an fp32 load, the same numbers (``Tensor.to``'s rounding),
+    without the fp32 copy ever held whole."""
+    halved = halved_names(model)
+    return lambda name: dtype if name in halved else None
+
+
 def hold(model: nn.Module, dtype: torch.dtype, held: torch.dtype, read_fp32) -> torch.dtype:
     """``model``'s halved layers' weights made ``dtype`` (they are ``held`` now); returns ``dtype``.
 
@@ -68,4 +84,4 @@ def weights_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-__all__ = ["HALVED", "KEPT", "autocast_dtype", "halved_layers", "hold", "weights_bytes"]
+__all__ = ["HALVED", "KEPT", "autocast_dtype", "halved_layers", "halved_names", "hold", "load_dtypes", "weights_bytes"]

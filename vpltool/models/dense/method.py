@@ -72,16 +72,22 @@ class DenseMethod:
             return
         check_model("clip", model, dense=self.mixing)
 
-    def load(self, model, device, backbone=None):
+    def load(self, model, device, backbone=None, dtype=None):
         """The CLIP of ``model`` (a :class:`~vpltool.models.ModelSpec`; or ``backbone``, already loaded) with this
         method: its mixing, its hooks, and its proxy model and SAM encoder when it takes them. A method whose hooks
-        give their own model (:meth:`~.hooks.DenseHooks.backbone`) gets that model instead, ``model`` unread."""
+        give their own model (:meth:`~.hooks.DenseHooks.backbone`) gets that model instead, ``model`` unread, loaded
+        under the run's autocast of ``dtype`` (the run's precision; None: fp32), so that a family holding its weights
+        in the run's precision reads them straight into it (SAM 3: :mod:`vpltool.models.backbones.sam3_half`)."""
+        import torch
+
+        from ...device import autocast
         from ..registry import load_model
 
-        if self.hooks.own_backbone:  # RADSeg: C-RADIOv3 and its language adaptor, no CLIP
+        if self.hooks.own_backbone:  # RADSeg: C-RADIOv3 and its language adaptor, no CLIP; SAM 3's methods
             if backbone is not None and backbone.hooks is self.hooks:
                 return backbone
-            return self.hooks.backbone(device)
+            with autocast(torch.device(device), dtype or torch.float32):
+                return self.hooks.backbone(device)
         if backbone is None:
             self.check_backbone(model)
         bb = backbone or load_model("clip", model, device)

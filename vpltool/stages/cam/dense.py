@@ -112,7 +112,7 @@ def run_dense_cam(
 
     def work(items: list, sizes: list[tuple[int, int]]) -> None:
         check_photo_memory([it.image for it in items], sizes, len(protos.vectors), settings)  # before the model
-        bb = method.load(spec, device, backbone)  # its mixing, and its hooks made with the run's config
+        bb = method.load(spec, device, backbone, dtype)  # its mixing, and its hooks made with the run's config
         if bb.embed_dim != protos.dim:
             raise ContractError(f"{protos.path}: prototypes are {protos.dim}-d but the model's features are "
                                 f"{bb.embed_dim}-d; make prototypes with the same CLIP model")

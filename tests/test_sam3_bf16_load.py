@@ -1,0 +1,93 @@
+"""SAM 3 loaded straight into the run's half precision (vpltool/models/backbones/sam3.py's load_sam3 under a bf16
+autocast, sam3_half.load_dtypes), on the tiny random SAM 3 in both layouts: the weights are those of the old fp32 load
+halved on the first call, bit for bit, and the fp32 copy is never held whole (each tensor read and converted alone)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from vpltool.models import load_model  # noqa: E402
+from vpltool.models.backbones import sam3_files  # noqa: E402
+from vpltool.models.backbones.sam3 import Sam3Spec  # noqa: E402
+from vpltool.models.backbones.sam3_half import halved_names  # noqa: E402
+from vpltool.models.backbones.sam3_weights import locate  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["hf", "meta"])
+def tiny(request, tmp_path_factory):
+    return str(sam3_files.write_tiny(tmp_path_factory.mktemp("sam3") / request.param, request.param))
+
+
+def _bf16_load(weights: str):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return load_model("sam3", Sam3Spec(weights), "cpu")
+
+
+def test_a_bf16_load_holds_the_weights_of_an_fp32_load_halved_on_its_first_call(tiny):
+    old = load_model("sam3", Sam3Spec(tiny), "cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        old.follow_autocast()  # the old way: loaded in fp32, halved in place at the first call
+    new = _bf16_load(tiny)
+    assert old.held == new.held == torch.bfloat16
+    want, got = old.model.state_dict(), new.model.state_dict()
+    assert want.keys() == got.keys()
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and torch.equal(got[name], value), name
+    assert sum(v.dtype == torch.bfloat16 for v in got.values()) > 50
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        new.follow_autocast()  # already at the run's precision: nothing read again
+    assert new.held == torch.bfloat16
+    new.follow_autocast()  # back in fp32: the files' weights, as an fp32 load's
+    fp32 = load_model("sam3", Sam3Spec(tiny), "cpu").model.state_dict()
+    assert new.held == torch.float32
+    assert all(t.dtype == fp32[k].dtype and torch.equal(t, fp32[k]) for k, t in new.model.state_dict().items())
+
+
+def test_the_fp32_copy_is_never_held_whole(tiny, monkeypatch):
+    """The state handed to the model already holds the halved tensors in bf16 (no fp32 state of them is made): a
+    Hugging Face file is never read whole (each tensor alone), Meta's is mapped and each storage's pages are given
+    back once its tensors are copied."""
+    from vpltool import io
+
+    seen, given_back, check, give_back = {}, [], io.check_weights, sam3_files._give_back
+
+    def spy(where, state, expected, fix, shapes_only=False):
+        if not shapes_only:  # the load's check of the tensors as read (the earlier one: the header's shapes)
+            seen.update({k: v.dtype for k, v in state.items()})
+        return check(where, state, expected, fix, shapes_only=shapes_only)
+
+    def whole(path):
+        raise AssertionError(f"{path} read whole")
+
+    monkeypatch.setattr(io, "check_weights", spy)
+    monkeypatch.setattr(io, "read_safetensors", whole)
+    monkeypatch.setattr(sam3_files, "_give_back", lambda s: (given_back.append(s.data_ptr()), give_back(s)))
+    sam = _bf16_load(tiny)
+    halved = halved_names(sam.model)
+    assert len(halved) > 50
+    assert {k for k, d in seen.items() if d == torch.bfloat16} == halved
+    assert all(d == torch.float32 for k, d in seen.items() if k not in halved)
+    files = locate(tiny)
+    if files.layout == "meta":  # every storage the model reads given back once, none twice
+        mapped = sam3_files.read_state(files, shapes_only=True)
+        assert len(given_back) == len(set(given_back)) == len({v.untyped_storage().data_ptr()
+                                                               for v in mapped.values()})
+    else:
+        assert given_back == []
+
+
+def test_segment_loads_sam3_at_the_runs_precision(tiny):
+    """`segment --dense sam3 --precision bf16` (here its Python door) loads SAM 3 straight into bf16, before any
+    photo; fp32 as the files hold it."""
+    import vpltool
+
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        seg = vpltool.segmenter("sam3", sam3_weights=tiny, precision=precision, device="cpu")
+        sam = seg.backbone.sam
+        assert sam.held == dtype
+        weights = dict(sam.model.named_parameters())
+        assert {k for k, p in weights.items() if p.dtype == torch.bfloat16} == (
+            halved_names(sam.model) if dtype == torch.bfloat16 else set())
