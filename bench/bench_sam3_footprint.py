@@ -278,13 +278,16 @@ def parity(work: Path, method: str) -> dict:
 
 
 def footprint_parity(work: Path) -> dict:
-    """The footprint rounds' scores (``[K, H, W]``, the last round of each precision), bf16 against fp32: the max abs
-    difference, and the % of pixels whose highest-scoring class is the same."""
+    """The footprint rounds' scores (``[K, H, W]``, the last round of each precision), bf16 against fp32: the max and
+    mean abs difference, and the % of pixels whose highest-scoring class is the same, beside the median gap between
+    fp32's two highest classes at a pixel (a gap below the difference: a tie that either precision may break)."""
     import torch
 
     a, b = (torch.load(work / f"footprint_scores_{p}.pt") for p in PRECISIONS)
-    return {"scores_max_abs_diff": float((a - b).abs().max()),
+    top = a.topk(2, dim=0).values
+    return {"scores_max_abs_diff": float((a - b).abs().max()), "scores_mean_abs_diff": float((a - b).abs().mean()),
             "argmax_equal_pct": round(100 * float((a.argmax(0) == b.argmax(0)).float().mean()), 4),
+            "fp32_top2_gap_median": float((top[0] - top[1]).median()),
             "pixels": int(a[0].numel()), "fp32_score_max": float(a.max())}
 
 
@@ -315,6 +318,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4, help="demo-world scenes of the toy methods")
     ap.add_argument("--preview", type=int, default=None, help="ActiveSAM's preview side [default: the parity's]")
     ap.add_argument("--confidence-threshold", type=float, default=None)
+    ap.add_argument("--parity", type=Path, default=None,
+                    help="only recompute this JSON's bf16_against_fp32 from the scores its rounds left in --work")
     ap.add_argument("--worker", choices=PRECISIONS, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-method", choices=METHODS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -324,6 +329,13 @@ def main() -> None:
         ap.error(f"--methods: {', '.join(sorted(unknown))}: choose among {', '.join(METHODS)}")
     if args.worker:
         worker(args)
+        return
+    if args.parity:
+        result = json.loads(args.parity.read_text())
+        result["bf16_against_fp32"] = footprint_parity(args.work)
+        result["parity_command"] = " ".join(["python", "bench/bench_sam3_footprint.py", *sys.argv[1:]])
+        args.parity.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["bf16_against_fp32"]))
         return
     from benchlib import cpu_identity, cpu_name, machine
 

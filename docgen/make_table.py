@@ -580,8 +580,20 @@ def sam3_footprint_section(d: dict) -> list[str]:
     lines = [sentence(d["what"]) + f" Model: {d['model']}." + (f" CPU: {d['cpu_name']}." if d.get("cpu_name") else "")]
     if d.get("median"):
         m = d["median"]
-        rows = [[p, num(m[p]["weights_mib"], 4), num(m[p]["peak_rss_mib"], 4), num(m[p]["cpu_s"])] for p in m]
-        lines += ["", *table(["precision", "weights MiB", "peak RSS MiB", "CPU-s (sam3_scores)"], rows, "lrrr")]
+        loads = all("load_peak_rss_mib" in m[p] for p in m)  # recorded since the load reads straight into bf16
+        rows = [[p, num(m[p]["weights_mib"], 4), *([num(m[p]["load_peak_rss_mib"], 4)] if loads else []),
+                 num(m[p]["peak_rss_mib"], 4), *([num(m[p]["load_cpu_s"])] if loads else []), num(m[p]["cpu_s"])]
+                for p in m]
+        heads = ["precision", "weights MiB", *(["peak RSS MiB once loaded"] if loads else []),
+                 "peak RSS MiB after the photo", *(["CPU-s (load)"] if loads else []), "CPU-s (sam3_scores)"]
+        lines += ["", *table(heads, rows, "l" + "r" * (len(heads) - 1))]
+    if d.get("bf16_against_fp32"):
+        p = d["bf16_against_fp32"]
+        lines += ["", f"bf16 against fp32 on the photo's {p['pixels']:,} pixels: scores "
+                      f"{num(p['scores_max_abs_diff'], 2)} apart at most ({num(p['scores_mean_abs_diff'], 2)} on "
+                      f"average; fp32's highest {num(p['fp32_score_max'], 2)}), the highest-scoring class the same at "
+                      f"{p['argmax_equal_pct']:.1f}% of pixels, where fp32's two highest classes are "
+                      f"{num(p['fp32_top2_gap_median'], 2)} apart (median)."]
     if d.get("methods"):
         rows = [[method, num(p["scores_max_abs_diff"], 2), f"{p['labels_equal_pct']:.3f}%", num(p["fp32"]["cpu_s"]),
                  num(p["bf16"]["cpu_s"]), num(p["fp32"]["peak_rss_mib"], 4), num(p["bf16"]["peak_rss_mib"], 4)]

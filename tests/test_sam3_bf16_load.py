@@ -21,25 +21,26 @@ def tiny(request, tmp_path_factory):
     return str(sam3_files.write_tiny(tmp_path_factory.mktemp("sam3") / request.param, request.param))
 
 
-def _bf16_load(weights: str):
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def _bf16_load(weights: str, dtype: torch.dtype = torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         return load_model("sam3", Sam3Spec(weights), "cpu")
 
 
-def test_a_bf16_load_holds_the_weights_of_an_fp32_load_halved_on_its_first_call(tiny):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])  # fp16: a GPU's, whose rule is the same
+def test_a_bf16_load_holds_the_weights_of_an_fp32_load_halved_on_its_first_call(tiny, dtype):
     old = load_model("sam3", Sam3Spec(tiny), "cpu")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         old.follow_autocast()  # the old way: loaded in fp32, halved in place at the first call
-    new = _bf16_load(tiny)
-    assert old.held == new.held == torch.bfloat16
+    new = _bf16_load(tiny, dtype)
+    assert old.held == new.held == dtype
     want, got = old.model.state_dict(), new.model.state_dict()
     assert want.keys() == got.keys()
     for name, value in want.items():
         assert got[name].dtype == value.dtype and torch.equal(got[name], value), name
-    assert sum(v.dtype == torch.bfloat16 for v in got.values()) > 50
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    assert sum(v.dtype == dtype for v in got.values()) > 50
+    with torch.autocast("cpu", dtype=dtype):
         new.follow_autocast()  # already at the run's precision: nothing read again
-    assert new.held == torch.bfloat16
+    assert new.held == dtype
     new.follow_autocast()  # back in fp32: the files' weights, as an fp32 load's
     fp32 = load_model("sam3", Sam3Spec(tiny), "cpu").model.state_dict()
     assert new.held == torch.float32
