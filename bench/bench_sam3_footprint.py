@@ -151,7 +151,8 @@ def segment_run(args, method: str, dtype) -> float:
     knobs = {"preview_resolution": args.preview} if method == "activesam" and args.preview else {}
     if args.confidence_threshold is not None:
         knobs["confidence_threshold"] = args.confidence_threshold
-    dense, bb = ap.vpltool_method(method, Path(args.weights or model_folder(args.work)), **knobs)
+    with torch.no_grad(), autocast(torch.device("cpu"), dtype):  # loaded as `segment` loads it, at the precision
+        dense, bb = ap.vpltool_method(method, Path(args.weights or model_folder(args.work)), **knobs)
     lines = read_class_file("activesam:voc21")
     words, idx = [w for line in lines for w in line], [i for i, line in enumerate(lines) for _ in line]
     with torch.no_grad(), autocast(torch.device("cpu"), dtype):
