@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ... import io
 from ...config import SAM_STARTS, CrfConfig, SamPseudoConfig, to_params
 from ...errors import ContractError, VplError
@@ -80,13 +82,14 @@ def check_start_folder(folder: Path, cams_dir: Path, cfg: SamPseudoConfig, ids: 
     return kind, io.sha256_file(path)
 
 
-def read_start(folder: Path, item_id: str, size: tuple[int, int]) -> Any:
-    """One image's start label ``[H, W]`` uint8 from ``folder`` (checked: its id, its run, its size)."""
+def read_start(folder: Path, item_id: str, size: tuple[int, int]) -> np.ndarray:
+    """One image's start label ``[H, W]`` uint8 from ``folder`` (checked: its id, its run, its size), writable (a
+    PIL-decoded array is not, which torch.from_numpy warns of)."""
     mask = io.read_mask(io.mask_path(folder, item_id))
     if mask.shape != tuple(size):
         raise ContractError(f"{io.mask_path(folder, item_id)}: a {mask.shape[0]}x{mask.shape[1]} start label for a "
                             f"{size[0]}x{size[1]} image; re-run `vpltool crf --start-out {folder}`")
-    return mask
+    return np.require(mask, requirements="W")
 
 
 __all__ = ["start_folder", "expected_params", "check_start_folder", "read_start"]
