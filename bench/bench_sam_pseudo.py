@@ -131,7 +131,7 @@ def main() -> None:
               "start_labels": start}
     with tempfile.TemporaryDirectory() as tmp:
         crf = [*vpl, "crf", str(args.cams), "-o", f"{tmp}/crf", "--workers", str(args.workers)]
-        runs = {"crf": (crf, "crf"), "crf_start_out": ([*crf[:5], f"{tmp}/crf2", *crf[6:], "--start-out",
+        runs = {"crf": (crf, "crf"), "crf_start_out": ([*crf[:6], f"{tmp}/crf2", *crf[7:], "--start-out",
                                                          f"{tmp}/start"], "crf2")} if not args.own_crf else {
             "crf": (crf, "crf")}
         runs["sam_pseudo"] = ([*vpl, "sam-pseudo", str(args.cams), "-o", f"{tmp}/sam", *SAM_ARGS, "--device", "cpu",

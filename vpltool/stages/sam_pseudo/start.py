@@ -54,8 +54,9 @@ def check_start_folder(folder: Path, cams_dir: Path, cfg: SamPseudoConfig, ids: 
     Returns:
         The start it holds (``crf`` or ``argmax``) and the sha256 of its record (the run's input).
     """
-    fix = (f"write it with `vpltool crf {cams_dir} -o MASKS --start-out {folder}` (the CRF's defaults, --bg-exponent "
-           f"{cfg.bg_exponent:g}), or pass --start crf")
+    exponent = "" if cfg.bg_exponent == CrfConfig.bg_exponent else f" --bg-exponent {cfg.bg_exponent:g}"
+    fix = (f"write it with `vpltool crf {cams_dir} -o MASKS --start-out {folder}{exponent}` (the CRF's other "
+           "settings at their defaults), or pass --start crf")
     if not folder.is_dir():
         raise VplError(f"--start {folder}: no such folder; pass {' or '.join(SAM_STARTS)}, or a folder of start labels "
                        f"that `crf --start-out` wrote: {fix}")
