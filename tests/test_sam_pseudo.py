@@ -543,3 +543,18 @@ def test_the_masks_rles_are_segment_anythings_lists():
     assert got[0]["counts"] == [35] and got[1]["counts"] == [0, 35]  # empty, full (7 x 5)
     assert got[2]["counts"][0] == 0 < got[3]["counts"][0]  # first pixel set: a first run of zeros of length 0
     assert mask_to_rle(masks[:0]) == []
+
+
+def test_a_start_folder_on_a_cpu_loads_in_this_process_unless_workers_are_asked():
+    """Auto loaders with ``--start FOLDER`` on a CPU: none beside the process (no CRF to spread over them); asked
+    for, or with the start's CRF to run, or on CUDA, the runtime's own count."""
+    import torch
+
+    from vpltool.stages.sam_pseudo import _loaders
+
+    cpu, cuda, folder = torch.device("cpu"), torch.device("cuda"), Path("start")
+    auto = RuntimeConfig(device="cpu")
+    assert _loaders(auto, cpu, folder) == 1 and _loaders(auto, cpu, None) == auto.loader_workers(cpu)
+    asked = RuntimeConfig(device="cpu", workers=2)
+    assert _loaders(asked, cpu, folder) == asked.loader_workers(cpu)  # 2 where the CPU has 2 cores or more
+    assert _loaders(RuntimeConfig(device="cuda"), cuda, folder) == RuntimeConfig(device="cuda").loader_workers(cuda)

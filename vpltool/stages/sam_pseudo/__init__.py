@@ -93,6 +93,15 @@ def _params(cfg: SamPseudoConfig, start: str) -> dict[str, Any]:
     return params
 
 
+def _loaders(runtime: RuntimeConfig, device, start_dir: Path | None) -> int:
+    """The loading processes: ``--workers``, or (auto) the runtime's, but none beside this process on a CPU when the
+    start labels are read from a folder: the loaders are there to run the start's CRF beside SAM, and a photo and a
+    PNG a step cost less CPU time here than the processes that would load them and hand them over."""
+    if runtime.workers is None and start_dir is not None and getattr(device, "type", device) != "cuda":
+        return 1
+    return runtime.loader_workers(device)
+
+
 def run_sam_pseudo(
     cams_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -111,7 +120,8 @@ def run_sam_pseudo(
         out: output folder (created).
         cfg: the rule, its start label and SAM (:class:`vpltool.config.SamPseudoConfig`).
         runtime: ``device`` and ``precision`` (SAM's: auto = the CAMs' dtype; another is refused), ``workers``
-            (image loaders, which also run the start label's CRF), ``overwrite``.
+            (image loaders, which also run the start label's CRF; auto with a start folder on a CPU: this process
+            alone), ``overwrite``.
         shard: ``(i, n)``: every n-th mask from the i-th (``--shard i/n``).
         on_item: called with the number of images just finished. on_start: called once with the number to do.
 
@@ -210,7 +220,7 @@ def run_sam_pseudo(
             run_image_batches([sizes[i] for i, _, _ in todo], load, run, write, device, runtime,
                               lambda k: f"{todo[k][1]} ({sizes[todo[k][0]][0]}x{sizes[todo[k][0]][1]})",
                               "SAM runs one image at a time; use a smaller SAM or a GPU", on_item,
-                              batch_size=1, workers=runtime.loader_workers(device))
+                              batch_size=1, workers=_loaders(runtime, device, start_dir))
         complete = folder.finish(ids, io.mask_path)
     n, pixels = counts["images"], counts["pixels"]
     return SamPseudoSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),
