@@ -280,7 +280,9 @@ test-fast: lint
 # against 64.9 and more for none and caa), so the choice loses no candidate that won; `make sgc` adds its rows and
 # its decoder as a third candidate
 DEMO_REFINES = $(call pick,REFINES,none caa)
-DEMO_ROWS = DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)'
+DEMO_ROWS = DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' $(DEMO_START)
+# the demo's crf runs write sam-pseudo's start labels (START_LABELS), so that `make sam` after `make demo` runs no CRF
+DEMO_START = START_LABELS=$(call pick,START_LABELS,1)
 demo: setup
 	$(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS) REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
@@ -298,7 +300,7 @@ sgc: setup
 ## of another world; their decoders are candidates of the choice), then the table
 sam: setup
 	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
-	  PSEUDO='$(call pick,PSEUDO,crf sam)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
+	  PSEUDO='$(call pick,PSEUDO,crf sam)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1) $(DEMO_START)
 
 # SAM 3 (as it is) and ActiveSAM with the shipped toy SAM 3 (`make toy-sam3`: world seed 20's train split, never
 # these scenes), zero-shot on val; their settings chosen on the demo world's train split alone
@@ -361,24 +363,38 @@ $(eval $(call shared_cam,cams_text_val,$(RUN)/features_val/_stage.json,$(RUN)/te
 $(eval $(call shared_cam,cams_vision_val,$(RUN)/features_val/_stage.json,$(RUN)/vision_prototypes.safetensors))
 endif
 CRF = $(VPL) crf $(<D) -o $(@D) --workers $(WORKERS) --overwrite
+# with START_LABELS=1 the vision CAMs' crf run also writes sam-pseudo's start labels, D/start/pseudo[_val] (crf
+# --start-out: its labels at --confidence 0 from the same CRF), which the SAM rules below read (sam-pseudo --start)
+# instead of running that CRF again. 1 where PSEUDO has a SAM rule, and in the demo's targets, whose `make sam` and
+# `make sam3-pseudo` come after `make demo`. Set START_LABELS=0 where sam-pseudo's options change its start
+# (--start argmax, --bg-exponent) in SAM_PSEUDO_ARGS or SAM3_PSEUDO_ARGS
+START_LABELS ?= $(if $(filter sam sam3,$(PSEUDO)),1,0)
+ifeq ($(START_LABELS),1)
+%/pseudo/_stage.json %/start/pseudo/_stage.json: %/cams_vision/_stage.json
+	$(VPL) crf $(<D) -o $*/pseudo --start-out $*/start/pseudo --workers $(WORKERS) --overwrite
+%/pseudo_val/_stage.json %/start/pseudo_val/_stage.json: %/cams_vision_val/_stage.json
+	$(VPL) crf $(<D) -o $*/pseudo_val --start-out $*/start/pseudo_val --workers $(WORKERS) --overwrite
+else
 %/pseudo/_stage.json: %/cams_vision/_stage.json
 	$(CRF)
 %/pseudo_val/_stage.json: %/cams_vision_val/_stage.json
 	$(CRF)
+endif
 %/pseudo_text/_stage.json: %/cams_text/_stage.json
 	$(CRF)
 %/pseudo_text_val/_stage.json: %/cams_text_val/_stage.json
 	$(CRF)
 # and the CRF masks of that pair in one crf run (crf --with-cams: each image read and its CRF's pairwise terms built
-# once for both; the masks and records of two runs, bit for bit)
+# once for both; the masks and records of two runs, bit for bit); $(3): with both start-label folders (START_LABELS)
 define shared_crf
-$(RUN)/caa/$(1)/_stage.json $(RUN)/$(1)/_stage.json &: $(RUN)/caa/$(2)/_stage.json $(RUN)/$(2)/_stage.json
+$(RUN)/caa/$(1)/_stage.json $(RUN)/$(1)/_stage.json $(if $(3),$(RUN)/caa/start/$(1)/_stage.json \
+  $(RUN)/start/$(1)/_stage.json) &: $(RUN)/caa/$(2)/_stage.json $(RUN)/$(2)/_stage.json
 	$$(VPL) crf $(RUN)/caa/$(2) -o $(RUN)/caa/$(1) --with-cams $(RUN)/$(2) --with-out $(RUN)/$(1) --workers $$(WORKERS) \
-	  --overwrite
+	  $(if $(3),--start-out $(RUN)/caa/start/$(1) --with-start-out $(RUN)/start/$(1)) --overwrite
 endef
 ifneq ($(SHARED_GRADCAM),)
-$(eval $(call shared_crf,pseudo,cams_vision))
-$(eval $(call shared_crf,pseudo_val,cams_vision_val))
+$(eval $(call shared_crf,pseudo,cams_vision,$(filter 1,$(START_LABELS))))
+$(eval $(call shared_crf,pseudo_val,cams_vision_val,$(filter 1,$(START_LABELS))))
 $(eval $(call shared_crf,pseudo_text,cams_text))
 $(eval $(call shared_crf,pseudo_text_val,cams_text_val))
 endif
@@ -393,11 +409,16 @@ SAM_OPTS_sam3 = --sam-weights $(SAM3_PSEUDO_WEIGHTS) $(SAM3_PSEUDO_ARGS)
 # a folder's weights files (or the sam3.pt named): masks made before the weights changed are made again
 sam3_deps = $(if $(wildcard $(1)/.),$(wildcard $(1)/*.safetensors $(1)/config.json),$(wildcard $(1)))
 SAM_DEPS_sam3 = $(call sam3_deps,$(SAM3_PSEUDO_WEIGHTS))
+# (START_LABELS=1: from the start labels crf wrote beside its masks, D/start/pseudo[_val], not a CRF of its own)
 define sam_rule
-%/$(1)/pseudo/_stage.json: %/cams_vision/_stage.json $$(SAM_DEPS_$(1))
-	$$(VPL) sam-pseudo $$(<D) -o $$(@D) --masks $(1) $$(SAM_OPTS_$(1)) --device $$(DEVICE) --overwrite
-%/$(1)/pseudo_val/_stage.json: %/cams_vision_val/_stage.json $$(SAM_DEPS_$(1))
-	$$(VPL) sam-pseudo $$(<D) -o $$(@D) --masks $(1) $$(SAM_OPTS_$(1)) --device $$(DEVICE) --overwrite
+%/$(1)/pseudo/_stage.json: %/cams_vision/_stage.json $(if $(filter 1,$(START_LABELS)),%/start/pseudo/_stage.json) \
+  $$(SAM_DEPS_$(1))
+	$$(VPL) sam-pseudo $$(<D) -o $$(@D) --masks $(1) $(if $(filter 1,$(START_LABELS)),--start $$*/start/pseudo) \
+	  $$(SAM_OPTS_$(1)) --device $$(DEVICE) --overwrite
+%/$(1)/pseudo_val/_stage.json: %/cams_vision_val/_stage.json \
+  $(if $(filter 1,$(START_LABELS)),%/start/pseudo_val/_stage.json) $$(SAM_DEPS_$(1))
+	$$(VPL) sam-pseudo $$(<D) -o $$(@D) --masks $(1) $(if $(filter 1,$(START_LABELS)),--start $$*/start/pseudo_val) \
+	  $$(SAM_OPTS_$(1)) --device $$(DEVICE) --overwrite
 endef
 $(foreach k,$(SAM_RULES),$(eval $(call sam_rule,$(k))))
 # eval: a folder of the training split is scored on EVAL_SPLIT, one of VAL_SPLIT on its own split
@@ -538,7 +559,7 @@ $(RUN)/metrics/dense/%/pseudo.json: $(RUN)/dense/%/crf/_stage.json
 ## The demo's SAM 3 pseudo-mask rows (sam-pseudo --masks sam3, toy SAM 3; decoders chosen on train), then the table
 sam3-pseudo: setup
 	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
-	  PSEUDO='$(call pick,PSEUDO,crf sam3)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
+	  PSEUDO='$(call pick,PSEUDO,crf sam3)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1) $(DEMO_START)
 
 # SAM3_REGIONS' methods (`segment --dense M --region-masks sam3`, zero-shot on val), their settings above. Not in
 # make demo
@@ -769,7 +790,7 @@ quoted = $(subst ','"'"',$(1))
 # `make help` documents these variables (the README's `make report RUN=... DATA=... DATA_DEP= ...` line sets them);
 # their defaults are those above, the demo world's; the comments above each say more
 HELP_VARS = RUN DATA DATA_DEP MODEL PRETRAINED MODEL_DEP DEVICE TRAIN_SPLIT EVAL_SPLIT VAL_SPLIT TEMPLATES BACKGROUND \
-  REFINE REFINES PSEUDO PSEUDO_REFINE SAM_PSEUDO_MODEL SAM_PSEUDO_WEIGHTS SAM3_PSEUDO_WEIGHTS ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS \
+  REFINE REFINES PSEUDO PSEUDO_REFINE START_LABELS SAM_PSEUDO_MODEL SAM_PSEUDO_WEIGHTS SAM3_PSEUDO_WEIGHTS ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS \
   TEST_WORKERS
 doc_RUN = the run folder: every stage writes its folder here
 doc_DATA = the dataset (a VOC or COCO root, a folder or a manifest); the demo renders its world here
@@ -788,6 +809,7 @@ doc_REFINE = cam --refine of the pipeline's own CAMs: none | caa | caa+sgc
 doc_REFINES = the refinements compared side by side; empty = REFINE alone
 doc_PSEUDO = the pseudo masks: crf | sam (sam-pseudo: SAM's masks given the CRF masks' classes) | sam3 | crf sam
 doc_PSEUDO_REFINE = whose pseudo masks train the decoder: auto (best on the training split) or a candidate (R, R+sam, R+sam3)
+doc_START_LABELS = 1: crf also writes sam-pseudo's start labels (crf --start-out), read by its SAM rules (default: 1 with a SAM rule in PSEUDO and in the demo targets)
 doc_SAM_PSEUDO_MODEL = sam-pseudo's SAM: vit_b | vit_l | vit_h | toy (the demo's, trained on another world)
 doc_SAM_PSEUDO_WEIGHTS = its weights (make voc / make coco with PSEUDO=sam: SAM's released checkpoint)
 doc_SAM3_PSEUDO_WEIGHTS = SAM 3's weights of PSEUDO=sam3 and make sam3-regions (the demo's: a toy SAM 3 trained on another world; make voc / make coco: SAM 3's own)

@@ -6727,3 +6727,6 @@ import robustness_round11_toysam3  # noqa: E402, F401  (the toy SAM 3's rows: tr
 
 # ---- the twelfth round's rows: SAM 3's region generator's --confidence-threshold
 import robustness_round12_regions  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
+
+# ---- sam-pseudo --start FOLDER (crf --start-out): a start folder it may not start from, crf --start-out refused
+import robustness_round12_sampseudo  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)

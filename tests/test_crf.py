@@ -373,3 +373,36 @@ def test_with_cams_of_other_images_or_the_torch_backend_is_refused(cams_dir, dat
     with pytest.raises(VplError, match="--with-cams .*pydensecrf"):
         run_crf(cams_dir, tmp_path / "a", CrfConfig(backend="torch"), ONE, with_cams=(other, tmp_path / "b"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
+
+
+@needs_crf
+def test_start_out_writes_the_confidence_0_run_beside_the_masks_from_the_same_crf(pseudo_dir, cams_dir, dataset,
+                                                                                 tmp_path):
+    """`crf A -o OA --start-out S` (and `--with-cams B --with-out OB --with-start-out SB`): OA holds `crf A`'s bytes,
+    S `crf A --confidence 0`'s (masks and records), one CRF an image; a start folder needs pydensecrf and a folder of
+    its own."""
+    run_crf(cams_dir, tmp_path / "zero", CrfConfig(confidence=0.0), ONE)
+    other = _write_cam_folder(tmp_path / "cams_b", dataset, seed=7)
+    run_crf(other, tmp_path / "b_alone", runtime=ONE)
+    run_crf(other, tmp_path / "b_zero", CrfConfig(confidence=0.0), ONE)
+    zero = _files(tmp_path / "zero")
+    assert zero.keys() == _files(pseudo_dir).keys() and zero != _files(pseudo_dir)  # 255 pixels differ: can fail
+    summary = run_crf(cams_dir, tmp_path / "a", runtime=ONE, start_out=tmp_path / "s")
+    assert summary.complete and _files(tmp_path / "a") == _files(pseudo_dir) and _files(tmp_path / "s") == zero
+    run_crf(cams_dir, tmp_path / "a2", runtime=RuntimeConfig(device="cpu", workers=2), start_out=tmp_path / "s2",
+            with_cams=(other, tmp_path / "b2"), with_start_out=tmp_path / "sb2")
+    assert _files(tmp_path / "a2") == _files(pseudo_dir) and _files(tmp_path / "s2") == zero
+    assert _files(tmp_path / "b2") == _files(tmp_path / "b_alone")
+    assert _files(tmp_path / "sb2") == _files(tmp_path / "b_zero")
+    (tmp_path / "s" / next((tmp_path / "s").glob("*.png")).name).unlink()  # a resume redoes what the start lacks
+    assert run_crf(cams_dir, tmp_path / "a", runtime=ONE, start_out=tmp_path / "s").done == 1
+    assert _files(tmp_path / "s") == zero
+    refused = {"pydensecrf": dict(cfg=CrfConfig(backend="torch"), start_out=tmp_path / "x"),
+               "given as both --out and --start-out": dict(start_out=tmp_path / "y" / ".." / "out"),
+               "two of this run's outputs": dict(with_cams=(other, tmp_path / "b3"), with_start_out=tmp_path / "out"),
+               "pass --with-cams and --with-out too": dict(with_start_out=tmp_path / "x")}
+    for words, kwargs in refused.items():
+        with pytest.raises(VplError) as e:
+            run_crf(cams_dir, tmp_path / "out", kwargs.pop("cfg", CrfConfig()), ONE, **kwargs)
+        assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()  # refused before anything is written

@@ -59,7 +59,8 @@ FAKE = textwrap.dedent("""\
         touch(out) if out.endswith((".json", ".safetensors")) else folder(out)
     else:
         sys.exit("fake vpltool: no output in " + " ".join(args))
-    for second in ("--raw-out", "--with-out"):  # cam's second folder (--refine none's), crf's (--with-cams's)
+    # cam's second folder (--refine none's), crf's (--with-cams's) and its start labels' (sam-pseudo's)
+    for second in ("--raw-out", "--with-out", "--start-out", "--with-start-out"):
         if second in rest:
             folder(rest[rest.index(second) + 1])
     """)
@@ -110,6 +111,9 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
     crfs = [a for a in demo if a[0] == "crf"]  # and their CRF masks: four crf runs, not eight
     assert sorted(a[a.index("--with-out") + 1] for a in crfs) == sorted(
         f"{run}/{c}" for c in ("pseudo", "pseudo_val", "pseudo_text", "pseudo_text_val"))
+    # the vision CAMs' runs also write sam-pseudo's start labels (for `make sam` below), the text CAMs' do not
+    starts = sorted(a[a.index(o) + 1] for a in crfs for o in ("--start-out", "--with-start-out") if o in a)
+    assert starts == sorted(f"{run}{r}/start/{c}" for r in ("", "/caa") for c in ("pseudo", "pseudo_val"))
 
     result, sgc = make(world, "sgc")
     assert "Nothing to be done" not in result.stdout
@@ -144,6 +148,9 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
     chose = next(a for a in sam if a[0] == "choose-pseudo")
     assert chose[1:5] == [str(run), "none", "none+sam", "caa"] and chose[5] == "caa+sam"
     assert not any(a[0] == "crf" for a in sam)  # the CRF's masks are not redone
+    for args in (a for a in sam if a[0] == "sam-pseudo"):  # and sam-pseudo starts from the labels crf wrote
+        out = Path(args[args.index("-o") + 1])
+        assert args[args.index("--start") + 1] == str(out.parent.parent / "start" / out.name)
     assert [a[0] for a in sam][-2:] == ["demo-report", "report"]
 
     # nothing a rule made was removed as an intermediate (the CAM and mask folders of every refinement stay)

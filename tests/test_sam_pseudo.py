@@ -145,6 +145,66 @@ def test_the_stage_on_the_demo_world_with_the_toy_sam_writes_every_mask_and_resu
     assert "\n" not in str(e.value) and "merge" in str(e.value)
 
 
+@needs_crf
+@needs_toy
+def test_a_start_folder_crf_wrote_gives_the_masks_of_sam_pseudos_own_crf_and_is_checked_before_sam_loads(
+        world, tmp_path, monkeypatch):
+    """``--start FOLDER`` (`crf --start-out FOLDER`'s labels, the pipeline's CRF run once) gives the masks ``--start
+    crf`` gives, and of `crf --no-crf --start-out` those of ``--start argmax``; a folder of other CAMs, of other
+    settings (crf's own masks at --confidence 0.95, another --bg-exponent), without an image's label or of a label
+    of another size, or no folder at all, is one line naming the file and the fix before SAM loads."""
+    import shutil
+    from dataclasses import replace
+
+    from vpltool.config import CrfConfig
+    from vpltool.stages.crf import run_crf
+    from vpltool.stages.sam_pseudo import run_sam_pseudo
+    from vpltool.stages.sam_pseudo.sources import AutomaticMasks
+
+    cams = _cams(world, tmp_path / "cams")
+    ids = io.item_ids(cams)
+    run_crf(cams, tmp_path / "crf", runtime=ONE, start_out=tmp_path / "start")
+    run_crf(cams, tmp_path / "argmax_masks", CrfConfig(no_crf=True), ONE, start_out=tmp_path / "argmax")
+    masks = {}
+    for start in ("crf", str(tmp_path / "start"), "argmax", str(tmp_path / "argmax")):
+        out = tmp_path / f"sam_{len(masks)}"
+        run_sam_pseudo(cams, out, replace(DEMO, start=start), ONE)
+        masks[start] = {i: io.read_mask(io.mask_path(out, i)) for i in ids}
+        record = io.read_record(io.stage_record_path(out))
+        assert record["params"]["start"] == ("argmax" if "argmax" in start else "crf")
+        assert ("start" in record["inputs"]) == (start not in ("crf", "argmax"))  # the folder, by its record
+    for computed, read in (("crf", tmp_path / "start"), ("argmax", tmp_path / "argmax")):
+        for i in ids:
+            np.testing.assert_array_equal(masks[str(read)][i], masks[computed][i])
+    assert any((masks["crf"][i] != masks["argmax"][i]).any() for i in ids)  # the two starts differ: can fail
+
+    def no_sam(self, device):
+        raise AssertionError("SAM loaded before the start folder was checked")
+
+    monkeypatch.setattr(AutomaticMasks, "load", no_sam)
+    other = _cams(world, tmp_path / "other", numerics=NUMERICS)
+    io.write_stage_record(other, "cam", params={"refine": "other"}, inputs={"dataset": io.read_record(
+        io.stage_record_path(cams))["inputs"]["dataset"]}, count=len(ids), numerics=NUMERICS)
+    run_crf(other, tmp_path / "other_crf", runtime=ONE, start_out=tmp_path / "other_start")
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "start", cut)
+    io.mask_path(cut, ids[1]).unlink()
+    small = tmp_path / "small"
+    shutil.copytree(tmp_path / "start", small)
+    io.write_mask(io.mask_path(small, ids[2]), np.zeros((5, 7), np.uint8))
+    cases = {"a label of another size": (small, DEMO, f"{io.mask_path(small, ids[2])}: a 5x7 start label for a 96x96"),
+             "other CAMs": (tmp_path / "other_start", DEMO, "start labels of other CAMs than"),
+             "crf's masks": (tmp_path / "crf", DEMO, "made with --confidence 0.95, sam-pseudo's start is --confidence"),
+             "bg exponent": (tmp_path / "start", replace(DEMO, bg_exponent=2.0), "--bg-exponent 1.0, sam-pseudo's"),
+             "a label missing": (cut, DEMO, f"{io.mask_path(cut, ids[1])}: no start label for image"),
+             "no folder": (tmp_path / "nowhere", DEMO, "no such folder; pass crf or argmax")}
+    for name, (folder, cfg, words) in cases.items():
+        with pytest.raises(VplError) as e:
+            run_sam_pseudo(cams, tmp_path / "refused", replace(cfg, start=str(folder)), ONE)
+        assert words in str(e.value) and "\n" not in str(e.value), (name, str(e.value))
+        assert "--start-out" in str(e.value) and not (tmp_path / "refused").exists(), name
+
+
 def _no_masks(tmp_path: Path, ids) -> Path:
     """A mask folder in amg.py's layout with no mask for any image."""
     root = tmp_path / "no_masks"
@@ -483,3 +543,18 @@ def test_the_masks_rles_are_segment_anythings_lists():
     assert got[0]["counts"] == [35] and got[1]["counts"] == [0, 35]  # empty, full (7 x 5)
     assert got[2]["counts"][0] == 0 < got[3]["counts"][0]  # first pixel set: a first run of zeros of length 0
     assert mask_to_rle(masks[:0]) == []
+
+
+def test_a_start_folder_on_a_cpu_loads_in_this_process_unless_workers_are_asked():
+    """Auto loaders with ``--start FOLDER`` on a CPU: none beside the process (no CRF to spread over them); asked
+    for, or with the start's CRF to run, or on CUDA, the runtime's own count."""
+    import torch
+
+    from vpltool.stages.sam_pseudo import _loaders
+
+    cpu, cuda, folder = torch.device("cpu"), torch.device("cuda"), Path("start")
+    auto = RuntimeConfig(device="cpu")
+    assert _loaders(auto, cpu, folder) == 1 and _loaders(auto, cpu, None) == auto.loader_workers(cpu)
+    asked = RuntimeConfig(device="cpu", workers=2)
+    assert _loaders(asked, cpu, folder) == asked.loader_workers(cpu)  # 2 where the CPU has 2 cores or more
+    assert _loaders(RuntimeConfig(device="cuda"), cuda, folder) == RuntimeConfig(device="cuda").loader_workers(cuda)

@@ -260,6 +260,13 @@ def crf_cmd(
                                                       show_default=False)] = None,
     with_out: Annotated[Optional[Path], typer.Option(help="The output folder of --with-cams's masks.",
                                                      show_default=False)] = None,
+    start_out: Annotated[Optional[Path], typer.Option(help="Also write the same CRF's labels without ignore pixels "
+                                                      "into this folder (the masks and records of --confidence 0), "
+                                                      "for `sam-pseudo --start FOLDER`, which then runs no CRF of "
+                                                      "its own; pydensecrf (auto picks it).",
+                                                      show_default=False)] = None,
+    with_start_out: Annotated[Optional[Path], typer.Option(help="--start-out for --with-cams's CAMs.",
+                                                           show_default=False)] = None,
     shard: Shard = None,
     overwrite: Overwrite = False,
     log_file: LogFile = None,
@@ -285,7 +292,8 @@ def crf_cmd(
     with progress("crf") as (on_start, on_item):
         s = run_crf(cams, out, cfg, runtime(device=device, batch_size=batch_size, workers=workers,
                                             overwrite=overwrite), shard=shard_of(shard), on_item=on_item,
-                      on_start=on_start, with_cams=None if with_cams is None else (with_cams, with_out))
+                      on_start=on_start, with_cams=None if with_cams is None else (with_cams, with_out),
+                      start_out=start_out, with_start_out=with_start_out)
     whose = f"the {s.done + s.skipped} masks' pixels" if s.skipped else "their pixels"  # a resume: the whole folder
     ignored = "" if s.ignored is None else f", {100 * s.ignored:.1f}% of {whose} ignored (255)"
     if s.ignored is not None and s.ignored >= CRF_IGNORED_WARNING:
@@ -293,5 +301,7 @@ def crf_cmd(
             f"--confidence {confidence:g}): train-decoder learns from the other {100 * (1 - s.ignored):.1f}% only; "
             f"lower --confidence (default {_C.confidence:g})")
     also = "" if with_out is None else f" (and --with-cams's → {with_out}{pending(with_out)})"
+    also += "".join(f"; start labels (--confidence 0) → {folder}{pending(folder)}"
+                    for folder in (start_out, with_start_out) if folder is not None)
     say(f"[green]✓[/] crf ({s.backend}): {s.done} masks ({s.images_per_s:.1f} img/s){ignored}, {s.skipped} already "
         f"done → {out}{pending(out)}{also}")

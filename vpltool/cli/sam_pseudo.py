@@ -36,9 +36,11 @@ def sam_pseudo_cmd(
                                        "a mask more than half of one class's goes to that class; imp2 also gives a "
                                        "class a mask holding 85 % of its pixels; imp and imp2 keep the CAM's label "
                                        "where no mask is; max-iou leaves it background.")] = _P.merge,
-    start: Annotated[str, typer.Option(help=f"The CAM label the rule starts from ({' | '.join(SAM_STARTS)}): crf = "
-                                       "`crf --confidence 0`'s mask (the published rule's: CRF labels without "
-                                       "ignore pixels); argmax = `crf --no-crf`'s.")] = _P.start,
+    start: Annotated[str, typer.Option(help=f"The CAM label the rule starts from ({' | '.join(SAM_STARTS)} | "
+                                       "FOLDER): crf = `crf --confidence 0`'s mask (the published rule's: CRF "
+                                       "labels without ignore pixels); argmax = `crf --no-crf`'s; FOLDER = either, "
+                                       "as `crf --start-out FOLDER` wrote it from its own CRF of these CAMs (no "
+                                       "second CRF; its record is checked).")] = _P.start,
     bg_exponent: Annotated[float, typer.Option(help="Background score (1 - max CAM)^a of the start label.")] =
         _P.bg_exponent,
     points_per_side: Annotated[int, typer.Option(help="The automatic mask generator's grid of point prompts.")] =

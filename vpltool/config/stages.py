@@ -383,7 +383,8 @@ class SamPseudoConfig:
     ``sam_weights``), ``sam2[:CONFIG]`` (SAM 2's, ``sam_weights`` its checkpoint), or a folder of masks as
     segment-anything's ``scripts/amg.py`` writes them (``<folder>/<image id>/<k>.png``, 255 inside a mask).
     ``start``: the CAM label the rule starts from (:data:`SAM_STARTS`): ``crf`` is `crf --confidence 0`'s masks with
-    ``bg_exponent`` and the CRF's defaults (pydensecrf, in the loading processes); ``argmax`` is `crf --no-crf`'s.
+    ``bg_exponent`` and the CRF's defaults (pydensecrf, in the loading processes); ``argmax`` is `crf --no-crf`'s;
+    any other value is a folder holding either, written by `crf --start-out` from its own CRF (checked by record).
     ``points_per_side``, ``pred_iou_thresh``, ``stability_score_thresh``: the generator's (its defaults).
     ``masks`` ``sam3``: the other rule, SAM 3 (``sam_weights``: its weights) prompted with each image-level label's
     name: an instance it keeps (probability above ``sam3_threshold``, Meta's) is kept for the label when at least
@@ -406,7 +407,7 @@ class SamPseudoConfig:
         choice("--merge", self.merge, SAM_MERGES)
         fraction("--sam3-threshold", self.sam3_threshold)
         fraction("--sam3-gate", self.sam3_gate)
-        choice("--start", self.start, SAM_STARTS)
+        require(bool(self.start), f"--start: name {' or '.join(SAM_STARTS)}, or a folder that `crf --start-out` wrote")
         exponent("--bg-exponent", self.bg_exponent)
         at_least("--points-per-side", self.points_per_side, 1)
         fraction("--pred-iou-thresh", self.pred_iou_thresh)
@@ -432,7 +433,7 @@ class SamPseudoConfig:
         """The start label's CRF: `crf`'s defaults, no ignore pixel (the rule needs a class or background at each
         pixel), ``no_crf`` for the argmax start."""
         return CrfConfig(confidence=0.0, bg_exponent=self.bg_exponent, no_crf=self.start == "argmax",
-                         backend="pydensecrf")
+                         backend="pydensecrf")  # a start folder's record must say the same (stages/sam_pseudo/start)
 
     def inert(self) -> dict[str, str]:
         """Fields without effect here (:func:`vpltool.config.inert_fields`)."""

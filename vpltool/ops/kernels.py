@@ -191,14 +191,20 @@ def refine_images(image: np.ndarray, cams: Sequence[np.ndarray], labels: Sequenc
     """:func:`refine_image` of several CAM sets of one image and its K labels (``[K, H, W]`` each: e.g. two
     refinements' CAMs), the CRF's pairwise terms built once for all (:func:`vpltool.ops.densecrf.dense_crfs`): each
     mask is bit for bit the one :func:`refine_image` makes alone."""
+    return [pseudo_labels(q, labels, None if cfg.no_crf else cfg.confidence) for q in crf_scores(image, cams, cfg)]
+
+
+def crf_scores(image: np.ndarray, cams: Sequence[np.ndarray], cfg: CrfConfig = CrfConfig()) -> list[np.ndarray]:
+    """The scores :func:`refine_images` labels, one ``[K + 1, H, W]`` float array per CAM set: the CRF's marginals
+    Q, or with ``cfg.no_crf`` the probabilities P (:func:`crf_probabilities`). Labelled at two confidences
+    (:func:`pseudo_labels`), one Q gives `crf`'s masks and `crf --confidence 0`'s (``crf --start-out``)."""
     from .densecrf import dense_crfs
 
     parity = cfg.parity == "clip-es"
     probs = [crf_probabilities(c, cfg.bg_exponent, fp16=parity) for c in cams]
     if cfg.no_crf:
-        return [pseudo_labels(p, labels, None) for p in probs]
-    seen = clip_es_image(image) if parity else image
-    return [pseudo_labels(q, labels, cfg.confidence) for q in dense_crfs(seen, probs, cfg)]
+        return probs
+    return dense_crfs(clip_es_image(image) if parity else image, probs, cfg)
 
 
 # --------------------------------------------------------------------------------------------- mIoU

@@ -50,7 +50,7 @@ from ..config import IGNORE_INDEX, CrfConfig, RuntimeConfig, ignored_option, to_
 from ..data import open_recorded
 from ..errors import ContractError, VplError, VplWarning
 from ..ops.densecrf import densecrf_module, resolve_backend, unary
-from ..ops.kernels import crf_probabilities, refine_image, refine_images
+from ..ops.kernels import crf_probabilities, crf_scores, pseudo_labels, refine_image
 from ..runtime.numerics import run_numerics
 
 STAGE = "crf"
@@ -77,10 +77,12 @@ def crf_item(cams_dir: str, out: str, item_id: str, image_path: str, labels: Seq
 
 
 def crf_items(pairs: Sequence[tuple[str, str]], item_id: str, image_path: str, labels: Sequence[int],
-              classes: Sequence[str], cfg: CrfConfig) -> list[tuple[int, int]]:
+              classes: Sequence[str], cfg: CrfConfig, starts: Sequence[str | None] = ()) -> list[tuple[int, int]]:
     """:func:`crf_item` for one image in each ``(cams_dir, out)`` of ``pairs`` (``--with-cams``: CAM folders of the
     same images and labels), the image read once and the CRF's pairwise terms built once
-    (:func:`vpltool.ops.kernels.refine_images`: each mask the same bytes as alone)."""
+    (:func:`vpltool.ops.kernels.refine_images`: each mask the same bytes as alone). ``starts``: per pair, a folder
+    for the same Q's labels at confidence 0 (``--start-out``: `crf --confidence 0`'s mask, sam-pseudo's start
+    label), or None."""
     image, first = read_item(pairs[0][0], item_id, image_path, labels, classes)
     maps = [first]
     for cams_dir, _ in pairs[1:]:
@@ -90,8 +92,12 @@ def crf_items(pairs: Sequence[tuple[str, str]], item_id: str, image_path: str, l
                                 f"{first.file.path}'s of {first.cams.shape[1]}x{first.cams.shape[2]}; re-run `vpltool "
                                 "cam` for one of them")
         maps.append(more)
-    masks = refine_images(image, [m.cams for m in maps], first.labels, cfg)
-    return [write_item(out, item_id, mask) for (_, out), mask in zip(pairs, masks)]
+    scores = crf_scores(image, [m.cams for m in maps], cfg)
+    for start, q in zip(starts, scores):
+        if start is not None:
+            write_item(start, item_id, pseudo_labels(q, first.labels, None))
+    confidence = None if cfg.no_crf else cfg.confidence
+    return [write_item(out, item_id, pseudo_labels(q, first.labels, confidence)) for (_, out), q in zip(pairs, scores)]
 
 
 Todo = list[tuple[str, str, tuple[int, ...]]]  # (id, image path, image-level labels) of the images to refine
@@ -105,13 +111,14 @@ class _Chunk:
     classes: tuple[str, ...]
     cfg: CrfConfig
     items: tuple[tuple[str, str, tuple[int, ...]], ...]  # (id, image path, image-level labels)
+    starts: tuple[str | None, ...] = ()  # per pair, --start-out's (--with-start-out's) folder or None
 
 
 def _run_chunk(chunk: _Chunk) -> tuple[int, int, int]:
     """``(images, ignored pixels, pixels)`` of one chunk (the pixels of ``--out``'s masks)."""
     ignored = total = 0
     for item_id, image_path, labels in chunk.items:
-        i, t = crf_items(chunk.pairs, item_id, image_path, labels, chunk.classes, chunk.cfg)[0]
+        i, t = crf_items(chunk.pairs, item_id, image_path, labels, chunk.classes, chunk.cfg, chunk.starts)[0]
         ignored, total = ignored + i, total + t
     return len(chunk.items), ignored, total
 
@@ -231,6 +238,8 @@ def run_crf(
     on_item: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     with_cams: tuple[str | os.PathLike, str | os.PathLike] | None = None,
+    start_out: str | os.PathLike | None = None,
+    with_start_out: str | os.PathLike | None = None,
 ) -> CrfSummary:
     """Pseudo masks ``<out>/<id>.png`` for every CAM file of a `cam` folder, then ``<out>/_stage.json``.
 
@@ -246,6 +255,9 @@ def run_crf(
         with_cams: ``(cams_dir2, out2)``: another `cam` folder of the same images and labels (another refinement's
             CAMs), refined by the same processes into ``out2`` (its own records, as its own run would write them),
             each image's CRF pairwise terms built once for both (pydensecrf, or ``--no-crf``).
+        start_out: a folder for the same CRF's labels at confidence 0 (``--start-out``: the masks and records of
+            `crf --confidence 0`, the start label `sam-pseudo --start` reads instead of running the CRF again);
+            ``with_start_out``: the same for ``with_cams``' CAMs. Written by pydensecrf (``auto`` picks it).
 
     Raises:
         MissingDependencyError: pydensecrf is not installed (and its backend is asked for).
@@ -255,8 +267,17 @@ def run_crf(
 
     cams_dir, out = Path(cams_dir), Path(out)
     shard = shard_from_env(shard)
-    cfg = with_backend(cfg, runtime.device)
+    starts = [None if s is None else Path(s) for s in (start_out, with_start_out)]
+    if starts[1] is not None and with_cams is None:
+        raise VplError(f"--with-start-out {starts[1]}: the start labels of --with-cams's CAMs; pass --with-cams and "
+                       "--with-out too, or use --start-out for the CAMs of this run")
+    # sam-pseudo's start label is pydensecrf's: with a start folder, auto picks it on any device
+    cfg = with_backend(cfg, "cpu" if any(starts) else runtime.device)
     on_torch = cfg.backend == "torch" and not cfg.no_crf
+    if on_torch and any(starts):
+        option = "--start-out" if starts[0] is not None else "--with-start-out"
+        raise VplError(f"{option} {starts[0] or starts[1]}: written by the pydensecrf backend only (sam-pseudo's start "
+                       "label is pydensecrf's CRF); drop --backend torch")
     if runtime.batch_size is not None and not on_torch:  # batches are the torch backend's alone
         why = "with --no-crf" if cfg.no_crf else "with the pydensecrf backend (one image per process)"
         warnings.warn(VplWarning(ignored_option("--batch-size", runtime.batch_size, why)), stacklevel=2)
@@ -264,16 +285,20 @@ def run_crf(
         densecrf_module()  # fail in one line before any folder is touched
     io.read_stage_record(cams_dir, "cam")  # a `cam` folder's record, one line otherwise
     dataset = open_recorded(cams_dir)
-    io.check_outputs(STAGE, {"--out": (out, "stage")}, inputs={"the cam folder": cams_dir},
-                     protected=dataset.folders(), overwrite=runtime.overwrite)
+    io.check_outputs(STAGE, {"--out": (out, "stage"), "--start-out": (starts[0], "stage")},
+                     inputs={"the cam folder": cams_dir}, protected=dataset.folders(), overwrite=runtime.overwrite)
     ids, items = io.cam_items(cams_dir, dataset)
     pairs = [(cams_dir, out), *([] if with_cams is None else [_with_cams(with_cams, cams_dir, out, ids, dataset,
-                                                                           on_torch, runtime.overwrite)])]
+                                                                           on_torch, runtime.overwrite, starts[1])])]
+    _distinct_outputs([out, *(o for _, o in pairs[1:]), *(s for s in starts if s is not None)])
+    start_cfg = replace(cfg, confidence=0.0)  # the records `crf --confidence 0` writes
     start = time.perf_counter()
     # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock
     # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
     with contextlib.ExitStack() as stack:
         folder, *others = [stack.enter_context(_mask_folder(c, o, cfg, runtime, shard, ids)) for c, o in pairs]
+        others += [stack.enter_context(_mask_folder(c, s, start_cfg, runtime, shard, ids))
+                   for (c, _), s in zip(pairs, starts) if s is not None]
         todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo_with(others, ids, io.mask_path)]
         if on_start:
             on_start(len(todo))
@@ -282,7 +307,8 @@ def run_crf(
         else:
             workers = resolve_workers(runtime.workers)
             chunks = _chunks(todo, workers, pairs=tuple((str(c), str(o)) for c, o in pairs),
-                             classes=tuple(dataset.classes), cfg=cfg)
+                             classes=tuple(dataset.classes), cfg=cfg,
+                             starts=tuple(None if s is None else str(s) for s in starts[:len(pairs)]))
             workers, ignored, total = _run_chunks(chunks, workers, on_item)
         done, mine = {item[0] for item in todo}, folder.mine(ids)
         ignored_kept, total_kept = _ignored_pixels([io.mask_path(out, i) for i in mine if i not in done],
@@ -312,7 +338,7 @@ def _mask_folder(cams_dir: Path, out: Path, cfg: CrfConfig, runtime: RuntimeConf
 
 
 def _with_cams(with_cams, cams_dir: Path, out: Path, ids: list[str], dataset, on_torch: bool,
-               overwrite: bool) -> tuple[Path, Path]:
+               overwrite: bool, start_out: Path | None = None) -> tuple[Path, Path]:
     """``--with-cams DIR --with-out OUT`` checked before any folder is touched: CAMs of the very images of
     ``cams_dir`` (the same dataset, split and ids) into another folder; the pydensecrf backend (or ``--no-crf``)."""
     cams2, out2 = Path(with_cams[0]), Path(with_cams[1])
@@ -324,13 +350,23 @@ def _with_cams(with_cams, cams_dir: Path, out: Path, ids: list[str], dataset, on
                        f"{cams_dir} and --out {out}")
     io.read_stage_record(cams2, "cam")
     other = open_recorded(cams2)
-    io.check_outputs(STAGE, {"--with-out": (out2, "stage")}, inputs={"the cam folder": cams2},
-                     protected=other.folders(), overwrite=overwrite)
+    io.check_outputs(STAGE, {"--with-out": (out2, "stage"), "--with-start-out": (start_out, "stage")},
+                     inputs={"the cam folder": cams2}, protected=other.folders(), overwrite=overwrite)
     ids2, _ = io.cam_items(cams2, other)
     if ids2 != ids or (other.root, other.split) != (dataset.root, dataset.split):
         raise VplError(f"--with-cams {cams2}: CAMs of other images than {cams_dir} ({len(ids2)} of {other.root} "
                        f"against {len(ids)} of {dataset.root}); run crf on each alone")
     return cams2, out2
+
+
+def _distinct_outputs(folders: list[Path]) -> None:
+    """The run's mask folders (--out, --with-out, --start-out, --with-start-out) are as many different folders."""
+    seen: dict[Path, Path] = {}
+    for folder in folders:
+        if (real := folder.resolve()) in seen:
+            raise VplError(f"{folder}: given as two of this run's outputs (also as {seen[real]}); give each of --out, "
+                           "--with-out, --start-out and --with-start-out its own folder")
+        seen[real] = folder
 
 
 def _ignored_pixels(masks: list[Path], workers: int) -> tuple[int, int]:

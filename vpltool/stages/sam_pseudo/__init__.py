@@ -10,7 +10,9 @@ per image out (0 background, class ids; ``_stage.json`` beside them), so that `t
 1. The CAM's label ``P`` ``[H, W]``: `crf --confidence 0`'s mask of the image's CAMs (``--start crf``, the
    default: the labels the released code merges, TransCAM's 1,464 VOC train labels shipped with it, hold values 0
    to 20 and no 255, with the ragged outlines a dense CRF leaves, not an upsampled CAM's smooth ones), or `crf
-   --no-crf`'s argmax (``--start argmax``).
+   --no-crf`'s argmax (``--start argmax``), or either read from a folder that `crf --start-out` wrote beside its
+   own masks from the same CRF (``--start FOLDER``: the CRF runs once in a pipeline; :mod:`.start` checks the
+   folder's record against these CAMs and settings before a model loads).
 2. SAM's automatic masks ``m_1 .. m_N`` (``[N, H, W]`` bool, overlapping): segment-anything's
    ``SamAutomaticMaskGenerator`` (``--masks sam``), SAM 2's (``--masks sam2:CONFIG``), or a folder of masks as
    segment-anything's ``scripts/amg.py`` writes them, which is what the released code reads.
@@ -55,6 +57,7 @@ from ...data import open_recorded
 from ...runtime.numerics import run_numerics
 from .rules import merge_masks, prompted_masks
 from .sources import FOLDER_FORMAT, FolderMasks, Sam3Masks, mask_source, read_mask_png
+from .start import check_start_folder, read_start, start_folder
 
 STAGE = "sam-pseudo"
 
@@ -75,10 +78,12 @@ class SamPseudoSummary(io.StageSummary):
     missed: float | None = None  # SAM 3: share of the image-level labels left to the CAM (no instance kept)
 
 
-def _params(cfg: SamPseudoConfig) -> dict[str, Any]:
+def _params(cfg: SamPseudoConfig, start: str) -> dict[str, Any]:
     """What makes two runs' masks interchangeable: the rule, its start and the generator's settings (a folder of
-    masks is recorded by content in the inputs, not by path)."""
+    masks, or of start labels, is recorded by content in the inputs, not by path; ``start``: crf or argmax, the one
+    the run computes or its start folder holds)."""
     params = to_params(cfg)
+    params["start"] = start
     params["masks"] = "sam3" if cfg.prompted else cfg.generator() or "folder"
     params["coverage"] = SAM_COVERAGE if cfg.merge == "max-iou-imp2" and not cfg.prompted else None
     if cfg.prompted:  # SAM 3's weights are an input, by content (Sam3Masks.weights), not a path among the settings
@@ -86,6 +91,15 @@ def _params(cfg: SamPseudoConfig) -> dict[str, Any]:
     for name in cfg.inert():
         params.pop(name, None)
     return params
+
+
+def _loaders(runtime: RuntimeConfig, device, start_dir: Path | None) -> int:
+    """The loading processes: ``--workers``, or (auto) the runtime's, but none beside this process on a CPU when the
+    start labels are read from a folder: the loaders are there to run the start's CRF beside SAM, and a photo and a
+    PNG a step cost less CPU time here than the processes that would load them and hand them over."""
+    if runtime.workers is None and start_dir is not None and getattr(device, "type", device) != "cuda":
+        return 1
+    return runtime.loader_workers(device)
 
 
 def run_sam_pseudo(
@@ -106,7 +120,8 @@ def run_sam_pseudo(
         out: output folder (created).
         cfg: the rule, its start label and SAM (:class:`vpltool.config.SamPseudoConfig`).
         runtime: ``device`` and ``precision`` (SAM's: auto = the CAMs' dtype; another is refused), ``workers``
-            (image loaders, which also run the start label's CRF), ``overwrite``.
+            (image loaders, which also run the start label's CRF; auto with a start folder on a CPU: this process
+            alone), ``overwrite``.
         shard: ``(i, n)``: every n-th mask from the i-th (``--shard i/n``).
         on_item: called with the number of images just finished. on_start: called once with the number to do.
 
@@ -133,9 +148,11 @@ def run_sam_pseudo(
     source = mask_source(cfg, dataset.classes)
     folder_masks = source if isinstance(source, FolderMasks) else None
     weights = None if folder_masks else cfg.sam_weights
+    start_dir = start_folder(cfg)
     io.check_outputs(STAGE, {"--out": (out, "stage")},
                      inputs={"the cam folder": cams_dir, "--masks": folder_masks and folder_masks.folder,
-                             "--sam-weights": weights if weights not in io.NOT_FILES else None},
+                             "--sam-weights": weights if weights not in io.NOT_FILES else None,
+                             "--start": start_dir},
                      protected=dataset.folders(), overwrite=runtime.overwrite)
     if cfg.start == "crf":
         from ...ops.densecrf import densecrf_module
@@ -147,10 +164,13 @@ def run_sam_pseudo(
               "masks": source.check([(i, sizes[i]) for i in ids])}  # checked whole: nothing loaded yet
     if isinstance(source, Sam3Masks):
         inputs["sam_weights"] = source.weights()
+    start_kind = cfg.start
+    if start_dir is not None:  # checked whole: every image's label there, of these CAMs and settings
+        start_kind, inputs["start"] = check_start_folder(start_dir, cams_dir, cfg, ids, sizes, numerics)
     start = time.perf_counter()
     counts = {"masks": 0, "covered": 0, "changed": 0, "pixels": 0, "images": 0, "labels": 0, "missed": 0}
     lock = threading.Lock()  # the counts are added by the writer threads
-    with io.StageFolder(out, STAGE, _params(cfg), overwrite=runtime.overwrite, inputs=inputs, shard=shard,
+    with io.StageFolder(out, STAGE, _params(cfg, start_kind), overwrite=runtime.overwrite, inputs=inputs, shard=shard,
                         items=(ids, io.mask_path), numerics=numerics) as folder:
         todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo(ids, io.mask_path)]
         if on_start:
@@ -163,9 +183,13 @@ def run_sam_pseudo(
 
             def load(k: int) -> dict[str, Any]:  # in a loading process: the image, its start label (, its masks)
                 item_id, image_path, labels = todo[k]
-                image, maps = io.read_cam_item(cams_dir, item_id, image_path, labels, classes)
-                loaded = {"image": image_tensor(image), "start": torch.from_numpy(
-                    start_label(image, maps.cams, maps.labels, cfg))}
+                if start_dir is not None:  # the label crf wrote: no CAM file, no CRF here
+                    image = io.load_image(image_path)
+                    begin = read_start(start_dir, item_id, image.shape[:2])
+                else:
+                    image, maps = io.read_cam_item(cams_dir, item_id, image_path, labels, classes)
+                    begin = start_label(image, maps.cams, maps.labels, cfg)
+                loaded = {"image": image_tensor(image), "start": torch.from_numpy(begin)}
                 if source.in_loader:
                     loaded["masks"] = torch.from_numpy(source.masks(item_id, image.shape[:2]))
                 return loaded
@@ -196,7 +220,7 @@ def run_sam_pseudo(
             run_image_batches([sizes[i] for i, _, _ in todo], load, run, write, device, runtime,
                               lambda k: f"{todo[k][1]} ({sizes[todo[k][0]][0]}x{sizes[todo[k][0]][1]})",
                               "SAM runs one image at a time; use a smaller SAM or a GPU", on_item,
-                              batch_size=1, workers=runtime.loader_workers(device))
+                              batch_size=1, workers=_loaders(runtime, device, start_dir))
         complete = folder.finish(ids, io.mask_path)
     n, pixels = counts["images"], counts["pixels"]
     return SamPseudoSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),

@@ -10,8 +10,8 @@ times `sam-pseudo` on the demo's CAMs and digests its masks):
   it is projected once an image instead of once a prompt; the later layers' cross attentions never project the
   image's tokens (the projections folded into the tokens' side: :func:`_token_to_image`, :func:`_image_to_token`),
   the image->token softmax runs token-major, the final attention only for the tokens read after it; the predicted
-  IoU comes before the masks, and only the prompts with a mask over the threshold are upscaled, only their kept
-  masks made;
+  IoU comes before the masks, and only the prompts with a mask over the threshold are upscaled (:func:`_upscale`,
+  its norm in place), only their kept masks made;
 * only those masks are upsampled (:func:`upsample`: one 2x resize where the image is square and half the model's
   input, segment-anything's two resizes otherwise);
 * the kept masks' RLEs in one pass (:func:`mask_to_rle`), and an RLE is not deep-copied each time ``MaskData.cat``
@@ -125,7 +125,8 @@ def _first_layer(layer, queries, image: torch.Tensor, image_pe: torch.Tensor):
     q = queries + query_pe
     queries = layer.norm2(queries + _token_to_one_image(t2i, q, k_img, image))
     queries = layer.norm3(queries + layer.mlp(queries))
-    return queries, layer.norm4(image + _image_to_token(i2t, k_img, queries + query_pe, queries))
+    # the sum in place in the attention's fresh output (a float sum is the same bits either way round)
+    return queries, layer.norm4(_image_to_token(i2t, k_img, queries + query_pe, queries).add_(image))
 
 
 def _layer(layer, queries, keys, query_pe, key_pe):
@@ -137,7 +138,7 @@ def _layer(layer, queries, keys, query_pe, key_pe):
     q, k = queries + query_pe, keys + key_pe
     queries = layer.norm2(queries + _token_to_image(layer.cross_attn_token_to_image, q, k, keys))
     queries = layer.norm3(queries + layer.mlp(queries))
-    keys = layer.norm4(keys + _image_to_token(layer.cross_attn_image_to_token, k, queries + query_pe, queries))
+    keys = layer.norm4(_image_to_token(layer.cross_attn_image_to_token, k, queries + query_pe, queries).add_(keys))
     return queries, keys
 
 
@@ -185,10 +186,26 @@ def decode(decoder, image_embeddings: torch.Tensor, image_pe: torch.Tensor, spar
     if len(rows) == 1 < batch:  # a transposed convolution of one image takes another route than of several: pair it
         rows = torch.cat([rows, rows])
     hyper = torch.stack([mlp(queries[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps[1:], 1)], 1)
-    up = decoder.output_upscaling(keys[rows].transpose(1, 2).view(len(rows), c, h, w))
+    kept = keys if len(rows) == batch else keys[rows]  # every prompt has a kept mask: no gathered copy
+    up = _upscale(decoder.output_upscaling, kept.transpose(1, 2).view(len(rows), c, h, w))
     masks = (hyper[rows] @ up.view(len(rows), up.shape[1], -1)).view(len(rows), -1, *up.shape[2:])
     masks = masks[: len(picked)][picked]
     return keep.flatten(), masks, iou.flatten()[keep.flatten()]
+
+
+def _upscale(upscaling, x: torch.Tensor) -> torch.Tensor:
+    """The decoder's ``output_upscaling`` (segment-anything's: transposed convolution, ``LayerNorm2d``, GELU,
+    transposed convolution, GELU) of ``x`` ``[K, C, h, w]`` -> ``[K, C/8, 4h, 4w]``, its norm's steps in place: the
+    same operations in the same order (``pow(2)`` is a product with itself, ``x - u`` made once), so the same bits,
+    with four fewer ``[K, C/4, 2h, 2w]`` tensors made (a third of the norm's CPU time on the demo)."""
+    if len(upscaling) != 5 or type(upscaling[1]).__name__ != "LayerNorm2d":  # another decoder: its own modules
+        return upscaling(x)
+    up1, norm, act1, up2, act2 = upscaling
+    x = up1(x)
+    centred = x - x.mean(1, keepdim=True)
+    spread = (centred * centred).mean(1, keepdim=True)
+    x = centred.div_(torch.sqrt(spread + norm.eps)).mul_(norm.weight[:, None, None]).add_(norm.bias[:, None, None])
+    return act2(up2(act1(x)))
 
 
 def upsample(model, low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]) -> torch.Tensor:
