@@ -19,7 +19,8 @@ from vpltool.models.backbones.sam3_files import write_tiny
 
 PROMPTS = ["a red square", "a blue circle", "stripes"]
 FAST = (sam3_fast.ComplexRoPEAttention, sam3_fast.LayoutDetrDecoder, sam3_fast.FusedReluMLP,
-        sam3_fast.SharedLateralPixelDecoder, sam3_fast.LevelsMaskDecoder, sam3_fast.FusedReluDecoderMLP)
+        sam3_fast.SharedLateralPixelDecoder, sam3_fast.LevelsMaskDecoder, sam3_fast.FusedReluDecoderMLP,
+        sam3_fast.HeadsFirstAttention)
 
 
 @pytest.fixture(scope="module")
