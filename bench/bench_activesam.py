@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         **({"reference_from": reused["note"]} if reused else {}),
         "pairs": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in rows],
         "ratios": [round(r, 3) for r in ratios], "ratio_median": round(ratio, 3),
+        "ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)],  # the pairs' lowest and highest
         "cpu_seconds_median": {side: round(statistics.median(r[side]["cpu"] for r in rows), 3)
                                for side in ("vpltool", "reference")},
         "unit_rss_peak_mib_max": {side: max((r[side].get("unit_rss_peak_mib") or 0) for r in rows)
