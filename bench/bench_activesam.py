@@ -29,7 +29,8 @@ model's instance scores lie about 0.1-0.18).
 
 A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--pairs`` pairs, the order swapped
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
-the reference's, against the goal 0.8; the last unit's per-word scores and labels of the two sides are compared.
+the reference's, against the goal 0.8 (``ratio_spread``: the pairs' lowest and highest); the last unit's per-word
+scores and labels of the two sides are compared.
 Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
 read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
 the unit (its process's own, the peak reset before each unit:
