@@ -29,7 +29,8 @@ model's instance scores lie about 0.1-0.18).
 
 A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--pairs`` pairs, the order swapped
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
-the reference's, against the goal 0.8; the last unit's per-word scores and labels of the two sides are compared.
+the reference's, against the goal 0.8 (``ratio_spread``: the pairs' lowest and highest); the last unit's per-word
+scores and labels of the two sides are compared.
 Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
 read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
 the unit (its process's own, the peak reset before each unit:
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
         **({"reference_from": reused["note"]} if reused else {}),
         "pairs": [{side: {k: round(v, 3) for k, v in r[side].items()} for side in r} for r in rows],
         "ratios": [round(r, 3) for r in ratios], "ratio_median": round(ratio, 3),
+        "ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)],  # the pairs' lowest and highest
         "cpu_seconds_median": {side: round(statistics.median(r[side]["cpu"] for r in rows), 3)
                                for side in ("vpltool", "reference")},
         "unit_rss_peak_mib_max": {side: max((r[side].get("unit_rss_peak_mib") or 0) for r in rows)

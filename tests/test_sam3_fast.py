@@ -19,7 +19,8 @@ from vpltool.models.backbones.sam3_files import write_tiny
 
 PROMPTS = ["a red square", "a blue circle", "stripes"]
 FAST = (sam3_fast.ComplexRoPEAttention, sam3_fast.LayoutDetrDecoder, sam3_fast.FusedReluMLP,
-        sam3_fast.SharedLateralPixelDecoder, sam3_fast.LevelsMaskDecoder, sam3_fast.FusedReluDecoderMLP)
+        sam3_fast.SharedLateralPixelDecoder, sam3_fast.LevelsMaskDecoder, sam3_fast.FusedReluDecoderMLP,
+        sam3_fast.HeadsFirstAttention)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +101,30 @@ def test_the_complex_rotation_is_transformers_rotary_encoding():
                           sam3_fast.rotate_complex(k, turn))):
         assert b.is_contiguous()
         torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
+def test_the_heads_first_attention_is_transformers_attention(model):
+    """Self-attention (one tensor as query and key: the fused q/k product), cross-attention with a boolean and an
+    additive mask: transformers' numbers within float rounding; the fused weights follow a change of the weights."""
+    torch.manual_seed(0)
+    ours = copy.deepcopy(model.model.detr_encoder.layers[0].self_attn)
+    assert isinstance(ours, sam3_fast.HeadsFirstAttention)
+    plain = copy.deepcopy(ours)
+    plain.__class__ = hf.Sam3Attention
+    x, text = torch.randn(2, 12, ours.hidden_size), torch.randn(2, 5, ours.hidden_size)
+    keep = torch.rand(2, 1, 12, 5) > 0.3
+    keep[..., 0] = True  # every query attends to something
+    bias = torch.randn(2, ours.num_attention_heads, 12, 5)
+    for args, mask in [((x, x, x), None), ((x, text, text), keep), ((x, text, text), bias)]:
+        out, weights = ours(*args, attention_mask=mask)
+        assert weights is None and out.is_contiguous()
+        torch.testing.assert_close(out, plain(*args, attention_mask=mask)[0], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        for m in (ours, plain):
+            m.k_proj.weight.mul_(-2.0)
+    torch.testing.assert_close(ours(x, x, x)[0], plain(x, x, x)[0], rtol=0, atol=1e-5)
+    assert ours._qk[1].data_ptr() != ours.q_proj.weight.data_ptr()  # a copy, kept beside: the state dict unchanged
+    assert set(ours.state_dict()) == set(plain.state_dict())
 
 
 def test_the_layouts_leave_training_to_transformers_own_forward(model):

@@ -85,6 +85,48 @@ class ComplexRoPEAttention(hf.Sam3ViTRoPEAttention):
         return self.o_proj(out.transpose(1, 2).reshape(b, h, w, -1)), None
 
 
+def heads_first(x: torch.Tensor, heads: int, parts: int = 1) -> tuple[torch.Tensor, ...]:
+    """A projection's ``[B, S, parts * heads * D]`` float32 -> ``parts`` tensors ``[B, heads, S, D]``, contiguous
+    (one copy for all parts): SDPA's CPU kernel reads them faster than the transposed views transformers passes."""
+    b, s, _ = x.shape
+    return x.view(b, s, parts, heads, -1).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+
+
+def _fused_qk(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn``'s query and key projections as one ``[2 C, C]`` weight and ``[2 C]`` bias, kept beside it for their
+    current weights (0.5 MB at the DETR's 256 channels)."""
+    key = tuple((id(p), p._version) for p in (attn.q_proj.weight, attn.k_proj.weight, attn.q_proj.bias,
+                                               attn.k_proj.bias))
+    kept = attn.__dict__.get("_qk")
+    if kept is None or kept[0] != key:
+        weight = torch.cat([attn.q_proj.weight.detach(), attn.k_proj.weight.detach()])
+        kept = attn.__dict__["_qk"] = (key, weight, torch.cat([attn.q_proj.bias.detach(), attn.k_proj.bias.detach()]))
+    return kept[1], kept[2]
+
+
+class HeadsFirstAttention(hf.Sam3Attention):
+    """Transformers' ``Sam3Attention`` (the DETR encoder's and decoder's, the heads') whose fp32 SDPA reads its
+    query, key and value as contiguous ``[B, heads, S, D]`` (:func:`heads_first`), and where the query and the key
+    are one tensor (the encoder's self-attention: ``x + pos`` both) their two projections as one product
+    (:func:`_fused_qk`); elsewhere its own ``forward``."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, **kwargs):
+        """``[B, Lq, C]``, ``[B, Lk, C]``, ``[B, Lk, C]`` float32, an additive or boolean mask broadcastable to
+        ``[B, heads, Lq, Lk]`` -> ``([B, Lq, C], None)``."""
+        if (self.training or self.config._attn_implementation != "sdpa" or kwargs.get("output_attentions")
+                or not _fast_fp32(query, key, value, self.q_proj.weight)):
+            return super().forward(query, key, value, attention_mask=attention_mask, **kwargs)
+        h = self.num_attention_heads
+        if key is query:
+            q, k = heads_first(F.linear(query, *_fused_qk(self)), h, 2)
+        else:
+            (q,), (k,) = heads_first(self.q_proj(query), h), heads_first(self.k_proj(key), h)
+        (v,) = heads_first(self.v_proj(value), h)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
+        return self.o_proj(out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)), None
+
+
 class LayoutDetrDecoder(hf.Sam3DetrDecoder):
     """Transformers' ``Sam3DetrDecoder`` whose box relative-position bias is summed in its final layout
     (module docstring)."""
@@ -239,6 +281,7 @@ def speed_up(model: nn.Module) -> int:
     classes above, in place (idempotent); returns how many modules. The classes are module-level: a converted
     model pickles and deep-copies as before."""
     kinds = {hf.Sam3ViTRoPEAttention: ComplexRoPEAttention, hf.Sam3DetrDecoder: LayoutDetrDecoder,
+             hf.Sam3Attention: HeadsFirstAttention,
              hf.Sam3PixelDecoder: SharedLateralPixelDecoder, hf.Sam3MaskDecoder: LevelsMaskDecoder,
              hf.Sam3DecoderMLP: FusedReluDecoderMLP}
     n = 0
@@ -253,6 +296,6 @@ def speed_up(model: nn.Module) -> int:
     return n
 
 
-__all__ = ["ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "LayoutDetrDecoder", "LevelsMaskDecoder",
-           "SharedLateralPixelDecoder", "linear_relu", "phase_kernels", "rotate_complex", "speed_up", "turn_of",
-           "upsampled_conv"]
+__all__ = ["ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "HeadsFirstAttention", "LayoutDetrDecoder",
+           "LevelsMaskDecoder", "SharedLateralPixelDecoder", "heads_first", "linear_relu", "phase_kernels",
+           "rotate_complex", "speed_up", "turn_of", "upsampled_conv"]
