@@ -239,7 +239,7 @@ $(error make coco needs COCO_ROOT=/path/to/coco (a COCO 2014 WSSS root with Segm
 endif
 endif
 
-.PHONY: help setup lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
+.PHONY: help setup setup-demo lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
         pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam sam3 report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 toy-sam3 \
         clean-demo weclip decoder-seeds
 
@@ -249,6 +249,17 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	# torch and torchvision pinned together in one command: installing open_clip later would upgrade torch
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[crf,test]'
+	touch $(VENV)/.installed-demo $@
+
+## Create .venv and install what `make demo` runs: vpltool with its CRF extra, no test extras (idempotent)
+# the pipeline's commands use none of the test extras (pytest, Gradio, transformers, ONNX Runtime, scikit-learn, ...),
+# and where transformers is installed open_clip imports it in every stage process that loads the CLIP: both cost CPU
+# time (bench/bench_demo.py --with-setup). A current `make setup` (.installed) has installed all this already
+setup-demo: $(VENV)/.installed-demo
+$(VENV)/.installed-demo: pyproject.toml
+	if [ ! $(VENV)/.installed -nt pyproject.toml ]; then \
+	  { test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV); } && \
+	  $(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 -e '.[crf]'; fi
 	touch $@
 
 ## Lint (ruff, pinned in the test extra): style, unused names, import order
@@ -283,7 +294,7 @@ DEMO_REFINES = $(call pick,REFINES,none caa)
 DEMO_ROWS = DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' $(DEMO_START)
 # the demo's crf runs write sam-pseudo's start labels (START_LABELS), so that `make sam` after `make demo` runs no CRF
 DEMO_START = START_LABELS=$(call pick,START_LABELS,1)
-demo: setup
+demo: setup-demo
 	$(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS) REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's DINO affinity rows (AFFINITY_ROWS: CAA from DINO's attention), then the table again
@@ -320,7 +331,7 @@ $(RUN)/metrics/dense_sam3/%.json: $(RUN)/dense_sam3/%/_stage.json
 
 ## Render the demo world (synthetic scenes with exact masks)
 world: $(RUN)/world/_stage.json
-$(RUN)/world/_stage.json: | setup
+$(RUN)/world/_stage.json: | setup-demo
 	$(VPL) make-world $(@D) --train $(WORLD_TRAIN) --val $(WORLD_VAL) --seed $(SEED)
 
 ## Dense CLIP features + last-block cache for the training split

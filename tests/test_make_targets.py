@@ -222,3 +222,19 @@ def test_voc_with_sam3_needs_its_weights():
     assert refused.returncode != 0 and "needs SAM3_PSEUDO_WEIGHTS" in refused.stderr
     given = subprocess.run([*base, "SAM3_PSEUDO_WEIGHTS=/w/sam3"], cwd=ROOT, capture_output=True, text=True, env=env)
     assert "needs SAM3_PSEUDO_WEIGHTS" not in given.stderr
+
+
+def test_demo_installs_no_test_extra_and_a_current_setup_serves_it(tmp_path: Path):
+    """`make demo`'s setup (setup-demo) pip-installs the CRF extra without the test extras; where `make setup` is
+    current (its stamp newer than pyproject.toml) it installs nothing and only marks itself done."""
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    planned = subprocess.run(["make", "-n", "--no-print-directory", "setup-demo", f"VENV={venv}"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, check=True).stdout
+    pip = [line for line in planned.splitlines() if "pip install" in line]
+    assert len(pip) == 1 and pip[0].split("-e ")[1].startswith("'.[crf]'")  # the extras: crf alone
+    venv.mkdir()
+    (venv / ".installed").write_text("")  # newer than pyproject.toml
+    subprocess.run(["make", "--no-print-directory", "setup-demo", f"VENV={venv}", "PYTHON=false"], cwd=ROOT, env=env,
+                   capture_output=True, text=True, check=True)
+    assert (venv / ".installed-demo").is_file() and not (venv / "bin").exists()  # no venv made, nothing installed
