@@ -357,11 +357,7 @@ def create_model(spec: ModelSpec):
         raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
     pretrained = spec.pretrained
     if pretrained in (None, "", "none"):
-        # random weights must be the same in every process: `cam` rebuilds the model `extract` used; open_clip's
-        # "No pretrained weights loaded ... initialized randomly" says what --pretrained none asked for: not shown
-        with torch.random.fork_rng(devices=[]), _quiet_root_log("No pretrained weights loaded"):
-            torch.manual_seed(0)
-            return open_clip.create_model(spec.model, pretrained=None), None
+        return _random_model(open_clip, spec.model), None
     path = Path(pretrained).expanduser()
     if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
         if not path.is_file():
@@ -377,6 +373,31 @@ def create_model(spec: ModelSpec):
     cached, options = _resolve_tag(spec.model, pretrained)
     with no_weight_init(), assign_loaded_weights():
         return open_clip.create_model(spec.model, pretrained=cached or pretrained, **options), None
+
+
+# the random weights drawn so far (--pretrained none), by architecture; a model above this many values is not kept
+_RANDOM: dict[str, dict[str, torch.Tensor]] = {}
+RANDOM_KEPT_VALUES = 32_000_000
+
+
+def _random_model(open_clip, name: str):
+    """open_clip's ``name`` with random weights, the same in every process (seed 0): `cam` rebuilds the model
+    `extract` used. Drawn once a process per configuration, then copied into a model built without its init (a
+    tiny tower's draws cost more than the rest of its build). open_clip's "No pretrained weights loaded ...
+    initialized randomly" says what --pretrained none asked for: not shown."""
+    key = json.dumps([name, open_clip.get_model_config(name)], sort_keys=True, default=str)
+    with torch.random.fork_rng(devices=[]), _quiet_root_log("No pretrained weights loaded"):
+        torch.manual_seed(0)
+        if key in _RANDOM:
+            with no_weight_init():
+                model = open_clip.create_model(name, pretrained=None)
+            model.load_state_dict(_RANDOM[key], strict=True)
+            return model
+        model = open_clip.create_model(name, pretrained=None)
+    state = model.state_dict()
+    if sum(v.numel() for v in state.values()) <= RANDOM_KEPT_VALUES:
+        _RANDOM[key] = {k: v.detach().clone() for k, v in state.items()}
+    return model
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
