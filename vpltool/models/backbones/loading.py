@@ -154,8 +154,8 @@ def register_config_dir(config_dir: str | None) -> None:
     wanted = list(paths)
     for d in folders:
         wanted = [p for p in wanted if p != d] + [d]
-    # open_clip re-reads every config of every folder (its ~150 own included, ~15 ms) on each add: made once per
-    # model, a long-lived process (the app, a Python caller, the test suite) spent a tenth of its CPU there
+    # open_clip re-reads every config of every folder (its own ~150 included) on each add: registered once per
+    # model made, a long-lived process (the app, a Python caller, the test suite) re-read them all each time
     state = (wanted, _configs_read(wanted))
     if (paths == wanted and _REGISTERED.get("state") == state
             and _REGISTERED.get("configs") is getattr(factory, "_MODEL_CONFIGS", None)):

@@ -50,7 +50,7 @@ def import_open_clip():
 @functools.lru_cache(maxsize=None)
 def clip_bpe(context_length: int | None = None):
     """open_clip's ``SimpleTokenizer`` (CLIP's BPE: its vocabulary and cleaning) for ``context_length`` tokens
-    (None: open_clip's default, 77), built once a process: building one ranks 49k merges (0.25 s on a CPU, each
+    (None: open_clip's default, 77), built once a process: building one ranks 49k merges (each
     text family's caption count and tokenizer built one), and nothing changes it after but its encoding memo."""
     import_open_clip()
     from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, SimpleTokenizer

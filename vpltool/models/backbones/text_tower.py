@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ...errors import VplError
 from .loading import tokenizer_factory
 
-# open_clip's tokenizers made so far, by model name and config (made once: CLIP's BPE ranks 49k merges, 0.25 s)
+# open_clip's tokenizers made so far, by model name and config (made once: CLIP's BPE ranks 49k merges)
 _TOKENIZERS: dict[tuple[str, str], Any] = {}
 
 
