@@ -182,6 +182,30 @@ def test_random_weights_are_the_same_in_every_load(tiny_spec):
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left alone
     for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(pa, pb), name
+    from vpltool.models.backbones import loading
+
+    loading._RANDOM.clear()  # drawn afresh, as a new process draws them: the kept draw is the same model
+    c = load_backbone(tiny_spec)
+    kept = {**dict(b.model.named_parameters()), **dict(b.model.named_buffers())}
+    fresh = {**dict(c.model.named_parameters()), **dict(c.model.named_buffers())}
+    assert kept.keys() == fresh.keys() and all(torch.equal(kept[k], fresh[k]) for k in kept)
+
+
+def test_a_dino_from_a_weights_file_is_the_model_loaded_into_a_seeded_build(tmp_path):
+    """load_dino builds a weights file's DINO on the meta device and takes the file's tensors: the same model, to
+    the bit, as timm's seeded build with the file loaded into it."""
+    import timm
+
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
+
+    torch.manual_seed(3)
+    made = timm.create_model("vit_tiny_patch16_224", num_classes=0, dynamic_img_size=True).eval()
+    save_file({k: v.contiguous() for k, v in made.state_dict().items()}, str(tmp_path / "dino.safetensors"))
+    got = load_dino(DinoSpec(model="vit_tiny_patch16_224", weights=str(tmp_path / "dino.safetensors"))).model
+    want = {**dict(made.named_parameters()), **dict(made.named_buffers())}
+    have = {**dict(got.named_parameters()), **dict(got.named_buffers())}
+    assert want.keys() == have.keys() and all(torch.equal(want[k], have[k]) for k in want)
+    assert all(t.device.type == "cpu" and t.dtype == want[k].dtype for k, t in have.items())
 
 
 def test_weights_loaded_without_random_init_are_the_checkpoints(tiny_spec, tmp_path, monkeypatch):

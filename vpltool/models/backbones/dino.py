@@ -40,7 +40,15 @@ from ...errors import VplError, install_extra
 from ...io import is_regular_file, not_a_file
 from ..registry import register_family
 from .dino_attention import dino_attention, fused_qkv, layer_scaled, mean_attention_weights, written_attention
-from .dino_weights import DINO_WEIGHTS_FIX, cached_hub_file, file_weights, spec_files, weights_fix
+from .dino_weights import (
+    DINO_WEIGHTS_FIX,
+    cached_hub_file,
+    file_weights,
+    meta_model,
+    model_from_file,
+    spec_files,
+    weights_fix,
+)
 from .loading import _offline
 from .onednn import use_onednn
 from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv, timm_forward
@@ -110,8 +118,7 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     timm = import_timm()
     if not timm.is_model(spec.model):
         raise VplError(f"--dino-model {spec.model!r} is not a timm model; {EXAMPLES}")
-    with torch.device("meta"):  # the architecture's tensor names and shapes, without the memory or the init
-        model = _create(timm, spec, overrides)
+    model = meta_model(lambda: _create(timm, spec, overrides), _key(timm, spec, overrides))
     _check_plain_vit(model, spec.model)
     if spec.weights == "none":
         return None
@@ -129,6 +136,11 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     return cached
 
 
+def _key(timm, spec: DinoSpec, overrides: dict) -> str:
+    """What makes the same architecture: the name, the function timm builds it with now, the overrides."""
+    return repr((spec.model, id(timm.models.model_entrypoint(spec.model)), sorted(overrides.items())))
+
+
 def _check_plain_vit(model, name: str) -> None:
     blocks = list(getattr(model, "blocks", []))
     if not blocks or not all(hasattr(b, "attn") and hasattr(b.attn, "qkv") for b in blocks):
@@ -142,15 +154,13 @@ def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -
     first, so that nothing of it is ever an unseeded random init."""
     timm = import_timm()
     weights = check_dino(spec, report=False, **overrides)
+    if spec.weights not in ("none", "hub"):
+        model = model_from_file(lambda **kw: _create(timm, spec, overrides, **kw),
+                                _key(timm, spec, overrides), Path(weights), weights_fix(spec.model))
+        return DinoBackbone(model, torch.device(device), spec)
     with torch.random.fork_rng(devices=[]):  # the same random model in every process
         torch.manual_seed(0)
-        if spec.weights == "none" or (spec.weights != "hub" and weights is not None):
-            model = _create(timm, spec, overrides, pretrained=False)
-        else:
-            model = _create(timm, spec, overrides, pretrained=True)
-    if spec.weights not in ("none", "hub"):
-        model.load_state_dict(file_weights(Path(weights), model.state_dict(), fix=weights_fix(spec.model)),
-                              strict=True)
+        model = _create(timm, spec, overrides, pretrained=spec.weights == "hub")
     return DinoBackbone(model, torch.device(device), spec)
 
 

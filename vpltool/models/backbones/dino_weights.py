@@ -4,7 +4,9 @@ nothing loads as a random model in place of weights that did not fit (:mod:`.din
 
 from __future__ import annotations
 
+import copy
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +97,41 @@ def spec_files(spec) -> list[Path]:
 
 __all__ = ["DINO_WEIGHTS_FIX", "RADIO_WEIGHTS_FIX", "KEY_PREFIXES", "cached_hub_file", "file_weights", "spec_files",
            "weights_fix"]
+
+
+# the meta-device models built so far, by name and timm overrides (a process checks the same model several times)
+_META: dict[str, torch.nn.Module] = {}
+
+
+def meta_model(create: Callable[[], torch.nn.Module], key: str) -> torch.nn.Module:
+    """``create()`` on the meta device: the architecture's tensor names, shapes and dtypes without memory. Built
+    once a process per ``key`` (read, never changed): timm's random init runs even on the meta device, each fill
+    through torch's device mode in Python, slower than the tiny model's own forward."""
+    if key not in _META:
+        with torch.device("meta"):
+            model = create()
+        if len(_META) >= 16:
+            _META.clear()
+        _META[key] = model
+    return _META[key]
+
+
+def model_from_file(create: Callable[..., torch.nn.Module], key: str, path: Path, fix: str) -> torch.nn.Module:
+    """The model ``create(pretrained=False)`` builds, with the weights of ``path`` (:func:`file_weights`): built on
+    the meta device and given the file's tensors (cast to its dtypes) where they are every tensor it has, so that
+    no random init is drawn to be overwritten; built seeded, then loaded into, where it keeps a tensor its state
+    dict leaves out (a RoPE model's non-persistent buffers) or the file is RADIO's (mapped, not read)."""
+    from .radio import is_radio_file
+
+    model = copy.deepcopy(meta_model(create, key))
+    state = file_weights(path, model.state_dict(), fix=fix)
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    if own.keys() == state.keys() and not is_radio_file(path):
+        model.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point()
+                               else v for k, v in state.items()}, strict=True, assign=True)
+        return model
+    with torch.random.fork_rng(devices=[]):  # the same random model in every process
+        torch.manual_seed(0)
+        model = create(pretrained=False)
+    model.load_state_dict(state, strict=True)
+    return model

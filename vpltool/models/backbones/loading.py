@@ -135,19 +135,52 @@ class ModelSpec:
 
 
 def register_config_dir(config_dir: str | None) -> None:
+    """``config_dir`` and ``VPLTOOL_MODEL_CONFIGS`` (each checked: :func:`check_config_dir`) added to open_clip's
+    config folders, last (their configs win); nothing re-read when that is already so, with the same bytes."""
     open_clip = import_open_clip()
 
+    folders = []
     for d in filter(None, [config_dir, os.environ.get("VPLTOOL_MODEL_CONFIGS")]):
         if not Path(d).is_dir():
             raise VplError(f"{d}: model config folder not found")
         check_config_dir(Path(d))
+        folders.append(Path(d))
+    factory = sys.modules.get("open_clip.factory")
+    paths = getattr(factory, "_MODEL_CONFIG_PATHS", None)
+    if not isinstance(paths, list):
+        for d in folders:
+            open_clip.add_model_config(d)
+        return
+    wanted = list(paths)
+    for d in folders:
+        wanted = [p for p in wanted if p != d] + [d]
+    # open_clip re-reads every config of every folder (its own ~150 included) on each add: registered once per
+    # model made, a long-lived process (the app, a Python caller, the test suite) re-read them all each time
+    state = (wanted, _configs_read(wanted))
+    if (paths == wanted and _REGISTERED.get("state") == state
+            and _REGISTERED.get("configs") is getattr(factory, "_MODEL_CONFIGS", None)):
+        return
+    for d in folders:
         # open_clip appends the folder to its list on every call and then re-reads every folder of the list: a
-        # long-lived process (the app, a Python caller, the test suite) re-read one folder 900 times per model made.
-        # An earlier entry of the same folder is dropped first: its configs win as the last-added folder's do now
-        paths = getattr(sys.modules.get("open_clip.factory"), "_MODEL_CONFIG_PATHS", None)
-        if isinstance(paths, list):
-            paths[:] = [p for p in paths if p != Path(d)]
+        # long-lived process re-read one folder 900 times per model made. An earlier entry of the same folder is
+        # dropped first: its configs win as the last-added folder's do now
+        paths[:] = [p for p in paths if p != d]
         open_clip.add_model_config(d)
+    _REGISTERED.update(state=(list(paths), _configs_read(paths)), configs=getattr(factory, "_MODEL_CONFIGS", None))
+
+
+# open_clip's config folders and what they held when vpltool last registered one, and the dict it read them into
+_REGISTERED: dict[str, Any] = {}
+
+
+def _configs_read(paths: Sequence[Path]) -> list[tuple[str, bytes]]:
+    """The bytes of every file open_clip reads from ``paths`` (a folder's ``*.json``, or a file; its own folder,
+    inside the package, left out: it does not change), in its order: the same bytes from the same list re-read
+    into the same configs."""
+    own = Path(sys.modules["open_clip.factory"].__file__).parent
+    files = [f for p in map(Path, paths) if own not in (p, *p.parents)
+             for f in (sorted(p.glob("*.json")) if p.is_dir() else [p] if p.is_file() else [])]
+    return [(str(f), f.read_bytes()) for f in files]
 
 
 CONFIG_SOURCE = "the model config folder (--model-config-dir, VPLTOOL_MODEL_CONFIGS)"
@@ -324,11 +357,7 @@ def create_model(spec: ModelSpec):
         raise VplError(f"--model {spec.model!r} unknown to open_clip; e.g. ViT-B-16, ViT-L-14, or local-dir:/path")
     pretrained = spec.pretrained
     if pretrained in (None, "", "none"):
-        # random weights must be the same in every process: `cam` rebuilds the model `extract` used; open_clip's
-        # "No pretrained weights loaded ... initialized randomly" says what --pretrained none asked for: not shown
-        with torch.random.fork_rng(devices=[]), _quiet_root_log("No pretrained weights loaded"):
-            torch.manual_seed(0)
-            return open_clip.create_model(spec.model, pretrained=None), None
+        return _random_model(open_clip, spec.model), None
     path = Path(pretrained).expanduser()
     if path.suffix in (".safetensors", ".pt", ".pth", ".bin") or path.exists():
         if not path.is_file():
@@ -344,6 +373,31 @@ def create_model(spec: ModelSpec):
     cached, options = _resolve_tag(spec.model, pretrained)
     with no_weight_init(), assign_loaded_weights():
         return open_clip.create_model(spec.model, pretrained=cached or pretrained, **options), None
+
+
+# the random weights drawn so far (--pretrained none), by architecture; a model above this many values is not kept
+_RANDOM: dict[str, dict[str, torch.Tensor]] = {}
+RANDOM_KEPT_VALUES = 32_000_000
+
+
+def _random_model(open_clip, name: str):
+    """open_clip's ``name`` with random weights, the same in every process (seed 0): `cam` rebuilds the model
+    `extract` used. Drawn once a process per configuration, then copied into a model built without its init (a
+    tiny tower's draws cost more than the rest of its build). open_clip's "No pretrained weights loaded ...
+    initialized randomly" says what --pretrained none asked for: not shown."""
+    key = json.dumps([name, open_clip.get_model_config(name)], sort_keys=True, default=str)
+    with torch.random.fork_rng(devices=[]), _quiet_root_log("No pretrained weights loaded"):
+        torch.manual_seed(0)
+        if key in _RANDOM:
+            with no_weight_init():
+                model = open_clip.create_model(name, pretrained=None)
+            model.load_state_dict(_RANDOM[key], strict=True)
+            return model
+        model = open_clip.create_model(name, pretrained=None)
+    state = model.state_dict()
+    if sum(v.numel() for v in state.values()) <= RANDOM_KEPT_VALUES:
+        _RANDOM[key] = {k: v.detach().clone() for k, v in state.items()}
+    return model
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:

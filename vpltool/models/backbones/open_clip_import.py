@@ -6,6 +6,7 @@ timm for a timm image tower (SigLIP 2, PE-Core: :func:`with_timm`), transformers
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +45,17 @@ def import_open_clip():
         with _without("timm"), _without("transformers"):
             import open_clip
     return open_clip
+
+
+@functools.lru_cache(maxsize=None)
+def clip_bpe(context_length: int | None = None):
+    """open_clip's ``SimpleTokenizer`` (CLIP's BPE: its vocabulary and cleaning) for ``context_length`` tokens
+    (None: open_clip's default, 77), built once a process: building one ranks 49k merges (each
+    text family's caption count and tokenizer built one), and nothing changes it after but its encoding memo."""
+    import_open_clip()
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length or DEFAULT_CONTEXT_LENGTH)
 
 
 def timm_tower_name(cfg: dict[str, Any]) -> str | None:
@@ -120,4 +132,4 @@ def _dynamo_deferred() -> Iterator[None]:
             delattr(torch, "_dynamo")
 
 
-__all__ = ["import_open_clip", "timm_tower_name", "with_timm", "with_transformers"]
+__all__ = ["clip_bpe", "import_open_clip", "timm_tower_name", "with_timm", "with_transformers"]

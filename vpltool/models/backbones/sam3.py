@@ -69,11 +69,18 @@ def import_transformers():
     return Sam3Model
 
 
+_EXPECTED: dict[str, dict[str, torch.Tensor]] = {}  # by configuration (a process checks one several times)
+
+
 def _expected(config) -> dict[str, torch.Tensor]:
-    """The architecture's tensors (shapes only, nothing allocated)."""
-    sam3 = import_transformers()
-    with torch.device("meta"):
-        return sam3(copy.deepcopy(config)).state_dict()
+    """The architecture's tensors (shapes only, nothing allocated), built once a process per configuration."""
+    from transformers.initialization import no_init_weights
+
+    key = config.to_json_string(use_diff=False)
+    if key not in _EXPECTED:  # no init: even on the meta device each fill went through torch's device mode in Python
+        with torch.device("meta"), no_init_weights():
+            _EXPECTED[key] = import_transformers()(copy.deepcopy(config)).state_dict()
+    return dict(_EXPECTED[key])
 
 
 def check_sam3(spec: Sam3Spec) -> tuple[Sam3Files, Any]:
@@ -423,9 +430,9 @@ def _levels_shared(decoder, image: Sam3Image, key, shared: bool):
 def _tokenizer(context: int):
     """open_clip's CLIP BPE tokenizer (Meta's vocabulary and cleaning) for ``context`` tokens, built once a
     process (reading its vocabulary takes a second)."""
-    from open_clip.tokenizer import SimpleTokenizer
+    from .open_clip_import import clip_bpe
 
-    return SimpleTokenizer(context_length=context)
+    return clip_bpe(context)
 
 
 def _check(spec: Sam3Spec) -> None:

@@ -27,9 +27,9 @@ def tokenizer(cfg: PGSegConfig, vocabulary: Sequence[str] | None = None):
     EOT last, zero-padded). ``toy-words``: the demo's word tokenizer over ``vocabulary``, which the demo registers
     (:func:`~vpltool.models.register_tokenizer`); another name, any tokenizer a plugin registers."""
     if cfg.tokenizer == "clip":
-        from open_clip.tokenizer import SimpleTokenizer
+        from ...backbones.open_clip_import import clip_bpe
 
-        bpe = SimpleTokenizer()
+        bpe = clip_bpe()
         sot, eot = bpe.encoder["<start_of_text>"], bpe.encoder["<end_of_text>"]
 
         def tokenize(texts: Sequence[str]) -> torch.Tensor:
@@ -91,9 +91,9 @@ class PGSegFamily:
 
     def caption_length(self, cfg: PGSegConfig) -> tuple[Callable[[str], int], int]:
         if cfg.tokenizer == "clip":
-            from open_clip.tokenizer import SimpleTokenizer
+            from ...backbones.open_clip_import import clip_bpe
 
-            bpe = SimpleTokenizer()
+            bpe = clip_bpe()
             return (lambda text: len(bpe.encode(text)) + 2), cfg.context_length
         tokenize = self.tokenizer(cfg)
 

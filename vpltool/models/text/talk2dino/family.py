@@ -98,9 +98,9 @@ class Talk2DINOFamily:
                 return len(tokenize.split(text)) + 2
 
             return length, context
-        from open_clip.tokenizer import SimpleTokenizer
+        from ...backbones.open_clip_import import clip_bpe
 
-        bpe = SimpleTokenizer()
+        bpe = clip_bpe()
         return (lambda text: len(bpe.encode(text)) + 2), context
 
     def class_tokens(self, names: Sequence[str], tokenize, templates: Sequence[str]) -> torch.Tensor:
