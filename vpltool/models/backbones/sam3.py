@@ -101,9 +101,8 @@ def _where(files: Sam3Files) -> Path:
 def load_sam3(spec: Sam3Spec, device: torch.device | str = "cpu") -> Sam3:
     """The frozen :class:`Sam3` of ``spec``: checked first (:func:`check_sam3`), built without random
     initialisation, then every tensor loaded strictly (names, shapes, dtypes, finite values: one line naming the
-    file). Loaded under a bf16 or fp16 autocast on ``device`` (``--precision bf16|fp16``), its linear and
-    convolution weights are read straight into that dtype, one tensor at a time (:mod:`.sam3_half`), so the fp32
-    weights are never held whole; outside one, as the files hold them."""
+    file). Under a bf16/fp16 autocast on ``device`` (``--precision``) its linear and convolution weights are read
+    straight into that dtype a tensor at a time (:mod:`.sam3_half`): the fp32 weights never held whole."""
     from transformers.initialization import no_init_weights
 
     from ...io import check_weights, sha256_file
@@ -114,8 +113,7 @@ def load_sam3(spec: Sam3Spec, device: torch.device | str = "cpu") -> Sam3:
     with no_init_weights():  # its own tensors allocated, never written: not resident (the read ones replace them)
         model = import_transformers()(config)
     held = autocast_dtype(torch.device(device))
-    state = read_state(files, shapes_only=False,
-                       dtype_of=None if held == torch.float32 else load_dtypes(model, held))
+    state = read_state(files, shapes_only=False, dtype_of=None if held == torch.float32 else load_dtypes(model, held))
     check_weights(_where(files), state, model.state_dict(), FIX)
     # the read tensors become the parameters (assign): the model's own, allocated uninitialised, are never written,
     # so the weights are resident once, not twice while they are copied (3.4 GB each in fp32 at full size)
@@ -140,9 +138,8 @@ class Sam3:
     def __init__(self, model, device: torch.device, spec: Sam3Spec | None = None):
         from .sam3_fast import speed_up
 
-        self.model = model.eval().requires_grad_(False).to(device)
+        self.model, self.spec, self.device = model.eval().requires_grad_(False).to(device), spec, device
         speed_up(self.model)  # the same sums laid out for the CPU (sam3_fast; transformers' own in reproducible mode)
-        self.spec, self.device = spec, device
         cfg = model.config
         self.vit_config = cfg.vision_config.backbone_config
         self.image_size = int(self.vit_config.image_size)
@@ -187,8 +184,7 @@ class Sam3:
         """This model on ``device`` (moved in place, as ``nn.Module.to``)."""
         self.device = torch.device(device)
         self.model.to(self.device)
-        self._positions.clear()
-        self._texts.clear()
+        self._positions, self._texts = {}, {}  # made for the other device
         return self
 
     # -------------------------------------------------------------------------------------------- images
@@ -428,8 +424,7 @@ def _levels_shared(decoder, image: Sam3Image, key, shared: bool):
 
 @functools.lru_cache(maxsize=None)
 def _tokenizer(context: int):
-    """open_clip's CLIP BPE tokenizer (Meta's vocabulary and cleaning) for ``context`` tokens, built once a
-    process (reading its vocabulary takes a second)."""
+    """open_clip's CLIP BPE tokenizer (Meta's vocabulary and cleaning) for ``context`` tokens, once a process."""
     from .open_clip_import import clip_bpe
 
     return clip_bpe(context)
