@@ -26,7 +26,8 @@ def _sam_pseudo(ws: Workspace, out: str, start: object, cams: Path | None = None
 
 
 @case("sam-pseudo --start FOLDER where FOLDER is crf's own masks (--confidence 0.95: ignore pixels, not the start)",
-      "pseudo/_stage.json: `crf` labels made with --confidence 0.95, sam-pseudo's start is --confidence 0.0",
+      "pseudo/_stage.json: labels of `vpltool crf --confidence 0.95`, while sam-pseudo starts from `vpltool crf "
+      "--confidence 0.0`'s",
       "--start-out")
 def _start_is_crfs_masks(ws: Workspace) -> Iterator[list[object]]:
     yield _sam_pseudo(ws, "sp_start_masks", ws.pseudo)
@@ -42,7 +43,8 @@ def _start_of_other_cams(ws: Workspace) -> Iterator[list[object]]:
 
 
 @case("sam-pseudo --start FOLDER --bg-exponent 2 where FOLDER's labels were made at the CRF's --bg-exponent 1",
-      "`crf` labels made with --bg-exponent 1.0, sam-pseudo's start is --bg-exponent 2.0", "--start-out")
+      "labels of `vpltool crf --bg-exponent 1.0`, while sam-pseudo starts from `vpltool crf --bg-exponent 2.0`'s",
+      "--start-out")
 def _start_of_another_exponent(ws: Workspace) -> Iterator[list[object]]:
     yield [*_sam_pseudo(ws, "sp_start_exp", _start(ws, ws.cams, "start_ok")), "--bg-exponent", "2"]
 

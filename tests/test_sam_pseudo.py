@@ -194,8 +194,9 @@ def test_a_start_folder_crf_wrote_gives_the_masks_of_sam_pseudos_own_crf_and_is_
     io.write_mask(io.mask_path(small, ids[2]), np.zeros((5, 7), np.uint8))
     cases = {"a label of another size": (small, DEMO, f"{io.mask_path(small, ids[2])}: a 5x7 start label for a 96x96"),
              "other CAMs": (tmp_path / "other_start", DEMO, "start labels of other CAMs than"),
-             "crf's masks": (tmp_path / "crf", DEMO, "made with --confidence 0.95, sam-pseudo's start is --confidence"),
-             "bg exponent": (tmp_path / "start", replace(DEMO, bg_exponent=2.0), "--bg-exponent 1.0, sam-pseudo's"),
+             "crf's masks": (tmp_path / "crf", DEMO, "labels of `vpltool crf --confidence 0.95`, while sam-pseudo "
+                             "starts from `vpltool crf --confidence"),
+             "bg exponent": (tmp_path / "start", replace(DEMO, bg_exponent=2.0), "--bg-exponent 1.0`, while"),
              "a label missing": (cut, DEMO, f"{io.mask_path(cut, ids[1])}: no start label for image"),
              "no folder": (tmp_path / "nowhere", DEMO, "no such folder; pass crf or argmax")}
     for name, (folder, cfg, words) in cases.items():

@@ -70,8 +70,8 @@ def check_start_folder(folder: Path, cams_dir: Path, cfg: SamPseudoConfig, ids: 
     want = expected_params(cfg, kind == "argmax")
     for key in sorted((set(want) | set(params)) - ({"backend"} if kind == "argmax" else set())):
         if params.get(key) != want.get(key):
-            raise VplError(f"{path}: `crf` labels made with {_option(key, params.get(key))}, sam-pseudo's start is "
-                           f"{_option(key, want.get(key))}; {fix}")
+            raise VplError(f"{path}: labels of `vpltool crf {_option(key, params.get(key))}`, while sam-pseudo "
+                           f"starts from `vpltool crf {_option(key, want.get(key))}`'s; {fix}")
     io.check_numerics(numerics, *io.folder_made(folder, record, "crf", items=False))
     for item_id in ids:
         mask = io.mask_path(folder, item_id)
