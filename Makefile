@@ -253,8 +253,8 @@ $(VENV)/.installed: pyproject.toml
 
 ## Create .venv and install what `make demo` runs: vpltool with its CRF extra, no test extras (idempotent)
 # the pipeline's commands use none of the test extras (pytest, Gradio, transformers, ONNX Runtime, scikit-learn, ...),
-# and where transformers is installed open_clip imports it in every stage process that loads the CLIP: both cost CPU
-# time (bench/bench_demo.py --with-setup). A current `make setup` (.installed) has installed all this already
+# whose install costs CPU time (bench/bench_demo.py --with-setup times it). A current `make setup` (.installed) has
+# installed all this already
 setup-demo: $(VENV)/.installed-demo
 $(VENV)/.installed-demo: pyproject.toml
 	if [ ! $(VENV)/.installed -nt pyproject.toml ]; then \
