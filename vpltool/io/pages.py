@@ -2,7 +2,8 @@
 a tensor that a file backs (``torch.load(mmap=True)``, a safetensors file that transformers maps) stays resident
 after its pages are read, so a check of SigLIP 2's 1.1 GB token table made all of it resident, though a run touches
 only the rows of its prompts. :func:`page_out` asks the kernel to drop such pages (``madvise(MADV_PAGEOUT)``, Linux
-5.4 and later); they are read again from the file if the model touches them.
+5.4 and later); they are read again from the file if the model touches them. A copy made of a mapped file's tensors
+(SAM 3's weights read into bf16) drops each storage's pages as soon as they are copied (``MADV_DONTNEED``).
 
 A leaf module (no import of vpltool), used by :mod:`vpltool.io.values`. Everything here is best effort: where the
 kernel, the platform or the mapping says no, nothing is dropped and nothing fails.
@@ -19,7 +20,7 @@ import sys
 # On a private mapping it is never destructive: a clean page is dropped and read again from the file, a page written
 # since (copy on write) goes to swap or stays.
 MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
-_refused = False  # the kernel said no once (older than 5.4, or a seccomp filter): ask no more in this process
+_refused: set[int] = set()  # advice the kernel said no to once (older than 5.4, a seccomp filter): not asked again
 
 
 def file_backed(address: int) -> bool:
@@ -45,12 +46,12 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def page_out(address: int, nbytes: int) -> bool:
+def page_out(address: int, nbytes: int, advice: int = MADV_PAGEOUT) -> bool:
     """Ask the kernel to drop the whole pages of ``[address, address + nbytes)`` from this process's resident set
-    (``madvise(MADV_PAGEOUT)``); True where it was done. A page only partly inside is kept (its rest may be
-    another tensor's, read next)."""
-    global _refused
-    if _refused or not sys.platform.startswith("linux") or nbytes <= 0:
+    (``madvise(advice)``: MADV_PAGEOUT, or ``mmap.MADV_DONTNEED`` for pages only read from a private mapping of a
+    file, dropped at once); True where it was done. A page only partly inside is kept (its rest may be another
+    tensor's, read next)."""
+    if advice in _refused or not sys.platform.startswith("linux") or nbytes <= 0:
         return False
     size = mmap.PAGESIZE
     start = -(-address // size) * size
@@ -58,10 +59,11 @@ def page_out(address: int, nbytes: int) -> bool:
     if end <= start:
         return False
     try:
-        done = _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(MADV_PAGEOUT)) == 0
+        done = _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(advice)) == 0
     except (OSError, AttributeError):
         done = False
-    _refused = not done
+    if not done:
+        _refused.add(advice)
     return done
 
 

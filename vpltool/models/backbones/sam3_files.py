@@ -5,7 +5,6 @@ content (:func:`identity`)."""
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -56,9 +55,8 @@ def read_state(files: Sam3Files, shapes_only: bool, dtype_of: Callable[[str], An
     each tensor converted as it is read, one at a time (:func:`_read_as`), so the file's fp32 is never held whole
     (a load straight into bf16: :func:`.sam3_half.load_dtypes`)."""
     if files.layout == "hf":
-        state: dict[str, Any] = {}
-        for path in files.weights:
-            state.update(_safetensors(path, shapes_only or dtype_of is not None))
+        held = {path: _safetensors(path, shapes_only or dtype_of is not None) for path in files.weights}
+        state: dict[str, Any] = {k: v for part in held.values() for k, v in part.items()}
         prefixed = any(k.startswith(HF_PREFIX) for k in state)
         if prefixed:
             state = {k[len(HF_PREFIX):]: v for k, v in state.items() if k.startswith(HF_PREFIX)}
@@ -67,9 +65,8 @@ def read_state(files: Sam3Files, shapes_only: bool, dtype_of: Callable[[str], An
             return state
         inner = {(HF_PREFIX if prefixed else "") + k: k for k in state}  # the file's name -> transformers'
         read: dict[str, Any] = {}
-        for path in files.weights:
-            here = [n for n in _safetensors(path, True) if n in inner]
-            read.update(_safetensors(path, False, {n: dtype_of(inner[n]) for n in here}))
+        for path, part in held.items():  # each file's own names, from the header read above
+            read.update(_safetensors(path, False, {n: dtype_of(inner[n]) for n in part if n in inner}))
         return {inner[n]: v for n, v in read.items()}
     path = files.weights[0]
     saved, mapped = _torch_file_mapped(path, lazy=shapes_only or dtype_of is not None)
@@ -104,33 +101,14 @@ def _read_as(state: dict[str, torch.Tensor], dtype_of: Callable[[str], Any], map
 
 def _give_back(storage) -> None:
     """The whole pages of ``storage`` (a private mapping of a file, only read) dropped from this process's memory
-    (``madvise(MADV_DONTNEED)``): read again from the file, were they touched again. Nothing where Linux's
-    ``madvise`` is missing (the copy then peaks higher, nothing else changes)."""
-    import ctypes
+    (:func:`vpltool.io.pages.page_out`, ``MADV_DONTNEED``): read again from the file, were they touched again.
+    Nothing where Linux's ``madvise`` is missing (the copy then peaks higher, nothing else changes)."""
     import mmap
 
-    libc = _libc()
-    start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-    first, last = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE, end // mmap.PAGESIZE * mmap.PAGESIZE
-    if libc is not None and last > first:  # pages wholly its own: a neighbour's is never dropped
-        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+    from ...io.pages import page_out
 
-
-@functools.lru_cache(maxsize=1)
-def _libc():
-    """The C library's ``madvise`` holder (a ``ctypes.CDLL``), or None off Linux."""
-    import ctypes
-    import mmap
-    import sys
-
-    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (OSError, AttributeError):
-        return None
-    return libc
+    if hasattr(mmap, "MADV_DONTNEED"):
+        page_out(storage.data_ptr(), storage.nbytes(), mmap.MADV_DONTNEED)
 
 
 def _safetensors(path: Path, shapes_only: bool, dtypes: dict[str, Any] | None = None) -> dict[str, Any]:
