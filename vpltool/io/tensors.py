@@ -155,6 +155,20 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
                        "F8_E5M2": "float8_e5m2"}
 
 
+def _entry(name: str, entry: dict, data_bytes: int) -> tuple[Any, list[int], int, int, int]:
+    """``(dtype, shape, count, begin, end)`` of one tensor of a safetensors header, its byte span checked: inside the
+    file's ``data_bytes`` and exactly its shape's size (ValueError otherwise, naming it)."""
+    import torch
+
+    dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+    begin, end = entry["data_offsets"]
+    shape = [int(d) for d in entry["shape"]]
+    count = math.prod(shape)
+    if not 0 <= begin <= end <= data_bytes or end - begin != count * dtype.itemsize:
+        raise ValueError(name)
+    return dtype, shape, count, begin, end
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """A safetensors file's tensors in this process's own memory: the file read once into one buffer, each tensor
     a view of it. ``safetensors.torch.load_file`` maps the file instead, so a model that keeps its tensors (a load
@@ -180,12 +194,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
         for name, entry in (header or {}).items():
             if name == "__metadata__":
                 continue
-            dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
-            begin, end = entry["data_offsets"]
-            shape = [int(d) for d in entry["shape"]]
-            count = math.prod(shape)
-            if not 0 <= begin <= end <= got - start or end - begin != count * dtype.itemsize:
-                raise ValueError(name)
+            dtype, shape, count, begin, _ = _entry(name, entry, got - start)
             out[name] = (torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin).reshape(shape)
                          if count else torch.empty(shape, dtype=dtype))
         if header is not None:
@@ -217,13 +226,7 @@ def read_safetensors_as(path: str | os.PathLike, dtypes: Mapping[str, Any]) -> d
             header, start = json.loads(fh.read(size)), 8 + size
             out, buffer = {}, np.empty(0, dtype=np.uint8)
             for name, want in dtypes.items():
-                entry = header[name]
-                dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
-                begin, end = entry["data_offsets"]
-                shape = [int(d) for d in entry["shape"]]
-                count = math.prod(shape)
-                if not 0 <= begin <= end <= total - start or end - begin != count * dtype.itemsize:
-                    raise ValueError(name)
+                dtype, shape, count, begin, end = _entry(name, header[name], total - start)
                 if buffer.size < end - begin:
                     buffer = np.empty(end - begin, dtype=np.uint8)
                 fh.seek(start + begin)
