@@ -296,8 +296,9 @@ def run_crf(
     # the skeleton written out, not StageFolder.run: the masks a resume kept are counted inside the folder's lock
     # (a run with --overwrite may be removing them otherwise), also when nothing is left to do
     with contextlib.ExitStack() as stack:
-        folder, *others = [stack.enter_context(_mask_folder(c, o, cfg, runtime, shard, ids)) for c, o in pairs]
-        others += [stack.enter_context(_mask_folder(c, s, start_cfg, runtime, shard, ids))
+        made = {c: _cams_made(c) for c, _ in pairs}  # each CAM folder's files read once, for its start folder too
+        folder, *others = [stack.enter_context(_mask_folder(o, cfg, runtime, shard, ids, *made[c])) for c, o in pairs]
+        others += [stack.enter_context(_mask_folder(s, start_cfg, runtime, shard, ids, *made[c]))
                    for (c, _), s in zip(pairs, starts) if s is not None]
         todo = [(i, str(items[i].image), tuple(items[i].labels)) for i in folder.todo_with(others, ids, io.mask_path)]
         if on_start:
@@ -323,17 +324,22 @@ def run_crf(
                       backend="none" if cfg.no_crf else cfg.backend)
 
 
-def _mask_folder(cams_dir: Path, out: Path, cfg: CrfConfig, runtime: RuntimeConfig, shard: tuple[int, int],
-                 ids: list[str]) -> io.StageFolder:
-    """The output folder of the masks of ``cams_dir``, with the records a run on that folder alone writes: the CAM
-    folder's record and dataset as inputs, and its numerics (a CAM file of another dtype or mode is refused)."""
+def _cams_made(cams_dir: Path) -> tuple[dict, dict]:
+    """``(inputs, numerics)`` a mask folder of ``cams_dir`` records, as a run on that folder alone writes them: the
+    CAM folder's record and dataset as inputs, and its numerics (a CAM file of another dtype or mode is refused)."""
     record = io.read_stage_record(cams_dir, "cam")
     made = io.folder_made(cams_dir, record, "cam")  # the record's, then each CAM file's own (its header)
     # crf takes no --precision: its masks carry the CAMs' dtype, in this run's mode (which must be the CAMs')
     numerics = run_numerics(made[0][1].get("dtype") if isinstance(made[0][1], dict) else None)
     io.check_numerics(numerics, *made)
-    inputs = {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}
-    return io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=inputs,
+    return {"cams": io.sha256_file(io.stage_record_path(cams_dir)), **io.dataset_inputs(record)}, numerics
+
+
+def _mask_folder(out: Path, cfg: CrfConfig, runtime: RuntimeConfig, shard: tuple[int, int], ids: list[str],
+                 inputs: dict, numerics: dict) -> io.StageFolder:
+    """The output folder of masks made at ``cfg`` from the CAM folder that ``inputs`` and ``numerics`` describe
+    (:func:`_cams_made`)."""
+    return io.StageFolder(out, STAGE, to_params(cfg), overwrite=runtime.overwrite, inputs=dict(inputs),
                           shard=shard, items=(ids, io.mask_path), numerics=numerics)
 
 
