@@ -166,7 +166,8 @@ def register_config_dir(config_dir: str | None) -> None:
         # dropped first: its configs win as the last-added folder's do now
         paths[:] = [p for p in paths if p != d]
         open_clip.add_model_config(d)
-    _REGISTERED.update(state=(list(paths), _configs_read(paths)), configs=getattr(factory, "_MODEL_CONFIGS", None))
+    now = state if paths == wanted else (list(paths), _configs_read(paths))  # what was just read, not read again
+    _REGISTERED.update(state=now, configs=getattr(factory, "_MODEL_CONFIGS", None))
 
 
 # open_clip's config folders and what they held when vpltool last registered one, and the dict it read them into

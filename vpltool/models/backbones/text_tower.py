@@ -5,6 +5,7 @@ embeddings, ~10x faster) and CLIP-ES's exact path (``--parity clip-es``).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -15,34 +16,34 @@ import torch.nn.functional as F
 from ...errors import VplError
 from .loading import tokenizer_factory
 
-# open_clip's tokenizers made so far, by model name and config (made once: CLIP's BPE ranks 49k merges)
-_TOKENIZERS: dict[tuple[str, str], Any] = {}
-
 
 def _open_clip_tokenizer(model: str):
     """open_clip's tokenizer of ``model``; one line when it cannot be made here: SigLIP's (a Hugging Face tokenizer:
     Gemma's for SigLIP 2) needs ``transformers`` and its vocabulary file from the hub or its cache. One of a
-    registered config's name is made once a process for that config (a tokenizer is read, never changed, but for
-    its encoding memo); a ``local-dir:`` or ``hf-hub:`` model's each time (its files may change)."""
+    registered config's name is made once a process for that config (:func:`_registered_tokenizer`); a
+    ``local-dir:`` or ``hf-hub:`` model's each time (its files may change)."""
     from .loading import import_open_clip
 
     open_clip = import_open_clip()
-    key = None if ":" in model else (model, json.dumps(open_clip.get_model_config(model), sort_keys=True,
-                                                       default=str))
-    if key in _TOKENIZERS:
-        return _TOKENIZERS[key]
     try:
-        tokenizer = open_clip.get_tokenizer(model)
+        if ":" in model:
+            return open_clip.get_tokenizer(model)
+        return _registered_tokenizer(model, json.dumps(open_clip.get_model_config(model), sort_keys=True, default=str))
     except (ImportError, OSError, ValueError, RuntimeError) as e:
         why = " ".join(str(e).split())[:160] or type(e).__name__
         raise VplError(f"--model {model}: its tokenizer cannot be loaded ({why}); SigLIP's tokenizers need "
                        "`pip install transformers sentencepiece` and, once, the hub (or HF_HOME holding its files)"
                        ) from None
-    if key is not None:
-        if len(_TOKENIZERS) >= 16:
-            _TOKENIZERS.clear()
-        _TOKENIZERS[key] = tokenizer
-    return tokenizer
+
+
+@functools.lru_cache(maxsize=16)
+def _registered_tokenizer(model: str, config: str):
+    """open_clip's tokenizer of the registered config ``model`` while it reads ``config`` (its JSON), made once (a
+    tokenizer is read, never changed, but for its encoding memo; CLIP's BPE ranks 49k merges to be made). A failed
+    make is not kept."""
+    from .loading import import_open_clip
+
+    return import_open_clip().get_tokenizer(model)
 
 
 class TextTower:
