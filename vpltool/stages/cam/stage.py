@@ -293,12 +293,15 @@ def _batch_tensors(cams: CamBatch, debug: bool, raw_out: bool = False) -> dict:
     """What the writer needs of a batch, cast and checked on the device: the maps clamped to [0, 1] as stored, a
     finiteness flag per map, (``--save-debug``) the intermediate maps, and (``--raw-out``) the GradCAM maps as a
     ``--refine none`` run's would be; nothing else crosses to the host."""
-    out = {"maps": cams.maps.clamp(0, 1), "finite": torch.isfinite(cams.maps).flatten(1).all(1)}
+    def stored(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # as written, and each map's finiteness
+        return maps.clamp(0, 1), torch.isfinite(maps).flatten(1).all(1)
+
+    out = dict(zip(("maps", "finite"), stored(cams.maps)))
     if debug:
         out.update(raw=cams.raw, probs=cams.probs, before=cams.before)
     if raw_out:
         # flat keys: the host copy (vpltool.runtime.host.to_host) takes tensors and lists of them, not dicts
-        out.update(raw_maps=cams.raw.clamp(0, 1), raw_finite=torch.isfinite(cams.raw).flatten(1).all(1))
+        out.update(zip(("raw_maps", "raw_finite"), stored(cams.raw)))
     return out
 
 
