@@ -92,10 +92,11 @@ class Hooks(DenseHooks, method="textregion", preset=PRESET):
             self._folder = source.check([(Path(it.image), image_size(it.image)) for it in items])
 
     def record(self) -> dict:
+        from ..concept_regions import threshold_of
         from .regions import source_record
 
         out = source_record(self.cfg.knobs.region_masks, self.cfg.sam_weights, generator_settings(self.cfg),
-                            self.cfg.sam_model, self.cfg.knobs.confidence_threshold)
+                            self.cfg.sam_model, threshold_of(self.cfg.knobs))
         if self._folder is None:
             return {"region_source": out}
         # the folder by content, in place of the path given (an input, not a setting), as CorrCLIP's

@@ -150,11 +150,11 @@ def source_record(value: str, sam_weights: str | None, generator=None, sam_model
                   sam3_threshold: float | None = None) -> dict:
     """How the run names its generator in its record: a folder by its files' digest (added by
     :meth:`FolderMasks.check`), SAM 2 (or SAM) by its weights' bytes and its settings, SAM 3 by its concepts and
-    weights."""
-    from ..concept_regions import THRESHOLD, is_sam3, sam3_record
+    weights and ``sam3_threshold`` (the run's, resolved by :func:`~..concept_regions.threshold_of`)."""
+    from ..concept_regions import is_sam3, sam3_record
 
     if is_sam3(value):
-        return sam3_record(value, sam_weights, THRESHOLD if sam3_threshold is None else sam3_threshold)
+        return sam3_record(value, sam_weights, sam3_threshold)
     if automatic_generator(value):
         from dataclasses import asdict
 
