@@ -12,6 +12,9 @@ because the earlier ones are already built): where the time goes, not what `make
 With ``--with-setup`` it times what a new user's ``make demo`` costs: a ``git clone`` of this checkout's
 committed HEAD into a fresh folder, there ``make setup-demo`` (what ``make demo`` runs first: a new ``.venv``, pip
 installs torch etc.) and then ``make demo``, each by the CPU time of the processes it ran; their sum is the figure.
+Its figures are checked against the README's table (``readme``: every README row the run made, train and val to the
+printed 0.1, and the mismatches; a row of another target, e.g. `make sgc`'s, is listed as not made): the README's
+demo table is checked here on the demo world itself, tests/test_demo_quality.py checks the bars on a smaller world.
 Optionally times the toy CLIP's retraining too (``--toy-clip``, ~10 min; the issue's target is <= 15 min) and checks
 that it reproduces the shipped weights bit for bit.
 """
@@ -42,6 +45,61 @@ QUICK = ("WORLD_TRAIN=16", "WORLD_VAL=8", "ITERS=20", "DEC_ITERS=10")  # --quick
 # the Makefile's DEMO_ROWS, for --stages (`make demo` sets them itself): the rows of `make dense`, `make affinity` and
 # `make sgc` left out
 DEMO_ROWS = ("DENSE=", "DENSE_SEEDS=", "AFFINITY_ROWS=", "REFINES=none caa")
+
+
+# the README table's stage column -> the prefix of metrics.json's stage name (demo-report's rows)
+README_STAGES = {"CAM, text prototypes": "CAM, text", "CAM, vision prototypes": "CAM, vision",
+                 "CRF masks of the text CAMs": "CRF masks from text", "CRF pseudo masks": "CRF pseudo",
+                 "decoder (VPL phase 2)": "decoder"}
+
+
+def readme_rows(text: str) -> list[dict]:
+    """The rows of the README's demo table (the first table under "## What the demo shows") whose stage is one of
+    ``README_STAGES``: ``{"stage": metrics prefix, "refine", "train", "val"}``, figures as printed (str, "—" for
+    none); a row with an empty stage cell continues the row above's stage. Other stages (SAM's) are skipped."""
+    section = text.split("## What the demo shows", 1)[1]
+    rows, stage = [], None
+    for line in section.splitlines():
+        if not line.startswith("|"):
+            if rows or stage:
+                break  # the table's end
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[0] in ("stage", "---"):
+            continue
+        if cells[0]:
+            stage = next((v for k, v in README_STAGES.items() if cells[0].startswith(k)), "")
+        if stage:
+            rows.append({"stage": stage, "refine": cells[1].strip("`").split()[0], "train": cells[2],
+                         "val": cells[3]})
+    return rows
+
+
+def _printed(miou: float | None) -> str:
+    """A figure as the README prints it: mIoU %, one decimal ("—" for none)."""
+    return "—" if miou is None else f"{100 * miou:.1f}"
+
+
+def check_readme(metrics: dict, text: str) -> dict:
+    """The README's demo table against a run's ``metrics.json``: each README row the run made (same stage prefix and
+    refinement), compared split by split as printed; ``mismatches`` lists each differing figure, ``not_made`` the
+    README rows (or a row's split) this run did not make (another target's: `make sgc`, `make affinity`)."""
+    compared, mismatches, not_made = 0, [], []
+    for row in readme_rows(text):
+        made = next((r for r in metrics["stages"]
+                     if r["stage"].startswith(row["stage"]) and r.get("refine") == row["refine"]), None)
+        if made is None:
+            not_made.append(f"{row['stage']} [{row['refine']}]")
+            continue
+        compared += 1
+        for split in ("train", "val"):
+            got = _printed((made[split] or {}).get("miou"))
+            if got == "—" and row[split] != "—":  # a split this run did not score (the demo test's caa+sgc row)
+                not_made.append(f"{row['stage']} [{row['refine']}] {split}")
+            elif got != row[split]:
+                mismatches.append({"row": f"{row['stage']} [{row['refine']}]", "split": split, "readme": row[split],
+                                   "run": got})
+    return {"rows_compared": compared, "mismatches": mismatches, "not_made": not_made}
 
 
 def make(target: str, run: Path, venv: Path, extra: tuple[str, ...] = (), env: dict | None = None) -> float:
@@ -163,6 +221,7 @@ def main() -> None:
         "pseudo_choice": metrics.get("pseudo_choice"),
         "other_layers": {row["stage"]: row["val"] for row in metrics.get("other_layers", [])},
         "chance": metrics.get("chance"),
+        "readme": check_readme(metrics, (ROOT / "README.md").read_text()),
         # children's ru_maxrss is the largest single stage process (Linux reports KiB)
         "peak_memory": [{"stage": "largest stage process", "scope": "max over the stages' processes",
                          "rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}],

@@ -3,6 +3,15 @@
 Marked slow: a few minutes on 2 cores. CI runs it (`make test`); `make test-fast` skips it. The bars are the
 project's yardstick: text-prototype CAMs must clearly beat chance, vision prototypes must beat text prototypes,
 CRF must not lose what the CAMs found. Nothing here is tuned on the val split.
+
+On which world: the demo's (seed 0, the toy CLIP shipped, `make demo`'s targets in reproducible mode) with its
+training side made smaller (TEST_WORLD: the first 160 of its 500 train scenes, the decoder 300 iterations instead
+of 600) and its held-out split whole (its 200 val scenes, the README's). The bars are relations (vision beats text,
+CRF >= CAMs, caa >= none, beats chance), measured on the same held-out scenes as the README's table: the text CAMs'
+rows on val and their CRF masks' are the README's figures (no training behind them); the vision rows, the train
+rows and the decoder's are not (W and the decoders learn from fewer scenes). The README's table is checked on the
+demo world itself by bench/bench_demo.py (its JSON's ``readme``: every README row `make demo` makes, to the printed
+0.1). Why smaller: on the whole demo world this test cost 529 CPU-s of the suite's 1,200 budget.
 """
 
 from __future__ import annotations
@@ -26,6 +35,12 @@ pytestmark = [
 ]
 
 
+# the demo world with a smaller training side (the module's docstring): the first 160 train scenes (a prefix: scene i
+# depends on (seed, i) alone), the decoder trained 300 iterations; the val split whole, so the held-out bars are
+# measured on the README's 200 val scenes
+TEST_WORLD = ("WORLD_TRAIN=160", "WORLD_VAL=200", "DEC_ITERS=300")
+
+
 @pytest.fixture(scope="module")
 def demo_metrics(tmp_path_factory) -> dict:
     run = tmp_path_factory.mktemp("demo")
@@ -41,7 +56,7 @@ def demo_metrics(tmp_path_factory) -> dict:
     # test here reads, is tests/test_html_report.py's)
     # in reproducible mode, as `make demo` runs: the same figures on every CPU (an AMX one's auto included)
     make = ["make", "-C", str(ROOT), "-j2", f"RUN={run}", f"VENV={venv}", "DEVICE=cpu", "DENSE=", "DENSE_SEEDS=",
-            "AFFINITY_ROWS=", "REFINES=none caa", "REPRODUCIBLE=1"]
+            "AFFINITY_ROWS=", "REFINES=none caa", "REPRODUCIBLE=1", *TEST_WORLD]
     for target in (f"{run}/metrics/caa+sgc/pseudo_text_val.json", f"{run}/metrics.json"):
         pace.run([*make, target], 1800, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return json.loads((run / "metrics.json").read_text())
@@ -110,8 +125,9 @@ def test_sgc_text_crf_masks_at_least_caas_on_val(demo_metrics):
         _miou(demo_metrics, "CRF masks from text", refine="caa")
 
 
-@pytest.mark.xfail(strict=True, reason="not met: decoder 69.8 on val with the shipped toy CLIP, the caa one chosen "
-                   "on train by issue 37's rule (bar 75; 71.9 with the previous toy; 73.4 with an earlier one, on "
-                   "which vision CAMs lost to text CAMs); `make sam`'s decoder on SAM's masks gives 77.7")
+@pytest.mark.xfail(strict=True, reason="not met: decoder 71.6 on val on this test's world (TEST_WORLD), the none one "
+                   "chosen on train by issue 37's rule (72.5 on train against caa's 72.0); on the demo world 69.8, the "
+                   "caa one (bar 75; 71.9 with the previous toy; 73.4 with an earlier one, on which vision CAMs lost "
+                   "to text CAMs); `make sam`'s decoder on SAM's masks gives 77.7")
 def test_decoder_prediction_on_val(demo_metrics):
     assert _miou(demo_metrics, "decoder") >= 0.75
