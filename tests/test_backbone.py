@@ -245,6 +245,32 @@ def test_open_clip_import_defers_dynamo_and_leaves_it_working():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_sam_check_and_load_leave_dynamo_unimported_and_the_random_state_alone():
+    """segment-anything imports torchvision, whose roi_align would import torch._dynamo (most of a sam-pseudo
+    process's start-up): import_sam defers it as import_open_clip does, and check_sam builds the prompt encoder and
+    decoder off the meta device (whose random initialisers import dynamo) without drawing from the process's
+    random state. Dynamo still imports and works after."""
+    code = (
+        "import sys, torch\n"
+        "from vpltool.models.backbones.sam import SamSpec, check_sam\n"
+        "from vpltool.models.registry import load_model\n"
+        "from vpltool.models.dense.corrclip.regions import SAM_SETTINGS, SamRegions\n"
+        "state = torch.random.get_rng_state()\n"
+        "spec = SamSpec('toy', sys.argv[1], prompt=True)\n"
+        "check_sam(spec)\n"
+        "assert torch.equal(torch.random.get_rng_state(), state)\n"
+        "SamRegions(load_model('sam', spec, 'cpu'), SAM_SETTINGS)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'dynamo imported'\n"
+        "assert sys.modules['torchvision.ops.roi_align'].is_compile_supported('cpu') in (True, False)\n"
+        "assert callable(torch._dynamo.optimize) and 'torch._dynamo' in sys.modules\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    weights = root / "vpltool" / "assets" / "toy-sam-world20" / "model.safetensors"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = pace.run([sys.executable, "-c", code, str(weights)], 120, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_config_folder_registered_again_is_read_once_per_model(tmp_path):
     """open_clip appends a folder to its list on every add_model_config and re-reads the whole list: registered once
     per model made, a long-lived process re-read one folder hundreds of times (quadratic). Registered again, the

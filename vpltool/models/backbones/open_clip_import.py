@@ -1,14 +1,18 @@
 """open_clip imported cheaply (:func:`import_open_clip`), and its optional parts bound when a model needs them:
 timm for a timm image tower (SigLIP 2, PE-Core: :func:`with_timm`), transformers for a Hugging Face text tower
-(:func:`with_transformers`). :mod:`.loading` is the only caller; ``bench/bench_startup.py`` times the import.
+(:func:`with_transformers`). :mod:`.loading` is its caller; ``bench/bench_startup.py`` times the import.
+:func:`import_deferring_dynamo` is the mechanism, for any package that imports torchvision (:mod:`.sam` imports
+segment-anything with it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import sys
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -33,18 +37,26 @@ def import_open_clip():
     Should the stand-in ever be short of a name (a torchvision release that wants more), the import is retried
     the plain way.
     """
-    if "open_clip" in sys.modules:
-        return sys.modules["open_clip"]
+    return import_deferring_dynamo("open_clip", "timm", "transformers")
+
+
+def import_deferring_dynamo(name: str, *blocked: str) -> ModuleType:
+    """``import name`` with ``torch._dynamo`` deferred (:func:`_dynamo_deferred`: a package that imports torchvision,
+    as open_clip and segment-anything do, no longer pays ~2 CPU-s for dynamo) and each of ``blocked`` made
+    unimportable for the import (:func:`_without`). Should the stand-in be short of a name (a torchvision release
+    that wants more), the half-imported modules are dropped and the import retried the plain way (``blocked``
+    still blocked); an ImportError of that import (the package missing) is the caller's."""
+    if name in sys.modules:
+        return sys.modules[name]
     before = set(sys.modules)
     try:
-        with _without("timm"), _without("transformers"), _dynamo_deferred():
-            import open_clip
+        with _blocking(blocked), _dynamo_deferred():
+            return importlib.import_module(name)
     except (AttributeError, ImportError):
-        for name in set(sys.modules) - before:  # the half-imported packages, then the plain import
-            del sys.modules[name]
-        with _without("timm"), _without("transformers"):
-            import open_clip
-    return open_clip
+        for module in set(sys.modules) - before:  # the half-imported packages, then the plain import
+            del sys.modules[module]
+        with _blocking(blocked):
+            return importlib.import_module(name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,6 +102,15 @@ def with_transformers(open_clip):
 
 
 @contextlib.contextmanager
+def _blocking(packages: tuple[str, ...]) -> Iterator[None]:
+    """:func:`_without` for each of ``packages``."""
+    with contextlib.ExitStack() as stack:
+        for package in packages:
+            stack.enter_context(_without(package))
+        yield
+
+
+@contextlib.contextmanager
 def _without(package: str) -> Iterator[None]:
     """Make ``import package`` fail (``sys.modules[name] = None``, Python's documented way) for the block."""
     blocked = package not in sys.modules
@@ -132,4 +153,5 @@ def _dynamo_deferred() -> Iterator[None]:
             delattr(torch, "_dynamo")
 
 
-__all__ = ["clip_bpe", "import_open_clip", "timm_tower_name", "with_timm", "with_transformers"]
+__all__ = ["clip_bpe", "import_deferring_dynamo", "import_open_clip", "timm_tower_name", "with_timm",
+           "with_transformers"]

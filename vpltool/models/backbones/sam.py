@@ -88,12 +88,16 @@ class SamSpec:
 
 
 def import_sam():
+    """``segment_anything``, imported without ``torch._dynamo`` (which its torchvision import would pull in, most of
+    the import's time; :func:`~.open_clip_import.import_deferring_dynamo`), or one line naming the fix. Call it
+    before any other import of segment-anything in the process (:func:`check_sam` does)."""
+    from .open_clip_import import import_deferring_dynamo
+
     try:
-        import segment_anything
+        return import_deferring_dynamo("segment_anything")
     except ImportError:
         raise VplError("the sam family needs the segment-anything package, which is not installed: "
                        "pip install segment-anything") from None
-    return segment_anything
 
 
 def _build(arch: SamArch):
@@ -203,7 +207,7 @@ def _encoder_state(path: Path, spec: SamSpec, expected: dict[str, torch.Tensor],
 def check_sam(spec: SamSpec) -> str | None:
     """Refuse at once (one line), before any model is built: an unknown ``--sam-model``, the package missing, a
     weights file that is missing, unreadable, or holds another architecture (names or shapes; read lazily, nothing
-    of the model allocated). Returns the file to load, or None for random weights."""
+    of the encoder allocated). Returns the file to load, or None for random weights."""
     arch = _arch(spec)
     import_sam()
     if spec.weights == "none":
@@ -215,7 +219,9 @@ def check_sam(spec: SamSpec) -> str | None:
         expected = _build(arch).state_dict()
     _encoder_state(path, spec, expected, shapes_only=True)
     if spec.prompt:
-        with torch.device("meta"):
+        # built for real, not on the meta device, whose random initialisers (the decoder's embeddings) import
+        # torch._dynamo; the two modules are small beside the encoder, and the process's random state is kept
+        with torch.random.fork_rng(devices=[]):
             prompt, decoder = _build_prompt(arch)
         _prompt_state(path, spec, _prefixed(prompt, decoder), shapes_only=True)
     return str(path)

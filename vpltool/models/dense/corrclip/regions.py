@@ -159,13 +159,19 @@ class SamRegions:
     (``load_sam`` with its prompt encoder and mask decoder: a released checkpoint, or the demo's toy SAM)."""
 
     def __init__(self, sam, settings: dict = SAM_SETTINGS):
+        import torch
         from segment_anything.modeling import Sam
 
+        from ....runtime.heap import keep_freed_memory
         from ...backbones.sam import PIXEL_MEAN, PIXEL_STD
         from .amg import MaskGenerator
 
         model = Sam(sam.model, sam.prompt_encoder, sam.mask_decoder, list(PIXEL_MEAN), list(PIXEL_STD))
         self.generator = MaskGenerator(model.eval().to(sam.device), **settings)
+        if torch.device(sam.device).type == "cpu":
+            # each batch of prompts makes and frees tensors of a few MB, which glibc handed back to the system and
+            # faulted in again, page by page (tests/test_heap.py counts the faults; bench/bench_sam_pseudo.py times it)
+            keep_freed_memory()
 
     def records(self, image: np.ndarray) -> list[dict]:
         import torch
