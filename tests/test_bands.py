@@ -199,8 +199,8 @@ import sys, torch
 def rss_mb():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 if sys.argv[1] == "keep":
-    from vpltool.models.dense.bands import keep_freed_memory
-    keep_freed_memory()
+    from vpltool.runtime.heap import KEEP_FREED, keep_freed_memory
+    keep_freed_memory(KEEP_FREED, KEEP_FREED)
 x = torch.ones(64 * 2**18)  # a band's 64 MB block, freed
 del x
 before = rss_mb()
@@ -212,7 +212,8 @@ print(rss_mb() - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not platform.libc_ver()[0] == "glibc",
                     reason="glibc's mallopt")
 def test_a_freed_band_block_is_reused_not_faulted_in_anew():
-    """bands.keep_freed_memory: a band's freed block stays in the heap and the next band's tensors reuse its pages.
+    """runtime.heap.keep_freed_memory at KEEP_FREED: a band's freed block stays in the heap and the next
+    band's tensors reuse its pages.
     Without it glibc hands any block over 32 MB back to the kernel, and the next band faults (and the kernel zeroes)
     its pages anew: what made CPU-seconds per megapixel rise with the photo (bench/results/photo.json)."""
     def new_pages(mode: str) -> float:

@@ -181,9 +181,9 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
 def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_heap_is_given_back(files, monkeypatch):
     """SigLIP 2's text rows at 16 prompts a batch (``SigLIP2Text.encode``'s) are those of 64 a batch bit for bit (16 x
     64 token rows and more take the same MKL kernels), and the heap's free pages are given back after every batch
-    (``bands.give_back_freed_memory``), not only at the end."""
+    (``runtime.heap.give_back_freed_memory``), not only at the end."""
     from vpltool.models.backbones import radio
-    from vpltool.models.dense import bands
+    from vpltool.runtime import heap
 
     tower = radio.SigLIP2Text(files["text"])
     words = ["a photo of a {}.", "a {} in the sun.", "the {} at night.", "a small {}.", "a large {}.", "my {}.",
@@ -192,8 +192,8 @@ def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_h
              "a {} again.", "a {} with sky.", "an old {}.", "a new {}."]
     prompts = [w.replace("{}", c) for w in words for c in CLASSES][:64]
     calls = []
-    real = bands.give_back_freed_memory
-    monkeypatch.setattr(bands, "give_back_freed_memory", lambda: calls.append(1) or real())
+    real = heap.give_back_freed_memory
+    monkeypatch.setattr(heap, "give_back_freed_memory", lambda: calls.append(1) or real())
     rows = tower.encode(prompts)
     assert len(calls) == 4  # 64 prompts, 16 a batch
     assert torch.equal(rows, tower.encode(prompts, batch_size=64))

@@ -255,10 +255,10 @@ class SigLIP2Text:
         0.4 GB; at 16 about a quarter of that, and the same rows bit for
         bit (each row is its own arithmetic; MKL's kernels for 16 x 64 rows and more are those of 256 x 64:
         ``tests/test_radseg.py``). Each batch's temporaries are given back to the system after it
-        (:func:`~..dense.bands.give_back_freed_memory`): kept in glibc's heap, VOC20's 1,600 prompts left it
+        (:func:`vpltool.runtime.heap.give_back_freed_memory`): kept in glibc's heap, VOC20's 1,600 prompts left it
         scattered and larger by an amount that varied from run to run, and the photos' work then grew on top of it.
         """
-        from ..dense.bands import give_back_freed_memory
+        from ...runtime.heap import give_back_freed_memory
 
         rows = []
         for i in range(0, len(prompts), batch_size):

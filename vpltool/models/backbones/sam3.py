@@ -212,12 +212,12 @@ class Sam3:
         side = int(pixels.shape[-1])
         if pixels.shape[-2] != side or side % self.patch:
             raise VplError(f"SAM 3 input {tuple(pixels.shape[-2:])}: give a square side, a multiple of {self.patch}")
-        from ..dense.bands import keep_freed_memory
+        from ...runtime.heap import KEEP_FREED, keep_freed_memory
 
         # at 1008 px most of a photo's tensors are tens of MB (the ViT's [5184, 4736] activations, a prompt's
         # [8, 200, 5184] attention bias): glibc maps each afresh and its pages fault in again, a third of the time
-        # of an element-wise op; kept on the heap when freed, the next one reuses them (bands.KEEP_FREED)
-        keep_freed_memory()
+        # of an element-wise op; kept on the heap when freed, the next one reuses them
+        keep_freed_memory(KEEP_FREED, KEEP_FREED)
         self.follow_autocast()
         self._set_positions(side)
         out = self.model.vision_encoder(pixels.to(self.device))

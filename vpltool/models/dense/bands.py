@@ -33,12 +33,6 @@ import torch.nn.functional as F
 
 WHOLE_BUDGET = 512 * 2**20  # bytes: a photo whose whole computation needs no more is computed in one piece
 BAND_COLUMNS = 64  # columns per band: with 27 queries, 10 PAMR steps and 4000 rows about 0.4 GB in flight
-# glibc serves a block above its mmap threshold (at most 32 MB, its dynamic ceiling) by mmap, unmaps it when freed
-# and the kernel zeroes its pages again at the next one: a band's tensors pass 32 MB from about 4000 rows (27
-# queries), and a 48 MP photo spent as much system time in page faults as in the arithmetic. Blocks up to this are
-# kept for reuse while bands run (keep_freed_memory)
-KEEP_FREED = 2**30
-_kept = False
 
 
 def whole_bytes(n_queries: int, height: int, width: int, pamr_steps: int) -> int:
@@ -96,47 +90,6 @@ def photo_bytes(height: int, width: int, n_queries: int, settings, scores: int =
     kept = 4 * scores + 8 if scores else 0
     small = (h * w * (8 + 4 * scores)) if (h, w) != (height, width) else 0
     return height * width * (3 + 3 + 8 + 1 + kept) + whole + small
-
-
-def keep_freed_memory(limit: int = KEEP_FREED) -> None:
-    """Once per process, under glibc: blocks up to ``limit`` bytes come from the heap and stay there when freed
-    (``mallopt`` M_MMAP_THRESHOLD and M_TRIM_THRESHOLD), so that a band's tensors reuse the previous band's pages
-    instead of faulting new ones in (bench/results/photo.json; the process keeps its peak heap until it ends).
-    Elsewhere nothing is done."""
-    global _kept
-    if _kept:
-        return
-    _kept = True
-    if (libc := _glibc()) is not None:
-        libc.mallopt(-3, limit)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, limit)  # M_TRIM_THRESHOLD
-
-
-def give_back_freed_memory() -> bool:
-    """Under glibc, the heap's free pages given back to the system now (``malloc_trim(0)``), whatever
-    :func:`keep_freed_memory` set: after a burst of temporaries that the next work will not reuse (a text tower's
-    batches before the photos), so that their pages neither stay resident nor scatter the heap the photos then
-    grow. Returns whether glibc was there to ask; elsewhere nothing is done."""
-    if (libc := _glibc()) is None:
-        return False
-    libc.malloc_trim(0)
-    return True
-
-
-def _glibc():
-    """glibc (a ``ctypes.CDLL``), or None under another C library or system: ``mallopt``'s numbers and
-    ``malloc_trim`` are glibc's own."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018  (glibc's alone)
-    except (OSError, AttributeError):
-        return None
-    return libc
 
 
 def available_bytes() -> int | None:
@@ -423,7 +376,7 @@ def banded_probabilities(bands: Callable[[], Iterator[tuple[int, int, torch.Tens
     return probs, labels
 
 
-__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "KEEP_FREED", "keep_freed_memory", "give_back_freed_memory", "whole_bytes",
+__all__ = ["WHOLE_BUDGET", "BAND_COLUMNS", "whole_bytes",
            "band_bytes", "working_size", "enlarge", "photo_bytes", "available_bytes", "fitting_max_side",
            "check_photo_memory", "ColumnUpsampler", "band_affinity", "band_step", "logit_bands", "class_probabilities",
            "banded_probabilities"]

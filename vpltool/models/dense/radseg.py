@@ -358,11 +358,11 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
         return RadsegBackbone(dino, head, feature_normalizer(chk), text, self, knobs.scra_scale)
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
-        from .bands import keep_freed_memory
+        from ...runtime.heap import KEEP_FREED, keep_freed_memory
 
         # a photo's activations (11 MB a block's MLP, 15 MB its probabilities: above glibc's mmap threshold) reuse
         # the last photo's pages rather than being faulted in and zeroed anew (the kernel's time, in CPU-seconds)
-        keep_freed_memory()
+        keep_freed_memory(KEEP_FREED, KEEP_FREED)
         knobs = knobs_of(self.cfg)
         return [radseg_probabilities(bb, pixels[i:i + 1], text, size, settings, knobs)
                 for i, size in enumerate(sizes)]

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from ...config.dense import SAM_REFINE_FIELDS
 from ...device import autocast
 from ...ops.sizes import keep_ratio_size
+from ...runtime.heap import KEEP_FREED, keep_freed_memory
 from .bands import (
     WHOLE_BUDGET,
     banded_probabilities,
     class_probabilities,
     enlarge,
-    keep_freed_memory,
     logit_bands,
     whole_bytes,
     working_size,
@@ -297,7 +297,7 @@ def photo_logits(bb, pixels: torch.Tensor, text: torch.Tensor, settings, sizes: 
             lg = F.interpolate(src[None], size=tuple(size), mode="bilinear", align_corners=False)
             out.append(pamr(guide_image(pixels[i], size), lg, steps, settings.pamr_dilations)[0] if steps else lg[0])
         else:
-            keep_freed_memory()  # a band's tensors reuse the last band's pages (bands.KEEP_FREED)
+            keep_freed_memory(KEEP_FREED, KEEP_FREED)  # a band's tensors reuse the last band's pages
             out.append(partial(logit_bands, src.float(), tuple(size), pixels[i].float() if steps else None, steps,
                                settings.pamr_dilations))
     return out
