@@ -131,3 +131,28 @@ def test_a_sam3_pt_cut_short_while_it_loads_is_one_line_not_sigbus(world, tmp_pa
     assert f"{path}: cut short while it was read" in errors[0] and "Pass the whole file" in errors[0]
     assert len(calls) >= 2 and path.stat().st_size == size // 2  # the cut came between two reads
     assert not out.exists()
+
+
+def test_a_hugging_face_file_cut_short_while_it_loads_is_one_line(tmp_path, monkeypatch):
+    """The same for Hugging Face's model.safetensors, read tensor by tensor into bf16: the short read is one line
+    naming the file, not handed to safetensors' own reader (which maps the file)."""
+    import os
+
+    from vpltool.errors import VplError
+    from vpltool.io import tensors
+
+    folder = sam3_files.write_tiny(tmp_path / "hf", "hf")
+    path, entry, calls = folder / "model.safetensors", tensors._entry, []
+
+    def cut_after_first(*args):
+        calls.append(args[0])
+        if len(calls) == 2:  # the first tensor read whole, then the file cut to half its size
+            os.truncate(path, path.stat().st_size // 2)
+        return entry(*args)
+
+    monkeypatch.setattr(tensors, "_entry", cut_after_first)
+    with pytest.raises(VplError) as e:
+        _bf16_load(str(folder))
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"{path}: cut short while it was read"), line
+    assert "Pass the whole file" in line

@@ -145,12 +145,15 @@ def _safetensors(path: Path, shapes_only: bool, dtypes: dict[str, Any] | None = 
     from safetensors import SafetensorError, safe_open
 
     from ...io import read_safetensors, read_safetensors_as
+    from ...io.tensors import CutShort
 
     try:
         if shapes_only:  # empty tensors on the meta device: the header's shapes and dtypes, nothing read
             with safe_open(str(path), framework="pt") as f:
                 return {k: _header_tensor(f.get_slice(k)) for k in f.keys()}
         return read_safetensors(path) if dtypes is None else read_safetensors_as(path, dtypes)
+    except CutShort as e:
+        raise VplError(f"{path}: {e}: was it being copied or replaced? Pass the whole file; {FIX}") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise VplError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]}); {FIX}") from None
 
