@@ -95,9 +95,11 @@ def _read_as(path: Path, state: dict[str, torch.Tensor], dtype_of: Callable[[str
     """Each tensor of ``state`` as ``dtype_of(name)`` (None: its own dtype), a copy in this process's memory.
     ``indexed``: ``state``'s tensors are empty (the meta device), each storage knowing where its bytes lie in
     ``path`` (:func:`_torch_file_indexed`): each storage's bytes read with plain reads into one buffer of this
-    process's own, reused (the largest storage's size), and its tensors copied out of it in their dtype, so the
-    file's fp32 is never held whole. No mapping: a file cut short or rewritten while it is read gives a short read,
-    one line here, where a mapped page past the file's new end killed the process (SIGBUS)."""
+    process's own, reused (the largest converted storage's size), and its tensors copied out of it in their dtype,
+    so the file's fp32 is never held whole; a tensor kept in its dtype that is its whole storage (the embedding
+    tables, 200 MB at full size) is read straight into its own memory, through no buffer. No mapping: a file cut
+    short or rewritten while it is read gives a short read, one line here, where a mapped page past the file's new
+    end killed the process (SIGBUS)."""
     import numpy as np
 
     if not indexed:  # tensors in memory already (read whole)
@@ -108,12 +110,23 @@ def _read_as(path: Path, state: dict[str, torch.Tensor], dtype_of: Callable[[str
         for name, value in state.items():  # a fused projection's q, k and v views come one after the other
             storage = value.untyped_storage()
             offset, nbytes = storage._checkpoint_offset, storage.nbytes()
+            dtype = dtype_of(name) or value.dtype
+            if dtype == value.dtype and _whole(value):  # kept as it is (the embedding tables): read straight in
+                out[name] = torch.empty(value.shape, dtype=dtype)
+                _read_bytes(fh, offset, memoryview(out[name].reshape(-1).view(torch.uint8).numpy()), path)
+                continue
             if at != offset:
                 buffer = buffer if buffer.size >= nbytes else np.empty(nbytes, dtype=np.uint8)
                 _read_bytes(fh, offset, memoryview(buffer)[:nbytes], path)
                 at = offset
-            out[name] = _view(buffer, value).to(dtype_of(name) or value.dtype, copy=True)  # the buffer is reused
+            out[name] = _view(buffer, value).to(dtype, copy=True)  # a copy: the buffer is the next storage's
     return out
+
+
+def _whole(value: torch.Tensor) -> bool:
+    """Whether ``value`` is its whole storage, in order (its bytes the storage's, nothing else there)."""
+    return (value.numel() > 0 and value.is_contiguous() and value.storage_offset() == 0
+            and value.numel() * value.itemsize == value.untyped_storage().nbytes())
 
 
 def _read_bytes(fh, offset: int, into: memoryview, path: Path) -> None:
