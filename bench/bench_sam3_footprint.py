@@ -4,6 +4,7 @@ vpltool/models/backbones/sam3_half.py), on the CPU; prints ONE JSON object (and 
     python bench/bench_sam3_footprint.py [--work DIR] [--classes 20] [--repeats 2] [--out FILE]
         [--methods sam3,activesam,toy-sam3,sam-pseudo-sam,sam-pseudo-sam3] [--images 4]
         [--weights sam3.pt --preview 672 --confidence-threshold 0.15]
+        [--photos 1] [--precisions fp32,bf16] [--layout meta|hf|both] [--parity-out parity/results/FILE.json]
 
 The model is ``--weights`` (e.g. ``bench_activesam.py --arch full``'s full-size ``sam3.pt``), or the parity's
 reduced SAM 3 (``parity/activesam_parity.reduced_config``: a 4-block ViT of width 128 on
@@ -17,8 +18,18 @@ photo segmented by ``--dense sam3``'s path (``sam3_scores``: the image encoded o
 heads run). Per process: the weights' MiB after the run (parameters and buffers), the peak RSS once loaded
 (``load_peak_rss_mib``) and after the photo (``peak_rss_mib``), and the CPU-seconds of the load and of the photo
 (text not counted). ``bf16_against_fp32``: the photo's scores of the two precisions' last rounds, their max abs
-difference and the % of pixels whose highest-scoring class is the same. ``--repeats`` rounds, the order of the
+difference and the % of pixels whose highest-scoring class is the same, and that % on the pixels where fp32's top-2
+gap exceeds the difference (``confident``: the others are near-ties of random weights, which either precision may
+break; ``certain``: where it exceeds twice the pixel's own difference). ``--repeats`` rounds, the order of the
 precisions swapped each round; the JSON keeps every round and the medians, and the machine (its CPU by name).
+
+``--photos N``: N seeded photos a process (seeds 0..N-1; the first the single photo's), 0 the load alone (its
+figures; no scores). ``--precisions``: of fp32 and bf16. ``--layout hf``: the weights' Hugging Face twin
+(``config.json`` + ``model.safetensors``, the same tensors under transformers' names, written once in ``--work``
+from a Meta ``sam3.pt``) instead of the weights as given; ``both``: the rounds as given, and the twin at fp32 in a
+process of its own per round (``layouts``: each layout's medians and the twin's scores against the given's,
+``hf_against_meta_fp32``). ``--parity-out``: bf16's agreement with fp32 as a parity JSON with its page block
+(``docgen/parity_page.py``).
 
 With ``--methods``, each method runs in a process of its own per precision (its peak RSS and CPU-seconds its own),
 on the first round only, and the JSON's ``methods`` gives, per method, bf16's distance from fp32: the max abs
@@ -61,6 +72,8 @@ sys.path[:0] = [str(HERE), str(ROOT / "parity"), str(ROOT)]
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",
        "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
 PRECISIONS = ("fp32", "bf16")
+LAYOUTS = ("meta", "hf", "both")
+GAP_FRACTIONS = (0.125, 0.25, 0.5, 1.0)  # bf16's labels against fp32's where fp32's top-2 gap > f x the max diff
 FIGURES = ("weights_mib", "load_peak_rss_mib", "peak_rss_mib", "load_cpu_s", "cpu_s")
 METHODS = ("sam3", "activesam", "toy-sam3", "sam-pseudo-sam", "sam-pseudo-sam3")
 ASSETS = ROOT / "vpltool" / "assets"
@@ -101,25 +114,85 @@ def worker(args) -> None:
     from vpltool.models.backbones.sam3_half import weights_bytes
     from vpltool.models.dense.sam3 import Sam3Settings, sam3_scores
 
-    weights = str(args.weights or model_folder(args.work))
+    weights = str(layout_weights(args, args.worker_layout or "meta"))
     start = time.process_time()
     # loaded as a run loads it, under its precision's autocast: in bf16 the halved weights are read straight in
     with torch.no_grad(), autocast(torch.device("cpu"), dtype):
         sam = load_model("sam3", Sam3Spec(weights), "cpu")
     load = {"load_peak_rss_mib": peak_rss_mib(), "load_cpu_s": round(time.process_time() - start, 3),
             "held_at_load": str(sam.held)}
-    photo = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8))
+    # the seeded photos (the first one the figures of a single photo always used)
+    photos = [torch.from_numpy(np.random.default_rng(i).integers(0, 256, (375, 500, 3), dtype=np.uint8))
+              for i in range(args.photos)]
     settings = Sam3Settings(confidence_threshold=0.0, heads="both")  # every query kept: both heads, every mask
     with torch.no_grad(), autocast(torch.device("cpu"), dtype):
-        text = sam.encode_text(VOC[:args.classes])
+        text = sam.encode_text(VOC[:args.classes]) if photos else None
         start = time.process_time()
-        scores = sam3_scores(sam, photo, text, (375, 500), settings)
+        scores = [sam3_scores(sam, photo, text, (375, 500), settings) for photo in photos]
         cpu = time.process_time() - start
     row = {"precision": args.worker, "weights_mib": round(weights_bytes(sam.model) / 2**20, 2),
            "peak_rss_mib": peak_rss_mib(), "cpu_s": round(cpu, 3), "held": str(sam.held),
-           "scores_shape": list(scores.shape), **load}
-    torch.save(scores.float(), args.work / f"footprint_scores_{args.worker}.pt")  # bf16's distance from fp32
+           "scores_shape": list(scores[0].shape) if scores else None, **load}
+    if args.worker_layout:
+        row["layout"] = args.worker_layout
+    if scores:  # [photos * Q, H, W]... kept per photo: [P, Q, H, W]; bf16's distance from fp32, hf's from meta's
+        torch.save(torch.stack(scores).float(), args.work / scores_name(args.worker, args.worker_layout))
     print(json.dumps(row))
+
+
+def scores_name(precision: str, layout: str | None) -> str:
+    """The file a worker saves its scores in (``[P, Q, H, W]``); Meta's layout (or the weights as given) keeps the
+    name of a single layout's runs."""
+    return f"footprint_scores_{precision}{'_hf' if layout == 'hf' else ''}.pt"
+
+
+def layout_weights(args, layout: str) -> Path:
+    """The weights a worker loads: ``--weights`` (or the reduced model), or in ``hf`` their Hugging Face twin."""
+    weights = args.weights or model_folder(args.work)
+    return hf_twin(weights, args.work) if layout == "hf" else weights
+
+
+def hf_twin(weights: Path, work: Path) -> Path:
+    """``weights`` in Hugging Face's layout (``config.json`` + ``model.safetensors``): the same tensors under
+    transformers' names, written once in ``work/sam3_hf`` (a full-size one: 3.4 GB); a Hugging Face folder is
+    itself."""
+    from vpltool.models.backbones.sam3_files import read_config, read_state, write_hf
+    from vpltool.models.backbones.sam3_weights import locate
+
+    files = locate(weights)
+    if files.layout == "hf":
+        return Path(weights)
+    folder = work / "sam3_hf"
+    if not folder.is_dir():  # written beside, then renamed: a folder there is whole
+        part = work / "sam3_hf.part"
+        write_hf(part, read_config(files), {})  # its config.json (and an empty weights file, replaced below)
+        stream_safetensors(part / "model.safetensors", read_state(files, shapes_only=False, dtype_of=lambda n: None))
+        os.replace(part, folder)
+    return folder
+
+
+def stream_safetensors(path: Path, state: dict) -> None:
+    """``state`` as a safetensors file written a tensor at a time (safetensors' own ``save`` builds the whole file
+    in memory, twice the 3.4 GB a full-size SAM 3 holds); written beside, then renamed."""
+    import torch
+
+    names = sorted(state)
+    kinds = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+    header, at = {}, 0
+    for name in names:
+        size = state[name].numel() * state[name].element_size()
+        header[name] = {"dtype": kinds[state[name].dtype], "shape": list(state[name].shape),
+                        "data_offsets": [at, at + size]}
+        at += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    part = path.with_name(path.name + ".part")
+    with open(part, "wb") as fh:
+        fh.write(len(text).to_bytes(8, "little") + text)
+        for name in names:  # raw little-endian bytes (bf16 through a same-size integer view numpy knows)
+            t = state[name].contiguous()
+            fh.write((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    os.replace(part, path)
 
 
 def save(args, method: str, scores, labels) -> None:
@@ -278,24 +351,43 @@ def parity(work: Path, method: str) -> dict:
             "labels": int(a["labels"].numel()), "fp32_score_max": float(a["scores"].max())}
 
 
-def footprint_parity(work: Path) -> dict:
-    """The footprint rounds' scores (``[K, H, W]``, the last round of each precision), bf16 against fp32: the max and
-    mean abs difference, and the % of pixels whose highest-scoring class is the same, beside the median gap between
-    fp32's two highest classes at a pixel (a gap below the difference: a tie that either precision may break)."""
+def footprint_parity(work: Path, a_name: str = "footprint_scores_fp32.pt",
+                     b_name: str = "footprint_scores_bf16.pt") -> dict:
+    """The footprint rounds' scores (``[P, Q, H, W]`` or one photo's ``[Q, H, W]``, the last round of each), ``b``
+    (bf16) against ``a`` (fp32): the max and mean abs difference, and the % of pixels whose highest-scoring class is
+    the same, beside the median gap between ``a``'s two highest classes at a pixel (a gap below the difference: a
+    tie that either may break). ``confident``: the same % on the pixels where that gap exceeds the scores' max abs
+    difference (the whole photo's), and ``certain``: where it exceeds twice that pixel's own largest difference
+    (there no class can overtake the top one: the labels must agree)."""
     import torch
 
-    a, b = (torch.load(work / f"footprint_scores_{p}.pt") for p in PRECISIONS)
-    top = a.topk(2, dim=0).values
-    return {"scores_max_abs_diff": float((a - b).abs().max()), "scores_mean_abs_diff": float((a - b).abs().mean()),
-            "argmax_equal_pct": round(100 * float((a.argmax(0) == b.argmax(0)).float().mean()), 4),
-            "fp32_top2_gap_median": float((top[0] - top[1]).median()),
-            "pixels": int(a[0].numel()), "fp32_score_max": float(a.max())}
+    a, b = (torch.load(work / n) for n in (a_name, b_name))
+    if a.dim() == 3:
+        a, b = a[None], b[None]
+    top = a.topk(2, dim=1).values
+    gap, equal = top[:, 0] - top[:, 1], a.argmax(1) == b.argmax(1)  # [P, H, W]
+    err, own = float((a - b).abs().max()), (a - b).abs().amax(1)
+
+    def share(where):
+        return {"pixels_pct": round(100 * float(where.float().mean()), 4),
+                "argmax_equal_pct": round(100 * float(equal[where].float().mean()), 4) if where.any() else None}
+
+    return {"scores_max_abs_diff": err, "scores_mean_abs_diff": float((a - b).abs().mean()),
+            "argmax_equal_pct": round(100 * float(equal.float().mean()), 4),
+            "fp32_top2_gap_median": float(gap.median()),
+            "pixels": int(gap.numel()), "photos": int(a.shape[0]), "fp32_score_max": float(a.max()),
+            "confident": {"rule": "fp32's top-2 gap > the scores' max abs difference", **share(gap > err)},
+            "certain": {"rule": "fp32's top-2 gap > 2 x the pixel's own max abs difference", **share(gap > 2 * own)},
+            # the % equal as the gap grows: a label bf16 changes is a near-tie of fp32's
+            "by_gap": [{"gap_over": round(f * err, 6), "fraction_of_max_diff": f, **share(gap > f * err)}
+                       for f in GAP_FRACTIONS]}
 
 
-def spawn(args, precision: str, method: str | None = None) -> dict:
+def spawn(args, precision: str, method: str | None = None, layout: str | None = None) -> dict:
     """One worker process (its figures)."""
     cmd = [sys.executable, __file__, "--worker", precision, "--work", str(args.work), "--classes",
-           str(args.classes), "--images", str(args.images),
+           str(args.classes), "--images", str(args.images), "--photos", str(args.photos),
+           *(["--worker-layout", layout] if layout else []),
            *(["--worker-method", method] if method else []),
            *(["--weights", str(args.weights)] if args.weights else []),
            *(["--preview", str(args.preview)] if args.preview else []),
@@ -306,6 +398,32 @@ def spawn(args, precision: str, method: str | None = None) -> dict:
     if out.returncode:
         sys.exit(f"{' '.join(cmd[1:])} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def half_parity(result: dict) -> dict:
+    """bf16's labels against fp32's (``result``'s ``bf16_against_fp32``) as a parity JSON with its page block
+    (docgen/parity_page.py): the bar is the ``certain`` pixels' labels all equal (a pixel where no class can
+    overtake fp32's top one by bf16's difference there must keep its label)."""
+    d = result["bf16_against_fp32"]
+    rows = [["photos (seeded 500 x 375), classes", f"{d['photos']}, {result['rounds'][0]['scores_shape'][0]}"],
+            ["scores: max abs difference, bf16 against fp32", d["scores_max_abs_diff"]],
+            ["labels equal, every pixel (%)", d["argmax_equal_pct"]],
+            ["fp32's top-2 gap, median", d["fp32_top2_gap_median"]],
+            ["pixels whose fp32 top-2 gap > the max abs difference (%)", d["confident"]["pixels_pct"]],
+            ["labels equal there (%)", d["confident"]["argmax_equal_pct"]],
+            ["pixels whose gap > 2 x their own max abs difference (%)", d["certain"]["pixels_pct"]],
+            ["labels equal there (%)", d["certain"]["argmax_equal_pct"]],
+            *[[f"labels equal where fp32's top-2 gap > {g['gap_over']:.2g} ({g['pixels_pct']:.3g} % of pixels)",
+               g["argmax_equal_pct"]] for g in d.get("by_gap", [])]]
+    met = d["certain"]["argmax_equal_pct"] in (None, 100.0)
+    return {"what": "SAM 3 at --precision bf16 (its weights held in bf16) against fp32, --dense sam3's scores",
+            "model": result["model"], "machine": result["cpu_name"], "command": result["command"],
+            "bf16_against_fp32": d, "bar_met": met,
+            "page": {"title": "SAM 3 in half precision against fp32 (`--precision bf16`)",
+                     "command": f"`{result['command']}` ({result['model']}; {result['cpu_name']}).",
+                     "bar": "every pixel whose fp32 top-2 gap exceeds twice its bf16 score difference keeps its "
+                            "label; the other pixels are near-ties of the random weights, reported, not barred",
+                     "rows": rows}}
 
 
 def main() -> None:
@@ -321,7 +439,16 @@ def main() -> None:
     ap.add_argument("--confidence-threshold", type=float, default=None)
     ap.add_argument("--parity", type=Path, default=None,
                     help="only recompute this JSON's bf16_against_fp32 from the scores its rounds left in --work")
+    ap.add_argument("--photos", type=int, default=1,
+                    help="seeded 500x375 photos a process segments (0: the load only) [default: 1]")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS), help="of fp32,bf16 [default: both]")
+    ap.add_argument("--layout", choices=LAYOUTS, default="meta",
+                    help="meta: the weights as given; hf: their Hugging Face twin (written in --work); both: every "
+                         "precision as given, and the twin at fp32, its scores against the given's [default: meta]")
+    ap.add_argument("--parity-out", type=Path, default=None,
+                    help="also write bf16's label agreement with fp32 as a parity page JSON (parity/results/)")
     ap.add_argument("--worker", choices=PRECISIONS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-layout", choices=("meta", "hf"), default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-method", choices=METHODS, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.work = args.work.resolve()
@@ -336,6 +463,8 @@ def main() -> None:
         result["bf16_against_fp32"] = footprint_parity(args.work)
         result["parity_command"] = " ".join(["python", "bench/bench_sam3_footprint.py", *sys.argv[1:]])
         args.parity.write_text(json.dumps(result, indent=2) + "\n")
+        if args.parity_out:
+            args.parity_out.write_text(json.dumps(half_parity(result), indent=2) + "\n")
         print(json.dumps(result["bf16_against_fp32"]))
         return
     from benchlib import cpu_identity, cpu_name, machine
@@ -343,11 +472,23 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.weights:
         model_folder(args.work)
-    rounds = [spawn(args, p) for r in range(args.repeats) for p in (PRECISIONS if r % 2 == 0 else PRECISIONS[::-1])]
+    precisions = [p for p in PRECISIONS if p in args.precisions.split(",")]
+    given = "hf" if args.layout == "hf" else None  # the layout of the rounds the medians are of
+    if given == "hf" or args.layout == "both":  # written once, before any round is timed, in a process of its own
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; sys.path[:0] = sys.argv[3:]; "
+                        "from bench_sam3_footprint import hf_twin; hf_twin(Path(sys.argv[1]), Path(sys.argv[2]))",
+                        str(args.weights or model_folder(args.work)), str(args.work), str(HERE), str(ROOT / "parity"),
+                        str(ROOT)], check=True)
+    rounds = [spawn(args, p, layout=given) for r in range(args.repeats)
+              for p in (precisions if r % 2 == 0 else precisions[::-1])]
+    twin = [spawn(args, "fp32", layout="hf") for _ in range(args.repeats)] if args.layout == "both" else []
     result = {
         "benchmark": "sam3-footprint",
-        "what": ("SAM 3's footprint, fp32 against its weights held in bf16 (--precision bf16), one 500x375 photo, "
-                 f"{args.classes} classes, --dense sam3's path, one thread" if rounds else "")
+        "what": (f"SAM 3's footprint, {' against '.join(precisions)} (bf16: --precision bf16, its weights held in "
+                 f"bf16), {args.photos} seeded 500x375 photo(s), {args.classes} classes, --dense sam3's path, one "
+                 "thread" + (", its weights in Hugging Face's layout" if given else "")
+                 + ("; the same weights in Hugging Face's layout at fp32 beside them" if twin else "")
+                 if rounds else "")
                 + ("; " if rounds and methods else "")
                 + (f"the SAM family at bf16 against fp32: {', '.join(methods)}, one thread" if methods else ""),
         "command": " ".join(["python", "bench/bench_sam3_footprint.py", *sys.argv[1:]]),
@@ -358,10 +499,23 @@ def main() -> None:
     }
     if rounds:
         medians = {p: {k: statistics.median(r[k] for r in rounds if r["precision"] == p)
-                       for k in FIGURES} for p in PRECISIONS}
-        result.update(rounds=rounds, median=medians,
-                      bf16_over_fp32={k: round(medians["bf16"][k] / medians["fp32"][k], 3) for k in FIGURES},
-                      bf16_against_fp32=footprint_parity(args.work))
+                       for k in FIGURES} for p in precisions}
+        result.update(rounds=rounds, median=medians)
+        if len(precisions) == 2:
+            result["bf16_over_fp32"] = {k: round(medians["bf16"][k] / medians["fp32"][k], 3) if medians["fp32"][k]
+                                        else None for k in FIGURES}
+            if args.photos:
+                result["bf16_against_fp32"] = footprint_parity(args.work, scores_name("fp32", given),
+                                                               scores_name("bf16", given))
+    if twin and "fp32" in precisions:
+        result["layouts"] = {
+            "rounds_hf": twin,
+            "median": {"meta": result["median"]["fp32"],
+                       "hf": {k: statistics.median(r[k] for r in twin) for k in FIGURES}},
+            **({"hf_against_meta_fp32": footprint_parity(args.work, scores_name("fp32", None),
+                                                         scores_name("fp32", "hf"))} if args.photos else {})}
+    if args.parity_out and "bf16_against_fp32" in result:
+        args.parity_out.write_text(json.dumps(half_parity(result), indent=2) + "\n")
     if methods:
         result["methods"] = {}
         for method in methods:

@@ -579,6 +579,16 @@ def sam3_classes_section(d: dict) -> list[str]:
          "seg(emb, names) / seg(photo, names)"], rows, "lrrrrlr")]
 
 
+def _by_gap(rows: list[dict]) -> str:
+    """bench_sam3_footprint.py's ``by_gap``: the % of labels bf16 keeps as fp32's top-2 gap grows (a sentence)."""
+    rows = [r for r in rows if r.get("argmax_equal_pct") is not None]
+    if not rows:
+        return ""
+    return (" As fp32's top-2 gap grows past " + ", ".join(num(r["gap_over"], 2) for r in rows) + " ("
+            + ", ".join(f"{r['pixels_pct']:.3g}" for r in rows) + " % of pixels) the class is the same at "
+            + ", ".join(f"{r['argmax_equal_pct']:.1f}" for r in rows) + " %: a label bf16 changes is a near-tie.")
+
+
 def sam3_footprint_section(d: dict) -> list[str]:
     """bench_sam3_footprint.py: fp32 against bf16 weights (its rounds, where run); with --methods, each method's
     bf16 distance from fp32 (scores, % of labels equal) and each precision's CPU-seconds and peak RSS."""
@@ -594,11 +604,25 @@ def sam3_footprint_section(d: dict) -> list[str]:
         lines += ["", *table(heads, rows, "l" + "r" * (len(heads) - 1))]
     if d.get("bf16_against_fp32"):
         p = d["bf16_against_fp32"]
-        lines += ["", f"bf16 against fp32 on the photo's {p['pixels']:,} pixels: scores "
+        lines += ["", f"bf16 against fp32 on the {p['pixels']:,} pixels of {p.get('photos', 1)} photo(s): scores "
                       f"{num(p['scores_max_abs_diff'], 2)} apart at most ({num(p['scores_mean_abs_diff'], 2)} on "
                       f"average; fp32's highest {num(p['fp32_score_max'], 2)}), the highest-scoring class the same at "
                       f"{p['argmax_equal_pct']:.1f}% of pixels, where fp32's two highest classes are "
-                      f"{num(p['fp32_top2_gap_median'], 2)} apart (median)."]
+                      f"{num(p['fp32_top2_gap_median'], 2)} apart (median)."
+                      + (f" Where that gap exceeds the largest difference ({p['confident']['pixels_pct']:.1f}% of "
+                         f"pixels) the class is the same at {num(p['confident']['argmax_equal_pct'])}%."
+                         if p.get("confident", {}).get("argmax_equal_pct") is not None else "")
+                      + _by_gap(p.get("by_gap", []))]
+    if d.get("layouts"):
+        m, twin = d["layouts"]["median"], d["layouts"].get("hf_against_meta_fp32")
+        rows = [[layout, num(m[layout]["load_peak_rss_mib"], 4), num(m[layout]["peak_rss_mib"], 4),
+                 num(m[layout]["load_cpu_s"]), num(m[layout]["cpu_s"])] for layout in m]
+        lines += ["", *table(["layout (fp32)", "peak RSS MiB once loaded", "peak RSS MiB after the photos",
+                              "CPU-s (load)", "CPU-s (sam3_scores)"], rows, "lrrrr")]
+        if twin:
+            lines += ["", f"Hugging Face's layout against Meta's (the same weights, fp32): scores "
+                          f"{num(twin['scores_max_abs_diff'], 2)} apart at most, the highest-scoring class the same "
+                          f"at {twin['argmax_equal_pct']:.1f}% of {twin['pixels']:,} pixels."]
     if d.get("methods"):
         rows = [[method, num(p["scores_max_abs_diff"], 2), f"{p['labels_equal_pct']:.3f}%", num(p["fp32"]["cpu_s"]),
                  num(p["bf16"]["cpu_s"]), num(p["fp32"]["peak_rss_mib"], 4), num(p["bf16"]["peak_rss_mib"], 4)]

@@ -6730,3 +6730,6 @@ import robustness_round12_regions  # noqa: E402, F401  (tests/ is on sys.path; r
 
 # ---- sam-pseudo --start FOLDER (crf --start-out): a start folder it may not start from, crf --start-out refused
 import robustness_round12_sampseudo  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
+
+# ---- SAM 3's sam3.pt cut short while it loads into half precision: one line, not SIGBUS
+import robustness_round13_s3half  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)

@@ -22,7 +22,7 @@ BENCHLIB = ROOT / "bench" / "benchlib.py"
 SCRIPT = re.compile(r"(\S*/)?(bench|studies|parity|docgen)/\w+\.py")
 # commands of other tools whose options the docs quote (their options are theirs, not vpltool's)
 FOREIGN = {"make", "pytest", "pip", "ruff", "torchrun", "iconv", "git", "nohup", "sbatch", "srun", "typer",
-           "huggingface-cli"}
+           "huggingface-cli", "hf"}
 
 
 def command_options(hidden: bool = True) -> dict[str, set[str]]:

@@ -122,3 +122,29 @@ def test_region_masks_sam3_and_a_text_familys_checkpoint(tiny_sam3, tmp_path):
     assert (row.family, row.path, row.size, row.sha256) == ("pgseg", str(ckpt), 100, _sha(ckpt))
     r = _cli("--model", f"pgseg:{tmp_path / 'gone.safetensors'}")
     assert r.exit_code == 2 and "missing: --model pgseg:" in r.output and "pgseg.safetensors" in r.output
+
+
+def test_sam3s_download_commands_each_fetch_one_layout_vpltool_reads(tmp_path):
+    """The `missing:` line's download commands (sam3_weights.GET) each name the files of one layout, and what they
+    fetch, passed as the line says, is read (a folder holding both layouts, the whole repository, is refused)."""
+    import re
+    import shutil
+
+    from vpltool.errors import VplError
+    from vpltool.models.backbones.sam3_files import write_tiny
+    from vpltool.models.backbones.sam3_weights import GET, locate
+
+    commands = re.findall(r"`hf download facebook/sam3 ([^`]*) --local-dir (\S+)`", GET)
+    assert [c[0].split() for c in commands] == [["config.json", "model.safetensors"], ["sam3.pt"]]
+    hf, meta = write_tiny(tmp_path / "hf", "hf"), write_tiny(tmp_path / "meta", "meta")
+    for (names, folder), source, layout in zip(commands, (hf, meta.parent), ("hf", "meta")):
+        (tmp_path / folder).mkdir()
+        for name in names.split():  # what the command fetches
+            shutil.copy(source / name, tmp_path / folder / name)
+        passed = tmp_path / folder / "sam3.pt" if layout == "meta" else tmp_path / folder
+        said = f"and pass {folder}/sam3.pt" if layout == "meta" else f"--local-dir {folder}` and pass that folder"
+        assert said in GET
+        assert locate(passed).layout == layout
+    shutil.copy(meta, hf / "sam3.pt")  # the whole repository: both layouts in one folder
+    with pytest.raises(VplError, match="holds both"):
+        locate(hf)

@@ -49,11 +49,11 @@ def test_a_bf16_load_holds_the_weights_of_an_fp32_load_halved_on_its_first_call(
 
 def test_the_fp32_copy_is_never_held_whole(tiny, monkeypatch):
     """The state handed to the model already holds the halved tensors in bf16 (no fp32 state of them is made): a
-    Hugging Face file is never read whole (each tensor alone), Meta's is mapped and each storage's pages are given
-    back once its tensors are copied."""
+    Hugging Face file is never read whole (each tensor alone), nor is Meta's: its index is read (no tensor's data),
+    then each storage's bytes once, by plain reads (never mapped, so a file cut short is an error, not SIGBUS)."""
     from vpltool import io
 
-    seen, given_back, check, give_back = {}, [], io.check_weights, sam3_files._give_back
+    seen, reads, check, read_bytes, load = {}, [], io.check_weights, sam3_files._read_bytes, torch.load
 
     def spy(where, state, expected, fix, shapes_only=False):
         if not shapes_only:  # the load's check of the tensors as read (the earlier one: the header's shapes)
@@ -63,21 +63,27 @@ def test_the_fp32_copy_is_never_held_whole(tiny, monkeypatch):
     def whole(path):
         raise AssertionError(f"{path} read whole")
 
+    def lazy_load(*args, **kwargs):
+        assert not kwargs.get("mmap") and kwargs.get("map_location") == "meta", kwargs  # index only, no mapping
+        return load(*args, **kwargs)
+
     monkeypatch.setattr(io, "check_weights", spy)
     monkeypatch.setattr(io, "read_safetensors", whole)
-    monkeypatch.setattr(sam3_files, "_give_back", lambda s: (given_back.append(s.data_ptr()), give_back(s)))
+    monkeypatch.setattr(torch, "load", lazy_load)
+    monkeypatch.setattr(sam3_files, "_read_bytes", lambda fh, at, into, path: (reads.append((at, len(into))),
+                                                                               read_bytes(fh, at, into, path)))
     sam = _bf16_load(tiny)
     halved = halved_names(sam.model)
     assert len(halved) > 50
     assert {k for k, d in seen.items() if d == torch.bfloat16} == halved
     assert all(d == torch.float32 for k, d in seen.items() if k not in halved)
     files = locate(tiny)
-    if files.layout == "meta":  # every storage the model reads given back once, none twice
-        mapped = sam3_files.read_state(files, shapes_only=True)
-        assert len(given_back) == len(set(given_back)) == len({v.untyped_storage().data_ptr()
-                                                               for v in mapped.values()})
+    if files.layout == "meta":  # every storage the model reads read once, none twice, each at its own offset
+        index = sam3_files.read_state(files, shapes_only=True)
+        storages = {(v.untyped_storage()._checkpoint_offset, v.untyped_storage().nbytes()) for v in index.values()}
+        assert len(reads) == len(set(reads)) == len(storages) and set(reads) == storages
     else:
-        assert given_back == []
+        assert reads == []
 
 
 def test_segment_loads_sam3_at_the_runs_precision(tiny):
@@ -92,3 +98,61 @@ def test_segment_loads_sam3_at_the_runs_precision(tiny):
         weights = dict(sam.model.named_parameters())
         assert {k for k, p in weights.items() if p.dtype == torch.bfloat16} == (
             halved_names(sam.model) if dtype == torch.bfloat16 else set())
+
+
+def test_a_sam3_pt_cut_short_while_it_loads_is_one_line_not_sigbus(world, tmp_path, monkeypatch):
+    """Meta's sam3.pt truncated by another process between two of its tensors' reads (a copy still being written,
+    a file replaced): `segment --dense sam3 --precision bf16` ends with one line naming the file and the fix, exit 2,
+    no output folder. Its storages are read by plain reads, so the short read is an error where a mapped read past
+    the file's new end ended the process with SIGBUS."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from vpltool.cli import app
+
+    path = sam3_files.write_tiny(tmp_path / "sam3.pt", "meta")
+    size, read, calls = path.stat().st_size, sam3_files._read_bytes, []
+
+    def cut_after_first(fh, offset, into, where):
+        calls.append(offset)
+        if len(calls) == 2:  # the first tensor read whole, then the file cut to half its size
+            os.truncate(path, size // 2)
+        return read(fh, offset, into, where)
+
+    monkeypatch.setattr(sam3_files, "_read_bytes", cut_after_first)
+    out = tmp_path / "seg"
+    r = CliRunner().invoke(app, ["segment", str(world), "--split", "val", "-o", str(out), "--device", "cpu",
+                                 "--classes", "star,circle", "--dense", "sam3", "--sam3-weights", str(path),
+                                 "--precision", "bf16"])
+    errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert r.exit_code == 2, r.output
+    assert len(errors) == 1 and "Traceback" not in r.output, r.output
+    assert f"{path}: cut short while it was read" in errors[0] and "Pass the whole file" in errors[0]
+    assert len(calls) >= 2 and path.stat().st_size == size // 2  # the cut came between two reads
+    assert not out.exists()
+
+
+def test_a_hugging_face_file_cut_short_while_it_loads_is_one_line(tmp_path, monkeypatch):
+    """The same for Hugging Face's model.safetensors, read tensor by tensor into bf16: the short read is one line
+    naming the file, not handed to safetensors' own reader (which maps the file)."""
+    import os
+
+    from vpltool.errors import VplError
+    from vpltool.io import tensors
+
+    folder = sam3_files.write_tiny(tmp_path / "hf", "hf")
+    path, entry, calls = folder / "model.safetensors", tensors._entry, []
+
+    def cut_after_first(*args):
+        calls.append(args[0])
+        if len(calls) == 2:  # the first tensor read whole, then the file cut to half its size
+            os.truncate(path, path.stat().st_size // 2)
+        return entry(*args)
+
+    monkeypatch.setattr(tensors, "_entry", cut_after_first)
+    with pytest.raises(VplError) as e:
+        _bf16_load(str(folder))
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"{path}: cut short while it was read"), line
+    assert "Pass the whole file" in line

@@ -2,8 +2,7 @@
 a tensor that a file backs (``torch.load(mmap=True)``, a safetensors file that transformers maps) stays resident
 after its pages are read, so a check of SigLIP 2's 1.1 GB token table made all of it resident, though a run touches
 only the rows of its prompts. :func:`page_out` asks the kernel to drop such pages (``madvise(MADV_PAGEOUT)``, Linux
-5.4 and later); they are read again from the file if the model touches them. A copy made of a mapped file's tensors
-(SAM 3's weights read into bf16) drops each storage's pages as soon as they are copied (``MADV_DONTNEED``).
+5.4 and later); they are read again from the file if the model touches them.
 
 A leaf module (no import of vpltool), used by :mod:`vpltool.io.values`. Everything here is best effort: where the
 kernel, the platform or the mapping says no, nothing is dropped and nothing fails.

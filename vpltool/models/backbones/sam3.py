@@ -85,7 +85,7 @@ def _expected(config) -> dict[str, torch.Tensor]:
 
 def check_sam3(spec: Sam3Spec) -> tuple[Sam3Files, Any]:
     """Refuse at once (one line), before any model is built: the package missing, weights missing, unreadable, or of
-    another architecture (names and shapes against what the configuration builds; a torch file mapped, nothing of
+    another architecture (names and shapes against what the configuration builds; a torch file's index, nothing of
     the weights read). Returns the files and the configuration."""
     import_transformers()
     files = locate(spec.weights)

@@ -50,10 +50,10 @@ def read_config(files: Sam3Files) -> dict[str, Any]:
 def read_state(files: Sam3Files, shapes_only: bool, dtype_of: Callable[[str], Any] | None = None
                ) -> dict[str, Any]:
     """The tensors of ``files`` under transformers' ``Sam3Model`` names. ``shapes_only``: nothing read but what
-    the names and shapes take (safetensors' header; a torch file mapped, its tensors' views never touched), else
-    every tensor in this process's own memory. ``dtype_of`` (a name -> the dtype to hold it in, None: the file's):
-    each tensor converted as it is read, one at a time (:func:`_read_as`), so the file's fp32 is never held whole
-    (a load straight into bf16: :func:`.sam3_half.load_dtypes`)."""
+    the names and shapes take (safetensors' header; a torch file's index, its tensors empty ones on the meta
+    device), else every tensor in this process's own memory. ``dtype_of`` (a name -> the dtype to hold it in, None:
+    the file's): each tensor converted as it is read, one at a time (:func:`_read_as`), so the file's fp32 is never
+    held whole (a load straight into bf16: :func:`.sam3_half.load_dtypes`)."""
     if files.layout == "hf":
         held = {path: _safetensors(path, shapes_only or dtype_of is not None) for path in files.weights}
         state: dict[str, Any] = {k: v for part in held.values() for k, v in part.items()}
@@ -69,46 +69,88 @@ def read_state(files: Sam3Files, shapes_only: bool, dtype_of: Callable[[str], An
             read.update(_safetensors(path, False, {n: dtype_of(inner[n]) for n in part if n in inner}))
         return {inner[n]: v for n, v in read.items()}
     path = files.weights[0]
-    saved, mapped = _torch_file_mapped(path, lazy=shapes_only or dtype_of is not None)
-    state = saved.get("model") if isinstance(saved.get("model"), dict) else saved
-    detector = {k[len("detector."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("detector.")}
+    saved, indexed = _torch_file_indexed(path, lazy=shapes_only or dtype_of is not None)
+    detector = _detector(saved)
     if not detector:
         raise VplError(f"{path}: holds no detector.* tensors, so it is not Meta's SAM 3 checkpoint; {FIX}")
     bad = next((k for k, v in detector.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise VplError(f"{path}: entry 'detector.{bad}' is no tensor; {FIX}")
     state = from_meta(detector, path)
-    return state if dtype_of is None or shapes_only else _read_as(state, dtype_of, mapped)
+    if dtype_of is None or shapes_only:
+        return state
+    if not indexed:  # a torch that does not tell where a storage lies (older than 2.6): read whole, then converted
+        state = from_meta(_detector(_torch_file(path, lazy=False)), path)
+    return _read_as(path, state, dtype_of, indexed)
 
 
-def _read_as(state: dict[str, torch.Tensor], dtype_of: Callable[[str], Any], mapped: bool) -> dict[str, torch.Tensor]:
-    """Each tensor of ``state`` (views of a torch file) as ``dtype_of(name)`` (None: its own dtype), a copy in this
-    process's memory. ``mapped`` (the file mapped, not read): each storage's pages given back to the kernel once its
-    tensors are copied, since a mapped page once read counts in the process's resident memory until then: copying a
-    whole mapped file would hold it and its copy (a full-size SAM 3: 3.4 GB of fp32 pages under 1.7 GB of bf16)."""
+def _detector(saved: dict) -> dict[str, Any]:
+    """The ``detector.`` entries of a Meta checkpoint (``{"model": state}`` or the state), the prefix stripped."""
+    state = saved.get("model") if isinstance(saved.get("model"), dict) else saved
+    return {k[len("detector."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("detector.")}
+
+
+def _read_as(path: Path, state: dict[str, torch.Tensor], dtype_of: Callable[[str], Any], indexed: bool
+             ) -> dict[str, torch.Tensor]:
+    """Each tensor of ``state`` as ``dtype_of(name)`` (None: its own dtype), a copy in this process's memory.
+    ``indexed``: ``state``'s tensors are empty (the meta device), each storage knowing where its bytes lie in
+    ``path`` (:func:`_torch_file_indexed`): each storage's bytes read with plain reads into one buffer of this
+    process's own, reused (the largest converted storage's size), and its tensors copied out of it in their dtype,
+    so the file's fp32 is never held whole; a tensor kept in its dtype that is its whole storage (the embedding
+    tables, 200 MB at full size) is read straight into its own memory, through no buffer. No mapping: a file cut
+    short or rewritten while it is read gives a short read, one line here, where a mapped page past the file's new
+    end killed the process (SIGBUS)."""
+    import numpy as np
+
+    if not indexed:  # tensors in memory already (read whole)
+        return {name: value.to(dtype_of(name) or value.dtype, copy=True) for name, value in state.items()}
     out: dict[str, torch.Tensor] = {}
-    last = None
-    for name, value in state.items():  # a fused projection's q, k and v views come one after the other
-        out[name] = value.to(dtype_of(name) or value.dtype, copy=True)
-        storage = value.untyped_storage()
-        if mapped and last is not None and last.data_ptr() != storage.data_ptr():
-            _give_back(last)
-        last = storage
-    if mapped and last is not None:
-        _give_back(last)
+    buffer, at = np.empty(0, dtype=np.uint8), None
+    with open(path, "rb") as fh:
+        for name, value in state.items():  # a fused projection's q, k and v views come one after the other
+            storage = value.untyped_storage()
+            offset, nbytes = storage._checkpoint_offset, storage.nbytes()
+            dtype = dtype_of(name) or value.dtype
+            if dtype == value.dtype and _whole(value):  # kept as it is (the embedding tables): read straight in
+                out[name] = torch.empty(value.shape, dtype=dtype)
+                _read_bytes(fh, offset, memoryview(out[name].reshape(-1).view(torch.uint8).numpy()), path)
+                continue
+            if at != offset:
+                buffer = buffer if buffer.size >= nbytes else np.empty(nbytes, dtype=np.uint8)
+                _read_bytes(fh, offset, memoryview(buffer)[:nbytes], path)
+                at = offset
+            out[name] = _view(buffer, value).to(dtype, copy=True)  # a copy: the buffer is the next storage's
     return out
 
 
-def _give_back(storage) -> None:
-    """The whole pages of ``storage`` (a private mapping of a file, only read) dropped from this process's memory
-    (:func:`vpltool.io.pages.page_out`, ``MADV_DONTNEED``): read again from the file, were they touched again.
-    Nothing where Linux's ``madvise`` is missing (the copy then peaks higher, nothing else changes)."""
-    import mmap
+def _whole(value: torch.Tensor) -> bool:
+    """Whether ``value`` is its whole storage, in order (its bytes the storage's, nothing else there)."""
+    return (value.numel() > 0 and value.is_contiguous() and value.storage_offset() == 0
+            and value.numel() * value.itemsize == value.untyped_storage().nbytes())
 
-    from ...io.pages import page_out
 
-    if hasattr(mmap, "MADV_DONTNEED"):
-        page_out(storage.data_ptr(), storage.nbytes(), mmap.MADV_DONTNEED)
+def _read_bytes(fh, offset: int, into: memoryview, path: Path) -> None:
+    """``len(into)`` bytes of ``fh`` from ``offset`` into ``into``, by plain reads (a read may return less than
+    asked: Linux's stops at 2 GiB); one line naming ``path`` where the file ends first (cut short, or replaced by a
+    shorter one, while it is read)."""
+    got = 0
+    while got < len(into):
+        fh.seek(offset + got)
+        more = fh.readinto(into[got:])
+        if not more:
+            raise VplError(f"{path}: cut short while it was read (it ends at byte {offset + got:,}, a tensor's "
+                           f"data runs to {offset + len(into):,}): was it being copied or replaced? Pass the whole "
+                           f"file; {FIX}")
+        got += more
+
+
+def _view(buffer, value: torch.Tensor) -> torch.Tensor:
+    """``value`` (an empty tensor: its dtype, shape, strides and offset within its storage) as a view of
+    ``buffer`` (the storage's bytes)."""
+    if value.numel() == 0:
+        return torch.empty(value.shape, dtype=value.dtype)
+    whole = torch.frombuffer(buffer, dtype=value.dtype, count=value.untyped_storage().nbytes() // value.itemsize)
+    return whole.as_strided(value.shape, value.stride(), value.storage_offset())
 
 
 def _safetensors(path: Path, shapes_only: bool, dtypes: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -116,12 +158,15 @@ def _safetensors(path: Path, shapes_only: bool, dtypes: dict[str, Any] | None = 
     from safetensors import SafetensorError, safe_open
 
     from ...io import read_safetensors, read_safetensors_as
+    from ...io.tensors import CutShort
 
     try:
         if shapes_only:  # empty tensors on the meta device: the header's shapes and dtypes, nothing read
             with safe_open(str(path), framework="pt") as f:
                 return {k: _header_tensor(f.get_slice(k)) for k in f.keys()}
         return read_safetensors(path) if dtypes is None else read_safetensors_as(path, dtypes)
+    except CutShort as e:
+        raise VplError(f"{path}: {e}: was it being copied or replaced? Pass the whole file; {FIX}") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise VplError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]}); {FIX}") from None
 
@@ -138,38 +183,50 @@ def _header_tensor(view) -> torch.Tensor:
 
 
 def _torch_file(path: Path, lazy: bool) -> dict:
-    """A torch checkpoint loaded with ``weights_only`` (no code runs); ``lazy``: mapped, nothing read but its
-    index (a file of torch's legacy format, which cannot be mapped, is read)."""
-    return _torch_file_mapped(path, lazy)[0]
+    """A torch checkpoint loaded with ``weights_only`` (no code runs); ``lazy``: nothing read but its index, its
+    tensors empty (:func:`_torch_file_indexed`)."""
+    return _torch_file_indexed(path, lazy)[0]
 
 
-def _torch_file_mapped(path: Path, lazy: bool) -> tuple[dict, bool]:
-    """:func:`_torch_file`, and whether the file was mapped (its tensors views of the file's pages)."""
-    mapped = lazy
+def _torch_file_indexed(path: Path, lazy: bool) -> tuple[dict, bool]:
+    """:func:`_torch_file`, and whether each tensor's storage knows where its bytes lie in the file. ``lazy``: the
+    tensors are empty ones on the meta device (nothing of their data read, nothing mapped); a torch of 2.6 or later
+    sets each storage's ``_checkpoint_offset`` (the byte in the file where its data starts), which
+    :func:`_read_as` reads from. A file of another byte order than this machine's is read whole (torch swaps)."""
     try:
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
-        except RuntimeError as e:
-            if not (lazy and "mmap" in str(e)):
-                raise
-            saved, mapped = torch.load(path, map_location="cpu", weights_only=True), False
+        saved = torch.load(path, map_location="meta" if lazy else "cpu", weights_only=True)
     except Exception:  # pickle, zip or format errors of every kind: the file is no checkpoint
         raise VplError(f"{path}: not a readable torch checkpoint (cut short, or another format); {FIX}") from None
     if not isinstance(saved, dict):
         raise VplError(f"{path}: holds a {type(saved).__name__}, not a checkpoint's name -> tensor mapping; {FIX}")
-    return saved, mapped
+    return saved, lazy and _indexed(path, saved)
+
+
+def _indexed(path: Path, saved: dict) -> bool:
+    """Whether every tensor of ``saved`` (a lazy load) knows its bytes' offset in ``path``, a file of this
+    machine's byte order, within the file's size."""
+    import sys
+    import zipfile
+
+    model = saved.get("model") if isinstance(saved.get("model"), dict) else saved
+    tensors = [v for v in model.values() if isinstance(v, torch.Tensor)]
+    if sys.byteorder != "little" or not all(hasattr(v.untyped_storage(), "_checkpoint_offset") for v in tensors):
+        return False
+    with zipfile.ZipFile(path) as z:  # torch records the writer's byte order; none: little (older writers)
+        order = next((z.read(n).decode() for n in z.namelist() if n.endswith("/byteorder")), "little")
+    return order == "little"
 
 
 def check_state(where: Path | str, state: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
     """Names and shapes of ``state`` (tensors or shape tuples) against the built model's ``expected``: one line
     naming the first tensor missing, unknown or of another shape (:func:`vpltool.io.check_weights`), or, for a
-    tensor (a header's, a mapped file's), of an integer or complex dtype where the model holds floats (the same
+    tensor (a header's, a torch file's index), of an integer or complex dtype where the model holds floats (the same
     line as the load's, before the progress starts; values, NaN and zeros, need the whole file: checked at load)."""
     from ...io import check_weights
 
     shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
     check_weights(where, shapes, expected, FIX, shapes_only=True)
-    for key, value in state.items():  # the dtypes a header (or a mapped file) tells, before anything is loaded
+    for key, value in state.items():  # the dtypes a header (or a torch file's index) tells, before anything is loaded
         if isinstance(value, torch.Tensor) and (value.is_complex() or (
                 expected[key].is_floating_point() and not value.is_floating_point())):
             raise VplError(f"{where}: tensor {key!r} is {str(value.dtype).removeprefix('torch.')}, not the "

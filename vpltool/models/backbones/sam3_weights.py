@@ -36,8 +36,9 @@ META_FILE = "sam3.pt"
 CONFIG_KEY = "vpltool_sam3_config"  # a Meta-layout file's own configuration (Meta's release has none)
 # how to get them: the hub's repository is gated (accept Meta's SAM License there first); read offline after
 GET = ("accept the SAM License of the gated facebook/sam3 on the Hugging Face hub, then on a machine online "
-       "`huggingface-cli download facebook/sam3 --local-dir sam3` and pass that folder (Hugging Face's layout), or "
-       "Meta's sam3.pt in it; vpltool reads either offline (docs/backbones.md: SAM 3)")
+       "`hf download facebook/sam3 config.json model.safetensors --local-dir sam3` and pass that folder "
+       "(Hugging Face's layout), or `hf download facebook/sam3 sam3.pt --local-dir sam3-meta` and pass "
+       "sam3-meta/sam3.pt (Meta's); vpltool reads either offline (docs/backbones.md: SAM 3)")
 FIX = ("pass SAM 3's weights: a folder of facebook/sam3 (config.json + model.safetensors) or Meta's sam3.pt "
        "(see docs/backbones.md: SAM 3)")
 
