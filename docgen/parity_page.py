@@ -159,6 +159,8 @@ def page_section(d: dict) -> list[str]:
     p = d["page"]
     out = [f"## {p['title']}", "", p["command"], "", f"Bar: {p['bar']}.", ""]
     met = d.get("bar_met")
+    if met is None:  # a measurement reported, with no bar
+        return out + table(["figure", "value"], p["rows"]) + [""]
     met = all(met.values()) if isinstance(met, dict) else bool(met)  # one bar, or {bar: met}
     return out + table(["figure", "value"], p["rows"]) + ["", f"Every bar met: {num(met)}.", ""]
 
