@@ -81,7 +81,7 @@ DATASETS = {
 # The paper's schedules: 3000 projected-gradient iterations (phase 1), 30,000 decoder iterations of batch 6.
 PAPER = {"learn_iters": 3000, "decoder_iters": 30_000, "batch_size": 6, "crop_size": 320}
 # --quick: a smoke test of the script (tiny random ViT, small images, tiny decoder), not a measurement
-QUICK = {"model": "vpl-test-vit", "voc_images": 6, "coco_images": 3, "scale": 0.5,
+QUICK = {"model": "vpl-test-vit", "voc_images": 6, "coco_images": 3, "scale": 0.25,
          "decoder": {"dim": 32, "layers": 1, "heads": 2, "crop_size": 64}}
 
 
