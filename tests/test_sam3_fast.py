@@ -90,6 +90,18 @@ def test_the_upsampled_convolution_is_the_convolution_of_the_upsampled_map():
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
 
 
+def test_the_projection_applied_to_the_queries_is_the_projected_map_read_by_them():
+    torch.manual_seed(0)
+    projection = torch.nn.Conv2d(16, 16, 1)
+    queries, pixels = torch.randn(2, 7, 16), torch.randn(2, 16, 5, 6)
+    with torch.no_grad():
+        ref = torch.einsum("bqc,bchw->bqhw", queries, projection(pixels))
+        ours = sam3_fast.projected_masks(queries, projection, pixels)
+    assert ours.shape == (2, 7, 5, 6)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    assert not torch.allclose(ours, torch.einsum("bqc,bchw->bqhw", queries, pixels), atol=1e-2)  # the weights read
+
+
 def test_the_complex_rotation_is_transformers_rotary_encoding():
     torch.manual_seed(0)
     q, k = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)

@@ -18,7 +18,10 @@ and the half-precision weights of :mod:`.sam3_half` unchanged), each only where 
 * :class:`SharedLateralPixelDecoder` and :class:`LevelsMaskDecoder`, the segmentation head: where every prompt
   reads one image, each stage's convolution of ``upsample(prev) + level`` as the image's ``conv(level)``, once per
   image, plus the prompt's own ``prev`` convolved before upsampling (:func:`upsampled_conv`, 4/9 of the
-  multiply-adds); the image's levels handed over without transformers' copies.
+  multiply-adds), the four phases summed into the output as one strided view; the image's levels handed over
+  without transformers' copies; the 1 x 1 instance projection applied to the queries, not to every pixel
+  (:func:`projected_masks`: a prompt with a kept instance pays the head, so a photo where most words keep one pays it
+  most).
 
 Reproducible mode (:mod:`vpltool.runtime.numerics`) keeps transformers' rotary encoding, pixel decoder and MKL's
 products: only the layouts that are the same sums in the same order (the decoder's bias, the levels handed over) run
@@ -218,14 +221,15 @@ def upsampled_conv(x: torch.Tensor, kernels: torch.Tensor, plus: torch.Tensor) -
     (4/9 of the multiply-adds)."""
     b, _, h, w = x.shape
     o = kernels.shape[0] // 4
-    phases = F.conv2d(x, kernels, padding=1)  # [B, 4 O, h + 1, w + 1]: output row 2m + py is row m + py here
+    # [B, 4 O, h + 1, w + 1]: output row 2m + py is row m + py of phase 2 py + px here, column 2n + px column n + px
+    phases = F.conv2d(x, kernels, padding=1).contiguous()
     out = x.new_empty(b, o, h, 2, w, 2)
-    grid = plus.view(plus.shape[0], o, h, 2, w, 2)
-    for py in (0, 1):
-        for px in (0, 1):
-            k = 2 * py + px
-            torch.add(phases[:, k * o:(k + 1) * o, py:py + h, px:px + w], grid[:, :, :, py, :, px],
-                      out=out[:, :, :, py, :, px])
+    # the four phases' shifted windows as one strided view in the output's layout (a step in py or px moves a phase
+    # block and a row or a column at once): one sum writing the output in order, where one sum a phase wrote every
+    # other float of every cache line four times (130 of a prompt's 800 ms at Meta's 288 x 288 level)
+    ch, row = (h + 1) * (w + 1), w + 1
+    shifted = phases.as_strided((b, o, h, 2, w, 2), (phases.stride(0), ch, row, 2 * o * ch + row, 1, o * ch + 1))
+    torch.add(shifted, plus.view(plus.shape[0], o, h, 2, w, 2), out=out)
     return out.view(b, o, 2 * h, 2 * w)
 
 
@@ -249,7 +253,7 @@ class SharedLateralPixelDecoder(hf.Sam3PixelDecoder):
                 # the image's own tensor, not the prompt's view of it (whose strides depend on the bucket):
                 # convolution's kernel follows the strides, and an image's numbers must not depend on its first call
                 lateral[i] = conv(levels[-2 - i])
-            prev = F.relu(self.norms[i](upsampled_conv(prev, _kernels(conv), lateral[i])))
+            prev = F.relu(self.norms[i](upsampled_conv(prev, _kernels(conv), lateral[i])), inplace=True)
         return prev
 
 
@@ -262,9 +266,46 @@ def _kernels(conv: nn.Conv2d) -> torch.Tensor:
     return kept[1]
 
 
+def projected_masks(queries: torch.Tensor, projection: nn.Conv2d, pixels: torch.Tensor) -> torch.Tensor:
+    """``einsum("bqc,bchw->bqhw", queries, projection(pixels))`` for a 1 x 1 ``projection``: ``queries`` ``[B, Q, C]``,
+    ``pixels`` ``[B, C, H, W]`` float32 -> ``[B, Q, H, W]`` mask logits, the projection applied to the Q queries
+    (``queries W`` and ``queries . bias``) rather than to the H W pixels: a [256, 256] product where the map's was
+    [256, 256] x [256, 82944] (92 ms a prompt at Meta's 288 x 288 level), the same sums associated otherwise."""
+    b, c, h, w = pixels.shape
+    weight = projection.weight.flatten(1)  # [C_out, C_in]
+    folded = torch.matmul(queries, weight)  # [B, Q, C_in]
+    bias = torch.matmul(queries, projection.bias)[..., None] if projection.bias is not None else queries.new_zeros(1)
+    return torch.baddbmm(bias, folded, pixels.reshape(b, c, h * w)).view(b, -1, h, w)
+
+
 class LevelsMaskDecoder(hf.Sam3MaskDecoder):
     """Transformers' ``Sam3MaskDecoder`` that hands its pixel decoder the image's levels as they are: transformers
-    copies each first (85 MB a prompt at SAM 3's 288 x 288 level), which nothing writes to."""
+    copies each first (85 MB a prompt at SAM 3's 288 x 288 level), which nothing writes to; in fp32 fast mode its
+    instance projection applied to the queries (:func:`projected_masks`)."""
+
+    def forward(self, decoder_queries: torch.Tensor, backbone_features: list[torch.Tensor],
+                encoder_hidden_states: torch.Tensor, prompt_features: torch.Tensor | None = None,
+                prompt_mask: torch.Tensor | None = None, **kwargs):
+        """Transformers' arguments (queries ``[B, Q, C]``, levels ``[B, C, H_i, W_i]``, encoder states ``[B, S, C]``,
+        prompt ``[B, P, C]`` and its mask ``[B, P]``) -> its ``Sam3MaskDecoderOutput`` (``pred_masks`` ``[B, Q, H,
+        W]``, ``semantic_seg`` ``[B, 1, H, W]``); elsewhere (attentions asked, not fp32, reproducible mode) its own
+        ``forward``."""
+        if (kwargs or self.training or prompt_features is None
+                or not _fast_fp32(decoder_queries, encoder_hidden_states, self.instance_projection.weight)):
+            return super().forward(decoder_queries, backbone_features, encoder_hidden_states,
+                                   prompt_features=prompt_features, prompt_mask=prompt_mask, **kwargs)
+        from transformers.masking_utils import create_bidirectional_mask
+
+        # transformers' cross-attention of the encoder's states to the prompt, as it is
+        normed = self.prompt_cross_attn_norm(encoder_hidden_states)
+        mask = None if prompt_mask is None else create_bidirectional_mask(
+            config=self.config, inputs_embeds=normed, encoder_hidden_states=prompt_features,
+            attention_mask=prompt_mask)
+        attended, _ = self.prompt_cross_attn(query=normed, key=prompt_features, value=prompt_features,
+                                             attention_mask=mask)
+        pixels = self._embed_pixels(backbone_features, encoder_hidden_states + attended)
+        masks = projected_masks(self.mask_embedder(decoder_queries), self.instance_projection, pixels)
+        return hf.Sam3MaskDecoderOutput(pred_masks=masks, semantic_seg=self.semantic_projection(pixels))
 
     def _embed_pixels(self, backbone_features: list[torch.Tensor], encoder_hidden_states: torch.Tensor
                       ) -> torch.Tensor:
@@ -298,4 +339,4 @@ def speed_up(model: nn.Module) -> int:
 
 __all__ = ["ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "HeadsFirstAttention", "LayoutDetrDecoder",
            "LevelsMaskDecoder", "SharedLateralPixelDecoder", "heads_first", "linear_relu", "phase_kernels",
-           "rotate_complex", "speed_up", "turn_of", "upsampled_conv"]
+           "projected_masks", "rotate_complex", "speed_up", "turn_of", "upsampled_conv"]

@@ -79,10 +79,10 @@ def grounding_scores(grounding, size: tuple[int, int], settings: Sam3Settings,
 
     The numbers of the family's ``Sam3.concepts`` folded per prompt (each kept mask resized bilinearly, its sigmoid
     times its score, the pixelwise max from zeros; the same to float32's last bit), without holding every kept mask
-    at the photo's size: they are resized ``chunk`` at a time into a running max, so the memory is ``3 chunk + K + 2``
-    maps of the photo's size (a chunk's resize, sigmoid and product: ``3 chunk``) whatever the number of instances
-    kept (at a low ``--confidence-threshold`` all 200 queries a prompt, 480 MB a prompt on a 2000 x 300 photo when
-    held at once)."""
+    at the photo's size: they are resized ``chunk`` at a time into a running max, so the memory is ``chunk + K + 2``
+    maps of the photo's size (a chunk's resize, its sigmoid and product written in place) whatever the number of
+    instances kept (at a low ``--confidence-threshold`` all 200 queries a prompt, 480 MB a prompt on a 2000 x 300
+    photo when held at once)."""
     h, w = (int(v) for v in size)
     probs = grounding.scores()
     presence = grounding.presence_logits.sigmoid()
@@ -97,8 +97,9 @@ def grounding_scores(grounding, size: tuple[int, int], settings: Sam3Settings,
             low, scores = grounding.pred_masks[k][keep], probs[k][keep]
             inst = low.new_zeros(h, w)
             for i in range(0, len(scores), chunk):
-                masks = F.interpolate(low[i:i + chunk, None], (h, w), mode="bilinear", align_corners=False)
-                inst = torch.maximum(inst, (masks[:, 0].sigmoid() * scores[i:i + chunk, None, None]).amax(0))
+                masks = F.interpolate(low[i:i + chunk, None], (h, w), mode="bilinear", align_corners=False)[:, 0]
+                # in place: the resize's own buffer (the same numbers; no second and third map of the chunk)
+                inst = torch.maximum(inst, masks.sigmoid_().mul_(scores[i:i + chunk, None, None]).amax(0))
             maps.append(inst)
         if semantic is not None:
             maps.append(semantic[k, 0])
