@@ -27,12 +27,12 @@ def _sam3_cut_while_read(ws: Workspace) -> Iterator[list[object]]:
     link = ws.root / "sam3_cut_while_read.pt"
     if not link.is_symlink():
         link.symlink_to(path)
-    read = sam3_files._read_bytes
+    read = sam3_files.read_at
 
-    def cut_after_first(fh, offset, into, where):  # another process truncating the file between two tensors
+    def cut_after_first(fh, offset, into):  # another process truncating the file between two tensors
         os.truncate(path, path.stat().st_size // 2)
-        return read(fh, offset, into, where)
+        return read(fh, offset, into)
 
-    with mock.patch.object(sam3_files, "_read_bytes", cut_after_first):
+    with mock.patch.object(sam3_files, "read_at", cut_after_first):
         yield _sam3_args(ws, "sam3", "seg_sam3_cut_while_read", "--sam3-weights", link, "--precision", "bf16")
     shutil.rmtree(outside)

@@ -53,7 +53,7 @@ def test_the_fp32_copy_is_never_held_whole(tiny, monkeypatch):
     then each storage's bytes once, by plain reads (never mapped, so a file cut short is an error, not SIGBUS)."""
     from vpltool import io
 
-    seen, reads, check, read_bytes, load = {}, [], io.check_weights, sam3_files._read_bytes, torch.load
+    seen, reads, check, read_bytes, load = {}, [], io.check_weights, sam3_files.read_at, torch.load
 
     def spy(where, state, expected, fix, shapes_only=False):
         if not shapes_only:  # the load's check of the tensors as read (the earlier one: the header's shapes)
@@ -70,8 +70,8 @@ def test_the_fp32_copy_is_never_held_whole(tiny, monkeypatch):
     monkeypatch.setattr(io, "check_weights", spy)
     monkeypatch.setattr(io, "read_safetensors", whole)
     monkeypatch.setattr(torch, "load", lazy_load)
-    monkeypatch.setattr(sam3_files, "_read_bytes", lambda fh, at, into, path: (reads.append((at, len(into))),
-                                                                               read_bytes(fh, at, into, path)))
+    monkeypatch.setattr(sam3_files, "read_at", lambda fh, at, into: (reads.append((at, len(into))),
+                                                                     read_bytes(fh, at, into)))
     sam = _bf16_load(tiny)
     halved = halved_names(sam.model)
     assert len(halved) > 50
@@ -112,15 +112,15 @@ def test_a_sam3_pt_cut_short_while_it_loads_is_one_line_not_sigbus(world, tmp_pa
     from vpltool.cli import app
 
     path = sam3_files.write_tiny(tmp_path / "sam3.pt", "meta")
-    size, read, calls = path.stat().st_size, sam3_files._read_bytes, []
+    size, read, calls = path.stat().st_size, sam3_files.read_at, []
 
-    def cut_after_first(fh, offset, into, where):
+    def cut_after_first(fh, offset, into):
         calls.append(offset)
         if len(calls) == 2:  # the first tensor read whole, then the file cut to half its size
             os.truncate(path, size // 2)
-        return read(fh, offset, into, where)
+        return read(fh, offset, into)
 
-    monkeypatch.setattr(sam3_files, "_read_bytes", cut_after_first)
+    monkeypatch.setattr(sam3_files, "read_at", cut_after_first)
     out = tmp_path / "seg"
     r = CliRunner().invoke(app, ["segment", str(world), "--split", "val", "-o", str(out), "--device", "cpu",
                                  "--classes", "star,circle", "--dense", "sam3", "--sam3-weights", str(path),

@@ -2,7 +2,9 @@
 a tensor that a file backs (``torch.load(mmap=True)``, a safetensors file that transformers maps) stays resident
 after its pages are read, so a check of SigLIP 2's 1.1 GB token table made all of it resident, though a run touches
 only the rows of its prompts. :func:`page_out` asks the kernel to drop such pages (``madvise(MADV_PAGEOUT)``, Linux
-5.4 and later); they are read again from the file if the model touches them.
+5.4 and later); they are read again from the file if the model touches them. A copy of a file's tensors reads them
+without a mapping (:func:`read_at`), so that a file cut short while it is read is an error (:class:`CutShort`), not
+a SIGBUS.
 
 A leaf module (no import of vpltool), used by :mod:`vpltool.io.values`. Everything here is best effort: where the
 kernel, the platform or the mapping says no, nothing is dropped and nothing fails.
@@ -19,7 +21,7 @@ import sys
 # On a private mapping it is never destructive: a clean page is dropped and read again from the file, a page written
 # since (copy on write) goes to swap or stays.
 MADV_PAGEOUT = getattr(mmap, "MADV_PAGEOUT", 21)
-_refused: set[int] = set()  # advice the kernel said no to once (older than 5.4, a seccomp filter): not asked again
+_refused = False  # the kernel said no once (older than 5.4, or a seccomp filter): ask no more in this process
 
 
 def file_backed(address: int) -> bool:
@@ -45,12 +47,12 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def page_out(address: int, nbytes: int, advice: int = MADV_PAGEOUT) -> bool:
+def page_out(address: int, nbytes: int) -> bool:
     """Ask the kernel to drop the whole pages of ``[address, address + nbytes)`` from this process's resident set
-    (``madvise(advice)``: MADV_PAGEOUT, or ``mmap.MADV_DONTNEED`` for pages only read from a private mapping of a
-    file, dropped at once); True where it was done. A page only partly inside is kept (its rest may be another
-    tensor's, read next)."""
-    if advice in _refused or not sys.platform.startswith("linux") or nbytes <= 0:
+    (``madvise(MADV_PAGEOUT)``); True where it was done. A page only partly inside is kept (its rest may be
+    another tensor's, read next)."""
+    global _refused
+    if _refused or not sys.platform.startswith("linux") or nbytes <= 0:
         return False
     size = mmap.PAGESIZE
     start = -(-address // size) * size
@@ -58,12 +60,29 @@ def page_out(address: int, nbytes: int, advice: int = MADV_PAGEOUT) -> bool:
     if end <= start:
         return False
     try:
-        done = _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(advice)) == 0
+        done = _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), ctypes.c_int(MADV_PAGEOUT)) == 0
     except (OSError, AttributeError):
         done = False
-    if not done:
-        _refused.add(advice)
+    _refused = not done
     return done
 
 
-__all__ = ["file_backed", "page_out"]
+class CutShort(EOFError):
+    """A file that ended before the bytes its header (checked against the file's size when opened) places there: it
+    was cut short or replaced while it was read. Not handed to the library (whose reader maps the file)."""
+
+
+def read_at(fh, offset: int, into: memoryview) -> None:
+    """``len(into)`` bytes of the open file ``fh`` from byte ``offset`` into ``into``, by plain reads (a read may
+    return less than asked: Linux's stops near 2 GiB); :class:`CutShort` where the file ends first."""
+    got = 0
+    while got < len(into):
+        fh.seek(offset + got)
+        more = fh.readinto(into[got:])
+        if not more:
+            raise CutShort(f"cut short while it was read (it ends at byte {offset + got:,}, a tensor's data runs to "
+                           f"{offset + len(into):,})")
+        got += more
+
+
+__all__ = ["CutShort", "file_backed", "page_out", "read_at"]

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..errors import ContractError, VplError
 from . import files
+from .pages import read_at
 from .provenance import ITEM_WRITERS, RUN_META, check_item, writing_digest, writing_numerics
 from .records import FORMAT_VERSION, NUMERICS, check_format
 from .values import check_weight_values, is_finite
@@ -206,18 +207,13 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     return load_file(str(path))  # raises the library's own error for a damaged file
 
 
-class CutShort(EOFError):
-    """A file that ended before the bytes its header (checked against the file's size when opened) places there: it
-    was cut short or replaced while it was read. Not handed to the library (whose reader maps the file)."""
-
-
 def read_safetensors_as(path: str | os.PathLike, dtypes: Mapping[str, Any]) -> dict[str, Any]:
     """The tensors of a safetensors file that ``dtypes`` names, each converted to its dtype there (None: the file's
     own) as it is read: one tensor's bytes at a time into one reused buffer, then copied out in the new dtype. So the
     file's dtype is never held whole: an fp32 file read into bf16 peaks at the bf16 tensors plus its largest fp32
     tensor, where :func:`read_safetensors` then a cast holds the whole file and its copy. Plain reads, no mapping
     (as :func:`read_safetensors`). A file this reader cannot make sense of is handed to the library, whose error
-    says what is wrong; one that ends early while it is read raises :class:`CutShort`."""
+    says what is wrong; one that ends early while it is read raises :class:`.pages.CutShort`."""
     import numpy as np
     import torch
 
@@ -234,9 +230,7 @@ def read_safetensors_as(path: str | os.PathLike, dtypes: Mapping[str, Any]) -> d
                 dtype, shape, count, begin, end = _entry(name, header[name], total - start)
                 if buffer.size < end - begin:
                     buffer = np.empty(end - begin, dtype=np.uint8)
-                fh.seek(start + begin)
-                if fh.readinto(memoryview(buffer)[:end - begin]) != end - begin:  # the header said it is there
-                    raise CutShort(f"cut short while it was read (tensor {name!r} runs past its end)")
+                read_at(fh, start + begin, memoryview(buffer)[:end - begin])  # where the header said it is
                 read = torch.frombuffer(buffer, dtype=dtype, count=count).reshape(shape) if count else \
                     torch.empty(shape, dtype=dtype)
                 out[name] = read.to(want or dtype, copy=True)  # a copy: the buffer is the next tensor's

@@ -5,6 +5,7 @@ content (:func:`identity`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from ...errors import VplError
+from ...io.pages import CutShort, read_at
 from .sam3_weights import (
     CONFIG_KEY,
     FIX,
@@ -106,18 +108,18 @@ def _read_as(path: Path, state: dict[str, torch.Tensor], dtype_of: Callable[[str
         return {name: value.to(dtype_of(name) or value.dtype, copy=True) for name, value in state.items()}
     out: dict[str, torch.Tensor] = {}
     buffer, at = np.empty(0, dtype=np.uint8), None
-    with open(path, "rb") as fh:
+    with open(path, "rb") as fh, _refusing_cut_short(path):
         for name, value in state.items():  # a fused projection's q, k and v views come one after the other
             storage = value.untyped_storage()
             offset, nbytes = storage._checkpoint_offset, storage.nbytes()
             dtype = dtype_of(name) or value.dtype
             if dtype == value.dtype and _whole(value):  # kept as it is (the embedding tables): read straight in
                 out[name] = torch.empty(value.shape, dtype=dtype)
-                _read_bytes(fh, offset, memoryview(out[name].reshape(-1).view(torch.uint8).numpy()), path)
+                read_at(fh, offset, memoryview(out[name].reshape(-1).view(torch.uint8).numpy()))
                 continue
             if at != offset:
                 buffer = buffer if buffer.size >= nbytes else np.empty(nbytes, dtype=np.uint8)
-                _read_bytes(fh, offset, memoryview(buffer)[:nbytes], path)
+                read_at(fh, offset, memoryview(buffer)[:nbytes])
                 at = offset
             out[name] = _view(buffer, value).to(dtype, copy=True)  # a copy: the buffer is the next storage's
     return out
@@ -129,19 +131,13 @@ def _whole(value: torch.Tensor) -> bool:
             and value.numel() * value.itemsize == value.untyped_storage().nbytes())
 
 
-def _read_bytes(fh, offset: int, into: memoryview, path: Path) -> None:
-    """``len(into)`` bytes of ``fh`` from ``offset`` into ``into``, by plain reads (a read may return less than
-    asked: Linux's stops at 2 GiB); one line naming ``path`` where the file ends first (cut short, or replaced by a
-    shorter one, while it is read)."""
-    got = 0
-    while got < len(into):
-        fh.seek(offset + got)
-        more = fh.readinto(into[got:])
-        if not more:
-            raise VplError(f"{path}: cut short while it was read (it ends at byte {offset + got:,}, a tensor's "
-                           f"data runs to {offset + len(into):,}): was it being copied or replaced? Pass the whole "
-                           f"file; {FIX}")
-        got += more
+@contextlib.contextmanager
+def _refusing_cut_short(path: Path):
+    """:class:`vpltool.io.pages.CutShort` of a read of ``path`` as one line naming it and the fix."""
+    try:
+        yield
+    except CutShort as e:
+        raise VplError(f"{path}: {e}: was it being copied or replaced? Pass the whole file; {FIX}") from None
 
 
 def _view(buffer, value: torch.Tensor) -> torch.Tensor:
@@ -158,15 +154,13 @@ def _safetensors(path: Path, shapes_only: bool, dtypes: dict[str, Any] | None = 
     from safetensors import SafetensorError, safe_open
 
     from ...io import read_safetensors, read_safetensors_as
-    from ...io.tensors import CutShort
 
     try:
         if shapes_only:  # empty tensors on the meta device: the header's shapes and dtypes, nothing read
             with safe_open(str(path), framework="pt") as f:
                 return {k: _header_tensor(f.get_slice(k)) for k in f.keys()}
-        return read_safetensors(path) if dtypes is None else read_safetensors_as(path, dtypes)
-    except CutShort as e:
-        raise VplError(f"{path}: {e}: was it being copied or replaced? Pass the whole file; {FIX}") from None
+        with _refusing_cut_short(path):
+            return read_safetensors(path) if dtypes is None else read_safetensors_as(path, dtypes)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise VplError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]}); {FIX}") from None
 
