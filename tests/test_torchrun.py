@@ -381,3 +381,35 @@ def test_a_rank_keeps_an_error_line_to_itself_only_when_its_nodes_first_rank_say
     monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")  # not torchrun's agent store: every rank prints
     assert not said_once(1, 1, 0, "x: not found")
     del store
+
+
+# a rank's command under a group, in a process of its own (two are started): torch.distributed.nn imported under the
+# group, as DistributedDataParallel and torch._dynamo import it; then what is left of the group once the command ended
+_ONE_RANK = """
+import json, os, torch
+from vpltool.runtime.ranks import process_group
+
+with process_group("cpu") as (rank, world, _):
+    import torch.distributed.nn.functional as fn
+tasks = "/proc/self/task"
+threads = sorted(open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks)) if os.path.isdir(tasks) else []
+print(json.dumps({"rank": rank, "gloo_threads": [t for t in threads if "gloo" in t],
+                  "defaults_hold_a_group": any(isinstance(d, torch.distributed.ProcessGroup)
+                                               for d in fn.broadcast.__defaults__)}))
+"""
+
+
+def test_a_group_ends_with_its_command_whatever_the_command_imported():
+    """``torch.distributed.nn.functional``, first imported under a live group, bound it as its functions' default
+    ``group``: the group outlived ``destroy_process_group`` and its gloo threads ran on into the interpreter's exit,
+    where a rank now and then aborted ("terminate called without an active exception"). Once a command's group is
+    gone, no default holds it and no gloo thread is left (two plain processes, RANK/WORLD_SIZE/MASTER_*)."""
+    env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-c", _ONE_RANK], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    _STARTED.extend(ranks)
+    said = [rank.communicate(timeout=bound(120, cap=280)) for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], [err[-3000:] for _, err in said]
+    for out, _ in said:
+        left = json.loads(out.strip().splitlines()[-1])
+        assert left["gloo_threads"] == [] and not left["defaults_hold_a_group"], left

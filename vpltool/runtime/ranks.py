@@ -203,6 +203,7 @@ def process_group(device: str, timeout: float | None = None, leave_together: boo
         torch.cuda.set_device(dev)
     created = not dist.is_initialized()
     if created:
+        _bind_no_group()
         extra = {} if timeout is None else {"timeout": timedelta(seconds=timeout)}
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=_rendezvous(rank, world),
                                 rank=rank, world_size=world, **extra)
@@ -214,6 +215,16 @@ def process_group(device: str, timeout: float | None = None, leave_together: boo
     finally:
         if created:
             dist.destroy_process_group()
+
+
+def _bind_no_group() -> None:
+    """Import ``torch.distributed.nn`` before any group exists. Its ``functional`` module binds the world group of
+    the moment as the default ``group`` of ten functions when it is first imported (DistributedDataParallel and
+    ``torch._dynamo`` import it, the latter at an optimizer's first step): imported under a live group, those
+    defaults keep the group alive after ``destroy_process_group``, and its gloo threads (``pt_gloo_runloop``,
+    ``gloo_tcp_loop``) run on into the interpreter's exit instead of being joined when the command ends. Imported
+    first, the defaults are None and the group ends with the command."""
+    import torch.distributed.nn  # noqa: F401  (for its import-time defaults, above)
 
 
 def _rendezvous(rank: int, world: int):
