@@ -72,6 +72,18 @@ class CutShort(EOFError):
     was cut short or replaced while it was read. Not handed to the library (whose reader maps the file)."""
 
 
+def read_buffer(nbytes: int):
+    """``nbytes`` bytes of this process's own, not zero-filled (a ``[nbytes]`` uint8 numpy array), for a file's bytes
+    to be read into, in the kernel's ordinary 4 KiB pages. numpy's own ``empty`` asks for transparent huge pages
+    (``madvise(MADV_HUGEPAGE)``) on any array of 4 MiB or more, and where the kernel then compacts memory at the
+    first touch of each 2 MiB page (``defrag`` set to ``madvise``) a read of a 3.4 GB weights file into one cost
+    several CPU-seconds more than into ordinary pages (``bench/bench_sam3_footprint.py --layout both``). torch's
+    allocator asks for no huge pages; the array is a view of its tensor."""
+    import torch
+
+    return torch.empty(nbytes, dtype=torch.uint8).numpy()
+
+
 def read_at(fh, offset: int, into: memoryview) -> None:
     """``len(into)`` bytes of the open file ``fh`` from byte ``offset`` into ``into``, by plain reads (a read may
     return less than asked: Linux's stops near 2 GiB); :class:`CutShort` where the file ends first."""
@@ -85,4 +97,4 @@ def read_at(fh, offset: int, into: memoryview) -> None:
         got += more
 
 
-__all__ = ["CutShort", "file_backed", "page_out", "read_at"]
+__all__ = ["CutShort", "file_backed", "page_out", "read_at", "read_buffer"]

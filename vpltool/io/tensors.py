@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..errors import ContractError, VplError
 from . import files
-from .pages import read_at
+from .pages import read_at, read_buffer
 from .provenance import ITEM_WRITERS, RUN_META, check_item, writing_digest, writing_numerics
 from .records import FORMAT_VERSION, NUMERICS, check_format
 from .values import check_weight_values, is_finite
@@ -183,10 +183,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    import numpy as np
-
-    with open(path, "rb") as fh:  # numpy's empty buffer: not zero-filled first (bytearray's doubled the cost)
-        buffer = np.empty(os.fstat(fh.fileno()).st_size, dtype=np.uint8)
+    with open(path, "rb") as fh:  # not zero-filled first (bytearray's doubled the cost), nor in huge pages
+        buffer = read_buffer(os.fstat(fh.fileno()).st_size)
         got = fh.readinto(memoryview(buffer))
     try:
         size = int.from_bytes(buffer[:8].tobytes(), "little")
@@ -214,7 +212,6 @@ def read_safetensors_as(path: str | os.PathLike, dtypes: Mapping[str, Any]) -> d
     tensor, where :func:`read_safetensors` then a cast holds the whole file and its copy. Plain reads, no mapping
     (as :func:`read_safetensors`). A file this reader cannot make sense of is handed to the library, whose error
     says what is wrong; one that ends early while it is read raises :class:`.pages.CutShort`."""
-    import numpy as np
     import torch
 
     path = Path(path)
@@ -225,11 +222,11 @@ def read_safetensors_as(path: str | os.PathLike, dtypes: Mapping[str, Any]) -> d
             if sys.byteorder != "little" or not 0 < size <= total - 8:
                 raise ValueError(path)
             header, start = json.loads(fh.read(size)), 8 + size
-            out, buffer = {}, np.empty(0, dtype=np.uint8)
+            out, buffer = {}, read_buffer(0)
             for name, want in dtypes.items():
                 dtype, shape, count, begin, end = _entry(name, header[name], total - start)
                 if buffer.size < end - begin:
-                    buffer = np.empty(end - begin, dtype=np.uint8)
+                    buffer = read_buffer(end - begin)
                 read_at(fh, start + begin, memoryview(buffer)[:end - begin])  # where the header said it is
                 read = torch.frombuffer(buffer, dtype=dtype, count=count).reshape(shape) if count else \
                     torch.empty(shape, dtype=dtype)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ...errors import VplError
-from ...io.pages import CutShort, read_at
+from ...io.pages import CutShort, read_at, read_buffer
 from .sam3_weights import (
     CONFIG_KEY,
     FIX,
@@ -102,12 +102,10 @@ def _read_as(path: Path, state: dict[str, torch.Tensor], dtype_of: Callable[[str
     tables, 200 MB at full size) is read straight into its own memory, through no buffer. No mapping: a file cut
     short or rewritten while it is read gives a short read, one line here, where a mapped page past the file's new
     end killed the process (SIGBUS)."""
-    import numpy as np
-
     if not indexed:  # tensors in memory already (read whole)
         return {name: value.to(dtype_of(name) or value.dtype, copy=True) for name, value in state.items()}
     out: dict[str, torch.Tensor] = {}
-    buffer, at = np.empty(0, dtype=np.uint8), None
+    buffer, at = read_buffer(0), None
     with open(path, "rb") as fh, _refusing_cut_short(path):
         for name, value in state.items():  # a fused projection's q, k and v views come one after the other
             storage = value.untyped_storage()
@@ -118,7 +116,7 @@ def _read_as(path: Path, state: dict[str, torch.Tensor], dtype_of: Callable[[str
                 read_at(fh, offset, memoryview(out[name].reshape(-1).view(torch.uint8).numpy()))
                 continue
             if at != offset:
-                buffer = buffer if buffer.size >= nbytes else np.empty(nbytes, dtype=np.uint8)
+                buffer = buffer if buffer.size >= nbytes else read_buffer(nbytes)
                 read_at(fh, offset, memoryview(buffer)[:nbytes])
                 at = offset
             out[name] = _view(buffer, value).to(dtype, copy=True)  # a copy: the buffer is the next storage's
