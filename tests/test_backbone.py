@@ -245,6 +245,28 @@ def test_open_clip_import_defers_dynamo_and_leaves_it_working():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def test_open_clip_import_leaves_huggingface_hubs_upload_api_unimported_and_callable():
+    """import_open_clip does not import huggingface_hub.hf_api for open_clip's push helpers: their names are bound
+    (as far as a plain import binds them) to forwarders that call the real function, and the package gives its own
+    functions again afterwards."""
+    code = (
+        "import sys\n"
+        "from unittest import mock\n"
+        "from vpltool.models.backbones.loading import import_open_clip\n"
+        "import_open_clip()\n"
+        "assert 'huggingface_hub.hf_api' not in sys.modules\n"
+        "push = sys.modules['open_clip.push_to_hf_hub']\n"
+        "import huggingface_hub\n"
+        "assert huggingface_hub.create_repo.__module__ == 'huggingface_hub.hf_api'  # the package's own again\n"
+        "with mock.patch.object(huggingface_hub, 'create_repo', return_value='made') as real:  # no network\n"
+        "    assert push.create_repo('me/repo', exist_ok=True) == 'made'\n"
+        "real.assert_called_once_with('me/repo', exist_ok=True)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = pace.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_sam_check_and_load_leave_dynamo_unimported_and_the_random_state_alone():
     """segment-anything imports torchvision, whose roi_align would import torch._dynamo (most of a sam-pseudo
     process's start-up): import_sam defers it as import_open_clip does, and check_sam builds the prompt encoder and

@@ -33,11 +33,17 @@ def import_open_clip():
       GPU host): open_clip imports it only for Hugging Face text towers; :func:`create_model` imports open_clip
       again with it for a model whose config names one (:func:`_needs_transformers`).
 
+    * huggingface_hub's ``hf_api`` (~0.25 CPU-s on a 2-core CPU, its HTTP stack included): open_clip's
+      ``push_to_hf_hub`` binds four of its upload helpers at import; vpltool never uploads (and with
+      huggingface_hub 2.x that import fails on a name the package no longer has, leaving open_clip's push disabled
+      either way). :func:`_hub_api_deferred` serves those names as forwarders that import ``hf_api`` when called.
+
     All last only for this import: ``import timm`` and ``torch._dynamo`` / ``torch.compile`` work normally after.
     Should the stand-in ever be short of a name (a torchvision release that wants more), the import is retried
     the plain way.
     """
-    return import_deferring_dynamo("open_clip", "timm", "transformers")
+    with _hub_api_deferred():
+        return import_deferring_dynamo("open_clip", "timm", "transformers")
 
 
 def import_deferring_dynamo(name: str, *blocked: str) -> ModuleType:
@@ -121,6 +127,45 @@ def _without(package: str) -> Iterator[None]:
     finally:
         if blocked:
             del sys.modules[package]
+
+
+# the names of huggingface_hub.hf_api that open_clip.push_to_hf_hub imports (its upload helpers)
+_HUB_API_NAMES = ("create_repo", "list_repo_files", "upload_folder")
+
+
+@contextlib.contextmanager
+def _hub_api_deferred() -> Iterator[None]:
+    """For the block, ``from huggingface_hub import NAME`` of each of :data:`_HUB_API_NAMES` gives a forwarder that
+    calls huggingface_hub's own ``NAME`` (importing ``hf_api`` then) instead of importing ``hf_api`` now; afterwards
+    the package resolves those names itself again. Nothing is done where huggingface_hub is missing, where
+    ``hf_api`` is already imported, or where the package holds a name itself (not lazily)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        yield
+        return
+    if "huggingface_hub.hf_api" in sys.modules:
+        yield
+        return
+    served = {name: _hub_forwarder(name) for name in _HUB_API_NAMES if name not in vars(huggingface_hub)}
+    for name, forwarder in served.items():
+        setattr(huggingface_hub, name, forwarder)
+    try:
+        yield
+    finally:
+        for name, forwarder in served.items():
+            if vars(huggingface_hub).get(name) is forwarder:
+                delattr(huggingface_hub, name)
+
+
+def _hub_forwarder(name: str):
+    """A function that calls ``huggingface_hub.NAME`` with its arguments, resolved when called."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module("huggingface_hub"), name)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    return forward
 
 
 def _compile_supported(device_type: str) -> bool:
