@@ -176,6 +176,10 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     want = mkl_packed.HAS_MKL_PACK and not reproducible_asked()
     assert packed == ({id(m) for m in packed_layers(bb.model)} if want else set())
     assert len(packed_layers(bb.model)) == len(bb.model.blocks)
+    # every block adds its residuals in place outside reproducible mode (fused_blocks.FusedBlock; timm's forward in it)
+    from vpltool.models.backbones.fused_blocks import FusedBlock
+
+    assert all(isinstance(b, FusedBlock) for b in bb.model.blocks)
 
 
 def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_heap_is_given_back(files, monkeypatch):
