@@ -2,13 +2,14 @@
 
 timm's forward runs ``x + ls1(attn(norm1(x)))`` then ``x + ls2(mlp(norm2(x)))``: each residual is two passes and a
 new ``[B, N, C]`` tensor (the layer scale's product, then the sum), and the MLP's GELU writes a third ``[B, N, 4C]``
-tensor. :class:`FusedBlock` adds each scaled branch into ``x`` in place (``addcmul_``: one pass, no new tensor) and
-runs the GELU in place; the attention, norms and linear layers are the block's own modules, called as timm calls them.
+tensor. :class:`FusedBlock` adds each scaled branch in one pass (``addcmul``: the first into a new tensor, the block's
+input left as it was for whoever holds it, a hook or a list of intermediates; the second into that tensor, in place)
+and runs the GELU in place; the attention, norms and linear layers are the block's own modules, called as timm calls
+them.
 
-``addcmul_`` rounds ``x + y * s`` once where timm rounds the product and the sum apiece (one float32 ulp of a token
+``addcmul`` rounds ``x + y * s`` once where timm rounds the product and the sum apiece (one float32 ulp of a token
 apart): so the fused forward is taken only outside reproducible mode (:mod:`vpltool.runtime.numerics`), without
-gradients, in eval mode and without an attention mask; anything else is timm's own forward, bit for bit. In place:
-a caller that keeps a block's input (a forward pre-hook) reads it before the block runs, not after.
+gradients, in eval mode and without an attention mask; anything else is timm's own forward, bit for bit.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def _fusable(block: nn.Module, x: torch.Tensor, attn_mask, is_causal: bool) -> b
     return not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in block.parameters())))
 
 
-def _add_scaled(x: torch.Tensor, y: torch.Tensor, scale: nn.Module) -> torch.Tensor:
-    """``x + scale(y)`` into ``x``: a timm ``LayerScale``'s ``gamma`` ``[C]`` in the same pass, an identity none."""
+def _add_scaled(x: torch.Tensor, y: torch.Tensor, scale: nn.Module, into_x: bool) -> torch.Tensor:
+    """``x + scale(y)`` in one pass, into ``x`` where ``into_x`` (else a new tensor): a timm ``LayerScale``'s
+    ``gamma`` ``[C]`` in the same pass, an identity none."""
     gamma = getattr(scale, "gamma", None)
-    return x.add_(y) if gamma is None else x.addcmul_(y, gamma)
+    if into_x:
+        return x.add_(y) if gamma is None else x.addcmul_(y, gamma)
+    return x + y if gamma is None else torch.addcmul(x, y, gamma)
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -43,15 +47,15 @@ def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 class FusedBlock(nn.Module):
     """A timm ``Block`` (the class is swapped in place by :func:`use_fused_blocks`: parameters, state dict and
-    submodules unchanged) whose inference adds its two branches into its input (module docstring). ``x`` ``[B, N,
-    C]`` float -> the same tensor, updated."""
+    submodules unchanged) whose inference adds each branch in one pass (module docstring). ``x`` ``[B, N, C]`` float
+    -> ``[B, N, C]``, ``x`` unchanged."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
                 ) -> torch.Tensor:
         if not _fusable(self, x, attn_mask, is_causal):
             return self._timm_class.forward(self, x, attn_mask=attn_mask, is_causal=is_causal)
-        x = _add_scaled(x, self.attn(self.norm1(x)), self.ls1)
-        return _add_scaled(x, _mlp(self.mlp, self.norm2(x)), self.ls2)
+        x = _add_scaled(x, self.attn(self.norm1(x)), self.ls1, into_x=False)  # the block's input left unchanged
+        return _add_scaled(x, _mlp(self.mlp, self.norm2(x)), self.ls2, into_x=True)  # the block's own tensor
 
 
 _CLASSES: dict[type, type] = {}  # timm's block class -> its fused subclass (one class, made once)
