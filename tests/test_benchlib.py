@@ -143,6 +143,17 @@ def test_the_radseg_floor_is_the_reference_s_products_at_the_fastest_rate_measur
     assert floor["gflop"] == 105.0 and floor["peak_gflops_per_s"] == 140.0 and floor["floor_s"] == 0.75
     floor = br.floor_of(table, {"mkl_gflops": 100.0})  # a side's products faster than any probe: their rate
     assert floor["peak_gflops_per_s"] == 125.0 and floor["floor_s"] == 0.84
+    # bench/profile_text.py lays the same figures out by kind, each side's op on one line, with the products' rate
+    import profile_text
+
+    result = {"profile": table, "floor": {**floor, "floor_over_reference": 0.6}, "ratio_median": 0.8,
+              "ratios": [0.8], "cpu_seconds_median": {"vpltool": 1.1, "reference": 1.4}}
+    lines = profile_text.text(result).splitlines()
+    addmm = next(line for line in lines if line.startswith("aten::addmm"))
+    assert addmm.split() == ["aten::addmm", "0.8000", "4", "100.000", "125.0", "|", "1.0000", "4", "100.000", "100.0"]
+    kinds = [line for line in lines if line.startswith("-- ")]
+    assert kinds[:3] == ["-- attention", "-- products", "-- elementwise, norms"]
+    assert profile_text.kind_of("aten::copy_") == "copies, layouts" and profile_text.kind_of("x::y") == "other"
 
 
 def test_bench_activesam_reuses_the_reference_of_an_earlier_run_of_the_same_settings_alone(tmp_path, monkeypatch):

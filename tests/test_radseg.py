@@ -89,6 +89,23 @@ def test_prompt_denoising_drops_a_query_weak_everywhere_and_keeps_the_reference_
     assert kept.tolist() == [[1, 2]]
 
 
+def test_query_probabilities_are_laid_out_query_by_query_outside_reproducible_mode(monkeypatch):
+    """The softmax over the queries, ``[Q, h, w]``: contiguous for the resize outside reproducible mode (the
+    transposed view took torch's channels-last kernel and a copy back), the view itself in it; the same values."""
+    from types import SimpleNamespace
+
+    from vpltool.models.dense.radseg import query_probabilities
+
+    gen = torch.Generator().manual_seed(9)
+    bb, feats, text = SimpleNamespace(head=torch.nn.Identity()), torch.randn(8, 3, 4, generator=gen), torch.randn(
+        5, 8, generator=gen)
+    fast = query_probabilities(bb, feats, text, 100.0)
+    monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
+    kept = query_probabilities(bb, feats, text, 100.0)
+    assert fast.shape == kept.shape == (5, 3, 4) and fast.is_contiguous() and not kept.is_contiguous()
+    assert torch.equal(fast, kept) and torch.allclose(fast.sum(0), torch.ones(3, 4))
+
+
 def test_self_correlations_keep_shapes_and_mix_only_positively_correlated_tokens():
     from vpltool.models.dense.radseg import scga
 
@@ -176,6 +193,10 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     want = mkl_packed.HAS_MKL_PACK and not reproducible_asked()
     assert packed == ({id(m) for m in packed_layers(bb.model)} if want else set())
     assert len(packed_layers(bb.model)) == len(bb.model.blocks)
+    # every block adds its residuals in place outside reproducible mode (fused_blocks.FusedBlock; timm's forward in it)
+    from vpltool.models.backbones.fused_blocks import FusedBlock
+
+    assert all(isinstance(b, FusedBlock) for b in bb.model.blocks)
 
 
 def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_heap_is_given_back(files, monkeypatch):
