@@ -31,6 +31,11 @@ A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--p
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
 the reference's, against the goal 0.8 (``ratio_spread``: the pairs' lowest and highest); the last unit's per-word
 scores and labels of the two sides are compared.
+The **floor** beside the ratio (:func:`floor_of`, issue 79's rule): after its timed units the reference's worker
+runs each photo once more, untimed, under torch's FLOP counter (:func:`count_flops`: every matrix product,
+convolution and attention from its shapes); once both workers are closed the driver measures this CPU's fp32 GEMM
+rate (:func:`gemm_probes`); the floor of a unit is the reference's FLOPs on its photo at the fastest rate, all
+other work free, over the reference's CPU-seconds on it: the least ratio the same arithmetic allows on this CPU.
 Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
 read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
 the unit (its process's own, the peak reset before each unit:
@@ -131,7 +136,7 @@ def reference_worker(args) -> None:
             seg._inference_single_view = inner
             return {"scores": seen["scores"], "pred": sample.data["pred_sem_seg"].data[0]}
 
-        finish(args, unit)
+        finish(args, unit, lambda: files[state["k"] % len(files)])
 
 
 def vpltool_worker(args) -> None:
@@ -164,14 +169,15 @@ def vpltool_worker(args) -> None:
         _, labels = dense.hooks.probabilities(bb, scores, query_class, n, dense.settings)
         return {"scores": scores, "pred": labels}
 
-    finish(args, unit)
+    finish(args, unit, lambda: files[state["k"] % len(files)])
 
 
-def finish(args, unit) -> None:
-    """A worker's loop (:func:`sidebyside.serve`), or with ``--profile N``: one unit profiled (:func:`cpu_profile`),
+def finish(args, unit, next_photo) -> None:
+    """A worker's loop (:func:`sidebyside.serve`; its ``flops`` command: the next unit, untimed, under
+    :func:`count_flops`, with the photo's name), or with ``--profile N``: one unit profiled (:func:`cpu_profile`),
     its ``N`` costliest operators and module classes written to stderr as JSON, the driver's protocol unused."""
     if not args.profile:
-        serve(unit, trim=True)
+        serve(unit, trim=True, commands={"flops": lambda: {"photo": next_photo().name, **count_flops(unit)[1]}})
         return
     prof = cpu_profile(unit, args.profile)
     print(f"{args.worker}: {prof['cpu_seconds']} CPU-s, {prof['ops_seconds']} in operators", file=sys.stderr)
@@ -235,6 +241,59 @@ def cpu_profile(unit, top: int) -> dict:
                  for n in {k.split(" ")[0] for k in ops}}).most_common(top)]}
 
 
+def count_flops(fn) -> tuple[object, dict]:
+    """One call of ``fn`` under torch's ``FlopCounterMode``: its output and ``{"gflop", "by_op_gflop"}`` (per op,
+    rounded to 1e-3), the multiply-adds (x2) of every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``),
+    convolution (transposed too) and attention (``q kᵀ`` and ``· v``) it dispatched, from their shapes; all other
+    work counts 0. The CPU's
+    fused attention (``_scaled_dot_product_flash_attention_for_cpu``, what ``F.scaled_dot_product_attention`` runs
+    on a CPU) is missing from torch's table, so it is given SDPA's formula here."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *_, out_shape=None, **__) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa})
+    with counter:
+        out = fn()
+    by_op = counter.get_flop_counts().get("Global", {})
+    return out, {"gflop": counter.get_total_flops() / 1e9,
+                 "by_op_gflop": {str(k): round(v / 1e9, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
+
+
+def gemm_probes(arch: str) -> dict:
+    """This CPU's fp32 GEMM rates as the harness measures them (:func:`benchlib.gemm_rates`: MKL, oneDNN, MKL's
+    packed; one thread), on its default product and, ``arch`` full, on the SAM 3 ViT's MLP at 1008 pixels
+    (``[5184, 1024] x [1024, 4736]``, the unit's largest product): ``{shape: rates}``."""
+    import benchlib
+
+    shapes = {"default": {}, **({"sam3_vit_mlp": {"rows": 5184, "k": 1024, "n": 4736, "repeats": 2}}
+                                if arch == "full" else {})}
+    return {name: benchlib.gemm_rates(**kw) for name, kw in shapes.items()}
+
+
+def floor_of(flops: list[dict], rows: list[dict], files: list[Path], probes: dict) -> dict:
+    """The floor under each timed unit on this CPU (issue 79's rule): the reference's GEMM, convolution and
+    attention FLOPs on that unit's photo (``flops``: :func:`count_flops` per photo, its worker's ``flops``
+    command) at the fastest fp32 GEMM rate measured here (``probes``: :func:`gemm_probes`), all other work 0, over
+    the reference's CPU-seconds on that unit. Pair ``i`` timed photo ``(i + 1) % len(files)`` on both sides (a
+    warm-up unit each, the photos in turn)."""
+    rates = {f"{shape}_{k[:-7]}": v for shape, r in probes.items() for k, v in r.items() if k.endswith("_gflops")}
+    peak = max(rates.values())
+    gflop = {f["photo"]: f["gflop"] for f in flops}
+    per_pair = [gflop[files[(i + 1) % len(files)].name] / peak / row["reference"]["cpu"] for i, row in enumerate(rows)]
+    return {"what": "the reference's GEMM, convolution and attention FLOPs on each photo (torch's FlopCounterMode "
+                    "over one untimed unit of the reference's worker after its timed ones) at the fastest fp32 GEMM "
+                    "rate measured here (benchlib.gemm_rates' probes, one thread), all else 0, over the reference's "
+                    "CPU-seconds on the unit of the same photo",
+            "reference_flops": flops, "probes": probes, "rates_gflops_per_s": rates, "peak_gflops_per_s": peak,
+            "floor_s_per_photo": {p: round(g / peak, 2) for p, g in gflop.items()},
+            "floor_over_reference": [round(f, 3) for f in per_pair],
+            "floor_over_reference_median": round(statistics.median(per_pair), 3)}
+
+
 def reference_rows(args, settings: dict, unit: str) -> dict:
     """``--reference-from``: the earlier result's reference rows (``{"rows": [...], "note": {...}}``), after checking
     that it measured what this run measures (method, model, settings, class set, classes, photos, pairs, the clone's
@@ -263,7 +322,8 @@ def reference_rows(args, settings: dict, unit: str) -> dict:
                          "that run left in its --work); copy it there, or run both sides")
     note = {"file": str(path), "command": earlier.get("command"), "vpltool_commit": earlier.get("vpltool_commit"),
             "load_average_1min": earlier.get("load_average_1min", earlier.get("machine", {}).get("load_average_1min"))}
-    return {"rows": [pair["reference"] for pair in earlier["pairs"]], "note": note}
+    return {"rows": [pair["reference"] for pair in earlier["pairs"]], "note": note,
+            "flops": (earlier.get("floor") or {}).get("reference_flops")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -329,16 +389,22 @@ def main(argv: list[str] | None = None) -> None:
                                                             for f in files)
     reused = reference_rows(args, settings, unit) if args.reference_from else None
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
+    flops: list = []  # the reference's FLOPs per photo, counted after its timed units (count_flops)
     if reused:
         rows, a, b = one_at_a_time(__file__, common, args.work, env, args.pairs, names=("vpltool",))
         for row, earlier in zip(rows, reused["rows"]):
             row["reference"] = earlier
+        flops = reused["flops"] or []
     else:
-        rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs)
+        after = {"reference": lambda side: flops.extend(side.ask("flops") for _ in files)}
+        rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs,
+                                                                       after=after)
+    probes = gemm_probes(args.arch)  # the workers closed: the probes run alone
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     result = json.dumps({
-        "benchmark": f"{args.method}-vs-reference", "machine": benchlib.machine("cpu"), "threads": 1,
+        "benchmark": f"{args.method}-vs-reference", "machine": benchlib.machine("cpu", probes["default"]),
+        "threads": 1,
         "precision": "fp32", "sides": "one at a time, not alternated" if args.one_at_a_time else "alternated",
         "command": " ".join(["python", "bench/bench_activesam.py", *map(str, argv or sys.argv[1:])]),
         "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
@@ -359,6 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         "process_rss_peak_mib": {side: max((r[side].get("rss_peak_mib") or 0) for r in rows)
                                  for side in ("vpltool", "reference")},
         "goal": GOAL, "goal_met": bool(ratio <= GOAL),
+        **({"floor": floor_of(flops, rows, files, probes)} if flops else {}),
         "memory_goal_met": bool(max((r["vpltool"].get("unit_rss_peak_mib") or 0) for r in rows)
                                 <= max((r["reference"].get("unit_rss_peak_mib") or 0) for r in rows)),
         "outputs": {"scores_max_abs_diff": float((a["scores"] - b["scores"]).abs().max()),
