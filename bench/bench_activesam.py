@@ -31,11 +31,12 @@ A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--p
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
 the reference's, against the goal 0.8 (``ratio_spread``: the pairs' lowest and highest); the last unit's per-word
 scores and labels of the two sides are compared.
-The **floor** beside the ratio (:func:`floor_of`, issue 79's rule): after its timed units the reference's worker
-runs each photo once more, untimed, under torch's FLOP counter (:func:`count_flops`: every matrix product,
-convolution and attention from its shapes); once both workers are closed the driver measures this CPU's fp32 GEMM
-rate (:func:`gemm_probes`); the floor of a unit is the reference's FLOPs on its photo at the fastest rate, all
-other work free, over the reference's CPU-seconds on it: the least ratio the same arithmetic allows on this CPU.
+The **floor** beside the ratio (:func:`floor_of`, issue 79's rule): each worker's untimed warm-up unit runs under
+torch's FLOP counter (:func:`count_flops`: every matrix product, convolution and attention from its shapes), and
+after its timed units the reference's runs each other photo once more, untimed, counted (``vpltool_flops``: vpltool's
+warm-up photo's count, beside); once both workers are closed the driver measures this CPU's fp32 GEMM
+rate (:func:`gemm_probes`); the floor of a unit is the reference's FLOPs on its photo at the fastest rate, all other
+work free, over the reference's CPU-seconds on it: the least ratio the same arithmetic allows on this CPU.
 Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
 read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
 the unit (its process's own, the peak reset before each unit:
@@ -56,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -136,7 +138,7 @@ def reference_worker(args) -> None:
             seg._inference_single_view = inner
             return {"scores": seen["scores"], "pred": sample.data["pred_sem_seg"].data[0]}
 
-        finish(args, unit, lambda: files[state["k"] % len(files)])
+        finish(args, unit, files, state)
 
 
 def vpltool_worker(args) -> None:
@@ -169,15 +171,39 @@ def vpltool_worker(args) -> None:
         _, labels = dense.hooks.probabilities(bb, scores, query_class, n, dense.settings)
         return {"scores": scores, "pred": labels}
 
-    finish(args, unit, lambda: files[state["k"] % len(files)])
+    finish(args, unit, files, state)
 
 
-def finish(args, unit, next_photo) -> None:
-    """A worker's loop (:func:`sidebyside.serve`; its ``flops`` command: the next unit, untimed, under
-    :func:`count_flops`, with the photo's name), or with ``--profile N``: one unit profiled (:func:`cpu_profile`),
-    its ``N`` costliest operators and module classes written to stderr as JSON, the driver's protocol unused."""
+def finish(args, unit, files: list[Path], state: dict) -> None:
+    """A worker's loop (:func:`sidebyside.serve`), or with ``--profile N``: one unit profiled (:func:`cpu_profile`),
+    its ``N`` costliest operators and module classes written to stderr as JSON, the driver's protocol unused.
+    The worker's first unit (its untimed warm-up) runs under :func:`count_flops`; its ``flops`` command: each
+    photo's count, the photos not counted yet run once more (untimed, after the timed units); ``counted``: the
+    counts so far, nothing run. ``state["k"]``: the unit's next photo in ``files``."""
+    counted: dict = {}
+
+    def photo() -> str:
+        return files[state["k"] % len(files)].name
+
+    def warm_up_counted():
+        if counted:
+            return unit()
+        name = photo()
+        out, counted[name] = count_flops(unit)
+        return out
+
+    def flops() -> dict:
+        for _ in files:
+            name = photo()  # before the unit, which moves on to the next
+            if name in counted:
+                state["k"] += 1
+            else:
+                counted[name] = count_flops(unit)[1]
+        return {"flops": [{"photo": p, **c} for p, c in counted.items()]}
+
     if not args.profile:
-        serve(unit, trim=True, commands={"flops": lambda: {"photo": next_photo().name, **count_flops(unit)[1]}})
+        serve(warm_up_counted, trim=True,
+              commands={"flops": flops, "counted": lambda: {"flops": [{"photo": p, **c} for p, c in counted.items()]}})
         return
     prof = cpu_profile(unit, args.profile)
     print(f"{args.worker}: {prof['cpu_seconds']} CPU-s, {prof['ops_seconds']} in operators", file=sys.stderr)
@@ -247,15 +273,25 @@ def count_flops(fn) -> tuple[object, dict]:
     convolution (transposed too) and attention (``q kᵀ`` and ``· v``) it dispatched, from their shapes; all other
     work counts 0. The CPU's
     fused attention (``_scaled_dot_product_flash_attention_for_cpu``, what ``F.scaled_dot_product_attention`` runs
-    on a CPU) is missing from torch's table, so it is given SDPA's formula here."""
+    on a CPU) is missing from torch's table, so it is given SDPA's formula here, and oneDNN's and MKL's packed linear
+    layers (vpltool's products; the reference runs none) theirs."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     def cpu_sdpa(query_shape, key_shape, value_shape, *_, out_shape=None, **__) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
-    counter = FlopCounterMode(display=False,
-                              custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa})
+    def linear(x_shape, w_shape, *_, out_shape=None, **__) -> int:  # oneDNN's (x, w, ...): vpltool's products
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    def mkl_linear(x_shape, _packed, w_shape, *_, out_shape=None, **__) -> int:  # MKL's packed (x, packed, w, ...)
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
+               torch.ops.mkldnn._linear_pointwise: linear}
+    if hasattr(torch.ops.mkl, "_mkl_linear"):
+        mapping[torch.ops.mkl._mkl_linear] = mkl_linear
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with counter:
         out = fn()
     by_op = counter.get_flop_counts().get("Global", {})
@@ -277,15 +313,16 @@ def gemm_probes(arch: str) -> dict:
 def floor_of(flops: list[dict], rows: list[dict], files: list[Path], probes: dict) -> dict:
     """The floor under each timed unit on this CPU (issue 79's rule): the reference's GEMM, convolution and
     attention FLOPs on that unit's photo (``flops``: :func:`count_flops` per photo, its worker's ``flops``
-    command) at the fastest fp32 GEMM rate measured here (``probes``: :func:`gemm_probes`), all other work 0, over
-    the reference's CPU-seconds on that unit. Pair ``i`` timed photo ``(i + 1) % len(files)`` on both sides (a
-    warm-up unit each, the photos in turn)."""
+    command: its warm-up's photo and the others run once more) at the fastest fp32 GEMM rate measured here
+    (``probes``: :func:`gemm_probes`), all other work 0, over the reference's CPU-seconds on that unit. Pair ``i``
+    timed photo ``(i + 1) % len(files)`` on both sides (a warm-up unit each, the photos in turn)."""
     rates = {f"{shape}_{k[:-7]}": v for shape, r in probes.items() for k, v in r.items() if k.endswith("_gflops")}
     peak = max(rates.values())
     gflop = {f["photo"]: f["gflop"] for f in flops}
     per_pair = [gflop[files[(i + 1) % len(files)].name] / peak / row["reference"]["cpu"] for i, row in enumerate(rows)]
     return {"what": "the reference's GEMM, convolution and attention FLOPs on each photo (torch's FlopCounterMode "
-                    "over one untimed unit of the reference's worker after its timed ones) at the fastest fp32 GEMM "
+                    "over an untimed unit of the reference's worker: its warm-up, the other photos after its timed "
+                    "units) at the fastest fp32 GEMM "
                     "rate measured here (benchlib.gemm_rates' probes, one thread), all else 0, over the reference's "
                     "CPU-seconds on the unit of the same photo",
             "reference_flops": flops, "probes": probes, "rates_gflops_per_s": rates, "peak_gflops_per_s": peak,
@@ -389,14 +426,17 @@ def main(argv: list[str] | None = None) -> None:
                                                             for f in files)
     reused = reference_rows(args, settings, unit) if args.reference_from else None
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
-    flops: list = []  # the reference's FLOPs per photo, counted after its timed units (count_flops)
+    flops: list = []  # the reference's FLOPs per photo (its warm-up's counted, the other photos' after its units)
+    ours_flops: list = []  # vpltool's, its warm-up photo's: beside (torch's table and oneDNN's/MKL's linear)
+    count_ours = {"vpltool": lambda side: ours_flops.extend(side.ask("counted")["flops"])}
     if reused:
-        rows, a, b = one_at_a_time(__file__, common, args.work, env, args.pairs, names=("vpltool",))
+        rows, a, b = one_at_a_time(__file__, common, args.work, env, args.pairs, names=("vpltool",),
+                                   after=count_ours)
         for row, earlier in zip(rows, reused["rows"]):
             row["reference"] = earlier
         flops = reused["flops"] or []
     else:
-        after = {"reference": lambda side: flops.extend(side.ask("flops") for _ in files)}
+        after = {"reference": lambda side: flops.extend(side.ask("flops")["flops"]), **count_ours}
         rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs,
                                                                        after=after)
     probes = gemm_probes(args.arch)  # the workers closed: the probes run alone
@@ -426,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                                  for side in ("vpltool", "reference")},
         "goal": GOAL, "goal_met": bool(ratio <= GOAL),
         **({"floor": floor_of(flops, rows, files, probes)} if flops else {}),
+        **({"vpltool_flops": ours_flops} if ours_flops else {}),
         "memory_goal_met": bool(max((r["vpltool"].get("unit_rss_peak_mib") or 0) for r in rows)
                                 <= max((r["reference"].get("unit_rss_peak_mib") or 0) for r in rows)),
         "outputs": {"scores_max_abs_diff": float((a["scores"] - b["scores"]).abs().max()),

@@ -177,10 +177,13 @@ def test_bench_activesam_reuses_the_reference_of_an_earlier_run_of_the_same_sett
         ba.reference_rows(argparse.Namespace(**{**vars(args), "one_at_a_time": False}), settings, unit)
 
 
-def test_bench_activesam_floor_counts_the_products_convolutions_and_attention_at_the_fastest_rate():
+def test_bench_activesam_floor_counts_the_products_convolutions_and_attention_at_the_fastest_rate(monkeypatch):
     """count_flops: 2 x the multiply-adds of a linear layer, a CPU attention (torch's table leaves its fused op
-    out), a convolution and a batched product, by hand; floor_of: each pair's photo's FLOPs at the fastest probe
-    over the reference's CPU-seconds on it (pair i timed photo (i + 1) % n)."""
+    out), a convolution and a batched product, by hand; a worker counts its warm-up unit's photo, then on ``flops``
+    runs the photos not counted yet once more; floor_of: each pair's photo's FLOPs at the fastest probe over the
+    reference's CPU-seconds on it (pair i timed photo (i + 1) % n)."""
+    import argparse
+
     import torch
     import torch.nn.functional as F
 
@@ -202,7 +205,21 @@ def test_bench_activesam_floor_counts_the_products_convolutions_and_attention_at
                                            "aten.convolution", "aten.bmm"}
     assert torch.equal(out[2], F.conv2d(img, cw))  # the unit's own output, not a stand-in
 
-    files = [Path("a.jpg"), Path("b.jpg")]
+    files, state, seen, served = [Path("a.jpg"), Path("b.jpg")], {"k": 0}, [], {}
+
+    def photo_unit():
+        seen.append(files[state["k"] % 2].name)
+        state["k"] += 1
+        return torch.ones(3, 4) @ torch.ones(4, 5 if seen[-1] == "a.jpg" else 7)
+
+    monkeypatch.setattr(ba, "serve", lambda unit, trim, commands: served.update(unit=unit, commands=commands))
+    ba.finish(argparse.Namespace(profile=0), photo_unit, files, state)
+    served["unit"](), served["unit"]()  # the warm-up (a.jpg, counted), a timed unit (b.jpg)
+    assert [(f["photo"], round(f["gflop"] * 1e9)) for f in served["commands"]["counted"]()["flops"]] == [("a.jpg", 120)]
+    counts = served["commands"]["flops"]()["flops"]
+    assert seen == ["a.jpg", "b.jpg", "b.jpg"] and [(f["photo"], round(f["gflop"] * 1e9)) for f in counts] == [
+        ("a.jpg", 120), ("b.jpg", 168)]
+
     flops = [{"photo": "b.jpg", "gflop": 300.0}, {"photo": "a.jpg", "gflop": 200.0}]
     rows = [{"reference": {"cpu": 6.0}}, {"reference": {"cpu": 4.0}}, {"reference": {"cpu": 3.0}}]
     floor = ba.floor_of(flops, rows, files, {"default": {"shape": "x", "mkl_gflops": 80.0, "onednn_gflops": 100.0},
