@@ -37,6 +37,8 @@ after its timed units the reference's runs each other photo once more, untimed, 
 warm-up photo's count, beside); once both workers are closed the driver measures this CPU's fp32 GEMM
 rate (:func:`gemm_probes`); the floor of a unit is the reference's FLOPs on its photo at the fastest rate, all other
 work free, over the reference's CPU-seconds on it: the least ratio the same arithmetic allows on this CPU.
+``--floor-from JSON``: the floor of an earlier result alone (:func:`floor_from`): the reference's worker counts the
+first ``--images`` photos (nothing timed), the probes run, and the earlier run's pairs on those photos get theirs.
 Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
 read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
 the unit (its process's own, the peak reset before each unit:
@@ -315,11 +317,14 @@ def floor_of(flops: list[dict], rows: list[dict], files: list[Path], probes: dic
     attention FLOPs on that unit's photo (``flops``: :func:`count_flops` per photo, its worker's ``flops``
     command: its warm-up's photo and the others run once more) at the fastest fp32 GEMM rate measured here
     (``probes``: :func:`gemm_probes`), all other work 0, over the reference's CPU-seconds on that unit. Pair ``i``
-    timed photo ``(i + 1) % len(files)`` on both sides (a warm-up unit each, the photos in turn)."""
+    timed photo ``(i + 1) % len(files)`` on both sides (a warm-up unit each, the photos in turn); a pair whose
+    photo was not counted (``--floor-from`` with fewer ``--images``) has None, the median is over the others."""
     rates = {f"{shape}_{k[:-7]}": v for shape, r in probes.items() for k, v in r.items() if k.endswith("_gflops")}
     peak = max(rates.values())
     gflop = {f["photo"]: f["gflop"] for f in flops}
-    per_pair = [gflop[files[(i + 1) % len(files)].name] / peak / row["reference"]["cpu"] for i, row in enumerate(rows)]
+    per_pair = [gflop[files[(i + 1) % len(files)].name] / peak / row["reference"]["cpu"]
+                if files[(i + 1) % len(files)].name in gflop else None for i, row in enumerate(rows)]
+    known = [f for f in per_pair if f is not None]
     return {"what": "the reference's GEMM, convolution and attention FLOPs on each photo (torch's FlopCounterMode "
                     "over an untimed unit of the reference's worker: its warm-up, the other photos after its timed "
                     "units) at the fastest fp32 GEMM "
@@ -327,8 +332,48 @@ def floor_of(flops: list[dict], rows: list[dict], files: list[Path], probes: dic
                     "CPU-seconds on the unit of the same photo",
             "reference_flops": flops, "probes": probes, "rates_gflops_per_s": rates, "peak_gflops_per_s": peak,
             "floor_s_per_photo": {p: round(g / peak, 2) for p, g in gflop.items()},
-            "floor_over_reference": [round(f, 3) for f in per_pair],
-            "floor_over_reference_median": round(statistics.median(per_pair), 3)}
+            "floor_over_reference": [None if f is None else round(f, 3) for f in per_pair],
+            "floor_over_reference_median": round(statistics.median(known), 3) if known else None}
+
+
+def floor_from(args, settings: dict, common: list, env: dict, files: list[Path]) -> dict:
+    """``--floor-from JSON``: the floor (:func:`floor_of`) of an earlier result of the same method, model, settings,
+    class set and reference commit (one line naming what differs otherwise), its timed pairs as they are: the
+    reference's worker alone counts this run's photos (its warm-up, then ``flops``; nothing timed), then the GEMM
+    probes run. The first ``--images`` photos of that run's: pairs on a photo not counted have no floor."""
+    import activesam_parity as ap
+    from sidebyside import Side
+
+    path = args.floor_from
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--floor-from {path}: not a result of this bench ({e}); give the JSON an earlier run "
+                         "wrote with --out") from None
+    own = {"benchmark": f"{args.method}-vs-reference", "model": MODELS[args.arch], "settings": settings,
+           "class_set": args.class_set, "classes": args.classes,
+           "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)}}
+    differs = [key for key, value in own.items() if earlier.get(key) != value]
+    if differs or not earlier.get("pairs"):
+        raise SystemExit(f"--floor-from {path}: measured another run ({', '.join(differs) or 'no pairs'} differ); "
+                         "give the same --method, --arch, --settings and thresholds")
+    side = Side("reference", [sys.executable, __file__, "--worker", "reference", *common], args.work / "reference.log",
+                env)
+    try:
+        warm_up = side.run()  # untimed: its photo counted as it runs
+        flops = side.ask("flops")["flops"]
+    finally:
+        side.close()
+    probes = gemm_probes(args.arch)
+    import re
+
+    taken = re.search(r"(\d+) in turn", earlier.get("unit", ""))  # "one photo, N in turn: WxH, ..."
+    earlier_files = photos(args.work, int(taken.group(1)) if taken else len(files))
+    return {"benchmark": f"{args.method}-vs-reference-floor", "floor_of": str(path), "of_command": earlier["command"],
+            "of_vpltool_commit": earlier.get("vpltool_commit"), "of_load_average_1min": earlier.get(
+                "load_average_1min"), "ratios": earlier.get("ratios"), "ratio_median": earlier.get("ratio_median"),
+            "photos_counted": [f.name for f in files], "counting_unit_cpu_s": round(warm_up["cpu"], 1),
+            "floor": floor_of(flops, earlier["pairs"], earlier_files, probes)}
 
 
 def reference_rows(args, settings: dict, unit: str) -> dict:
@@ -386,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     ap_.add_argument("--reference-from", type=Path, default=None, metavar="JSON",
                      help="with --one-at-a-time: the reference's units from this earlier result of the same settings "
                           "(its outputs from --work's reference_out.pt); vpltool's side alone is run")
+    ap_.add_argument("--floor-from", type=Path, default=None, metavar="JSON",
+                     help="the floor of this earlier result alone: the reference's FLOPs on the first --images "
+                          "photos counted, nothing timed")
     ap_.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap_.add_argument("--worker", choices=("reference", "vpltool"), help=argparse.SUPPRESS)
     ap_.add_argument("--profile", type=int, default=0, metavar="N",
@@ -424,6 +472,22 @@ def main(argv: list[str] | None = None) -> None:
     files = photos(args.work, args.images, args.photo)
     unit = f"one photo, {len(files)} in turn: " + ", ".join(f"{Image.open(f).size[0]}x{Image.open(f).size[1]}"
                                                             for f in files)
+    if args.floor_from:
+        import benchlib
+
+        load_before = round(os.getloadavg()[0], 2)
+        floor = floor_from(args, settings, common, env, files)
+        result = json.dumps({**floor, "machine": benchlib.machine("cpu", floor["floor"]["probes"]["default"]),
+                             "threads": 1, "precision": "fp32",
+                             "command": " ".join(["python", "bench/bench_activesam.py",
+                                                  *map(str, argv or sys.argv[1:])]),
+                             "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
+                             "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)}},
+                            indent=1)
+        print(result)
+        if args.out:
+            args.out.write_text(result + "\n")
+        return
     reused = reference_rows(args, settings, unit) if args.reference_from else None
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
     flops: list = []  # the reference's FLOPs per photo (its warm-up's counted, the other photos' after its units)

@@ -226,3 +226,5 @@ def test_bench_activesam_floor_counts_the_products_convolutions_and_attention_at
                                              "sam3_vit_mlp": {"shape": "y", "mkl_gflops": 90.0}})
     assert floor["peak_gflops_per_s"] == 100.0 and floor["floor_s_per_photo"] == {"b.jpg": 3.0, "a.jpg": 2.0}
     assert floor["floor_over_reference"] == [0.5, 0.5, 1.0] and floor["floor_over_reference_median"] == 0.5
+    floor = ba.floor_of(flops[1:], rows, files, {"default": {"mkl_gflops": 100.0}})  # --floor-from, a.jpg alone
+    assert floor["floor_over_reference"] == [None, 0.5, None] and floor["floor_over_reference_median"] == 0.5
