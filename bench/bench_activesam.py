@@ -31,6 +31,14 @@ A unit is one photo, the photos taken in turn. One warm-up unit each, then ``--p
 every pair; per unit the process's CPU-seconds. The figure is the median over the pairs of vpltool's CPU-seconds over
 the reference's, against the goal 0.8 (``ratio_spread``: the pairs' lowest and highest); the last unit's per-word
 scores and labels of the two sides are compared.
+The **floor** beside the ratio (:func:`floor_of`, issue 79's rule): each worker's untimed warm-up unit runs under
+torch's FLOP counter (:func:`count_flops`: every matrix product, convolution and attention from its shapes), and
+after its timed units the reference's runs each other photo once more, untimed, counted (``vpltool_flops``: vpltool's
+warm-up photo's count, beside); once both workers are closed the driver measures this CPU's fp32 GEMM
+rate (:func:`gemm_probes`); the floor of a unit is the reference's FLOPs on its photo at the fastest rate, all other
+work free, over the reference's CPU-seconds on it: the least ratio the same arithmetic allows on this CPU.
+``--floor-from JSON``: the floor of an earlier result alone (:func:`floor_from`): the reference's worker counts the
+first ``--images`` photos (nothing timed), the probes run, and the earlier run's pairs on those photos get theirs.
 Each worker gives its heap's free pages back once built (``sidebyside.trim_heap``: what loading freed, a checkpoint
 read whole then copied into the model, leaves the resident memory). Per unit each side's peak resident memory during
 the unit (its process's own, the peak reset before each unit:
@@ -51,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -131,7 +140,7 @@ def reference_worker(args) -> None:
             seg._inference_single_view = inner
             return {"scores": seen["scores"], "pred": sample.data["pred_sem_seg"].data[0]}
 
-        finish(args, unit)
+        finish(args, unit, files, state)
 
 
 def vpltool_worker(args) -> None:
@@ -164,14 +173,39 @@ def vpltool_worker(args) -> None:
         _, labels = dense.hooks.probabilities(bb, scores, query_class, n, dense.settings)
         return {"scores": scores, "pred": labels}
 
-    finish(args, unit)
+    finish(args, unit, files, state)
 
 
-def finish(args, unit) -> None:
+def finish(args, unit, files: list[Path], state: dict) -> None:
     """A worker's loop (:func:`sidebyside.serve`), or with ``--profile N``: one unit profiled (:func:`cpu_profile`),
-    its ``N`` costliest operators and module classes written to stderr as JSON, the driver's protocol unused."""
+    its ``N`` costliest operators and module classes written to stderr as JSON, the driver's protocol unused.
+    The worker's first unit (its untimed warm-up) runs under :func:`count_flops`; its ``flops`` command: each
+    photo's count, the photos not counted yet run once more (untimed, after the timed units); ``counted``: the
+    counts so far, nothing run. ``state["k"]``: the unit's next photo in ``files``."""
+    counted: dict = {}
+
+    def photo() -> str:
+        return files[state["k"] % len(files)].name
+
+    def warm_up_counted():
+        if counted:
+            return unit()
+        name = photo()
+        out, counted[name] = count_flops(unit)
+        return out
+
+    def flops() -> dict:
+        for _ in files:
+            name = photo()  # before the unit, which moves on to the next
+            if name in counted:
+                state["k"] += 1
+            else:
+                counted[name] = count_flops(unit)[1]
+        return {"flops": [{"photo": p, **c} for p, c in counted.items()]}
+
     if not args.profile:
-        serve(unit, trim=True)
+        serve(warm_up_counted, trim=True,
+              commands={"flops": flops, "counted": lambda: {"flops": [{"photo": p, **c} for p, c in counted.items()]}})
         return
     prof = cpu_profile(unit, args.profile)
     print(f"{args.worker}: {prof['cpu_seconds']} CPU-s, {prof['ops_seconds']} in operators", file=sys.stderr)
@@ -235,6 +269,113 @@ def cpu_profile(unit, top: int) -> dict:
                  for n in {k.split(" ")[0] for k in ops}}).most_common(top)]}
 
 
+def count_flops(fn) -> tuple[object, dict]:
+    """One call of ``fn`` under torch's ``FlopCounterMode``: its output and ``{"gflop", "by_op_gflop"}`` (per op,
+    rounded to 1e-3), the multiply-adds (x2) of every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``),
+    convolution (transposed too) and attention (``q kᵀ`` and ``· v``) it dispatched, from their shapes; all other
+    work counts 0. The CPU's
+    fused attention (``_scaled_dot_product_flash_attention_for_cpu``, what ``F.scaled_dot_product_attention`` runs
+    on a CPU) is missing from torch's table, so it is given SDPA's formula here, and oneDNN's and MKL's packed linear
+    layers (vpltool's products; the reference runs none) theirs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *_, out_shape=None, **__) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def linear(x_shape, w_shape, *_, out_shape=None, **__) -> int:  # oneDNN's (x, w, ...): vpltool's products
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    def mkl_linear(x_shape, _packed, w_shape, *_, out_shape=None, **__) -> int:  # MKL's packed (x, packed, w, ...)
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
+               torch.ops.mkldnn._linear_pointwise: linear}
+    if hasattr(torch.ops.mkl, "_mkl_linear"):
+        mapping[torch.ops.mkl._mkl_linear] = mkl_linear
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        out = fn()
+    by_op = counter.get_flop_counts().get("Global", {})
+    return out, {"gflop": counter.get_total_flops() / 1e9,
+                 "by_op_gflop": {str(k): round(v / 1e9, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
+
+
+def gemm_probes(arch: str) -> dict:
+    """This CPU's fp32 GEMM rates as the harness measures them (:func:`benchlib.gemm_rates`: MKL, oneDNN, MKL's
+    packed; one thread), on its default product and, ``arch`` full, on the SAM 3 ViT's MLP at 1008 pixels
+    (``[5184, 1024] x [1024, 4736]``, the unit's largest product): ``{shape: rates}``."""
+    import benchlib
+
+    shapes = {"default": {}, **({"sam3_vit_mlp": {"rows": 5184, "k": 1024, "n": 4736, "repeats": 2}}
+                                if arch == "full" else {})}
+    return {name: benchlib.gemm_rates(**kw) for name, kw in shapes.items()}
+
+
+def floor_of(flops: list[dict], rows: list[dict], files: list[Path], probes: dict) -> dict:
+    """The floor under each timed unit on this CPU (issue 79's rule): the reference's GEMM, convolution and
+    attention FLOPs on that unit's photo (``flops``: :func:`count_flops` per photo, its worker's ``flops``
+    command: its warm-up's photo and the others run once more) at the fastest fp32 GEMM rate measured here
+    (``probes``: :func:`gemm_probes`), all other work 0, over the reference's CPU-seconds on that unit. Pair ``i``
+    timed photo ``(i + 1) % len(files)`` on both sides (a warm-up unit each, the photos in turn); a pair whose
+    photo was not counted (``--floor-from`` with fewer ``--images``) has None, the median is over the others."""
+    rates = {f"{shape}_{k[:-7]}": v for shape, r in probes.items() for k, v in r.items() if k.endswith("_gflops")}
+    peak = max(rates.values())
+    gflop = {f["photo"]: f["gflop"] for f in flops}
+    per_pair = [gflop[files[(i + 1) % len(files)].name] / peak / row["reference"]["cpu"]
+                if files[(i + 1) % len(files)].name in gflop else None for i, row in enumerate(rows)]
+    known = [f for f in per_pair if f is not None]
+    return {"what": "the reference's GEMM, convolution and attention FLOPs on each photo (torch's FlopCounterMode "
+                    "over an untimed unit of the reference's worker: its warm-up, the other photos after its timed "
+                    "units) at the fastest fp32 GEMM "
+                    "rate measured here (benchlib.gemm_rates' probes, one thread), all else 0, over the reference's "
+                    "CPU-seconds on the unit of the same photo",
+            "reference_flops": flops, "probes": probes, "rates_gflops_per_s": rates, "peak_gflops_per_s": peak,
+            "floor_s_per_photo": {p: round(g / peak, 2) for p, g in gflop.items()},
+            "floor_over_reference": [None if f is None else round(f, 3) for f in per_pair],
+            "floor_over_reference_median": round(statistics.median(known), 3) if known else None}
+
+
+def floor_from(args, settings: dict, common: list, env: dict, files: list[Path]) -> dict:
+    """``--floor-from JSON``: the floor (:func:`floor_of`) of an earlier result of the same method, model, settings,
+    class set and reference commit (one line naming what differs otherwise), its timed pairs as they are: the
+    reference's worker alone counts this run's photos (its warm-up, then ``flops``; nothing timed), then the GEMM
+    probes run. The first ``--images`` photos of that run's: pairs on a photo not counted have no floor."""
+    import activesam_parity as ap
+    from sidebyside import Side
+
+    path = args.floor_from
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--floor-from {path}: not a result of this bench ({e}); give the JSON an earlier run "
+                         "wrote with --out") from None
+    own = {"benchmark": f"{args.method}-vs-reference", "model": MODELS[args.arch], "settings": settings,
+           "class_set": args.class_set, "classes": args.classes,
+           "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)}}
+    differs = [key for key, value in own.items() if earlier.get(key) != value]
+    if differs or not earlier.get("pairs"):
+        raise SystemExit(f"--floor-from {path}: measured another run ({', '.join(differs) or 'no pairs'} differ); "
+                         "give the same --method, --arch, --settings and thresholds")
+    side = Side("reference", [sys.executable, __file__, "--worker", "reference", *common], args.work / "reference.log",
+                env)
+    try:
+        warm_up = side.run()  # untimed: its photo counted as it runs
+        flops = side.ask("flops")["flops"]
+    finally:
+        side.close()
+    probes = gemm_probes(args.arch)
+    import re
+
+    taken = re.search(r"(\d+) in turn", earlier.get("unit", ""))  # "one photo, N in turn: WxH, ..."
+    earlier_files = photos(args.work, int(taken.group(1)) if taken else len(files))
+    return {"benchmark": f"{args.method}-vs-reference-floor", "floor_of": str(path), "of_command": earlier["command"],
+            "of_vpltool_commit": earlier.get("vpltool_commit"), "of_load_average_1min": earlier.get(
+                "load_average_1min"), "ratios": earlier.get("ratios"), "ratio_median": earlier.get("ratio_median"),
+            "photos_counted": [f.name for f in files], "counting_unit_cpu_s": round(warm_up["cpu"], 1),
+            "floor": floor_of(flops, earlier["pairs"], earlier_files, probes)}
+
+
 def reference_rows(args, settings: dict, unit: str) -> dict:
     """``--reference-from``: the earlier result's reference rows (``{"rows": [...], "note": {...}}``), after checking
     that it measured what this run measures (method, model, settings, class set, classes, photos, pairs, the clone's
@@ -263,7 +404,8 @@ def reference_rows(args, settings: dict, unit: str) -> dict:
                          "that run left in its --work); copy it there, or run both sides")
     note = {"file": str(path), "command": earlier.get("command"), "vpltool_commit": earlier.get("vpltool_commit"),
             "load_average_1min": earlier.get("load_average_1min", earlier.get("machine", {}).get("load_average_1min"))}
-    return {"rows": [pair["reference"] for pair in earlier["pairs"]], "note": note}
+    return {"rows": [pair["reference"] for pair in earlier["pairs"]], "note": note,
+            "flops": (earlier.get("floor") or {}).get("reference_flops")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
     ap_.add_argument("--reference-from", type=Path, default=None, metavar="JSON",
                      help="with --one-at-a-time: the reference's units from this earlier result of the same settings "
                           "(its outputs from --work's reference_out.pt); vpltool's side alone is run")
+    ap_.add_argument("--floor-from", type=Path, default=None, metavar="JSON",
+                     help="the floor of this earlier result alone: the reference's FLOPs on the first --images "
+                          "photos counted, nothing timed")
     ap_.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap_.add_argument("--worker", choices=("reference", "vpltool"), help=argparse.SUPPRESS)
     ap_.add_argument("--profile", type=int, default=0, metavar="N",
@@ -327,18 +472,43 @@ def main(argv: list[str] | None = None) -> None:
     files = photos(args.work, args.images, args.photo)
     unit = f"one photo, {len(files)} in turn: " + ", ".join(f"{Image.open(f).size[0]}x{Image.open(f).size[1]}"
                                                             for f in files)
+    if args.floor_from:
+        import benchlib
+
+        load_before = round(os.getloadavg()[0], 2)
+        floor = floor_from(args, settings, common, env, files)
+        result = json.dumps({**floor, "machine": benchlib.machine("cpu", floor["floor"]["probes"]["default"]),
+                             "threads": 1, "precision": "fp32",
+                             "command": " ".join(["python", "bench/bench_activesam.py",
+                                                  *map(str, argv or sys.argv[1:])]),
+                             "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
+                             "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)}},
+                            indent=1)
+        print(result)
+        if args.out:
+            args.out.write_text(result + "\n")
+        return
     reused = reference_rows(args, settings, unit) if args.reference_from else None
     load_before, start = round(os.getloadavg()[0], 2), time.perf_counter()
+    flops: list = []  # the reference's FLOPs per photo (its warm-up's counted, the other photos' after its units)
+    ours_flops: list = []  # vpltool's, its warm-up photo's: beside (torch's table and oneDNN's/MKL's linear)
+    count_ours = {"vpltool": lambda side: ours_flops.extend(side.ask("counted")["flops"])}
     if reused:
-        rows, a, b = one_at_a_time(__file__, common, args.work, env, args.pairs, names=("vpltool",))
+        rows, a, b = one_at_a_time(__file__, common, args.work, env, args.pairs, names=("vpltool",),
+                                   after=count_ours)
         for row, earlier in zip(rows, reused["rows"]):
             row["reference"] = earlier
+        flops = reused["flops"] or []
     else:
-        rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs)
+        after = {"reference": lambda side: flops.extend(side.ask("flops")["flops"]), **count_ours}
+        rows, a, b = (one_at_a_time if args.one_at_a_time else race)(__file__, common, args.work, env, args.pairs,
+                                                                       after=after)
+    probes = gemm_probes(args.arch)  # the workers closed: the probes run alone
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     result = json.dumps({
-        "benchmark": f"{args.method}-vs-reference", "machine": benchlib.machine("cpu"), "threads": 1,
+        "benchmark": f"{args.method}-vs-reference", "machine": benchlib.machine("cpu", probes["default"]),
+        "threads": 1,
         "precision": "fp32", "sides": "one at a time, not alternated" if args.one_at_a_time else "alternated",
         "command": " ".join(["python", "bench/bench_activesam.py", *map(str, argv or sys.argv[1:])]),
         "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
@@ -359,6 +529,8 @@ def main(argv: list[str] | None = None) -> None:
         "process_rss_peak_mib": {side: max((r[side].get("rss_peak_mib") or 0) for r in rows)
                                  for side in ("vpltool", "reference")},
         "goal": GOAL, "goal_met": bool(ratio <= GOAL),
+        **({"floor": floor_of(flops, rows, files, probes)} if flops else {}),
+        **({"vpltool_flops": ours_flops} if ours_flops else {}),
         "memory_goal_met": bool(max((r["vpltool"].get("unit_rss_peak_mib") or 0) for r in rows)
                                 <= max((r["reference"].get("unit_rss_peak_mib") or 0) for r in rows)),
         "outputs": {"scores_max_abs_diff": float((a["scores"] - b["scores"]).abs().max()),

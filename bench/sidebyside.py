@@ -10,6 +10,8 @@ A worker builds its models once, then answers one line per command on a private 
   process's peak resident memory so far (:func:`peak_rss_mib`: its building included) and the peak during the unit
   alone (Linux's peak reset before it, :func:`reset_peak`; None where it cannot be reset);
 * ``save PATH``: ``torch.save`` of what the last unit returned (the driver compares the two sides' outputs);
+* any word of the worker's own ``commands`` (:func:`serve`): that function's dict as one JSON line (untimed work
+  after the timed units, e.g. a bench's FLOP count of a unit: :meth:`Side.ask`);
 * ``quit``.
 """
 
@@ -70,9 +72,11 @@ def trim_heap() -> None:
         pass
 
 
-def serve(unit: Callable[[], object], trim: bool = False) -> None:
+def serve(unit: Callable[[], object], trim: bool = False,
+          commands: dict[str, Callable[[], dict]] | None = None) -> None:
     """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit;
-    ``trim``: :func:`trim_heap` once first (both sides of a bench alike)."""
+    ``trim``: :func:`trim_heap` once first (both sides of a bench alike); ``commands``: more words, each answered
+    with its function's dict as one JSON line."""
     if trim:
         trim_heap()
     claim_stdout()
@@ -94,6 +98,8 @@ def serve(unit: Callable[[], object], trim: bool = False) -> None:
 
             torch.save(out, cmd[5:])
             print("saved", file=proto)
+        elif cmd in (commands or {}):
+            print(json.dumps(commands[cmd]()), file=proto)
         elif cmd == "quit":
             return
 
@@ -125,6 +131,11 @@ class Side:
         self.proc.stdin.write("run\n")
         return json.loads(self._line())
 
+    def ask(self, word: str) -> dict:
+        """One of the worker's own commands (:func:`serve`'s ``commands``): its answer."""
+        self.proc.stdin.write(f"{word}\n")
+        return json.loads(self._line())
+
     def save(self, path: Path) -> None:
         self.proc.stdin.write(f"save {path}\n")
         self._expect("saved")
@@ -151,10 +162,12 @@ def alternate(first: Side, second: Side, pairs: int) -> list[dict]:
     return rows
 
 
-def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[list[dict], object, object]:
+def race(script: str, common: list, work: Path, env: dict, pairs: int,
+         after: dict[str, Callable[[Side], None]] | None = None) -> tuple[list[dict], object, object]:
     """A side-by-side bench's two workers (``script --worker vpltool|reference *common``, their logs in ``work``)
     timed in ``pairs`` alternating pairs, the reference first (:func:`alternate`); returns those rows and each
-    side's outputs (vpltool's, then the reference's), saved to ``work`` and read back. Both workers are closed
+    side's outputs (vpltool's, then the reference's), saved to ``work`` and read back. ``after``: per side name, a
+    function given that side once its outputs are saved (untimed work: :meth:`Side.ask`). Both workers are closed
     whatever happens."""
     import torch
 
@@ -164,6 +177,8 @@ def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[
         rows = alternate(ref, ours, pairs)
         ours.save(work / "vpltool_out.pt")
         ref.save(work / "reference_out.pt")
+        for side in (ref, ours):
+            (after or {}).get(side.name, lambda _: None)(side)
     finally:
         ours.close()
         ref.close()
@@ -171,12 +186,13 @@ def race(script: str, common: list, work: Path, env: dict, pairs: int) -> tuple[
 
 
 def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int,
-                  names: tuple[str, ...] = ("reference", "vpltool")) -> tuple[list[dict], object, object]:
+                  names: tuple[str, ...] = ("reference", "vpltool"),
+                  after: dict[str, Callable[[Side], None]] | None = None) -> tuple[list[dict], object, object]:
     """:func:`race`'s rows and outputs with one worker alive at a time (where two models do not fit in memory):
     the reference's worker does its warm-up unit and ``pairs`` units, then is closed, then vpltool's the same. The
     sides do not alternate: a drift of the machine's load falls on one side alone (say so beside the figure).
     ``names`` without ``"reference"``: vpltool's side alone, the reference's outputs read from ``work`` as an
-    earlier run left them (its rows are the caller's)."""
+    earlier run left them (its rows are the caller's). ``after``: as :func:`race`'s, before that side is closed."""
     import torch
 
     rows: list[dict] = [{} for _ in range(pairs)]
@@ -188,6 +204,7 @@ def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int,
                 row[name] = side.run()
                 print(json.dumps({"unit": name, **row[name]}), file=sys.stderr, flush=True)
             side.save(work / f"{name}_out.pt")
+            (after or {}).get(name, lambda _: None)(side)
         finally:
             side.close()
     return rows, torch.load(work / "vpltool_out.pt"), torch.load(work / "reference_out.pt")

@@ -550,6 +550,16 @@ def sam3_side_by_side_section(d: dict) -> list[str]:
     lines = table(["model", "unit", "words", "settings", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
                    f"goal ≤ {d['goal']}", "peak RSS in a photo, MiB (vpltool / reference)", "outputs"], rows,
                   "lllrrrrlll")
+    floor = d.get("floor")
+    if floor:  # issue 79's rule: the least ratio the reference's arithmetic allows on this CPU
+        gflop = sorted({round(f["gflop"]) for f in floor["reference_flops"]})
+        lines += ["", f"The floor: the reference's products, convolutions and attention, "
+                      f"{' / '.join(num(g, 5) for g in gflop)} GFLOP a photo, at the fastest GEMM rate measured here "
+                      f"({num(floor['peak_gflops_per_s'])} GFLOP/s), all else free: "
+                      f"{', '.join(num(v) for v in floor['floor_s_per_photo'].values())} s a photo, "
+                      f"{json.dumps(floor['floor_over_reference'])} of the reference's CPU-seconds per pair "
+                      f"(median {num(floor['floor_over_reference_median'])}) beside the ratio "
+                      f"{num(d['ratio_median'])}."]
     reused = d.get("reference_from")
     if reused:  # --reference-from: vpltool's side alone ran, the reference's units are an earlier run's
         lines += ["", f"The reference's units and outputs are those of an earlier run of the same settings "

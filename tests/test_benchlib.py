@@ -186,3 +186,56 @@ def test_bench_activesam_reuses_the_reference_of_an_earlier_run_of_the_same_sett
         ba.reference_rows(argparse.Namespace(**{**vars(args), "pairs": 2}), settings, unit)
     with pytest.raises(SystemExit, match="add --one-at-a-time"):
         ba.reference_rows(argparse.Namespace(**{**vars(args), "one_at_a_time": False}), settings, unit)
+
+
+def test_bench_activesam_floor_counts_the_products_convolutions_and_attention_at_the_fastest_rate(monkeypatch):
+    """count_flops: 2 x the multiply-adds of a linear layer, a CPU attention (torch's table leaves its fused op
+    out), a convolution and a batched product, by hand; a worker counts its warm-up unit's photo, then on ``flops``
+    runs the photos not counted yet once more; floor_of: each pair's photo's FLOPs at the fastest probe over the
+    reference's CPU-seconds on it (pair i timed photo (i + 1) % n)."""
+    import argparse
+
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(ROOT / "parity"))
+    import bench_activesam as ba
+
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(2, 5, 8, generator=gen), torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen)
+    q, k, v = (torch.randn(1, 2, n, 4, generator=gen) for n in (7, 9, 9))
+    img, cw = torch.randn(1, 3, 10, 10, generator=gen), torch.randn(4, 3, 3, 3, generator=gen)
+
+    def unit():
+        return F.linear(x, w, b), F.scaled_dot_product_attention(q, k, v), F.conv2d(img, cw), x @ x.transpose(1, 2)
+
+    out, counted = ba.count_flops(unit)
+    linear, attention, conv, bmm = 2 * 10 * 8 * 6, 2 * 2 * (2 * 7 * 9 * 4), 2 * 4 * 8 * 8 * 27, 2 * 2 * 5 * 8 * 5
+    assert counted["gflop"] * 1e9 == pytest.approx(linear + attention + conv + bmm, abs=1e-6)
+    assert set(counted["by_op_gflop"]) == {"aten.addmm", "aten._scaled_dot_product_flash_attention_for_cpu",
+                                           "aten.convolution", "aten.bmm"}
+    assert torch.equal(out[2], F.conv2d(img, cw))  # the unit's own output, not a stand-in
+
+    files, state, seen, served = [Path("a.jpg"), Path("b.jpg")], {"k": 0}, [], {}
+
+    def photo_unit():
+        seen.append(files[state["k"] % 2].name)
+        state["k"] += 1
+        return torch.ones(3, 4) @ torch.ones(4, 5 if seen[-1] == "a.jpg" else 7)
+
+    monkeypatch.setattr(ba, "serve", lambda unit, trim, commands: served.update(unit=unit, commands=commands))
+    ba.finish(argparse.Namespace(profile=0), photo_unit, files, state)
+    served["unit"](), served["unit"]()  # the warm-up (a.jpg, counted), a timed unit (b.jpg)
+    assert [(f["photo"], round(f["gflop"] * 1e9)) for f in served["commands"]["counted"]()["flops"]] == [("a.jpg", 120)]
+    counts = served["commands"]["flops"]()["flops"]
+    assert seen == ["a.jpg", "b.jpg", "b.jpg"] and [(f["photo"], round(f["gflop"] * 1e9)) for f in counts] == [
+        ("a.jpg", 120), ("b.jpg", 168)]
+
+    flops = [{"photo": "b.jpg", "gflop": 300.0}, {"photo": "a.jpg", "gflop": 200.0}]
+    rows = [{"reference": {"cpu": 6.0}}, {"reference": {"cpu": 4.0}}, {"reference": {"cpu": 3.0}}]
+    floor = ba.floor_of(flops, rows, files, {"default": {"shape": "x", "mkl_gflops": 80.0, "onednn_gflops": 100.0},
+                                             "sam3_vit_mlp": {"shape": "y", "mkl_gflops": 90.0}})
+    assert floor["peak_gflops_per_s"] == 100.0 and floor["floor_s_per_photo"] == {"b.jpg": 3.0, "a.jpg": 2.0}
+    assert floor["floor_over_reference"] == [0.5, 0.5, 1.0] and floor["floor_over_reference_median"] == 0.5
+    floor = ba.floor_of(flops[1:], rows, files, {"default": {"mkl_gflops": 100.0}})  # --floor-from, a.jpg alone
+    assert floor["floor_over_reference"] == [None, 0.5, None] and floor["floor_over_reference_median"] == 0.5

@@ -150,3 +150,21 @@ def test_the_layouts_leave_training_to_transformers_own_forward(model):
     with torch.no_grad():
         torch.testing.assert_close(decoder._get_rpb_matrix(boxes, (torch.tensor(3), torch.tensor(5))), bias,
                                    rtol=0, atol=0)
+
+
+def test_the_feed_forward_a_few_rows_at_a_time_is_transformers_feed_forward(model, monkeypatch):
+    """More rows than twice FFN_ROWS (a ragged last block): transformers' numbers within float rounding, the
+    blocks' rows in place; reproducible mode: transformers' bits."""
+    ours = copy.deepcopy(model.model.detr_encoder.layers[0].mlp)
+    assert isinstance(ours, sam3_fast.FusedReluMLP)
+    plain = copy.deepcopy(ours)
+    plain.__class__ = hf.Sam3MLP
+    monkeypatch.setattr(sam3_fast, "FFN_ROWS", 8)
+    x = torch.randn(2, 13, ours.fc1.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = plain(x), ours(x)
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours(x[:, :5]), want[:, :5], rtol=0, atol=1e-5)  # 10 rows: one call
+        monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
+        assert torch.equal(ours(x), plain(x))

@@ -13,8 +13,8 @@ and the half-precision weights of :mod:`.sam3_half` unchanged), each only where 
 * :class:`FusedReluMLP`, the DETR encoder's and decoder's feed-forward, and :class:`FusedReluDecoderMLP`, the
   decoder's small heads (its box relative-position bias's among them): each product followed by a ReLU as one
   oneDNN call (its ReLU applied as each tile is written) where transformers writes the product and reads it again
-  (``[5184, 2048]`` float32 a prompt an encoder layer); fp32 inference outside reproducible mode and
-  :func:`.onednn.references_library`.
+  (``[5184, 2048]`` float32 a prompt an encoder layer), the feed-forward a few hundred rows at a time (its hidden
+  map read back from the cache); fp32 inference outside reproducible mode and :func:`.onednn.references_library`.
 * :class:`SharedLateralPixelDecoder` and :class:`LevelsMaskDecoder`, the segmentation head: where every prompt
   reads one image, each stage's convolution of ``upsample(prev) + level`` as the image's ``conv(level)``, once per
   image, plus the prompt's own ``prev`` convolved before upsampling (:func:`upsampled_conv`, 4/9 of the
@@ -177,14 +177,32 @@ def linear_relu(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     return F.relu(layer(x))
 
 
+# rows of the feed-forward's hidden map made and read at a time: [1024, 2048] float32 (8 MB) is read back by the
+# second product from the cache, where a bucket's whole map ([4 x 5184, 2048], 170 MB) goes to memory and back
+# (bench/bench_sam3_ffn.py: 0.88 of the time at ActiveSAM's preview and at 1008 px on an Emerald Rapids core,
+# bench/results/sam3_ffn_rows_intel_emerald_rapids.json). Rows are independent: the same sums
+FFN_ROWS = 1024
+
+
 class FusedReluMLP(hf.Sam3MLP):
-    """Transformers' ``Sam3MLP`` with a ReLU, its first product and the ReLU one call (:func:`linear_relu`)."""
+    """Transformers' ``Sam3MLP`` with a ReLU, its first product and the ReLU one call (:func:`linear_relu`), and
+    outside reproducible mode and :func:`.onednn.references_library` :data:`FFN_ROWS` rows at a time where there
+    are more than twice as many."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """``[..., C]`` -> ``[..., C]`` (dropout: inference, none)."""
         if self.training:
             return super().forward(hidden_states)
-        return self.fc2(linear_relu(hidden_states, self.fc1))
+        from .onednn import pinned
+
+        rows = hidden_states.numel() // max(hidden_states.shape[-1], 1)
+        if rows <= 2 * FFN_ROWS or pinned() or not _fast_fp32(hidden_states, self.fc1.weight, self.fc2.weight):
+            return self.fc2(linear_relu(hidden_states, self.fc1))
+        x = hidden_states.reshape(rows, hidden_states.shape[-1])
+        out = x.new_empty(rows, self.fc2.out_features)
+        for start in range(0, rows, FFN_ROWS):
+            out[start:start + FFN_ROWS] = self.fc2(linear_relu(x[start:start + FFN_ROWS], self.fc1))
+        return out.view(*hidden_states.shape[:-1], self.fc2.out_features)
 
 
 class FusedReluDecoderMLP(hf.Sam3DecoderMLP):
