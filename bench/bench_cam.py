@@ -14,7 +14,8 @@ Set-up (not timed): ``--images`` real photos bundled with scikit-image (500x375-
 saved as ``.pt`` for CLIP-ES and ``.safetensors`` for vpltool; the text prototypes (CLIP-ES's prompt and background
 words); a ``--cache full`` extract folder for the second pass. Every timed command runs as its own process with
 ``--threads`` torch threads (``OMP_NUM_THREADS``), fp32, on the CPU, in alternating pairs (``--pairs``), and the
-medians are reported:
+medians are reported (``--quick``, a smoke test of the script: vpltool's commands in one process, start-up left
+out):
 
 * ``clip_es``: the original ``generate_cams_voc12.py`` through ``clip_es_runner.py`` (``--clip-es``); without a
   clone the in-repo formulation of its structure runs instead (per image the frozen blocks, then per class one
@@ -237,6 +238,28 @@ def vpltool(*args: object) -> list[str]:
     return [sys.executable, "-m", "vpltool", *map(str, args)]
 
 
+def timed_all(cmds: list[list[str]], threads: int, quick: bool) -> list[tuple[float, float]]:
+    """:func:`timed` for each of the vpltool commands ``cmds``, in order; with ``quick`` (a smoke test of the
+    script) all in one process instead (benchlib.run_children_in_one: start-up paid once, and left out)."""
+    if quick:
+        return benchlib.run_children_in_one([cmd[len(vpltool()):] for cmd in cmds], child_env(threads))
+    return [timed(cmd, threads) for cmd in cmds]
+
+
+def pair_runs(order: tuple[tuple[str, list[str]], ...], scratch: Path, threads: int,
+              quick: bool) -> dict[str, tuple[float, float]]:
+    """``(seconds, peak MiB)`` per name of ``order``'s ``(name, command)``: each command its own process, in order,
+    ``scratch`` removed after each; with ``quick``, vpltool's commands together in one (:func:`timed_all`), the
+    others' each in its own."""
+    ours = [(name, cmd) for name, cmd in order if quick and cmd[:len(vpltool())] == vpltool()]
+    out = dict(zip([name for name, _ in ours], timed_all([cmd for _, cmd in ours], threads, quick)))
+    for name, cmd in order:
+        if name not in out:
+            out[name] = timed(cmd, threads)
+            shutil.rmtree(scratch, ignore_errors=True)
+    return {name: out[name] for name, _ in order}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clip-es", type=Path, help="a clone of linyq2117/CLIP-ES (without it: the in-repo fallback)")
@@ -260,10 +283,9 @@ def run(tmp: Path, args, scale: float) -> dict:
     # CPU: fp32 on both sides. CUDA: each side as its users run it (CLIP-ES's fp16 model, vpltool's auto = bf16)
     run_on = ["--device", args.device] + (["--precision", "fp32"] if args.device == "cpu" else [])
     model = ["--model", args.model, "--pretrained", st, *run_on]
-    timed(vpltool("extract", voc, "--split", "train", "-o", tmp / "features", "--cache", "full", *model),
-          args.threads)
-    timed(vpltool("text-prototypes", tmp / "features", "-o", tmp / "text.safetensors", "--templates", "clip-es",
-                  "--background", "voc", "--device", "cpu"), args.threads)
+    timed_all([vpltool("extract", voc, "--split", "train", "-o", tmp / "features", "--cache", "full", *model),
+               vpltool("text-prototypes", tmp / "features", "-o", tmp / "text.safetensors", "--templates", "clip-es",
+                       "--background", "voc", "--device", "cpu")], args.threads, args.quick)
     other = tmp / "other.safetensors"
     _other_prototypes(tmp / "text.safetensors", other)
     clip_es_ok = bool(args.clip_es and (args.clip_es / "generate_cams_voc12.py").is_file())
@@ -285,12 +307,11 @@ def run(tmp: Path, args, scale: float) -> dict:
     peaks: dict[str, float] = {}
     # pair 0 warms the disk cache and is dropped; a --quick run (a smoke test of the script, no figure) skips it
     for pair in range(1 if args.quick else 0, args.pairs + 1):
-        for name, cmd in (("clip_es", clip_es(voc, tmp / "ce")), ("first_pass", first_pass(voc, tmp / "c1")),
-                          ("clip_es_1", clip_es(voc1, tmp / "ce1")), ("first_pass_1", first_pass(voc1, tmp / "c2")),
-                          ("second_pass", vpltool("cam", tmp / "features", "-p", other, "-o", tmp / "c3",
-                                                  *run_on, "--overwrite"))):
-            seconds, rss = timed(cmd, args.threads)
-            shutil.rmtree(tmp / "ce", ignore_errors=True)
+        order = (("clip_es", clip_es(voc, tmp / "ce")), ("first_pass", first_pass(voc, tmp / "c1")),
+                 ("clip_es_1", clip_es(voc1, tmp / "ce1")), ("first_pass_1", first_pass(voc1, tmp / "c2")),
+                 ("second_pass", vpltool("cam", tmp / "features", "-p", other, "-o", tmp / "c3", *run_on,
+                                         "--overwrite")))
+        for name, (seconds, rss) in pair_runs(order, tmp / "ce", args.threads, args.quick).items():
             if pair:
                 runs[name].append(seconds)
                 peaks[name] = max(peaks.get(name, 0.0), rss)

@@ -14,7 +14,8 @@ beside them, not in the total, segment (``--dense naclip``, open vocabulary with
 Reported: seconds per stage, the whole run in minutes next to issue 28's 10-minute goal, img/s per stage both over
 the whole command (start-up and model loading included) and in its steady state (from the stage's own progress
 lines in ``--log``: the rate between its first line with an image done and its last line), and the goals beside
-them. A GPU figure in the docs comes from this script's output on a GPU.
+them. A GPU figure in the docs comes from this script's output on a GPU. ``--quick`` runs the stages in one process
+instead (``run_in_one.py``): a check of the script, whose figures leave start-up out.
 """
 
 from __future__ import annotations
@@ -148,13 +149,18 @@ def run(tmp: Path, args) -> dict:
     ]
     seconds, peaks, logs = {}, {}, tmp / "logs"
     logs.mkdir(exist_ok=True)
-    for name, _, cmd in stages:
-        seconds[name], peaks[name] = benchlib.run_child([*cmd, "--log", logs / f"{name}.log"], env)
-        if args.progress is not None:  # what a run cut short by a time limit still brings back
-            args.progress.write_text(json.dumps({"benchmark": "gpu-pipeline-partial", "images": args.images,
-                                                 "decoder_iters": args.decoder_iters, "model": args.model,
-                                                 "machine": benchlib.machine(args.device),
-                                                 "seconds": {k: round(v, 2) for k, v in seconds.items()}}))
+    if args.quick:  # a smoke test: every stage in one process, its start-up paid once (benchlib.run_children_in_one)
+        measured = benchlib.run_children_in_one(
+            [[*cmd[len(vpltool()):], "--log", logs / f"{name}.log"] for name, _, cmd in stages], env)
+        seconds, peaks = ({name: m[i] for (name, _, _), m in zip(stages, measured)} for i in (0, 1))
+    else:
+        for name, _, cmd in stages:
+            seconds[name], peaks[name] = benchlib.run_child([*cmd, "--log", logs / f"{name}.log"], env)
+            if args.progress is not None:  # what a run cut short by a time limit still brings back
+                args.progress.write_text(json.dumps({"benchmark": "gpu-pipeline-partial", "images": args.images,
+                                                     "decoder_iters": args.decoder_iters, "model": args.model,
+                                                     "machine": benchlib.machine(args.device),
+                                                     "seconds": {k: round(v, 2) for k, v in seconds.items()}}))
     rates = {f"{name}_img_per_s": round(n / seconds[name], 1) for name, n, _ in stages if n}
     steady = {f"{name}_img_per_s_steady": steady_rate(logs / f"{name}.log") for name, n, _ in stages if n}
     printed = {name: printed_rate(logs / f"{name}.log") for name, _, _ in stages}

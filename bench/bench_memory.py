@@ -9,6 +9,8 @@ both (they are inputs, not measured, and the image count changes neither). The p
 comes from ``os.wait4`` (Linux ``ru_maxrss``).
 A stage whose memory grows with the image count shows it as ``growth_mib_per_100_images``; model and library
 memory are the same at both sizes. Prints one JSON object.
+``--quick`` (a smoke test of the script) runs every command in one process instead (``run_in_one.py``): its figures
+include the earlier commands' memory.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import machine, run_child
+from benchlib import machine, run_child, run_children_in_one
 
 VPL = str(Path(sys.executable).parent / "vpltool")
 CPU = ["--device", "cpu"]
@@ -38,23 +40,48 @@ def quiet(*args: object) -> None:
     subprocess.run([VPL, *map(str, args)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def measure(work: Path, n: int, shared: Path) -> dict[str, float]:
-    """Peak RSS per stage on a world of ``n`` train and ``n`` val scenes; the text prototypes and the decoder in
-    ``shared`` are made on the first world measured and reused for the others."""
+def steps(work: Path, n: int, shared: Path, first: bool) -> list[tuple[str | None, list[object]]]:
+    """The commands for a world of ``n`` train and ``n`` val scenes, in order: ``(stage, args)`` for a measured
+    stage, ``(None, args)`` for a set-up step; the text prototypes and the decoder in ``shared`` are made on the
+    ``first`` world measured and reused for the others."""
     world, feats = work / "world", work / "features"
     text, decoder = shared / "text.safetensors", shared / "decoder" / "decoder.safetensors"
-    quiet("make-world", world, "--train", n, "--val", n)
-    out = {"extract": peak_mib("extract", world, "--split", "train", "-o", feats, "--model", "vpltool-toy",
-                               "--pretrained", "none", *CPU)}
-    if not text.is_file():
-        quiet("text-prototypes", feats, "-o", text, "--templates", "a photo of a {}.", "--background",
-              "grass,sky,wall,water", *CPU)
-    out["cam"] = peak_mib("cam", feats, "-p", text, "-o", work / "cams", "--refine", "none", *CPU)
-    out["crf"] = peak_mib("crf", work / "cams", "-o", work / "pseudo", "--workers", "1")
-    if not decoder.is_file():
-        quiet("train-decoder", work / "pseudo", "-p", text, "-o", decoder.parent, "--recipe", "cpu", "--iters", 5,
-              "--crop-size", 96, "--batch-size", 2, *CPU)
-    out["predict"] = peak_mib("predict", decoder, "-d", world, "--split", "val", "-o", work / "pred", *CPU)
+    out: list[tuple[str | None, list[object]]] = [
+        (None, ["make-world", world, "--train", n, "--val", n]),
+        ("extract", ["extract", world, "--split", "train", "-o", feats, "--model", "vpltool-toy", "--pretrained",
+                     "none", *CPU])]
+    if first:
+        out.append((None, ["text-prototypes", feats, "-o", text, "--templates", "a photo of a {}.", "--background",
+                           "grass,sky,wall,water", *CPU]))
+    out += [("cam", ["cam", feats, "-p", text, "-o", work / "cams", "--refine", "none", *CPU]),
+            ("crf", ["crf", work / "cams", "-o", work / "pseudo", "--workers", "1"])]
+    if first:
+        out.append((None, ["train-decoder", work / "pseudo", "-p", text, "-o", decoder.parent, "--recipe", "cpu",
+                           "--iters", 5, "--crop-size", 96, "--batch-size", 2, *CPU]))
+    out.append(("predict", ["predict", decoder, "-d", world, "--split", "val", "-o", work / "pred", *CPU]))
+    return out
+
+
+def measure(plan: list[tuple[str | None, list[object]]]) -> dict[str, float]:
+    """Peak RSS per stage of ``plan`` (:func:`steps`), each command its own process."""
+    out = {}
+    for stage, args in plan:
+        if stage is None:
+            quiet(*args)
+        else:
+            out[stage] = peak_mib(*args)
+    return out
+
+
+def measure_in_one(plans: dict[int, list[tuple[str | None, list[object]]]]) -> dict[int, dict[str, float]]:
+    """``--quick``: every command of ``plans`` in one process (benchlib.run_children_in_one), so its figures are
+    that process's, model memory of the earlier commands included: a check of the script, not a measurement."""
+    flat = [(n, stage, args) for n, plan in plans.items() for stage, args in plan]
+    peaks = run_children_in_one([args for _, _, args in flat])
+    out: dict[int, dict[str, float]] = {n: {} for n in plans}
+    for (n, stage, _), (_, peak) in zip(flat, peaks):
+        if stage is not None:
+            out[n][stage] = round(peak, 1)
     return out
 
 
@@ -63,11 +90,13 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=16)
     ap.add_argument("--large", type=int, default=128)
     ap.add_argument("--device", default="cpu", choices=["cpu"])
-    ap.add_argument("--quick", action="store_true", help="4 and 8 images: checks the script, not memory")
+    ap.add_argument("--quick", action="store_true", help="4 and 8 images, every command in one "
+                    "process: checks the script, not memory")
     args = ap.parse_args()
     small, large = (4, 8) if args.quick else (args.small, args.large)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {n: measure(Path(tmp) / str(n), n, Path(tmp)) for n in (small, large)}
+        plans = {n: steps(Path(tmp) / str(n), n, Path(tmp), n == small) for n in (small, large)}
+        runs = measure_in_one(plans) if args.quick else {n: measure(plan) for n, plan in plans.items()}
     stages = {stage: {"rss_mib": {str(n): runs[n][stage] for n in runs},
                       "growth_mib_per_100_images": round(100 * (runs[large][stage] - runs[small][stage])
                                                          / (large - small), 1)}

@@ -43,6 +43,22 @@ def run_child(cmd: list, env: dict | None = None, cwd=None) -> tuple[float, floa
     return seconds, usage.ru_maxrss / 1024  # Linux: KiB
 
 
+def run_children_in_one(commands: list[list], env: dict | None = None) -> list[tuple[float, float]]:
+    """Run the vpltool commands ``commands`` (each its argument list, without ``vpltool``) one after the other in
+    ONE child process (``run_in_one.py``): ``(wall seconds, peak MiB)`` per command, as :func:`run_child` gives for
+    one. For ``--quick`` smoke tests only: the start-up each process of :func:`run_child` pays (3-4 CPU-s) is
+    paid once, and a command's seconds and memory no longer include their own start-up."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="run_in_one_") as tmp:
+        listed, result = Path(tmp) / "commands.json", Path(tmp) / "result.json"
+        listed.write_text(json.dumps([[str(a) for a in cmd] for cmd in commands]))
+        run_child([sys.executable, Path(__file__).with_name("run_in_one.py"), result, listed], env)
+        return [tuple(pair) for pair in json.loads(result.read_text())]
+
+
 def add_common_args(parser, quick_help: str, device_help: str = "cpu | cuda | cuda:N") -> None:
     """The options every benchmark takes: ``--device`` (default cpu) and ``--quick`` (a smoke test)."""
     parser.add_argument("--device", default="cpu", help=device_help)

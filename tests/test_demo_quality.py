@@ -58,9 +58,10 @@ def demo_metrics(tmp_path_factory) -> dict:
     # `make dense`'s, `make affinity`'s and `make sgc`'s. One caa+sgc row is made first, the one a bar below reads
     # (its text CRF masks on val), so that the table lists it; the table is metrics.json (the HTML report, which no
     # test here reads, is tests/test_html_report.py's)
-    # in reproducible mode, as `make demo` runs: the same figures on every CPU (an AMX one's auto included)
+    # in reproducible mode, as `make demo` runs: the same figures on every CPU (an AMX one's auto included); without
+    # `vpltool diagnose` (DIAGNOSE=), whose rows (metrics.json's other_layers) no bar here reads
     make = ["make", "-C", str(ROOT), "-j2", f"RUN={run}", f"VENV={venv}", "DEVICE=cpu", "DENSE=", "DENSE_SEEDS=",
-            "AFFINITY_ROWS=", "REFINES=none caa", "REPRODUCIBLE=1", *TEST_WORLD]
+            "AFFINITY_ROWS=", "REFINES=none caa", "REPRODUCIBLE=1", "DIAGNOSE=", *TEST_WORLD]
     for target in (f"{run}/metrics/caa+sgc/pseudo_text_val.json", f"{run}/metrics.json"):
         pace.run([*make, target], 1800, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return json.loads((run / "metrics.json").read_text())
