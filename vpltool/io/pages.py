@@ -77,11 +77,15 @@ def read_buffer(nbytes: int):
     to be read into, in the kernel's ordinary 4 KiB pages. numpy's own ``empty`` asks for transparent huge pages
     (``madvise(MADV_HUGEPAGE)``) on any array of 4 MiB or more, and where the kernel then compacts memory at the
     first touch of each 2 MiB page (``defrag`` set to ``madvise``) a read of a 3.4 GB weights file into one cost
-    several CPU-seconds more than into ordinary pages (``bench/bench_sam3_footprint.py --layout both``). torch's
-    allocator asks for no huge pages; the array is a view of its tensor."""
-    import torch
+    several CPU-seconds more than into ordinary pages (``bench/bench_sam3_footprint.py --layout both``). The bytes
+    are a mapping of their own (anonymous, private), not the heap's: an allocator may serve a request from a heap
+    range that an earlier numpy array had advised (:mod:`vpltool.runtime.heap` raises glibc's mmap threshold), and
+    the advice stays with the range. The array holds the mapping; it is unmapped when the last view goes."""
+    import numpy as np
 
-    return torch.empty(nbytes, dtype=torch.uint8).numpy()
+    if nbytes == 0:
+        return np.empty(0, dtype=np.uint8)
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=np.uint8)
 
 
 def read_at(fh, offset: int, into: memoryview) -> None:
