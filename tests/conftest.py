@@ -22,6 +22,10 @@ os.environ.setdefault("VPLTOOL_DEVICE", "cpu")
 os.environ["VPLTOOL_MODEL_CONFIGS"] = str(ASSETS / "model_configs")  # CLI tests see vpl-test-vit
 # 1, not 2: on two busy cores OpenMP barriers made a tiny forward ~400x slower (0.55 s vs 1.4 ms)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# a test that asks for 2 threads (bands, reproducible mode, torchrun ranks) shares 2 cores with the other worker:
+# OpenMP's threads wait passively at a barrier instead of spinning on a core the other thread needs (with two busy
+# cores beside it, tests/test_bands.py -k naclip-2 cost 22-24 CPU-s spinning against 3.1 waiting; the same labels)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the frozen towers' fp32 products through oneDNN wherever it applies, on every CPU: the same code path on every
 # machine, and no calibration timed inside a test (the auto route that measures each product: tests/test_onednn.py)
 os.environ.setdefault("VPLTOOL_CPU_LINEAR", "onednn")
