@@ -14,10 +14,12 @@ of the prompts as one bucket (``pred_logits``, ``presence_logit_dec``, ``pred_bo
 semantic probabilities), and, on the first photo, the grounding with context-memory tokens appended. Writes
 ``parity/results/sam3_parity.json`` (``bar_met``: logits and probabilities within 1e-4).
 
-The reference side takes minutes (13 on one Emerald Rapids thread); ``--reference-from DIR`` compares vpltool against
-the outputs a run left in ``DIR`` (``WORK/reduced/ref``: ``meta.json``, ``photo_NNN.pt``) instead of running it again,
-e.g. to compare two vpltool commits; the weights and photos are the work folder's, so ``DIR`` must come from the same
-``--work`` (or a copy of its ``sam3.pt``, ``sam3.json`` and ``voc``).
+The reference side takes minutes (the JSON's ``reference_seconds``); ``--reference-from DIR`` compares vpltool
+against the outputs a run left in ``DIR`` (``WORK/reduced/ref``: ``meta.json``, ``photo_NNN.pt``) instead of running
+it again, e.g. to compare two vpltool commits; the weights and photos are the work folder's, so ``DIR`` must come from
+the same ``--work`` (or a copy of its ``sam3.pt``, ``sam3.json`` and ``voc``). Where the mask logits miss the bar,
+``sam3_head_rounding.py`` (on the same work folder) measures each side's head against a float64 one: whose rounding
+the gap is.
 """
 
 from __future__ import annotations
