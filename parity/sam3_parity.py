@@ -13,6 +13,13 @@ of the prompts as one bucket (``pred_logits``, ``presence_logit_dec``, ``pred_bo
 ``semantic_seg``), the processor's per-prompt states (kept queries, their scores and mask probabilities, the
 semantic probabilities), and, on the first photo, the grounding with context-memory tokens appended. Writes
 ``parity/results/sam3_parity.json`` (``bar_met``: logits and probabilities within 1e-4).
+
+The reference side takes minutes (the JSON's ``reference_seconds``); ``--reference-from DIR`` compares vpltool
+against the outputs a run left in ``DIR`` (``WORK/reduced/ref``: ``meta.json``, ``photo_NNN.pt``) instead of running
+it again, e.g. to compare two vpltool commits; the weights and photos are the work folder's, so ``DIR`` must come from
+the same ``--work`` (or a copy of its ``sam3.pt``, ``sam3.json`` and ``voc``). Where the mask logits miss the bar,
+``sam3_head_rounding.py`` (on the same work folder) measures each side's head against a float64 one: whose rounding
+the gap is.
 """
 
 from __future__ import annotations
@@ -82,7 +89,20 @@ def run_reference(ref: Path, s: dict, out: Path, threads: int) -> tuple[dict, st
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"reference runner failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    (out / "stdout.txt").write_text(done.stdout)  # its missing-keys lines, for a later --reference-from
     return json.loads((out / "meta.json").read_text()), done.stdout
+
+
+def saved_reference(out: Path, photos: int) -> tuple[dict, str]:
+    """The meta and stdout a reference run left in ``out`` (:func:`run_reference`); one line naming the folder and
+    the fix where it lacks a photo."""
+    missing = [f.name for f in [out / "meta.json", *(out / f"photo_{i:03d}.pt" for i in range(photos))]
+               if not f.is_file()]
+    if missing:
+        raise SystemExit(f"error: --reference-from {out}: no {', '.join(missing)} there; run without "
+                         f"--reference-from once (same --work and --images) to make them")
+    stdout = out / "stdout.txt"
+    return json.loads((out / "meta.json").read_text()), stdout.read_text() if stdout.is_file() else ""
 
 
 def diff(a, b) -> float:
@@ -188,13 +208,19 @@ def summary(photos: list[dict]) -> dict:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (Linux), and whether it has AMX (the figures are fp32 either way)."""
+    """The CPU's model name, family and model (Linux), and whether it has AMX (the figures are fp32 either way)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "CPU")
-    return name + (" with AMX" if "amx_bf16" in info else "")
+    def field(key: str, default: str) -> str:
+        return next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.split(":")[0].strip() == key),
+                    default)
+
+    # a generic "Intel(R) Xeon(R) Processor" names no generation: its family and model do (6 / 207: Emerald Rapids)
+    family, model = field("cpu family", ""), field("model", "")
+    where = f" (family {family} model {model})" if family and model else ""
+    return field("model name", "CPU") + where + (" with AMX" if "amx_bf16" in info else " without AMX")
 
 
 def page(d: dict) -> dict:
@@ -233,6 +259,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--full", action="store_true", help="Meta's builder's full-size model (slow on a CPU)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reference-from", type=Path, default=None,
+                    help="the folder of an earlier reference run's outputs (WORK/reduced/ref) to compare against, "
+                         "the reference not run again")
     ap.add_argument("--out", type=Path, default=None,
                     help="[default: parity/results/sam3_parity.json; with --full sam3_parity_full.json]")
     args = ap.parse_args()
@@ -240,9 +269,11 @@ def main() -> None:
     work = args.work / ("full" if args.full else "reduced")
     s = setup(work, args.images, dims)
     t = time.time()
-    ref_meta, ref_stdout = run_reference(args.ref, s, work / "ref", args.threads)
-    ref_seconds = time.time() - t
-    ours = run_ours(s, work / "ref", args.threads)
+    ref_dir = args.reference_from or work / "ref"
+    ref_meta, ref_stdout = (saved_reference(ref_dir, args.images) if args.reference_from else
+                            run_reference(args.ref, s, ref_dir, args.threads))
+    ref_seconds = None if args.reference_from else time.time() - t
+    ours = run_ours(s, ref_dir, args.threads)
     commit = subprocess.run(["git", "-C", str(args.ref), "rev-parse", "HEAD"], capture_output=True, text=True)
     summ = summary(ours["photos"])
     met = {"logits": summ["logits"] <= BAR, "probabilities": summ["probabilities"] <= BAR,
@@ -253,7 +284,7 @@ def main() -> None:
          "dims": dims, "prompts": PROMPTS, "threshold": THRESHOLD, "threads": args.threads, "cpu": cpu_name(),
          "bar": BAR, "summary": summ, "bar_met": met,
          "photos": ours["photos"], "seconds": ours["seconds"], "reference_seconds": ref_meta["seconds"],
-         "reference_wall_seconds": ref_seconds}
+         "reference_wall_seconds": ref_seconds, "reference_reused": bool(args.reference_from)}
     d["page"] = page(d)
     args.out = args.out or ROOT / "parity" / "results" / f"sam3_parity{'_full' if args.full else ''}.json"
     args.out.parent.mkdir(parents=True, exist_ok=True)
