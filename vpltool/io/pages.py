@@ -72,6 +72,10 @@ class CutShort(EOFError):
     was cut short or replaced while it was read. Not handed to the library (whose reader maps the file)."""
 
 
+# numpy asks for transparent huge pages on an array of this many bytes or more (its NPY_HUGEPAGE_THRESHOLD)
+HUGE_PAGE_ADVICE_FROM = 4 << 20
+
+
 def read_buffer(nbytes: int):
     """``nbytes`` bytes of this process's own, not zero-filled (a ``[nbytes]`` uint8 numpy array), for a file's bytes
     to be read into, in the kernel's ordinary 4 KiB pages. numpy's own ``empty`` asks for transparent huge pages
@@ -80,11 +84,13 @@ def read_buffer(nbytes: int):
     several CPU-seconds more than into ordinary pages (``bench/bench_sam3_footprint.py --layout both``). The bytes
     are a mapping of their own (anonymous, private), not the heap's: an allocator may serve a request from a heap
     range that an earlier numpy array had advised (:mod:`vpltool.runtime.heap` raises glibc's mmap threshold), and
-    the advice stays with the range. The array holds the mapping; it is unmapped when the last view goes."""
+    the advice stays with the range. The array holds the mapping; it is unmapped when the last view goes. Below
+    :data:`HUGE_PAGE_ADVICE_FROM` (a feature file of a run's images) numpy's own: no advice asked, and the heap's
+    pages reused, where a mapping of its own faults each of its pages in anew on every call."""
     import numpy as np
 
-    if nbytes == 0:
-        return np.empty(0, dtype=np.uint8)
+    if nbytes < HUGE_PAGE_ADVICE_FROM:
+        return np.empty(nbytes, dtype=np.uint8)
     return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype=np.uint8)
 
 
