@@ -336,24 +336,32 @@ def floor_of(flops: list[dict], rows: list[dict], files: list[Path], probes: dic
             "floor_over_reference_median": round(statistics.median(known), 3) if known else None}
 
 
+def earlier_result(flag: str, path: Path, args, settings: dict, **more) -> tuple[dict, list[str]]:
+    """An earlier result of this bench (``--out``'s JSON at ``path``) and the keys where it measured another run than
+    this one would (method, model, settings, class set, classes, the clone's commit, and ``more``); one line naming
+    ``flag`` and the file where it is not such a JSON."""
+    import activesam_parity as ap
+
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{flag} {path}: not a result of this bench ({e}); give the JSON an earlier run wrote "
+                         "with --out") from None
+    own = {"benchmark": f"{args.method}-vs-reference", "model": MODELS[args.arch], "settings": settings,
+           "class_set": args.class_set, "classes": args.classes, **more,
+           "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)}}
+    return earlier, [key for key, value in own.items() if earlier.get(key) != value]
+
+
 def floor_from(args, settings: dict, common: list, env: dict, files: list[Path]) -> dict:
     """``--floor-from JSON``: the floor (:func:`floor_of`) of an earlier result of the same method, model, settings,
     class set and reference commit (one line naming what differs otherwise), its timed pairs as they are: the
     reference's worker alone counts this run's photos (its warm-up, then ``flops``; nothing timed), then the GEMM
     probes run. The first ``--images`` photos of that run's: pairs on a photo not counted have no floor."""
-    import activesam_parity as ap
     from sidebyside import Side
 
     path = args.floor_from
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--floor-from {path}: not a result of this bench ({e}); give the JSON an earlier run "
-                         "wrote with --out") from None
-    own = {"benchmark": f"{args.method}-vs-reference", "model": MODELS[args.arch], "settings": settings,
-           "class_set": args.class_set, "classes": args.classes,
-           "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)}}
-    differs = [key for key, value in own.items() if earlier.get(key) != value]
+    earlier, differs = earlier_result("--floor-from", path, args, settings)
     if differs or not earlier.get("pairs"):
         raise SystemExit(f"--floor-from {path}: measured another run ({', '.join(differs) or 'no pairs'} differ); "
                          "give the same --method, --arch, --settings and thresholds")
@@ -380,20 +388,10 @@ def reference_rows(args, settings: dict, unit: str) -> dict:
     """``--reference-from``: the earlier result's reference rows (``{"rows": [...], "note": {...}}``), after checking
     that it measured what this run measures (method, model, settings, class set, classes, photos, pairs, the clone's
     commit) and that its outputs are in ``--work``; one line naming the file and what differs otherwise."""
-    import activesam_parity as ap
-
     path = args.reference_from
     if not args.one_at_a_time:
         raise SystemExit("--reference-from runs vpltool's side alone: add --one-at-a-time")
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"--reference-from {path}: not a result of this bench ({e}); give the JSON an earlier "
-                         "run wrote with --out") from None
-    own = {"benchmark": f"{args.method}-vs-reference", "model": MODELS[args.arch], "settings": settings,
-           "class_set": args.class_set, "classes": args.classes, "unit": unit,
-           "reference": {"repo": "VILA-Lab/ActiveSAM", "commit": ap.commit_of(args.ref)}}
-    differs = [key for key, value in own.items() if earlier.get(key) != value]
+    earlier, differs = earlier_result("--reference-from", path, args, settings, unit=unit)
     if len(earlier.get("pairs", [])) != args.pairs:
         differs.append(f"pairs ({len(earlier.get('pairs', []))} there)")
     if differs:
