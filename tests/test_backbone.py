@@ -228,6 +228,17 @@ def test_weights_loaded_without_random_init_are_the_checkpoints(tiny_spec, tmp_p
     assert torch.nn.init.normal_(torch.zeros(3)).abs().sum() > 0  # the init functions are back afterwards
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _in_a_fresh_python(code: str, *argv) -> None:
+    """``code`` run by a new interpreter (imports as a command's process meets them), ``argv`` its arguments; its
+    assertions' failure shown with its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = pace.run([sys.executable, "-c", code, *map(str, argv)], 120, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_open_clip_import_defers_dynamo_and_leaves_it_working():
     """import_open_clip keeps torch._dynamo out of the import (torchvision only names one function of it) and
     leaves the real module importable: torchvision's reference resolves to it, torch.compile still exists."""
@@ -240,9 +251,7 @@ def test_open_clip_import_defers_dynamo_and_leaves_it_working():
         "assert sys.modules['torchvision.ops.roi_align'].is_compile_supported('cpu') in (True, False)\n"
         "assert callable(torch._dynamo.optimize) and 'torch._dynamo' in sys.modules\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = pace.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _in_a_fresh_python(code)
 
 
 def test_open_clip_import_leaves_huggingface_hubs_upload_api_unimported_and_callable():
@@ -262,9 +271,7 @@ def test_open_clip_import_leaves_huggingface_hubs_upload_api_unimported_and_call
         "    assert push.create_repo('me/repo', exist_ok=True) == 'made'\n"
         "real.assert_called_once_with('me/repo', exist_ok=True)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = pace.run([sys.executable, "-c", code], 120, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _in_a_fresh_python(code)
 
 
 def test_sam_check_and_load_leave_dynamo_unimported_and_the_random_state_alone():
@@ -286,11 +293,7 @@ def test_sam_check_and_load_leave_dynamo_unimported_and_the_random_state_alone()
         "assert sys.modules['torchvision.ops.roi_align'].is_compile_supported('cpu') in (True, False)\n"
         "assert callable(torch._dynamo.optimize) and 'torch._dynamo' in sys.modules\n"
     )
-    root = Path(__file__).resolve().parents[1]
-    weights = root / "vpltool" / "assets" / "toy-sam-world20" / "model.safetensors"
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = pace.run([sys.executable, "-c", code, str(weights)], 120, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _in_a_fresh_python(code, ROOT / "vpltool" / "assets" / "toy-sam-world20" / "model.safetensors")
 
 
 def test_a_config_folder_registered_again_is_read_once_per_model(tmp_path):
