@@ -208,19 +208,12 @@ def summary(photos: list[dict]) -> dict:
 
 
 def cpu_name() -> str:
-    """The CPU's model name, family and model (Linux), and whether it has AMX (the figures are fp32 either way)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    def field(key: str, default: str) -> str:
-        return next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.split(":")[0].strip() == key),
-                    default)
+    """The CPU's name with its generation, family and model (benchlib's, from /proc/cpuinfo), and whether it has
+    AMX (the figures are fp32 either way): a generic "Intel(R) Xeon(R) Processor" names no generation by itself."""
+    import benchlib
 
-    # a generic "Intel(R) Xeon(R) Processor" names no generation: its family and model do (6 / 207: Emerald Rapids)
-    family, model = field("cpu family", ""), field("model", "")
-    where = f" (family {family} model {model})" if family and model else ""
-    return field("model name", "CPU") + where + (" with AMX" if "amx_bf16" in info else " without AMX")
+    identity = benchlib.cpu_identity()
+    return benchlib.cpu_name(identity) + (" with AMX" if identity["isa_flags"].get("amx_bf16") else " without AMX")
 
 
 def page(d: dict) -> dict:
