@@ -14,8 +14,8 @@ Set-up (not timed): ``--images`` real photos bundled with scikit-image (500x375-
 saved as ``.pt`` for CLIP-ES and ``.safetensors`` for vpltool; the text prototypes (CLIP-ES's prompt and background
 words); a ``--cache full`` extract folder for the second pass. Every timed command runs as its own process with
 ``--threads`` torch threads (``OMP_NUM_THREADS``), fp32, on the CPU, in alternating pairs (``--pairs``), and the
-medians are reported (``--quick``, a smoke test of the script: vpltool's commands in one process, start-up left
-out):
+medians are reported (``--quick``, a smoke test of the script: vpltool's commands in one process and the clone-less
+stand-in in this one, start-up left out):
 
 * ``clip_es``: the original ``generate_cams_voc12.py`` through ``clip_es_runner.py`` (``--clip-es``); without a
   clone the in-repo formulation of its structure runs instead (per image the frozen blocks, then per class one
@@ -46,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "tests" / "assets" / "model_configs"
 PARITY = ROOT / "parity"  # the runners of CLIP-ES's own code (and its stand-in) that the benchmark times
+STAND_IN = PARITY / "clip_es_formulation.py"  # CLIP-ES's loop from vpltool's parts, without a clone
 sys.path.insert(0, str(Path(__file__).parent))
 import benchlib  # noqa: E402
 
@@ -255,9 +256,23 @@ def pair_runs(order: tuple[tuple[str, list[str]], ...], scratch: Path, threads: 
     out = dict(zip([name for name, _ in ours], timed_all([cmd for _, cmd in ours], threads, quick)))
     for name, cmd in order:
         if name not in out:
-            out[name] = timed(cmd, threads)
+            out[name] = timed_here(cmd) if quick and cmd[1:2] == [str(STAND_IN)] else timed(cmd, threads)
             shutil.rmtree(scratch, ignore_errors=True)
     return {name: out[name] for name, _ in order}
+
+
+def timed_here(cmd: list[str]) -> tuple[float, float]:
+    """``--quick``: the in-repo CLIP-ES stand-in's command ``cmd`` run in this process (its ``main``), as
+    :func:`timed_all` runs vpltool's, for a smoke test's start-up's sake: (wall seconds, peak RSS MiB since)."""
+    from sidebyside import peak_rss_mib, reset_peak
+
+    sys.path.insert(0, str(PARITY))
+    import clip_es_formulation
+
+    reset_peak()
+    start = time.perf_counter()
+    clip_es_formulation.main(cmd[2:])
+    return time.perf_counter() - start, peak_rss_mib() or 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,7 +310,7 @@ def run(tmp: Path, args, scale: float) -> dict:
             return [args.clip_es_python, str(PARITY / "clip_es_runner.py"), "--clip-es",
                     str(args.clip_es), "--voc", str(root), "--model", str(pt), "--out", str(out), "--threads",
                     str(args.threads), "--device", "cpu" if args.device == "cpu" else "cuda"]
-        return [sys.executable, str(PARITY / "clip_es_formulation.py"), str(root), args.model,
+        return [sys.executable, str(STAND_IN), str(root), args.model,
                 str(st), str(tmp / "text.safetensors"), str(args.threads)]
 
     def first_pass(root: Path, out: Path) -> list[str]:

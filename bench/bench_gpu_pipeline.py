@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -82,10 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     print()
 
 
-def crf_options(env: dict) -> list[str]:
-    """``--backend auto`` where this vpltool's crf command has the option (the torch CRF), else nothing."""
-    out = subprocess.run(vpltool("crf", "--help"), env={**env, "COLUMNS": "200"}, capture_output=True, text=True)
-    return ["--backend", "auto"] if "--backend" in out.stdout else []
+def crf_options() -> list[str]:
+    """``--backend auto`` where this vpltool's crf command has the option (the torch CRF), else nothing: read from
+    its click command in this process, the vpltool that ``python -m vpltool`` runs (a ``vpltool crf --help``
+    process paid 3 CPU-s of start-up to print it)."""
+    from typer.main import get_command
+
+    from vpltool.cli import app
+
+    crf = get_command(app).commands["crf"]
+    return ["--backend", "auto"] if any("--backend" in param.opts for param in crf.params) else []
 
 
 def steady_rate(log: Path) -> float | None:
@@ -123,7 +128,7 @@ def run(tmp: Path, args) -> dict:
     run_on = ["--device", args.device, *workers]
     decoder = (["--iters", args.decoder_iters, "--batch-size", 2, "--dim", 16, "--layers", 1, "--heads", 2,
                 "--crop-size", 64] if args.quick else ["--recipe", "vpl", "--iters", args.decoder_iters])
-    crf = crf_options(env)
+    crf = crf_options()
     crf_device = ["--device", args.device] if crf else []
     stages = [
         ("extract", args.images, vpltool("extract", voc, "--split", "train", "-o", tmp / "features", "--model",
