@@ -225,30 +225,57 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, fami
 DDP_ATOL = 1e-6
 
 
-def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family):
-    cfg = dict(SMALL, batch_size=2)
-    body = ("import pgseg_stand_in as f; f.NOISE = False; from vpltool.config.pgseg import "
-            "pgseg_recipe; from vpltool.config import RuntimeConfig; from vpltool.stages.train_text import "
-            f"run_train_text; run_train_text({str(world)!r}, {str(tmp_path / 'ddp')!r}, pgseg_recipe('cpu', "
-            f"**{cfg!r}), RuntimeConfig(device='cpu', workers=1))")
-    script = tmp_path / "ddp.py"
-    script.write_text(_script(body)[2].replace("; ", "\n"))
+def _torchrun(script: Path, lines: list[str]) -> subprocess.CompletedProcess:
+    """``lines`` of Python (``script``, written) on 2 gloo ranks under torchrun, on this machine; it must exit 0."""
+    script.write_text("\n".join(["import faulthandler", "faulthandler.enable(all_threads=True)", *lines]) + "\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), str(script)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-8000:]
-    assert "Warning" not in done.stderr, done.stderr[-8000:]  # torch's FutureWarning of broadcast_buffers, per rank
+    return done
+
+
+def _train_line(world: Path, out: Path, cfg: dict, extra: str = "") -> str:
+    return (f"run_train_text({str(world)!r}, {str(out)!r}, pgseg_recipe('cpu', **{cfg!r}), "
+            f"RuntimeConfig(device='cpu', workers=1){extra})")
+
+
+IMPORTS = ["from vpltool.config.pgseg import pgseg_recipe", "from vpltool.config import RuntimeConfig",
+           "from vpltool.stages.train_text import run_train_text"]
+REAL_DDP = dict(SMALL, batch_size=2, epochs=1)  # the real family under torchrun: 2 ranks x batch 2, 4 iterations
+STAND_IN_DDP = dict(SMALL, batch_size=2)  # the stand-in's: 2 ranks x batch 2 against one process x batch 4
+
+
+@pytest.fixture(scope="module")
+def two_ranks(world, tmp_path_factory) -> tuple[Path, str]:
+    """One torchrun of 2 gloo ranks that two tests read (its start-up, 3 processes' imports, paid once): the real
+    pgseg family's run that goes through (``whole``) and the same run stopped after its iteration-2 checkpoint
+    (``cut``), then, the tests' stand-in family installed in the same ranks, its run at batch 2 (``ddp``). A run
+    after another in the same ranks meets its peers under its own prefix (runtime.ranks). Returns the folder and
+    torchrun's stderr."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    done = _torchrun(root / "runs.py", [
+        *IMPORTS, _train_line(world, root / "whole", REAL_DDP), _train_line(world, root / "cut", REAL_DDP,
+                                                                            ", stop_after=2"),
+        f"import sys; sys.path.insert(0, {str(TESTS)!r})", "import pgseg_stand_in", "pgseg_stand_in.install()",
+        "pgseg_stand_in.NOISE = False", _train_line(world, root / "ddp", STAND_IN_DDP)])
+    return root, done.stderr
+
+
+def test_torchrun_two_ranks_give_one_process_weights(world, tmp_path, family, two_ranks):
+    root, stderr = two_ranks
+    assert "Warning" not in stderr, stderr[-8000:]  # torch's FutureWarning of broadcast_buffers, per rank
     monkey = pytest.MonkeyPatch()
     monkey.setattr(pgseg_stand_in, "NOISE", False)
     try:
         one = run_train_text(world, tmp_path / "one", _cfg(batch_size=4)).model
     finally:
         monkey.undo()
-    a, b = _weights(one), _weights(tmp_path / "ddp" / "pgseg.safetensors")
+    a, b = _weights(one), _weights(root / "ddp" / "pgseg.safetensors")
     gaps = {k: (a[k] - b[k]).abs().max().item() for k in a}
     assert max(gaps.values()) <= DDP_ATOL, gaps
-    log = io.read_log(tmp_path / "ddp" / "log.jsonl")
-    assert io.read_record(io.stage_record_path(tmp_path / "ddp"))["world_size"] == 2 and len(log) == 8
+    log = io.read_log(root / "ddp" / "log.jsonl")
+    assert io.read_record(io.stage_record_path(root / "ddp"))["world_size"] == 2 and len(log) == 8
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -395,38 +422,21 @@ def test_an_empty_t_npr_selection_is_not_a_divergence():
     assert diverged({"loss": nan}, 1.0) and not diverged({"loss": 1.0}, 1.0)  # GroupViT: the loss is contrastive
 
 
-def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, tmp_path):
+def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, two_ranks):
     """The pgseg family's tiny PGSeg (NPR on: gumbel noise, drop path, the text prototypes gathered across ranks)
     under torchrun, 2 gloo ranks x batch 2: a run stopped after its iteration-2 checkpoint and resumed gives the
     weights of the run that went through. (Not compared with one process at batch 4: on the CPU the projectors'
     BatchNorm keeps per-rank statistics and each rank draws its own noise, so those weights differ by design.)"""
     from vpltool.models.text import pgseg
 
-    cfg = dict(SMALL, batch_size=2, epochs=1)
-
-    def launch(*runs: tuple[str, str]) -> None:
-        """One torchrun of 2 ranks that trains each (output folder, extra arguments) of ``runs`` in turn: a run after
-        another in the same ranks meets its peers under its own prefix (runtime.ranks), so two runs share one
-        launch's start-up (3 processes' imports, ~15 CPU-s on 2 cores)."""
-        calls = "; ".join(f"run_train_text({str(world)!r}, {str(tmp_path / name)!r}, pgseg_recipe('cpu', **{cfg!r}), "
-                          f"RuntimeConfig(device='cpu', workers=1){extra})" for name, extra in runs)
-        body = ("import faulthandler; faulthandler.enable(all_threads=True); from vpltool.config.pgseg import "
-                "pgseg_recipe; from vpltool.config import RuntimeConfig; from "
-                f"vpltool.stages.train_text import run_train_text; {calls}")
-        script = tmp_path / f"{'_'.join(name for name, _ in runs)}{sum(len(extra) for _, extra in runs)}.py"
-        script.write_text(body.replace("; ", "\n"))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(free_port()), str(script)]
-        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-8000:]
-
-    launch(("whole", ""), ("cut", ", stop_after=2"))  # the run that goes through, then the one stopped early
-    assert not (tmp_path / "cut" / "pgseg.safetensors").exists()
-    launch(("cut", ", resume=True"))  # the resume: fresh ranks, as after a preemption
-    a = pgseg.load_checkpoint(tmp_path / "whole" / "pgseg.safetensors")[1]
-    b = pgseg.load_checkpoint(tmp_path / "cut" / "pgseg.safetensors")[1]
+    root = two_ranks[0]  # the run that went through, and the one stopped early (the two_ranks fixture)
+    assert not (root / "cut" / "pgseg.safetensors").exists()
+    # the resume: fresh ranks, as after a preemption
+    _torchrun(root / "resume.py", [*IMPORTS, _train_line(world, root / "cut", REAL_DDP, ", resume=True")])
+    a = pgseg.load_checkpoint(root / "whole" / "pgseg.safetensors")[1]
+    b = pgseg.load_checkpoint(root / "cut" / "pgseg.safetensors")[1]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
-    record = io.read_record(io.stage_record_path(tmp_path / "whole"))
+    record = io.read_record(io.stage_record_path(root / "whole"))
     assert record["world_size"] == 2 and record["model_config"]["npr"] is True
-    log = io.read_log(tmp_path / "whole" / "log.jsonl")
+    log = io.read_log(root / "whole" / "log.jsonl")
     assert len(log) == 4 and all("npr_stage1" in r for r in log)
