@@ -2,7 +2,8 @@
 machine is and with an AVX2-only machine emulated from the start, are the same bytes; in fast mode they are not (the
 negative control: else the emulation changes nothing). The whole reduced demo is bench/bench_reproducible.py's.
 
-Each run is a fresh Python process (the pins act when torch and numpy load) that runs the four commands in it.
+Each run is a fresh Python process (the pins act when torch and numpy load) that runs its commands one after the
+other; the two reproducible-mode runs that both tests compare are made once, by the ``reproducible_runs`` fixture.
 """
 
 from __future__ import annotations
@@ -45,10 +46,8 @@ def avx2_machine() -> dict[str, str]:
     return {**env, **({"OPENCV_CPU_DISABLE": opencv} if opencv else {})}
 
 
-def _run(world: Path, out: Path, env: dict[str, str]) -> Path:
-    """The four stages into ``out`` in one fresh process with ``env`` over a clean environment."""
-    base = {k: v for k, v in os.environ.items()
-            if k not in numerics.pinned_environment() and k != numerics.ASSUME_AMX_ENV}
+def _demo_commands(world: Path, out: Path) -> list[list[str]]:
+    """The demo's four stages into ``out``: extract, text-prototypes, cam (CAA), crf."""
     commands = [["extract", world, "--split", "train", "-o", out / "features", *TINY, "--workers", "1", "--cache",
                  "full"],
                 ["text-prototypes", out / "features", "-o", out / "text.safetensors", "--templates",
@@ -56,9 +55,12 @@ def _run(world: Path, out: Path, env: dict[str, str]) -> Path:
                 ["cam", out / "features", "-p", out / "text.safetensors", "-o", out / "cams", "--refine", "caa",
                  "--device", "cpu", "--workers", "1"],
                 ["crf", out / "cams", "-o", out / "pseudo", "--workers", "1"]]
-    done = subprocess.run([sys.executable, "-c", RUN, json.dumps([[str(a) for a in c] for c in commands])],
-                          env={**base, "OMP_NUM_THREADS": "2", **env}, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    return [[str(a) for a in c] for c in commands]
+
+
+def _run(world: Path, out: Path, env: dict[str, str]) -> Path:
+    """The four stages into ``out`` in one fresh process with ``env`` over a clean environment."""
+    _run_commands(_demo_commands(world, out), env, RUN)
     return out
 
 
@@ -73,19 +75,19 @@ def _payload(data: bytes) -> bytes:
     return data[8 + int.from_bytes(data[:8], "little"):]
 
 
-def test_reproducible_mode_gives_the_same_bytes_on_an_emulated_avx2_machine_and_fast_mode_does_not(world, tmp_path):
-    here = _files(_run(world, tmp_path / "run", {numerics.MODE_ENV: "1"}))
-    (tmp_path / "run").rename(tmp_path / "here")  # the next run writes the same paths: its records name them
-    avx2 = _files(_run(world, tmp_path / "run", {numerics.MODE_ENV: "1", **avx2_machine()}))
-    (tmp_path / "run").rename(tmp_path / "avx2")
-    amx = _files(_run(world, tmp_path / "run", {numerics.MODE_ENV: "1", numerics.ASSUME_AMX_ENV: "1"}))
-    (tmp_path / "run").rename(tmp_path / "amx")
+def test_reproducible_mode_gives_the_same_bytes_on_an_emulated_avx2_machine_and_fast_mode_does_not(
+        world, reproducible_runs):
+    root, _ = reproducible_runs
+    here, avx2 = _files(root / "here" / "demo"), _files(root / "avx2" / "demo")
+    amx = _files(_run(world, root / "run" / "demo", {numerics.MODE_ENV: "1", numerics.ASSUME_AMX_ENV: "1"}))
+    (root / "run").rename(root / "amx")  # the next run writes the same paths: its records name them
     assert len(here) == 1 + 3 * 6 and here.keys() == avx2.keys() == amx.keys()
     assert [k for k in here if here[k] != avx2[k]] == []  # every file, its header included
     assert [k for k in here if here[k] != amx[k]] == []  # reproducible mode ignores the AMX switch
-    fast = {k: _payload(v) for k, v in _files(_run(world, tmp_path / "run", {})).items() if k.endswith("tensors")}
-    (tmp_path / "run").rename(tmp_path / "fast")
-    slow = {k: _payload(v) for k, v in _files(_run(world, tmp_path / "run", avx2_machine())).items()
+    fast = {k: _payload(v) for k, v in _files(_run(world, root / "run" / "demo", {})).items()
+            if k.endswith("tensors")}
+    (root / "run").rename(root / "fast")
+    slow = {k: _payload(v) for k, v in _files(_run(world, root / "run" / "demo", avx2_machine())).items()
             if k.endswith("tensors")}
     differ = [k for k in fast if fast[k] != slow[k]]
     assert any(k.startswith("cams/") for k in differ), "the emulated AVX2 machine changed no CAM in fast mode"
@@ -111,27 +113,40 @@ def _segment_commands(inputs, out: Path) -> list[list[str]]:
     return commands
 
 
-def _run_commands(commands: list[list[str]], env: dict[str, str]) -> None:
+def _run_commands(commands: list[list[str]], env: dict[str, str], program: str = RUN_TOWERS) -> None:
+    """``commands`` one after the other in one fresh process (``program``) with ``env`` over a clean environment."""
     base = {k: v for k, v in os.environ.items()
             if k not in numerics.pinned_environment() and k != numerics.ASSUME_AMX_ENV}
-    done = subprocess.run([sys.executable, "-c", RUN_TOWERS, json.dumps(commands)],
+    done = subprocess.run([sys.executable, "-c", program, json.dumps(commands)],
                           env={**base, "OMP_NUM_THREADS": "2", **env}, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_every_dense_method_gives_the_same_bytes_in_reproducible_mode_on_an_emulated_avx2_machine(tmp_path):
+@pytest.fixture(scope="module")
+def reproducible_runs(world, tmp_path_factory) -> tuple[Path, list[list[str]]]:
+    """The reproducible-mode runs both tests compare, made once: the demo's four stages (``run/demo``) and every
+    dense method's ``segment`` (``run/dense``, :func:`_segment_commands`), all in one fresh process as this machine
+    is (then moved to ``here``) and in one on an emulated AVX2-only machine (``avx2``), at the same paths (records
+    name them). Two processes where the two tests started four, each paying torch's imports and the pins."""
+    import method_matrix as mm
+
+    root = tmp_path_factory.mktemp("reproducible")
+    inputs = mm.make_inputs(root / "inputs", root, root, root)
+    segment = _segment_commands(inputs, root / "run" / "dense")
+    for name, env in (("here", {numerics.MODE_ENV: "1"}), ("avx2", {numerics.MODE_ENV: "1", **avx2_machine()})):
+        _run_commands([*_demo_commands(world, root / "run" / "demo"), *segment], env)
+        (root / "run").rename(root / name)
+    return root, segment
+
+
+def test_every_dense_method_gives_the_same_bytes_in_reproducible_mode_on_an_emulated_avx2_machine(
+        reproducible_runs):
     """Each ``--dense`` method (training-free, with its proxy DINO, SAM, region masks), not only the demo's stages:
     CASS's cell of the README once moved with the CPU in reproducible mode (a library its randomised SVD and
     spectra reach). Its masks made here and on an emulated AVX2-only machine are the same bytes."""
-    import method_matrix as mm
-
-    inputs = mm.make_inputs(tmp_path / "inputs", tmp_path, tmp_path, tmp_path)
-    commands = _segment_commands(inputs, tmp_path / "run")
+    root, commands = reproducible_runs
     assert len(commands) >= 10, [c[c.index("--dense") + 1] for c in commands]
-    _run_commands(commands, {numerics.MODE_ENV: "1"})
-    (tmp_path / "run").rename(tmp_path / "here")
-    _run_commands(commands, {numerics.MODE_ENV: "1", **avx2_machine()})
-    here, avx2 = _files(tmp_path / "here"), _files(tmp_path / "run")
+    here, avx2 = _files(root / "here" / "dense"), _files(root / "avx2" / "dense")
     masks = {k.partition("/")[0] for k in here if k.endswith(".png")}
     assert masks == {c[c.index("--dense") + 1] for c in commands} and here.keys() == avx2.keys()
     assert [k for k in here if here[k] != avx2[k]] == []
