@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR
 from unittest import mock
 
 from pace import Budget  # tests/ is on sys.path
@@ -203,6 +204,17 @@ class Workspace:
         cli_ok("crf", self.cams, "-o", self.pseudo, "--workers", "1")
         cli_ok("train-decoder", self.pseudo, "-p", self.text, "-o", self.decoder, *DECODER_ARGS)
 
+    def disk_state(self) -> dict[str, tuple[int, ...]]:
+        """:func:`disk_state` of the workspace: kept up to date by a :class:`DiskWatch` (started on first use) where
+        inotify is there, walked otherwise."""
+        if not hasattr(self, "_watch"):
+            self._watch = DiskWatch.start(self.root)
+        return self._watch.snapshot() if self._watch is not None else disk_state(self.root)
+
+    def missed_by_watch(self) -> list[str]:
+        """:meth:`DiskWatch.missed` of the workspace's watch (none without one)."""
+        return self._watch.missed() if getattr(self, "_watch", None) is not None else []
+
     def segmenter(self):
         """``seg`` of the Python cases (:data:`PY_SEGMENTER`), made on first use."""
         if getattr(self, "_segmenter", None) is None:
@@ -288,13 +300,13 @@ class Case:
             inside = dict(os.environ)
             env = _env_changes(outside, inside)
             env += [f"{k}={inside[k]}" for k in self.shows_env if k in inside and f"{k}={inside[k]}" not in env]
-            before = disk_state(ws.root)
+            before = ws.disk_state()
             if self.python:
                 outcome = run_python(ws, [str(a) for a in args])
-                outcome.left = disk_changes(before, disk_state(ws.root))
+                outcome.left = disk_changes(before, ws.disk_state())
                 return args, outcome
             r = invoke(*args)
-            after = disk_state(ws.root)
+            after = ws.disk_state()
         lines = [_steady(ws.relative(line)) for line in r.output.splitlines() if line.strip()]
         return args, Outcome(exit_code=r.exit_code, error_lines=[ln for ln in lines if ln.startswith("error:")],
                              last_line=lines[-1] if lines else "",
@@ -396,31 +408,116 @@ def disk_state(root: Path) -> dict[str, tuple[int, ...]]:
     FIFOs and device nodes are listed as themselves, never followed).
 
     Taken twice per case over a workspace that grows to thousands of files: one ``scandir`` pass whose entries carry
-    their type (os.walk's listing, then a path join, a normpath and an lstat per name, cost 1.7 times as much)."""
+    their type (os.walk's listing, then a path join, a normpath and an lstat per name, cost 1.7 times as much). A
+    case takes it through :meth:`Workspace.disk_state`, which keeps it up to date instead (:class:`DiskWatch`)."""
     state: dict[str, tuple[int, ...]] = {}
-
-    def walk(folder: str, prefix: str) -> None:
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:  # as os.walk: a folder that cannot be listed is left out
-            return
-        if prefix:
-            state[prefix] = ()
-        subdirs = []
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                subdirs.append(entry)
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            state[prefix + entry.name] = (st.st_mode, st.st_size, st.st_mtime_ns)
-        for entry in subdirs:
-            walk(entry.path, f"{prefix}{entry.name}/")
-
-    walk(os.fspath(root), "")
+    _walk(state, os.fspath(root), "")
     return state
+
+
+def _walk(state: dict[str, tuple[int, ...]], folder: str, prefix: str,
+          before_listing: Callable[[str, str], None] | None = None) -> None:
+    """:func:`disk_state`'s entries of ``folder`` (``prefix``: its relative path, ``""`` or ending with ``/``) and
+    of everything under it, into ``state``; ``before_listing(folder, prefix)`` is called for each folder first."""
+    if before_listing is not None:
+        before_listing(folder, prefix)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # as os.walk: a folder that cannot be listed is left out
+        return
+    if prefix:
+        state[prefix] = ()
+    subdirs = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry)
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        state[prefix + entry.name] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    for entry in subdirs:
+        _walk(state, entry.path, f"{prefix}{entry.name}/", before_listing)
+
+
+class DiskWatch:
+    """:func:`disk_state` of ``root``, kept up to date from the kernel's inotify events (Linux) instead of walked
+    anew: the table's ~770 cases took two snapshots each of a workspace that grows to ~5,000 paths, 15 CPU-s of the
+    ~100 the cases cost. A snapshot looks again at each path an event named since the last one (a folder created,
+    moved in or removed: everything under it); after an overflow of the kernel's queue, at everything.
+
+    Each folder is watched before it is listed, so a change after its listing is an event. A folder moved keeps its
+    watch under its old name until it is listed again under its new one; its move is an event of its parent, so
+    the new name is listed whole, and what an event under the old name says is looked up there and found gone.
+    :meth:`missed` is the check: the kept state against a fresh :func:`disk_state`."""
+
+    def __init__(self, root: Path):
+        from inotify_simple import INotify, flags
+
+        self.root, self.flags, self.inotify = os.fspath(root), flags, INotify()
+        self.mask = (flags.CREATE | flags.DELETE | flags.MODIFY | flags.ATTRIB | flags.CLOSE_WRITE | flags.MOVED_FROM
+                     | flags.MOVED_TO | flags.ONLYDIR | flags.DONT_FOLLOW)
+        self.folders: dict[int, str] = {}  # watch descriptor -> the folder's prefix ("" for root)
+        self.state: dict[str, tuple[int, ...]] = {}
+        _walk(self.state, self.root, "", self._watch)
+
+    @classmethod
+    def start(cls, root: Path) -> DiskWatch | None:
+        """A watch of ``root``, or None where inotify is not there (not Linux, inotify_simple not installed, the
+        user's inotify instances used up): the caller walks instead."""
+        try:
+            return cls(root)
+        except (ImportError, OSError):
+            return None
+
+    def _watch(self, folder: str, prefix: str) -> None:
+        try:
+            self.folders[self.inotify.add_watch(folder, self.mask)] = prefix  # a folder watched again: its own wd
+        except OSError:  # gone already, or no longer a folder: its parent's event says so
+            pass
+
+    def snapshot(self) -> dict[str, tuple[int, ...]]:
+        """:func:`disk_state` of the root now (a copy)."""
+        named, overflow = {}, False
+        while events := self.inotify.read(timeout=0):
+            for event in events:
+                if event.mask & self.flags.Q_OVERFLOW:
+                    overflow = True
+                elif event.mask & self.flags.IGNORED:  # its folder is gone (or its watch removed)
+                    self.folders.pop(event.wd, None)
+                elif event.name and event.wd in self.folders and not (
+                        event.mask & self.flags.ISDIR and not event.mask & (
+                            self.flags.CREATE | self.flags.DELETE | self.flags.MOVED_FROM | self.flags.MOVED_TO)):
+                    named[self.folders[event.wd] + event.name] = None  # a folder's own attributes: listed as ()
+        if overflow:
+            self.state.clear()
+            _walk(self.state, self.root, "", self._watch)
+        else:
+            for path in named:
+                self._look_again(path)
+        return dict(self.state)
+
+    def _look_again(self, path: str) -> None:
+        """``path``'s entries (itself, and everything under it if it is a folder) as they are now."""
+        self.state.pop(path, None)
+        if f"{path}/" in self.state:
+            inside = [p for p in self.state if p.startswith(f"{path}/")]
+            for p in inside:
+                del self.state[p]
+        try:
+            st = os.lstat(os.path.join(self.root, path))
+        except OSError:
+            return
+        if S_ISDIR(st.st_mode):
+            _walk(self.state, os.path.join(self.root, path), f"{path}/", self._watch)
+        else:
+            self.state[path] = (st.st_mode, st.st_size, st.st_mtime_ns)
+
+    def missed(self) -> list[str]:
+        """The paths where the kept state and a fresh :func:`disk_state` differ (none, or the watch missed one)."""
+        kept, walked = self.snapshot(), disk_state(Path(self.root))
+        return sorted(p for p in kept.keys() | walked.keys() if kept.get(p) != walked.get(p))
 
 
 def disk_changes(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> list[str]:
@@ -6700,6 +6797,8 @@ def run_all(ws: Workspace) -> list[tuple[Case, str, Outcome]]:
     for c in CASES:
         args, outcome = c.run(ws)
         rows.append((c, c.command(ws, args, outcome.env), outcome))
+    missed = ws.missed_by_watch()
+    assert not missed, f"the workspace's inotify watch missed a change: {missed[:20]}"  # every row's 'left' then
     return rows
 
 

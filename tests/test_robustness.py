@@ -632,3 +632,56 @@ def test_a_feature_cache_row_is_the_same_whatever_keys_the_cpu_names_its_entries
         assert cells([_keys(data.draw, 8) for _ in range(2)]) == first
 
     same_cells()
+
+
+def test_the_workspace_watch_sees_what_a_walk_sees(tmp_path):
+    """:class:`rc.DiskWatch` (the cases' before and after, kept up to date from inotify) gives :func:`rc.disk_state`
+    after each kind of change a run or a case makes: a file made, written in place, truncated, chmod-ed, its times
+    set back, renamed, replaced by a folder; folders made nested, renamed with files then written under the new
+    name, moved out and back in, removed whole; a symlink and a FIFO; and a change made by another process."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "ws"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "x.bin").write_bytes(b"x" * 10)
+    watch = rc.DiskWatch.start(root)
+    if watch is None:
+        pytest.skip("no inotify here: the cases walk the workspace instead")
+    outside = tmp_path / "outside"
+    stamp = os.stat(root / "a" / "b" / "x.bin").st_mtime_ns
+
+    def write_in_place():
+        with open(root / "a" / "b" / "x.bin", "r+b") as f:
+            f.write(b"y")
+
+    steps = [
+        lambda: (root / "f.txt").write_text("one"),
+        write_in_place,
+        lambda: os.utime(root / "a" / "b" / "x.bin", ns=(stamp, stamp)),  # same size, its time set back
+        lambda: os.truncate(root / "f.txt", 1),
+        lambda: os.chmod(root / "f.txt", 0o600),
+        lambda: (root / "f.txt").rename(root / "g.txt"),
+        lambda: (root / "n" / "m" / "k").mkdir(parents=True),
+        lambda: (root / "n" / "m" / "k" / "deep.txt").write_text("deep"),
+        lambda: ((root / "a").rename(root / "c"), (root / "c" / "b" / "new.txt").write_text("new")),
+        lambda: (root / "c" / "b" / "x.bin").write_bytes(b"z" * 3),
+        lambda: (root / "n").rename(outside),
+        lambda: ((outside / "m" / "later.txt").write_text("later"), outside.rename(root / "back")),
+        lambda: (root / "back" / "m" / "k" / "deep.txt").unlink(),
+        lambda: shutil.rmtree(root / "c"),
+        lambda: (root / "link").symlink_to(root / "back"),
+        lambda: os.mkfifo(root / "fifo"),
+        lambda: ((root / "g.txt").unlink(), (root / "g.txt").mkdir(), (root / "g.txt" / "in.txt").write_text("i")),
+        lambda: subprocess.run([sys.executable, "-c", f"open({str(root / 'back' / 'kid.txt')!r}, 'w').write('k')"],
+                               check=True),
+    ]
+    seen = set()
+    for i, step in enumerate(steps):
+        before = watch.snapshot()
+        step()
+        kept, walked = watch.snapshot(), rc.disk_state(root)
+        assert kept == walked, (i, sorted(set(kept.items()) ^ set(walked.items())))
+        assert kept != before, i  # each step changed something the snapshot shows
+        seen.add(i)
+    assert watch.missed() == [] and len(seen) == len(steps)
