@@ -5,6 +5,7 @@ missing (.ci/run installs Chromium; Gradio is in the test extra)."""
 
 from __future__ import annotations
 
+import importlib.util
 import io as bytes_io
 import os
 import queue
@@ -30,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMES = "circle, star|diamond, square"
 STATUS = "const e = document.querySelector('#status textarea, #status input'); return e && e.value"
 
-pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[app]' or '.[test]')")
+# skipped where gradio is not installed, found without importing it: every pytest process collects this module (each
+# worker of `make test`'s two passes), and gradio's import cost each of them ~3 CPU-s where one runs these tests
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gradio") is None,
+                                reason="gradio is not installed (pip install -e '.[app]' or '.[test]')")
 browser = pytest.fixture(chromium)
 
 
