@@ -443,9 +443,11 @@ def _walk(state: dict[str, tuple[int, ...]], folder: str, prefix: str,
 
 class DiskWatch:
     """:func:`disk_state` of ``root``, kept up to date from the kernel's inotify events (Linux) instead of walked
-    anew: the table's ~770 cases took two snapshots each of a workspace that grows to ~5,000 paths, 15 CPU-s of the
-    ~100 the cases cost. A snapshot looks again at each path an event named since the last one (a folder created,
-    moved in or removed: everything under it); after an overflow of the kernel's queue, at everything.
+    anew: the table's ~770 cases took two snapshots each of a workspace that grows to ~5,000 paths (the item that
+    runs them, ``[corrupt-image]``, cost 105.3 CPU-s walking and 89.0 watching: tests/conftest.py's
+    VPLTOOL_TEST_CPU_JSON, one run each on a loaded 2-core Xeon). A snapshot looks again at each path an event named
+    since the last one (a folder created, moved in or removed: everything under it); after an overflow of the
+    kernel's queue, at everything.
 
     Each folder is watched before it is listed, so a change after its listing is an event. A folder moved keeps its
     watch under its old name until it is listed again under its new one; its move is an event of its parent, so
