@@ -273,16 +273,19 @@ lint: setup
 TEST_WORKERS ?= 2
 TEST_ARGS = -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 # the second pytest: the tests whose figures follow --precision auto's dtype (marker numeric) again, with auto
-# resolved as on a CPU with AMX (bf16; VPLTOOL_ASSUME_AMX=1), so a machine without AMX proves what one with it does
+# resolved as on a CPU with AMX (bf16; VPLTOOL_ASSUME_AMX=1), so a machine without AMX proves what one with it does;
+# in one process (NUMERIC_ARGS): each pytest-xdist worker collects the whole suite first, which cost more CPU than
+# the few numeric tests a second worker would run
+NUMERIC_ARGS = -q -p no:xdist
 ## Lint, run the test suite (CPU, offline; the slow demo check too), then its numeric tests as on a CPU with AMX
 test: lint
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
-	VPLTOOL_ASSUME_AMX=1 $(VENV)/bin/python -m pytest $(TEST_ARGS) -m numeric
+	VPLTOOL_ASSUME_AMX=1 $(VENV)/bin/python -m pytest $(NUMERIC_ARGS) -m numeric
 
 ## Run the test suite without the slow demo-world check
 test-fast: lint
 	$(VENV)/bin/python -m pytest $(TEST_ARGS) -m "not slow"
-	VPLTOOL_ASSUME_AMX=1 $(VENV)/bin/python -m pytest $(TEST_ARGS) -m "numeric and not slow"
+	VPLTOOL_ASSUME_AMX=1 $(VENV)/bin/python -m pytest $(NUMERIC_ARGS) -m "numeric and not slow"
 
 ## The whole pipeline on the offline demo world, then a table of mIoU per stage next to chance
 # two stages at a time where neither needs the other (the text CAMs of every refinement while VPL phase 1 learns W,
@@ -814,7 +817,7 @@ doc_MODEL = the CLIP (open_clip name, local-dir:PATH, or vpltool-toy, the demo w
 doc_PRETRAINED = its weights: an open_clip tag (openai), a file, or none
 doc_MODEL_DEP = the file the features depend on besides the data: the toy CLIP; empty (MODEL_DEP=) for another
 doc_DEVICE = auto | cpu | cuda | cuda:N
-doc_TEST_WORKERS = make test's processes (pytest-xdist, one test file each at a time); 0 = one process
+doc_TEST_WORKERS = make test's processes for all its tests (pytest-xdist, one test file each at a time); 0 = one process; its numeric pass runs in one
 doc_TRAIN_SPLIT = the split the train-side stages run on (VOC: train_aug)
 doc_EVAL_SPLIT = the split they are scored on; empty = the one they ran on (VOC: train)
 doc_VAL_SPLIT = the held-out split predict and the held-out scores use

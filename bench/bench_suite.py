@@ -4,7 +4,8 @@ CPU-seconds and each file's, against the 20-CPU-minute budget; prints ONE JSON o
     python bench/bench_suite.py > bench/results/suite_timing_<cpu>.json         # runs both passes (~30 CPU-min)
     python bench/bench_suite.py --from PASS1.json PASS2.json                  # or reads two passes already run
 
-A pass is ``python -m pytest -q -n WORKERS --dist loadfile [-m numeric]`` as the Makefile's ``test`` target runs it,
+A pass is ``python -m pytest -q -n WORKERS --dist loadfile`` (all tests) or ``python -m pytest -q -p no:xdist -m
+numeric`` (the numeric ones, in one process) as the Makefile's ``test`` target runs them,
 with ``VPLTOOL_TEST_CPU_JSON`` set: tests/conftest.py then writes the pass's CPU time (user + system of pytest, its
 workers and every command they ran) and each test's (its fixtures' setup included: a shared fixture counts for the
 first test that uses it). ``--from`` reads such files (e.g. from ``VPLTOOL_TEST_CPU_JSON=F make test``, which writes
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-PASSES = (("all", [], {}), ("numeric", ["-m", "numeric"], {"VPLTOOL_ASSUME_AMX": "1"}))  # the Makefile's `test`
+# the Makefile's `test`: (name, pytest arguments, environment, whether it runs in --workers processes)
+PASSES = (("all", [], {}, True), ("numeric", ["-m", "numeric"], {"VPLTOOL_ASSUME_AMX": "1"}, False))
 
 
 def budget_min() -> float:
@@ -42,7 +44,7 @@ def run_pass(args: list[str], env: dict, out: Path, workers: int) -> float:
     """One pytest pass writing its CPU JSON to ``out``; its wall seconds (its exit status is not ours: a failing
     test still costs what it cost)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           *(["-n", str(workers), "--dist", "loadfile"] if workers else []), *args]
+           *(["-n", str(workers), "--dist", "loadfile"] if workers else ["-p", "no:xdist"]), *args]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env={**env, "VPLTOOL_TEST_CPU_JSON": str(out)}, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -84,8 +86,9 @@ def main() -> None:
     else:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with tempfile.TemporaryDirectory() as tmp:
-            for i, (name, extra, more) in enumerate(PASSES):
-                walls[i] = run_pass(extra, {**env, **more}, Path(tmp) / f"{name}.json", args.workers)
+            for i, (name, extra, more, in_workers) in enumerate(PASSES):
+                walls[i] = run_pass(extra, {**env, **more}, Path(tmp) / f"{name}.json",
+                                    args.workers if in_workers else 0)
                 passes.append(json.loads((Path(tmp) / f"{name}.json").read_text()))
         how = f"python bench/bench_suite.py --workers {args.workers} (make test's two pytest passes)"
         names = [p[0] for p in PASSES]
