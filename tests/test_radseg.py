@@ -116,6 +116,54 @@ def test_self_correlations_keep_shapes_and_mix_only_positively_correlated_tokens
     assert float(out[0, 0]) > 0.9 and float(out[0, 0]) < 1.0
 
 
+def test_the_recursive_attention_a_window_at_a_time_is_the_batched_one_bit_for_bit():
+    """scra's second step runs one window's [h, N, N] scores at a time, the softmax in place: the same bits as all
+    windows' scores at once (the reference's batched form, restated here)."""
+    import torch.nn.functional as F
+    from timm.models.vision_transformer import Attention
+
+    from vpltool.models.dense.radseg import scra
+
+    torch.manual_seed(0)
+    attn = Attention(48, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(3, 20, 48)
+    with torch.no_grad():
+        b, n, c = x.shape
+        q, k, v = attn.qkv(x).reshape(b, n, 3, 4, 12).permute(2, 0, 3, 1, 4).unbind(0)
+        o = attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+        unit = F.normalize(o.reshape(b, n, 4, 12).transpose(1, 2), dim=-1).flatten(0, 1)
+        sim = torch.baddbmm(unit.new_empty(()), unit, unit.transpose(-2, -1), beta=0.0, alpha=10.0)
+        sim = sim.masked_fill_(sim < 0, float("-inf")).softmax(-1).unflatten(0, (b, 4))
+        batched = attn.proj((sim @ v).transpose(1, 2).reshape(b, n, c))
+        ours = scra(attn, x, 10.0)
+    assert ours.shape == x.shape and torch.equal(ours, batched)
+    assert not torch.equal(ours, scra(attn, x, 1.0))  # the scale is used
+
+
+def test_the_windows_go_through_the_backbone_two_at_a_time_with_the_same_features(files, monkeypatch):
+    """window_features runs a photo's windows WINDOWS_A_FORWARD at a time outside reproducible mode (every forward the
+    same shapes, whatever the photo): the summed features are those of all windows in one forward, bit for bit;
+    reproducible mode keeps them in one forward."""
+    from vpltool.models.dense import radseg
+    from vpltool.models.dense.method import resolve_method
+
+    bb = resolve_method(_cfg(files)).load(None, "cpu")
+    image = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    seen = []
+    real = bb.patch_features
+    monkeypatch.setattr(bb, "patch_features", lambda w: seen.append(len(w)) or real(w))
+    monkeypatch.delenv("VPLTOOL_REPRODUCIBLE", raising=False)
+    with torch.no_grad():
+        grouped = radseg.window_features(bb, image, 32, 16)  # 3 x 4 windows
+        monkeypatch.setattr(radseg, "WINDOWS_A_FORWARD", 100)
+        whole = radseg.window_features(bb, image, 32, 16)
+        monkeypatch.setattr(radseg, "WINDOWS_A_FORWARD", 2)
+        monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
+        radseg.window_features(bb, image, 32, 16)
+    assert seen == [2] * 6 + [12, 12]
+    assert grouped.shape == (bb.model.embed_dim, 4, 5) and torch.equal(grouped, whole)
+
+
 def test_radseg_segments_a_real_photo_end_to_end(files, tmp_path):
     from skimage import data
 
