@@ -236,11 +236,12 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     bb = resolve_method(_cfg(files)).load(None, "cpu")
     kinds = [type(m) for part in (bb.model, bb.head, bb.text.model) for m in part.modules() if isinstance(m, nn.Linear)]
     assert len(kinds) > 10 and all(issubclass(k, onednn.OneDnnLinear) for k in kinds)
-    # the blocks' qkv layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
+    # the blocks' qkv and first MLP layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
     packed = {id(m) for m in bb.model.modules() if type(m) is mkl_packed.PackedLinear}
     want = mkl_packed.HAS_MKL_PACK and not reproducible_asked()
     assert packed == ({id(m) for m in packed_layers(bb.model)} if want else set())
-    assert len(packed_layers(bb.model)) == len(bb.model.blocks)
+    assert len(packed_layers(bb.model)) == 2 * len(bb.model.blocks)
+    assert {id(b.mlp.fc1) for b in bb.model.blocks} <= {id(m) for m in packed_layers(bb.model)}
     # every block adds its residuals in place outside reproducible mode (fused_blocks.FusedBlock; timm's forward in it)
     from vpltool.models.backbones.fused_blocks import FusedBlock
 

@@ -206,12 +206,12 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
 
 
 # the blocks' layers whose weights MKL's packed product reads (backbones.mkl_packed.PackedLinear): each keeps a packed
-# copy of its weights beside them, so not every layer: the qkv layers alone (81 MiB at ViT-B: 12 x 2,304 x 768
-# floats; of a ViT-B's four shapes, the one whose packing gained most a MiB). With the first MLP layers too (189
-# MiB) bench/bench_radseg.py's ratio was 0.02 lower, and vpltool's worker held 110 MiB more than the reference's
-# at its photos then (before the text rows were encoded 16 prompts a batch with the heap given back: its peak is
-# now its photos', below the reference's)
-PACKED = ("attn.qkv",)
+# copy of its weights beside them, so not every layer: the qkv layers (81 MiB at ViT-B: 12 x 2,304 x 768 floats) and
+# the first MLP layers (108 MiB: 12 x 3,072 x 768), the two shapes whose packing gained most a MiB. The first MLP
+# layers were left out while vpltool's worker peaked near the reference's; with a photo's windows two at a time
+# (WINDOWS_A_FORWARD) its peak is well below, and there is room for them. The projection and second MLP layers
+# (135 MiB more) are left out: that room is the margin under the reference's peak
+PACKED = ("attn.qkv", "mlp.fc1")
 
 
 def packed_layers(model) -> list:
