@@ -248,6 +248,21 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     assert all(isinstance(b, FusedBlock) for b in bb.model.blocks)
 
 
+def test_the_packed_layers_are_each_block_s_qkv_and_first_mlp_layer_where_it_has_them():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from vpltool.models.dense.radseg import ScraAttention, packed_layers
+
+    plain = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1=nn.Linear(4, 16)))
+    gated = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1_g=nn.Linear(4, 8)))
+    last = SimpleNamespace(attn=ScraAttention(SimpleNamespace(qkv=nn.Linear(4, 12)), 10.0), mlp=plain.mlp)
+    got = packed_layers(SimpleNamespace(blocks=[plain, gated, last]))
+    assert [id(m) for m in got] == [id(plain.attn.qkv), id(plain.mlp.fc1), id(gated.attn.qkv),
+                                    id(last.attn.inner.qkv), id(plain.mlp.fc1)]
+
+
 def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_heap_is_given_back(files, monkeypatch):
     """SigLIP 2's text rows at 16 prompts a batch (``SigLIP2Text.encode``'s) are those of 64 a batch bit for bit (16 x
     64 token rows and more take the same MKL kernels), and the heap's free pages are given back after every batch

@@ -215,14 +215,16 @@ PACKED = ("attn.qkv", "mlp.fc1")
 
 
 def packed_layers(model) -> list:
-    """The layers :data:`PACKED` names in each of ``model``'s blocks (the SCRA's inner attention's too)."""
+    """The linear layers :data:`PACKED` names in each of ``model``'s blocks (the SCRA's inner attention's too); a
+    block without one (a gated MLP has no ``fc1``) adds none."""
     out = []
     for block in model.blocks:
         for name in PACKED:
             owner, attr = name.split(".")
-            module = getattr(block, owner)
-            module = getattr(module, "inner", module)
-            out.append(getattr(module, attr))
+            module = getattr(block, owner, None)
+            layer = getattr(getattr(module, "inner", module), attr, None)
+            if isinstance(layer, nn.Linear):
+                out.append(layer)
     return out
 
 
