@@ -116,6 +116,54 @@ def test_self_correlations_keep_shapes_and_mix_only_positively_correlated_tokens
     assert float(out[0, 0]) > 0.9 and float(out[0, 0]) < 1.0
 
 
+def test_the_recursive_attention_a_window_at_a_time_is_the_batched_one_bit_for_bit():
+    """scra's second step runs one window's [h, N, N] scores at a time, the softmax in place: the same bits as all
+    windows' scores at once (the reference's batched form, restated here)."""
+    import torch.nn.functional as F
+    from timm.models.vision_transformer import Attention
+
+    from vpltool.models.dense.radseg import scra
+
+    torch.manual_seed(0)
+    attn = Attention(48, num_heads=4, qkv_bias=True).eval()
+    x = torch.randn(3, 20, 48)
+    with torch.no_grad():
+        b, n, c = x.shape
+        q, k, v = attn.qkv(x).reshape(b, n, 3, 4, 12).permute(2, 0, 3, 1, 4).unbind(0)
+        o = attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+        unit = F.normalize(o.reshape(b, n, 4, 12).transpose(1, 2), dim=-1).flatten(0, 1)
+        sim = torch.baddbmm(unit.new_empty(()), unit, unit.transpose(-2, -1), beta=0.0, alpha=10.0)
+        sim = sim.masked_fill_(sim < 0, float("-inf")).softmax(-1).unflatten(0, (b, 4))
+        batched = attn.proj((sim @ v).transpose(1, 2).reshape(b, n, c))
+        ours = scra(attn, x, 10.0)
+    assert ours.shape == x.shape and torch.equal(ours, batched)
+    assert not torch.equal(ours, scra(attn, x, 1.0))  # the scale is used
+
+
+def test_the_windows_go_through_the_backbone_two_at_a_time_with_the_same_features(files, monkeypatch):
+    """window_features runs a photo's windows WINDOWS_A_FORWARD at a time outside reproducible mode (every forward the
+    same shapes, whatever the photo): the summed features are those of all windows in one forward, bit for bit;
+    reproducible mode keeps them in one forward."""
+    from vpltool.models.dense import radseg
+    from vpltool.models.dense.method import resolve_method
+
+    bb = resolve_method(_cfg(files)).load(None, "cpu")
+    image = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    seen = []
+    real = bb.patch_features
+    monkeypatch.setattr(bb, "patch_features", lambda w: seen.append(len(w)) or real(w))
+    monkeypatch.delenv("VPLTOOL_REPRODUCIBLE", raising=False)
+    with torch.no_grad():
+        grouped = radseg.window_features(bb, image, 32, 16)  # 3 x 4 windows
+        monkeypatch.setattr(radseg, "WINDOWS_A_FORWARD", 100)
+        whole = radseg.window_features(bb, image, 32, 16)
+        monkeypatch.setattr(radseg, "WINDOWS_A_FORWARD", 2)
+        monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
+        radseg.window_features(bb, image, 32, 16)
+    assert seen == [2] * 6 + [12, 12]
+    assert grouped.shape == (bb.model.embed_dim, 4, 5) and torch.equal(grouped, whole)
+
+
 def test_radseg_segments_a_real_photo_end_to_end(files, tmp_path):
     from skimage import data
 
@@ -188,15 +236,31 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     bb = resolve_method(_cfg(files)).load(None, "cpu")
     kinds = [type(m) for part in (bb.model, bb.head, bb.text.model) for m in part.modules() if isinstance(m, nn.Linear)]
     assert len(kinds) > 10 and all(issubclass(k, onednn.OneDnnLinear) for k in kinds)
-    # the blocks' qkv layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
+    # the blocks' qkv and first MLP layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
     packed = {id(m) for m in bb.model.modules() if type(m) is mkl_packed.PackedLinear}
     want = mkl_packed.HAS_MKL_PACK and not reproducible_asked()
     assert packed == ({id(m) for m in packed_layers(bb.model)} if want else set())
-    assert len(packed_layers(bb.model)) == len(bb.model.blocks)
+    assert len(packed_layers(bb.model)) == 2 * len(bb.model.blocks)
+    assert {id(b.mlp.fc1) for b in bb.model.blocks} <= {id(m) for m in packed_layers(bb.model)}
     # every block adds its residuals in place outside reproducible mode (fused_blocks.FusedBlock; timm's forward in it)
     from vpltool.models.backbones.fused_blocks import FusedBlock
 
     assert all(isinstance(b, FusedBlock) for b in bb.model.blocks)
+
+
+def test_the_packed_layers_are_each_block_s_qkv_and_first_mlp_layer_where_it_has_them():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from vpltool.models.dense.radseg import ScraAttention, packed_layers
+
+    plain = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1=nn.Linear(4, 16)))
+    gated = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1_g=nn.Linear(4, 8)))
+    last = SimpleNamespace(attn=ScraAttention(SimpleNamespace(qkv=nn.Linear(4, 12)), 10.0), mlp=plain.mlp)
+    got = packed_layers(SimpleNamespace(blocks=[plain, gated, last]))
+    assert [id(m) for m in got] == [id(plain.attn.qkv), id(plain.mlp.fc1), id(gated.attn.qkv),
+                                    id(last.attn.inner.qkv), id(plain.mlp.fc1)]
 
 
 def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_heap_is_given_back(files, monkeypatch):

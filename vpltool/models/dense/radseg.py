@@ -8,11 +8,12 @@ own input conditioner made external):
 1. :func:`stride_input`: resized bilinearly so both sides are multiples of the window stride (the longer side
    rounded up, the other scaled with it and rounded up, each at least the window), unless they are already
    (``_preprocess_image``, called with the stride as its patch);
-2. mmseg's windows (:func:`~.segmentor.slide_windows`) in one batch through C-RADIOv3 whose last block's attention
-   is the **self-correlating recursive attention** (:func:`scra`): the block's own attention output, projected,
-   then split into heads again, each token's cosine with every other times ``scra_scale``, negatives dropped,
-   softmax, applied to the block's values and projected again; RADIO's feature normaliser on the patch tokens; the
-   windows' patch features summed on the photo's patch grid and divided by their count (:func:`window_features`);
+2. mmseg's windows (:func:`~.segmentor.slide_windows`), two at a time (:data:`WINDOWS_A_FORWARD`), through C-RADIOv3
+   whose last block's attention is the **self-correlating recursive attention** (:func:`scra`): the block's own
+   attention output, projected, then split into heads again, each token's cosine with every other times
+   ``scra_scale``, negatives dropped, softmax, applied to the block's values and projected again; RADIO's feature
+   normaliser on the patch tokens; the windows' patch features summed on the photo's patch grid and divided by their
+   count (:func:`window_features`);
 3. the **self-correlating global aggregation** over the whole grid (:func:`scga`): cosine of every pair of patch
    features, less the mean of all of them, times ``scga_scale``, negatives dropped, softmax, applied to the features;
 4. the language adaptor's summary head on each patch feature, its cosine with each query row, ``softmax(100 cos)``
@@ -89,11 +90,19 @@ def scra(attn, x: torch.Tensor, scale: float) -> torch.Tensor:
     q, k, v = attn.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
     first = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, d]
     o = attn.proj(first.transpose(1, 2).reshape(b, n, c)).reshape(b, n, heads, c // heads).transpose(1, 2)
-    unit = F.normalize(o, dim=-1).flatten(0, 1)
-    # the scale inside the product (MKL's alpha) and the mask in place: two passes over [B h, N, N] fewer
+    unit = F.normalize(o, dim=-1)
+    mixed = torch.stack([_correlate(unit[i], v[i], scale) for i in range(b)])
+    return attn.proj(mixed.transpose(1, 2).reshape(b, n, c))
+
+
+def _correlate(unit: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """One window's recursive step: ``softmax(scale ûûᵀ) v`` ``[h, N, d]`` (negative cosines dropped) from its
+    ``[h, N, d]`` unit rows ``û`` and values ``v``. A window at a time: its ``[h, N, N]`` scores (9.7 MB at ViT-B's
+    449 tokens) stay one window's, where a batch's at once were the largest blocks of a photo's heap (58 MB, twice,
+    at six windows); each window's products and softmax are the batched ones' bit for bit, and no slower."""
+    # the scale inside the product (MKL's alpha) and the mask in place: two passes over [h, N, N] fewer
     sim = torch.baddbmm(unit.new_empty(()), unit, unit.transpose(-2, -1), beta=0.0, alpha=scale)
-    sim = sim.masked_fill_(sim < 0, float("-inf")).softmax(-1).unflatten(0, (b, heads))
-    return attn.proj((sim @ v).transpose(1, 2).reshape(b, n, c))
+    return sim.masked_fill_(sim < 0, float("-inf")).softmax(-1) @ v
 
 
 class ScraAttention(nn.Module):
@@ -116,9 +125,22 @@ def scga(features: torch.Tensor, scale: float) -> torch.Tensor:
     return sim.masked_fill_(sim < 0, float("-inf")).softmax(-1) @ features
 
 
+# the windows a forward of the backbone takes at most, outside reproducible mode: every photo's forwards then have the
+# same shapes (two windows, one where a photo's count is odd), so the heap's blocks of one photo fit the next's
+# whatever their sizes, the activations' peak is two windows' (a photo of six windows took all at once held 90 MB
+# more, and its freed blocks left the heap larger for the photos after it), and MKL's packing of the qkv layers (made
+# for one row count: backbones.mkl_packed) serves every photo. Each window's features are the same bits either way
+# there (each row of MKL's products is its own sums: tests/test_radseg.py); reproducible mode's AVX2 kernels round a
+# row apart by the rows beside it, so there all of a photo's windows go in one forward, as before
+WINDOWS_A_FORWARD = 2
+
+
 def window_features(bb, image: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
     """Step 2 for one ``[1, 3, H, W]`` input: ``[C, h, w]`` patch features on its grid (``crop`` 0: the whole input
-    at once, its sides multiples of the patch)."""
+    at once, its sides multiples of the patch); the windows through the backbone :data:`WINDOWS_A_FORWARD` at a
+    time (all at once in reproducible mode), summed on the grid in the reference's order."""
+    from ...runtime.numerics import reproducible_asked
+
     p = bb.patch_size
     if crop <= 0:
         return bb.patch_features(image)[0]
@@ -128,12 +150,17 @@ def window_features(bb, image: torch.Tensor, crop: int, stride: int) -> torch.Te
     if any(v % p for box in boxes for v in box):
         raise VplError(f"--dense radseg: windows {crop}/{stride} leave a window off the {p}-pixel patch grid; give "
                        f"a --slide-crop and --slide-stride that are multiples of {p}")
-    feats = bb.patch_features(torch.cat([image[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]))
-    full = feats.new_zeros(feats.shape[1], math.ceil(height / p), math.ceil(width / p))
-    count = feats.new_zeros(1, *full.shape[1:])
-    for f, (y0, y1, x0, x1) in zip(feats, boxes):
-        full[:, y0 // p:y1 // p, x0 // p:x1 // p] += f
-        count[:, y0 // p:y1 // p, x0 // p:x1 // p] += 1
+    full = count = None
+    step = len(boxes) if reproducible_asked() else WINDOWS_A_FORWARD
+    for i in range(0, len(boxes), step):
+        group = boxes[i:i + step]
+        feats = bb.patch_features(torch.cat([image[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in group]))
+        if full is None:
+            full = feats.new_zeros(feats.shape[1], math.ceil(height / p), math.ceil(width / p))
+            count = feats.new_zeros(1, *full.shape[1:])
+        for f, (y0, y1, x0, x1) in zip(feats, group):
+            full[:, y0 // p:y1 // p, x0 // p:x1 // p] += f
+            count[:, y0 // p:y1 // p, x0 // p:x1 // p] += 1
     return full / count
 
 
@@ -179,23 +206,25 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
 
 
 # the blocks' layers whose weights MKL's packed product reads (backbones.mkl_packed.PackedLinear): each keeps a packed
-# copy of its weights beside them, so not every layer: the qkv layers alone (81 MiB at ViT-B: 12 x 2,304 x 768
-# floats; of a ViT-B's four shapes, the one whose packing gained most a MiB). With the first MLP layers too (189
-# MiB) bench/bench_radseg.py's ratio was 0.02 lower, and vpltool's worker held 110 MiB more than the reference's
-# at its photos then (before the text rows were encoded 16 prompts a batch with the heap given back: its peak is
-# now its photos', below the reference's)
-PACKED = ("attn.qkv",)
+# copy of its weights beside them, so not every layer: the qkv layers (81 MiB at ViT-B: 12 x 2,304 x 768 floats) and
+# the first MLP layers (108 MiB: 12 x 3,072 x 768), the two shapes whose packing gained most a MiB. The first MLP
+# layers were left out while vpltool's worker peaked near the reference's; with a photo's windows two at a time
+# (WINDOWS_A_FORWARD) its peak is well below, and there is room for them. The projection and second MLP layers
+# (135 MiB more) are left out: that room is the margin under the reference's peak
+PACKED = ("attn.qkv", "mlp.fc1")
 
 
 def packed_layers(model) -> list:
-    """The layers :data:`PACKED` names in each of ``model``'s blocks (the SCRA's inner attention's too)."""
+    """The linear layers :data:`PACKED` names in each of ``model``'s blocks (the SCRA's inner attention's too); a
+    block without one (a gated MLP has no ``fc1``) adds none."""
     out = []
     for block in model.blocks:
         for name in PACKED:
             owner, attr = name.split(".")
-            module = getattr(block, owner)
-            module = getattr(module, "inner", module)
-            out.append(getattr(module, attr))
+            module = getattr(block, owner, None)
+            layer = getattr(getattr(module, "inner", module), attr, None)
+            if isinstance(layer, nn.Linear):
+                out.append(layer)
     return out
 
 
@@ -384,5 +413,5 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
 
 
 __all__ = ["Hooks", "PRESET", "RadsegSettings", "knobs_of", "stride_input", "scra", "ScraAttention",
-           "scga", "window_features", "query_probabilities", "radseg_probabilities", "denoised_labels",
-           "RadsegBackbone", "OPENAI_MEAN", "OPENAI_STD"]
+           "scga", "WINDOWS_A_FORWARD", "window_features", "query_probabilities", "radseg_probabilities",
+           "denoised_labels", "RadsegBackbone", "OPENAI_MEAN", "OPENAI_STD"]
