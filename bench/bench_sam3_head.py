@@ -3,6 +3,7 @@
 ONE JSON object.
 
     python bench/bench_sam3_head.py [--pairs 5] [--out JSON]
+    python bench/bench_sam3_head.py --weights sam3.pt --photos DIR --words FILE [--out JSON]
 
 Transformers' ``Sam3MaskDecoder`` with vpltool's layers at Meta's sizes (256 channels, FPN levels 288, 144 and 72
 px, 200 queries, a 33-token prompt; random weights and inputs, seed 0), one image read by every prompt, one prompt
@@ -11,6 +12,12 @@ pair), each side is a fresh image's first prompt (with ``"phases"``: the image's
 image) and its next two prompts, CPU-seconds (``time.process_time``); the verdict per side is the medians of the
 first and of the later prompts, and of a photo of K prompts, ``first + (K - 1) later``. Each side's mask logits
 against transformers' head in float64 on the same inputs (one prompt) say how much each rounds.
+
+``--weights``: a whole SAM 3 (the sam3 family's) on each photo of ``--photos`` (``*.jpg``), the words of ``--words``
+(one a line) grounded as ``--dense sam3`` grounds them (:func:`vpltool.models.dense.sam3.sam3_scores`: its buckets,
+the head run for the prompts with a query above ``--confidence-threshold``): per photo and head, the CPU-seconds of
+its groundings (the photo encoded once, not timed; the heads in turn, the order swapped every other photo), how many
+prompts ran the head, and the two heads' mask logits' largest difference.
 """
 
 from __future__ import annotations
@@ -32,7 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--weights", type=Path, default=None, help="a whole SAM 3's weights (Meta's sam3.pt or a folder)")
+    ap.add_argument("--photos", type=Path, default=None, help="with --weights: a folder of .jpg photos")
+    ap.add_argument("--words", type=Path, default=None, help="with --weights: the prompts, one a line")
+    ap.add_argument("--confidence-threshold", type=float, default=0.15,
+                    help="with --weights: a prompt runs the head when a query scores above it")
     args = ap.parse_args(argv)
+    if args.weights:
+        return whole_model(args)
     import torch
     from transformers.models.sam3 import modeling_sam3 as hf
 
@@ -91,6 +105,54 @@ def main(argv: list[str] | None = None) -> None:
                          "max_abs_logit": float(exact.abs().max()),
                          "max_abs_diff_between": float((masks[a] - masks[b]).abs().max()), "head_convs": out},
                         indent=1)
+    print(result)
+    if args.out:
+        args.out.write_text(result + "\n")
+
+
+def whole_model(args) -> None:
+    """``--weights``: the heads on a whole SAM 3, photo by photo (module docstring)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vpltool.models import load_model
+    from vpltool.models.backbones import sam3_fast
+    from vpltool.models.backbones.sam3 import Sam3Spec
+    from vpltool.models.backbones.sam3_states import Sam3Image
+    from vpltool.models.dense.sam3 import bucket
+
+    import benchlib
+
+    torch.set_num_threads(1)
+    sam = load_model("sam3", Sam3Spec(str(args.weights)))
+    words = [w.strip() for w in args.words.read_text().splitlines() if w.strip()]
+    text, size = sam.encode_text(words), bucket(sam)
+    rows = []
+    with torch.no_grad():
+        for i, photo in enumerate(sorted(args.photos.glob("*.jpg"))):
+            encoded = sam.encode_image(sam.prepare(np.asarray(Image.open(photo).convert("RGB"))))
+            row, masks = {"photo": photo.name}, {}
+            for conv in sam3_fast.HEAD_CONVS[::1 if i % 2 == 0 else -1]:
+                sam.head_conv = conv
+                image = Sam3Image(encoded.features, encoded.positions, encoded.size)  # nothing of the other head's
+                start, ran, kept = time.process_time(), 0, []
+                for first in range(0, len(words), size):
+                    g = sam.ground(image, text.select(range(first, min(first + size, len(words)))),
+                                   masks=args.confidence_threshold)
+                    ran += len(g.mask_prompts or [])
+                    kept += [] if g.pred_masks is None else [g.pred_masks]
+                row[f"{conv}_cpu_s"] = round(time.process_time() - start, 2)
+                row["prompts_with_the_head"], masks[conv] = ran, torch.cat(kept) if kept else None
+            a, b = (masks[c] for c in sam3_fast.HEAD_CONVS)
+            row["max_abs_diff_between"] = None if a is None else float((a - b).abs().max())
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    result = json.dumps({"benchmark": "sam3_head_convs_whole_model", "machine": benchlib.machine("cpu"),
+                         "threads": 1, "precision": "fp32", "weights": str(args.weights), "words": len(words),
+                         "bucket": size, "confidence_threshold": args.confidence_threshold,
+                         "cpu_s_total": {c: round(sum(r[f"{c}_cpu_s"] for r in rows), 2)
+                                         for c in sam3_fast.HEAD_CONVS}, "photos": rows}, indent=1)
     print(result)
     if args.out:
         args.out.write_text(result + "\n")
