@@ -60,13 +60,14 @@ def test_the_model_loads_with_the_cpu_layouts_in_place(model):
     image = model.encode_image(model.prepare(photo))
     assert model.head_conv == "channels_last"
     model.ground(image, model.encode_text(PROMPTS))
-    assert not image.convolved  # each prompt convolves its own sum: nothing of the image's kept
+    (levels,) = image.convolved.values()  # the image's own, once per image, in one precision
+    # the coarser stage's level alone: each prompt convolves its own finest sum, channels-last
+    assert [tuple(t.shape) for t in levels.values()] == [(1, *image.features[-2].shape[1:])]
     model.head_conv = "phases"
     try:
         model.ground(image, model.encode_text(PROMPTS))
     finally:
         model.head_conv = "channels_last"
-    (levels,) = image.convolved.values()  # the image's own, once per image, in one precision
     assert [tuple(t.shape) for t in levels.values()] == [(1, *f.shape[1:]) for f in image.features[-2::-1]]
     model.head_conv = "nchw"
     try:
@@ -132,7 +133,8 @@ def test_the_channels_last_head_convolves_as_metas_does_one_prompt_at_a_time():
     convolves is channels-last, a prompt alone or a bucket; transformers' for one prompt is contiguous (the encoder
     tokens' map of a batch of one gets the batch stride of a channel, so the upsampling writes it contiguous) and
     the convolution library picks its kernel by layout. "channels_last" hands each 3 x 3 convolution a channels-last
-    sum, one prompt at a time, and gives the bits of Meta's decoder on channels-last levels."""
+    sum, one prompt at a time, and gives the bits of Meta's decoder on channels-last levels (every stage where the
+    image's levels are not shared; the finest where they are)."""
     torch.manual_seed(0)
     cfg = hf.Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2)
     decoder = hf.Sam3PixelDecoder(cfg).eval()
@@ -156,6 +158,15 @@ def test_the_channels_last_head_convolves_as_metas_does_one_prompt_at_a_time():
             # transformers' own (one prompt: contiguous), Meta's, vpltool's: each stage's convolution's input
             assert seen == [False, False, True, True, True, True]
             assert torch.equal(got, want)
+        # the image's levels shared: the coarser stage by phases (the image's level convolved once, kept), the
+        # finest on its channels-last sum
+        seen.clear()
+        lateral = {}
+        decoder.conv, decoder.levels, decoder.lateral = "channels_last", [*levels, prev], lateral
+        decoder([*levels, prev])
+        assert seen == [False, True] and list(lateral) == [0]
+        decoder([*levels, prev])
+        assert seen == [False, True, True]
 
 
 def test_the_complex_rotation_is_transformers_rotary_encoding():

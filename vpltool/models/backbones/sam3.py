@@ -51,8 +51,9 @@ BUCKET = 8  # prompts grounded at once by Sam3.segment (their masks: [K, 200, 28
 # prompts through the segmentation head at once: its pixel decoder is each prompt's own ([256, 288, 288] float32
 # tensors, 85 MB each, several alive), so a bucket's at once would take gigabytes; one at a time, as Meta's processor
 MASK_PROMPTS = 1
-# how the head's pixel decoder convolves in fp32 fast mode (sam3_fast.HEAD_CONVS): channels-last, as Meta's bucketed
-# head lays its map out, so its mask logits round as Meta's (parity/sam3_parity.py's bar, one prompt at a time)
+# how the head's pixel decoder convolves in fp32 fast mode (sam3_fast.HEAD_CONVS): its finest stage channels-last, as
+# Meta's channels-last levels make it, so its mask logits round as Meta's (parity/sam3_parity.py's bar), one prompt at
+# a time
 HEAD_CONV = "channels_last"
 
 
@@ -412,9 +413,9 @@ def _first_attention_shared(layer, image: Sam3Image, key, shared: bool):
 @contextlib.contextmanager
 def _pixel_decoder_set(decoder, conv: str, image: Sam3Image, key, shared: bool):
     """While open, the segmentation head's pixel decoder convolves as ``conv`` says (:data:`.sam3_fast.HEAD_CONVS`)
-    and, with ``shared`` (every prompt reads the one image), reads the image's own levels, and with ``"phases"``
-    convolves each of them once per image and precision (kept in ``image.convolved``), each prompt only its own
-    upsampled map (:class:`.sam3_fast.SharedLateralPixelDecoder`)."""
+    and, with ``shared`` (every prompt reads the one image), reads the image's own levels, each stage it runs by
+    phases convolving the image's level once per image and precision (kept in ``image.convolved``), each prompt only
+    its own upsampled map (:class:`.sam3_fast.SharedLateralPixelDecoder`)."""
     from .sam3_fast import HEAD_CONVS, SharedLateralPixelDecoder
 
     if conv not in HEAD_CONVS:
@@ -424,9 +425,7 @@ def _pixel_decoder_set(decoder, conv: str, image: Sam3Image, key, shared: bool):
         return
     decoder.conv = conv
     if shared:
-        decoder.levels = image.features
-        if conv == "phases":
-            decoder.lateral = image.convolved.setdefault(key, {})
+        decoder.levels, decoder.lateral = image.features, image.convolved.setdefault(key, {})
     try:
         yield
     finally:

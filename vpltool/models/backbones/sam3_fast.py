@@ -252,55 +252,59 @@ def upsampled_conv(x: torch.Tensor, kernels: torch.Tensor, plus: torch.Tensor) -
     return out.view(b, o, 2 * h, 2 * w)
 
 
-# how the segmentation head's pixel decoder convolves each stage's ``upsample(prev) + level`` in fp32 fast mode:
-# "channels_last": that sum laid out channels-last, as Meta's processor's bucketed head hands it over (the encoder's
-# tokens transposed into a map, a bucket of prompts at once: parity/sam3_head_rounding.py), so oneDNN runs the nhwc
-# kernel Meta's does (brgemm, where a contiguous map gets the blocked direct kernel) and the mask logits round as
-# the reference's; "phases": the image's conv(level) once and each prompt's :func:`upsampled_conv` (4/9 of its
-# multiply-adds, nearer a float64 head, but rounded otherwise than Meta's by 1.3e-4 to 1.6e-4 at the reduced
-# model's parity). bench/bench_sam3_head.py measures both
+# how the segmentation head's pixel decoder convolves in fp32 fast mode. "channels_last": its finest stage (288 x 288
+# at Meta's sizes) convolves ``upsample(prev) + level`` laid out channels-last, as Meta's does (Meta's FPN levels are
+# channels-last, its neck's layout, and the level comes first in its sum), so oneDNN runs the kernel Meta's runs
+# (brgemm on nhwc, where a contiguous map gets the blocked direct kernel, rounded otherwise) and the mask logits
+# round as the reference's (parity/sam3_head_rounding.py); the coarser stage as "phases" where the image's levels are
+# shared (its rounding barely reaches the logits, and phases are the cheaper per prompt there). "phases": every
+# stage as the image's conv(level) once and each prompt's :func:`upsampled_conv` (4/9 of its multiply-adds; nearer a
+# float64 head, but 1.3e-4 to 1.6e-4 from Meta's mask logits at the reduced model's parity).
+# bench/bench_sam3_head.py measures both
 HEAD_CONVS = ("channels_last", "phases")
 
 
 class SharedLateralPixelDecoder(hf.Sam3PixelDecoder):
     """Transformers' ``Sam3PixelDecoder`` in fp32 fast mode, as ``conv`` says (:data:`HEAD_CONVS`; :meth:`Sam3.ground`
     sets it, and, where every prompt reads one image, ``levels``, the image's own ``[1, C, H_i, W_i]``, and
-    ``lateral``, a dict the image keeps): "channels_last" each stage's convolution of ``upsample(prev) + level``
-    written channels-last; "phases" each stage's ``conv(upsample(prev) + level)`` as ``conv(level)`` (with the
-    bias) once per image, kept in ``lateral``, plus :func:`upsampled_conv` of the prompt's own ``prev``; elsewhere
-    (none set, not fp32, reproducible mode; "phases" without the image's levels) its own ``forward``."""
+    ``lateral``, a dict the image keeps). A stage by phases: its ``conv(upsample(prev) + level)`` as ``conv(level)``
+    (with the bias) once per image, kept in ``lateral``, plus :func:`upsampled_conv` of the prompt's own ``prev``; a
+    stage channels-last: ``upsample(prev) + level`` written channels-last, then convolved. "channels_last": the finest
+    stage channels-last, the others by phases where the image's levels are shared (every stage channels-last where
+    not); "phases": every stage by phases; elsewhere (none set, not fp32, reproducible mode; "phases" without the
+    image's levels) its own ``forward``."""
 
     def forward(self, backbone_features: list[torch.Tensor]) -> torch.Tensor:
         """Levels ``[B, C, H_i, W_i]``, coarse last (the prompt's encoder map), the others the image's in every row
         -> ``[B, C, H, W]`` at the finest level."""
         how, lateral, levels = (self.__dict__.get(k) for k in ("conv", "lateral", "levels"))
         prev = backbone_features[-1]
-        if how is None or not _fast_fp32(prev, self.conv_layers[0].weight):
+        shared = lateral is not None and levels is not None
+        if how is None or not _fast_fp32(prev, self.conv_layers[0].weight) or (how == "phases" and not shared):
             return super().forward(backbone_features)
-        if how == "channels_last":
-            return self._channels_last((backbone_features if levels is None else levels)[:-1], prev)
-        if lateral is None or levels is None:
-            return super().forward(backbone_features)
-        for i in range(len(backbone_features) - 1):
+        stages = len(backbone_features) - 1
+        own = backbone_features[:-1] if levels is None else levels[:-1]  # coarse last
+        for i in range(stages):
             conv = self.conv_layers[i]
-            if i not in lateral:
-                # the image's own tensor, not the prompt's view of it (whose strides depend on the bucket):
-                # convolution's kernel follows the strides, and an image's numbers must not depend on its first call
-                lateral[i] = conv(levels[-2 - i])
-            prev = F.relu(self.norms[i](upsampled_conv(prev, _kernels(conv), lateral[i])), inplace=True)
+            if how == "channels_last" and (i == stages - 1 or not shared):
+                out = conv(_channels_last_sum(prev, own[-1 - i]))
+            else:
+                if i not in lateral:
+                    # the image's own tensor, not the prompt's view of it (whose strides depend on the bucket):
+                    # convolution's kernel follows the strides, and an image's numbers must not depend on its first
+                    # call
+                    lateral[i] = conv(levels[-2 - i])
+                out = upsampled_conv(prev, _kernels(conv), lateral[i])
+            prev = F.relu(self.norms[i](out), inplace=True)
         return prev
 
-    def _channels_last(self, levels: list[torch.Tensor], prev: torch.Tensor) -> torch.Tensor:
-        """Transformers' stages on ``levels`` ``[1 or B, C, H_i, W_i]`` (coarse last) from the encoder's map ``prev``
-        ``[B, C, h, w]``, each ``upsample(prev) + level`` written channels-last before its convolution (the
-        layout Meta's bucketed head convolves; its norm and ReLU keep it) -> ``[B, C, H, W]``, channels-last."""
-        for i, level in enumerate(reversed(levels)):
-            up = F.interpolate(prev, size=level.shape[-2:], mode="nearest")
-            summed = torch.empty_like(up, memory_format=torch.channels_last)
-            torch.add(up, level, out=summed)  # one pass, written in the layout (no contiguous copy after)
-            del up
-            prev = F.relu(self.norms[i](self.conv_layers[i](summed)), inplace=True)
-        return prev
+
+def _channels_last_sum(prev: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """``upsample_nearest(prev) + level`` (``[B, C, h, w]``, ``[1 or B, C, H, W]``) -> ``[B, C, H, W]`` written
+    channels-last in one pass (the sum's values whatever its layout; the layout is what the convolution reads)."""
+    up = F.interpolate(prev, size=level.shape[-2:], mode="nearest")
+    summed = torch.empty_like(up, memory_format=torch.channels_last)
+    return torch.add(up, level, out=summed)
 
 
 def _kernels(conv: nn.Conv2d) -> torch.Tensor:
