@@ -235,7 +235,7 @@ def page(r: dict) -> dict:
                        f"{arch['encoder_layers']} + {arch['decoder_layers']} DETR layers, 200 queries) with the sam3 "
                        f"family's seeded weights in Meta's layout; a small WordNet in nltk's format read by both; "
                        f"{r['images']} photos, configs/cfg_voc21.py's 21 words; ActiveSAM's preview prunes to 8 "
-                       "words, buckets of 4.",
+                       f"words, buckets of 4; fp32 on one thread of an {r.get('cpu', 'unknown CPU')}.",
             "bar": f"max abs diff <= {r['bar']['max_abs']:g}, labels equal >= {r['bar']['labels_equal']:.1%}",
             "rows": rows}
 
@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default="sam3,activesam")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
+    import sam3_parity  # the CPU's name, as the SAM 3 parity writes it
+
     args.ref = args.ref.resolve()
     os.environ["NLTK_DATA"] = str((args.work / "nltk_data").resolve())
     s = setup(args.work.resolve(), args.images)
@@ -263,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
                             "config": "configs/cfg_voc21.py"},
               "model": {"sam3": "reduced (parity/activesam_parity.py reduced_config), seeded random, Meta's layout",
                         "arch": json.loads(s["arch"].read_text())},
-              "images": args.images, "threads": 1, "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}}
+              "images": args.images, "threads": 1, "cpu": sam3_parity.cpu_name(),
+              "bar": {"max_abs": BAR, "labels_equal": LABELS_BAR}}
     for method in args.methods.split(","):
         ref = args.work.resolve() / f"ref_{method}"
         seconds = run_reference(args, s, method, ref)

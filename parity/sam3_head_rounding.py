@@ -1,8 +1,9 @@
-"""Whose rounding the SAM 3 parity's mask logits gap is: vpltool's segmentation head as it runs, transformers'
-``Sam3MaskDecoder`` in float32 on the whole bucket at once (the reference's layout: Meta's processor runs the head on
-the bucket's prompts together) and one prompt at a time (vpltool's ``MASK_PROMPTS``), and the reference's saved
-``pred_masks``, each against transformers' head in float64 on vpltool's own head inputs (the queries, levels,
-encoder states and prompt vpltool's ``Sam3.ground`` hands the head).
+"""Whose rounding the SAM 3 parity's mask logits gap is: vpltool's segmentation head as it runs (``Sam3.head_conv``
+"channels_last") and with "phases", transformers' ``Sam3MaskDecoder`` in float32 on the whole bucket at once (whose
+pixel decoder convolves channels-last sums, as Meta's does, whose FPN levels are channels-last) and one prompt at a
+time (vpltool's ``MASK_PROMPTS``; contiguous sums), and the reference's saved ``pred_masks``, each against
+transformers' head in float64 on vpltool's own head inputs (the queries, levels, encoder states and prompt vpltool's
+``Sam3.ground`` hands the head).
 
     python parity/sam3_head_rounding.py [--work /tmp/vpltool-sam3-parity] [--images 3]
 
@@ -11,7 +12,8 @@ and writes ``parity/results/sam3_head_rounding.json``: per photo, each float32 h
 float64 head and from the reference, and the pixel decoder's first 3 x 3 convolution of the bucket's input as it is
 laid out (the encoder's tokens transposed into a map: channels-last strides) and made contiguous, each against its
 float64 result (the convolution's library picks its kernel by layout). Where vpltool's head is nearer the float64
-one than the reference's is, the mask logits gap is the reference's own rounding, not an error of vpltool's.
+one than the reference's is, the mask logits gap is the reference's own rounding, not an error of vpltool's; where
+vpltool's head is as near the reference as the bucket at once is, it rounds as the reference does.
 """
 
 from __future__ import annotations
@@ -113,12 +115,16 @@ def photo_row(sam, decoder, photo: Path, ref: dict) -> dict:
 
     calls = spy_head(decoder)
     image = np.asarray(Image.open(photo).convert("RGB"))
-    g = sam.ground(sam.encode_image(sam.prepare(image)), sam.encode_text(sam3_parity.PROMPTS))
+    encoded, text = sam.encode_image(sam.prepare(image)), sam.encode_text(sam3_parity.PROMPTS)
+    g = sam.ground(encoded, text)
     vars(decoder).pop("forward")
+    as_run, sam.head_conv = sam.head_conv, "phases"
+    phases = sam.ground(encoded, text).pred_masks.double()
+    sam.head_conv = as_run
     args = joined(calls)
     k = args["decoder_queries"].shape[0]
     exact = plain_head(decoder, torch.float64, args, k)
-    heads = {"vpltool as run": g.pred_masks.double(),
+    heads = {f"vpltool as run ({as_run})": g.pred_masks.double(), "vpltool, head_conv phases": phases,
              "transformers float32, the bucket at once": plain_head(decoder, torch.float32, args, k),
              "transformers float32, one prompt at a time": plain_head(decoder, torch.float32, args, 1),
              "reference": ref["grounding"]["pred_masks"].double()}

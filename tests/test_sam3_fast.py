@@ -58,15 +58,31 @@ def test_the_model_loads_with_the_cpu_layouts_in_place(model):
                    for m in model.model.modules())
     photo = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     image = model.encode_image(model.prepare(photo))
+    assert model.head_conv == "channels_last"
     model.ground(image, model.encode_text(PROMPTS))
     (levels,) = image.convolved.values()  # the image's own, once per image, in one precision
+    # the coarser stage's level alone: each prompt convolves its own finest sum, channels-last
+    assert [tuple(t.shape) for t in levels.values()] == [(1, *image.features[-2].shape[1:])]
+    model.head_conv = "phases"
+    try:
+        model.ground(image, model.encode_text(PROMPTS))
+    finally:
+        model.head_conv = "channels_last"
     assert [tuple(t.shape) for t in levels.values()] == [(1, *f.shape[1:]) for f in image.features[-2::-1]]
+    model.head_conv = "nchw"
+    try:
+        with pytest.raises(ValueError, match="head_conv 'nchw': give one of channels_last, phases"):
+            model.ground(image, model.encode_text(PROMPTS))
+    finally:
+        model.head_conv = "channels_last"
 
 
-def test_fast_mode_gives_transformers_numbers_and_reproducible_mode_its_bits(model, monkeypatch):
-    """Two photos (the image's shared levels are its own), every output of the image encoder and the grounding:
-    within float rounding in fast mode; bit for bit in reproducible mode, where only the layouts that are the same
-    sums in the same order run."""
+@pytest.mark.parametrize("conv", sam3_fast.HEAD_CONVS)
+def test_fast_mode_gives_transformers_numbers_and_reproducible_mode_its_bits(model, monkeypatch, conv):
+    """Two photos (the image's shared levels are its own), every output of the image encoder and the grounding,
+    either head: within float rounding in fast mode; bit for bit in reproducible mode, where only the layouts that
+    are the same sums in the same order run."""
+    monkeypatch.setattr(model, "head_conv", conv)
     rng = np.random.default_rng(0)
     photos = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(2)]
     plain = _transformers_own(model)
@@ -90,16 +106,67 @@ def test_the_upsampled_convolution_is_the_convolution_of_the_upsampled_map():
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
 
 
-def test_the_projection_applied_to_the_queries_is_the_projected_map_read_by_them():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_projection_applied_to_the_queries_is_the_projected_map_read_by_them(layout):
     torch.manual_seed(0)
     projection = torch.nn.Conv2d(16, 16, 1)
-    queries, pixels = torch.randn(2, 7, 16), torch.randn(2, 16, 5, 6)
+    queries, pixels = torch.randn(2, 7, 16), torch.randn(2, 16, 5, 6).contiguous(memory_format=layout)
     with torch.no_grad():
         ref = torch.einsum("bqc,bchw->bqhw", queries, projection(pixels))
         ours = sam3_fast.projected_masks(queries, projection, pixels)
     assert ours.shape == (2, 7, 5, 6)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
     assert not torch.allclose(ours, torch.einsum("bqc,bchw->bqhw", queries, pixels), atol=1e-2)  # the weights read
+
+
+def _metas_pixel_decoder(decoder, levels: list[torch.Tensor], prev: torch.Tensor) -> torch.Tensor:
+    """Meta's ``PixelDecoder.forward`` (sam3/model/maskformer_segmentation.py) on ``decoder``'s layers: the level
+    first in each sum, so the sum takes the level's layout."""
+    for i, level in enumerate(reversed(levels)):
+        prev = level + F.interpolate(prev, size=level.shape[-2:], mode="nearest")
+        prev = F.relu(decoder.norms[i](decoder.conv_layers[i](prev)))
+    return prev
+
+
+def test_the_channels_last_head_convolves_as_metas_does_one_prompt_at_a_time():
+    """Meta's FPN levels are channels-last (its neck's layout), so each ``level + upsample(prev)`` its pixel decoder
+    convolves is channels-last, a prompt alone or a bucket; transformers' for one prompt is contiguous (the encoder
+    tokens' map of a batch of one gets the batch stride of a channel, so the upsampling writes it contiguous) and
+    the convolution library picks its kernel by layout. "channels_last" hands each 3 x 3 convolution a channels-last
+    sum, one prompt at a time, and gives the bits of Meta's decoder on channels-last levels (every stage where the
+    image's levels are not shared; the finest where they are)."""
+    torch.manual_seed(0)
+    cfg = hf.Sam3MaskDecoderConfig(hidden_size=32, num_upsampling_stages=2)
+    decoder = hf.Sam3PixelDecoder(cfg).eval()
+    sam3_fast.speed_up(decoder)
+    levels = [torch.randn(1, 32, 36, 36), torch.randn(1, 32, 18, 18)]
+    metas_levels = [t.contiguous(memory_format=torch.channels_last) for t in levels]
+    seen = []
+    for conv in decoder.conv_layers:
+        conv.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].is_contiguous(
+            memory_format=torch.channels_last)) or None)
+    with torch.no_grad():
+        for b in range(2):
+            tokens = torch.randn(1, 81, 32)  # the encoder's states, as the head reshapes them
+            prev = tokens.transpose(1, 2).reshape(1, 32, 9, 9)
+            seen.clear()
+            hf.Sam3PixelDecoder.forward(decoder, [*levels, prev])
+            want = _metas_pixel_decoder(decoder, metas_levels, prev)
+            decoder.conv = "channels_last"
+            got = decoder([*levels, prev])
+            del decoder.conv
+            # transformers' own (one prompt: contiguous), Meta's, vpltool's: each stage's convolution's input
+            assert seen == [False, False, True, True, True, True]
+            assert torch.equal(got, want)
+        # the image's levels shared: the coarser stage by phases (the image's level convolved once, kept), the
+        # finest on its channels-last sum
+        seen.clear()
+        lateral = {}
+        decoder.conv, decoder.levels, decoder.lateral = "channels_last", [*levels, prev], lateral
+        decoder([*levels, prev])
+        assert seen == [False, True] and list(lateral) == [0]
+        decoder([*levels, prev])
+        assert seen == [False, True, True]
 
 
 def test_the_complex_rotation_is_transformers_rotary_encoding():

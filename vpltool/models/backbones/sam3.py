@@ -51,6 +51,10 @@ BUCKET = 8  # prompts grounded at once by Sam3.segment (their masks: [K, 200, 28
 # prompts through the segmentation head at once: its pixel decoder is each prompt's own ([256, 288, 288] float32
 # tensors, 85 MB each, several alive), so a bucket's at once would take gigabytes; one at a time, as Meta's processor
 MASK_PROMPTS = 1
+# how the head's pixel decoder convolves in fp32 fast mode (sam3_fast.HEAD_CONVS): its finest stage channels-last, as
+# Meta's channels-last levels make it, so its mask logits round as Meta's (parity/sam3_parity.py's bar), one prompt at
+# a time
+HEAD_CONV = "channels_last"
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ def sam3_identity(spec: Sam3Spec) -> dict[str, Any]:
 class Sam3:
     """A frozen SAM 3 (transformers' ``Sam3Model``) and the calls Meta's processor makes on it (module
     docstring). ``image_size`` (1008), ``patch`` (14), ``context`` (32 tokens), ``queries`` (200), ``width`` (the
-    DETR's, 256)."""
+    DETR's, 256); ``head_conv`` how its segmentation head convolves in fp32 fast mode (:data:`HEAD_CONV`, one of
+    :data:`.sam3_fast.HEAD_CONVS`)."""
 
     def __init__(self, model, device: torch.device, spec: Sam3Spec | None = None):
         from .sam3_fast import speed_up
@@ -151,6 +156,7 @@ class Sam3:
         self._texts: dict[tuple[str, ...], Sam3Text] = {}
         self.held = torch.float32  # the dtype its linear and convolution weights are held in (follow_autocast)
         self.loaded: dict[str, str] = {}  # its files' sha256 when it was loaded (load_sam3): what a re-read must find
+        self.head_conv = HEAD_CONV
 
     def follow_autocast(self) -> None:
         """Its linear and convolution weights made the dtype of the caller's autocast (:mod:`.sam3_half`): half
@@ -321,7 +327,7 @@ class Sam3:
             pick = torch.arange(k, device=self.device) if rows is None else rows
             # the one image's levels as views (rows of an expanded tensor are alike): picked rows would copy them,
             # 111 MB a prompt at 1008 px, on top of the copy the head makes of them itself
-            with _levels_shared(m.mask_decoder.pixel_decoder, image, precision, one):
+            with _pixel_decoder_set(m.mask_decoder.pixel_decoder, self.head_conv, image, precision, one):
                 parts = [m.mask_decoder(decoder_queries=hidden[-1][p],
                                         backbone_features=[f[:len(p)] if one else f[p] for f in feats],
                                         encoder_hidden_states=enc.last_hidden_state[p], prompt_features=prompt[p],
@@ -405,21 +411,26 @@ def _first_attention_shared(layer, image: Sam3Image, key, shared: bool):
 
 
 @contextlib.contextmanager
-def _levels_shared(decoder, image: Sam3Image, key, shared: bool):
-    """While open, with ``shared`` (every prompt reads the one image), the segmentation head's pixel decoder
-    convolves each of the image's own levels once per image and precision (kept in ``image.convolved``), each
-    prompt only its own upsampled map (:class:`.sam3_fast.SharedLateralPixelDecoder`)."""
-    from .sam3_fast import SharedLateralPixelDecoder
+def _pixel_decoder_set(decoder, conv: str, image: Sam3Image, key, shared: bool):
+    """While open, the segmentation head's pixel decoder convolves as ``conv`` says (:data:`.sam3_fast.HEAD_CONVS`)
+    and, with ``shared`` (every prompt reads the one image), reads the image's own levels, each stage it runs by
+    phases convolving the image's level once per image and precision (kept in ``image.convolved``), each prompt only
+    its own upsampled map (:class:`.sam3_fast.SharedLateralPixelDecoder`)."""
+    from .sam3_fast import HEAD_CONVS, SharedLateralPixelDecoder
 
-    if not shared or not isinstance(decoder, SharedLateralPixelDecoder):
+    if conv not in HEAD_CONVS:
+        raise ValueError(f"SAM 3 head_conv {conv!r}: give one of {', '.join(HEAD_CONVS)}")
+    if not isinstance(decoder, SharedLateralPixelDecoder):
         yield
         return
-    decoder.levels, decoder.lateral = image.features, image.convolved.setdefault(key, {})
+    decoder.conv = conv
+    if shared:
+        decoder.levels, decoder.lateral = image.features, image.convolved.setdefault(key, {})
     try:
         yield
     finally:
-        decoder.__dict__.pop("levels", None)
-        decoder.__dict__.pop("lateral", None)
+        for name in ("conv", "levels", "lateral"):
+            decoder.__dict__.pop(name, None)
 
 
 @functools.lru_cache(maxsize=None)

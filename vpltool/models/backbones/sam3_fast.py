@@ -15,13 +15,14 @@ and the half-precision weights of :mod:`.sam3_half` unchanged), each only where 
   oneDNN call (its ReLU applied as each tile is written) where transformers writes the product and reads it again
   (``[5184, 2048]`` float32 a prompt an encoder layer), the feed-forward a few hundred rows at a time (its hidden
   map read back from the cache); fp32 inference outside reproducible mode and :func:`.onednn.references_library`.
-* :class:`SharedLateralPixelDecoder` and :class:`LevelsMaskDecoder`, the segmentation head: where every prompt
-  reads one image, each stage's convolution of ``upsample(prev) + level`` as the image's ``conv(level)``, once per
-  image, plus the prompt's own ``prev`` convolved before upsampling (:func:`upsampled_conv`, 4/9 of the
-  multiply-adds), the four phases summed into the output as one strided view; the image's levels handed over
-  without transformers' copies; the 1 x 1 instance projection applied to the queries, not to every pixel
-  (:func:`projected_masks`: a prompt with a kept instance pays the head, so a photo where most words keep one pays it
-  most).
+* :class:`SharedLateralPixelDecoder` and :class:`LevelsMaskDecoder`, the segmentation head: each stage's
+  convolution of ``upsample(prev) + level`` on that sum laid out channels-last, as Meta's bucketed head convolves it
+  (its rounding: :data:`HEAD_CONVS`), or, with ``"phases"`` where every prompt reads one image, as the image's
+  ``conv(level)``, once per image, plus the prompt's own ``prev`` convolved before upsampling
+  (:func:`upsampled_conv`, 4/9 of the multiply-adds), the four phases summed into the output as one strided view;
+  the image's levels handed over without transformers' copies; the 1 x 1 instance projection applied to the queries,
+  not to every pixel (:func:`projected_masks`: a prompt with a kept instance pays the head, so a photo where most
+  words keep one pays it most).
 
 Reproducible mode (:mod:`vpltool.runtime.numerics`) keeps transformers' rotary encoding, pixel decoder and MKL's
 products: only the layouts that are the same sums in the same order (the decoder's bias, the levels handed over) run
@@ -251,28 +252,59 @@ def upsampled_conv(x: torch.Tensor, kernels: torch.Tensor, plus: torch.Tensor) -
     return out.view(b, o, 2 * h, 2 * w)
 
 
+# how the segmentation head's pixel decoder convolves in fp32 fast mode. "channels_last": its finest stage (288 x 288
+# at Meta's sizes) convolves ``upsample(prev) + level`` laid out channels-last, as Meta's does (Meta's FPN levels are
+# channels-last, its neck's layout, and the level comes first in its sum), so oneDNN runs the kernel Meta's runs
+# (brgemm on nhwc, where a contiguous map gets the blocked direct kernel, rounded otherwise) and the mask logits
+# round as the reference's (parity/sam3_head_rounding.py); the coarser stage as "phases" where the image's levels are
+# shared (its rounding barely reaches the logits, and phases are the cheaper per prompt there). "phases": every
+# stage as the image's conv(level) once and each prompt's :func:`upsampled_conv` (4/9 of its multiply-adds; nearer a
+# float64 head, but 1.3e-4 to 1.6e-4 from Meta's mask logits at the reduced model's parity).
+# bench/bench_sam3_head.py measures both
+HEAD_CONVS = ("channels_last", "phases")
+
+
 class SharedLateralPixelDecoder(hf.Sam3PixelDecoder):
-    """Transformers' ``Sam3PixelDecoder`` where every prompt reads one image (:meth:`Sam3.ground` sets ``levels``,
-    the image's own ``[1, C, H_i, W_i]``, and ``lateral``, a dict the image keeps): each stage's
-    ``conv(upsample(prev) + level)`` as ``conv(level)`` (with the bias) once per image, kept in ``lateral``, plus
-    :func:`upsampled_conv` of the prompt's own ``prev``; elsewhere (none set, not fp32, reproducible mode) its own
-    ``forward``."""
+    """Transformers' ``Sam3PixelDecoder`` in fp32 fast mode, as ``conv`` says (:data:`HEAD_CONVS`; :meth:`Sam3.ground`
+    sets it, and, where every prompt reads one image, ``levels``, the image's own ``[1, C, H_i, W_i]``, and
+    ``lateral``, a dict the image keeps). A stage by phases: its ``conv(upsample(prev) + level)`` as ``conv(level)``
+    (with the bias) once per image, kept in ``lateral``, plus :func:`upsampled_conv` of the prompt's own ``prev``; a
+    stage channels-last: ``upsample(prev) + level`` written channels-last, then convolved. "channels_last": the finest
+    stage channels-last, the others by phases where the image's levels are shared (every stage channels-last where
+    not); "phases": every stage by phases; elsewhere (none set, not fp32, reproducible mode; "phases" without the
+    image's levels) its own ``forward``."""
 
     def forward(self, backbone_features: list[torch.Tensor]) -> torch.Tensor:
         """Levels ``[B, C, H_i, W_i]``, coarse last (the prompt's encoder map), the others the image's in every row
         -> ``[B, C, H, W]`` at the finest level."""
-        lateral, levels = self.__dict__.get("lateral"), self.__dict__.get("levels")
+        how, lateral, levels = (self.__dict__.get(k) for k in ("conv", "lateral", "levels"))
         prev = backbone_features[-1]
-        if lateral is None or levels is None or not _fast_fp32(prev, self.conv_layers[0].weight):
+        shared = lateral is not None and levels is not None
+        if how is None or not _fast_fp32(prev, self.conv_layers[0].weight) or (how == "phases" and not shared):
             return super().forward(backbone_features)
-        for i in range(len(backbone_features) - 1):
+        stages = len(backbone_features) - 1
+        own = backbone_features[:-1] if levels is None else levels[:-1]  # coarse last
+        for i in range(stages):
             conv = self.conv_layers[i]
-            if i not in lateral:
-                # the image's own tensor, not the prompt's view of it (whose strides depend on the bucket):
-                # convolution's kernel follows the strides, and an image's numbers must not depend on its first call
-                lateral[i] = conv(levels[-2 - i])
-            prev = F.relu(self.norms[i](upsampled_conv(prev, _kernels(conv), lateral[i])), inplace=True)
+            if how == "channels_last" and (i == stages - 1 or not shared):
+                out = conv(_channels_last_sum(prev, own[-1 - i]))
+            else:
+                if i not in lateral:
+                    # the image's own tensor, not the prompt's view of it (whose strides depend on the bucket):
+                    # convolution's kernel follows the strides, and an image's numbers must not depend on its first
+                    # call
+                    lateral[i] = conv(levels[-2 - i])
+                out = upsampled_conv(prev, _kernels(conv), lateral[i])
+            prev = F.relu(self.norms[i](out), inplace=True)
         return prev
+
+
+def _channels_last_sum(prev: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """``upsample_nearest(prev) + level`` (``[B, C, h, w]``, ``[1 or B, C, H, W]``) -> ``[B, C, H, W]`` written
+    channels-last in one pass (the sum's values whatever its layout; the layout is what the convolution reads)."""
+    up = F.interpolate(prev, size=level.shape[-2:], mode="nearest")
+    summed = torch.empty_like(up, memory_format=torch.channels_last)
+    return torch.add(up, level, out=summed)
 
 
 def _kernels(conv: nn.Conv2d) -> torch.Tensor:
@@ -286,14 +318,19 @@ def _kernels(conv: nn.Conv2d) -> torch.Tensor:
 
 def projected_masks(queries: torch.Tensor, projection: nn.Conv2d, pixels: torch.Tensor) -> torch.Tensor:
     """``einsum("bqc,bchw->bqhw", queries, projection(pixels))`` for a 1 x 1 ``projection``: ``queries`` ``[B, Q, C]``,
-    ``pixels`` ``[B, C, H, W]`` float32 -> ``[B, Q, H, W]`` mask logits, the projection applied to the Q queries
-    (``queries W`` and ``queries . bias``) rather than to the H W pixels: a [256, 256] product where the map's was
-    [256, 256] x [256, 82944] (92 ms a prompt at Meta's 288 x 288 level), the same sums associated otherwise."""
+    ``pixels`` ``[B, C, H, W]`` float32 (contiguous or channels-last) -> ``[B, Q, H, W]`` mask logits, the projection
+    applied to the Q queries (``queries W`` and ``queries . bias``) rather than to the H W pixels: a [256, 256]
+    product where the map's was [256, 256] x [256, 82944] (92 ms a prompt at Meta's 288 x 288 level), the same sums
+    associated otherwise."""
     b, c, h, w = pixels.shape
     weight = projection.weight.flatten(1)  # [C_out, C_in]
     folded = torch.matmul(queries, weight)  # [B, Q, C_in]
     bias = torch.matmul(queries, projection.bias)[..., None] if projection.bias is not None else queries.new_zeros(1)
-    return torch.baddbmm(bias, folded, pixels.reshape(b, c, h * w)).view(b, -1, h, w)
+    if pixels.is_contiguous(memory_format=torch.channels_last):  # read as [B, HW, C] transposed: no 85 MB copy
+        flat = pixels.permute(0, 2, 3, 1).reshape(b, h * w, c).transpose(1, 2)
+    else:
+        flat = pixels.reshape(b, c, h * w)
+    return torch.baddbmm(bias, folded, flat).view(b, -1, h, w)
 
 
 class LevelsMaskDecoder(hf.Sam3MaskDecoder):
@@ -355,6 +392,6 @@ def speed_up(model: nn.Module) -> int:
     return n
 
 
-__all__ = ["ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "HeadsFirstAttention", "LayoutDetrDecoder",
-           "LevelsMaskDecoder", "SharedLateralPixelDecoder", "heads_first", "linear_relu", "phase_kernels",
-           "projected_masks", "rotate_complex", "speed_up", "turn_of", "upsampled_conv"]
+__all__ = ["HEAD_CONVS", "ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "HeadsFirstAttention",
+           "LayoutDetrDecoder", "LevelsMaskDecoder", "SharedLateralPixelDecoder", "heads_first", "linear_relu",
+           "phase_kernels", "projected_masks", "rotate_complex", "speed_up", "turn_of", "upsampled_conv"]

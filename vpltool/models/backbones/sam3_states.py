@@ -22,8 +22,8 @@ class Sam3Image:
             precision it was made in: what every prompt on this one image computes alike (before any text is
             mixed in), made by the first :meth:`Sam3.ground` that reads the image and shared by the others.
         convolved: the segmentation head's convolution of each finer level, ``{stage: [1, D, h, w]}`` by the
-            precision it was made in: made by the first :meth:`Sam3.ground` that runs the head, read by the others
-            (:class:`.sam3_fast.SharedLateralPixelDecoder`).
+            precision it was made in, each stage the head runs by phases: made by the first :meth:`Sam3.ground`
+            that runs the head, read by the others (:class:`.sam3_fast.SharedLateralPixelDecoder`).
     """
 
     features: tuple[torch.Tensor, ...]
