@@ -99,3 +99,29 @@ def test_bad_settings_are_one_line_before_training():
         replace(TINY, side=100)
     with pytest.raises(VplError, match="--batch-size 1: give at least 2"):
         replace(TINY, batch_size=1)
+
+
+def test_make_radseg_segments_val_with_the_toy_radio_and_make_demo_does_not(tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("needs GNU make")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+    def planned(target: str) -> str:
+        return subprocess.run(["make", "-n", "--no-print-directory", target, f"RUN={tmp_path / 'run'}",
+                               f"VENV={tmp_path / 'venv'}"], cwd=root, env=env, capture_output=True, text=True,
+                              check=True).stdout
+
+    lines = [" ".join(line.split()) for line in planned("radseg").replace("\\\n", " ").splitlines()]
+    segment = next(line for line in lines if " segment " in line)
+    for words in ("--dense radseg", "--split val", f"-o {tmp_path / 'run'}/dense_radseg/radseg",
+                  "--proxy-weights vpltool/assets/toy-radio/radio.pth.tar",
+                  "--language-model vpltool/assets/toy-radio/siglip", "--scra-scale", "--scga-scale"):
+        assert words in segment, (words, segment)
+    assert any(f"eval {tmp_path / 'run'}/dense_radseg/radseg --json" in line for line in lines)
+    assert any(f"studies/radseg_demo_rows.py {tmp_path / 'run'}" in line for line in lines)
+    assert "--dense radseg" not in planned("demo") and "dense_radseg" not in planned("demo")
