@@ -16,8 +16,13 @@ images by mIoU, among what `segment` lets a user set: the input and its windows 
 
 Beside the choice, on the same train images (diagnosis, not choice): each of SCRA and SCGA switched off at the
 chosen settings ("plain": the last block's own attention; no global aggregation), which shows whether the paper's
-two mechanisms help on this toy. Baselines on the same images (the demo report's): all background, and chance
-(random smooth CAMs given the true labels). Prints one JSON object.
+two mechanisms help on this toy; and where the chain from the teacher to RADSeg's patches loses the classes
+(:func:`_where_it_breaks`): top-1 among the eight class prompts of the toy SigLIP's own image embedding and of the
+student's summary token through its ``siglip2`` head (the scenes with one object), and of each foreground patch
+token through that same head (RADSeg's use of it), at the 192-pixel input both trained at.
+
+Baselines on the same images (the demo report's): all background, and chance (random smooth CAMs given the true
+labels). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ WINDOWS = ((192, 192, 96), (288, 192, 96), (384, 192, 128))
 SCRA_SCALES = (None, 5.0, 10.0, 20.0)  # None: plain (the last block's own attention)
 SCGA_SCALES = (None, 5.0, 10.0, 20.0)  # None: no global aggregation
 TEMPLATES = ("a photo of a {}.", "{}")
-PROB_THRESHOLDS = (0.0, 0.2, 0.4, 0.6)
+PROB_THRESHOLDS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
 DENOISE = 0.5  # RADSeg's prompt denoising threshold (RadsegSettings: no option of segment)
 
 
@@ -99,6 +104,51 @@ def _miou(bb, feats, items, text, query_class, n: int, scga_scale: float | None,
                 _, labels = denoised_labels(probs, query_class, n, DENOISE, t)
                 accs[t].add(gt, labels.numpy().astype(np.uint8))
     return {t: acc.result()["miou"] for t, acc in accs.items()}
+
+
+def _where_it_breaks(weights: Path, bb, items, classes: list[str]) -> dict:
+    """Top-1 accuracy among the class prompts (module docstring) of the teacher's pooled embedding, the student's
+    summary through the ``siglip2`` head (both on the one-object scenes) and each foreground patch through the
+    same head (the patch grid's nearest-neighbour labels; every scene)."""
+    from PIL import Image
+    from transformers import SiglipModel
+
+    from vpltool.demo.train_toy_radio import pixels_at
+    from vpltool.models.backbones.radio import read_checkpoint, summary_head
+
+    teacher = SiglipModel.from_pretrained(weights / "siglip", dtype=torch.float32).eval()
+    head = summary_head(read_checkpoint(weights / "radio.pth.tar"), "siglip2").float()
+    rows = F.normalize(bb.text.encode([f"a photo of a {c}." for c in classes]), dim=-1)
+    model, n_prefix = bb.model, bb.dino.n_prefix
+    counts = {"teacher_pooled": 0, "student_summary": 0, "student_patches": 0, "scenes": 0, "patches": 0}
+    last = model.blocks[-1]
+    wrapper, last.attn = last.attn, last.attn.inner  # the student as it trained: its own last attention
+    try:
+        with torch.no_grad():
+            for item in items:
+                x = pixels_at(io.load_image(item.image)[None], 192)
+                tokens = model.forward_features(x).float()
+                grid = x.shape[-1] // 16
+                gt = np.asarray(Image.fromarray(io.read_mask(item.gt)).resize((grid, grid), Image.NEAREST))
+                gt = torch.from_numpy(gt.astype(np.int64)).flatten()
+                fg = (gt > 0) & (gt < 255)
+                guess = (F.normalize(head(tokens[0, n_prefix:]), dim=-1) @ rows.T).argmax(1) + 1
+                counts["student_patches"] += int((guess[fg] == gt[fg]).sum())
+                counts["patches"] += int(fg.sum())
+                present = [c for c in item.labels if c > 0]
+                if len(present) != 1:
+                    continue
+                counts["scenes"] += 1
+                pooled = teacher.vision_model(pixel_values=x).pooler_output
+                counts["teacher_pooled"] += int((pooled @ rows.T).argmax() + 1 == present[0])
+                counts["student_summary"] += int((head(tokens[:, 0]) @ rows.T).argmax() + 1 == present[0])
+    finally:
+        last.attn = wrapper
+    return {"one_object_scenes": counts["scenes"], "foreground_patches": counts["patches"],
+            "top1_teacher_pooled": counts["teacher_pooled"] / max(counts["scenes"], 1),
+            "top1_student_summary_head": counts["student_summary"] / max(counts["scenes"], 1),
+            "top1_student_patches_through_summary_head": counts["student_patches"] / max(counts["patches"], 1),
+            "chance": 1 / len(classes)}
 
 
 def _texts(segs: dict, classes: list[str]) -> dict:
@@ -162,6 +212,7 @@ def main() -> None:
                                      "scga only": tried[key(None, scga_scale)],
                                      "scra only": tried[key(scra, None)], "plain": tried[key(None, None)]},
         "val_miou_at_chosen": {"scra+scga": at(val_items, scra, scga_scale), "plain": at(val_items, None, None)},
+        "train_where_it_breaks": _where_it_breaks(args.weights, bb, choose, classes),
         "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(report, indent=1))
 
