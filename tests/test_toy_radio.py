@@ -125,3 +125,21 @@ def test_make_radseg_segments_val_with_the_toy_radio_and_make_demo_does_not(tmp_
     assert any(f"eval {tmp_path / 'run'}/dense_radseg/radseg --json" in line for line in lines)
     assert any(f"studies/radseg_demo_rows.py {tmp_path / 'run'}" in line for line in lines)
     assert "--dense radseg" not in planned("demo") and "dense_radseg" not in planned("demo")
+
+
+def test_the_shipped_toy_radio_is_the_recipes_and_loads_through_dense_radseg():
+    import vpltool
+    from vpltool.demo.scenes import SceneConfig, generate_scenes
+
+    shipped = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-radio"
+    record = json.loads((shipped / "model.json").read_text())
+    assert record["vpltool_file"] == "toy-radio-record" and record["recipe"] == vars(ToyRadioConfig())
+    assert record["radio"]["teachers"] == ["siglip2", "dino_v2"]
+    assert "never a make-world split" in record["data"]["scenes"]
+    assert all(p.stat().st_size < 1 << 20 for p in shipped.rglob("*") if p.is_file())  # the package ships them
+    scene = next(generate_scenes(1, 7, SceneConfig()))
+    seg = vpltool.segmenter("radseg", proxy_weights=str(shipped / "radio.pth.tar"),
+                            language_model=str(shipped / "siglip"), short_side=192, slide_crop=192, slide_stride=96,
+                            templates="a photo of a {}.", background="grass,sky,wall,water", device="cpu")
+    assert seg(scene.image, ["circle", "star"]).labels.shape == (96, 96)
+    assert seg.backbone.text.dim == record["recipe"]["width"]
