@@ -336,8 +336,8 @@ $(RUN)/metrics/dense_sam3/%.json: $(RUN)/dense_sam3/%/_stage.json
 # DINO, on fresh scenes, never these), zero-shot on val; its settings chosen on the demo world's train split alone
 # (studies/study_radseg_demo.py, studies/results/radseg_demo.json)
 RADSEG_DEMO_WEIGHTS ?= vpltool/assets/toy-radio
-RADSEG_DEMO_ARGS ?= --templates "a photo of a {}." --short-side 192 --slide-crop 192 --slide-stride 96 \
-  --scra-scale 10 --scga-scale 10 --prob-threshold 0
+RADSEG_DEMO_ARGS ?= --templates "a photo of a {}." --short-side 576 --slide-crop 192 --slide-stride 192 \
+  --scra-scale 40 --scga-scale 20 --prob-threshold 0.98
 ## The demo's RADSeg row (the toy RADIO, zero-shot on val) beside all-background and chance
 radseg: $(RUN)/metrics/dense_radseg/radseg.json
 	$(VENV)/bin/python studies/radseg_demo_rows.py $(RUN)
@@ -814,7 +814,7 @@ runs/toy-sam3/world/_stage.json: | setup
 	$(VPL) make-world $(@D) --seed 20
 
 # (fresh scenes of the demo world, rendered as it trains: never a make-world split; a toy SigLIP, then a toy C-RADIOv3
-# distilled from it and the toy DINO; about 15 min on one thread)
+# distilled from it and the toy DINO; the shipped one took 1002.9 s on one thread of shared cores)
 ## Retrain the shipped toy RADIO of `--dense radseg` from its seed (not part of CI; bit-identical)
 toy-radio: setup
 	$(VPL) train-toy-radio vpltool/assets/toy-radio --overwrite

@@ -52,11 +52,11 @@ from benchlib import machine  # noqa: E402
 SHIPPED = Path(__file__).resolve().parents[1] / "vpltool" / "assets" / "toy-radio"
 BACKGROUND = ("grass", "sky", "wall", "water")  # the Makefile's BACKGROUND
 # (short side, window, stride): the scene at the toy's training size whole, and larger, in windows of that size
-WINDOWS = ((192, 192, 96), (288, 192, 96), (384, 192, 128))
-SCRA_SCALES = (None, 5.0, 10.0, 20.0)  # None: plain (the last block's own attention)
-SCGA_SCALES = (None, 5.0, 10.0, 20.0)  # None: no global aggregation
+WINDOWS = ((192, 192, 96), (288, 192, 96), (384, 192, 128), (480, 192, 144), (576, 192, 192))
+SCRA_SCALES = (None, 5.0, 10.0, 20.0, 40.0)  # None: plain (the last block's own attention)
+SCGA_SCALES = (None, 5.0, 10.0, 20.0, 40.0)  # None: no global aggregation
 TEMPLATES = ("a photo of a {}.", "{}")
-PROB_THRESHOLDS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
+PROB_THRESHOLDS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 DENOISE = 0.5  # RADSeg's prompt denoising threshold (RadsegSettings: no option of segment)
 
 
