@@ -243,7 +243,7 @@ endif
 endif
 
 .PHONY: help setup setup-demo lint test test-fast demo world features text-prototypes cams-text learn-prototypes cams-vision \
-        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam sam3 report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 toy-sam3 \
+        pseudo decoder decoders predict heldout refines diagnose dense dense-metrics affinity sgc sam sam3 radseg report voc coco bench parity docs toy-clip toy-dino toy-sam toy-sam-world20 toy-sam3 toy-radio \
         clean-demo weclip decoder-seeds
 
 ## Create .venv and install vpltool with its CRF and test extras (idempotent)
@@ -333,6 +333,23 @@ $(RUN)/dense_sam3/%/_stage.json: $(DATA_DEP)
 	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense $* --sam3-weights $(SAM3_DEMO_WEIGHTS) \
 	  $(SAM3_DEMO_ARGS_$*) --device $(DEVICE) --overwrite
 $(RUN)/metrics/dense_sam3/%.json: $(RUN)/dense_sam3/%/_stage.json
+	$(VPL) eval $(<D) --json $@ --overwrite
+
+# RADSeg with the shipped toy RADIO (`make toy-radio`: a toy SigLIP and a toy C-RADIOv3 distilled from it and the toy
+# DINO, on fresh scenes, never these), zero-shot on val; its settings chosen on the demo world's train split alone
+# (studies/study_radseg_demo.py, studies/results/radseg_demo.json)
+RADSEG_DEMO_WEIGHTS ?= vpltool/assets/toy-radio
+RADSEG_DEMO_ARGS ?= --templates "a photo of a {}." --short-side 576 --slide-crop 192 --slide-stride 192 \
+  --scra-scale 40 --scga-scale 20 --prob-threshold 0.98
+## The demo's RADSeg row (the toy RADIO, zero-shot on val) beside all-background and chance
+radseg: $(RUN)/metrics/dense_radseg/radseg.json
+	$(VENV)/bin/python studies/radseg_demo_rows.py $(RUN)
+$(RUN)/dense_radseg/radseg/_stage.json: $(DATA_DEP) $(wildcard $(RADSEG_DEMO_WEIGHTS)/radio.pth.tar \
+  $(RADSEG_DEMO_WEIGHTS)/siglip/*.safetensors)
+	$(VPL) segment $(DATA) --split $(VAL_SPLIT) -o $(@D) --dense radseg \
+	  --proxy-weights $(RADSEG_DEMO_WEIGHTS)/radio.pth.tar --language-model $(RADSEG_DEMO_WEIGHTS)/siglip \
+	  --background "$(BACKGROUND)" $(RADSEG_DEMO_ARGS) --device $(DEVICE) --overwrite
+$(RUN)/metrics/dense_radseg/radseg.json: $(RUN)/dense_radseg/radseg/_stage.json
 	$(VPL) eval $(<D) --json $@ --overwrite
 
 ## Render the demo world (synthetic scenes with exact masks)
@@ -799,6 +816,12 @@ toy-sam3: runs/toy-sam3/world/_stage.json
 runs/toy-sam3/world/_stage.json: | setup
 	$(VPL) make-world $(@D) --seed 20
 
+# (fresh scenes of the demo world, rendered as it trains: never a make-world split; a toy SigLIP, then a toy C-RADIOv3
+# distilled from it and the toy DINO; the shipped one took 1002.9 s on one thread of shared cores)
+## Retrain the shipped toy RADIO of `--dense radseg` from its seed (not part of CI; bit-identical)
+toy-radio: setup
+	$(VPL) train-toy-radio vpltool/assets/toy-radio --overwrite
+
 ## Remove the demo run folder
 clean-demo:
 	rm -rf $(RUN)
@@ -946,4 +969,6 @@ pgseg: setup
   $(RUN)/predtrain_%/_stage.json \
   $(RUN)/metrics/train_%.json \
   $(RUN)/dense_sam3/%/_stage.json \
-  $(RUN)/metrics/dense_sam3/%.json
+  $(RUN)/metrics/dense_sam3/%.json \
+  $(RUN)/dense_radseg/radseg/_stage.json \
+  $(RUN)/metrics/dense_radseg/radseg.json

@@ -94,6 +94,8 @@ def _base(ws: rc.Workspace, name: str, out: Path) -> list[object] | None:
         "train-toy-sam": [out / "sam.safetensors", "--data", ws.world, "--epochs", "1", "--batch-size", "2"],
         "train-toy-sam3": [out, "--data", ws.world, "--epochs", "1", "--batch-size", "6", "--side", "56", "--width",
                            "8"],
+        "train-toy-radio": [out, "--siglip-steps", "1", "--radio-steps", "1", "--batch-size", "2", "--width", "8",
+                            "--depth", "1", "--side", "32", "--no-dino-teacher"],
         "train-pgseg": [ws.world, "-o", out, *rc.PGSEG_ARGS],
         "benchmark": ["naclip", "--root", f"voc21={rc._miniature(ws, 'voc21')}", "-o", out, *rc.TINY, *rc.CPU],
         "diagnose": [ws.features, "-p", ws.text, "--json", out / "diagnose.json", *rc.CPU],

@@ -106,6 +106,7 @@ COMMANDS = (
     ("train-toy-dino", demo.train_toy_dino_cmd, DEMO),
     ("train-toy-sam", demo.train_toy_sam_cmd, DEMO),
     ("train-toy-sam3", demo.train_toy_sam3_cmd, DEMO),
+    ("train-toy-radio", demo.train_toy_radio_cmd, DEMO),
     ("choose-pseudo", demo.choose_pseudo_cmd, DEMO),
     ("demo-report", demo.demo_report_cmd, DEMO),
     ("benchmark", benchmark.benchmark_cmd, None),

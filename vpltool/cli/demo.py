@@ -1,5 +1,5 @@
 """The demo world's commands: make-world, make-pairs, train-toy-clip, train-toy-dino, train-toy-sam, train-toy-sam3,
-choose-pseudo, demo-report."""
+train-toy-radio, choose-pseudo, demo-report."""
 
 from __future__ import annotations
 
@@ -8,13 +8,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..demo.config import PairsConfig, ToyClipConfig, ToyDinoConfig, ToySam3Config, ToySamConfig, WorldConfig
+from ..demo.config import (
+    PairsConfig,
+    ToyClipConfig,
+    ToyDinoConfig,
+    ToyRadioConfig,
+    ToySam3Config,
+    ToySamConfig,
+    WorldConfig,
+)
 from .options import LogFile, Overwrite, OverwriteFile, Verbose
 from .output import progress, say
 
 _W, _T, _D = WorldConfig(), ToyClipConfig(), ToyDinoConfig()
 _S = ToySamConfig()
 _S3 = ToySam3Config()
+_R = ToyRadioConfig()
 _P = PairsConfig()
 
 
@@ -282,6 +291,62 @@ def train_toy_sam3_cmd(
     (out / io.LOCK_FILE).unlink(missing_ok=True)  # the swap's lock, held no more: the package ships the folder
     say(f"[green]✓[/] train-toy-sam3: loss {record['first_loss']:.2f} → {record['final_loss']:.2f} over "
         f"{record['steps']} steps, {record['seconds']:.0f} s → {out}")
+
+
+def train_toy_radio_cmd(
+    out: Annotated[Path, typer.Argument(help="Folder to write: radio.pth.tar (NVlabs/RADIO's hub checkpoint, for "
+                                        "--proxy-weights), siglip/ (a Hugging Face SigLIP folder, for "
+                                        "--language-model) and the record model.json.")] =
+        Path("vpltool/assets/toy-radio"),
+    siglip_steps: Annotated[int, typer.Option(help="Steps of the toy SigLIP (sigmoid loss on fresh scenes' "
+                                              "captions).")] = _R.siglip_steps,
+    radio_steps: Annotated[int, typer.Option(help="Steps of the toy C-RADIO's distillation (unlabeled fresh "
+                                             "scenes).")] = _R.radio_steps,
+    batch_size: Annotated[int, typer.Option(help="Images (image-caption pairs) per step.")] = _R.batch_size,
+    width: Annotated[int, typer.Option(help="The student's and the SigLIP's width (two heads).")] = _R.width,
+    depth: Annotated[int, typer.Option(help="The student's blocks.")] = _R.depth,
+    side: Annotated[int, typer.Option(help="Input side in pixels (a multiple of 16; the world's scenes "
+                                      "resized).")] = _R.side,
+    dino_teacher: Annotated[bool, typer.Option(help="Distil the shipped toy DINO too (RADIO's second "
+                                               "teacher).")] = _R.dino_teacher,
+    threads: Annotated[int, typer.Option(help="CPU threads; a fixed count makes a retrain bit-identical.")] =
+        _R.threads,
+    seed: Annotated[int, typer.Option(help="Seed; the defaults rebuild the shipped files.")] = _R.seed,
+    overwrite: OverwriteFile = False,
+    log_file: LogFile = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train the demo world's toy RADIO (a toy SigLIP, then a toy C-RADIOv3 distilled from it and the toy DINO)
+    for `--dense radseg`, on fresh scenes of the world (never a make-world split).
+
+    \b
+    Example:
+      vpltool train-toy-radio /tmp/radio
+      vpltool segment runs/demo/world --split val -o S --dense radseg --proxy-weights /tmp/radio/radio.pth.tar \\
+          --language-model /tmp/radio/siglip --short-side 192 --slide-crop 192
+    """
+    from dataclasses import replace
+
+    from .. import io
+    from ..demo.train_toy_radio import RECORD_FILE, RECORD_KIND, train_toy_radio
+    from ..errors import VplError
+
+    if out.exists() and not out.is_dir():
+        raise VplError(f"{out}: exists and is not a folder; choose a folder for the toy RADIO")
+    cfg = replace(_R, siglip_steps=siglip_steps, radio_steps=radio_steps, batch_size=batch_size, width=width,
+                  depth=depth, side=side, dino_teacher=dino_teacher, threads=threads, seed=seed)
+    io.check_outputs("train-toy-radio", {"OUT's record": (out / RECORD_FILE, "file", RECORD_KIND)},
+                     overwrite=overwrite)
+    from ..io.beside import built_beside
+
+    # as train-toy-sam3: the new folder is made in the last one's place, which waits beside it until the record
+    with built_beside(out, RECORD_FILE, out.is_dir()), \
+            progress("train-toy-radio", unit="steps") as (on_start, on_item):
+        record = train_toy_radio(out, cfg, on_start=on_start, on_step=lambda: on_item(1))
+    (out / io.LOCK_FILE).unlink(missing_ok=True)  # the swap's lock, held no more: the package ships the folder
+    say(f"[green]✓[/] train-toy-radio: SigLIP loss {record['siglip']['first_loss']:.2f} → "
+        f"{record['siglip']['final_loss']:.2f}, RADIO's {record['radio']['first_loss']:.2f} → "
+        f"{record['radio']['final_loss']:.2f}, {record['seconds']:.0f} s → {out}")
 
 
 def choose_pseudo_cmd(

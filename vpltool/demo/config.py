@@ -284,6 +284,66 @@ class ToySam3Config:
             require(math.isfinite(value) and value >= 0, f"{name} {value}: must be a finite number >= 0")
 
 
+# the toy RADIO's sizes and counts: a toy trained on a CPU (C-RADIOv3-B's width 768 and 12 blocks are below these)
+MAX_TOY_RADIO = {"width": 1024, "head_width": 4096, "depth": 48, "teacher_depth": 48, "text_depth": 48,
+                 "siglip_steps": 1_000_000, "radio_steps": 1_000_000, "batch_size": MAX_TOY_BATCH, "threads": 1024}
+
+
+@dataclass(frozen=True)
+class ToyRadioConfig:
+    """How the toy RADIO and its toy SigLIP teacher are trained (``vpltool train-toy-radio``,
+    :mod:`vpltool.demo.train_toy_radio`); the defaults rebuild the shipped files (`make toy-radio`). RADIO's
+    multi-teacher distillation (Ranzinger et al. 2024; C-RADIOv3) at toy size, after SigLIP's sigmoid loss (Zhai et
+    al. 2023) for the teacher.
+
+    Attributes:
+        width: the student's, the toy SigLIP's vision and text towers' width (two heads each).
+        depth: the student's blocks (C-RADIOv3-B's 12). teacher_depth / text_depth: the toy SigLIP's vision and text
+            blocks.
+        head_width: the hidden width of RADIO's MLP2 summary and feature heads.
+        side: the input side in pixels, the world's 96-pixel scenes resized (a multiple of 16, C-RADIOv3's patch;
+            192: a 12 x 12 grid, the toy CLIP's); the student's position table covers it (``cpe_max_size``).
+        siglip_steps / radio_steps: optimiser steps of each phase. batch_size: images (pairs) per step.
+        siglip_lr / radio_lr: AdamW peak learning rates (short warmup, cosine to 0, decay 0.1 on matrices).
+        crop_prob / detail: the SigLIP's views and captions, as the toy CLIP's (``detailed_view``).
+        dino_teacher: distil the shipped toy DINO too (RADIO's second teacher, ``dino_v2``).
+        seed: seeds the weights and every scene, crop and caption. threads: CPU threads (a fixed count makes the
+            rebuild bit-identical).
+    """
+
+    width: int = 64
+    depth: int = 4
+    teacher_depth: int = 4
+    text_depth: int = 2
+    head_width: int = 128
+    side: int = 192
+    siglip_steps: int = 250
+    radio_steps: int = 250
+    batch_size: int = 64
+    siglip_lr: float = 1e-3
+    radio_lr: float = 1e-3
+    crop_prob: float = 0.5
+    detail: float = 0.5
+    dino_teacher: bool = True
+    seed: int = 0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name, most in MAX_TOY_RADIO.items():
+            at_least(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+            require(getattr(self, name) <= most, f"--{name.replace('_', '-')} {getattr(self, name)}: must be at "
+                    f"most {most} (a toy trains on a CPU)")
+        require(self.width % 2 == 0, f"--width {self.width}: give an even width (two attention heads)")
+        require(self.batch_size >= 2, f"--batch-size {self.batch_size}: give at least 2 (a contrastive loss)")
+        require(16 <= self.side <= 1024 and self.side % 16 == 0,
+                f"--side {self.side}: give a multiple of 16 pixels (C-RADIOv3's patch), at most 1024")
+        positive("--siglip-lr", self.siglip_lr, upper=MAX_LR)
+        positive("--radio-lr", self.radio_lr, upper=MAX_LR)
+        fraction("crop_prob", self.crop_prob)
+        fraction("detail", self.detail)
+        seed_value("--seed", self.seed)
+
+
 @dataclass(frozen=True)
 class PairsConfig:
     """What ``vpltool make-pairs`` writes: image-caption pairs of fresh demo scenes as webdataset shards, fed as the

@@ -48,6 +48,7 @@ FILE_KINDS = {
     "toy-sam-record": "a toy SAM's record (`train-toy-sam`)",
     "toy-sam3": "a toy SAM 3's weights (`train-toy-sam3`)",
     "toy-sam3-record": "a toy SAM 3's record (`train-toy-sam3`)",
+    "toy-radio-record": "a toy RADIO's record (`train-toy-radio`)",
 }
 
 
