@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers.models.sam3 import modeling_sam3 as hf
 
-    from vpltool.models.backbones import sam3, sam3_fast
+    from vpltool.models.backbones import sam3_fast
     from vpltool.models.backbones.sam3_states import Sam3Image
 
     import benchlib
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
               "prompt_mask": torch.ones(1, PROMPT, dtype=torch.bool)}
 
     def call(image: Sam3Image, conv: str) -> torch.Tensor:
-        with sam3._pixel_decoder_set(head.pixel_decoder, conv, image, "fp32", True):
+        with sam3_fast.pixel_decoder_set(head.pixel_decoder, conv, image, "fp32", True):
             return head(backbone_features=list(image.features), **prompt).pred_masks
 
     def side(conv: str) -> tuple[float, float, torch.Tensor]:

@@ -48,8 +48,9 @@ def test_toy_radio_rebuilds_bit_identically_and_records_its_recipe(toy, tmp_path
 
 
 def test_the_checkpoint_is_radios_hub_format_at_the_recorded_size(toy):
-    from vpltool.models.backbones.dino import DinoSpec, load_dino, recorded_size
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
     from vpltool.models.backbones.radio import read_checkpoint, summary_head
+    from vpltool.models.backbones.radio_files import recorded_size
 
     out, _ = toy
     chk = read_checkpoint(out / "radio.pth.tar")
@@ -61,8 +62,9 @@ def test_the_checkpoint_is_radios_hub_format_at_the_recorded_size(toy):
     head = summary_head(chk, "siglip2")
     assert head.final[-1].out_features == 16  # the toy SigLIP's embedding width
     spec = DinoSpec("naflexvit_base_patch16_radio_v3", str(out / "radio.pth.tar"))
-    assert recorded_size(spec) == {"depth": 1, "embed_dim": 16, "num_heads": 2, "pos_embed_grid_size": (4, 4)}
-    assert recorded_size(DinoSpec("test_vit", str(out / "radio.pth.tar"))) == {}  # only a C-RADIOv3 is sized
+    assert recorded_size(spec.model, spec.weights) == {"depth": 1, "embed_dim": 16, "num_heads": 2,
+                                                       "pos_embed_grid_size": (4, 4)}
+    assert recorded_size("test_vit", str(out / "radio.pth.tar")) == {}  # only a C-RADIOv3 is sized
     dino = load_dino(spec)
     assert len(dino.model.blocks) == 1 and dino.model.embed_dim == 16 and dino.n_prefix == 8
 

@@ -51,6 +51,7 @@ from .dino_weights import (
 )
 from .loading import _offline
 from .onednn import use_onednn
+from .radio_files import recorded_size
 from .timm_blocks import attention_weights, check_blocks, forward_capturing, heads_qkv, timm_forward
 
 # how DINO's own forward (:meth:`DinoBackbone._dino_forward`) resizes the positional embedding to another grid
@@ -118,7 +119,7 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
     timm = import_timm()
     if not timm.is_model(spec.model):
         raise VplError(f"--dino-model {spec.model!r} is not a timm model; {EXAMPLES}")
-    overrides = {**recorded_size(spec), **overrides}
+    overrides = {**recorded_size(spec.model, spec.weights), **overrides}
     model = meta_model(lambda: _create(timm, spec, overrides), _key(timm, spec, overrides))
     _check_plain_vit(model, spec.model)
     if spec.weights == "none":
@@ -135,24 +136,6 @@ def check_dino(spec: DinoSpec, *, report: bool = True, **overrides) -> str | Non
                        "unreachable (offline); download them elsewhere and pass the file: --dino-weights "
                        "/path/to/model.safetensors")
     return cached
-
-
-def recorded_size(spec: DinoSpec) -> dict:
-    """The size a C-RADIOv3 weights file records (NVlabs/RADIO's checkpoint: ``args.model_kwargs``' depth, width
-    and heads, its position table's grid; :func:`.radio_files.radio_overrides`), as timm keyword arguments: RADIO's
-    hub code builds its model from them, and so a smaller C-RADIOv3 (the demo's toy RADIO) loads under
-    ``naflexvit_base_patch16_radio_v3``'s name. Empty for any other model or file (a missing one is refused
-    later, in its own words)."""
-    from .radio import is_radio_file, read_checkpoint
-    from .radio_files import radio_overrides
-
-    if "radio" not in spec.model or spec.weights in ("hub", "none"):
-        return {}
-    path = Path(spec.weights).expanduser()
-    if not is_regular_file(path) or not is_radio_file(path):
-        return {}
-    chk = read_checkpoint(path, shapes_only=True)
-    return radio_overrides(chk.args, chk.state)
 
 
 def _key(timm, spec: DinoSpec, overrides: dict) -> str:
@@ -173,7 +156,7 @@ def load_dino(spec: DinoSpec, device: torch.device | str = "cpu", **overrides) -
     first, so that nothing of it is ever an unseeded random init."""
     timm = import_timm()
     weights = check_dino(spec, report=False, **overrides)
-    overrides = {**recorded_size(spec), **overrides}
+    overrides = {**recorded_size(spec.model, spec.weights), **overrides}
     if spec.weights not in ("none", "hub"):
         model = model_from_file(lambda **kw: _create(timm, spec, overrides, **kw),
                                 _key(timm, spec, overrides), Path(weights), weights_fix(spec.model))

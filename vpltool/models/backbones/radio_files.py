@@ -116,3 +116,21 @@ def word_tokenizer(words: list[str]):
 
 __all__ = ["OPENAI_MEAN", "OPENAI_STD", "SIZE_KWARGS", "radio_state", "write_radio_checkpoint", "radio_overrides",
            "write_text_folder", "word_tokenizer"]
+
+
+def recorded_size(model: str, weights: str) -> dict:
+    """The size a C-RADIOv3 weights file records (NVlabs/RADIO's checkpoint: ``args.model_kwargs``' depth, width
+    and heads, its position table's grid; :func:`radio_overrides`), as timm keyword arguments for ``model``: RADIO's
+    hub code builds its model from them, and so a smaller C-RADIOv3 (the demo's toy RADIO) loads under
+    ``naflexvit_base_patch16_radio_v3``'s name. Empty for any other model or file (a missing one is refused
+    later, in its own words)."""
+    from ...io import is_regular_file
+    from .radio import is_radio_file, read_checkpoint
+
+    if "radio" not in model or weights in ("hub", "none"):
+        return {}
+    path = Path(weights).expanduser()
+    if not is_regular_file(path) or not is_radio_file(path):
+        return {}
+    chk = read_checkpoint(path, shapes_only=True)
+    return radio_overrides(chk.args, chk.state)

@@ -325,9 +325,11 @@ class Sam3:
             out.mask_prompts = rows.tolist()
         if masks is not False and (rows is None or len(rows)):
             pick = torch.arange(k, device=self.device) if rows is None else rows
+            from .sam3_fast import pixel_decoder_set
+
             # the one image's levels as views (rows of an expanded tensor are alike): picked rows would copy them,
             # 111 MB a prompt at 1008 px, on top of the copy the head makes of them itself
-            with _pixel_decoder_set(m.mask_decoder.pixel_decoder, self.head_conv, image, precision, one):
+            with pixel_decoder_set(m.mask_decoder.pixel_decoder, self.head_conv, image, precision, one):
                 parts = [m.mask_decoder(decoder_queries=hidden[-1][p],
                                         backbone_features=[f[:len(p)] if one else f[p] for f in feats],
                                         encoder_hidden_states=enc.last_hidden_state[p], prompt_features=prompt[p],
@@ -408,29 +410,6 @@ def _first_attention_shared(layer, image: Sam3Image, key, shared: bool):
         yield
     finally:
         layer.self_attn = own
-
-
-@contextlib.contextmanager
-def _pixel_decoder_set(decoder, conv: str, image: Sam3Image, key, shared: bool):
-    """While open, the segmentation head's pixel decoder convolves as ``conv`` says (:data:`.sam3_fast.HEAD_CONVS`)
-    and, with ``shared`` (every prompt reads the one image), reads the image's own levels, each stage it runs by
-    phases convolving the image's level once per image and precision (kept in ``image.convolved``), each prompt only
-    its own upsampled map (:class:`.sam3_fast.SharedLateralPixelDecoder`)."""
-    from .sam3_fast import HEAD_CONVS, SharedLateralPixelDecoder
-
-    if conv not in HEAD_CONVS:
-        raise ValueError(f"SAM 3 head_conv {conv!r}: give one of {', '.join(HEAD_CONVS)}")
-    if not isinstance(decoder, SharedLateralPixelDecoder):
-        yield
-        return
-    decoder.conv = conv
-    if shared:
-        decoder.levels, decoder.lateral = image.features, image.convolved.setdefault(key, {})
-    try:
-        yield
-    finally:
-        for name in ("conv", "levels", "lateral"):
-            decoder.__dict__.pop(name, None)
 
 
 @functools.lru_cache(maxsize=None)

@@ -31,6 +31,7 @@ there, so its numbers are transformers' bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -395,3 +396,24 @@ def speed_up(model: nn.Module) -> int:
 __all__ = ["HEAD_CONVS", "ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "HeadsFirstAttention",
            "LayoutDetrDecoder", "LevelsMaskDecoder", "SharedLateralPixelDecoder", "heads_first", "linear_relu",
            "phase_kernels", "projected_masks", "rotate_complex", "speed_up", "turn_of", "upsampled_conv"]
+
+
+@contextlib.contextmanager
+def pixel_decoder_set(decoder, conv: str, image, key, shared: bool):
+    """While open, the segmentation head's pixel decoder convolves as ``conv`` says (:data:`HEAD_CONVS`) and, with
+    ``shared`` (every prompt reads the one :class:`.sam3_states.Sam3Image`), reads the image's own levels, each
+    stage it runs by phases convolving the image's level once per image and precision (kept in
+    ``image.convolved``), each prompt only its own upsampled map (:class:`SharedLateralPixelDecoder`)."""
+    if conv not in HEAD_CONVS:
+        raise ValueError(f"SAM 3 head_conv {conv!r}: give one of {', '.join(HEAD_CONVS)}")
+    if not isinstance(decoder, SharedLateralPixelDecoder):
+        yield
+        return
+    decoder.conv = conv
+    if shared:
+        decoder.levels, decoder.lateral = image.features, image.convolved.setdefault(key, {})
+    try:
+        yield
+    finally:
+        for name in ("conv", "levels", "lateral"):
+            decoder.__dict__.pop(name, None)
