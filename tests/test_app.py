@@ -130,6 +130,8 @@ def test_a_port_in_use_is_one_line_and_the_page_s_files_go(tmp_path, monkeypatch
     import socket
     import tempfile
 
+    import gradio  # noqa: F401  (imported before the temp folder moves: its import makes a folder of its own there)
+
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the page's folder (and Gradio's files), to see it go
     monkeypatch.setenv("GRADIO_TEMP_DIR", "")  # recorded, so that the app's own value goes after the test
     monkeypatch.delenv("GRADIO_TEMP_DIR")
