@@ -13,23 +13,14 @@ import argparse
 import json
 from pathlib import Path
 
-from weclip_demo import read, references
-
-from vpltool.data import open_dataset
-from vpltool.demo.report import chance_baselines
+from sam3_demo_rows import dense_rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run", type=Path)
     args = parser.parse_args()
-    row = read(args.run / "metrics" / "dense_radseg" / "radseg.json")
-    out = {"radseg": {"miou": row["miou"], "n_images": row.get("n_images")} if row else None}
-    if row is not None:
-        out["references"] = references(row["confusion"])
-        val = open_dataset(args.run / "world", "val")
-        out["references"]["chance_random_cams"] = chance_baselines(val, limit=len(val.items))["random CAMs"]
-    print(json.dumps(out, indent=1))
+    print(json.dumps(dense_rows(args.run, "dense_radseg", ("radseg",)), indent=1))
 
 
 if __name__ == "__main__":

@@ -21,18 +21,24 @@ from vpltool.demo.report import chance_baselines
 METHODS = ("sam3", "activesam")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run", type=Path)
-    args = parser.parse_args()
-    rows = {m: read(args.run / "metrics" / "dense_sam3" / f"{m}.json") for m in METHODS}
+def dense_rows(run: Path, folder: str, methods: tuple[str, ...]) -> dict:
+    """Each method's val mIoU from RUN/metrics/FOLDER/METHOD.json (None where not run) and, from any one of them,
+    the references on the same val pixels (module docstring); ``studies/radseg_demo_rows.py`` reads its row so."""
+    rows = {m: read(run / "metrics" / folder / f"{m}.json") for m in methods}
     out = {m: ({"miou": r["miou"], "n_images": r.get("n_images")} if r else None) for m, r in rows.items()}
     some = next((r for r in rows.values() if r), None)
     if some is not None:
         out["references"] = references(some["confusion"])
-        val = open_dataset(args.run / "world", "val")
+        val = open_dataset(run / "world", "val")
         out["references"]["chance_random_cams"] = chance_baselines(val, limit=len(val.items))["random CAMs"]
-    print(json.dumps(out, indent=1))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run", type=Path)
+    args = parser.parse_args()
+    print(json.dumps(dense_rows(args.run, "dense_sam3", METHODS), indent=1))
 
 
 if __name__ == "__main__":
