@@ -30,6 +30,9 @@
 #   bash bench/gpu_session.sh voc      # THERE: set-up, a VOC-like run of every stage on the GPU at the size that
 #                                           # fits one call (3,000 photos, 2,000 decoder iterations), projected to
 #                                           # VOC's 10,582 and 30,000 (labelled a projection) (~7 min)
+#   bash bench/gpu_session.sh sam3     # THERE: set-up, SAM 3 and ActiveSAM at fp32, bf16 and fp16 against fp32 on
+#                                           # the toy SAM 3 and the reduced random one (Meta's layout), peak GPU memory,
+#                                           # a folder one photo at a time against batched (bench_sam3_device.py, ~4 min)
 # The device time of a session (30 min, each call's start included) fits a and b; c is for a second session.
 #
 # Each step has its own time limit (STEP_LIMIT_S scales them) and writes one JSON file (and its stderr) into
@@ -142,6 +145,10 @@ case "$PART" in
     setup
     step gpu_pipeline_voc 450 python3 bench/bench_gpu_pipeline.py --device cuda --images 3000 --decoder-iters 2000 \
       --progress "$OUT_DIR/gpu_pipeline_voc_${GPU}_partial.json"
+    ;;
+  sam3)
+    setup
+    step sam3_device 300 python3 bench/bench_sam3_device.py --device cuda --budget-s 200 --work /tmp/sam3_device
     ;;
   a)
     setup

@@ -118,7 +118,27 @@ def bucket(sam) -> int:
 def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
     """Steps 1-3 for one photo: ``sam`` the family's model, ``text`` its encoding of the Q words (once per run) ->
     ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
-    image = sam.encode_image(sam.prepare(photo))
+    return image_scores(sam, sam.encode_image(sam.prepare(photo)), text, size, settings)
+
+
+def sam3_scores_batch(sam, photos: Sequence[torch.Tensor], text, sizes: Sequence[tuple[int, int]],
+                      settings: Sam3Settings) -> list[torch.Tensor]:
+    """:func:`sam3_scores` for B photos (each ``[H, W, 3]`` uint8, any size) whose image encoder runs once, on the
+    ``[B, 3, S, S]`` batch of their inputs: on a GPU one ViT forward of B photos keeps it busier than B of one (the
+    grounding stays per photo: its prompts already fill a forward). Per photo ``[Q, H0, W0]`` float32 at its size;
+    the same numbers as one photo at a time up to the kernels' summation order (fp32: below 1e-4)."""
+    from ..backbones.sam3_states import Sam3Image
+
+    images = sam.encode_image(torch.cat([sam.prepare(photo) for photo in photos]))
+    return [image_scores(sam, Sam3Image(tuple(f[i:i + 1] for f in images.features),
+                                        tuple(p[i:i + 1] for p in images.positions), images.size),
+                         text, tuple(size), settings)
+            for i, size in enumerate(sizes)]
+
+
+def image_scores(sam, image, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
+    """Steps 2-3 for one encoded photo (a :class:`~vpltool.models.backbones.sam3_states.Sam3Image` of batch 1) ->
+    ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
     n, threshold = int(text.features.shape[0]), settings.confidence_threshold
     out = []
     size_of = bucket(sam)
@@ -256,6 +276,8 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)
         encoded = bb.text_of(text.words)
+        if bb.device.type == "cuda" and len(sizes) > 1:  # the loader's batch through one ViT forward
+            return sam3_scores_batch(bb.sam, [e["photo"] for e in extras], encoded, sizes, knobs)
         return [sam3_scores(bb.sam, extras[i]["photo"], encoded, tuple(size), knobs)
                 for i, size in enumerate(sizes)]
 
@@ -271,4 +293,5 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
 
 
 __all__ = ["Hooks", "PRESET", "BUCKET_TOKENS", "bucket", "Sam3Settings", "sam3_settings", "ConceptPrompts",
-           "grounding_scores", "sam3_scores", "Sam3Backbone", "load_sam3", "check_sam3"]
+           "grounding_scores", "sam3_scores", "sam3_scores_batch", "image_scores", "Sam3Backbone", "load_sam3",
+           "check_sam3"]

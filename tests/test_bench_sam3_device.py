@@ -1,0 +1,75 @@
+"""bench/bench_sam3_device.py (SAM 3's methods in half precision on a device, a folder batched) at its smoke size on
+the CPU: one JSON object with every figure it promises, fp32 against a separate fp32 run at distance 0 (the CPU is
+deterministic), the batched folder equal to one photo at a time; and ``sam3_scores_batch`` itself against
+``sam3_scores`` on photos of different sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_SAM3 = ROOT / "vpltool" / "assets" / "toy-sam3"
+needs_toy = pytest.mark.skipif(not (TOY_SAM3 / "model.safetensors").is_file(), reason="the toy SAM 3 is missing")
+pytest.importorskip("transformers")
+
+
+@needs_toy
+def test_quick_run_prints_each_precision_s_distance_and_the_folder_s_timings(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_sam3_device.py"), "--device", "cpu",
+                           "--quick", "--work", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["benchmark"] == "sam3-device" and result["machine"]["device"] == "cpu" and result["cpu_name"]
+    assert result["errors"] == [] and result["skipped"] == [] and result["precisions"] == ["fp32"]
+    toy = result["models"]["toy"]
+    assert set(toy["methods"]) == {"sam3", "activesam"}
+    for method, rows in toy["methods"].items():
+        assert set(rows) == {"reference_fp32", "fp32"}, method
+        row = rows["fp32"]
+        assert row["s_per_photo"] > 0 and row["weights_mib"] > 0 and row["peak_device_mib"] is None, method
+        against = row["against_fp32"]
+        # a separate run of the same precision on the CPU: the same numbers, every label equal
+        assert against["scores_max_abs_diff"] == 0.0 and against["labels_equal_pct"] == 100.0, method
+        assert against["labels"] == 2 * 96 * 96 and against["finite"], method
+        assert against["fp32_score_max"] > 0, method  # something scored: the distance compares real maps
+    folder = toy["folder"]["fp32"]
+    assert folder["photos"] == 2 and folder["batch"] == 2
+    assert folder["one_at_a_time_s_per_photo"] > 0 and folder["batched_s_per_photo"] > 0
+    assert folder["batched_against_one_max_abs_diff"] <= folder["bar"] and folder["bar_met"]
+
+
+@needs_toy
+def test_a_batch_scores_each_photo_as_one_at_a_time_does():
+    """Photos of three sizes, one ViT forward: each photo's scores those of its own forward (fp32, CPU)."""
+    from vpltool.models import load_model
+    from vpltool.models.backbones.sam3 import Sam3Spec
+    from vpltool.models.dense.sam3 import Sam3Settings, sam3_scores, sam3_scores_batch
+
+    torch.manual_seed(0)
+    sam = load_model("sam3", Sam3Spec(str(TOY_SAM3)), "cpu")
+    rng = np.random.default_rng(0)
+    photos = [torch.from_numpy(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
+              ((40, 60), (96, 96), (70, 33))]
+    sizes = [tuple(p.shape[:2]) for p in photos]
+    settings = Sam3Settings(confidence_threshold=0.0, heads="both")  # every query kept: both heads, every mask
+    with torch.no_grad():
+        text = sam.encode_text(["circle", "square", "triangle"])
+        one = [sam3_scores(sam, p, text, s, settings) for p, s in zip(photos, sizes)]
+        batched = sam3_scores_batch(sam, photos, text, sizes, settings)
+    assert [tuple(b.shape) for b in batched] == [(3, *s) for s in sizes]
+    for a, b in zip(one, batched):
+        assert float(a.max()) > 0  # scores to compare
+        assert float((a - b).abs().max()) <= 1e-4
+    # the photos are not mixed up: a batch of the photos reversed gives each photo its own scores
+    reverse = sam3_scores_batch(sam, photos[::-1], text, sizes[::-1], settings)[::-1]
+    for a, b in zip(one, reverse):
+        assert float((a - b).abs().max()) <= 1e-4
