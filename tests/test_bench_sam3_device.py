@@ -73,3 +73,31 @@ def test_a_batch_scores_each_photo_as_one_at_a_time_does():
     reverse = sam3_scores_batch(sam, photos[::-1], text, sizes[::-1], settings)[::-1]
     for a, b in zip(one, reverse):
         assert float((a - b).abs().max()) <= 1e-4
+
+
+@needs_toy
+@pytest.mark.cuda
+def test_on_cuda_segment_s_hook_runs_the_loader_s_batch_through_one_encoder_forward():
+    """`segment`'s ``dense_logits`` hook for ``--dense sam3`` on CUDA: three photos, one image-encoder forward,
+    each photo's scores those of one photo at a time (fp32)."""
+    from vpltool.config import SegmentConfig
+    from vpltool.models.dense.method import resolve_method
+    from vpltool.models.dense.sam3 import sam3_scores, sam3_settings
+
+    dense = resolve_method(SegmentConfig.of("sam3", sam3_weights=str(TOY_SAM3), confidence_threshold=0.0))
+    bb = dense.load(None, "cuda")
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 60), (96, 96), (70, 33))]
+    sizes = [p.shape[:2] for p in photos]
+    calls = []
+    encode = bb.sam.encode_image
+    bb.sam.encode_image = lambda pixels: calls.append(pixels.shape[0]) or encode(pixels)
+    with torch.no_grad():
+        text = dense.hooks.query_text(bb, ["circle", "square", "triangle"], ["{}"])
+        batched = dense.hooks.dense_logits(bb, None, text, sizes, dense.settings,
+                                           [dense.hooks.extra_inputs(None, p) for p in photos])
+        assert calls == [3]
+        encoded = bb.text_of(text.words)
+        for photo, size, got in zip(photos, sizes, batched):
+            one = sam3_scores(bb.sam, torch.tensor(photo), encoded, size, sam3_settings(dense.cfg))
+            assert float(one.max()) > 0 and float((one - got).abs().max()) <= 1e-4
