@@ -30,8 +30,8 @@ batched scores' max abs difference from one-at-a-time's (bar: 1e-4 at fp32). Act
 (its preview and buckets per photo), said in the JSON.
 
 ``--budget-s``: a unit (model, method, precision) or folder run that would start after this many seconds is
-skipped and named in ``skipped``; the JSON is printed all the same. A unit that fails is recorded with its error
-and the next one runs.
+skipped and named in ``skipped``; the JSON is printed all the same (and ``--out`` is rewritten after each unit).
+A unit that fails is recorded with its error and the next one runs.
 """
 
 from __future__ import annotations
@@ -260,7 +260,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=200.0,
                     help="skip what would start after this many seconds; the JSON still prints [default: 200]")
     ap.add_argument("--work", type=Path, default=Path("/tmp/vpltool_sam3_device"))
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="also write the JSON here, rewritten after each unit (what a killed run measured)")
     args = ap.parse_args()
     apply_quick(args, QUICK)
     started = time.perf_counter()
@@ -300,6 +301,11 @@ def main() -> None:
                      "activesam": "one photo at a time on every device (its preview and prompt buckets per photo)"},
     }
 
+    def progress() -> None:  # what is measured so far, in --out after each unit (a run killed keeps it)
+        if args.out:
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     def over(name: str) -> bool:
         if time.perf_counter() - started > args.budget_s:
             result["skipped"].append(name)
@@ -327,6 +333,7 @@ def main() -> None:
                     row, scores, labels = unit(args, inputs, method, precision)
                     rows[precision] = {**row, "against_fp32": distance(ref, ref_labels, scores, labels)}
                     print(name, precision, json.dumps(rows[precision]), file=sys.stderr, flush=True)
+                    progress()
             except Exception as exc:  # noqa: BLE001 (one failing unit must not lose the others' figures)
                 result["errors"].append({"unit": name, "error": f"{type(exc).__name__}: {exc}",
                                          "trace": traceback.format_exc()[-2000:]})
@@ -338,15 +345,14 @@ def main() -> None:
                 try:
                     entry["folder"][precision] = folder_run(args, inputs, precision)
                     print(model, "folder", json.dumps(entry["folder"][precision]), file=sys.stderr, flush=True)
+                    progress()
                 except Exception as exc:  # noqa: BLE001
                     result["errors"].append({"unit": f"{model}/folder/{precision}",
                                              "error": f"{type(exc).__name__}: {exc}",
                                              "trace": traceback.format_exc()[-2000:]})
+    progress()
     result["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

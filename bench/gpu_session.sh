@@ -31,8 +31,9 @@
 #                                           # fits one call (3,000 photos, 2,000 decoder iterations), projected to
 #                                           # VOC's 10,582 and 30,000 (labelled a projection) (~7 min)
 #   bash bench/gpu_session.sh sam3     # THERE: set-up, SAM 3 and ActiveSAM at fp32, bf16 and fp16 against fp32 on
-#                                           # the toy SAM 3 and the reduced random one (Meta's layout), peak GPU memory,
-#                                           # a folder one photo at a time against batched (bench_sam3_device.py, ~4 min)
+#                                           # the toy SAM 3 and the reduced random one (Meta's layout), peak GPU
+#                                           # memory, a folder one photo at a time against batched
+#                                           # (bench_sam3_device.py, under 4 min after the set-up)
 # The device time of a session (30 min, each call's start included) fits a and b; c is for a second session.
 #
 # Each step has its own time limit (STEP_LIMIT_S scales them) and writes one JSON file (and its stderr) into
@@ -148,7 +149,8 @@ case "$PART" in
     ;;
   sam3)
     setup
-    step sam3_device 300 python3 bench/bench_sam3_device.py --device cuda --budget-s 200 --work /tmp/sam3_device
+    step sam3_device 240 python3 bench/bench_sam3_device.py --device cuda --budget-s 150 --work /tmp/sam3_device \
+      --out "$OUT_DIR/sam3_device_${GPU}_partial.json"
     ;;
   a)
     setup

@@ -48,6 +48,20 @@ def test_quick_run_prints_each_precision_s_distance_and_the_folder_s_timings(tmp
 
 
 @needs_toy
+def test_a_spent_budget_skips_every_unit_and_still_prints_the_json(tmp_path):
+    out = tmp_path / "partial.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_sam3_device.py"), "--device", "cpu",
+                           "--quick", "--work", str(tmp_path), "--budget-s", "0", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["skipped"] == ["toy/sam3/reference", "toy/activesam/reference", "toy/folder/fp32"]
+    assert result["models"]["toy"]["methods"] == {"sam3": {}, "activesam": {}} and result["errors"] == []
+    assert json.loads(out.read_text())["skipped"] == result["skipped"]
+
+
+@needs_toy
 def test_a_batch_scores_each_photo_as_one_at_a_time_does():
     """Photos of three sizes, one ViT forward: each photo's scores those of its own forward (fp32, CPU)."""
     from vpltool.models import load_model
