@@ -221,9 +221,7 @@ def folder_run(args, inputs: Inputs, precision: str) -> dict:
                 return [sam3_scores(bb.sam, p, text, s, settings) for p, s in zip(photos, sizes)]
 
             def batched():
-                return [s for i in range(0, len(photos), args.batch)
-                        for s in sam3_scores_batch(bb.sam, photos[i:i + args.batch], text, sizes[i:i + args.batch],
-                                                   settings)]
+                return sam3_scores_batch(bb.sam, photos, text, sizes, settings, encode=args.batch)
 
             times = {}
             for name, run in (("one_at_a_time", single), ("batched", batched)):
@@ -255,7 +253,8 @@ def main() -> None:
                     help="of fp32,bf16,fp16 [default: all three on CUDA, fp32,bf16 on the CPU]")
     ap.add_argument("--photos", type=int, default=4, help="photos a unit times, after one warm-up [default: 4]")
     ap.add_argument("--folder", type=int, default=16, help="photos of the folder run (0: none) [default: 16]")
-    ap.add_argument("--batch", type=int, default=8, help="the folder run's batch [default: 8]")
+    ap.add_argument("--batch", type=int, default=8,
+                    help="the folder run's photos an image-encoder forward [default: 8, sam3.ENCODE_BATCH]")
     ap.add_argument("--folder-precisions", default="fp32,bf16", help="[default: fp32,bf16]")
     ap.add_argument("--budget-s", type=float, default=200.0,
                     help="skip what would start after this many seconds; the JSON still prints [default: 200]")

@@ -83,10 +83,11 @@ def test_a_batch_scores_each_photo_as_one_at_a_time_does():
     for a, b in zip(one, batched):
         assert float(a.max()) > 0  # scores to compare
         assert float((a - b).abs().max()) <= 1e-4
-    # the photos are not mixed up: a batch of the photos reversed gives each photo its own scores
+    # the photos are not mixed up: reversed, and two a forward (a batch of two, then of one), each its own scores
     reverse = sam3_scores_batch(sam, photos[::-1], text, sizes[::-1], settings)[::-1]
-    for a, b in zip(one, reverse):
-        assert float((a - b).abs().max()) <= 1e-4
+    pairs = sam3_scores_batch(sam, photos, text, sizes, settings, encode=2)
+    for a, b, c in zip(one, reverse, pairs):
+        assert float((a - b).abs().max()) <= 1e-4 and float((a - c).abs().max()) <= 1e-4
 
 
 @needs_toy

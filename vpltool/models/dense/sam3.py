@@ -38,6 +38,9 @@ BUCKET_TOKENS = 4608  # the image's tokens (the DETR's grid, g x g) times the pr
 # prompts on a 24 x 24 grid (one forward decodes many prompts, each on its own, as one prompt per forward would), one
 # at a time on Meta's 72 x 72 (1008 px), where a prompt's encoder activations ([5184, 2048]) and decoder attention
 # bias ([8, 200, 5184]) are tens of MB each: in buckets they fall out of the CPU's caches (:func:`bucket`)
+ENCODE_BATCH = 8  # photos a batched image-encoder forward takes (sam3_scores_batch): at Meta's 1008 px each holds
+# its FPN levels and their positions until its prompts are grounded (the finest [256, 288, 288], 85 MB each in fp32),
+# so segment's CUDA batch (32 by default) is encoded 8 at a time
 MASK_CHUNK = 16  # instance masks resized and folded at a time (the memory a prompt's masks take at the photo's size)
 _UNREAD = ("model", "template_list", "templates")  # a CLIP's entries an earlier vpltool's record held
 
@@ -122,18 +125,27 @@ def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings:
 
 
 def sam3_scores_batch(sam, photos: Sequence[torch.Tensor], text, sizes: Sequence[tuple[int, int]],
-                      settings: Sam3Settings) -> list[torch.Tensor]:
-    """:func:`sam3_scores` for B photos (each ``[H, W, 3]`` uint8, any size) whose image encoder runs once, on the
-    ``[B, 3, S, S]`` batch of their inputs: on a GPU one ViT forward of B photos keeps it busier than B of one (the
-    grounding stays per photo: its prompts already fill a forward). Per photo ``[Q, H0, W0]`` float32 at its size;
-    the same numbers as one photo at a time up to the kernels' summation order (fp32: below 1e-4)."""
+                      settings: Sam3Settings, encode: int = ENCODE_BATCH) -> list[torch.Tensor]:
+    """:func:`sam3_scores` for B photos (each ``[H, W, 3]`` uint8, any size) whose image encoder runs on ``[b, 3, S,
+    S]`` batches of their inputs, ``encode`` photos a forward: on a GPU one ViT forward of b photos keeps it busier
+    than b of one (the grounding stays per photo: its prompts already fill a forward). Per photo ``[Q, H0, W0]``
+    float32 at its size; the same numbers as one photo at a time up to the kernels' summation order (fp32: below
+    1e-4)."""
+    out = []
+    for start in range(0, len(photos), encode):
+        chunk = range(start, min(start + encode, len(photos)))
+        images = sam.encode_image(torch.cat([sam.prepare(photos[i]) for i in chunk]))
+        out += [image_scores(sam, _one_image(images, j), text, tuple(sizes[i]), settings) for j, i in enumerate(chunk)]
+    return out
+
+
+def _one_image(images, i: int):
+    """Photo ``i`` of a batch's :class:`~vpltool.models.backbones.sam3_states.Sam3Image` as a batch of one (its
+    caches its own: what the prompts of one image share)."""
     from ..backbones.sam3_states import Sam3Image
 
-    images = sam.encode_image(torch.cat([sam.prepare(photo) for photo in photos]))
-    return [image_scores(sam, Sam3Image(tuple(f[i:i + 1] for f in images.features),
-                                        tuple(p[i:i + 1] for p in images.positions), images.size),
-                         text, tuple(size), settings)
-            for i, size in enumerate(sizes)]
+    return Sam3Image(tuple(f[i:i + 1] for f in images.features), tuple(p[i:i + 1] for p in images.positions),
+                     images.size)
 
 
 def image_scores(sam, image, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
@@ -292,6 +304,6 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         return probs, threshold_background(probs, settings.prob_threshold)
 
 
-__all__ = ["Hooks", "PRESET", "BUCKET_TOKENS", "bucket", "Sam3Settings", "sam3_settings", "ConceptPrompts",
-           "grounding_scores", "sam3_scores", "sam3_scores_batch", "image_scores", "Sam3Backbone", "load_sam3",
-           "check_sam3"]
+__all__ = ["Hooks", "PRESET", "BUCKET_TOKENS", "ENCODE_BATCH", "bucket", "Sam3Settings", "sam3_settings",
+           "ConceptPrompts", "grounding_scores", "sam3_scores", "sam3_scores_batch", "image_scores", "Sam3Backbone",
+           "load_sam3", "check_sam3"]
