@@ -243,6 +243,8 @@ def folder_run(args, inputs: Inputs, precision: str) -> dict:
 
 
 def main() -> None:
+    from vpltool.models.dense.sam3 import ENCODE_BATCH
+
     from benchlib import add_common_args, apply_quick, cpu_identity, cpu_name, machine
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -253,8 +255,8 @@ def main() -> None:
                     help="of fp32,bf16,fp16 [default: all three on CUDA, fp32,bf16 on the CPU]")
     ap.add_argument("--photos", type=int, default=4, help="photos a unit times, after one warm-up [default: 4]")
     ap.add_argument("--folder", type=int, default=16, help="photos of the folder run (0: none) [default: 16]")
-    ap.add_argument("--batch", type=int, default=8,
-                    help="the folder run's photos an image-encoder forward [default: 8, sam3.ENCODE_BATCH]")
+    ap.add_argument("--batch", type=int, default=ENCODE_BATCH,
+                    help=f"the folder run's photos an image-encoder forward [default: {ENCODE_BATCH}, segment's]")
     ap.add_argument("--folder-precisions", default="fp32,bf16", help="[default: fp32,bf16]")
     ap.add_argument("--budget-s", type=float, default=200.0,
                     help="skip what would start after this many seconds; the JSON still prints [default: 200]")

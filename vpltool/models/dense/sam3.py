@@ -6,7 +6,8 @@ docs/open-vocabulary.md ("SAM 3 as it is").
 One photo ``[H0, W0, 3]`` uint8, ``Q`` query words (each class's names, then the background words; no template):
 
 1. the family's ``prepare``: the photo resized to SAM 3's square input (bilinear with antialiasing, on the uint8
-   image, as Meta's ``Sam3Processor``'s torchvision transform), normalised; SAM 3's image encoder once;
+   image, as Meta's ``Sam3Processor``'s torchvision transform), normalised; SAM 3's image encoder once (on CUDA
+   :data:`ENCODE_BATCH` photos of the loader's batch a forward, :func:`sam3_scores_batch`: the same numbers);
 2. per word, its concept prompt grounded on the photo's features (the family's ``ground``; the words' text encoded
    once per run, the prompts in buckets, :func:`bucket`: 8 on a small grid, one at Meta's size; one forward decodes
    many prompts, each on its own, as one prompt per forward would);
