@@ -297,6 +297,9 @@ def main() -> None:
         "machine": machine(str(args.dev)), "cpu_name": cpu_name(cpu_identity()),
         "gpu": torch.cuda.get_device_name(args.dev) if cuda else None,
         "precisions": precisions, "models": {}, "skipped": [], "errors": [],
+        # fp32 on CUDA as torch runs it here: TF32 in matmuls / cuDNN convolutions moves fp32's own figures
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        if cuda else None,
         "batching": {"sam3": "segment's dense_logits hook runs the loader's batch through sam3_scores_batch on CUDA "
                              "(the image encoder once per batch, the grounding per photo); one at a time on the CPU",
                      "activesam": "one photo at a time on every device (its preview and prompt buckets per photo)"},
