@@ -30,6 +30,10 @@
 #   bash bench/gpu_session.sh voc      # THERE: set-up, a VOC-like run of every stage on the GPU at the size that
 #                                           # fits one call (3,000 photos, 2,000 decoder iterations), projected to
 #                                           # VOC's 10,582 and 30,000 (labelled a projection) (~7 min)
+#   bash bench/gpu_session.sh sam3     # THERE: set-up, SAM 3 and ActiveSAM at fp32, bf16 and fp16 against fp32 on
+#                                           # the toy SAM 3 and the reduced random one (Meta's layout), peak GPU
+#                                           # memory, a folder one photo at a time against batched
+#                                           # (bench_sam3_device.py, under 4 min after the set-up)
 # The device time of a session (30 min, each call's start included) fits a and b; c is for a second session.
 #
 # Each step has its own time limit (STEP_LIMIT_S scales them) and writes one JSON file (and its stderr) into
@@ -76,8 +80,9 @@ setup() {
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "setup: the wheels did not install (carry .whl: bash bench/gpu_session.sh wheels)" >&2; exit 2; }
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation .whl/pydensecrf2-*.tar.gz >/dev/null 2>&1 \
-    || echo "setup: pydensecrf2 did not build; the steps that need it fail alone" >&2
+  # (a part that runs no CRF sets SKIP_DENSECRF=1: the build is device time for nothing)
+  [ -n "${SKIP_DENSECRF:-}" ] || python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+    .whl/pydensecrf2-*.tar.gz >/dev/null 2>&1 || echo "setup: pydensecrf2 did not build; the steps that need it fail alone" >&2
   python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null
   export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
   GPU=$(python3 -c "import torch; n = torch.cuda.get_device_name(); print('h200' if 'H200' in n else 'h100' if 'H100' in n else 'gpu')")
@@ -142,6 +147,13 @@ case "$PART" in
     setup
     step gpu_pipeline_voc 450 python3 bench/bench_gpu_pipeline.py --device cuda --images 3000 --decoder-iters 2000 \
       --progress "$OUT_DIR/gpu_pipeline_voc_${GPU}_partial.json"
+    ;;
+  sam3)
+    SKIP_DENSECRF=1 setup
+    step sam3_device 240 python3 bench/bench_sam3_device.py --device cuda --budget-s 150 --work /tmp/sam3_device \
+      --out "$OUT_DIR/sam3_device_${GPU}_partial.json"
+    # segment's --dense sam3 hook on CUDA: the loader's batch through one encoder forward, equal to one at a time
+    step pytest_sam3_cuda 90 python3 -m pytest -q -m cuda -p no:cacheprovider -rs tests/test_bench_sam3_device.py
     ;;
   a)
     setup

@@ -6,7 +6,8 @@ docs/open-vocabulary.md ("SAM 3 as it is").
 One photo ``[H0, W0, 3]`` uint8, ``Q`` query words (each class's names, then the background words; no template):
 
 1. the family's ``prepare``: the photo resized to SAM 3's square input (bilinear with antialiasing, on the uint8
-   image, as Meta's ``Sam3Processor``'s torchvision transform), normalised; SAM 3's image encoder once;
+   image, as Meta's ``Sam3Processor``'s torchvision transform), normalised; SAM 3's image encoder once (on CUDA
+   :data:`ENCODE_BATCH` photos of the loader's batch a forward, :func:`sam3_scores_batch`: the same numbers);
 2. per word, its concept prompt grounded on the photo's features (the family's ``ground``; the words' text encoded
    once per run, the prompts in buckets, :func:`bucket`: 8 on a small grid, one at Meta's size; one forward decodes
    many prompts, each on its own, as one prompt per forward would);
@@ -38,6 +39,9 @@ BUCKET_TOKENS = 4608  # the image's tokens (the DETR's grid, g x g) times the pr
 # prompts on a 24 x 24 grid (one forward decodes many prompts, each on its own, as one prompt per forward would), one
 # at a time on Meta's 72 x 72 (1008 px), where a prompt's encoder activations ([5184, 2048]) and decoder attention
 # bias ([8, 200, 5184]) are tens of MB each: in buckets they fall out of the CPU's caches (:func:`bucket`)
+ENCODE_BATCH = 8  # photos a batched image-encoder forward takes (sam3_scores_batch): at Meta's 1008 px each holds
+# its FPN levels and their positions until its prompts are grounded (the finest [256, 288, 288], 85 MB each in fp32),
+# so segment's CUDA batch (32 by default) is encoded 8 at a time
 MASK_CHUNK = 16  # instance masks resized and folded at a time (the memory a prompt's masks take at the photo's size)
 _UNREAD = ("model", "template_list", "templates")  # a CLIP's entries an earlier vpltool's record held
 
@@ -118,7 +122,36 @@ def bucket(sam) -> int:
 def sam3_scores(sam, photo: torch.Tensor, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
     """Steps 1-3 for one photo: ``sam`` the family's model, ``text`` its encoding of the Q words (once per run) ->
     ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
-    image = sam.encode_image(sam.prepare(photo))
+    return image_scores(sam, sam.encode_image(sam.prepare(photo)), text, size, settings)
+
+
+def sam3_scores_batch(sam, photos: Sequence[torch.Tensor], text, sizes: Sequence[tuple[int, int]],
+                      settings: Sam3Settings, encode: int = ENCODE_BATCH) -> list[torch.Tensor]:
+    """:func:`sam3_scores` for B photos (each ``[H, W, 3]`` uint8, any size) whose image encoder runs on ``[b, 3, S,
+    S]`` batches of their inputs, ``encode`` photos a forward: on a GPU one ViT forward of b photos keeps it busier
+    than b of one (the grounding stays per photo: its prompts already fill a forward). Per photo ``[Q, H0, W0]``
+    float32 at its size; the same numbers as one photo at a time up to the kernels' summation order (fp32: below
+    1e-4)."""
+    out = []
+    for start in range(0, len(photos), encode):
+        chunk = range(start, min(start + encode, len(photos)))
+        images = sam.encode_image(torch.cat([sam.prepare(photos[i]) for i in chunk]))
+        out += [image_scores(sam, _one_image(images, j), text, tuple(sizes[i]), settings) for j, i in enumerate(chunk)]
+    return out
+
+
+def _one_image(images, i: int):
+    """Photo ``i`` of a batch's :class:`~vpltool.models.backbones.sam3_states.Sam3Image` as a batch of one (its
+    caches its own: what the prompts of one image share)."""
+    from ..backbones.sam3_states import Sam3Image
+
+    return Sam3Image(tuple(f[i:i + 1] for f in images.features), tuple(p[i:i + 1] for p in images.positions),
+                     images.size)
+
+
+def image_scores(sam, image, text, size: tuple[int, int], settings: Sam3Settings) -> torch.Tensor:
+    """Steps 2-3 for one encoded photo (a :class:`~vpltool.models.backbones.sam3_states.Sam3Image` of batch 1) ->
+    ``[Q, H0, W0]`` float32 per-word scores at ``size``."""
     n, threshold = int(text.features.shape[0]), settings.confidence_threshold
     out = []
     size_of = bucket(sam)
@@ -256,6 +289,8 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)
         encoded = bb.text_of(text.words)
+        if bb.device.type == "cuda" and len(sizes) > 1:  # the loader's batch through one ViT forward
+            return sam3_scores_batch(bb.sam, [e["photo"] for e in extras], encoded, sizes, knobs)
         return [sam3_scores(bb.sam, extras[i]["photo"], encoded, tuple(size), knobs)
                 for i, size in enumerate(sizes)]
 
@@ -270,5 +305,6 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         return probs, threshold_background(probs, settings.prob_threshold)
 
 
-__all__ = ["Hooks", "PRESET", "BUCKET_TOKENS", "bucket", "Sam3Settings", "sam3_settings", "ConceptPrompts",
-           "grounding_scores", "sam3_scores", "Sam3Backbone", "load_sam3", "check_sam3"]
+__all__ = ["Hooks", "PRESET", "BUCKET_TOKENS", "ENCODE_BATCH", "bucket", "Sam3Settings", "sam3_settings",
+           "ConceptPrompts", "grounding_scores", "sam3_scores", "sam3_scores_batch", "image_scores", "Sam3Backbone",
+           "load_sam3", "check_sam3"]
