@@ -172,9 +172,13 @@ def train_decoder_cmd(
                          cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed, compile=compile)
     warn_inert(cfg, decoder_recipe(recipe))
-    if feature_store is not None and not cfg.cache_features:  # before anything loads
-        raise VplError(f"--feature-store {feature_store}: keeps the features of --cache-features; add "
-                       "--cache-features or drop --feature-store")
+    if feature_store is not None:  # before anything loads
+        if not cfg.cache_features:
+            raise VplError(f"--feature-store {feature_store}: keeps the features of --cache-features; add "
+                           "--cache-features or drop --feature-store")
+        from .. import io
+
+        io.check_folder_target(feature_store)  # a file in the way: one line now, not after the CLIP loads
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
