@@ -113,9 +113,12 @@ export VPLTOOL_REPRODUCIBLE := $(if $(filter 1,$(REPRODUCIBLE)),1,0)
 WORLD_TRAIN ?= 500
 WORLD_VAL ?= 200
 SEED ?= 0
-# decoder for the demo world: small (the toy CLIP is tiny), short schedule; the paper's is --iters 30000 at 320 px
+# decoder for the demo world: small (the toy CLIP is tiny), short schedule; the paper's is --iters 30000 at 320 px.
+# Its cached features are kept in RUN/feature_store by content (--feature-store): the decoders of the refinements
+# train on the same images, so the second reads the first's instead of running the CLIP over every image again
 DEC_ITERS ?= 600
-DEC_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16 --cache-features
+DEC_ARGS ?= --dim 64 --layers 1 --heads 4 --crop-size 96 --batch-size 16 --cache-features \
+  --feature-store $(RUN)/feature_store
 # score text CAMs, vision CAMs and CRF masks on the held-out split too (W is learned on TRAIN_SPLIT only); the demo
 # world does, `make voc`/`make coco` do not (the paper reports seeds and masks on train, segmentation on val)
 HELDOUT ?= 1

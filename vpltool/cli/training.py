@@ -9,7 +9,7 @@ import typer
 
 from ..config import DECODER_RECIPES, DecoderConfig, EvalConfig, PredictConfig
 from ..config.dense import PLAIN_METHODS
-from ..errors import install_extra
+from ..errors import VplError, install_extra
 from .errors import all_ranks
 from .options import (
     _R,
@@ -121,6 +121,11 @@ def train_decoder_cmd(
                                                            help="Precompute frozen features of a fixed view (no "
                                                            "rescale/crop; flip kept) "
                                                            f"{_recipe_default('cache_features')}.")] = None,
+    feature_store: Annotated[Optional[Path], typer.Option(help="With --cache-features: keep the cached features in "
+                                                          "this folder, named by their content (CLIP, images, view, "
+                                                          "numerics), so that a decoder trained on the same images "
+                                                          "(another refinement's masks) reads them instead of "
+                                                          "running the CLIP again.")] = None,
     checkpoint_every: Annotated[Optional[int], _opt("Checkpoint period.", "checkpoint_every")] = None,
     compile: Annotated[Optional[str], _opt("torch.compile each iteration (frozen forward, decoder, losses): "
                                            "none | default (fused kernels) | "
@@ -167,11 +172,18 @@ def train_decoder_cmd(
                          cache_features=cache_features,
                          checkpoint_every=checkpoint_every, seed=seed, compile=compile)
     warn_inert(cfg, decoder_recipe(recipe))
+    if feature_store is not None:  # before anything loads
+        if not cfg.cache_features:
+            raise VplError(f"--feature-store {feature_store}: keeps the features of --cache-features; add "
+                           "--cache-features or drop --feature-store")
+        from .. import io
+
+        io.check_folder_target(feature_store)  # a file in the way: one line now, not after the CLIP loads
     with progress("train-decoder", unit="iterations") as (on_start, on_item):
         s = run_train_decoder(pseudo, prototypes, out, cfg, runtime(device, precision, workers=workers,
                                                                     overwrite=overwrite),
                               resume=resume, val_split=val_split, on_start=on_start, tensorboard=tensorboard,
-                              split=split,
+                              split=split, feature_store=feature_store,
                               on_iter=lambda i, rec: (on_item(1), timer and timer(i, cfg.iters)))
     done = f"{s.iterations} iterations" if not s.start else f"iterations {s.start} → {s.iterations} (resumed)"
     terms = "CE" + (" + RSC" if cfg.lambda_rsc > 0 else "") + (" + CMPA" if cfg.lambda_proto > 0 else "") + \

@@ -129,7 +129,7 @@ class _Run:
                  protos: io.Prototypes, pairs, out_dir: Path, inputs: dict[str, Any], backbone: ClipBackbone | None,
                  label_map: np.ndarray | None = None, extra_meta: dict[str, Any] | None = None):
         self.cfg, self.runtime, self.rank, self.world, self.device = cfg, runtime, rank, world, device
-        self.label_map, self.extra_meta, self.cache = label_map, dict(extra_meta or {}), None
+        self.label_map, self.extra_meta, self.cache, self.feature_store = label_map, dict(extra_meta or {}), None, None
         self.protos, self.pairs, self.out_dir, self.inputs = protos, pairs, out_dir, inputs
         self.dtype = resolve_precision(runtime.precision, device)
         self.online = cfg.pseudo == "online"
@@ -188,7 +188,7 @@ class _Run:
         plan = BatchPlan(len(self.pairs), cfg.batch_size, self.world, self.rank, cfg.seed, start, cfg.iters)
         if cfg.cache_features:
             t0 = time.perf_counter()
-            cache = FeatureCache.build(self.bb, self.pairs, self.blocks, cfg.crop_size, self.dtype, self.label_map)
+            cache = FeatureCache.of_run(self)  # with --feature-store: read, or built once and kept
             self.cache_seconds = time.perf_counter() - t0
             self.cache = cache
             return (tuple(t.to(self.device, non_blocking=True) for t in cache.batch(keys, cfg)) for keys in plan)
@@ -332,7 +332,7 @@ def run_train_decoder(
     on_start: Callable[[int, int], None] | None = None,
     backbone: ClipBackbone | None = None,
     tensorboard: str | Path | None = None,
-    split: str | None = None,
+    split: str | None = None, feature_store: str | Path | None = None,
 ) -> TrainSummary:
     """Train the decoder on the pseudo masks of a `crf` folder (or, with ``cfg.pseudo == "online"``, WeCLIP's
     masks made in the loop from a dataset's image labels); write ``out_dir/decoder.safetensors``.
@@ -353,6 +353,7 @@ def run_train_decoder(
         backbone: reuse an already loaded CLIP; it must be the one the prototypes record (left as it is: the run
             works on a copy when its precision differs).
         tensorboard: a folder for TensorBoard event files (:mod:`.board`); needs the ``tensorboard`` extra.
+        feature_store: ``--feature-store``: the cached features kept there by content (:mod:`.store`); None: not kept.
     """
     pseudo_dir, out_dir = Path(pseudo_dir), Path(out_dir)
     online = cfg.pseudo == "online"
@@ -420,6 +421,7 @@ def run_train_decoder(
                 _check_resumable(io.read_checkpoint(ckpt, header_only=True)[2], cfg, inputs, world, numerics)
             run = _Run(cfg, followed_runtime(runtime, numerics), rank, world, device, protos, pairs, out_dir, inputs,
                        backbone, label_map, {**extra_meta, io.NUMERICS: numerics})  # auto: the masks' dtype
+            run.feature_store = None if feature_store is None else Path(feature_store)
             start = run.restore(ckpt)
             # a resumed run counts on from its checkpoint, and from when the iterations begin
             ready = (lambda: on_start(cfg.iters, start)) if on_start and rank == 0 else None
@@ -443,8 +445,6 @@ def run_train_decoder(
 
 __all__ = [
     "STAGE", "MASK_STAGES", "draw_curve", "TrainSummary", "evaluate", "run_train_decoder", "BatchPlan",
-    "drop_classes", "prompt_recipe",
     "FeatureCache", "PseudoMaskSet", "augment", "normalize_views", "training_views", "compute_losses", "lr_at",
-    "make_optimizer", "train_step", "LossWindow",
-    "save_checkpoint", "load_checkpoint",
+    "drop_classes", "prompt_recipe", "make_optimizer", "train_step", "LossWindow", "save_checkpoint", "load_checkpoint",
 ]  # fmt: skip

@@ -19,6 +19,7 @@ from ...decoder import block_features
 from ...device import available_memory
 from ...errors import ContractError, VplError
 from ...runtime.batches import die_with_parent
+from .store import store_key, stored_features
 
 if TYPE_CHECKING:
     from ...models import ClipBackbone
@@ -234,21 +235,41 @@ class FeatureCache:
 
     @classmethod
     def build(cls, bb: ClipBackbone, pairs, blocks, crop: int, dtype: torch.dtype,
-              label_map: np.ndarray | None = None) -> FeatureCache:
+              label_map: np.ndarray | None = None, store: tuple[Path, dict] | None = None) -> FeatureCache:
+        """The cache of ``pairs`` ``(id, image, mask)``; ``store``: ``(folder, identity)`` of ``--feature-store``,
+        where the features are read from, or built once and written (:mod:`.store`; the masks are always read)."""
         grid = crop // bb.patch_size
         need = len(pairs) * 2 * (len(blocks) * grid * grid * bb.width * 2 + crop * crop)
         if need > 0.5 * available_memory():
             raise VplError(f"--cache-features needs {need / 2**30:.1f} GiB for {len(pairs)} images, more than half "
                            "the free memory; train without it or with a smaller --crop-size")
-        feats, masks = [], []
-        for _, image_path, mask_path in pairs:
-            image, mask = read_pair(image_path, mask_path, label_map)
+
+        def frozen(image: np.ndarray) -> Tensor:  # [2, L, h, w, width] float16: the view and its mirror
             pixels = bb.preprocess(image, (crop, crop))
-            views = torch.stack([pixels, pixels.flip(-1)])
-            feats.append(block_features(bb, views, blocks, dtype).half().cpu())
+            return block_features(bb, torch.stack([pixels, pixels.flip(-1)]), blocks, dtype).half().cpu()
+
+        feats, masks = [], []
+        for _, image_path, mask_path in pairs:  # (the images decoded here once: without a store, features too)
+            image, mask = read_pair(image_path, mask_path, label_map)
+            if store is None:
+                feats.append(frozen(image))
             small = np.asarray(Image.fromarray(mask).resize((crop, crop), Image.NEAREST))
             masks.append(torch.from_numpy(np.stack([small, small[:, ::-1]]).copy()))
-        return cls(torch.stack(feats), torch.stack(masks))
+        if store is None:
+            return cls(torch.stack(feats), torch.stack(masks))
+        images = [image_path for _, image_path, _ in pairs]
+        return cls(stored_features(store[0], store_key(store[1], images), len(pairs),
+                                   lambda: torch.stack([frozen(io.load_image(path)) for path in images])),
+                   torch.stack(masks))
+
+    @classmethod
+    def of_run(cls, run) -> FeatureCache:
+        """The cache of a train-decoder run (``_Run``: its CLIP, pairs, blocks, crop, dtype, label map), with its
+        ``feature_store`` (or None) and what its features depend on besides the images (:mod:`.store`)."""
+        store = None if run.feature_store is None else (run.feature_store, {
+            "model": run.protos.model, "mean": list(run.bb.mean), "std": list(run.bb.std), "blocks": list(run.blocks),
+            "crop": run.cfg.crop_size, "dtype": str(run.dtype), "numerics": run.extra_meta.get(io.NUMERICS)})
+        return cls.build(run.bb, run.pairs, run.blocks, run.cfg.crop_size, run.dtype, run.label_map, store)
 
     def plain_views(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The unflipped views in order, ``batch_size`` at a time: ``(feats [B, L, h, w, width] float16, masks
