@@ -271,38 +271,31 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     bb = resolve_method(_cfg(files)).load(None, "cpu")
     kinds = [type(m) for part in (bb.model, bb.head, bb.text.model) for m in part.modules() if isinstance(m, nn.Linear)]
     assert len(kinds) > 10 and all(issubclass(k, onednn.OneDnnLinear) for k in kinds)
-    # the blocks' four linear layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
+    # the blocks' qkv and first MLP layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
     packed = {id(m) for m in bb.model.modules() if type(m) is mkl_packed.PackedLinear}
     want = mkl_packed.HAS_MKL_PACK and not reproducible_asked()
     assert packed == ({id(m) for m in packed_layers(bb.model)} if want else set())
-    assert len(packed_layers(bb.model)) == 4 * len(bb.model.blocks)
-    named = {id(m) for m in packed_layers(bb.model)}
-    assert {id(b.mlp.fc1) for b in bb.model.blocks} | {id(b.mlp.fc2) for b in bb.model.blocks} <= named
-    assert id(bb.model.blocks[-1].attn.inner.proj) in named  # the SCRA's inner attention's projection
+    assert len(packed_layers(bb.model)) == 2 * len(bb.model.blocks)
+    assert {id(b.mlp.fc1) for b in bb.model.blocks} <= {id(m) for m in packed_layers(bb.model)}
     # every block adds its residuals in place outside reproducible mode (fused_blocks.FusedBlock; timm's forward in it)
     from vpltool.models.backbones.fused_blocks import FusedBlock
 
     assert all(isinstance(b, FusedBlock) for b in bb.model.blocks)
 
 
-def test_the_packed_layers_are_each_block_s_linear_layers_where_it_has_them():
+def test_the_packed_layers_are_each_block_s_qkv_and_first_mlp_layer_where_it_has_them():
     from types import SimpleNamespace
 
     from torch import nn
 
     from vpltool.models.dense.radseg import ScraAttention, packed_layers
 
-    def attn():
-        return SimpleNamespace(qkv=nn.Linear(4, 12), proj=nn.Linear(4, 4))
-
-    plain = SimpleNamespace(attn=attn(), mlp=SimpleNamespace(fc1=nn.Linear(4, 16), fc2=nn.Linear(16, 4)))
-    gated = SimpleNamespace(attn=attn(), mlp=SimpleNamespace(fc1_g=nn.Linear(4, 8), fc2=nn.Linear(8, 4)))
-    last = SimpleNamespace(attn=ScraAttention(attn(), 10.0), mlp=plain.mlp)
+    plain = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1=nn.Linear(4, 16)))
+    gated = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1_g=nn.Linear(4, 8)))
+    last = SimpleNamespace(attn=ScraAttention(SimpleNamespace(qkv=nn.Linear(4, 12)), 10.0), mlp=plain.mlp)
     got = packed_layers(SimpleNamespace(blocks=[plain, gated, last]))
-    assert [id(m) for m in got] == [id(plain.attn.qkv), id(plain.attn.proj), id(plain.mlp.fc1), id(plain.mlp.fc2),
-                                    id(gated.attn.qkv), id(gated.attn.proj), id(gated.mlp.fc2),
-                                    id(last.attn.inner.qkv), id(last.attn.inner.proj), id(plain.mlp.fc1),
-                                    id(plain.mlp.fc2)]
+    assert [id(m) for m in got] == [id(plain.attn.qkv), id(plain.mlp.fc1), id(gated.attn.qkv),
+                                    id(last.attn.inner.qkv), id(plain.mlp.fc1)]
 
 
 def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_heap_is_given_back(files, monkeypatch):
