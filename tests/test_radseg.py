@@ -150,8 +150,8 @@ def test_the_windows_go_through_the_backbone_two_at_a_time_with_the_same_feature
     bb = resolve_method(_cfg(files)).load(None, "cpu")
     image = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(1))
     seen = []
-    real = bb.patch_features
-    monkeypatch.setattr(bb, "patch_features", lambda w: seen.append(len(w)) or real(w))
+    real = bb.patch_tokens
+    monkeypatch.setattr(bb, "patch_tokens", lambda w: seen.append(len(w)) or real(w))
     monkeypatch.delenv("VPLTOOL_REPRODUCIBLE", raising=False)
     with torch.no_grad():
         grouped = radseg.window_features(bb, image, 32, 16)  # 3 x 4 windows
@@ -162,6 +162,41 @@ def test_the_windows_go_through_the_backbone_two_at_a_time_with_the_same_feature
         radseg.window_features(bb, image, 32, 16)
     assert seen == [2] * 6 + [12, 12]
     assert grouped.shape == (bb.model.embed_dim, 4, 5) and torch.equal(grouped, whole)
+
+
+def test_the_windows_summed_token_major_and_normalised_once_are_the_reference_s_order_s_features(files, monkeypatch):
+    """Outside reproducible mode a photo's windows are summed token by token and RADIO's feature normaliser (affine)
+    runs once on the grid's mean: the features of the reference's order (each window normalised, summed channel
+    first: reproducible mode's), within float rounding, laid out so that ``reshape(C, -1).T`` is contiguous."""
+    from vpltool.models.dense import radseg
+    from vpltool.models.dense.method import resolve_method
+
+    monkeypatch.delenv("VPLTOOL_REPRODUCIBLE", raising=False)
+    bb = resolve_method(_cfg(files)).load(None, "cpu")
+    assert bb.normalizer is not None and float((bb.normalizer[0]).abs().max()) > 0  # a normaliser that moves rows
+    image = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(2))
+    boxes = radseg.slide_windows(64, 80, 32, 16)
+    with torch.no_grad():
+        fast = radseg.window_features(bb, image, 32, 16)
+        kept = radseg._summed_channels(bb, image, boxes, (4, 5))
+    c = bb.model.embed_dim
+    assert fast.shape == kept.shape == (c, 4, 5) and fast.reshape(c, -1).T.is_contiguous()
+    assert torch.allclose(fast, kept, rtol=1e-5, atol=1e-5)
+
+
+def test_dropping_negatives_in_one_pass_is_the_mask_bit_for_bit():
+    """``drop_negatives_`` (``threshold_`` at the largest float32 below 0) is ``masked_fill_(x < 0, -inf)`` on every
+    kind of float32: subnormals either side of 0, -0.0, infinities, NaN."""
+    from vpltool.models.dense.radseg import drop_negatives_
+
+    tiny = 2.0 ** -149
+    x = torch.tensor([-tiny, tiny, -0.0, 0.0, -1.0, 1.0, float("-inf"), float("inf"), float("nan"), -3 * tiny])
+    x = torch.cat([x, torch.randn(1000, generator=torch.Generator().manual_seed(3))])
+    want = x.clone().masked_fill_(x < 0, float("-inf"))
+    got = drop_negatives_(x.clone())
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+    assert torch.equal(torch.signbit(got[:4]), torch.tensor([True, False, True, False]))  # -0.0 kept as -0.0
+    assert int(got.isneginf().sum()) == int((x < 0).sum()) > 400
 
 
 def test_radseg_segments_a_real_photo_end_to_end(files, tmp_path):

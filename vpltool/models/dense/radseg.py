@@ -102,7 +102,18 @@ def _correlate(unit: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tenso
     at six windows); each window's products and softmax are the batched ones' bit for bit, and no slower."""
     # the scale inside the product (MKL's alpha) and the mask in place: two passes over [h, N, N] fewer
     sim = torch.baddbmm(unit.new_empty(()), unit, unit.transpose(-2, -1), beta=0.0, alpha=scale)
-    return sim.masked_fill_(sim < 0, float("-inf")).softmax(-1) @ v
+    return drop_negatives_(sim).softmax(-1) @ v
+
+
+# the largest float32 below 0 (the negative of the least subnormal): ``x <= NEGATIVE`` is ``x < 0`` for every float32,
+# -0.0 and NaN kept as ``x < 0`` keeps them (flushing subnormals to zero is off in torch unless asked)
+NEGATIVE = -(2.0 ** -149)
+
+
+def drop_negatives_(sim: torch.Tensor) -> torch.Tensor:
+    """``sim.masked_fill_(sim < 0, -inf)`` in one pass over ``sim`` (``threshold_``: no boolean mask made and read
+    back), the same bits; returns ``sim``."""
+    return F.threshold_(sim, NEGATIVE, float("-inf"))
 
 
 class ScraAttention(nn.Module):
@@ -121,8 +132,8 @@ def scga(features: torch.Tensor, scale: float) -> torch.Tensor:
     pair, ``A = softmax(scale (S - mean(S)))`` with negative entries dropped, ``A @ features``."""
     unit = F.normalize(features, dim=-1)
     sim = unit @ unit.T
-    sim = (sim - sim.mean()) * scale
-    return sim.masked_fill_(sim < 0, float("-inf")).softmax(-1) @ features
+    sim = sim.sub_(sim.mean()).mul_(scale)  # in place: the same bits as (sim - mean) * scale, no [N, N] copies
+    return drop_negatives_(sim).softmax(-1) @ features
 
 
 # the windows a forward of the backbone takes at most, outside reproducible mode: every photo's forwards then have the
@@ -138,7 +149,9 @@ WINDOWS_A_FORWARD = 2
 def window_features(bb, image: torch.Tensor, crop: int, stride: int) -> torch.Tensor:
     """Step 2 for one ``[1, 3, H, W]`` input: ``[C, h, w]`` patch features on its grid (``crop`` 0: the whole input
     at once, its sides multiples of the patch); the windows through the backbone :data:`WINDOWS_A_FORWARD` at a
-    time (all at once in reproducible mode), summed on the grid in the reference's order."""
+    time, summed on the grid in the reference's order (:func:`_summed_tokens`). Reproducible mode keeps the
+    reference's arithmetic: all windows in one forward, each normalised, summed channel-first
+    (:func:`_summed_channels`)."""
     from ...runtime.numerics import reproducible_asked
 
     p = bb.patch_size
@@ -150,17 +163,42 @@ def window_features(bb, image: torch.Tensor, crop: int, stride: int) -> torch.Te
     if any(v % p for box in boxes for v in box):
         raise VplError(f"--dense radseg: windows {crop}/{stride} leave a window off the {p}-pixel patch grid; give "
                        f"a --slide-crop and --slide-stride that are multiples of {p}")
-    full = count = None
-    step = len(boxes) if reproducible_asked() else WINDOWS_A_FORWARD
-    for i in range(0, len(boxes), step):
-        group = boxes[i:i + step]
-        feats = bb.patch_features(torch.cat([image[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in group]))
+    grid = (math.ceil(height / p), math.ceil(width / p))
+    if reproducible_asked():
+        return _summed_channels(bb, image, boxes, grid)
+    return _summed_tokens(bb, image, boxes, grid)
+
+
+def _summed_tokens(bb, image: torch.Tensor, boxes: list, grid: tuple[int, int]) -> torch.Tensor:
+    """The windows' raw patch tokens (:meth:`RadsegBackbone.patch_tokens`, :data:`WINDOWS_A_FORWARD` a forward)
+    summed token-major on the ``grid``, divided by their count, then the feature normaliser once on the grid's
+    tokens: affine, so the mean of the windows' normalised tokens, with the normaliser's product on the grid's
+    tokens (a VOC photo's 980) instead of every window's (six windows' 2,646), and each window added as it comes out
+    of the model, not through a channel-first view. ``[C, h, w]``, a view of ``[h, w, C]`` memory: its
+    ``reshape(C, -1).T`` is contiguous."""
+    p, full, count = bb.patch_size, None, None
+    for i in range(0, len(boxes), WINDOWS_A_FORWARD):
+        group = boxes[i:i + WINDOWS_A_FORWARD]
+        tokens, (h, w) = bb.patch_tokens(torch.cat([image[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in group]))
         if full is None:
-            full = feats.new_zeros(feats.shape[1], math.ceil(height / p), math.ceil(width / p))
-            count = feats.new_zeros(1, *full.shape[1:])
-        for f, (y0, y1, x0, x1) in zip(feats, group):
-            full[:, y0 // p:y1 // p, x0 // p:x1 // p] += f
-            count[:, y0 // p:y1 // p, x0 // p:x1 // p] += 1
+            full = tokens.new_zeros(*grid, tokens.shape[-1])
+            count = tokens.new_zeros(*grid, 1)
+        for t, (y0, y1, x0, x1) in zip(tokens, group):
+            full[y0 // p:y1 // p, x0 // p:x1 // p] += t.view(h, w, -1)
+            count[y0 // p:y1 // p, x0 // p:x1 // p] += 1
+    full = bb.normalized(full.div_(count).view(-1, full.shape[-1]))
+    return full.view(*grid, -1).permute(2, 0, 1)
+
+
+def _summed_channels(bb, image: torch.Tensor, boxes: list, grid: tuple[int, int]) -> torch.Tensor:
+    """The reference's order (reproducible mode): every window in one forward, each window's patch features
+    normalised (:meth:`RadsegBackbone.patch_features`), summed channel-first, divided by their count."""
+    p = bb.patch_size
+    feats = bb.patch_features(torch.cat([image[:, :, y0:y1, x0:x1] for y0, y1, x0, x1 in boxes]))
+    full, count = feats.new_zeros(feats.shape[1], *grid), feats.new_zeros(1, *grid)
+    for f, (y0, y1, x0, x1) in zip(feats, boxes):
+        full[:, y0 // p:y1 // p, x0 // p:x1 // p] += f
+        count[:, y0 // p:y1 // p, x0 // p:x1 // p] += 1
     return full / count
 
 
@@ -207,10 +245,10 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
 
 # the blocks' layers whose weights MKL's packed product reads (backbones.mkl_packed.PackedLinear): each keeps a packed
 # copy of its weights beside them, so not every layer: the qkv layers (81 MiB at ViT-B: 12 x 2,304 x 768 floats) and
-# the first MLP layers (108 MiB: 12 x 3,072 x 768), the two shapes whose packing gained most a MiB. The first MLP
-# layers were left out while vpltool's worker peaked near the reference's; with a photo's windows two at a time
-# (WINDOWS_A_FORWARD) its peak is well below, and there is room for them. The projection and second MLP layers
-# (135 MiB more) are left out: that room is the margin under the reference's peak
+# the first MLP layers (108 MiB: 12 x 3,072 x 768), the two shapes whose packing gained most a MiB. The projection and
+# second MLP layers (135 MiB more) are left out: with them vpltool's worker ran 0.846 of the reference's CPU-seconds
+# but peaked at 1,813.9 MiB against the reference's 1,805.6 (bench/results/radseg_four_packed_3photos_*.json); that
+# room is the margin under the reference's peak
 PACKED = ("attn.qkv", "mlp.fc1")
 
 
@@ -273,18 +311,27 @@ class RadsegBackbone:
         """Prompts -> ``[N, D]`` float32 unit rows of SigLIP 2's text tower (``exact`` has no other path here)."""
         return F.normalize(self.text.encode(list(prompts)), dim=-1)
 
-    def patch_features(self, windows: torch.Tensor) -> torch.Tensor:
-        """``[n, 3, h*p, w*p]`` normalised windows -> ``[n, C, h, w]`` C-RADIOv3's patch tokens (its last block the
-        SCRA), through its feature normaliser."""
+    def patch_tokens(self, windows: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``[n, 3, h*p, w*p]`` normalised windows -> (``[n, hw, C]`` float32 C-RADIOv3's patch tokens, its last
+        block the SCRA, before the feature normaliser; ``(h, w)``)."""
         tokens = (windows.shape[-2] // self.patch_size) * (windows.shape[-1] // self.patch_size)
         for layer in self.packed:  # MKL's packed weights made before the forward's activations (onednn.PackedLinear)
             layer.prepare(len(windows) * (tokens + self.dino.n_prefix))
         _, patches, grid = self.dino.summary_and_patches(windows)
-        patches = patches.float()
-        if self.normalizer is not None:
-            mean, tx = self.normalizer
-            patches = (patches - mean) @ tx.T
-        return patches.transpose(1, 2).reshape(len(windows), -1, *grid)
+        return patches.float(), grid
+
+    def normalized(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[..., C]`` patch tokens through RADIO's feature normaliser (``(x - mean) txᵀ``; unchanged without one)."""
+        if self.normalizer is None:
+            return tokens
+        mean, tx = self.normalizer
+        return (tokens - mean) @ tx.T
+
+    def patch_features(self, windows: torch.Tensor) -> torch.Tensor:
+        """``[n, 3, h*p, w*p]`` normalised windows -> ``[n, C, h, w]`` C-RADIOv3's patch tokens (its last block the
+        SCRA), through its feature normaliser."""
+        patches, grid = self.patch_tokens(windows)
+        return self.normalized(patches).transpose(1, 2).reshape(len(windows), -1, *grid)
 
     def to(self, device) -> RadsegBackbone:
         import copy
