@@ -203,6 +203,23 @@ class Workspace:
         cli_ok("cam", self.features, "-p", self.text, "-o", self.cams, *CPU)
         cli_ok("crf", self.cams, "-o", self.pseudo, "--workers", "1")
         cli_ok("train-decoder", self.pseudo, "-p", self.text, "-o", self.decoder, *DECODER_ARGS)
+        self._after_case: list[Path] = []
+
+    def drop_after_case(self, path: Path) -> Path:
+        """``path``, removed once the case now being built has run (:meth:`end_case`): a big file or folder of the
+        case's own that no later case reads (a case that wants one again makes it again). The workspace held every
+        case's at once: twelve train-pgseg runs of 56-82 MB, DINO and PGSeg weights of 22 MB, 1.6 GB in all."""
+        self._after_case.append(path)
+        return path
+
+    def end_case(self) -> None:
+        """Remove what :meth:`drop_after_case` named while the case ran (after its disk state was taken)."""
+        for path in self._after_case:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        self._after_case.clear()
 
     def disk_state(self) -> dict[str, tuple[int, ...]]:
         """:func:`disk_state` of the workspace: kept up to date by a :class:`DiskWatch` (started on first use) where
@@ -258,7 +275,7 @@ class Workspace:
             torch.manual_seed(seed)
             model = timm.create_model(DINO_MODEL, pretrained=False, num_classes=0)
         save_file({prefix + k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-        return path
+        return self.drop_after_case(path)  # 22 MB, made again by each case that asks for it
 
     def relative(self, text: str) -> str:
         """``text`` with the workspace's absolute prefix removed, so paths read ``features/x.safetensors``, and the
@@ -5179,7 +5196,7 @@ def _pgseg_release(ws: Workspace, name: str, edit: Callable[[dict], None]) -> Pa
 
     state = dict(pgseg.build_model(pgseg.tiny_config(), seed=3).state_dict())
     edit(state)
-    path = ws.root / name
+    path = ws.drop_after_case(ws.root / name)  # 23 MB of the case's own
     torch.save({"model": state}, path)
     return path
 
@@ -5210,7 +5227,8 @@ def _pgseg_release_nan(ws: Workspace) -> Iterator[list[object]]:
 def _pgseg_no_npr_init(ws: Workspace) -> Iterator[list[object]]:
     from vpltool.models.text import pgseg
 
-    path = pgseg.save_checkpoint(ws.root / "pgseg_npr.safetensors", pgseg.build_model(pgseg.tiny_config(), seed=3))
+    path = pgseg.save_checkpoint(ws.drop_after_case(ws.root / "pgseg_npr.safetensors"),
+                                 pgseg.build_model(pgseg.tiny_config(), seed=3))
     yield ["train-pgseg", ws.world, "-o", ws.out("out"), "--init", path, "--no-npr", *PGSEG_ARGS]  # 32 px, as tiny
 
 
@@ -5231,9 +5249,9 @@ def _pgseg_empty_text_npr(ws: Workspace) -> Iterator[list[object]]:
     bias = [p for n, p in model.named_parameters() if n.endswith("pre_assign_attn.norm_post.bias")][-1]
     with torch.no_grad():
         bias.add_(5.0)
-    path = pgseg.save_checkpoint(ws.root / "pgseg_lean.safetensors", model)
-    yield ["train-pgseg", ws.world, "-o", ws.out("pgseg_npr_run"), "--init", path, "--npr", "--log-every", "1",
-           *PGSEG_ARGS]
+    path = pgseg.save_checkpoint(ws.drop_after_case(ws.root / "pgseg_lean.safetensors"), model)
+    out = ws.drop_after_case(ws.out("pgseg_npr_run"))  # 82 MB that no later case reads
+    yield ["train-pgseg", ws.world, "-o", out, "--init", path, "--npr", "--log-every", "1", *PGSEG_ARGS]
 
 
 @case("cam --model with a CLIP's name (cam's CLIP is the prototypes file's)", "--model ViT-B-16",
@@ -5249,7 +5267,7 @@ def _pgseg_run(ws: Workspace, pairs: Path, name: str, stop_after: int | None = N
     """A finished (or, ``stop_after``, interrupted) train-pgseg run on ``pairs`` in ``name``, made with PGSEG_ARGS
     (``npr`` False: with --no-npr). On the workspace's own world each kind of run is trained once and copied (a
     training costs seconds; six cases want one); a pairs folder of the case's own is trained on as it is."""
-    out = ws.out(name)
+    out = ws.drop_after_case(ws.out(name))  # the case's own: removed once it has run
     if pairs != ws.world:
         return _train_pgseg(pairs, out, stop_after, npr)
     made = ws.root / ".pgseg_runs" / f"stop{stop_after}_npr{int(npr)}"  # hidden: no case's output, never damaged
@@ -6637,7 +6655,7 @@ def _pgseg_bad_shape(ws: Workspace) -> Iterator[list[object]]:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     key = "img_encoder.layers.0.blocks.0.attn.proj.weight"
     tensors[key] = tensors[key][:, :-1].contiguous()
-    save_file(tensors, str(ws.root / "pgseg_bad_shape.safetensors"), metadata=meta)
+    save_file(tensors, str(ws.drop_after_case(ws.root / "pgseg_bad_shape.safetensors")), metadata=meta)
     yield ["segment", ws.world, "--split", "val", "--model", f"pgseg:{ws.root / 'pgseg_bad_shape.safetensors'}",
            "--classes", "star", "-o", ws.out("out"), *CPU]
 
@@ -6796,9 +6814,11 @@ def render(rows: list[tuple[Case, str, Outcome]]) -> str:
 
 def run_all(ws: Workspace) -> list[tuple[Case, str, Outcome]]:
     rows = []
+    ws._after_case.clear()  # what was named before the first case (a fixture's) is not the first case's to remove
     for c in CASES:
         args, outcome = c.run(ws)
         rows.append((c, c.command(ws, args, outcome.env), outcome))
+        ws.end_case()
     missed = ws.missed_by_watch()
     assert not missed, f"the workspace's inotify watch missed a change: {missed[:20]}"  # every row's 'left' then
     return rows

@@ -20,7 +20,7 @@ def _own_sam3(ws: Workspace, name: str, seed: int = 0) -> Path:
     """A tiny seeded SAM 3 of the case's own (Hugging Face's layout), so that replacing it touches no other row."""
     from vpltool.models.backbones.sam3_files import write_tiny
 
-    folder = ws.root / name
+    folder = ws.drop_after_case(ws.root / name)  # 7 MB of the row's own
     shutil.rmtree(folder, ignore_errors=True)
     return Path(write_tiny(folder, "hf", seed=seed))
 

@@ -114,7 +114,7 @@ def _sam3_interrupted(ws: Workspace, name: str) -> tuple[Path, Path]:
     its masks were written (its last mask removed, no _stage.json)."""
     from vpltool.models.backbones.sam3_files import write_tiny
 
-    weights = Path(write_tiny(ws.out(f"{name}_weights"), "hf"))
+    weights = Path(write_tiny(ws.drop_after_case(ws.out(f"{name}_weights")), "hf"))  # 7 MB of the row's own
     out = ws.out(name)
     killed_before_finish("sam-pseudo", ws.cams, "-o", out, "--masks", "sam3", "--sam-weights", weights,
                          "--workers", "1")
@@ -131,7 +131,7 @@ def _sp_resume_sam3_meta(ws: Workspace) -> Iterator[list[object]]:
     from vpltool.models.backbones.sam3_files import write_tiny
 
     _, out = _sam3_interrupted(ws, "sp_sam3_meta")
-    meta = ws.out("sp_sam3_meta_pt")
+    meta = ws.drop_after_case(ws.out("sp_sam3_meta_pt"))  # 7 MB of the row's own
     yield ["sam-pseudo", ws.cams, "-o", out, "--masks", "sam3", "--sam-weights", write_tiny(meta, "meta"), "--workers",
            "1"]
 
@@ -199,7 +199,7 @@ def _s3_hf(ws: Workspace, name: str, edit=None, seed: int = 0) -> Path:
     config, state = _tiny_sam3_state(seed)
     if edit is not None:
         edit(state)
-    return write_hf(ws.out(name), config, state)
+    return write_hf(ws.drop_after_case(ws.out(name)), config, state)  # 7 MB of the case's own
 
 
 def _s3_meta(ws: Workspace, name: str, edit=None) -> Path:

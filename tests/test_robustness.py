@@ -533,6 +533,7 @@ def test_a_case_that_computes_keeps_its_message_and_its_row_on_every_cpu(numeric
     a Talk2DINO cache entry's key hashes the dtype; T-NPR's empty rows were once a matter of rounding)."""
     case = rc.CASES[index]
     args, outcome = case.run(numeric_ws)
+    numeric_ws.end_case()  # its big files of its own (an 82 MB train-pgseg run), as the table's run does
     assert outcome.exit_code == case.exit_code and not outcome.traceback, outcome
     for fragment in case.expect:
         assert fragment in outcome.seen, (fragment, outcome.seen)
