@@ -64,7 +64,8 @@ def build_bank(sam, words, s: ActiveSamSettings) -> ContextBank:
 
 def preview_presence(sam, photo, text, s: ActiveSamSettings) -> torch.Tensor:
     """Step 2's scores: ``[Q]`` presence probabilities on the preview (``text``: the Q canonical words encoded)."""
-    image = sam.encode_image(sam.prepare(photo, s.preview_resolution))
+    # the coarsest level alone: the head is skipped here, so the neck's finer levels would go unread
+    image = sam.encode_image(sam.prepare(photo, s.preview_resolution), finer=False)
     return torch.cat([sam.ground(image, text.select(b), masks=False).presence_logits.sigmoid()
                       for b in buckets(int(text.features.shape[0]), s.bucket_size)])
 
