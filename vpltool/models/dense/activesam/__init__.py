@@ -103,9 +103,10 @@ class Hooks(Sam3Hooks, method="activesam", preset=PRESET):
     def record(self) -> dict:
         return {"activesam": vars(ActiveSamSettings(self.cfg))}
 
-    def _sides(self, bb) -> list[int]:
-        """The preview's side (read when the words outnumber --max-active), then SAM 3's own."""
-        return [ActiveSamSettings(self.cfg).preview_resolution, bb.sam.image_size]
+    def _sides(self, bb) -> list[tuple[int, bool]]:
+        """The preview's side (read when the words outnumber --max-active; its coarsest level alone), then SAM 3's
+        own."""
+        return [(ActiveSamSettings(self.cfg).preview_resolution, False), (bb.sam.image_size, True)]
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         s = ActiveSamSettings(self.cfg)
