@@ -1,22 +1,19 @@
-"""SAM 3's DETR and ViT feed-forwards on this CPU: the whole hidden map at once against ``sam3_fast.FFN_ROWS`` rows
-at a time (:class:`vpltool.models.backbones.sam3_fast.FusedReluMLP`) and ``sam3_fast.VIT_ROWS``
-(:class:`~vpltool.models.backbones.sam3_fast.RowsGeluMLP`); prints ONE JSON object.
+"""SAM 3's DETR feed-forward on this CPU: the whole hidden map at once against ``sam3_fast.FFN_ROWS`` rows at a time
+(:class:`vpltool.models.backbones.sam3_fast.FusedReluMLP`); prints ONE JSON object.
 
     python bench/bench_sam3_ffn.py [--pairs 7] [--out JSON]
 
 The DETR encoder's feed-forward at Meta's sizes (256 -> 2048 -> 256, ReLU; random weights, seed 0) on a bucket of 4
 prompts at ActiveSAM's 672-pixel preview (``[4, 2304, 256]``) and at 1008 pixels (``[4, 5184, 256]``), fp32, one
-thread; the ViT's (1024 -> 4736 -> 1024, GELU) on its grid at 672 and 1008 pixels (``vit_*``: ``[1, 48, 48, 1024]``,
-``[1, 72, 72, 1024]``). Per shape, ``--pairs`` alternating pairs (whole, then in rows; the order swapped every other
-pair), each side the CPU-seconds (``time.process_time``) of 3 calls; the verdict per shape is the median of the pairs'
-ratios rows / whole and the two outputs' largest difference.
+thread. Per shape, ``--pairs`` alternating pairs (whole, then in rows; the order swapped every other pair), each side
+the CPU-seconds (``time.process_time``) of 3 calls; the verdict per shape is the median of the pairs' ratios rows /
+whole and the two outputs' largest difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,8 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SHAPES = {"preview_672": (4, 2304, 256), "full_1008": (4, 5184, 256), "vit_preview_672": (1, 48, 48, 1024),
-          "vit_full_1008": (1, 72, 72, 1024)}
+SHAPES = {"preview_672": (4, 2304, 256), "full_1008": (4, 5184, 256)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,30 +40,27 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     ffn = hf.Sam3MLP(Sam3DETREncoderConfig(hidden_size=256, intermediate_size=2048, hidden_act="relu")).eval()
-    vit = hf.Sam3MLP(Sam3DETREncoderConfig(hidden_size=1024, intermediate_size=4736, hidden_act="gelu")).eval()
     sam3_fast.speed_up(ffn)
-    sam3_fast.speed_up(vit)
-    rows_at_a_time = {"FFN_ROWS": sam3_fast.FFN_ROWS, "VIT_ROWS": sam3_fast.VIT_ROWS}
+    rows_at_a_time = sam3_fast.FFN_ROWS
     g = torch.Generator().manual_seed(0)
     out = {}
     with torch.no_grad():
         for name, shape in SHAPES.items():
             x = torch.randn(*shape, generator=g)
-            knob, mlp = ("VIT_ROWS", vit) if name.startswith("vit") else ("FFN_ROWS", ffn)
 
             def side(rows: int) -> tuple[float, torch.Tensor]:
-                setattr(sam3_fast, knob, rows)
-                y = mlp(x)
+                sam3_fast.FFN_ROWS = rows
+                y = ffn(x)
                 start = time.process_time()
                 for _ in range(3):
-                    mlp(x)
+                    ffn(x)
                 return (time.process_time() - start) / 3, y
 
             times, ratios, outputs = {"whole": [], "rows": []}, [], {}
             for p in range(args.pairs):
                 order = ("whole", "rows") if p % 2 == 0 else ("rows", "whole")
                 for which in order:
-                    t, y = side(x.numel() if which == "whole" else rows_at_a_time[knob])
+                    t, y = side(x.numel() if which == "whole" else rows_at_a_time)
                     times[which].append(t)
                     outputs[which] = y
                 ratios.append(times["rows"][-1] / times["whole"][-1])
@@ -75,12 +68,9 @@ def main(argv: list[str] | None = None) -> None:
                                                              for k, v in times.items()},
                          "ratio_median": round(statistics.median(ratios), 3),
                          "max_abs_diff": float((outputs["rows"] - outputs["whole"]).abs().max())}
-    for knob, rows in rows_at_a_time.items():
-        setattr(sam3_fast, knob, rows)
+    sam3_fast.FFN_ROWS = rows_at_a_time
     result = json.dumps({"benchmark": "sam3_ffn_rows", "machine": benchlib.machine("cpu"), "threads": 1,
-                         "precision": "fp32", "ffn_rows": rows_at_a_time["FFN_ROWS"],
-                         "vit_rows": rows_at_a_time["VIT_ROWS"], "pairs": args.pairs,
-                         "load_average_1min": round(os.getloadavg()[0], 2), "shapes": out},
+                         "precision": "fp32", "ffn_rows": rows_at_a_time, "pairs": args.pairs, "shapes": out},
                         indent=1)
     print(result)
     if args.out:

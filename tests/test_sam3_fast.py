@@ -20,7 +20,7 @@ from vpltool.models.backbones.sam3_files import write_tiny
 PROMPTS = ["a red square", "a blue circle", "stripes"]
 FAST = (sam3_fast.ComplexRoPEAttention, sam3_fast.LayoutDetrDecoder, sam3_fast.FusedReluMLP,
         sam3_fast.SharedLateralPixelDecoder, sam3_fast.LevelsMaskDecoder, sam3_fast.FusedReluDecoderMLP,
-        sam3_fast.HeadsFirstAttention, sam3_fast.RowsGeluMLP)
+        sam3_fast.HeadsFirstAttention)
 
 
 @pytest.fixture(scope="module")
@@ -247,29 +247,6 @@ def test_the_decoder_writes_its_bias_below_the_presence_row_bit_for_bit(model, m
     assert 4 not in pads
     for name in ("intermediate_hidden_states", "reference_boxes", "presence_logits"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
-
-
-def test_the_vits_feed_forward_a_few_rows_at_a_time_is_transformers_bit_for_bit(model, monkeypatch):
-    """The ViT's GELU feed-forward in blocks of VIT_ROWS rows (a ragged last one): transformers' numbers bit for bit
-    (each row's sums are its own), and with no more than VIT_ROWS rows, or in reproducible mode, its forward."""
-    ours = copy.deepcopy(model.model.vision_encoder.backbone.layers[0].mlp)
-    assert isinstance(ours, sam3_fast.RowsGeluMLP) and not isinstance(ours.activation_fn, torch.nn.ReLU)
-    plain = copy.deepcopy(ours)
-    plain.__class__ = hf.Sam3MLP
-    monkeypatch.setattr(sam3_fast, "VIT_ROWS", 4)
-    x = torch.randn(1, 5, 3, ours.fc1.in_features, generator=torch.Generator().manual_seed(0))
-    calls = []
-    hook = ours.fc1.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
-    with torch.no_grad():
-        got = ours(x)
-        assert calls == [4, 4, 4, 3] and got.shape == x.shape[:-1] + (ours.fc2.out_features,)
-        assert torch.equal(got, plain(x))
-        calls.clear()
-        ours(x[:, :1])  # 3 rows: one call
-        monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
-        ours(x)
-    hook.remove()
-    assert calls == [1, 1]
 
 
 def test_the_feed_forward_a_few_rows_at_a_time_is_transformers_feed_forward(model, monkeypatch):

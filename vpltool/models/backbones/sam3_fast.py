@@ -15,9 +15,7 @@ and the half-precision weights of :mod:`.sam3_half` unchanged), each only where 
   decoder's small heads (its box relative-position bias's among them): each product followed by a ReLU as one
   oneDNN call (its ReLU applied as each tile is written) where transformers writes the product and reads it again
   (``[5184, 2048]`` float32 a prompt an encoder layer), the feed-forward a few hundred rows at a time (its hidden
-  map read back from the cache); fp32 inference outside reproducible mode and :func:`.onednn.references_library`;
-  :class:`RowsGeluMLP`, the ViT's GELU feed-forward, a few thousand rows at a time, the GELU in place (fp32
-  inference outside reproducible mode).
+  map read back from the cache); fp32 inference outside reproducible mode and :func:`.onednn.references_library`.
 * :class:`SharedLateralPixelDecoder` and :class:`LevelsMaskDecoder`, the segmentation head: each stage's
   convolution of ``upsample(prev) + level`` on that sum laid out channels-last, as Meta's bucketed head convolves it
   (its rounding: :data:`HEAD_CONVS`), or, with ``"phases"`` where every prompt reads one image, as the image's
@@ -174,31 +172,6 @@ class FusedReluMLP(hf.Sam3MLP):
         out = x.new_empty(rows, self.fc2.out_features)
         for start in range(0, rows, FFN_ROWS):
             out[start:start + FFN_ROWS] = self.fc2(linear_relu(x[start:start + FFN_ROWS], self.fc1))
-        return out.view(*hidden_states.shape[:-1], self.fc2.out_features)
-
-
-# rows of the ViT's feed-forward hidden map ([rows, 4736] float32, 24.5 MB) made, activated in place and read at a
-# time, where the whole grid's ([5184, 4736] at 1008 px, 98 MB) goes to memory and back three times (fc1 writes it,
-# the GELU reads it and writes a copy, fc2 reads that): bench/bench_sam3_ffn.py's vit_* shapes. Rows are
-# independent: the same sums
-VIT_ROWS = 1296
-
-
-class RowsGeluMLP(hf.Sam3MLP):
-    """Transformers' ``Sam3MLP`` with its exact GELU (the ViT's): in fp32 inference outside reproducible mode
-    :data:`VIT_ROWS` rows at a time where there are more (the preview's 2304: 1296 and 1008), each block's GELU in
-    place and its second product written into the output (``F.linear``'s own ``addmm``)."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``[..., C]`` -> ``[..., C]`` (dropout: inference, none)."""
-        rows = hidden_states.numel() // max(hidden_states.shape[-1], 1)
-        if self.training or rows <= VIT_ROWS or not _fast_fp32(hidden_states, self.fc1.weight, self.fc2.weight):
-            return super().forward(hidden_states)
-        x = hidden_states.reshape(rows, hidden_states.shape[-1])
-        out = x.new_empty(rows, self.fc2.out_features)
-        for start in range(0, rows, VIT_ROWS):
-            hidden = torch.ops.aten.gelu_(self.fc1(x[start:start + VIT_ROWS]))
-            torch.addmm(self.fc2.bias, hidden, self.fc2.weight.t(), out=out[start:start + VIT_ROWS])
         return out.view(*hidden_states.shape[:-1], self.fc2.out_features)
 
 
@@ -369,7 +342,7 @@ class LevelsMaskDecoder(hf.Sam3MaskDecoder):
 
 
 def speed_up(model: nn.Module) -> int:
-    """``model`` (transformers' ``Sam3Model``)'s ViT attention, DETR decoder and feed-forward layers given the
+    """``model`` (transformers' ``Sam3Model``)'s ViT attention, DETR decoder and ReLU feed-forward layers given the
     classes above, in place (idempotent); returns how many modules. The classes are module-level: a converted
     model pickles and deep-copies as before."""
     kinds = {hf.Sam3ViTRoPEAttention: ComplexRoPEAttention, hf.Sam3DetrDecoder: LayoutDetrDecoder,
@@ -382,8 +355,6 @@ def speed_up(model: nn.Module) -> int:
             m.__class__ = kinds[type(m)]
         elif type(m) is hf.Sam3MLP and isinstance(m.activation_fn, nn.ReLU):
             m.__class__ = FusedReluMLP
-        elif type(m) is hf.Sam3MLP and getattr(m.activation_fn, "act", None) is F.gelu and m.fc2.bias is not None:
-            m.__class__ = RowsGeluMLP  # transformers' GELUActivation, torch's exact GELU
         else:
             continue
         n += 1
@@ -391,8 +362,7 @@ def speed_up(model: nn.Module) -> int:
 
 
 __all__ = ["HEAD_CONVS", "ComplexRoPEAttention", "FusedReluDecoderMLP", "FusedReluMLP", "HeadsFirstAttention",
-           "LayoutDetrDecoder", "LevelsMaskDecoder", "RowsGeluMLP", "SharedLateralPixelDecoder", "heads_first",
-           "linear_relu",
+           "LayoutDetrDecoder", "LevelsMaskDecoder", "SharedLateralPixelDecoder", "heads_first", "linear_relu",
            "phase_kernels", "projected_masks", "rotate_complex", "speed_up", "turn_of", "upsampled_conv"]
 
 
