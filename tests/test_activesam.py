@@ -437,6 +437,29 @@ def test_ground_runs_the_heads_of_prompts_with_a_kept_query_alone(tiny_sam3):
     assert none.mask_prompts == [] and none.pred_masks is None
 
 
+def test_the_preview_encodes_the_coarsest_level_alone_and_its_presence_is_the_same(tiny_sam3, monkeypatch):
+    """``encode_image(finer=False)`` (ActiveSAM's preview) runs the neck's coarsest layer alone: its level and
+    positions are the full encoding's last, bit for bit, so the presence and scores ``ground(masks=False)`` reads
+    are the same; asking that image for the segmentation head is one line."""
+    from vpltool.models import load_model
+    from vpltool.models.backbones.sam3 import Sam3Spec
+
+    sam = load_model("sam3", Sam3Spec(str(tiny_sam3)), "cpu")
+    pixels = sam.prepare(torch.randint(0, 255, (40, 50, 3), dtype=torch.uint8), 56)
+    ran = []
+    for i, layer in enumerate(sam.model.vision_encoder.neck.fpn_layers):
+        monkeypatch.setattr(layer, "forward", lambda x, _i=i, _f=layer.forward: ran.append(_i) or _f(x))
+    whole, coarse = sam.encode_image(pixels), sam.encode_image(pixels, finer=False)
+    layers = len(sam.model.vision_encoder.neck.fpn_layers)
+    assert ran == [*range(layers), layers - 2] and len(whole.features) == 3 and len(coarse.features) == 1
+    assert torch.equal(coarse.features[0], whole.features[-1]) and torch.equal(coarse.positions[0], whole.positions[-1])
+    text = sam.encode_text(["cat", "dog"])
+    a, b = sam.ground(whole, text, masks=False), sam.ground(coarse, text, masks=False)
+    assert torch.equal(a.presence_logits, b.presence_logits) and torch.equal(a.pred_logits, b.pred_logits)
+    with pytest.raises(ValueError, match="finer levels"):
+        sam.ground(coarse, text)
+
+
 def test_the_encoders_first_self_attention_is_shared_by_the_prompts_of_one_image(tiny_sam3):
     """``ground`` on one image computes the DETR encoder's first self-attention (the image alone, no prompt yet)
     once, for every prompt and bucket after it: the same outputs as transformers' encoder run on each prompt's own

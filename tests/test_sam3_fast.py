@@ -219,6 +219,36 @@ def test_the_layouts_leave_training_to_transformers_own_forward(model):
                                    rtol=0, atol=0)
 
 
+def test_the_decoder_writes_its_bias_below_the_presence_row_bit_for_bit(model, monkeypatch):
+    """The DETR decoder's loop with each layer's bias made below the presence token's zero row: transformers'
+    decoder's outputs bit for bit, in fast mode, with no ``F.pad`` of the bias (its only 4-d pad there)."""
+    from vpltool.models.backbones.sam3_detr import rpb_mask
+
+    ours = model.model.detr_decoder
+    plain = copy.deepcopy(ours)
+    plain.__class__ = hf.Sam3DetrDecoder
+    g = torch.Generator().manual_seed(0)
+    b, h, w, c = 2, 3, 5, ours.hidden_size
+    args = (torch.randn(b, h * w, c, generator=g), torch.randn(b, 6, c, generator=g),
+            torch.randn(b, h * w, c, generator=g))
+    valid = torch.ones(b, 6, dtype=torch.bool)
+    valid[1, 4:] = False
+    grid = torch.tensor([[h, w]])
+    pads, real = [], F.pad
+    monkeypatch.setattr(F, "pad", lambda x, *a, **k: pads.append(x.dim()) or real(x, *a, **k))
+    with torch.no_grad():
+        want = plain(*args, text_mask=valid, spatial_shapes=grid)
+        assert pads.count(4) == len(ours.layers)  # transformers pads each layer's bias
+        pads.clear()
+        got = ours(*args, text_mask=valid, spatial_shapes=grid)
+        boxes = torch.rand(b, 7, 4, generator=g)
+        mask = rpb_mask(ours, boxes, (torch.tensor(h), torch.tensor(w)), presence_row=True)
+        assert torch.equal(mask, real(plain._get_rpb_matrix(boxes, (torch.tensor(h), torch.tensor(w))), (0, 0, 1, 0)))
+    assert 4 not in pads
+    for name in ("intermediate_hidden_states", "reference_boxes", "presence_logits"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
 def test_the_feed_forward_a_few_rows_at_a_time_is_transformers_feed_forward(model, monkeypatch):
     """More rows than twice FFN_ROWS (a ragged last block): transformers' numbers within float rounding, the
     blocks' rows in place; reproducible mode: transformers' bits."""

@@ -212,9 +212,10 @@ class Sam3:
         return ((x.float() / 255.0 - MEAN) / STD)[None]
 
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> Sam3Image:
+    def encode_image(self, pixels: torch.Tensor, finer: bool = True) -> Sam3Image:
         """``[B, 3, S, S]`` float32 (:meth:`prepare`) -> the images' :class:`Sam3Image` (Meta's
-        ``backbone.forward_image``)."""
+        ``backbone.forward_image``); ``finer=False``: its coarsest level alone, all the DETR and the geometry encoder
+        read (the neck's finer levels, for the segmentation head, not made: ActiveSAM's preview)."""
         side = int(pixels.shape[-1])
         if pixels.shape[-2] != side or side % self.patch:
             raise VplError(f"SAM 3 input {tuple(pixels.shape[-2:])}: give a square side, a multiple of {self.patch}")
@@ -226,8 +227,14 @@ class Sam3:
         keep_freed_memory(KEEP_FREED, KEEP_FREED)
         self.follow_autocast()
         self._set_positions(side)
-        out = self.model.vision_encoder(pixels.to(self.device))
-        return Sam3Image(tuple(out.fpn_hidden_states[:-1]), tuple(out.fpn_position_encoding[:-1]), side)
+        if finer:
+            out = self.model.vision_encoder(pixels.to(self.device))
+            return Sam3Image(tuple(out.fpn_hidden_states[:-1]), tuple(out.fpn_position_encoding[:-1]), side)
+        vision = self.model.vision_encoder  # its forward with the one neck layer (Meta's scalp drops the last)
+        tokens = vision.backbone(pixels.to(self.device)).last_hidden_state
+        level = vision.neck.fpn_layers[-2](tokens.view(tokens.shape[0], side // self.patch, side // self.patch,
+                                                       -1).permute(0, 3, 1, 2))
+        return Sam3Image((level,), (vision.neck.position_encoding(level.shape, level.device, level.dtype),), side)
 
     def _set_positions(self, side: int) -> None:
         """The global layers' RoPE positions for a ``side / patch`` grid: Meta's ViT scales them by
@@ -281,6 +288,8 @@ class Sam3:
 
         from .sam3_half import autocast_dtype
 
+        if masks is not False and len(image.features) < 3:
+            raise ValueError("SAM 3's segmentation head needs the finer levels: encode_image(pixels) with finer=True")
         self.follow_autocast()
         m = self.model
         k = text.features.shape[0]

@@ -6,10 +6,11 @@ and the half-precision weights of :mod:`.sam3_half` unchanged), each only where 
   pair of q's and k's channels with ``cos + i sin``, as Meta's ViT applies it, where transformers builds
   ``rotate_pairwise``'s stacked copy and two more products and a sum (``stack``, ``mul``, ``add`` and ``neg`` in
   bench/results/sam3_full_profile_cpu_intel_emerald_rapids.txt); fp32 outside reproducible mode.
-* :class:`LayoutDetrDecoder`, the DETR decoder: each layer's box relative-position bias ``[B, heads, Q, H*W]`` (the
-  ``y`` and ``x`` embeddings' outer sum) written in its final layout by one broadcast sum, where transformers sums
-  into ``[B, Q, H, W, heads]`` and copies it transposed (33 MB a prompt a layer at Meta's 72 x 72 grid): the same
-  numbers bit for bit, in every mode.
+* :class:`.sam3_detr.LayoutDetrDecoder`, the DETR decoder: each layer's box relative-position bias ``[B, heads,
+  1 + Q, H*W]`` (the ``y`` and ``x`` embeddings' outer sum, below the presence token's zero row) written in its final
+  layout by one broadcast sum, where transformers sums into ``[B, Q, H, W, heads]``, copies it transposed and copies
+  it again to prepend the zero row (33 MB a prompt a layer each at Meta's 72 x 72 grid): the same numbers bit for
+  bit, in every mode.
 * :class:`FusedReluMLP`, the DETR encoder's and decoder's feed-forward, and :class:`FusedReluDecoderMLP`, the
   decoder's small heads (its box relative-position bias's among them): each product followed by a ReLU as one
   oneDNN call (its ReLU applied as each tile is written) where transformers writes the product and reads it again
@@ -32,12 +33,13 @@ there, so its numbers are transformers' bit for bit.
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.sam3 import modeling_sam3 as hf
+
+from .sam3_detr import LayoutDetrDecoder
 
 
 def _fast_fp32(*tensors: torch.Tensor) -> bool:
@@ -130,40 +132,6 @@ class HeadsFirstAttention(hf.Sam3Attention):
         (v,) = heads_first(self.v_proj(value), h)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scaling)
         return self.o_proj(out.transpose(1, 2).reshape(query.shape[0], query.shape[1], -1)), None
-
-
-class LayoutDetrDecoder(hf.Sam3DetrDecoder):
-    """Transformers' ``Sam3DetrDecoder`` whose box relative-position bias is summed in its final layout
-    (module docstring)."""
-
-    def _get_rpb_matrix(self, reference_boxes: torch.Tensor, spatial_shape) -> torch.Tensor:
-        """``[B, Q, 4]`` boxes (cx, cy, w, h in [0, 1]), the grid's ``(H, W)`` -> ``[B, heads, Q, H*W]``: bias
-        ``(q, y*W + x)`` = ``embed_y(dy)[q, y] + embed_x(dx)[q, x]``, transformers' numbers bit for bit (with
-        gradients on, transformers' own: the sum is written into its place, which autograd does not follow)."""
-        if torch.is_grad_enabled():
-            return super()._get_rpb_matrix(reference_boxes, spatial_shape)
-        dy, dx = _rpb_embeddings(self, reference_boxes, spatial_shape)  # [B, Q, H, heads], [B, Q, W, heads]
-        dy, dx = dy.permute(0, 3, 1, 2), dx.permute(0, 3, 1, 2)  # [B, heads, Q, H], [B, heads, Q, W]: small
-        out = dy.new_empty(*dy.shape, dx.shape[-1])
-        torch.add(dy[..., :, None], dx[..., None, :], out=out)
-        return out.flatten(3)
-
-
-def _rpb_embeddings(decoder, reference_boxes: torch.Tensor, spatial_shape) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transformers' ``_get_rpb_matrix`` up to its outer sum: the boxes' log-scaled distances to each grid row and
-    column, embedded -> ``[B, Q, H, heads]`` and ``[B, Q, W, heads]``."""
-    height, width = spatial_shape
-    boxes = hf.box_cxcywh_to_xyxy(reference_boxes)
-    b, q, _ = boxes.shape
-    coords_h, coords_w = decoder._get_coords(height, width, dtype=reference_boxes.dtype,
-                                             device=reference_boxes.device)
-    deltas_y = (coords_h.view(1, -1, 1) - boxes.reshape(-1, 1, 4)[:, :, 1:4:2]).view(b, q, -1, 2)
-    deltas_x = (coords_w.view(1, -1, 1) - boxes.reshape(-1, 1, 4)[:, :, 0:3:2]).view(b, q, -1, 2)
-    scaled = []
-    for d in (deltas_x, deltas_y):
-        d = d * 8
-        scaled.append(torch.sign(d) * torch.log2(torch.abs(d) + 1.0) / math.log2(8))
-    return decoder.box_rpb_embed_y(scaled[1]), decoder.box_rpb_embed_x(scaled[0])
 
 
 def linear_relu(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

@@ -15,7 +15,8 @@ class Sam3Image:
 
     Attributes:
         features: the FPN levels the heads read, ``[B, D, 4g, 4g]``, ``[B, D, 2g, 2g]``, ``[B, D, g, g]`` float32
-            (``D`` the DETR width, 256; ``g = S / 14``, 72 at 1008 px): Meta's ``backbone_fpn`` (its ``scalp`` 1).
+            (``D`` the DETR width, 256; ``g = S / 14``, 72 at 1008 px): Meta's ``backbone_fpn`` (its ``scalp`` 1);
+            the last alone where encoded with ``finer=False`` (no segmentation head).
         positions: their sine position encodings, the same shapes (Meta's ``vision_pos_enc``).
         size: the input side ``S``.
         attended: the DETR encoder's first self-attention over the coarsest level, ``[1, g * g, D]``, by the

@@ -173,11 +173,12 @@ def image_scores(sam, image, text, size: tuple[int, int], settings: Sam3Settings
     return torch.cat(out)
 
 
-def encoded(sam, photo: torch.Tensor, side: int) -> tuple:
-    """``(sam, "encode_image", (pixels,), image)``: the photo encoded at ``side`` as the methods encode it (their
-    ``image_side`` hook, for ``seg.embed``)."""
+def encoded(sam, photo: torch.Tensor, side: int, finer: bool = True) -> tuple:
+    """``(sam, "encode_image", arguments, image)``: the photo encoded at ``side`` as the methods encode it (their
+    ``image_side`` hook, for ``seg.embed``; ``finer=False``: the coarsest level alone, as ActiveSAM's preview)."""
     pixels = sam.prepare(photo, side)
-    return sam, "encode_image", (pixels,), sam.encode_image(pixels)
+    # the arguments as seg.embed's kept calls match them (keywords as (name, value) after the positions)
+    return sam, "encode_image", (pixels,) if finer else (pixels, ("finer", False)), sam.encode_image(pixels, finer)
 
 
 class Sam3Backbone:
@@ -280,11 +281,11 @@ class Hooks(DenseHooks, method="sam3", preset=PRESET):
         return {"photo": torch.tensor(image)}  # a copy: the decoded array may be read-only
 
     def image_side(self, bb, extras):
-        return [encoded(bb.sam, extras["photo"], side) for side in self._sides(bb)]
+        return [encoded(bb.sam, extras["photo"], side, finer) for side, finer in self._sides(bb)]
 
-    def _sides(self, bb) -> list[int]:
-        """The sides the photo is encoded at: SAM 3's own."""
-        return [bb.sam.image_size]
+    def _sides(self, bb) -> list[tuple[int, bool]]:
+        """The sides the photo is encoded at, each with whether its finer levels are made: SAM 3's own, with."""
+        return [(bb.sam.image_size, True)]
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         knobs = sam3_settings(self.cfg)

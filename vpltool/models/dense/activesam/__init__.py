@@ -64,7 +64,8 @@ def build_bank(sam, words, s: ActiveSamSettings) -> ContextBank:
 
 def preview_presence(sam, photo, text, s: ActiveSamSettings) -> torch.Tensor:
     """Step 2's scores: ``[Q]`` presence probabilities on the preview (``text``: the Q canonical words encoded)."""
-    image = sam.encode_image(sam.prepare(photo, s.preview_resolution))
+    # the coarsest level alone: the head is skipped here, so the neck's finer levels would go unread
+    image = sam.encode_image(sam.prepare(photo, s.preview_resolution), finer=False)
     return torch.cat([sam.ground(image, text.select(b), masks=False).presence_logits.sigmoid()
                       for b in buckets(int(text.features.shape[0]), s.bucket_size)])
 
@@ -102,9 +103,10 @@ class Hooks(Sam3Hooks, method="activesam", preset=PRESET):
     def record(self) -> dict:
         return {"activesam": vars(ActiveSamSettings(self.cfg))}
 
-    def _sides(self, bb) -> list[int]:
-        """The preview's side (read when the words outnumber --max-active), then SAM 3's own."""
-        return [ActiveSamSettings(self.cfg).preview_resolution, bb.sam.image_size]
+    def _sides(self, bb) -> list[tuple[int, bool]]:
+        """The preview's side (read when the words outnumber --max-active; its coarsest level alone), then SAM 3's
+        own."""
+        return [(ActiveSamSettings(self.cfg).preview_resolution, False), (bb.sam.image_size, True)]
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
         s = ActiveSamSettings(self.cfg)
