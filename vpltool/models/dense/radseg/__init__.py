@@ -36,12 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import VplError
-from ..backbones.fused_blocks import use_fused_blocks
-from ..backbones.mkl_packed import use_packed_mkl
-from .hooks import DenseHooks
-from .mixing import DenseMixing
-from .segmentor import slide_windows
+from ....errors import VplError
+from ...backbones.fused_blocks import use_fused_blocks
+from ...backbones.mkl_packed import use_packed_mkl
+from ..hooks import DenseHooks
+from ..mixing import DenseMixing
+from ..segmentor import slide_windows
+from .files import check_widths, checked_files, note_text_files
 
 PRESET = DenseMixing("radseg")  # no CLIP block is mixed: the name alone
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the reference's SegDataPreProcessor (its 0-255 values / 255)
@@ -152,7 +153,7 @@ def window_features(bb, image: torch.Tensor, crop: int, stride: int) -> torch.Te
     time, summed on the grid in the reference's order (:func:`_summed_tokens`). Reproducible mode keeps the
     reference's arithmetic: all windows in one forward, each normalised, summed channel-first
     (:func:`_summed_channels`)."""
-    from ...runtime.numerics import reproducible_asked
+    from ....runtime.numerics import reproducible_asked
 
     p = bb.patch_size
     if crop <= 0:
@@ -205,7 +206,7 @@ def _summed_channels(bb, image: torch.Tensor, boxes: list, grid: tuple[int, int]
 def query_probabilities(bb, features: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
     """``[C, h, w]`` aggregated patch features -> ``[Q, h, w]``: the adaptor head's output per patch, its cosine
     with each row of ``text`` ``[Q, D]``, ``softmax(logit_scale cos)`` over the queries."""
-    from ...runtime.numerics import reproducible_asked
+    from ....runtime.numerics import reproducible_asked
 
     c, h, w = features.shape
     mapped = F.normalize(bb.head(features.reshape(c, -1).T), dim=-1)  # [hw, D]
@@ -288,8 +289,8 @@ class RadsegBackbone:
 
     @property
     def preprocessor(self):
-        from ...runtime.batches import cuda_paths
-        from ..backbones.preprocess import Preprocess
+        from ....runtime.batches import cuda_paths
+        from ...backbones.preprocess import Preprocess
 
         return Preprocess(self.mean, self.std, on_device=cuda_paths(self.device))
 
@@ -298,7 +299,7 @@ class RadsegBackbone:
 
     def pixels(self, loaded, size: tuple[int, int]) -> torch.Tensor:
         """As :meth:`vpltool.models.ClipBackbone.pixels`: loaded uint8 images -> ``[B, 3, H, W]`` normalised."""
-        from ..backbones.model import ClipBackbone
+        from ...backbones.model import ClipBackbone
 
         return ClipBackbone.pixels(self, loaded, size)
 
@@ -344,90 +345,31 @@ class RadsegBackbone:
         return clone
 
 
-def _head(path) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(9)
-
-
-def _files(cfg):
-    """The run's RADIO checkpoint and SigLIP 2 folder, checked (one line each), before any model is built."""
-    import zipfile
-    from pathlib import Path
-
-    from ...io import is_regular_file
-    from ..backbones.radio import check_text_folder, is_radio_file, read_checkpoint, summary_head, text_width
-
-    if cfg is None:
-        raise VplError("--dense radseg runs on C-RADIOv3 and SigLIP 2's text tower: run it through segment or "
-                       "vpltool.segmenter with --proxy-weights and --language-model")
-    weights = cfg.proxy_weights
-    if weights not in ("hub", "none") and not is_regular_file(Path(weights).expanduser()):
-        raise VplError(f"{weights}: RADIO checkpoint not found; pass an existing file to --proxy-weights "
-                       "(NVlabs/RADIO's, e.g. c-radio_v3-b_half.pth.tar)")
-    if weights not in ("hub", "none") and not zipfile.is_zipfile(Path(weights).expanduser()) \
-            and _head(Path(weights).expanduser())[8:9] != b"{":  # neither torch's zip nor safetensors
-        raise VplError(f"{weights}: not a torch checkpoint (no zip archive: cut short, or another format); "
-                       "re-download NVlabs/RADIO's checkpoint (e.g. c-radio_v3-b_half.pth.tar) for --proxy-weights")
-    if weights in ("hub", "none") or not is_radio_file(weights):
-        raise VplError(f"--dense radseg --proxy-weights {weights}: give NVlabs/RADIO's checkpoint (e.g. "
-                       "c-radio_v3-b_half.pth.tar, as its hub entry downloads it): the language adaptor RADSeg "
-                       "reads is in it, beside the backbone")
-    language = getattr(cfg.knobs, "language_model", None)
-    if language is None:
-        raise VplError("--dense radseg needs SigLIP 2's text tower: pass --language-model, a local folder of "
-                       "google/siglip2-giant-opt-patch16-384")
-    chk = read_checkpoint(cfg.proxy_weights)
-    adaptor = knobs_of(cfg).adaptor
-    head = summary_head(chk, adaptor)
-    folder = check_text_folder(language)
-    _check_widths(chk, adaptor, head, folder, text_width(folder))
-    return chk, head, folder
-
-
-def _check_widths(chk, adaptor: str, head, folder, rows: int | None) -> None:
-    """One line unless the adaptor head's output is as wide as the text tower's rows (``rows``; None: unknown)."""
-    width = head.final[-1].out_features if head.version == "v2" else head.fc2.out_features
-    if rows is not None and width != rows:
-        raise VplError(f"{chk.path}: its {adaptor} head maps patches to {width}-d rows, "
-                       f"--language-model {folder}'s text rows are {rows}-d; pass the text tower of that adaptor's "
-                       "teacher")
-
-
-def _text_files(folder) -> None:
-    """SigLIP 2's text tower (its own loader, no registry family) named in the run's ledger of model files by
-    content (:func:`vpltool.io.reads.note`), as the registry's door names every family's."""
-    from pathlib import Path
-
-    from ...io.reads import note
-
-    note(sorted(p for p in Path(folder).iterdir() if p.is_file()))
-
-
 class Hooks(DenseHooks, method="radseg", preset=PRESET):
     """RADSeg's hooks: its own model (:meth:`backbone`), its segmentor (:func:`radseg_probabilities`) and its prompt
     denoising (:meth:`probabilities`)."""
 
     def check(self) -> None:
-        _text_files(_files(self.cfg)[2])
+        note_text_files(checked_files(self.cfg, knobs_of(self.cfg).adaptor)[2])
 
     def record(self) -> dict:
-        from ...io import file_identity
-        from ..backbones.radio import describe, read_checkpoint
+        from ....io import file_identity
+        from ...backbones.radio import describe, read_checkpoint
 
         chk = read_checkpoint(self.cfg.proxy_weights, shapes_only=True)
-        folder = _files(self.cfg)[2]
+        folder = checked_files(self.cfg, knobs_of(self.cfg).adaptor)[2]
         texts = sorted(p for p in folder.iterdir() if p.is_file())
         return {"radio": describe(chk), "radseg": vars(knobs_of(self.cfg)),
                 "language_model": {p.name: file_identity(p)["sha256"] for p in texts}}
 
     def backbone(self, device):
-        from ..backbones.dino import DinoSpec
-        from ..backbones.onednn import use_onednn
-        from ..backbones.radio import RADIO_FIX, SigLIP2Text, feature_normalizer
-        from ..registry import certify, load_model
+        from ...backbones.dino import DinoSpec
+        from ...backbones.onednn import use_onednn
+        from ...backbones.radio import RADIO_FIX, SigLIP2Text, feature_normalizer
+        from ...registry import certify, load_model
 
-        chk, head, folder = _files(self.cfg)
-        _text_files(folder)  # read outside the registry's door: into the run's ledger all the same, before it loads
+        chk, head, folder = checked_files(self.cfg, knobs_of(self.cfg).adaptor)
+        note_text_files(folder)  # read outside the registry's door: into the run's ledger all the same, before it loads
         knobs = knobs_of(self.cfg)
         # RADIO's hub code (RADSeg's torch.hub.load) resizes the position table without align_corners; the dino
         # family's load through the registry's door, and the weights rule on the adaptor's head and the text tower
@@ -436,13 +378,13 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
         certify(head, str(chk.path), RADIO_FIX)
         text = certify(SigLIP2Text(folder, device), str(folder), "pass a local folder of "
                        "google/siglip2-giant-opt-patch16-384 (re-download it)")
-        _check_widths(chk, knobs.adaptor, head, folder, text.dim)  # the loaded config's, defaults included
+        check_widths(chk, knobs.adaptor, head, folder, text.dim)  # the loaded config's, defaults included
         # fp32 on the CPU, the linear layers (~80 % of a photo's time) through oneDNN, twice MKL's rate on an AMD CPU
         use_onednn(head, text.model)  # the DINO's: the dino family converts its own (DinoBackbone)
         return RadsegBackbone(dino, head, feature_normalizer(chk), text, self, knobs.scra_scale)
 
     def dense_logits(self, bb, pixels, text, sizes, settings, extras):
-        from ...runtime.heap import KEEP_FREED, keep_freed_memory
+        from ....runtime.heap import KEEP_FREED, keep_freed_memory
 
         # a photo's activations (11 MB a block's MLP, 15 MB its probabilities: above glibc's mmap threshold) reuse
         # the last photo's pages rather than being faulted in and zeroed anew (the kernel's time, in CPU-seconds)
