@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,17 +29,19 @@ from torch import Tensor
 from ... import io
 from ...errors import VplWarning
 
-FORMAT = 1
+FORMAT = 2  # 2: the key over the images' content_sha digests
 LOCK = ".lock"
 TENSOR = "feats"
 
 
 def store_key(identity: dict[str, Any], images: Sequence[Path]) -> str:
-    """The entry's name: sha256 of ``identity`` (JSON, keys sorted) and of each image's bytes, in order."""
-    h = hashlib.sha256(json.dumps({"format": FORMAT, **identity}, sort_keys=True, default=str).encode())
-    for path in images:
-        h.update(hashlib.sha256(Path(path).read_bytes()).digest())
-    return h.hexdigest()
+    """The entry's name: sha256 of ``identity`` (JSON, keys sorted) and of each image's bytes, in order. The bytes'
+    digests are the process's one record of its inputs by content (:func:`vpltool.data.common.content_sha`: each
+    file read once a process, noted in the run's ledger), not a second reading of every image."""
+    from ...data.common import content_sha
+
+    identity_json = json.dumps({"format": FORMAT, **identity}, sort_keys=True, default=str)
+    return io.files_digest([identity_json, *(content_sha(path) for path in images)]).removeprefix("sha256:")
 
 
 @contextlib.contextmanager
