@@ -60,19 +60,6 @@ QUICK = {"models": "toy", "methods": "sam3,activesam", "precisions": "fp32", "ph
          "batch": 2, "folder_precisions": "fp32"}
 
 
-def dtype_of(name: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Inputs:
     """A model's photos (``[H, W, 3]`` uint8 arrays), its words, each word's class, the class count, its weights
     and the method knobs."""
@@ -150,10 +137,13 @@ def unit(args, inputs: Inputs, method: str, precision: str) -> tuple:
     photo, peak device memory."""
     import torch
 
-    from vpltool.device import autocast
+    from vpltool.device import autocast, resolve_precision
     from vpltool.models.backbones.sam3_half import weights_bytes
 
-    device, dtype = args.dev, dtype_of(precision)
+    from benchlib import synchronize
+
+    device = args.dev
+    dtype = resolve_precision(precision, device)  # fp16 is a CUDA unit alone (the library refuses it on a CPU)
     cuda = device.type == "cuda"
     if cuda:  # the last unit's model gone: this peak is this unit's
         gc.collect()
@@ -162,7 +152,7 @@ def unit(args, inputs: Inputs, method: str, precision: str) -> tuple:
     start = time.perf_counter()
     with torch.no_grad():
         dense, bb, knobs = loaded(inputs, method, device, dtype)
-        sync(device)
+        synchronize(str(device))
         load_s = time.perf_counter() - start
         photos = inputs.photos[:args.photos]
         with autocast(device, dtype):
@@ -177,10 +167,10 @@ def unit(args, inputs: Inputs, method: str, precision: str) -> tuple:
                 return scores.float().cpu(), labels.cpu()
 
             one(0)  # warm: the text, ActiveSAM's bank, the kernels
-            sync(device)
+            synchronize(str(device))
             start = time.perf_counter()
             made = [one(i) for i in range(len(photos))]
-            sync(device)
+            synchronize(str(device))
             seconds = time.perf_counter() - start
     row = {"load_s": round(load_s, 3), "s_per_photo": round(seconds / len(photos), 4),
            "weights_mib": round(weights_bytes(bb.sam.model) / 2**20, 2), "held": str(bb.sam.held),
@@ -205,10 +195,13 @@ def folder_run(args, inputs: Inputs, precision: str) -> dict:
     """``--folder`` photos through ``--dense sam3``'s segmentor one at a time and batched (module docstring)."""
     import torch
 
-    from vpltool.device import autocast
+    from vpltool.device import autocast, resolve_precision
     from vpltool.models.dense.sam3 import sam3_scores, sam3_scores_batch, sam3_settings
 
-    device, dtype = args.dev, dtype_of(precision)
+    from benchlib import synchronize
+
+    device = args.dev
+    dtype = resolve_precision(precision, device)  # fp16 is a CUDA unit alone (the library refuses it on a CPU)
     photos = [torch.tensor(p) for p in inputs.photos[:args.folder]]
     sizes = [tuple(p.shape[:2]) for p in photos]
     with torch.no_grad():
@@ -226,10 +219,10 @@ def folder_run(args, inputs: Inputs, precision: str) -> dict:
             times = {}
             for name, run in (("one_at_a_time", single), ("batched", batched)):
                 run()  # warm
-                sync(device)
+                synchronize(str(device))
                 start = time.perf_counter()
                 times[name] = [s.float().cpu() for s in run()]
-                sync(device)
+                synchronize(str(device))
                 times[name + "_s_per_photo"] = round((time.perf_counter() - start) / len(photos), 4)
     diff = max(float((a - b).abs().max()) for a, b in zip(times["one_at_a_time"], times["batched"]))
     row = {"photos": len(photos), "batch": args.batch, "precision": precision,
