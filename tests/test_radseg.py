@@ -271,31 +271,36 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     bb = resolve_method(_cfg(files)).load(None, "cpu")
     kinds = [type(m) for part in (bb.model, bb.head, bb.text.model) for m in part.modules() if isinstance(m, nn.Linear)]
     assert len(kinds) > 10 and all(issubclass(k, onednn.OneDnnLinear) for k in kinds)
-    # the blocks' qkv and first MLP layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
+    # the blocks' four linear layers take MKL's packed product where the route takes MKL (mkl_packed.PackedLinear)
     packed = {id(m) for m in bb.model.modules() if type(m) is mkl_packed.PackedLinear}
     want = mkl_packed.HAS_MKL_PACK and not reproducible_asked()
     assert packed == ({id(m) for m in packed_layers(bb.model)} if want else set())
-    assert len(packed_layers(bb.model)) == 2 * len(bb.model.blocks)
-    assert {id(b.mlp.fc1) for b in bb.model.blocks} <= {id(m) for m in packed_layers(bb.model)}
+    assert len(packed_layers(bb.model)) == 4 * len(bb.model.blocks)
+    assert {id(m) for b in bb.model.blocks for m in (b.mlp.fc1, b.mlp.fc2)} <= {id(m) for m in packed_layers(bb.model)}
     # every block adds its residuals in place outside reproducible mode (fused_blocks.FusedBlock; timm's forward in it)
     from vpltool.models.backbones.fused_blocks import FusedBlock
 
     assert all(isinstance(b, FusedBlock) for b in bb.model.blocks)
 
 
-def test_the_packed_layers_are_each_block_s_qkv_and_first_mlp_layer_where_it_has_them():
+def test_the_packed_layers_are_each_block_s_four_linear_layers_where_it_has_them():
     from types import SimpleNamespace
 
     from torch import nn
 
     from vpltool.models.dense.radseg import ScraAttention, packed_layers
 
-    plain = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1=nn.Linear(4, 16)))
-    gated = SimpleNamespace(attn=SimpleNamespace(qkv=nn.Linear(4, 12)), mlp=SimpleNamespace(fc1_g=nn.Linear(4, 8)))
-    last = SimpleNamespace(attn=ScraAttention(SimpleNamespace(qkv=nn.Linear(4, 12)), 10.0), mlp=plain.mlp)
+    def attn():
+        return SimpleNamespace(qkv=nn.Linear(4, 12), proj=nn.Linear(4, 4))
+
+    plain = SimpleNamespace(attn=attn(), mlp=SimpleNamespace(fc1=nn.Linear(4, 16), fc2=nn.Linear(16, 4)))
+    gated = SimpleNamespace(attn=attn(), mlp=SimpleNamespace(fc1_g=nn.Linear(4, 8), fc2=nn.Linear(8, 4)))
+    last = SimpleNamespace(attn=ScraAttention(attn(), 10.0), mlp=plain.mlp)
     got = packed_layers(SimpleNamespace(blocks=[plain, gated, last]))
-    assert [id(m) for m in got] == [id(plain.attn.qkv), id(plain.mlp.fc1), id(gated.attn.qkv),
-                                    id(last.attn.inner.qkv), id(plain.mlp.fc1)]
+    assert [id(m) for m in got] == [id(plain.attn.qkv), id(plain.attn.proj), id(plain.mlp.fc1), id(plain.mlp.fc2),
+                                    id(gated.attn.qkv), id(gated.attn.proj), id(gated.mlp.fc2),
+                                    id(last.attn.inner.qkv), id(last.attn.inner.proj), id(plain.mlp.fc1),
+                                    id(plain.mlp.fc2)]
 
 
 def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_heap_is_given_back(files, monkeypatch):
@@ -318,3 +323,59 @@ def test_the_text_tower_s_rows_are_the_same_bits_at_16_prompts_a_batch_and_its_h
     assert len(calls) == 4  # 64 prompts, 16 a batch
     assert torch.equal(rows, tower.encode(prompts, batch_size=64))
     assert rows.shape == (64, tower.dim) and rows.dtype == torch.float32
+
+
+def test_radio_s_mapped_checkpoint_loads_a_block_at_a_time_the_same_tensors_its_pages_handed_back(files, monkeypatch):
+    """The dino family's load of RADIO's checkpoint (mapped: ``dino_weights._load_mapped``) gives the model the
+    file's tensors exactly, and asks the kernel back the pages of every tensor the file backs, once its values were
+    checked and again once copied, a group at a time (not all of them resident beside the model's copy)."""
+    from vpltool.io import pages
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
+    from vpltool.models.backbones.radio import backbone_state, read_checkpoint
+
+    asked = []
+    real = pages.page_out
+    monkeypatch.setattr(pages, "page_out", lambda address, nbytes: asked.append((address, nbytes)) or
+                        real(address, nbytes))
+    bb = load_dino(DinoSpec(tiny_towers.RADIO, str(files["ckpt"])), "cpu")
+    want = backbone_state(read_checkpoint(files["ckpt"]))
+    got = bb.model.state_dict()
+    assert set(want) <= set(got) and all(torch.equal(got[k], v) for k, v in want.items())
+    if sys.platform.startswith("linux"):
+        blocks = [k for k in want if k.startswith("blocks.")]
+        assert len(asked) >= 2 * len(blocks)  # each block's tensors: after the check, after their copy
+        assert sum(n for _, n in asked) >= 2 * sum(want[k].numel() * 4 for k in blocks) * 0.9
+
+
+def test_page_out_tensors_asks_back_file_backed_tensors_alone(tmp_path, monkeypatch):
+    from vpltool.io import pages
+
+    torch.save({"w": torch.arange(300_000, dtype=torch.float32)}, tmp_path / "w.pt")
+    mapped = torch.load(tmp_path / "w.pt", mmap=True, weights_only=True)["w"]
+    own = torch.arange(300_000, dtype=torch.float32)
+    asked = []
+    monkeypatch.setattr(pages, "page_out", lambda address, nbytes: asked.append((address, nbytes)) or True)
+    done = pages.page_out_tensors([mapped, own, mapped[:10]])
+    if not sys.platform.startswith("linux"):
+        assert done == 0 and not asked
+        return
+    assert asked == [(mapped.data_ptr(), 1_200_000)] and done == 1_200_000
+    assert torch.equal(mapped, own)  # the pages read again from the file: the same values
+
+
+def test_the_text_tower_gives_back_its_file_pages_after_encoding_the_same_rows_again(files, monkeypatch):
+    """``SigLIP2Text.encode`` hands back the tower's file-backed pages once its prompts are encoded (the token
+    table and the blocks, transformers' mapping of the safetensors file); a second encode reads them again: the
+    same rows bit for bit."""
+    from vpltool.io import pages
+    from vpltool.models.backbones import radio
+
+    tower = radio.SigLIP2Text(files["text"])
+    asked = []
+    real = pages.page_out
+    monkeypatch.setattr(pages, "page_out", lambda address, nbytes: asked.append(address) or real(address, nbytes))
+    first = tower.encode([f"a photo of a {c}." for c in CLASSES])
+    table = tower.model.get_input_embeddings().weight
+    if sys.platform.startswith("linux") and pages.file_backed(table.data_ptr()):
+        assert table.data_ptr() in asked
+    assert torch.equal(tower.encode([f"a photo of a {c}." for c in CLASSES]), first)

@@ -42,6 +42,40 @@ def file_backed(address: int) -> bool:
     return False
 
 
+def file_ranges() -> list[tuple[int, int]]:
+    """The address ranges ``[low, high)`` of this process's mappings of files (``/proc/self/maps``, as
+    :func:`file_backed` reads it), read once; ``[]`` off Linux or where the maps cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return []
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                path = fields[5].strip() if len(fields) > 5 else ""
+                if fields[4] != "0" and path and not path.startswith("["):
+                    out.append(tuple(int(x, 16) for x in fields[0].split("-")))
+    except (OSError, ValueError, IndexError):
+        return []
+    return out
+
+
+def page_out_tensors(tensors) -> int:
+    """:func:`page_out` of the data of each contiguous CPU tensor of ``tensors`` (torch's, by duck typing) that a
+    file backs (a memory-mapped load's, once its values were read or copied: the maps read once for all of them);
+    views of one storage asked once. Returns the bytes handed back."""
+    ranges, done, seen = file_ranges(), 0, set()
+    for t in tensors:
+        if t.device.type != "cpu" or not t.is_contiguous() or not t.numel():
+            continue
+        start, nbytes = t.data_ptr(), t.numel() * t.element_size()
+        if start in seen or not any(low <= start < high for low, high in ranges):
+            continue
+        seen.add(start)
+        done += nbytes if page_out(start, nbytes) else 0
+    return done
+
+
 @functools.cache
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
@@ -107,4 +141,4 @@ def read_at(fh, offset: int, into: memoryview) -> None:
         got += more
 
 
-__all__ = ["CutShort", "file_backed", "page_out", "read_at", "read_buffer"]
+__all__ = ["CutShort", "file_backed", "file_ranges", "page_out", "page_out_tensors", "read_at", "read_buffer"]

@@ -130,8 +130,35 @@ def model_from_file(create: Callable[..., torch.nn.Module], key: str, path: Path
         model.load_state_dict({k: v.to(own[k].dtype) if v.is_floating_point() and own[k].is_floating_point()
                                else v for k, v in state.items()}, strict=True, assign=True)
         return model
+    if is_radio_file(path):
+        return _load_mapped(create, state)
     with torch.random.fork_rng(devices=[]):  # the same random model in every process
         torch.manual_seed(0)
         model = create(pretrained=False)
     model.load_state_dict(state, strict=True)
+    return model
+
+
+def _load_mapped(create: Callable[..., torch.nn.Module], state: dict) -> torch.nn.Module:
+    """``create(pretrained=False)`` (seeded) given ``state``'s tensors (exactly its keys and shapes:
+    :func:`file_weights` checked them), a block at a time, where ``state`` is a memory-mapped checkpoint's (RADIO's):
+    the pages each group's copy read are handed back after it (:func:`vpltool.io.pages.page_out_tensors`), as the
+    pages the values check read are before the model is built, so that the file's pages are not resident beside
+    the model's own copy (C-RADIOv3-B: 344 MiB of them, the peak of RADSeg's loading). The same tensors as one
+    ``load_state_dict``."""
+    from ...io.pages import page_out_tensors
+
+    page_out_tensors(state.values())
+    with torch.random.fork_rng(devices=[]):  # the same random model in every process
+        torch.manual_seed(0)
+        model = create(pretrained=False)
+    groups: dict[str, dict] = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        groups.setdefault(".".join(parts[:2]) if parts[0] == "blocks" else parts[0], {})[k] = v
+    for group in groups.values():
+        result = model.load_state_dict(group, strict=False)
+        if result.unexpected_keys:  # not after file_weights' check; said as load_state_dict would
+            raise RuntimeError(f"unexpected keys {result.unexpected_keys[:3]}")
+        page_out_tensors(group.values())
     return model

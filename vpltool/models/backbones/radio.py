@@ -264,7 +264,22 @@ class SigLIP2Text:
         for i in range(0, len(prompts), batch_size):
             rows.append(self.model(**self.tokens(prompts[i:i + batch_size])).pooler_output.float())
             give_back_freed_memory()
+        self.page_out()
         return torch.cat(rows) if rows else torch.zeros(0, self.dim)
+
+    def page_out(self) -> int:
+        """The tower's weights that its safetensors file backs (transformers maps an fp32 file: every tensor of the
+        parity's and the fp32 release's) handed back to the kernel once the prompts are encoded
+        (:func:`vpltool.io.pages.page_out`): a run encodes its query rows once, then segments without the tower, so
+        its blocks' pages (126 MiB at the parity's two blocks, GBs at SigLIP 2 g's 27) and the token table's rows
+        its prompts touched need not stay in the process's resident memory; a later ``encode`` reads them again
+        from the file (the page cache). Copies in the process's own memory (a bf16 file converted) are left alone.
+        Returns the bytes asked back (0 off Linux or where nothing is file-backed)."""
+        from ...io.pages import page_out_tensors
+
+        if self.device.type != "cpu":
+            return 0
+        return page_out_tensors([*self.model.parameters(), *self.model.buffers()])
 
     def to(self, device) -> SigLIP2Text:
         self.model.to(device)

@@ -245,12 +245,11 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
 
 
 # the blocks' layers whose weights MKL's packed product reads (backbones.mkl_packed.PackedLinear): each keeps a packed
-# copy of its weights beside them, so not every layer: the qkv layers (81 MiB at ViT-B: 12 x 2,304 x 768 floats) and
-# the first MLP layers (108 MiB: 12 x 3,072 x 768), the two shapes whose packing gained most a MiB. The projection and
-# second MLP layers (135 MiB more) are left out: with them vpltool's worker ran 0.846 of the reference's CPU-seconds
-# but peaked at 1,813.9 MiB against the reference's 1,805.6 (bench/results/radseg_four_packed_3photos_*.json); that
-# room is the margin under the reference's peak
-PACKED = ("attn.qkv", "mlp.fc1")
+# copy of its weights beside them (324 MiB at ViT-B: its 12 blocks' four layers). Before the loading and the text
+# tower gave back their file pages (dino_weights._load_mapped, radio.SigLIP2Text.page_out), the projection and second
+# MLP layers were left out: with them the worker peaked 8 MiB above the reference on an Intel Emerald Rapids
+# (bench/results/radseg_four_packed_3photos_intel_emerald_rapids.json)
+PACKED = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
 def packed_layers(model) -> list:
