@@ -1,6 +1,7 @@
 """MKL's packed product for fp32 linear layers (``vpltool.models.backbones.mkl_packed``): ``F.linear``'s outputs,
-packed for the first rows or as a caller prepares, packed again for weights loaded in place, never taken where the
-route takes oneDNN, in reproducible mode, inside the references' library or with gradients."""
+packed for the first rows or as a caller prepares, packed again for weights loaded in place, not taken where the
+route takes oneDNN (unless packed it ran faster at the prepared rows), in reproducible mode, inside the references'
+library or with gradients."""
 
 from __future__ import annotations
 
@@ -67,3 +68,50 @@ def test_the_packed_product_leaves_the_onednn_route_reproducible_mode_and_the_re
         monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
     assert "_mkl_packed" not in layer.__dict__ and mkl_packed.use_packed_mkl(nn.Linear(4, 4)) == 0
+
+
+@pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN linear op")
+def test_a_packed_layer_takes_the_packed_product_where_it_beats_the_route_s_onednn_at_its_rows(monkeypatch, tmp_path):
+    """Where ``auto`` takes oneDNN for a shape (oneDNN against MKL's plain product at the rows' bucket), a layer
+    prepared for its rows weighs oneDNN against MKL's packed product at those rows (measured once, kept in the
+    route's cache as ``KxN@rows/packed``): packed where oneDNN does not win beyond the pairs' spread, oneDNN's
+    where it does; a forced route is not measured."""
+    import json
+
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
+    monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    monkeypatch.setattr(mkl_packed, "_OVER_ONEDNN", {})
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.5] * onednn.PAIRS)  # the route: oneDNN
+    share = {96: 1.1, 64: 0.5}  # oneDNN's time over the packed product's, by the product's outputs
+    timed = []
+
+    def time_pairs(sides):
+        out = [side() for side in sides]  # both sides run: the packed product is the product
+        assert torch.allclose(out[0], out[1], rtol=1e-5, atol=1e-5)
+        timed.append(tuple(out[0].shape))
+        return [share[out[0].shape[1]]] * onednn.PAIRS
+
+    monkeypatch.setattr(onednn, "time_pairs", time_pairs)
+    torch.manual_seed(9)
+    layer, other = nn.Linear(64, 96), nn.Linear(96, 64)
+    mkl_packed.use_packed_mkl(layer, other)
+    x = torch.randn(300, 64)
+    with torch.no_grad():
+        layer.prepare(300)
+        assert layer.packed(300) is not None and timed == [(300, 96)]
+        calls = _counted(monkeypatch)
+        assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+        assert calls == []  # the packed product, not oneDNN's
+        other.prepare(300)
+        assert other.packed(300) is None and "_mkl_packed" not in other.__dict__
+        calls.clear()
+        other(layer(x))
+        assert calls == [(300, 96)]  # oneDNN's, as the route says
+    (table,) = json.loads((tmp_path / onednn.CACHE_NAME).read_text())["machines"].values()
+    assert table["products"]["64x96@300/packed"]["onednn"] is False
+    assert table["products"]["96x64@300/packed"]["onednn"] is True
+    monkeypatch.setattr(mkl_packed, "_OVER_ONEDNN", {})  # another process reads the verdicts
+    assert mkl_packed.packed_over_onednn(64, 96, 300) and len(timed) == 2
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "onednn")
+    assert not mkl_packed.packed_over_onednn(64, 96, 300)

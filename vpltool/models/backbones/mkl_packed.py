@@ -1,6 +1,7 @@
 """MKL's packed product for fp32 linear layers on the CPU: the weights laid out for MKL's kernel once
 (``cblas_sgemm_pack``), each call only ``cblas_sgemm_compute`` (``torch.ops.mkl._mkl_linear``, the op torch's own
-compiler emits for a frozen CPU linear), where :mod:`.onednn`'s route takes MKL's product.
+compiler emits for a frozen CPU linear), where :mod:`.onednn`'s route takes MKL's product, and where it takes oneDNN's
+but a layer packed for its rows ran faster packed (:func:`packed_over_onednn`, measured once a machine).
 
 ``F.linear``'s ``sgemm`` packs the weights into its kernel's layout on every call; packed once, a ViT-B's products
 of ~900 rows ran faster on an Intel Xeon (Emerald Rapids, no AMX: ``bench/bench_radseg.py`` records both rates,
@@ -23,10 +24,11 @@ HAS_MKL_PACK = bool(torch.backends.mkl.is_available() and hasattr(torch.ops.mkl,
 
 
 def packs_mkl(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :class:`PackedLinear` takes MKL's packed product for ``x``: where :func:`.onednn.applies` does not take
-    oneDNN's, fp32 inference on the CPU as there, torch built with MKL's packed op, outside reproducible mode and
-    :func:`.onednn.references_library` (MKL's plain ``sgemm`` there, as the references call it), at least
-    :data:`.onednn.MIN_ROWS` rows, not in a graph torch.compile traces."""
+    """Whether :class:`PackedLinear` may take MKL's packed product for ``x`` (where :func:`.onednn.applies` does not
+    take oneDNN's, or :func:`packed_over_onednn` found the packed product faster): fp32 inference on the CPU as
+    there, torch built with MKL's packed op, outside reproducible mode and :func:`.onednn.references_library`
+    (MKL's plain ``sgemm`` there, as the references call it), at least :data:`.onednn.MIN_ROWS` rows, not in a
+    graph torch.compile traces."""
     from ...runtime.numerics import reproducible_asked
 
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu" or x.dim() < 2:
@@ -47,9 +49,11 @@ class PackedLinear(OneDnnLinear):
     forward's rows or as :meth:`prepare` decides; products of other rows are MKL's plain ones."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if applies(x, self.weight) or not packs_mkl(x, self.weight):
+        if not packs_mkl(x, self.weight):
             return f_linear(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1]
+        if applies(x, self.weight) and self.__dict__.get("_over_onednn") != rows:  # the route's oneDNN
+            return f_linear(x, self.weight, self.bias)
         packed, kept = self.packed(rows), self.__dict__.get("_mkl_packed")
         if packed is None:
             if kept is not None and kept[0][0] != rows:  # packed for another row count: MKL's plain product
@@ -64,11 +68,20 @@ class PackedLinear(OneDnnLinear):
         costs about as much as a ViT-B photo gains from it: photos of sizes in turn keep one packing, and the
         others' products are MKL's plain ones)."""
         probe = self.weight.new_empty(1).expand(rows, self.in_features)  # no memory: only its shape is read
-        if self.weight.device.type == "cpu" and not applies(probe, self.weight) and packs_mkl(probe, self.weight):
+        if self.weight.device.type == "cpu" and packs_mkl(probe, self.weight) and (
+                not applies(probe, self.weight) or self._over_onednn(rows)):
             if self.packed(rows) is None and ("_mkl_packed" not in self.__dict__ or self.__dict__.get("_mkl_seen")
                                               == rows):
                 self.pack(rows)
         self.__dict__["_mkl_seen"] = rows
+
+    def _over_onednn(self, rows: int) -> bool:
+        """Where the route takes oneDNN's product for this layer's shape: whether MKL's packed product for ``rows``
+        rows is taken instead (:func:`packed_over_onednn`), noted on the layer for its forward."""
+        self.__dict__.pop("_over_onednn", None)
+        if packed_over_onednn(self.in_features, self.out_features, rows):
+            self.__dict__["_over_onednn"] = rows
+        return self.__dict__.get("_over_onednn") == rows
 
     def packed(self, rows: int) -> torch.Tensor | None:
         """The packing for ``rows`` rows of the current weights, None where there is none."""
@@ -91,7 +104,42 @@ class PackedLinear(OneDnnLinear):
         state = super().__getstate__()
         state.pop("_mkl_packed", None)
         state.pop("_mkl_seen", None)
+        state.pop("_over_onednn", None)
         return state
+
+
+_OVER_ONEDNN: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> packed taken, this process's
+
+
+def packed_over_onednn(k: int, n: int, rows: int) -> bool:
+    """Whether a layer of ``k`` inputs and ``n`` outputs packed for ``rows`` rows takes MKL's packed product where
+    the route (``auto``) takes oneDNN's. The route weighs oneDNN against MKL's plain product at the rows' bucket
+    (:func:`.onednn.takes_onednn`: 256 rows for a ViT-B's two 336-pixel windows, 898); the packed product is
+    another contender, at the rows it was packed for. Measured once a machine as the route is (oneDNN's
+    CPU-seconds over the packed product's, :func:`.onednn.time_pairs`, :func:`.onednn.decide`'s rule: oneDNN only
+    where it wins beyond the pairs' spread), kept in the route's cache as ``KxN@rows/packed``. False where the
+    route is forced (``VPLTOOL_CPU_LINEAR`` ``onednn``) or not ``auto``."""
+    import time
+
+    from ...runtime.numerics import cpu_linear_asked
+    from . import onednn
+
+    if cpu_linear_asked() != "auto":
+        return False
+    key = (k, n, rows, torch.get_num_threads())
+    if key not in _OVER_ONEDNN:
+        shape = f"{k}x{n}@{rows}/packed"
+        kept = onednn._read_cache().get(onednn.machine_key()[0], {}).get("products", {}).get(shape)
+        if not (isinstance(kept, dict) and isinstance(kept.get("onednn"), bool)):
+            gen = torch.Generator().manual_seed(0)
+            x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
+            packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+            kept = {**onednn.decide(onednn.time_pairs((lambda: torch.ops.mkl._mkl_linear(x, packed, w, b, rows),
+                                                        lambda: onednn.linear(x, w, b)))),
+                    "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+            onednn._keep(shape, kept)
+        _OVER_ONEDNN[key] = not kept["onednn"]
+    return _OVER_ONEDNN[key]
 
 
 def use_packed_mkl(*layers: nn.Module) -> int:
@@ -110,4 +158,4 @@ def use_packed_mkl(*layers: nn.Module) -> int:
     return n
 
 
-__all__ = ["HAS_MKL_PACK", "PackedLinear", "packs_mkl", "use_packed_mkl"]
+__all__ = ["HAS_MKL_PACK", "PackedLinear", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]

@@ -211,7 +211,12 @@ def calibrate(k: int, n: int, rows: int) -> list[float]:
     clock's resolution, well below a stage's start-up). :func:`decide` reads them."""
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
-    sides = (lambda: F.linear(x, w, b), lambda: linear(x, w, b))
+    return time_pairs((lambda: F.linear(x, w, b), lambda: linear(x, w, b)))
+
+
+def time_pairs(sides) -> list[float]:
+    """:func:`calibrate`'s timing of two functions of no argument (MKL's side, oneDNN's): the second's CPU-seconds
+    over the first's, one ratio per pair of :data:`PAIRS` alternating pairs."""
     with torch.no_grad():
         for run in sides:  # each library's first call of a shape (its kernel chosen, its buffers made)
             run()
@@ -424,6 +429,6 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
     return f_linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
-__all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "decide", "f_linear",
+__all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "time_pairs", "decide", "f_linear",
            "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "pinned", "references_library",
            "route_now", "route_watching", "self_attention", "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]
