@@ -52,7 +52,7 @@ class PackedLinear(OneDnnLinear):
         if not packs_mkl(x, self.weight):
             return f_linear(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1]
-        if applies(x, self.weight) and self.__dict__.get("_over_onednn") != rows:  # the route's oneDNN
+        if applies(x, self.weight) and self.__dict__.get("_mkl_over_onednn") != rows:  # the route's oneDNN
             return f_linear(x, self.weight, self.bias)
         packed, kept = self.packed(rows), self.__dict__.get("_mkl_packed")
         if packed is None:
@@ -78,10 +78,10 @@ class PackedLinear(OneDnnLinear):
     def _over_onednn(self, rows: int) -> bool:
         """Where the route takes oneDNN's product for this layer's shape: whether MKL's packed product for ``rows``
         rows is taken instead (:func:`packed_over_onednn`), noted on the layer for its forward."""
-        self.__dict__.pop("_over_onednn", None)
+        self.__dict__.pop("_mkl_over_onednn", None)
         if packed_over_onednn(self.in_features, self.out_features, rows):
-            self.__dict__["_over_onednn"] = rows
-        return self.__dict__.get("_over_onednn") == rows
+            self.__dict__["_mkl_over_onednn"] = rows
+        return self.__dict__.get("_mkl_over_onednn") == rows
 
     def packed(self, rows: int) -> torch.Tensor | None:
         """The packing for ``rows`` rows of the current weights, None where there is none."""
@@ -104,7 +104,7 @@ class PackedLinear(OneDnnLinear):
         state = super().__getstate__()
         state.pop("_mkl_packed", None)
         state.pop("_mkl_seen", None)
-        state.pop("_over_onednn", None)
+        state.pop("_mkl_over_onednn", None)
         return state
 
 
