@@ -47,6 +47,12 @@ def test_generation_by_vendor_family_and_model(vendor, family, model, generation
     assert benchlib.cpu_generation(vendor, family, model) == generation
 
 
+@pytest.mark.parametrize(("stepping", "generation"), [
+    (None, "Skylake-X"), (4, "Skylake-X"), (7, "Cascade Lake"), (5, "Cascade Lake"), (11, "Cooper Lake"), (9, None)])
+def test_intel_model_85_by_stepping(stepping, generation):
+    assert benchlib.cpu_generation("GenuineIntel", 6, 85, stepping) == generation
+
+
 def test_identity_reads_the_first_processor_and_the_isa_flags():
     identity = benchlib.cpu_identity(_info("AuthenticAMD", 25, 17, "AMD EPYC 9B14 96-Core Processor",
                                            "avx512_bf16 avx_vnni"))
