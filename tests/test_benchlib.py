@@ -92,6 +92,7 @@ def test_every_bench_script_takes_its_machine_record_from_benchlib(script):
 
 
 GENERATIONS = [*(("Intel", g) for g in benchlib.INTEL_FAMILY_6.values()),
+               *(("Intel", g) for _, g in benchlib.INTEL_0x55_BY_STEPPING),
                *(("AMD", g) for ranges in benchlib.AMD_ZEN.values() for _, g in ranges)]
 
 
