@@ -93,6 +93,7 @@ def test_every_bench_script_takes_its_machine_record_from_benchlib(script):
 
 
 GENERATIONS = [*(("Intel", g) for g in benchlib.INTEL_FAMILY_6.values()),
+               *(("Intel", g) for _, g in benchlib.INTEL_SKYLAKE_X_STEPPINGS),
                *(("AMD", g) for ranges in benchlib.AMD_ZEN.values() for _, g in ranges)]
 
 
