@@ -9,7 +9,9 @@ once), each in its own process with one thread, fp32 on the CPU. Timed per photo
 pooling, its ``postprocess_result``) and vpltool's ``segment`` path from the same input tensor to the labels (the
 method's ``dense_logits`` hook and the shared probabilities). The rounds alternate (reference, then vpltool, per
 round); the ratio is vpltool's CPU-seconds over the reference's, per round over the same photos, and the verdict the
-median over the rounds. The goal: at most 0.8.
+median over the rounds. The goal: at most 0.8. Per round each process's peak resident memory (its whole life,
+the model's building included: Linux's ``VmHWM``, each side's own) and the load average; the last round's outputs
+of the two sides compared (vpltool's logits, probabilities and labels against those the reference saved, untimed).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def vpltool_side(work: Path, images: int) -> dict:
     import numpy as np
     import textregion_parity as tp
     import torch
+    from sidebyside import peak_rss_mib
 
     from vpltool.config.presets import IMAGENET_TEMPLATES
     from vpltool.models import ModelSpec
@@ -48,7 +51,7 @@ def vpltool_side(work: Path, images: int) -> dict:
     with torch.no_grad():
         text = encode_names(bb, meta["query_words"], list(IMAGENET_TEMPLATES))
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (bb.mean, bb.std))
-    out = []
+    out, outputs = [], {"seg_logits_max_abs_diff": 0.0, "probs_max_abs_diff": 0.0, "labels_equal": []}
     for i, mask_path in enumerate(s["masks"]):
         r = torch.load(work / "ref" / f"photo_{i:03d}.pt")
         pixels = (r["input"] / 255.0 - mean) / std
@@ -60,7 +63,14 @@ def vpltool_side(work: Path, images: int) -> dict:
             dense_probabilities(logits, idx, int(idx.max()) + 1, method.settings.logit_scale,
                                 method.settings.prob_threshold)
         out.append(round(time.process_time() - cpu, 3))
-    return {"cpu_seconds": out}
+        with torch.no_grad():  # the outputs against the reference's saved ones, untimed
+            probs, labels = dense_probabilities(logits, idx, int(idx.max()) + 1, method.settings.logit_scale,
+                                                method.settings.prob_threshold)
+        outputs["seg_logits_max_abs_diff"] = max(outputs["seg_logits_max_abs_diff"],
+                                                 tp.max_abs(logits, r["logits"][0]))
+        outputs["probs_max_abs_diff"] = max(outputs["probs_max_abs_diff"], tp.max_abs(probs, r["probs"]))
+        outputs["labels_equal"].append(float((labels == r["pred"][0]).float().mean()))
+    return {"cpu_seconds": out, "outputs": outputs, "rss_peak_mib": peak_rss_mib()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,22 +102,31 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, str(ROOT / "parity" / "textregion_ref_runner.py"), "--clone", str(args.ref),
                "--clip-weights", str(s["pt"]), "--masks", str(s["masks"][0].parent), "--out", str(work / "ref"),
                *map(str, s["photos"])]
+        load = os.getloadavg()[0]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"the reference failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        ref = [p["predict_cpu_seconds"] for p in json.loads((work / "ref" / "meta.json").read_text())["photos"]]
+        ref_meta = json.loads((work / "ref" / "meta.json").read_text())
+        ref, ref_peak = [p["predict_cpu_seconds"] for p in ref_meta["photos"]], ref_meta.get("rss_peak_mib")
         proc = subprocess.run([sys.executable, __file__, "--side", "vpltool", "--work", str(work), "--images",
                                str(args.images)], env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(f"vpltool's side failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-        ours = json.loads(proc.stdout.strip().splitlines()[-1])["cpu_seconds"]
-        rounds.append({"reference": ref, "vpltool": ours, "ratio": round(sum(ours) / sum(ref), 3)})
+        side = json.loads(proc.stdout.strip().splitlines()[-1])
+        ours, outputs, our_peak = side["cpu_seconds"], side["outputs"], side["rss_peak_mib"]
+        rounds.append({"reference": ref, "vpltool": ours, "ratio": round(sum(ours) / sum(ref), 3),
+                       "rss_peak_mib": {"vpltool": our_peak, "reference": ref_peak},
+                       "load_average_1min": {"before": round(load, 2), "after": round(os.getloadavg()[0], 2)}})
     ratio = statistics.median(r["ratio"] for r in rounds)
     print(json.dumps({"benchmark": "textregion-vs-reference", "machine": benchlib.machine("cpu"),
                       "reference": {"repo": "avaxiao/TextRegion", "commit": tp.commit_of(args.ref)},
                       "model": s["name"] + " (random, seed 0)", "config": tp.CONFIG, "images": args.images,
                       "photos": [p.name for p in s["photos"]], "threads": 1, "precision": "fp32",
                       "rounds": rounds, "ratio_median": ratio, "goal": GOAL, "goal_met": ratio <= GOAL,
+                      "rss_peak_mib": {k: max((r["rss_peak_mib"][k] for r in rounds if r["rss_peak_mib"][k]),
+                                              default=None) for k in ("vpltool", "reference")},
+                      "outputs": outputs, "command": " ".join(["python", "bench/bench_textregion.py",
+                                                               *(argv or sys.argv[1:])]),
                       **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {})},
                      indent=1))
 

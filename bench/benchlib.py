@@ -99,14 +99,19 @@ def cpu_vendor() -> str | None:
 
 # The ISA flags that decide which kernels torch's libraries run (fp32 GEMM: avx2 / avx512f; bf16: avx512_bf16,
 # amx_bf16 with amx_tile; fp16: avx512_fp16; int8: avx_vnni), as /proc/cpuinfo's flags name them.
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "avx_vnni", "avx512_vnni")
 
 # Generation by (vendor, family, model), as Linux names them. Intel family 6: arch/x86/include/asm/intel-family.h
-# (INTEL_HASWELL_X 0x3F ... INTEL_GRANITERAPIDS_D 0xAE). AMD: arch/x86/kernel/cpu/amd.c, bsp_init_amd's "Figure out
+# (INTEL_HASWELL_X 0x3F ... INTEL_GRANITERAPIDS_D 0xAE); model 0x55 is three generations told apart by the stepping
+# (:data:`INTEL_SKYLAKE_X_STEPPINGS`). AMD: arch/x86/kernel/cpu/amd.c, bsp_init_amd's "Figure out
 # Zen generations" (family 0x17 Zen / Zen 2, 0x19 Zen 3 / Zen 4, 0x1A Zen 5 / Zen 6, with their model ranges).
 INTEL_FAMILY_6 = {0x3F: "Haswell-X", 0x4F: "Broadwell-X", 0x55: "Skylake-X", 0x6A: "Ice Lake-X", 0x6C: "Ice Lake-D",
                   0x8F: "Sapphire Rapids", 0xCF: "Emerald Rapids", 0xAD: "Granite Rapids-X",
                   0xAE: "Granite Rapids-D"}
+# INTEL_SKYLAKE_X (0x55) by stepping, as intel-family.h's comment and Intel's specification updates give them:
+# Skylake-SP 0-4, Cascade Lake 5-7, Cooper Lake 10-11 (their fp32 GEMM and bf16 kernels differ: Cooper Lake has
+# avx512_bf16, Cascade Lake avx512_vnni alone)
+INTEL_SKYLAKE_X_STEPPINGS = (((0, 4), "Skylake-X"), ((5, 7), "Cascade Lake"), ((10, 11), "Cooper Lake"))
 AMD_ZEN = {0x17: (((0x00, 0x2F), "Zen"), ((0x50, 0x5F), "Zen"), ((0x30, 0x4F), "Zen 2"), ((0x60, 0x7F), "Zen 2"),
                   ((0x90, 0x91), "Zen 2"), ((0xA0, 0xAF), "Zen 2")),
            0x19: (((0x00, 0x0F), "Zen 3"), ((0x20, 0x5F), "Zen 3"), ((0x10, 0x1F), "Zen 4"), ((0x60, 0xAF), "Zen 4")),
@@ -114,12 +119,17 @@ AMD_ZEN = {0x17: (((0x00, 0x2F), "Zen"), ((0x50, 0x5F), "Zen"), ((0x30, 0x4F), "
                   ((0x80, 0xAF), "Zen 6"), ((0xC0, 0xCF), "Zen 6"))}
 
 
-def cpu_generation(vendor: str | None, family: int | None, model: int | None) -> str | None:
-    """The CPU's generation from its ``vendor_id``, ``cpu family`` and ``model`` (:data:`INTEL_FAMILY_6`,
-    :data:`AMD_ZEN`): ``"Emerald Rapids"``, ``"Zen 4"``; None where the table does not know it."""
+def cpu_generation(vendor: str | None, family: int | None, model: int | None,
+                   stepping: int | None = None) -> str | None:
+    """The CPU's generation from its ``vendor_id``, ``cpu family``, ``model`` and, for Intel's model 0x55, its
+    ``stepping`` (:data:`INTEL_FAMILY_6`, :data:`INTEL_SKYLAKE_X_STEPPINGS`, :data:`AMD_ZEN`): ``"Emerald
+    Rapids"``, ``"Cascade Lake"``, ``"Zen 4"``; None where the table does not know it ("Skylake-X" for model 0x55
+    without a stepping: the family of the three)."""
     if family is None or model is None:
         return None
     if vendor == "GenuineIntel" and family == 6:
+        if model == 0x55 and stepping is not None:
+            return next((name for (low, high), name in INTEL_SKYLAKE_X_STEPPINGS if low <= stepping <= high), None)
         return INTEL_FAMILY_6.get(model)
     if vendor == "AuthenticAMD":
         return next((name for (low, high), name in AMD_ZEN.get(family, ()) if low <= model <= high), None)
@@ -179,11 +189,13 @@ def cpu_identity(cpuinfo: str | None = None) -> dict:
 
     info = _cpuinfo(cpuinfo)
     vendor, family, model = info.get("vendor_id"), _int(info.get("cpu family")), _int(info.get("model"))
+    stepping = _int(info.get("stepping"))
     flags = set(info.get("flags", "").split())
     return {"vendor": vendor, "family": family, "model": model,
             "model_name": info.get("model name") or platform.processor() or platform.machine(),
-            "stepping": _int(info.get("stepping")), "microcode": info.get("microcode"),
-            "generation": cpu_generation(vendor, family, model), "isa_flags": {f: f in flags for f in ISA_FLAGS},
+            "stepping": stepping, "microcode": info.get("microcode"),
+            "generation": cpu_generation(vendor, family, model, stepping),
+            "isa_flags": {f: f in flags for f in ISA_FLAGS},
             "cores": os.cpu_count(), "torch": torch.__version__, "blas": blas_route()}
 
 

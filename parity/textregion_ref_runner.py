@@ -40,7 +40,8 @@ Outputs in ``--out``: ``meta.json`` (the arguments, the query words and their cl
 hands ``postprocess_result``), ``logits`` ``[1, Q, H0, W0]`` (what its softmax receives, divided by its
 ``region_logit_scale``), ``probs`` ``[1, C, H0, W0]`` and ``pred`` ``[H0, W0]`` (what ``postprocess_result``
 returns) and ``pred_argmax`` (its ``postprocess_result`` again with ``prob_thd`` 0). ``meta.json`` also holds each
-photo's ``predict`` CPU-seconds (its masks handed over at once: ``bench/bench_textregion.py`` reads them).
+photo's ``predict`` CPU-seconds (its masks handed over at once: ``bench/bench_textregion.py`` reads them) and the
+process's peak resident memory (``rss_peak_mib``: Linux's ``VmHWM``, its building included).
 """
 
 from __future__ import annotations
@@ -167,6 +168,16 @@ def run_generator(args, mod, cfg: dict, out: Path) -> list[dict]:
     return shapes
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory in MiB: ``VmHWM`` of its own address space (``ru_maxrss`` would count
+    the parent's at the fork), None where there is no ``/proc``."""
+    try:
+        with open("/proc/self/status") as f:
+            return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def run(args) -> None:
     import numpy as np
     import torch
@@ -244,7 +255,8 @@ def run(args) -> None:
             "effective": {k: getattr(seg, k) for k in ("region_logit_scale", "prob_thd", "crop_size",
                                                        "global_patch_threshold", "remove_global_patch",
                                                        "resize_method", "mask_type", "pool_feature")},
-            "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__, "threads": args.threads}
+            "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__, "threads": args.threads,
+            "rss_peak_mib": peak_rss_mib()}
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
 
 

@@ -47,6 +47,12 @@ def test_generation_by_vendor_family_and_model(vendor, family, model, generation
     assert benchlib.cpu_generation(vendor, family, model) == generation
 
 
+@pytest.mark.parametrize(("stepping", "generation"), [
+    (None, "Skylake-X"), (4, "Skylake-X"), (7, "Cascade Lake"), (5, "Cascade Lake"), (11, "Cooper Lake"), (8, None)])
+def test_intel_model_0x55_is_told_apart_by_its_stepping(stepping, generation):
+    assert benchlib.cpu_generation("GenuineIntel", 6, 0x55, stepping) == generation
+
+
 def test_identity_reads_the_first_processor_and_the_isa_flags():
     identity = benchlib.cpu_identity(_info("AuthenticAMD", 25, 17, "AMD EPYC 9B14 96-Core Processor",
                                            "avx512_bf16 avx_vnni"))
@@ -54,7 +60,8 @@ def test_identity_reads_the_first_processor_and_the_isa_flags():
     assert identity["stepping"] == 1 and identity["microcode"] == "0xa101144"
     assert identity["generation"] == "Zen 4" and identity["model_name"] == "AMD EPYC 9B14 96-Core Processor"
     assert identity["isa_flags"] == {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False,
-                                     "amx_tile": False, "avx512_fp16": False, "avx_vnni": True}
+                                     "amx_tile": False, "avx512_fp16": False, "avx_vnni": True,
+                                     "avx512_vnni": False}
     assert identity["torch"] and "blas_info" in identity["blas"] and "vpltool_cpu_linear" in identity["blas"]
     assert benchlib.cpu_name(identity) == "AMD Zen 4 (AMD EPYC 9B14 96-Core Processor; family 25, model 17)"
     unknown = benchlib.cpu_identity(_info("AuthenticAMD", 25, 0xC0, "AMD EPYC"))
@@ -86,6 +93,7 @@ def test_every_bench_script_takes_its_machine_record_from_benchlib(script):
 
 
 GENERATIONS = [*(("Intel", g) for g in benchlib.INTEL_FAMILY_6.values()),
+               *(("Intel", g) for _, g in benchlib.INTEL_SKYLAKE_X_STEPPINGS),
                *(("AMD", g) for ranges in benchlib.AMD_ZEN.values() for _, g in ranges)]
 
 
