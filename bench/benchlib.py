@@ -204,8 +204,12 @@ def cpu_name(identity: dict) -> str:
     or the model name with its family and model and "generation unknown" where the table does not know it."""
     vendor = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}.get(identity.get("vendor"), identity.get("vendor"))
     where = f"family {identity.get('family')}, model {identity.get('model')}"
-    if identity.get("generation"):
-        return f"{vendor} {identity['generation']} ({identity.get('model_name')}; {where})"
+    # by the table now, from the recorded vendor, family, model and stepping (a record made before the table told
+    # model 0x55's steppings apart says "Skylake-X" of a Cascade Lake), else as recorded
+    generation = cpu_generation(identity.get("vendor"), identity.get("family"), identity.get("model"),
+                                identity.get("stepping")) or identity.get("generation")
+    if generation:
+        return f"{vendor} {generation} ({identity.get('model_name')}; {where})"
     return f"{identity.get('model_name')} ({where}; generation unknown)"
 
 

@@ -247,3 +247,12 @@ def test_bench_activesam_floor_counts_the_products_convolutions_and_attention_at
     assert floor["floor_over_reference"] == [0.5, 0.5, 1.0] and floor["floor_over_reference_median"] == 0.5
     floor = ba.floor_of(flops[1:], rows, files, {"default": {"mkl_gflops": 100.0}})  # --floor-from, a.jpg alone
     assert floor["floor_over_reference"] == [None, 0.5, None] and floor["floor_over_reference_median"] == 0.5
+
+
+def test_cpu_name_reads_a_record_s_stepping_by_the_table_now():
+    """A record made before model 0x55's steppings were told apart says "Skylake-X" of a Cascade Lake: its name is
+    the table's now, from the recorded family, model and stepping."""
+    old = {"vendor": "GenuineIntel", "family": 6, "model": 85, "stepping": 7, "generation": "Skylake-X",
+           "model_name": "Intel(R) Xeon(R) Processor @ 2.50GHz"}
+    assert benchlib.cpu_name(old).startswith("Intel Cascade Lake (")
+    assert benchlib.cpu_name({**old, "stepping": None}).startswith("Intel Skylake-X (")
