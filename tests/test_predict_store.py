@@ -135,3 +135,17 @@ def test_the_store_with_dense_is_one_line(decoders, tmp_path):
     assert r.exit_code == 2, r.output
     assert "--feature-store" in r.output and "--dense" in r.output
     assert not (tmp_path / "p").exists() and not (tmp_path / "s").exists()
+
+
+def test_class_argmax_is_torchs_argmax_over_classes_ties_and_nan_included():
+    """predict's masks: the class-last argmax picks what ``argmax(0)`` picks, the first of equal maxima and a NaN
+    as torch ranks it."""
+    from vpltool.decoder import class_argmax
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (9, 37, 41), generator=g).float()  # many ties
+    scores[4, 5, 6] = float("nan")
+    scores[:, 0, 0] = 1.0  # every class equal
+    got = class_argmax(scores)
+    assert got.dtype == torch.int64 and torch.equal(got, scores.argmax(0))
+    assert got[0, 0] == 0 and got[5, 6] == scores[:, 5, 6].argmax()

@@ -55,6 +55,13 @@ def weclip_views(bb, image, long_side: int, scales: Sequence[float]) -> list[Ten
     return out
 
 
+def class_argmax(scores: Tensor) -> Tensor:
+    """``[C, H, W]`` scores -> ``[H, W]`` int64: each pixel's class, the first of equal maxima, exactly as
+    ``scores.argmax(0)``; taken over a class-last copy, which torch's CPU kernel reduces about 3x faster than across
+    the outer dimension (predict's masks: one call per image)."""
+    return scores.movedim(0, -1).contiguous().argmax(-1)
+
+
 def view_logits(forward: Callable[[Tensor], Tensor], pixels: Tensor, flip: bool) -> Tensor:
     """Scores of a batch of views, each averaged with those of its mirror image flipped back.
 

@@ -41,6 +41,7 @@ from .. import io
 from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, presets, to_params
 from ..decoder import (
     SegDecoder,
+    class_argmax,
     decoder_forward,
     decoder_head,
     input_long_side,
@@ -417,7 +418,7 @@ def _image_scores(logits: torch.Tensor, size: tuple[int, int], crf: bool) -> tor
     """One image's ``[1, C+1, h0, w0]`` view-grid scores resized to its ``size`` (bilinear, as WeCLIP): the mask
     ``[H0, W0]`` uint8, or with ``crf`` the softmax ``[C+1, H0, W0]`` the CRF starts from (on the device)."""
     full = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0]
-    return full.softmax(0) if crf else full.argmax(0).to(torch.uint8)
+    return full.softmax(0) if crf else class_argmax(full).to(torch.uint8)
 
 
 def _crf_masks(probs: list[torch.Tensor], images: list[np.ndarray], cfg: PredictConfig) -> list[torch.Tensor]:
