@@ -44,6 +44,10 @@ REFINES ?= none caa caa+sgc
 PSEUDO_REFINE ?= auto
 # predict's options for the rule's prediction on the training split: a ranking, at a third of the defaults' cost
 CHOICE_PRED_ARGS ?= --scales 1 --no-flip
+# and where those predictions keep the frozen CLIP's features of their views (predict --feature-store, by content):
+# the candidates' decoders share the CLIP, views and images, so the second reads the first's instead of running the
+# CLIP over the split again (the same masks, bit for bit). make voc / make coco: none (a split's views in memory)
+CHOICE_STORE ?= $(RUN)/feature_store
 # which pseudo masks the decoder may train on: crf (dense CRF, the paper's), sam (`vpltool sam-pseudo`: SAM's
 # automatic masks, each given the class of the CRF mask that covers most of it; SAM-enhanced pseudo labels), sam3
 # (SAM 3 prompted with the labels, SAM3_PSEUDO_WEIGHTS), or several ("crf sam": every refinement's CRF masks R and
@@ -206,6 +210,7 @@ pick = $(if $(filter command line,$(origin $(1))),$($(1)),$(2))
 # settings shared by both datasets: VPL phase 1 (tau_I 0.03, lr 10, 3000 iterations) and phase 2 (SGD recipe,
 # batch 6, 30,000 iterations, crop 320 = DecoderConfig's defaults), CLIP-ES CAMs with CAA and its single prompt
 PAPER_ARGS = DATA_DEP= MODEL_DEP= MODEL=$(call pick,MODEL,ViT-B-16) PRETRAINED=$(call pick,PRETRAINED,openai) \
+  CHOICE_STORE=$(call pick,CHOICE_STORE,) \
   TEMPLATES='$(call pick,TEMPLATES,clip-es)' REFINE=$(call pick,REFINE,caa) REFINES='$(call pick,REFINES,)' \
   AFFINITY_ROWS='$(call pick,AFFINITY_ROWS,)' DINO_MODEL=$(call pick,DINO_MODEL,vit_small_patch16_224.dino) \
   DINO_WEIGHTS=$(call pick,DINO_WEIGHTS,hub) \
@@ -511,6 +516,7 @@ decoder: $(DECODERS)
 	  --overwrite
 %/pred_train/_stage.json: %/decoder/decoder.safetensors
 	$(VPL) predict $< --split $(or $(EVAL_SPLIT),$(TRAIN_SPLIT)) -o $(@D) $(CHOICE_PRED_ARGS) \
+	  $(if $(CHOICE_STORE),--feature-store $(CHOICE_STORE)) \
 	  $(if $(PRED_CLASSES),--classes $(PRED_CLASSES)) --device $(DEVICE) --overwrite
 ## The choice among REFINES (PSEUDO_REFINE): every refinement's decoder, scored on train (`vpltool choose-pseudo`)
 decoders: $(DECODER_SCORES) $(DECODERS)

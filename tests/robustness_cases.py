@@ -6855,4 +6855,4 @@ import robustness_round12_sampseudo  # noqa: E402, F401  (tests/ is on sys.path;
 # ---- SAM 3's sam3.pt cut short while it loads into half precision: one line, not SIGBUS
 import robustness_round13_s3half  # noqa: E402, F401  (tests/ is on sys.path; registers its cases)
 import robustness_round15_toyradio  # noqa: E402, F401  (the toy RADIO's rows: train-toy-radio)
-import robustness_round16_demo  # noqa: E402, F401  (train-decoder --feature-store)
+import robustness_round16_demo  # noqa: E402, F401  (train-decoder and predict --feature-store)

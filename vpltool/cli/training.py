@@ -276,6 +276,11 @@ def predict_cmd(
         "--model", help="local-dir:DIR: the decoder's CLIP folder, where it is not at the path its training "
         "recorded (renamed or copied since); it must hold the very weights (their sha256 is checked) [default: "
         "the recorded folder].", show_default=False)] = None,
+    feature_store: Annotated[Optional[Path], typer.Option(help="Keep the frozen CLIP's features of the test views in "
+                                                          "this folder, named by their content (CLIP, images, views, "
+                                                          "numerics), so that a decoder on the same CLIP and images "
+                                                          "(another refinement's) reads them instead of running the "
+                                                          "CLIP again; the masks are the same.")] = None,
     shard: Shard = None,
     run: dict = BATCHED,
     log_file: LogFile = None,
@@ -290,6 +295,10 @@ def predict_cmd(
     from ..stages.predict import parse_class_names, run_predict
 
     model_at = clip_folder(model)
+    if feature_store is not None:  # a file in the way: one line now, not after the CLIP loads
+        from .. import io
+
+        io.check_folder_target(feature_store)
 
     cfg = warn_inert(PredictConfig(scales=parse_floats(scales, "--scales", floats_text(_P.scales)), flip=flip,
                                    long_side=long_side, resize=resize, crf=crf, crf_backend=crf_backend,
@@ -300,7 +309,7 @@ def predict_cmd(
     with progress("predict") as (on_start, on_item):
         s = run_predict(decoder, data, split, out, cfg, runtime(**run), overlays=save_overlays,
                         shard=shard_of(shard), dino_weights=dino_weights, on_item=on_item, on_start=on_start,
-                        model_at=model_at)
+                        model_at=model_at, feature_store=feature_store)
     say(f"[green]✓[/] predict: {s.done} masks ({s.images_per_s:.1f} img/s), {s.skipped} already done → {out}"
         f"{pending(out)}")
 

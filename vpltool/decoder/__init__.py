@@ -38,8 +38,11 @@ from .network import (
 )
 from .views import (
     LONG_SIDE_RATIO,
+    class_argmax,
     decoder_forward,
+    decoder_head,
     input_long_side,
+    mirrored_mean,
     multiscale_logits,
     predict_logits,
     view_logits,
@@ -53,6 +56,7 @@ __all__ = [
     "ce_loss", "balanced_ce_loss", "present_classes", "region_masks", "class_regions", "region_embeddings", "rsc_loss",
     "mask_fractions", "cmpa_loss", "spherical_kmeans", "refresh_bank", "bilinear_weights", "upsample_logits",
     "LONG_SIDE_RATIO", "input_long_side", "view_size", "view_logits", "multiscale_logits", "decoder_forward",
+    "class_argmax", "decoder_head", "mirrored_mean",
     "predict_logits", "weclip_views",
 ]  # fmt: skip
 

@@ -55,6 +55,13 @@ def weclip_views(bb, image, long_side: int, scales: Sequence[float]) -> list[Ten
     return out
 
 
+def class_argmax(scores: Tensor) -> Tensor:
+    """``[C, H, W]`` scores -> ``[H, W]`` int64: each pixel's class, the first of equal maxima, exactly as
+    ``scores.argmax(0)``; taken over a class-last copy, which torch's CPU kernel reduces about 3x faster than across
+    the outer dimension (predict's masks: one call per image)."""
+    return scores.movedim(0, -1).contiguous().argmax(-1)
+
+
 def view_logits(forward: Callable[[Tensor], Tensor], pixels: Tensor, flip: bool) -> Tensor:
     """Scores of a batch of views, each averaged with those of its mirror image flipped back.
 
@@ -67,23 +74,30 @@ def view_logits(forward: Callable[[Tensor], Tensor], pixels: Tensor, flip: bool)
     """
     if pixels.ndim == 3:
         return view_logits(forward, pixels[None], flip)[0]
-    n = len(pixels)
-    out = forward(torch.cat([pixels, pixels.flip(-1)]) if flip else pixels).float()
+    return mirrored_mean(forward(torch.cat([pixels, pixels.flip(-1)]) if flip else pixels).float(), flip)
+
+
+def mirrored_mean(out: Tensor, flip: bool) -> Tensor:
+    """``[2B, N, h, w]`` scores of B views then their B mirrors -> ``[B, N, h, w]``, each view's averaged with its
+    mirror's flipped back (``flip``; else ``out`` as it is)."""
+    n = len(out) // 2
     return (out[:n] + out[n:].flip(-1)) / 2 if flip else out
 
 
-def multiscale_logits(forward: Callable[[Tensor], Tensor], views: Sequence[Tensor], flip: bool) -> Tensor:
+def multiscale_logits(forward: Callable[[Tensor], Tensor], views: Sequence[Tensor], flip: bool,
+                      view: Callable[[Callable[[Tensor], Tensor], Tensor, bool], Tensor] | None = None) -> Tensor:
     """Mean of :func:`view_logits` over views (one per scale, each ``[B, 3, H_s, W_s]`` or ``[3, H_s, W_s]``);
-    every view's scores are resized to the first view's grid.
+    every view's scores are resized to the first view's grid. ``view``: in place of :func:`view_logits` (predict's
+    stored features: each scale's frozen features, ``forward`` the decoder alone).
 
     Returns:
         ``[B, N, h0, w0]`` float32 on the first view's patch grid (``[N, h0, w0]`` for single views).
     """
     if views and views[0].ndim == 3:
-        return multiscale_logits(forward, [v[None] for v in views], flip)[0]
+        return multiscale_logits(forward, [v[None] for v in views], flip, view)[0]
     total, grid = None, None
     for pixels in views:
-        out = view_logits(forward, pixels, flip)
+        out = (view or view_logits)(forward, pixels, flip)
         if grid is None:
             grid = out.shape[-2:]
         elif out.shape[-2:] != grid:
@@ -92,21 +106,34 @@ def multiscale_logits(forward: Callable[[Tensor], Tensor], views: Sequence[Tenso
     return total / len(views)
 
 
-def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+def decoder_forward(bb, model: SegDecoder, blocks: Sequence[int], dtype: torch.dtype,
+                    features: Callable[..., Tensor] | None = None) -> Callable[[Tensor], Tensor]:
     """``[B, 3, H, W]`` pixels -> ``[B, C + 1, h, w]`` class scores: the frozen blocks, then the decoder. Sides
     that are no patch multiple lose their last rows / columns before the CLIP (WeCLIP's patch conv; a view's mirror
-    image is cut after the flip, as WeCLIP's test script runs it); WeCLIP+'s DINO gets the whole batch."""
+    image is cut after the flip, as WeCLIP's test script runs it); WeCLIP+'s DINO gets the whole batch.
+    ``features``: in place of :func:`block_features`, a function of its arguments that calls it (predict's feature
+    store keeps what it returns)."""
 
     def forward(batch: Tensor) -> Tensor:
         p = bb.patch_size
         h, w = max(p, batch.shape[-2] // p * p), max(p, batch.shape[-1] // p * p)
-        feats = block_features(bb, batch[..., :h, :w], blocks, dtype)
+        feats = (features or block_features)(bb, batch[..., :h, :w], blocks, dtype)
         dino = getattr(model, "dino_backbone", None) if getattr(model, "dino_width", None) else None
         tokens = None if dino is None else dino.patch_tokens(dino.resized(batch))  # WeCLIP+: the DINO's view
-        with torch.no_grad(), autocast(bb.device, dtype):
-            return model(feats)[1] if tokens is None else model(feats, tokens)[1]
+        return decoder_head(model, bb.device, dtype)(feats, tokens)
 
     return forward
+
+
+def decoder_head(model: SegDecoder, device: torch.device, dtype: torch.dtype) -> Callable[..., Tensor]:
+    """``[B, L, h, w, width]`` frozen features (and WeCLIP+'s DINO tokens) -> ``[B, C + 1, h, w]`` class scores:
+    the decoder alone, as :func:`decoder_forward` runs it."""
+
+    def head(feats: Tensor, tokens: Tensor | None = None) -> Tensor:
+        with torch.no_grad(), autocast(device, dtype):
+            return model(feats)[1] if tokens is None else model(feats, tokens)[1]
+
+    return head
 
 
 def predict_logits(bb, model: SegDecoder, blocks: Sequence[int], image, scales: Sequence[float], flip: bool,

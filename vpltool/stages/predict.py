@@ -41,17 +41,20 @@ from .. import io
 from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, presets, to_params
 from ..decoder import (
     SegDecoder,
+    class_argmax,
     decoder_forward,
+    decoder_head,
     input_long_side,
     multiscale_logits,
     view_size,
     weclip_views,
 )
+from ..decoder.stored import ViewFeatures, expected_shapes, stored_view, view_store
 from ..device import resolve_device, resolve_precision, shard_from_env
 from ..errors import ContractError, VplError
 from ..models import ClipBackbone, DinoSpec, ModelSpec, check_model, check_tokenizer, load_model
 from ..ops.densecrf import crf_labels, dense_crf, densecrf_module, image_tensor, resolve_backend, torch_unary
-from ..runtime.batches import image_names, image_stage, run_image_batches, to_device
+from ..runtime.batches import image_names, image_stage, resolve_batch_size, run_image_batches, to_device
 from ..runtime.numerics import run_numerics
 
 STAGE = "predict"
@@ -212,6 +215,7 @@ def run_predict(
     on_start: Callable[[int], None] | None = None,
     backbone: ClipBackbone | None = None,
     model_at: ModelSpec | None = None,
+    feature_store: str | Path | None = None,
 ) -> io.StageSummary:
     """Masks ``<out>/<id>.png`` for every image of a split, then ``<out>/_stage.json`` (so `vpltool eval OUT` works).
 
@@ -222,6 +226,8 @@ def run_predict(
         backbone: reuse an already loaded CLIP (it must be the one the decoder records).
         model_at: where the decoder's CLIP lies now (``--model local-dir:NEW``, its folder renamed since), taken
             when it holds the recorded weights (:meth:`vpltool.models.ModelSpec.from_identity`).
+        feature_store: the frozen CLIP's features of the views kept here by content (:mod:`vpltool.decoder.stored`),
+            read by a later run of the same CLIP, views and images (another decoder's) instead of encoding them.
     """
     out = io.check_folder_target(out)  # before the decoder and the CLIP load
     dataset = _open_split(io.read_tensors(decoder_file, kind=io.DECODER_KIND, keys=()), data, split,  # its header
@@ -239,6 +245,9 @@ def run_predict(
         if cfg.crf_backend == "pydensecrf":
             densecrf_module()  # one line before the decoder loads
     if cfg.dense != "none":
+        if feature_store is not None:
+            raise VplError(f"--feature-store {feature_store}: keeps the decoder's frozen features, which --dense "
+                           f"{cfg.dense} does not run; drop one of them")
         if overlays is not None:
             raise VplError(f"--save-overlays: not made with --dense {cfg.dense}; drop one of them (vpltool report "
                            "shows the masks over the images)")
@@ -267,6 +276,11 @@ def run_predict(
     shard = shard_from_env(shard)  # before anything is written: a --shard at odds with torchrun's rank is refused
     inputs = {"decoder": decoder_id["sha256"], **dataset.inputs()}
 
+    weclip = cfg.resize == "bilinear" or (cfg.resize == "auto" and model.cfg.recipe in ("weclip", "weclip+"))
+    if feature_store is not None and weclip:
+        raise VplError(f"--feature-store {feature_store}: keeps the features of the bicubic test views (--resize "
+                       "bicubic, a VPL decoder's); drop it for WeCLIP's bilinear ones")
+
     def work(items: list, sizes: list[tuple[int, int]]) -> None:  # the sizes read before the CLIP loads
         clip = bb or load_model("clip", clip_spec, device)
         stats = model.cfg.input_stats()  # WeCLIP's decoders see ImageNet's mean / std, as in training
@@ -277,9 +291,20 @@ def run_predict(
         long_side = input_long_side(cfg.long_side, f.meta("decoder_config")["crop_size"])
         for item, size in zip(items, sizes):
             _check_tokens(clip, item.image, size, long_side, cfg)
-        weclip = cfg.resize == "bilinear" or (cfg.resize == "auto" and model.cfg.recipe in ("weclip", "weclip+"))
-        run = _predict_weclip if weclip else _predict
-        run(clip, model, arch["blocks"], items, sizes, long_side, out, cfg, runtime, dtype, overlays, on_item)
+        if weclip:
+            return _predict_weclip(clip, model, arch["blocks"], items, sizes, long_side, out, cfg, runtime, dtype,
+                                   overlays, on_item)
+        if feature_store is None:
+            return _predict(clip, model, arch["blocks"], items, sizes, long_side, out, cfg, runtime, dtype, overlays,
+                            on_item)
+        views = [[view_size(clip, h, w, long_side, s) for s in cfg.scales] for h, w in sizes]
+        identity = {"stage": STAGE, "model": f.meta("model"), "mean": list(clip.mean), "std": list(clip.std),
+                    "blocks": list(arch["blocks"]), "views": views, "flip": cfg.flip, "dtype": str(dtype),
+                    "numerics": numerics, "batch": resolve_batch_size(runtime.batch_size, device, 1)}
+        shapes = expected_shapes(views, cfg.flip, len(arch["blocks"]), clip.patch_size, clip.width)
+        with view_store(feature_store, identity, [item.image for item in items], shapes, cfg.flip) as memo:
+            _predict(clip, model, arch["blocks"], items, sizes, long_side, out, cfg, runtime, dtype, overlays,
+                     on_item, memo)
 
     folder = io.StageFolder(out, STAGE, params, overwrite=runtime.overwrite, not_compared=NOT_COMPARED, inputs=inputs,
                             shard=shard, sides={"--save-overlays": overlays}, numerics=numerics)
@@ -320,27 +345,37 @@ def _predict_dense(decoder_file, dataset, out: Path, cfg: PredictConfig, runtime
 
 
 def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int, out: Path,
-             cfg: PredictConfig, runtime: RuntimeConfig, dtype, overlays, on_item) -> None:
+             cfg: PredictConfig, runtime: RuntimeConfig, dtype, overlays, on_item, memo: ViewFeatures | None = None
+             ) -> None:
     """Images batched by their views' sizes (the view grid, not the raw size: VOC's many photo sizes share a few
     grids): every view and mirror in one forward per scale, each image's scores resized to its own size and
-    arg-maxed on the device, the masks (and the CRF, when asked) written behind."""
+    arg-maxed on the device, the masks (and the CRF, when asked) written behind. ``memo``: the feature store's
+    (:mod:`vpltool.decoder.stored`): the frozen features kept (a miss) or read instead of the views (a hit)."""
     pre = bb.preprocessor
     keep_image = cfg.crf or overlays is not None
     crf_on_device = cfg.crf and cfg.crf_backend == "torch"
     views = [tuple(view_size(bb, h, w, long_side, s) for s in cfg.scales) for h, w in sizes]
-    forward = decoder_forward(bb, model, blocks, dtype)
+    hit = memo is not None and memo.stored is not None
+    forward = decoder_forward(bb, model, blocks, dtype, None if memo is None else memo.features)
+    head = decoder_head(model, bb.device, dtype)
 
     def load(i: int) -> dict:  # in a loading worker: each view, uint8 (resized here or on the device); the image
-        image = io.load_image(items[i].image)  # only for the CRF/overlays
-        resized = {f"view{j}": pre.loaded(image, size) for j, size in enumerate(views[i])}
+        image = io.load_image(items[i].image) if keep_image or not hit else None  # only for the CRF/overlays
+        resized = {} if hit else {f"view{j}": pre.loaded(image, size) for j, size in enumerate(views[i])}
         return {**resized, **({"image": image} if keep_image else {})}
 
     def run(batch: dict) -> Callable[[slice], dict]:  # on the device: a chunk of the batch -> its scores
         index = batch["index"]
-        pixels = [bb.pixels(batch[f"view{j}"], views[index[0]][j]) for j in range(len(cfg.scales))]
+        pixels = [] if hit else [bb.pixels(batch[f"view{j}"], views[index[0]][j]) for j in range(len(cfg.scales))]
 
         def chunk(part: slice) -> dict:
-            grid = multiscale_logits(forward, [p[part] for p in pixels], cfg.flip)  # [b, C+1, h0, w0]
+            if hit:  # the stored features of each scale, the decoder alone
+                feats = [memo.batch(index[part], j, bb.device) for j in range(len(cfg.scales))]
+                grid = multiscale_logits(head, feats, cfg.flip, stored_view)
+            else:
+                if memo is not None:
+                    memo.at(index[part])
+                grid = multiscale_logits(forward, [p[part] for p in pixels], cfg.flip)  # [b, C+1, h0, w0]
             scores = [_image_scores(grid[b : b + 1], sizes[index[part.start + b]], cfg.crf)
                       for b in range(part.stop - part.start)]
             images = batch["image"][part] if keep_image else [None] * len(scores)
@@ -350,7 +385,8 @@ def _predict(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int
 
     write = _writer(out, [item.id for item in items], cfg, overlays)
     run_image_batches(views, load, run, write, bb.device, runtime, image_names(items, sizes),
-                      "pass a smaller --long-side or --scales, or a smaller --batch-size", on_item)
+                      "pass a smaller --long-side or --scales, or a smaller --batch-size", on_item,
+                      workers=0 if hit and not keep_image else None)  # a hit loads nothing: no loading processes
 
 
 def _predict_weclip(bb: ClipBackbone, model, blocks, items: list, sizes: list[tuple[int, int]], long_side: int,
@@ -382,7 +418,7 @@ def _image_scores(logits: torch.Tensor, size: tuple[int, int], crf: bool) -> tor
     """One image's ``[1, C+1, h0, w0]`` view-grid scores resized to its ``size`` (bilinear, as WeCLIP): the mask
     ``[H0, W0]`` uint8, or with ``crf`` the softmax ``[C+1, H0, W0]`` the CRF starts from (on the device)."""
     full = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)[0]
-    return full.softmax(0) if crf else full.argmax(0).to(torch.uint8)
+    return full.softmax(0) if crf else class_argmax(full).to(torch.uint8)
 
 
 def _crf_masks(probs: list[torch.Tensor], images: list[np.ndarray], cfg: PredictConfig) -> list[torch.Tensor]:
