@@ -78,6 +78,21 @@ def pad_size(height: int, width: int, patch: int) -> tuple[int, int, int, int]:
     return lr // 2, lr - lr // 2, tb // 2, tb - tb // 2
 
 
+def stride_multiple_input(pixels: torch.Tensor, stride: int, crop: int) -> torch.Tensor:
+    """Trident's ``preprocess_image`` and RADSeg's ``_preprocess_image`` (the same arithmetic): ``[B, 3, H, W]``
+    pixels whose sides are not both multiples of ``stride`` resized bilinearly (align_corners False) so that the
+    long side is the next multiple, the short one in proportion (truncated), each then rounded up to a multiple
+    and to at least ``crop``; others pass as they are."""
+    h, w = pixels.shape[-2:]
+    if h % stride == 0 and w % stride == 0:
+        return pixels
+    longer = max(h, w)
+    target = longer if longer % stride == 0 else (longer // stride + 1) * stride
+    nh, nw = int(h * target / longer), int(w * target / longer)
+    nh, nw = [s if s % stride == 0 else (s // stride + 1) * stride for s in (nh, nw)]
+    return F.interpolate(pixels, (max(nh, crop), max(nw, crop)), mode="bilinear", align_corners=False)
+
+
 def grid_logits(bb, pixels: torch.Tensor, text: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
     """``[B, 3, H, W]`` normalised pixels -> ``[B, Q, h, w]`` cosine of each patch with each unit row of ``text``
     ``[Q, D]`` (the remainder of a side that is no patch multiple dropped, as the patch convolution does).
@@ -365,7 +380,8 @@ def settings_params(settings) -> dict:
             and not (k in SAM_REFINE_FIELDS and not refine)}  # likewise the refinement's, when it is off
 
 
-__all__ = ["short_side_size", "window_starts", "slide_windows", "pad_size", "grid_logits", "window_logits",
+__all__ = ["short_side_size", "window_starts", "slide_windows", "pad_size", "stride_multiple_input", "grid_logits",
+           "window_logits",
            "dense_logits", "guide_image", "pamr", "class_probabilities", "dense_probabilities", "MMSEG_LONG_EDGE",
            "query_rows", "segment_logits", "source_logits", "photo_logits", "scores_batch", "dense_input",
            "batch_extras", "settings_params"]

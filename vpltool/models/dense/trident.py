@@ -23,7 +23,7 @@ from ...errors import ContractError, VplError
 from .hooks import DenseHooks
 from .mixing import DenseMixing
 from .proxyclip import ProxyAttention, feature_grid, features, proxy_tokens
-from .segmentor import slide_windows
+from .segmentor import slide_windows, stride_multiple_input
 
 
 @dataclass(frozen=True)
@@ -173,20 +173,8 @@ def trident_features(bb, windows: torch.Tensor, boxes: Sequence[tuple[int, int, 
     return bb.project(sam_aggregate(spliced, attn, values, bb.mixing.splice))
 
 
-def trident_input(pixels: torch.Tensor, stride: int, crop: int) -> torch.Tensor:
-    """Trident's ``preprocess_image``: ``[1, 3, H, W]`` normalised pixels whose sides are not both multiples of
-    ``stride`` are resized bilinearly (align_corners False) so that the long side is the next multiple, the short
-    one in proportion (truncated), each then rounded up to a multiple and to at least ``crop``; others pass as
-    they are."""
-    h, w = pixels.shape[-2:]
-    if h % stride == 0 and w % stride == 0:
-        return pixels
-    longer = max(h, w)
-    dst = longer if longer % stride == 0 else (longer // stride + 1) * stride
-    new_h, new_w = int(h * dst / longer), int(w * dst / longer)
-    new_h = new_h if new_h % stride == 0 else (new_h // stride + 1) * stride
-    new_w = new_w if new_w % stride == 0 else (new_w // stride + 1) * stride
-    return F.interpolate(pixels, (max(new_h, crop), max(new_w, crop)), mode="bilinear", align_corners=False)
+# Trident's ``preprocess_image``: the sides made multiples of the patch size, as RADSeg's (one function for both)
+trident_input = stride_multiple_input
 
 
 def sam_image(image: np.ndarray, stride: int = 16) -> np.ndarray:

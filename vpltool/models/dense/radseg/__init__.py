@@ -41,7 +41,7 @@ from ...backbones.fused_blocks import use_fused_blocks
 from ...backbones.mkl_packed import use_packed_mkl
 from ..hooks import DenseHooks
 from ..mixing import DenseMixing
-from ..segmentor import slide_windows
+from ..segmentor import slide_windows, stride_multiple_input
 from .files import check_widths, checked_files, note_text_files
 
 PRESET = DenseMixing("radseg")  # no CLIP block is mixed: the name alone
@@ -68,17 +68,8 @@ def knobs_of(cfg) -> RadsegSettings:
     return RadsegSettings(**given)
 
 
-def stride_input(image: torch.Tensor, stride: int, crop: int) -> torch.Tensor:
-    """``_preprocess_image``: ``[B, 3, H, W]`` resized bilinearly (align_corners False) so both sides are multiples
-    of ``stride`` and at least ``crop``; unchanged when both already are multiples of ``stride``."""
-    h, w = image.shape[-2:]
-    if h % stride == 0 and w % stride == 0:
-        return image
-    longer = max(h, w)
-    target = longer if longer % stride == 0 else (longer // stride + 1) * stride
-    nh, nw = int(h * target / longer), int(w * target / longer)
-    nh, nw = [s if s % stride == 0 else (s // stride + 1) * stride for s in (nh, nw)]
-    return F.interpolate(image, (max(nh, crop), max(nw, crop)), mode="bilinear", align_corners=False)
+# ``_preprocess_image``: the sides made multiples of the window stride, as Trident's (one function for both)
+stride_input = stride_multiple_input
 
 
 def scra(attn, x: torch.Tensor, scale: float) -> torch.Tensor:
