@@ -11,6 +11,7 @@ batches, so the same masks, bit for bit.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def view_store(folder: str | Path, identity: dict[str, Any], images: Sequence[Pa
     with locked(folder):
         stored = read_entry(path, check)
         if stored is None:
-            need = sum(_numel(shape) for shape in shapes.values()) * item_bytes
+            need = sum(math.prod(shape) for shape in shapes.values()) * item_bytes
             if need > 0.5 * available_memory():
                 raise VplError(f"--feature-store {folder}: the frozen features of {len(images)} images' test views "
                                f"need {need / 2**30:.1f} GiB, more than half the free memory; predict without it")
@@ -103,9 +104,3 @@ def view_store(folder: str | Path, identity: dict[str, Any], images: Sequence[Pa
             return
     yield ViewFeatures(flip, stored)
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
