@@ -119,26 +119,21 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
     CPU-seconds over the packed product's, :func:`.onednn.time_pairs`, :func:`.onednn.decide`'s rule: oneDNN only
     where it wins beyond the pairs' spread), kept in the route's cache as ``KxN@rows/packed``. False where the
     route is forced (``VPLTOOL_CPU_LINEAR`` ``onednn``) or not ``auto``."""
-    import time
-
     from ...runtime.numerics import cpu_linear_asked
     from . import onednn
 
     if cpu_linear_asked() != "auto":
         return False
+    def ratios() -> list[float]:
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+        return onednn.time_pairs((lambda: torch.ops.mkl._mkl_linear(x, packed, w, b, rows),
+                                  lambda: onednn.linear(x, w, b)))
+
     key = (k, n, rows, torch.get_num_threads())
     if key not in _OVER_ONEDNN:
-        shape = f"{k}x{n}@{rows}/packed"
-        kept = onednn._read_cache().get(onednn.machine_key()[0], {}).get("products", {}).get(shape)
-        if not (isinstance(kept, dict) and isinstance(kept.get("onednn"), bool)):
-            gen = torch.Generator().manual_seed(0)
-            x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
-            packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-            kept = {**onednn.decide(onednn.time_pairs((lambda: torch.ops.mkl._mkl_linear(x, packed, w, b, rows),
-                                                        lambda: onednn.linear(x, w, b)))),
-                    "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-            onednn._keep(shape, kept)
-        _OVER_ONEDNN[key] = not kept["onednn"]
+        _OVER_ONEDNN[key] = not onednn.cached_verdict(f"{k}x{n}@{rows}/packed", ratios)
     return _OVER_ONEDNN[key]
 
 

@@ -51,7 +51,7 @@ import secrets
 import statistics
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -304,11 +304,17 @@ def route_now(shape: str) -> bool | None:
 
 def _verdict(k: int, n: int, bucket: int) -> bool:
     """The cache's verdict for this machine, else a calibration now (kept in the cache)."""
-    shape = f"{k}x{n}@{bucket}"
+    return cached_verdict(f"{k}x{n}@{bucket}", lambda: calibrate(k, n, bucket))
+
+
+def cached_verdict(shape: str, ratios: Callable[[], list[float]]) -> bool:
+    """Whether oneDNN is taken for ``shape`` (its name in the cache: ``"KxN@bucket"``, or another contest's, as
+    :func:`.mkl_packed.packed_over_onednn`'s ``"KxN@rows/packed"``): this machine's cached verdict, else
+    :func:`decide` of ``ratios()`` (oneDNN's time over its contender's, :func:`time_pairs`) measured now and kept."""
     kept = _read_cache().get(machine_key()[0], {}).get("products", {}).get(shape)
     if isinstance(kept, dict) and isinstance(kept.get("onednn"), bool):
         return kept["onednn"]
-    verdict = {**decide(calibrate(k, n, bucket)), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    verdict = {**decide(ratios()), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     _MEASURED[shape] = verdict
     _keep(shape, verdict)
     return verdict["onednn"]
@@ -429,6 +435,7 @@ def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Ten
     return f_linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
-__all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "time_pairs", "decide", "f_linear",
-           "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj", "pinned", "references_library",
-           "route_now", "route_watching", "self_attention", "kept_verdicts", "takes_onednn", "use_onednn", "verdicts"]
+__all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "time_pairs", "decide",
+           "cached_verdict", "f_linear", "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj",
+           "pinned", "references_library", "route_now", "route_watching", "self_attention", "kept_verdicts",
+           "takes_onednn", "use_onednn", "verdicts"]
