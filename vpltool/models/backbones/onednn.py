@@ -93,7 +93,6 @@ _FORMAT = 2  # 2: verdicts with margin (:func:`decide`); a format-1 cache's sing
 MAX_MACHINES = 16  # tables kept in the cache file (the latest)
 
 _DECIDED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, bucket, threads) -> oneDNN taken, this process's
-_MEASURED: dict[str, dict] = {}  # "KxN@bucket" -> {"onednn": bool, "ratio": oneDNN / MKL} this process measured
 _PINNED = [0]  # depth of references_library() blocks
 # the open stage folders' callbacks, told the route of each product shape auto takes (route_watching)
 ROUTE_WATCHERS: list = []
@@ -315,7 +314,6 @@ def cached_verdict(shape: str, ratios: Callable[[], list[float]]) -> bool:
     if isinstance(kept, dict) and isinstance(kept.get("onednn"), bool):
         return kept["onednn"]
     verdict = {**decide(ratios()), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _MEASURED[shape] = verdict
     _keep(shape, verdict)
     return verdict["onednn"]
 
