@@ -238,3 +238,16 @@ def test_demo_installs_no_test_extra_and_a_current_setup_serves_it(tmp_path: Pat
     subprocess.run(["make", "--no-print-directory", "setup-demo", f"VENV={venv}", "PYTHON=false"], cwd=ROOT, env=env,
                    capture_output=True, text=True, check=True)
     assert (venv / ".installed-demo").is_file() and not (venv / "bin").exists()  # no venv made, nothing installed
+
+
+def test_every_numeric_test_is_in_a_file_that_make_test_runs_again(request):
+    """`make test`'s second pass runs ``-m numeric`` over NUMERIC_FILES only (the files that grep finds marking one):
+    a test marked numeric in any other way (a conftest hook, a mark built elsewhere) would silently miss it."""
+    listed = subprocess.run(["make", "-s", "-C", str(ROOT), "--eval", "_numeric_files: ; @echo $(NUMERIC_FILES)",
+                             "_numeric_files"], capture_output=True, text=True, check=True).stdout.split()
+    marked = {Path(item.path).relative_to(ROOT).as_posix() for item in request.session.items
+              if item.get_closest_marker("numeric")}
+    assert listed, "NUMERIC_FILES is empty: the second pass would run nothing"
+    if not marked:
+        pytest.skip("no numeric test collected in this run (a part of the suite): the check needs the whole suite")
+    assert marked <= set(listed), f"marked numeric but not in NUMERIC_FILES: {sorted(marked - set(listed))}"
