@@ -111,8 +111,9 @@ METHOD_OPTIONS: dict[str, Callable[[Kit], tuple[list[object], Path]]] = {
                                "--slide-stride", 56], k.dino),
     "textregion": lambda k: (["--region-masks", k.soft], k.clip / "open_clip_model.safetensors"),
     "trident": lambda k: ([*_proxy(k), "--sam-model", "toy", "--sam-weights", k.sam], k.sam),
+    # one template, not ImageNet's 80 (~2,200 prompts a run through its SigLIP 2 text tower): the same files read
     "radseg": lambda k: (["--proxy-model", "vpl_test_radio_v3", "--proxy-weights", k.radio, "--language-model",
-                          k.language], k.radio),
+                          k.language, "--templates", "a photo of a {}."], k.radio),
     "sam3": lambda k: (["--sam3-weights", k.sam3], k.sam3 / "model.safetensors"),
     "activesam": lambda k: (["--sam3-weights", k.sam3, "--preview-resolution", 56, "--hypernym-tokens", 0],
                             k.sam3 / "model.safetensors"),
