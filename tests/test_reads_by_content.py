@@ -23,10 +23,9 @@ from pathlib import Path
 import model_kinds as mk  # tests/ is on sys.path
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_once import invoke
 
 from vpltool import io
-from vpltool.cli import app
 from vpltool.config.dense import DENSE_SPECS
 from vpltool.io.digests import sha256_file
 from vpltool.models import registry
@@ -141,7 +140,7 @@ def _run(args: list[object], opened: set[str] | None = None):
     if opened is not None:
         _OPENED.append(opened)
     try:
-        return CliRunner().invoke(app, [str(a) for a in args])
+        return invoke(args)
     finally:
         if opened is not None:
             _OPENED.pop()
