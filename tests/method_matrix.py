@@ -147,11 +147,9 @@ def expected(method: str, stage: str) -> str:
 
 
 def _cli(args: list[str], out: Path, written: str) -> tuple[str, str]:
-    from typer.testing import CliRunner
+    from cli_once import invoke
 
-    from vpltool.cli import app
-
-    r = CliRunner().invoke(app, [str(a) for a in args])
+    r = invoke(args)
     errors = [line for line in r.output.splitlines() if line.startswith("error:")]
     if r.exit_code == 2 and len(errors) == 1 and "Traceback" not in r.output:
         return "refused", errors[0]

@@ -21,6 +21,10 @@ ASSETS = Path(__file__).resolve().parents[1] / "vpltool" / "assets"
 TOY_DINO = ASSETS / "toy-dino" / "model.safetensors"  # timm's test_vit, trained on the demo world
 TOY_SAM = ASSETS / "toy-sam" / "model.safetensors"  # --sam-model toy, a whole Sam
 SEG = ["--split", "val", *rc.CPU, "--classes", "star,circle"]
+# the world's photos at their own size (96 px), not the method's short side (336-448: 12-22 times the pixels): the
+# generators' runs (Kind.args). The clean and the replaced model's masks still differ there for clip, dino, sam3 and
+# pgseg, as at their own side (the sam row's were the same at both: checked when this was set)
+SIDE = ("--short-side", "96")
 # the trained toy CLIP, so that a command's masks tell one set of another family's weights from another
 TOY = ["--model", "vpltool-toy", *rc.TEXT_ARGS]
 
@@ -38,15 +42,20 @@ REPLACED = ("replaced between a run and its resume", "replaced between a kill an
 class Kind:
     """One family's generator: ``clean(ws)`` the model (a file, or a folder: ``weights`` names its file to damage),
     ``command(ws, model, out)`` the CLI arguments that read it and write ``out`` (its images split in two shards
-    by ``--shard``)."""
+    by ``--shard``); ``fast``: options :meth:`args` adds, the generators' runs (the same property, cheaper)."""
 
     clean: Callable[[rc.Workspace], Path]
     command: Callable[[rc.Workspace, Path, Path], list[object]]
     weights: str | None = None
     noise: float = 0.5  # the other model's distance (in each tensor's spread), enough that the command's masks differ
+    fast: tuple[str, ...] = ()
 
     def weights_file(self, model: Path) -> Path:
         return model / self.weights if self.weights else model
+
+    def args(self, ws: rc.Workspace, model: Path, out: Path) -> list[object]:
+        """:attr:`command` with :attr:`fast`: what test_fuzz.py's generators run."""
+        return [*self.command(ws, model, out), *self.fast]
 
 
 def _once(ws: rc.Workspace, name: str, make: Callable[[Path], None]) -> Path:
@@ -93,24 +102,24 @@ def _sam3(ws: rc.Workspace) -> Path:
 KINDS: dict[str, Kind] = {
     "clip": Kind(_toy_clip, lambda ws, m, out: [
         "segment", ws.world, *SEG, "-o", out, "--model", f"local-dir:{m}", "--dense", "maskclip", *rc.TEXT_ARGS],
-        weights="open_clip_model.safetensors"),
+        weights="open_clip_model.safetensors", fast=SIDE),
     "dino": Kind(lambda ws: _once(ws, "dino.safetensors", lambda p: shutil.copy(TOY_DINO, p)),
                  lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "proxyclip",
-                                     "--proxy-model", "test_vit", "--proxy-weights", m]),
+                                     "--proxy-model", "test_vit", "--proxy-weights", m], fast=SIDE),
     # CorrCLIP's regions from SAM's automatic mask generator: masks that move with SAM's weights (Trident's
     # affinity barely does on the toy world)
     "sam": Kind(lambda ws: _once(ws, "sam.safetensors", lambda p: shutil.copy(TOY_SAM, p)),
                 lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "corrclip",
                                     "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--region-masks", "sam",
-                                    "--sam-model", "toy", "--sam-weights", m]),
+                                    "--sam-model", "toy", "--sam-weights", m], fast=SIDE),
     # CorrCLIP's regions from SAM 3 prompted with the run's words: a tiny seeded SAM 3 in Hugging Face's layout
     "sam3": Kind(_sam3,
                  lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, *TOY, "--dense", "corrclip",
                                      "--proxy-model", "test_vit", "--proxy-weights", TOY_DINO, "--region-masks",
-                                     "sam3", "--sam-weights", m], weights="model.safetensors"),
+                                     "sam3", "--sam-weights", m], weights="model.safetensors", fast=SIDE),
     # --bg-thresh 0: every pixel a class, so that the masks tell one set of weights from another
     "pgseg": Kind(_pgseg, lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, "--model", f"pgseg:{m}",
-                                              "--bg-thresh", "0"]),
+                                              "--bg-thresh", "0"], fast=SIDE),
     "talk2dino": Kind(_talk2dino, lambda ws, m, out: ["segment", ws.world, *SEG, "-o", out, "--model",
                                                       f"talk2dino:{m}", "--short-side", "64", "--slide-crop", "0"]),
     "decoder": Kind(lambda ws: _once(ws, "decoder.safetensors",

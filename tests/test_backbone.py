@@ -239,39 +239,62 @@ def _in_a_fresh_python(code: str, *argv) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_open_clip_import_defers_dynamo_and_leaves_it_working():
+# what import_open_clip leaves, asked of one new interpreter (its start, torch's and open_clip's imports, ~3.5 CPU-s,
+# once for the two tests below): what is imported right after it, then each test's checks in a part of its own (a
+# part's failure is its traceback, shown by the test it belongs to), the push helpers' before dynamo's (nothing the
+# latter imports may decide the former)
+_OPEN_CLIP_CHILD = (
+    "import json, sys, traceback\n"
+    "from unittest import mock\n"
+    "from vpltool.models.backbones.loading import import_open_clip\n"
+    "import_open_clip()\n"
+    "out = {'imported': sorted(m for m in ('torch._dynamo', 'timm', 'huggingface_hub.hf_api') if m in sys.modules)}\n"
+    "def push_helpers():\n"
+    "    push = sys.modules['open_clip.push_to_hf_hub']\n"
+    "    import huggingface_hub\n"
+    "    assert huggingface_hub.create_repo.__module__ == 'huggingface_hub.hf_api'  # the package's own again\n"
+    "    with mock.patch.object(huggingface_hub, 'create_repo', return_value='made') as real:  # no network\n"
+    "        assert push.create_repo('me/repo', exist_ok=True) == 'made'\n"
+    "    real.assert_called_once_with('me/repo', exist_ok=True)\n"
+    "def dynamo():\n"
+    "    import torch\n"
+    "    assert sys.modules['torchvision.ops.roi_align'].is_compile_supported('cpu') in (True, False)\n"
+    "    assert callable(torch._dynamo.optimize) and 'torch._dynamo' in sys.modules\n"
+    "for part in (push_helpers, dynamo):\n"
+    "    try:\n"
+    "        part()\n"
+    "        out[part.__name__] = 'ok'\n"
+    "    except Exception:\n"
+    "        out[part.__name__] = traceback.format_exc()\n"
+    "print(json.dumps(out))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def open_clip_child() -> dict:
+    """:data:`_OPEN_CLIP_CHILD`'s answer: ``imported`` (which of dynamo, timm, hf_api import_open_clip imported), and
+    per part ``'ok'`` or its traceback."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = pace.run([sys.executable, "-c", _OPEN_CLIP_CHILD], 120, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_open_clip_import_defers_dynamo_and_leaves_it_working(open_clip_child):
     """import_open_clip keeps torch._dynamo out of the import (torchvision only names one function of it) and
     leaves the real module importable: torchvision's reference resolves to it, torch.compile still exists."""
-    code = (
-        "import sys\n"
-        "from vpltool.models.backbones.loading import import_open_clip\n"
-        "import_open_clip()\n"
-        "assert 'torch._dynamo' not in sys.modules and 'timm' not in sys.modules\n"
-        "import torch\n"
-        "assert sys.modules['torchvision.ops.roi_align'].is_compile_supported('cpu') in (True, False)\n"
-        "assert callable(torch._dynamo.optimize) and 'torch._dynamo' in sys.modules\n"
-    )
-    _in_a_fresh_python(code)
+    assert "torch._dynamo" not in open_clip_child["imported"] and "timm" not in open_clip_child["imported"]
+    assert open_clip_child["dynamo"] == "ok", open_clip_child["dynamo"]
 
 
-def test_open_clip_import_leaves_huggingface_hubs_upload_api_unimported_and_callable():
+def test_open_clip_import_leaves_huggingface_hubs_upload_api_unimported_and_callable(open_clip_child):
     """import_open_clip does not import huggingface_hub.hf_api for open_clip's push helpers: their names are bound
     (as far as a plain import binds them) to forwarders that call the real function, and the package gives its own
     functions again afterwards."""
-    code = (
-        "import sys\n"
-        "from unittest import mock\n"
-        "from vpltool.models.backbones.loading import import_open_clip\n"
-        "import_open_clip()\n"
-        "assert 'huggingface_hub.hf_api' not in sys.modules\n"
-        "push = sys.modules['open_clip.push_to_hf_hub']\n"
-        "import huggingface_hub\n"
-        "assert huggingface_hub.create_repo.__module__ == 'huggingface_hub.hf_api'  # the package's own again\n"
-        "with mock.patch.object(huggingface_hub, 'create_repo', return_value='made') as real:  # no network\n"
-        "    assert push.create_repo('me/repo', exist_ok=True) == 'made'\n"
-        "real.assert_called_once_with('me/repo', exist_ok=True)\n"
-    )
-    _in_a_fresh_python(code)
+    assert "huggingface_hub.hf_api" not in open_clip_child["imported"]
+    assert open_clip_child["push_helpers"] == "ok", open_clip_child["push_helpers"]
 
 
 def test_sam_check_and_load_leave_dynamo_unimported_and_the_random_state_alone():

@@ -481,7 +481,7 @@ def _clean_result(ws: rc.Workspace, family: str) -> dict[str, object]:
     if family not in cache:
         copy, out = mk.fresh_copy(ws, family, f"fuzz_clean_{family}"), ws.root / f"fuzz_clean_{family}_out"
         shutil.rmtree(out, ignore_errors=True)
-        code, output = _holds(ws, [str(a) for a in mk.KINDS[family].command(ws, copy, out)], out, own=(copy,))
+        code, output = _holds(ws, [str(a) for a in mk.KINDS[family].args(ws, copy, out)], out, own=(copy,))
         assert code == 0, output[-1500:]
         cache[family] = _result(out, output)
     return cache[family]
@@ -504,7 +504,7 @@ def test_a_damaged_model_file_is_refused_in_one_line(ws, family, how):
         shutil.rmtree(out, ignore_errors=True)
         model = mk.fresh_copy(ws, family, copy.name)
         mk.damage(kind.weights_file(model), how, pick, cut)
-        code, output = _holds(ws, [str(a) for a in kind.command(ws, model, out)], out, own=(model,))
+        code, output = _holds(ws, [str(a) for a in kind.args(ws, model, out)], out, own=(model,))
         if code == 0:
             assert how not in ("every weight NaN", "every weight 0") and \
                 _result(out, output) == _clean_result(ws, family), \
@@ -531,7 +531,7 @@ def test_a_model_file_replaced_under_its_name_is_refused_or_used_whole(ws, famil
     kind = mk.KINDS[family]
     model, out = mk.fresh_copy(ws, family, f"fuzz_replaced_{family}"), ws.root / "fuzz_replaced_out"
     shutil.rmtree(out, ignore_errors=True)
-    args = [str(a) for a in kind.command(ws, model, out)]
+    args = [str(a) for a in kind.args(ws, model, out)]
     if when == "replaced between a run and its resume":
         code, output = _holds(ws, [*args, "--shard", "0/2"], out, own=(model,))
         assert code == 0, output[-1500:]

@@ -56,6 +56,10 @@ PGSEG = ["--recipe", "cpu", "--batch-size", "2", "--epochs", "2", "--crop-size",
 DECODER = ["--iters", "4", "--batch-size", "2", "--dim", "16", "--layers", "1", "--heads", "2", "--crop-size", "64",
            "--checkpoint-every", "1", "--workers", "1", *rc.CPU]
 STOP_AT = 2  # an interrupted first command stops (as a kill would) right after this checkpoint
+# `segment` at the world's own photo size (96 px), not the method's 336-448 (12-22 times the pixels): the toy CLIP's
+# masks of the two weights still differ there (proxyclip's and trident's two DINO and SAM weights gave the same masks
+# at their own side too: checked when this was set)
+SIDE = ["--short-side", "96"]
 
 
 # --------------------------------------------------------------------------------------------- the workspace
@@ -323,7 +327,7 @@ def _segment_setup(key: str) -> Callable:
 
 def _segment_args(dense: list[str]) -> tuple[Callable, Callable]:
     def base(inputs, out):
-        return ["segment", inputs["world"], "--split", "val", "-o", out, *rc.SEG_TINY, "--classes",
+        return ["segment", inputs["world"], "--split", "val", "-o", out, *rc.SEG_TINY, *SIDE, "--classes",
                 "star,circle", *dense[:-1], dense[-1] if dense[-1] != "WEIGHTS" else inputs["weights"]]
 
     def first(inputs, out, mode):
@@ -346,7 +350,7 @@ def _clip_args(inputs, out, mode: str, first: bool) -> list:
     shard = ["--shard", "0/2"] if first and mode in ("next shard", "plain run") else \
         ["--shard", "1/2"] if mode == "next shard" else []
     return ["segment", inputs["world"], "--split", "val", "-o", out, "--model", f"local-dir:{inputs['clip']}",
-            "--dense", "maskclip", "--classes", "star,circle", *rc.TEXT_ARGS, *rc.CPU, *shard]
+            "--dense", "maskclip", "--classes", "star,circle", *rc.TEXT_ARGS, *rc.CPU, *SIDE, *shard]
 
 
 def _resumed(args_of: Callable) -> Callable:
