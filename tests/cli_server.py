@@ -1,4 +1,6 @@
-"""The vpltool CLI as a fork server, for a test that runs the Makefile's pipeline (tests/test_demo_quality.py).
+"""The vpltool CLI as a fork server, for a test that runs the Makefile's pipeline (tests/test_demo_quality.py), and
+a Python file's runs the same way (:meth:`Server.script_command`: the torchrun ranks of tests/test_train_pgseg.py and
+tests/test_talk2dino_train.py, each a fork of a server that imported what a rank imports).
 
 Each command of a ``make`` run is a process of its own, and each spent ~2.5 CPU-s importing torch and the stage's
 libraries before its work (42 commands in the demo test's run). Here one server process imports them once, with

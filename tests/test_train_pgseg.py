@@ -226,11 +226,6 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, fami
 DDP_ATOL = 1e-6
 
 
-# a rank's last line, once its runs are on disk: the interpreter's exit then leaves out its final collections of
-# what torch, dynamo and the runs made (~1 CPU-s a rank on a 2-core Intel Cascade Lake; the files are closed)
-EXIT = ["import gc", "gc.freeze()"]
-
-
 # what a rank of these runs imports, once, in the fork server its ranks are forked from (tests/cli_server.py): each
 # rank otherwise paid ~5 CPU-s importing them (torch, dynamo for DistributedDataParallel, timm for the GroupViT,
 # scipy for the matching) before its few iterations
@@ -256,7 +251,7 @@ def _torchrun(script: Path, lines: list[str], server) -> subprocess.CompletedPro
     """``lines`` of Python (``script``, written) on 2 gloo ranks under torchrun, on this machine; it must exit 0.
     Each rank is ``script`` run by a fork of ``server`` (the libraries imported, no run made: a fresh rank), in
     the environment torchrun's agent gave it."""
-    script.write_text("\n".join(["import faulthandler", "faulthandler.enable(all_threads=True)", *lines, *EXIT]) + "\n")
+    script.write_text("\n".join(["import faulthandler", "faulthandler.enable(all_threads=True)", *lines]) + "\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(free_port()), "--no-python", *server.script_command(script)]
     done = subprocess.run(cmd, env=_rank_env(), capture_output=True, text=True, timeout=300)
