@@ -1,4 +1,6 @@
-"""The vpltool CLI as a fork server, for a test that runs the Makefile's pipeline (tests/test_demo_quality.py).
+"""The vpltool CLI as a fork server, for a test that runs the Makefile's pipeline (tests/test_demo_quality.py), and
+a Python file's runs the same way (:meth:`Server.script_command`: the torchrun ranks of tests/test_train_pgseg.py and
+tests/test_talk2dino_train.py, each a fork of a server that imported what a rank imports).
 
 Each command of a ``make`` run is a process of its own, and each spent ~2.5 CPU-s importing torch and the stage's
 libraries before its work (42 commands in the demo test's run). Here one server process imports them once, with
@@ -43,11 +45,12 @@ def _load_time(env: dict[str, str]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- the client
-def client(sock_path: str, argv: list[str]) -> int:
-    """Run ``vpltool ARGV`` through the server at ``sock_path`` on this process's stdio; its exit code."""
+def client(sock_path: str, argv: list[str], script: str | None = None) -> int:
+    """Run ``vpltool ARGV`` (or, given ``script``, ``python SCRIPT ARGV``) through the server at ``sock_path`` on this
+    process's stdio; its exit code."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(sock_path)
-        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "script": script}).encode()
         socket.send_fds(conn, [len(request).to_bytes(8, "big")], [0, 1, 2])
         conn.sendall(request)
         reply = conn.makefile("rb").read()
@@ -82,13 +85,24 @@ def _run_command(conn: socket.socket, base_env: dict[str, str], added: dict[str,
         print(f"cli_server: refused, a load-time variable differs from the server's: {differ}", file=sys.stderr)
         code = REFUSED
     else:
-        from vpltool.cli import main
-
-        sys.argv = ["vpltool", *request["argv"]]
         try:
-            main()
+            if request.get("script"):  # a Python file, as `python SCRIPT ARGV` runs it (a torchrun rank's)
+                import runpy
+
+                sys.argv = [request["script"], *request["argv"]]
+                runpy.run_path(request["script"], run_name="__main__")
+            else:
+                from vpltool.cli import main
+
+                sys.argv = ["vpltool", *request["argv"]]
+                main()
         except SystemExit as stop:
             code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except BaseException:  # what the interpreter prints of an uncaught exception, and its exit code
+            import traceback
+
+            traceback.print_exc()
+            code = 1
     _as_at_exit()
     conn.sendall(str(code).encode())
     conn.close()
@@ -174,6 +188,11 @@ class Server:
         """The ``VPL`` of a make run: this interpreter without site packages, running :func:`client`."""
         return f"{sys.executable} -S {__file__} client {self.sock_path}"
 
+    def script_command(self, script: os.PathLike) -> list[str]:
+        """``python SCRIPT`` through the server (a program for ``torchrun --no-python``: each rank a fork of the
+        server, its environment the rank's)."""
+        return [sys.executable, "-S", __file__, "script", self.sock_path, os.fspath(script)]
+
     def __exit__(self, *exc: object) -> None:
         self.proc.stdin.close()
         self.proc.wait()
@@ -183,5 +202,7 @@ class Server:
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "script":
+        sys.exit(client(sys.argv[2], sys.argv[4:], script=sys.argv[3]))
     else:
         sys.exit(client(sys.argv[2], sys.argv[3:]))

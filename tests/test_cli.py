@@ -53,14 +53,17 @@ _REFUSED = ("import sys\nfrom vpltool.cli import main\nsys.argv = ['vpltool', *s
 
 
 def test_a_refused_cam_or_segment_answers_before_torch_loads(world, tmp_path):
-    """A source or a prototypes file that is not there is one line and exit 2 before torch is imported: what a typo
-    costs is the CLI's start-up, not torch's (bench/bench_startup.py times it)."""
+    """A source or a prototypes file that is not there, or a --dense method no table or plugin has, is one line and
+    exit 2 before torch is imported: what a typo costs is the CLI's start-up, not torch's (bench/bench_startup.py
+    times it)."""
     missing = tmp_path / "no-such"
     protos = tmp_path / "p.safetensors"
     for args, named in ((["cam", missing, "-p", protos, "-o", tmp_path / "c1"], missing),
                         (["cam", world, "-p", protos, "-o", tmp_path / "c2"], protos),
                         (["segment", tmp_path / "no-photo.jpg", "--classes", "cat,dog", "-o", tmp_path / "s"],
-                         tmp_path / "no-photo.jpg")):
+                         tmp_path / "no-photo.jpg"),
+                        (["segment", world, "--classes", "cat,dog", "--dense", "no-such", "-o", tmp_path / "s"],
+                         "--dense 'no-such': choose none, maskclip")):
         r = pace.run([sys.executable, "-c", _REFUSED, *map(str, args)], 120, capture_output=True, text=True)
         assert r.stdout.strip() == "exit 2 torch False", (args, r.stdout, r.stderr)
         assert _error_lines(r.stderr) == [r.stderr.strip()] and str(named) in r.stderr, r.stderr

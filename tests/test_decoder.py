@@ -237,15 +237,20 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, port: int, pseudo: str, protos: str, out: str) -> None:
+    torch.set_num_threads(1)  # a forked rank: no OpenMP team of the parent's (none exists at 1 thread)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     run_train_decoder(pseudo, protos, out, replace(TINY, iters=2, batch_size=1), CPU)
 
 
 def test_ddp_two_cpu_processes_gloo(gt_pseudo, text_protos, tmp_path):
+    import torch._dynamo  # noqa: F401  (DistributedDataParallel imports it: here once, not in each rank)
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_worker, args=(_free_port(), str(gt_pseudo), str(text_protos), str(tmp_path)), nprocs=2, join=True)
+    # two ranks forked from this process start with torch, dynamo and vpltool imported and leave with os._exit
+    # (spawned, each paid ~6 CPU-s of imports and exit of its own before its 2 iterations)
+    mp.start_processes(_ddp_worker, args=(_free_port(), str(gt_pseudo), str(text_protos), str(tmp_path)), nprocs=2,
+                       join=True, start_method="fork")
     model, _ = load_decoder(tmp_path / "decoder.safetensors")
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2  # rank 0 alone logs

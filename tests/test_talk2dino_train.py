@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_server
 import pytest
 import torch
 from killed_runs import free_port, kill_at_checkpoint
@@ -72,7 +73,14 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, one_
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow  # two torchrun ranks and a third process: 27 CPU-s
+# what a rank imports, once, in the fork server its ranks are forked from (tests/cli_server.py; each rank otherwise
+# paid ~6 CPU-s importing them before its few iterations)
+RANK_PRELOAD = ("vpltool", "torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "timm", "open_clip",
+                "vpltool.config", "vpltool.stages.train_text", "vpltool.models.text.family",
+                "vpltool.models.text.talk2dino")
+
+
+@pytest.mark.slow  # two torchrun ranks (forks of a server) and their server
 def test_torchrun_two_gloo_ranks_give_one_process_weights(world, tmp_path, one_thread):
     cfg = dict(SMALL, batch_size=2)
     script = tmp_path / "ddp.py"
@@ -81,9 +89,13 @@ def test_torchrun_two_gloo_ranks_give_one_process_weights(world, tmp_path, one_t
         "from vpltool.stages.train_text import run_train_text",
         f"cfg = text_family('talk2dino').TrainConfig.recipe_config('demo', **{cfg!r})",
         f"run_train_text({str(world)!r}, {str(tmp_path / 'ddp')!r}, cfg, RuntimeConfig(device='cpu', workers=1))"]))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
-                           "127.0.0.1", "--master-port", str(free_port()), str(script)], env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    # torchrun's agent starts each rank as a client of the server: the rank is a fork of it, in the agent's
+    # environment for the rank (the server's load-time variables are the ranks', TORCH_* that torchrun sets too)
+    env = {**_env(), "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")}
+    with cli_server.Server(tmp_path / "sock", env, RANK_PRELOAD) as server:
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "--no-python",
+                               *server.script_command(script)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-6000:]
     one = run_train_text(world, tmp_path / "one", _cfg(batch_size=4), RuntimeConfig(device="cpu", workers=1)).model
     a, b = _weights(one), _weights(tmp_path / "ddp" / "talk2dino.safetensors")

@@ -12,6 +12,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import cli_server
 import numpy as np
 import pgseg_stand_in
 import pytest
@@ -225,12 +226,35 @@ def test_kill_9_and_resume_gives_the_uninterrupted_weights(world, tmp_path, fami
 DDP_ATOL = 1e-6
 
 
-def _torchrun(script: Path, lines: list[str]) -> subprocess.CompletedProcess:
-    """``lines`` of Python (``script``, written) on 2 gloo ranks under torchrun, on this machine; it must exit 0."""
+# what a rank of these runs imports, once, in the fork server its ranks are forked from (tests/cli_server.py): each
+# rank otherwise paid ~5 CPU-s importing them (torch, dynamo for DistributedDataParallel, timm for the GroupViT,
+# scipy for the matching) before its few iterations
+RANK_PRELOAD = ("vpltool", "torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "timm", "scipy.optimize",
+                "vpltool.config", "vpltool.config.pgseg", "vpltool.stages.train_text", "vpltool.models.text.pgseg",
+                "pgseg_stand_in")
+
+
+def _rank_env() -> dict[str, str]:
+    """The ranks' environment as far as a library reads it when it loads: the tests' (_env), with what torchrun's
+    agent adds that the fork server compares (TORCH_*)."""
+    return {**_env(), "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")}
+
+
+@pytest.fixture(scope="module")
+def rank_server(tmp_path_factory):
+    """One fork server for every torchrun rank of this module (its CPU time counted when it is stopped)."""
+    with cli_server.Server(tmp_path_factory.mktemp("rank_server") / "sock", _rank_env(), RANK_PRELOAD) as server:
+        yield server
+
+
+def _torchrun(script: Path, lines: list[str], server) -> subprocess.CompletedProcess:
+    """``lines`` of Python (``script``, written) on 2 gloo ranks under torchrun, on this machine; it must exit 0.
+    Each rank is ``script`` run by a fork of ``server`` (the libraries imported, no run made: a fresh rank), in
+    the environment torchrun's agent gave it."""
     script.write_text("\n".join(["import faulthandler", "faulthandler.enable(all_threads=True)", *lines]) + "\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), str(script)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+           "--master-port", str(free_port()), "--no-python", *server.script_command(script)]
+    done = subprocess.run(cmd, env=_rank_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-8000:]
     return done
 
@@ -247,7 +271,7 @@ STAND_IN_DDP = dict(SMALL, batch_size=2)  # the stand-in's: 2 ranks x batch 2 ag
 
 
 @pytest.fixture(scope="module")
-def two_ranks(world, tmp_path_factory) -> tuple[Path, str]:
+def two_ranks(world, tmp_path_factory, rank_server) -> tuple[Path, str]:
     """One torchrun of 2 gloo ranks that two tests read (its start-up, 3 processes' imports, paid once): the real
     pgseg family's run that goes through (``whole``) and the same run stopped after its iteration-2 checkpoint
     (``cut``), then, the tests' stand-in family installed in the same ranks, its run at batch 2 (``ddp``). A run
@@ -258,7 +282,7 @@ def two_ranks(world, tmp_path_factory) -> tuple[Path, str]:
         *IMPORTS, _train_line(world, root / "whole", REAL_DDP), _train_line(world, root / "cut", REAL_DDP,
                                                                             ", stop_after=2"),
         f"import sys; sys.path.insert(0, {str(TESTS)!r})", "import pgseg_stand_in", "pgseg_stand_in.install()",
-        "pgseg_stand_in.NOISE = False", _train_line(world, root / "ddp", STAND_IN_DDP)])
+        "pgseg_stand_in.NOISE = False", _train_line(world, root / "ddp", STAND_IN_DDP)], rank_server)
     return root, done.stderr
 
 
@@ -422,7 +446,7 @@ def test_an_empty_t_npr_selection_is_not_a_divergence():
     assert diverged({"loss": nan}, 1.0) and not diverged({"loss": 1.0}, 1.0)  # GroupViT: the loss is contrastive
 
 
-def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, two_ranks):
+def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, two_ranks, rank_server):
     """The pgseg family's tiny PGSeg (NPR on: gumbel noise, drop path, the text prototypes gathered across ranks)
     under torchrun, 2 gloo ranks x batch 2: a run stopped after its iteration-2 checkpoint and resumed gives the
     weights of the run that went through. (Not compared with one process at batch 4: on the CPU the projectors'
@@ -432,7 +456,7 @@ def test_torchrun_two_ranks_real_family_resumes_bit_exact(world, two_ranks):
     root = two_ranks[0]  # the run that went through, and the one stopped early (the two_ranks fixture)
     assert not (root / "cut" / "pgseg.safetensors").exists()
     # the resume: fresh ranks, as after a preemption
-    _torchrun(root / "resume.py", [*IMPORTS, _train_line(world, root / "cut", REAL_DDP, ", resume=True")])
+    _torchrun(root / "resume.py", [*IMPORTS, _train_line(world, root / "cut", REAL_DDP, ", resume=True")], rank_server)
     a = pgseg.load_checkpoint(root / "whole" / "pgseg.safetensors")[1]
     b = pgseg.load_checkpoint(root / "cut" / "pgseg.safetensors")[1]
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

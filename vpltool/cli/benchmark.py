@@ -68,9 +68,8 @@ def benchmark_cmd(
     from ..config.benchmarks import presets_table
     from ..errors import VplError
     from ..models.registry import segmenter_family
-    from ..stages.benchmark import run_benchmarks
 
-    if presets:
+    if presets:  # a listing: no model and no torch (stages.benchmark imports them)
         for row in [*presets_table(method), *_listed_presets(method)]:
             s = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
             extra = (" [" + ", ".join(f"{k}={v}" for k, v in row["extra"].items()) + "]") if row["extra"] else ""
@@ -104,6 +103,8 @@ def benchmark_cmd(
                                      shard=shard_of(shard), on_benchmark=lambda n: say(f"benchmark {methods[0]}: {n}"))]
         _print_tables(tables)
         return
+    from ..stages.benchmark import run_benchmarks
+
     tables = run_benchmarks(methods, roots, out, model_spec(model, pretrained, model_config_dir), knobs,
                             runtime(**run), shard=shard_of(shard),
                             on_benchmark=lambda m, n: say(f"benchmark {m}: {n}"))

@@ -102,10 +102,10 @@ def segment_cmd(
         return
     family, checkpoint = segmenting_model(model, pgseg)  # --pgseg FILE is --model pgseg:FILE; two files: one line
     dataset = open_dataset(data, split)  # torch-free: a missing or unreadable input is answered before torch loads
-    from ..stages.predict import parse_class_names
-    from ..stages.segment import class_list, run_segment
+    from ..data.class_files import parse_class_names
 
     if family != "clip":  # a text-supervised family's checkpoint (vpltool.stages.segment_text)
+        from ..stages.segment import class_list
         from ..stages.segment_text import run_segment_text
 
         names = class_list(dataset, None if classes is None else parse_class_names(classes))
@@ -121,6 +121,8 @@ def segment_cmd(
                         background=_S.background if background is None else background,
                         classes=None if classes is None else parse_class_names(classes), **knobs)
     warn_inert(cfg)
+    from ..stages.segment import run_segment  # torch: once the options are known good (a misspelt --dense is not)
+
     with progress("segment") as (on_start, on_item):
         s = run_segment(dataset, out, model_spec(model, pretrained, model_config_dir), cfg,
                         runtime(**run), shard=shard_of(shard),

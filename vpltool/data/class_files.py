@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .. import io
 from ..config.dense import DENSE_SPECS
 from ..errors import VplError
 from ..plugins.entry_points import DerivedMap
@@ -200,6 +201,20 @@ def class_file_queries(spec: str | os.PathLike, n_foreground: int, background_li
                    f"order ({n_foreground} lines, or {n_foreground + 1} with the background's words first)")
 
 
-__all__ = ["ASSETS", "BACKGROUND_MARK", "REFERENCE_SETS", "is_class_set", "class_file_path", "read_class_file",
-           "read_class_lines", "query_separator",
-           "check_class_file", "class_file_queries"]
+CLASSES_FILE = "a file with one class name per line, or names a,b,c"
+
+
+def parse_class_names(spec: str) -> tuple[str, ...]:
+    """``--classes``: a file with one class name per line (UTF-8, blank lines skipped) or ``a,b,c``; names
+    stripped. A value that looks like a file but is none (a typo, a folder, ``/dev/null``) is an error, never a
+    class name (:func:`vpltool.io.named_file`). The names are checked by :class:`PredictConfig` (non-empty, no
+    duplicates, no 'background')."""
+    path = io.named_file(spec, "--classes", CLASSES_FILE)
+    if path is not None:
+        return tuple(io.text_lines(path))
+    return tuple(name.strip() for name in spec.split(","))
+
+
+__all__ = ["ASSETS", "BACKGROUND_MARK", "CLASSES_FILE", "REFERENCE_SETS", "is_class_set", "class_file_path",
+           "read_class_file", "read_class_lines", "query_separator", "check_class_file", "class_file_queries",
+           "parse_class_names"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import io
 from ..config import RuntimeConfig, SegmentConfig
@@ -26,8 +26,10 @@ from ..data.benchmarks import BENCHMARK_ORDER, TITLES
 from ..data.class_files import is_class_set
 from ..errors import VplError
 from ..io.protocols import from_row
-from ..models import ModelSpec
 from ..models.registry import segmenter_family
+
+if TYPE_CHECKING:  # a name of annotations: `benchmark --presets` imports this module and no torch
+    from ..models import ModelSpec
 
 STAGE = "benchmark"
 

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from .. import io
 from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, presets, to_params
+from ..data.class_files import CLASSES_FILE, parse_class_names  # noqa: F401  (its home: torch-free)
 from ..decoder import (
     SegDecoder,
     class_argmax,
@@ -81,20 +82,6 @@ def _check_tokens(bb: ClipBackbone, path: Path, image_size: tuple[int, int], lon
     size = view_size(bb, *image_size, long_side, scale)
     grid = (size[0] // bb.patch_size, size[1] // bb.patch_size)
     check_tokens(path, size, grid, bb.patch_size, cfg.max_tokens, stage="predict", scale=scale)
-
-
-CLASSES_FILE = "a file with one class name per line, or names a,b,c"
-
-
-def parse_class_names(spec: str) -> tuple[str, ...]:
-    """``--classes``: a file with one class name per line (UTF-8, blank lines skipped) or ``a,b,c``; names
-    stripped. A value that looks like a file but is none (a typo, a folder, ``/dev/null``) is an error, never a
-    class name (:func:`vpltool.io.named_file`). The names are checked by :class:`PredictConfig` (non-empty, no
-    duplicates, no 'background')."""
-    path = io.named_file(spec, "--classes", CLASSES_FILE)
-    if path is not None:
-        return tuple(io.text_lines(path))
-    return tuple(name.strip() for name in spec.split(","))
 
 
 def check_vocabulary(names: tuple[str, ...], prompts: dict, decoder: Path) -> None:
