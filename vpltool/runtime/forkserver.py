@@ -147,12 +147,21 @@ def _run_command(conn: socket.socket, request: dict, fds: list[int], added: dict
     if "vpltool" in sys.modules:  # the process that started this one is the server (vpltool.cli.errors' check)
         sys.modules["vpltool"].LAUNCHED_BY = os.getppid()
     sys.argv = ["vpltool", *request["argv"]]
-    code = 0
+    code, interrupted = 0, False
     try:
         main()
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except KeyboardInterrupt:  # as an interpreter ends on one: the traceback, then death by SIGINT (the server
+        sys.excepthook(*sys.exc_info())  # tells the client, which dies of it in turn)
+        interrupted = True
+    except BaseException:  # noqa: BLE001 - as an interpreter ends on any other: the traceback, exit 1
+        sys.excepthook(*sys.exc_info())
+        code = 1
     _as_at_exit()
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     conn.sendall(f"exit {code}\n".encode())
     conn.close()
     os._exit(code)
