@@ -311,23 +311,32 @@ DEMO_REFINES = $(call pick,REFINES,none caa)
 DEMO_ROWS = DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' $(DEMO_START)
 # the demo's crf runs write sam-pseudo's start labels (START_LABELS), so that `make sam` after `make demo` runs no CRF
 DEMO_START = START_LABELS=$(call pick,START_LABELS,1)
+# `make demo` and the demo world's targets below run their recursive make's commands through one fork server
+# (vpltool/runtime/forkserver.py): a process that imports torch, open_clip and the stages once, at the first command,
+# and forks a child per command (the real CLI, FORK_ENTRY), instead of each of the demo's 41 processes paying ~2.8
+# CPU-s of imports; stopped when the make ends, however it ends. FORK_SERVER=0: each command a process of its own, as
+# is a VPL given on the command line (bench/vpl_timed.py, tests/test_make_targets.py's stand-in)
+FORK_SERVER ?= 1
+FORK_ENTRY ?= vpltool.cli:main
+FORKED = $(if $(and $(filter 1,$(FORK_SERVER)),$(filter file,$(origin VPL))),$(PYTHON) -S \
+  vpltool/runtime/forkserver.py make --python $(VENV)/bin/python --fallback $(VPL) --entry $(FORK_ENTRY) --)
 demo: setup-demo
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS) REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
+	$(FORKED) $(MAKE) --no-print-directory -j$(WORKERS) -O report $(DEMO_ROWS) REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's DINO affinity rows (AFFINITY_ROWS: CAA from DINO's attention), then the table again
 affinity: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= REFINES='$(DEMO_REFINES)' \
+	$(FORKED) $(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= REFINES='$(DEMO_REFINES)' \
 	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's SSR rows (REFINES with caa+sgc: its CAMs, CRF masks and decoder, a third candidate), then the table
 sgc: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= \
+	$(FORKED) $(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= \
 	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 ## The demo's SAM rows (PSEUDO=crf sam: sam-pseudo's masks from every refinement's vision CAMs, with the toy SAM
 ## of another world; their decoders are candidates of the choice), then the table
 sam: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	$(FORKED) $(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
 	  PSEUDO='$(call pick,PSEUDO,crf sam)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1) $(DEMO_START)
 
 # SAM 3 (as it is) and ActiveSAM with the shipped toy SAM 3 (`make toy-sam3`: world seed 20's train split, never
@@ -568,7 +577,7 @@ dense_size = $(subst --short-side,--dense-side,$(subst --slide-crop,--dense-crop
 DENSE_METRICS = $(foreach m,$(DENSE),$(RUN)/metrics/dense/$(m)/segment_val.json) \
   $(foreach m,$(DENSE_SEEDS),$(addprefix $(RUN)/metrics/dense/$(m)/,cams.json pseudo.json pred_val.json))
 dense: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	$(FORKED) $(MAKE) --no-print-directory -j$(WORKERS) -O report AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
 	  REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 dense-metrics: $(DENSE_METRICS)
 $(RUN)/dense/%/segment_val/_stage.json: $(DATA_DEP) $(MODEL_DEP)
@@ -604,14 +613,14 @@ $(RUN)/metrics/dense/%/pseudo.json: $(RUN)/dense/%/crf/_stage.json
 # image's labels, on every refinement's vision CAMs; their decoders are candidates of the choice. Not in make demo
 ## The demo's SAM 3 pseudo-mask rows (sam-pseudo --masks sam3, toy SAM 3; decoders chosen on train), then the table
 sam3-pseudo: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
+	$(FORKED) $(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE= DENSE_SEEDS= AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' \
 	  PSEUDO='$(call pick,PSEUDO,crf sam3)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1) $(DEMO_START)
 
 # SAM3_REGIONS' methods (`segment --dense M --region-masks sam3`, zero-shot on val), their settings above. Not in
 # make demo
 ## The demo's CorrCLIP, OV-Stitcher and TextRegion rows with the toy SAM 3's region masks, then the table
 sam3-regions: setup
-	$(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE='$(addsuffix @sam3,$(SAM3_REGIONS))' DENSE_SEEDS= \
+	$(FORKED) $(MAKE) --no-print-directory -j$(WORKERS) -O report DENSE='$(addsuffix @sam3,$(SAM3_REGIONS))' DENSE_SEEDS= \
 	  AFFINITY_ROWS= REFINES='$(DEMO_REFINES)' REPRODUCIBLE=$(call pick,REPRODUCIBLE,1)
 
 # the HTML report (`vpltool report`): every image's thumbnails, IoU per stage and detail view, from disk, offline

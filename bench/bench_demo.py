@@ -174,7 +174,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a tiny world and schedule: checks the script, not speed")
     ap.add_argument("--stages", action="store_true", help="time each target alone, in order (not `make demo`)")
     ap.add_argument("--per-command", action="store_true",
-                    help="time each vpltool process `make demo` starts (bench/vpl_timed.py as the Makefile's VPL)")
+                    help="time each vpltool process `make demo` starts (bench/vpl_timed.py as the Makefile's VPL; "
+                         "a VPL given on make's command line bypasses the fork server: each command a process)")
     ap.add_argument("--with-setup", action="store_true",
                     help="a fresh clone's make setup-demo (new .venv) and make demo, timed together; --run: the clone")
     args = ap.parse_args()

@@ -1,6 +1,8 @@
 """Runs ``vpltool ARGS`` and appends one JSON line to ``$VPL_TIMED_LOG``: the command, its arguments, its CPU
 seconds (user + system, children included) and its peak RSS. ``bench_demo.py --per-command`` passes it as the
-Makefile's ``VPL`` so that every stage process `make demo` starts is timed on its own (where the time goes).
+Makefile's ``VPL`` so that every stage process `make demo` starts is timed on its own (where the time goes). A ``VPL``
+given on make's command line bypasses `make demo`'s fork server (vpltool/runtime/forkserver.py): each command is a
+process of its own again, its imports included, so these figures are the plain processes' (FORK_SERVER=0's).
 
     VPL_TIMED_LOG=FILE python -S bench/vpl_timed.py VPLTOOL ARGS...
 

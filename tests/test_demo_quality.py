@@ -1,5 +1,5 @@
 """The demo world's quality bars, measured on the held-out split by running the real Makefile pipeline end to end
-(its commands through tests/cli_server.py: each a fork of one process that imported the libraries once).
+(its commands through vpltool/runtime/forkserver.py: each a fork of one process that imported the libraries once).
 
 Marked slow: a few minutes on 2 cores. CI runs it (`make test`); `make test-fast` skips it. The bars are the
 project's yardstick: text-prototype CAMs must clearly beat chance, vision prototypes must beat text prototypes,
@@ -28,8 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cli_server  # tests/ is on sys.path: the CLI as a fork server
 import pytest
+
+from vpltool.runtime import forkserver  # the CLI as a fork server
 
 import pace  # tests/ is on sys.path: hang bounds in idle-machine seconds
 
@@ -66,11 +67,11 @@ def demo_metrics(tmp_path_factory) -> dict:
     # `vpltool diagnose` (DIAGNOSE=), whose rows (metrics.json's other_layers) no bar here reads
     make = ["make", "-C", str(ROOT), "-j2", f"RUN={run}", f"VENV={venv}", "DEVICE=cpu", "DENSE=", "DENSE_SEEDS=",
             "AFFINITY_ROWS=", "REFINES=none caa", "REPRODUCIBLE=1", "DIAGNOSE=", *TEST_WORLD]
-    # each command a fork of one process that imported torch and the stages once (tests/cli_server.py: 42 commands,
-    # ~2.5 CPU-s of imports each), with the environment the Makefile exports to its commands
+    # each command a fork of one process that imported torch and the stages once (vpltool/runtime/forkserver.py:
+    # 42 commands, ~2.5 CPU-s of imports each), with the environment the Makefile exports to its commands
     commands_env = {**env, "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "VPLTOOL_REPRODUCIBLE": "1",
                     "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1")}
-    with cli_server.Server(tmp_path_factory.mktemp("cli_server") / "sock", commands_env) as server:
+    with forkserver.Server(tmp_path_factory.mktemp("forkserver") / "sock", commands_env) as server:
         for target in (f"{run}/metrics/caa+sgc/pseudo_text_val.json", f"{run}/metrics.json"):
             pace.run([*make, f"VPL={server.client_command()}", target], 1800, check=True, env=env,
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

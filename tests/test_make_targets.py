@@ -66,15 +66,32 @@ FAKE = textwrap.dedent("""\
     """)
 
 
-def make(tmp: Path, target: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
-    """``make TARGET`` on the run folder ``tmp/run`` with the stand-in; returns the result and the commands run."""
+# the stand-in as the fork server's entry (FORK_ENTRY): each child logs its pid and its parent's, then runs it
+FAKE_ENTRY = textwrap.dedent("""\
+    import os, runpy
+
+    def main():
+        with open(os.environ["FAKE_SERVED_LOG"], "a") as log:
+            log.write(f"{{os.getpid()}} {{os.getppid()}}\\n")
+        runpy.run_path({script!r}, run_name="__main__")
+    """)
+
+
+def make(tmp: Path, target: str, *extra: str, served: bool = False) -> tuple[subprocess.CompletedProcess,
+                                                                              list[list[str]]]:
+    """``make TARGET`` on the run folder ``tmp/run`` with the stand-in; returns the result and the commands run.
+    ``served``: the stand-in is no command-line ``VPL`` but the venv's vpltool and the fork server's entry (the
+    Makefile's own ``VPL``, so that its demo targets run their commands through the server)."""
     log = tmp / "log.jsonl"
     log.write_text("")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     env["FAKE_VPL_LOG"] = str(log)
+    vpl = [f"VPL={tmp / 'vpltool'}"]
+    if served:
+        env.update(FAKE_SERVED_LOG=str(tmp / "served.log"), PYTHONPATH=str(tmp), TMPDIR=str(tmp / "tmpdir"))
+        vpl = ["FORK_ENTRY=fakevpl:main"]
     result = pace.run(["make", "--no-print-directory", target, f"RUN={tmp / 'run'}", f"VENV={tmp / 'venv'}",
-                       f"VPL={tmp / 'vpltool'}", "WORKERS=2"], 120, cwd=ROOT, env=env, capture_output=True,
-                      text=True)
+                       *vpl, "WORKERS=2", *extra], 120, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result, [json.loads(line) for line in log.read_text().splitlines()]
 
@@ -95,6 +112,11 @@ def world(tmp_path: Path) -> Path:
     fake = tmp_path / "vpltool"
     fake.write_text(FAKE.format(python=sys.executable))
     fake.chmod(0o755)
+    (tmp_path / "venv" / "bin").mkdir()  # for the fork server: this interpreter, the stand-in as its entry
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "venv" / "bin" / "vpltool").symlink_to(fake)  # the client's fallback
+    (tmp_path / "fakevpl.py").write_text(FAKE_ENTRY.format(script=str(fake)))
+    (tmp_path / "tmpdir").mkdir()
     return tmp_path
 
 
@@ -162,6 +184,23 @@ def test_demo_then_sgc_dense_affinity_each_add_their_rows(world: Path):
     for target in ("demo", "sgc", "dense", "affinity", "sam"):
         _, again = make(world, target)
         assert again == [], (target, again)
+
+
+def test_demo_runs_its_commands_through_one_fork_server_and_leaves_nothing(world: Path):
+    """`make demo` (the Makefile's own VPL): every command of its recursive make is a child of one fork server
+    (vpltool/runtime/forkserver.py), the same commands as plain processes run; the server and its socket are gone
+    when make ends. FORK_SERVER=0: plain processes."""
+    _, served = make(world, "demo", served=True)
+    children = [line.split() for line in (world / "served.log").read_text().splitlines()]
+    assert len(children) == len(served) > 30  # each command a child (the stand-in as a fallback would log no line)
+    assert len({pid for pid, _ in children}) == len(children) and len({ppid for _, ppid in children}) == 1
+    assert list((world / "tmpdir").iterdir()) == []  # the socket's folder removed
+    assert not [p for p in Path("/proc").iterdir() if p.name == children[0][1]]  # the server ended
+    shutil.rmtree(world / "run")
+    (world / "served.log").unlink()
+    _, plain = make(world, "demo", "FORK_SERVER=0", served=True)
+    assert not (world / "served.log").exists()
+    assert sorted(map(json.dumps, plain)) == sorted(map(json.dumps, served))
 
 
 @pytest.mark.parametrize("target", ["demo", "sgc", "dense", "affinity", "sam", "sam3", "sam3-pseudo", "sam3-regions",

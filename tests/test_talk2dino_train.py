@@ -91,8 +91,9 @@ def test_torchrun_two_gloo_ranks_give_one_process_weights(world, tmp_path, one_t
         f"run_train_text({str(world)!r}, {str(tmp_path / 'ddp')!r}, cfg, RuntimeConfig(device='cpu', workers=1))"]))
     # torchrun's agent starts each rank as a client of the server: the rank is a fork of it, in the agent's
     # environment for the rank (the server's load-time variables are the ranks', TORCH_* that torchrun sets too)
-    env = {**_env(), "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")}
-    with cli_server.Server(tmp_path / "sock", env, RANK_PRELOAD) as server:
+    env = cli_server.rank_env({**_env(), "TORCH_NCCL_ASYNC_ERROR_HANDLING":
+                               os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")})
+    with cli_server.ScriptServer(tmp_path / "sock", env, RANK_PRELOAD) as server:
         done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "--no-python",
                                *server.script_command(script)], env=env, capture_output=True, text=True, timeout=300)

@@ -237,13 +237,14 @@ RANK_PRELOAD = ("vpltool", "torch", "torch.distributed", "torch.nn.parallel", "t
 def _rank_env() -> dict[str, str]:
     """The ranks' environment as far as a library reads it when it loads: the tests' (_env), with what torchrun's
     agent adds that the fork server compares (TORCH_*)."""
-    return {**_env(), "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")}
+    return cli_server.rank_env({**_env(), "TORCH_NCCL_ASYNC_ERROR_HANDLING":
+                                os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")})
 
 
 @pytest.fixture(scope="module")
 def rank_server(tmp_path_factory):
     """One fork server for every torchrun rank of this module (its CPU time counted when it is stopped)."""
-    with cli_server.Server(tmp_path_factory.mktemp("rank_server") / "sock", _rank_env(), RANK_PRELOAD) as server:
+    with cli_server.ScriptServer(tmp_path_factory.mktemp("rank_server") / "sock", _rank_env(), RANK_PRELOAD) as server:
         yield server
 
 
