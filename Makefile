@@ -853,7 +853,7 @@ quoted = $(subst ','"'"',$(1))
 # their defaults are those above, the demo world's; the comments above each say more
 HELP_VARS = RUN DATA DATA_DEP MODEL PRETRAINED MODEL_DEP DEVICE TRAIN_SPLIT EVAL_SPLIT VAL_SPLIT TEMPLATES BACKGROUND \
   REFINE REFINES PSEUDO PSEUDO_REFINE START_LABELS SAM_PSEUDO_MODEL SAM_PSEUDO_WEIGHTS SAM3_PSEUDO_WEIGHTS ITERS DEC_ITERS DEC_ARGS PRED_ARGS WORKERS \
-  TEST_WORKERS
+  TEST_WORKERS FORK_SERVER
 doc_RUN = the run folder: every stage writes its folder here
 doc_DATA = the dataset (a VOC or COCO root, a folder or a manifest); the demo renders its world here
 doc_DATA_DEP = the file the features depend on: the rendered world; empty (DATA_DEP=) for a real dataset
@@ -876,6 +876,7 @@ doc_SAM_PSEUDO_MODEL = sam-pseudo's SAM: vit_b | vit_l | vit_h | toy (the demo's
 doc_SAM_PSEUDO_WEIGHTS = its weights (make voc / make coco with PSEUDO=sam: SAM's released checkpoint)
 doc_SAM3_PSEUDO_WEIGHTS = SAM 3's weights of PSEUDO=sam3 and make sam3-regions (the demo's: a toy SAM 3 trained on another world; make voc / make coco: SAM 3's own)
 doc_ITERS = learn-prototypes --iters
+doc_FORK_SERVER = 1: the demo world's targets run their commands as forks of one process that imported the libraries once; 0: a process each
 doc_DEC_ITERS = train-decoder --iters (the paper: 30000)
 doc_DEC_ARGS = other train-decoder options (the paper: --recipe vpl; empty = the vpl recipe's own)
 doc_PRED_ARGS = other predict options (the paper: --crf)
