@@ -1,6 +1,6 @@
 """vpltool's command line in this process, its click command tree built once: typer's ``CliRunner.invoke(app)``
 builds it from the app on every call (~0.04 CPU-s for its ~30 commands; the method matrix and the ledger's rows
-invoke it hundreds of times). The app registers no command after import (robustness_cases.invoke does the same)."""
+invoke it hundreds of times, the robustness table ~700). The app registers no command after import."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import functools
 import json
 import os
 import re
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISDIR
 from unittest import mock
+
+import cli_once  # tests/ is on sys.path
 
 from pace import Budget  # tests/ is on sys.path
 
@@ -83,25 +84,10 @@ class Outcome:
         return " / ".join(self.error_lines or self.warning_lines or [*self.note_lines, self.last_line])
 
 
-@functools.cache
-def _click_command():
-    """vpltool's click command tree, built once: typer's CliRunner builds it from the app on every invoke (37 ms
-    for its ~60 commands, ~700 invokes a table run); the app registers no command after import."""
-    from typer.main import get_command
-
-    from vpltool.cli import app
-
-    return get_command(app)
-
-
 def invoke(*args: object):
-    """The CLI in this process (typer's CliRunner: stdout and stderr together in ``result.output``)."""
-    import typer.testing
-
-    from vpltool.cli import app
-
-    with mock.patch.object(typer.testing, "_get_command", lambda typer_app: _click_command()):
-        return typer.testing.CliRunner().invoke(app, [str(a) for a in args])
+    """The CLI in this process (typer's CliRunner: stdout and stderr together in ``result.output``), its click
+    command tree built once (tests/cli_once.py: ~700 invokes a table run)."""
+    return cli_once.invoke(list(args))
 
 
 def cli_ok(*args: object) -> None:
