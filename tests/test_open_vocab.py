@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from vpltool import io
 from vpltool.config import DecoderConfig, PredictConfig, RuntimeConfig
+from vpltool.data.class_files import parse_class_names
 from vpltool.decoder import (
     SegDecoder,
     cmpa_loss,
@@ -24,7 +25,7 @@ from vpltool.decoder import (
     spherical_kmeans,
 )
 from vpltool.errors import VplError
-from vpltool.stages.predict import parse_class_names, run_predict
+from vpltool.stages.predict import run_predict
 from vpltool.stages.train_decoder import compute_losses, run_train_decoder
 from vpltool.stages.train_decoder.data import held_out_label_map
 

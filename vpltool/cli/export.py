@@ -61,9 +61,9 @@ def export_cmd(
       vpltool export -o naclip.onnx --dense naclip --classes cat,dog,sofa --size 480x640
       vpltool export -o pgseg.onnx --model pgseg:runs/gv/pgseg.safetensors --classes cat,dog --size 480x640
     """
+    from ..data.class_files import parse_class_names
     from ..errors import VplError
     from ..stages.export import check_exportable, export_decoder, export_dense, export_text, parse_size
-    from ..stages.predict import parse_class_names
     from .segment import _slide
     from .values import segmenting_model
 

@@ -292,7 +292,8 @@ def predict_cmd(
     Example:
       vpltool predict runs/voc/decoder/decoder.safetensors --split val -o runs/voc/pred_val
     """
-    from ..stages.predict import parse_class_names, run_predict
+    from ..data.class_files import parse_class_names
+    from ..stages.predict import run_predict
 
     model_at = clip_folder(model)
     if feature_store is not None:  # a file in the way: one line now, not after the CLIP loads

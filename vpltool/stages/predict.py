@@ -39,7 +39,6 @@ from torch import Tensor
 
 from .. import io
 from ..config import NOT_COMPARED, CrfConfig, PredictConfig, RuntimeConfig, check_tokens, presets, to_params
-from ..data.class_files import CLASSES_FILE, parse_class_names  # noqa: F401  (its home: torch-free)
 from ..decoder import (
     SegDecoder,
     class_argmax,
