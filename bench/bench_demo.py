@@ -178,7 +178,12 @@ def main() -> None:
                          "a VPL given on make's command line bypasses the fork server: each command a process)")
     ap.add_argument("--with-setup", action="store_true",
                     help="a fresh clone's make setup-demo (new .venv) and make demo, timed together; --run: the clone")
+    ap.add_argument("--fast", action="store_true",
+                    help="make demo in fast mode at fp32 (REPRODUCIBLE=0, VPLTOOL_ASSUME_AMX=0) in place of its "
+                         "reproducible mode: what that mode costs, and whether the README's table still comes out")
     args = ap.parse_args()
+    if args.fast and (args.with_setup or args.stages):
+        ap.error("--fast times `make demo` alone: leave out --with-setup and --stages")
     venv = Path(sys.executable).parent.parent
     run = args.run or Path(tempfile.mkdtemp(prefix="bench-demo-"))
     shutil.rmtree(run, ignore_errors=True)
@@ -195,16 +200,21 @@ def main() -> None:
                   "total_s": round(sum(seconds.values()), 1)}
     else:
         log, env = run.parent / f"{run.name}.commands.jsonl", None
+        if args.fast:  # fp32 on every CPU: a CPU with AMX would turn --precision auto into bf16
+            env, extra = {**os.environ, "VPLTOOL_ASSUME_AMX": "0"}, (*extra, "REPRODUCIBLE=0")
         if args.per_command:
             log.unlink(missing_ok=True)
-            env = {**os.environ, "VPL_TIMED_LOG": str(log)}
+            env = {**(env or os.environ), "VPL_TIMED_LOG": str(log)}
             wrapper = f"{sys.executable} -S {ROOT / 'bench' / 'vpl_timed.py'} {venv / 'bin' / 'vpltool'}"
             extra = (*extra, f"VPL={wrapper}")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         total = make("demo", run, venv, extra, env)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        timing = {"how": "make demo (make -jWORKERS -O report, the demo's rows)", "total_s": total,
+        how = "make demo (make -jWORKERS -O report, the demo's rows)"
+        if args.fast:
+            how += ", in fast mode at fp32 (REPRODUCIBLE=0, VPLTOOL_ASSUME_AMX=0), not its reproducible mode"
+        timing = {"how": how, "total_s": total,
                   "cpu_s": round(cpu, 1), "cpu_target_s": 600}
         if args.per_command:
             timing["per_command"] = per_command(log)

@@ -284,6 +284,15 @@ def demo_section(d: dict) -> list[str]:
         lines += ["", f"{d.get('how')}: CPU-s {num(d['setup'].get('cpu_s'))} (setup) + {num(d['demo'].get('cpu_s'))} "
                       f"(make demo) = **{num(d.get('cpu_s'))}** (target <= {num(d.get('cpu_target_s'))}); the total "
                       "above is the wall time of both."]
+    elif d.get("cpu_s") is not None:  # bench_demo.py: make demo alone (its mode in ``how``)
+        lines += ["", f"CPU-s of {d.get('how')}: **{num(d['cpu_s'])}**, no setup recorded beside it (the target, <= "
+                      f"{num(d.get('cpu_target_s'))}, counts a fresh clone's setup too); the total above is its wall "
+                      "time."]
+    readme = d.get("readme") or {}
+    if readme.get("rows_compared"):
+        differ = "; ".join(f"{m['row']} {m['split']}: {m['run']} against {m['readme']}" for m in readme["mismatches"])
+        lines += ["", f"README's table: {readme['rows_compared']} rows compared to the printed 0.1, "
+                      + (f"differing: {differ}." if differ else "every figure the same.")]
     pct = lambda v: num(100 * v if v is not None else None)  # noqa: E731
     rows = [[k, *(pct(v.get(split)) for split in ("train", "val"))] if isinstance(v, dict) else [k, pct(v), "—"]
             for k, v in d.get("miou", {}).items()]
@@ -642,6 +651,20 @@ def sam3_footprint_section(d: dict) -> list[str]:
     return lines
 
 
+
+def mode_cost_section(d: dict) -> list[str]:
+    """bench_mode_cost.py: reproducible mode's products and pipeline beside fast mode's (fp32 both)."""
+    rows = [["x".join(map(str, p["shape"])), num(p["fast_gflop_per_s"]), num(p["reproducible_gflop_per_s"]),
+             num(p["reproducible_over_fast"])] for p in d["products"]]
+    pipe = d["pipeline"]
+    tables = pipe["tables"]
+    return [*table(["fp32 product (rows x inner x outputs)", "fast GFLOP/s", "reproducible GFLOP/s",
+                    "reproducible / fast time"], rows, "lrrr"), "",
+            f"{sentence(pipe['what'])} CPU-seconds, fast: {pipe['cpu_s']['fast']}; reproducible: "
+            f"{pipe['cpu_s']['reproducible']} (median ratio {num(pipe['reproducible_over_fast'])}). The two tables: "
+            f"{tables['figures']} figures, at most {num(tables['max_abs_diff_miou'])} apart in mIoU, "
+            f"{len(tables['cells_differ_at_0_1'])} differing at the printed 0.1."]
+
 SECTIONS = {"demo": ("make demo: time per stage, and with its setup where measured", demo_section),
             "cam": ("cam: the original CLIP-ES vs vpltool, whole commands", cam_section),
             "learn-prototypes": ("learn-prototypes: 3000 iterations", learn_prototypes_section),
@@ -668,12 +691,14 @@ SECTIONS = {"demo": ("make demo: time per stage, and with its setup where measur
             "sam3-classes": ("SAM 3 and ActiveSAM: the cost of the class count (bench_sam3_classes.py)",
                              sam3_classes_section),
             "sam3-footprint": ("SAM 3 in bf16 on the CPU: footprint and distance from fp32 (bench_sam3_footprint.py)",
-                               sam3_footprint_section)}
+                               sam3_footprint_section),
+            "mode-cost": ("What reproducible mode costs: its products and the demo pipeline beside fast mode's "
+                          "(bench_mode_cost.py)", mode_cost_section)}
 
 
 # results whose figures hold for the CPU they ran on alone (the two CPU libraries' speeds differ by CPU): their title
 # names it, so that each machine has its own table
-PER_CPU = ("vs-reference", "radseg-vs-reference", "textregion-vs-reference", "cpu_linear")
+PER_CPU = ("vs-reference", "radseg-vs-reference", "textregion-vs-reference", "cpu_linear", "mode-cost")
 
 
 def cpu_label(data: dict) -> str:
