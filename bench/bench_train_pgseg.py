@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -324,6 +325,17 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     root = args.work or Path(tempfile.mkdtemp(prefix="bench_train_pgseg_"))
+    try:
+        run(args, root)
+    finally:
+        if args.work is None:  # a folder of its own (28 MB of checkpoints and photos a quick run): removed
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args, root: Path) -> None:
+    """The configs' rounds and the loader's rates in ``root``; prints the JSON object."""
+    import benchlib  # beside this script (main's sys.path)
+
     t0 = time.time()
     peaks = benchlib.PeakMemory("cpu")
     result = {"benchmark": "train-pgseg", "quick": args.quick, "machine": benchlib.machine("cpu"),
