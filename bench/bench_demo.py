@@ -121,10 +121,13 @@ def per_command(log: Path) -> dict:
 
 
 def timed_make(target: str, clone: Path, extra: tuple[str, ...] = (), env: dict | None = None) -> dict:
-    """``make TARGET`` in ``clone`` (its own ``.venv``): wall seconds and the CPU seconds of every process it ran."""
+    """``make TARGET EXTRA`` in ``clone`` (its own ``.venv`` unless ``extra`` names another): wall seconds and the CPU
+    seconds of every process it ran. A failure exits with the target and the tail of make's stderr."""
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    subprocess.run(["make", "-C", str(clone), target, *extra], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.PIPE, env=env)
+    proc = subprocess.run(["make", "-C", str(clone), target, *extra], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"make {target} failed:\n{proc.stderr[-3000:]}")
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}

@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_demo import timed_make  # noqa: E402
+from bench_reproducible import variant_env  # noqa: E402
+
 import benchlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +74,9 @@ print(json.dumps(out))
 
 
 def mode_env(mode: str) -> dict[str, str]:
-    """This shell's environment without its mode's variables, in ``mode``, fp32 on every CPU, one thread."""
-    env = {k: v for k, v in os.environ.items() if k not in numerics.pinned_environment()}
-    env.update({numerics.MODE_ENV: MODES[mode], numerics.ASSUME_AMX_ENV: "0", "OMP_NUM_THREADS": "1"})
-    return env
+    """bench_reproducible.py's environment of the variant ``mode`` (this shell's without its mode's variables, one
+    thread), with the mode asked (the products' probe runs no make) and fp32 on every CPU."""
+    return {**variant_env(mode), numerics.MODE_ENV: MODES[mode], numerics.ASSUME_AMX_ENV: "0"}
 
 
 def products(mode: str, shapes) -> list[dict]:
@@ -87,18 +89,10 @@ def products(mode: str, shapes) -> list[dict]:
 def pipeline(mode: str, run: Path, settings: tuple[str, ...]) -> dict:
     """``make RUN/metrics.json`` from nothing in ``mode``: wall and CPU seconds of the run, and its table."""
     shutil.rmtree(run, ignore_errors=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(["make", "-C", str(ROOT), "--no-print-directory", "-j2", f"RUN={run}",
-                           f"VENV={Path(sys.executable).parent.parent}", f"REPRODUCIBLE={MODES[mode]}", *settings,
-                           f"{run}/metrics.json"], env=mode_env(mode), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode}: make failed:\n{proc.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    table = json.loads((run / "metrics.json").read_text())
-    return {"wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(cpu, 1), "figures": figures(table)}
+    timing = timed_make(f"{run}/metrics.json", ROOT, ("--no-print-directory", "-j2", f"RUN={run}",
+                                                      f"VENV={Path(sys.executable).parent.parent}",
+                                                      f"REPRODUCIBLE={MODES[mode]}", *settings), mode_env(mode))
+    return {**timing, "figures": figures(json.loads((run / "metrics.json").read_text()))}
 
 
 def figures(table: dict) -> dict[str, float]:
