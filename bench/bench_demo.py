@@ -210,15 +210,11 @@ def main() -> None:
             env = {**(env or os.environ), "VPL_TIMED_LOG": str(log)}
             wrapper = f"{sys.executable} -S {ROOT / 'bench' / 'vpl_timed.py'} {venv / 'bin' / 'vpltool'}"
             extra = (*extra, f"VPL={wrapper}")
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        total = make("demo", run, venv, extra, env)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        demo = timed_make("demo", ROOT, (*extra, f"RUN={run}", f"VENV={venv}", "DEVICE=cpu"), env)
         how = "make demo (make -jWORKERS -O report, the demo's rows)"
         if args.fast:
             how += ", in fast mode at fp32 (REPRODUCIBLE=0, VPLTOOL_ASSUME_AMX=0), not its reproducible mode"
-        timing = {"how": how, "total_s": total,
-                  "cpu_s": round(cpu, 1), "cpu_target_s": 600}
+        timing = {"how": how, "total_s": demo["wall_s"], "cpu_s": demo["cpu_s"], "cpu_target_s": 600}
         if args.per_command:
             timing["per_command"] = per_command(log)
     metrics = json.loads(((run_dir if args.with_setup else run) / "metrics.json").read_text())
