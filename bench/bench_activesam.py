@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -69,7 +68,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "parity")]
-from sidebyside import claim_stdout, one_at_a_time, race, serve  # noqa: E402
+from sidebyside import claim_stdout, count_flops, one_at_a_time, race, serve  # noqa: E402
 
 GOAL = 0.8
 # the reference's keyword -> vpltool's knob, for the settings both sides are given
@@ -267,38 +266,6 @@ def cpu_profile(unit, top: int) -> dict:
             "ops_by_name": [[k, round(v, 3)] for k, v in collections.Counter(
                 {n: sum(v for k, v in ops.items() if k.split(" ")[0] == n)
                  for n in {k.split(" ")[0] for k in ops}}).most_common(top)]}
-
-
-def count_flops(fn) -> tuple[object, dict]:
-    """One call of ``fn`` under torch's ``FlopCounterMode``: its output and ``{"gflop", "by_op_gflop"}`` (per op,
-    rounded to 1e-3), the multiply-adds (x2) of every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``),
-    convolution (transposed too) and attention (``q kᵀ`` and ``· v``) it dispatched, from their shapes; all other
-    work counts 0. The CPU's
-    fused attention (``_scaled_dot_product_flash_attention_for_cpu``, what ``F.scaled_dot_product_attention`` runs
-    on a CPU) is missing from torch's table, so it is given SDPA's formula here, and oneDNN's and MKL's packed linear
-    layers (vpltool's products; the reference runs none) theirs."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_sdpa(query_shape, key_shape, value_shape, *_, out_shape=None, **__) -> int:
-        return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-    def linear(x_shape, w_shape, *_, out_shape=None, **__) -> int:  # oneDNN's (x, w, ...): vpltool's products
-        return 2 * math.prod(x_shape) * w_shape[0]
-
-    def mkl_linear(x_shape, _packed, w_shape, *_, out_shape=None, **__) -> int:  # MKL's packed (x, packed, w, ...)
-        return 2 * math.prod(x_shape) * w_shape[0]
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
-               torch.ops.mkldnn._linear_pointwise: linear}
-    if hasattr(torch.ops.mkl, "_mkl_linear"):
-        mapping[torch.ops.mkl._mkl_linear] = mkl_linear
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with counter:
-        out = fn()
-    by_op = counter.get_flop_counts().get("Global", {})
-    return out, {"gflop": counter.get_total_flops() / 1e9,
-                 "by_op_gflop": {str(k): round(v / 1e9, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
 
 
 def gemm_probes(arch: str) -> dict:

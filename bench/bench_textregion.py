@@ -12,6 +12,10 @@ round); the ratio is vpltool's CPU-seconds over the reference's, per round over 
 median over the rounds. The goal: at most 0.8. Per round each process's peak resident memory (its whole life,
 the model's building included: Linux's ``VmHWM``, each side's own) and the load average; the last round's outputs
 of the two sides compared (vpltool's logits, probabilities and labels against those the reference saved, untimed).
+The **floor** beside the ratio (issue 79's rule): in the last round the reference runs each photo's ``predict`` once
+more after its timed one, untimed, under torch's FLOP counter (its runner's ``--count-flops``); after the rounds this
+CPU's fp32 GEMM rate is probed (``benchlib.gemm_rates``); the floor is those FLOPs at the fastest rate, all other work
+free, over the reference's CPU-seconds on the same photos in each round, the median over the rounds.
 """
 
 from __future__ import annotations
@@ -95,13 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
            "CUDA_VISIBLE_DEVICES": ""}
     rounds = []
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         import shutil
 
         shutil.rmtree(work / "ref", ignore_errors=True)
         cmd = [sys.executable, str(ROOT / "parity" / "textregion_ref_runner.py"), "--clone", str(args.ref),
                "--clip-weights", str(s["pt"]), "--masks", str(s["masks"][0].parent), "--out", str(work / "ref"),
-               *map(str, s["photos"])]
+               *(["--count-flops"] if i == args.rounds - 1 else []), *map(str, s["photos"])]
         load = os.getloadavg()[0]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
@@ -118,11 +122,22 @@ def main(argv: list[str] | None = None) -> None:
                        "rss_peak_mib": {"vpltool": our_peak, "reference": ref_peak},
                        "load_average_1min": {"before": round(load, 2), "after": round(os.getloadavg()[0], 2)}})
     ratio = statistics.median(r["ratio"] for r in rounds)
-    print(json.dumps({"benchmark": "textregion-vs-reference", "machine": benchlib.machine("cpu"),
+    gflop = [p.get("predict_gflop") for p in ref_meta["photos"]]  # the last round's count
+    probes = benchlib.gemm_rates()
+    peak = max(v for k, v in probes.items() if k.endswith("_gflops"))
+    floor = None if None in gflop else {
+        "what": "the reference's GEMM, convolution and attention FLOPs on the photos (torch's FlopCounterMode over "
+                "each photo's predict once more, untimed) at the fastest fp32 rate measured here (benchlib.gemm_rates"
+                "' probes, one thread), all else free, over the reference's CPU-seconds on them (median of rounds)",
+        "reference_gflop": [round(g, 3) for g in gflop], "probes": probes, "peak_gflops_per_s": peak,
+        "floor_seconds": round(sum(gflop) / peak, 3),
+        "floor_over_reference": round(statistics.median(sum(gflop) / peak / sum(r["reference"]) for r in rounds), 3)}
+    print(json.dumps({"benchmark": "textregion-vs-reference", "machine": benchlib.machine("cpu", probes),
                       "reference": {"repo": "avaxiao/TextRegion", "commit": tp.commit_of(args.ref)},
                       "model": s["name"] + " (random, seed 0)", "config": tp.CONFIG, "images": args.images,
                       "photos": [p.name for p in s["photos"]], "threads": 1, "precision": "fp32",
-                      "rounds": rounds, "ratio_median": ratio, "goal": GOAL, "goal_met": ratio <= GOAL,
+                      "rounds": rounds, "ratio_median": ratio, "floor": floor, "goal": GOAL,
+                      "goal_met": ratio <= GOAL,
                       "rss_peak_mib": {k: max((r["rss_peak_mib"][k] for r in rounds if r["rss_peak_mib"][k]),
                                               default=None) for k in ("vpltool", "reference")},
                       "outputs": outputs, "command": " ".join(["python", "bench/bench_textregion.py",

@@ -3,6 +3,7 @@ prints ONE JSON object.
 
     python bench/bench_vs_reference.py --refs DIR [--methods talk2dino,talk2dino_step,talk2dino_run,corrclip,proxyclip]
         [--pairs 5] [--work DIR]
+    python bench/bench_vs_reference.py --floor-from RESULT.json --work DIR
 
 ``--refs DIR`` holds the clones the parity runners read (names as :data:`CLONES`): Talk2DINO (lorebianchi98,
 4918c2d) with facebookresearch/dinov2 (b8931f7) as ``dinov2``; CorrCLIP (zdk258, 103bc18); ProxyCLIP (mc-lan,
@@ -34,6 +35,13 @@ process's CPU-seconds (user + sys) and its wall time. The figure is the median o
 CPU-seconds over the reference's (``ratio_median``); the bar: at most :data:`BAR`. The last unit's outputs of the
 two sides are compared (``outputs``), so that the figure is of the same arithmetic. The machine is shared with
 other work: its load average is recorded before and after each method.
+
+The **floor** beside each ratio (:func:`floor_of`): after its timed units the reference's worker runs one more unit,
+untimed, under torch's FLOP counter (``sidebyside``'s ``flops``: every matrix product, convolution and attention
+from its shapes); once every method has run, this CPU's fp32 GEMM rate is probed (``benchlib.gemm_rates``: MKL,
+oneDNN, MKL's packed product); the floor is the reference's FLOPs at the fastest rate measured (unit (a)'s roofline
+shapes included), all other work free, over the reference's median CPU-seconds: the least ratio the same arithmetic
+allows on this CPU. ``--floor-from JSON --work DIR``: the floors of an earlier result alone, nothing timed.
 """
 
 from __future__ import annotations
@@ -334,6 +342,7 @@ def measure(method: str, args) -> dict:
         rows = alternate(ref, ours, args.pairs)
         ours.save(work / "vpltool_out.pt")
         ref.save(work / "reference_out.pt")
+        counted = ref.ask("flops")  # one more unit of the reference's, untimed: the arithmetic its floor is made of
     finally:
         ours.close()
         ref.close()
@@ -351,7 +360,7 @@ def measure(method: str, args) -> dict:
             "wall_seconds_median": {k: v["wall"] for k, v in med.items()},
             "bar": BAR, "bar_met": statistics.median(ratios) <= BAR, "outputs": outputs,
             "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
-            "seconds": round(time.perf_counter() - start, 1)}
+            "seconds": round(time.perf_counter() - start, 1), "reference_flops": counted}
 
 
 UNITS = {"talk2dino": f"(a) one training step of 6 photos at {T2D_SIDE} px (DINOv2 ViT-B/14 reg4, 12 blocks; the "
@@ -415,6 +424,70 @@ def roofline(cpu: dict, threads: int) -> dict:
             "least_ratio_on_this_arithmetic": round(floor / cpu["reference"], 3)}
 
 
+def floor_of(result: dict, probes: dict, roofline_peak: float | None = None) -> dict:
+    """The floor under one method's unit on this CPU (issue 79's rule): the reference's GEMM, convolution and
+    attention FLOPs on a unit (``result["reference_flops"]``: its worker's ``flops``, ``sidebyside.count_flops``)
+    at the fastest fp32 rate measured here (``probes``: :func:`benchlib.gemm_rates`; ``roofline_peak``: unit (a)'s
+    roofline's fastest shape, GFLOP/s, where it ran), all other work free, over the reference's median CPU-seconds:
+    the least ratio that arithmetic allows on this CPU."""
+    rates = {k[:-7]: v for k, v in probes.items() if k.endswith("_gflops")}
+    if roofline_peak:
+        rates["roofline"] = roofline_peak
+    peak = max(rates.values())
+    gflop = result["reference_flops"]["gflop"]
+    seconds = gflop / peak
+    return {"what": "the reference's GEMM, convolution and attention FLOPs on a unit (torch's FlopCounterMode over "
+                    "one more unit of its worker, untimed) at the fastest fp32 rate measured here (benchlib.gemm_rates"
+                    "' probes and, for (a), its roofline's shapes; one thread), all else free, over the reference's "
+                    "median CPU-seconds",
+            "reference_gflop": round(gflop, 3), "rates_gflops_per_s": rates, "peak_gflops_per_s": peak,
+            "floor_seconds": round(seconds, 3),
+            "floor_over_reference": round(seconds / result["cpu_seconds_median"]["reference"], 3)}
+
+
+def floors(methods: dict, threads: int) -> dict:
+    """:func:`floor_of` for each method that counted its reference's FLOPs, the GEMM probes run once here (after
+    every timed unit, the workers closed); the probes' rates as measured."""
+    import torch
+
+    torch.set_num_threads(threads)
+    probes = benchlib.gemm_rates()
+    peak = methods.get("talk2dino", {}).get("roofline", {}).get("peak_gflops_per_s")
+    for result in methods.values():
+        if result.get("reference_flops"):
+            result["floor"] = floor_of(result, probes, peak)
+    return probes
+
+
+def floor_from(path: Path, args) -> dict:
+    """``--floor-from JSON``: an earlier result of this script with each method's floor added (:func:`floor_of`),
+    its timed pairs as they are: per method the reference's worker alone, in that run's work folder
+    (``--work``/METHOD, its ``inputs.json``), counts one unit (nothing timed), then the probes run."""
+    try:
+        earlier = json.loads(path.read_text())
+        methods = earlier["methods"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--floor-from {path}: not a result of this script ({e})") from None
+    threads = str(earlier.get("threads", args.threads))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore",
+           "CUDA_VISIBLE_DEVICES": "", "XFORMERS_DISABLED": "1"}
+    for method, result in methods.items():
+        work = (args.work / method).resolve()
+        if not (work / "inputs.json").is_file():
+            raise SystemExit(f"--floor-from {path}: {work / 'inputs.json'} missing; give the --work that run used")
+        ref = Side("reference", [sys.executable, HERE / "vs_reference_ref.py", method, "--inputs",
+                                 work / "inputs.json", "--threads", threads], work / "reference_floor.log", env)
+        try:
+            result["reference_flops"] = ref.ask("flops")
+        finally:
+            ref.close()
+    probes = floors(methods, int(threads))
+    earlier["floor_run"] = {"command": " ".join(["python", "bench/bench_vs_reference.py", *sys.argv[1:]]),
+                            "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
+                            "machine": benchlib.machine("cpu", probes), "probes": probes}
+    return earlier
+
+
 def gemm_of(methods: dict) -> dict | None:
     """Each library's fastest fp32 GEMM rate the roofline measured on this CPU (GFLOP/s), for the machine's
     identity: ``{"mkl_gflops", "onednn_gflops"}``; None where no roofline ran."""
@@ -462,9 +535,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_vs_reference"), help="weights, photos, logs")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--merge", type=Path, nargs="+", help="print the merge of these results of this script and exit")
+    ap.add_argument("--floor-from", type=Path, metavar="JSON",
+                    help="print this earlier result with each method's floor added (its reference's FLOPs counted "
+                         "in the --work that run used, nothing timed), and exit")
     args = ap.parse_args(argv)
     if args.merge:
         print(json.dumps(merge(args.merge), indent=1))
+        return
+    if args.floor_from:
+        print(json.dumps(floor_from(args.floor_from, args), indent=1))
         return
     if args.refs is None:
         ap.error("--refs is required")
@@ -479,6 +558,7 @@ def main(argv: list[str] | None = None) -> None:
     methods = {m: measure(m, args) for m in args.methods.split(",")}
     if "talk2dino" in methods:
         methods["talk2dino"]["roofline"] = roofline(methods["talk2dino"]["cpu_seconds_median"], args.threads)
+    probes = floors(methods, args.threads)
     commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()
     print(json.dumps({"benchmark": "vs-reference", "what": "vpltool / the reference's own code, CPU-seconds of the "
                       "same unit of work, same weights and inputs, fp32, alternating pairs, medians",
@@ -489,7 +569,8 @@ def main(argv: list[str] | None = None) -> None:
                       **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
                       "reference_commits": {k: benchlib.clone_commit(clone(args.refs, k)) for k in CLONES
                                             if any(p.name.lower() == CLONES[k].lower() for p in args.refs.iterdir())},
-                      "machine": benchlib.machine("cpu", gemm_of(methods)), "cpu_linear": cpu_linear(args.threads),
+                      "machine": benchlib.machine("cpu", gemm_of(methods) or probes),
+                      "cpu_linear": cpu_linear(args.threads),
                       "methods": methods}, indent=1))
 
 

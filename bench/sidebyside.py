@@ -11,13 +11,16 @@ A worker builds its models once, then answers one line per command on a private 
   alone (Linux's peak reset before it, :func:`reset_peak`; None where it cannot be reset);
 * ``save PATH``: ``torch.save`` of what the last unit returned (the driver compares the two sides' outputs);
 * any word of the worker's own ``commands`` (:func:`serve`): that function's dict as one JSON line (untimed work
-  after the timed units, e.g. a bench's FLOP count of a unit: :meth:`Side.ask`);
+  after the timed units: :meth:`Side.ask`);
+* ``flops`` (where ``commands`` has no word of that name): one more unit, untimed, under torch's FLOP counter
+  (:func:`count_flops`), answered ``{"gflop", "by_op_gflop"}``: the arithmetic a bench's floor is made of;
 * ``quit``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -72,6 +75,38 @@ def trim_heap() -> None:
         pass
 
 
+def count_flops(fn) -> tuple[object, dict]:
+    """One call of ``fn`` under torch's ``FlopCounterMode``: its output and ``{"gflop", "by_op_gflop"}`` (per op,
+    rounded to 1e-3), the multiply-adds (x2) of every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``),
+    convolution (transposed too) and attention (``q kᵀ`` and ``· v``) it dispatched, from their shapes; all other
+    work counts 0. The CPU's
+    fused attention (``_scaled_dot_product_flash_attention_for_cpu``, what ``F.scaled_dot_product_attention`` runs
+    on a CPU) is missing from torch's table, so it is given SDPA's formula here, and oneDNN's and MKL's packed linear
+    layers (vpltool's products; the reference runs none) theirs."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *_, out_shape=None, **__) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    def linear(x_shape, w_shape, *_, out_shape=None, **__) -> int:  # oneDNN's (x, w, ...): vpltool's products
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    def mkl_linear(x_shape, _packed, w_shape, *_, out_shape=None, **__) -> int:  # MKL's packed (x, packed, w, ...)
+        return 2 * math.prod(x_shape) * w_shape[0]
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
+               torch.ops.mkldnn._linear_pointwise: linear}
+    if hasattr(torch.ops.mkl, "_mkl_linear"):
+        mapping[torch.ops.mkl._mkl_linear] = mkl_linear
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        out = fn()
+    by_op = counter.get_flop_counts().get("Global", {})
+    return out, {"gflop": counter.get_total_flops() / 1e9,
+                 "by_op_gflop": {str(k): round(v / 1e9, 3) for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])}}
+
+
 def serve(unit: Callable[[], object], trim: bool = False,
           commands: dict[str, Callable[[], dict]] | None = None) -> None:
     """Answer the driver's commands (module docstring) with ``unit``, a function of no argument doing one unit;
@@ -100,6 +135,8 @@ def serve(unit: Callable[[], object], trim: bool = False,
             print("saved", file=proto)
         elif cmd in (commands or {}):
             print(json.dumps(commands[cmd]()), file=proto)
+        elif cmd == "flops":
+            print(json.dumps(count_flops(unit)[1]), file=proto)
         elif cmd == "quit":
             return
 

@@ -23,8 +23,8 @@ from benchlib import ISA_FLAGS, cpu_name, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 # sections in pipeline order, others after
-ORDER = ("gpu-pipeline", "demo", "cam", "dense-parity", "learn-prototypes", "crf", "densecrf", "decoder",
-         "decoder-paper", "decoder-host", "stage-costs")
+ORDER = ("units-vs-reference", "gpu-pipeline", "demo", "cam", "dense-parity", "learn-prototypes", "crf", "densecrf",
+         "decoder", "decoder-paper", "decoder-host", "stage-costs")
 BEGIN, END = "<!-- stage-costs:begin -->", "<!-- stage-costs:end -->"
 
 
@@ -513,12 +513,20 @@ def vs_reference_section(d: dict) -> list[str]:
         same = (f"loss Δ {num(out['loss_abs_diff'], 2)}" if "loss_abs_diff" in out else
                 "losses not compared (other views of the photos)" if "loss" in out else
                 f"logits Δ {num(out['logits_max_abs_diff'], 2)}, labels {out['labels_equal']:.2%}")
+        floor = (m.get("floor") or {}).get("floor_over_reference")
         rows.append([method, m["unit"], num(m["cpu_seconds_median"]["vpltool"]),
                      num(m["cpu_seconds_median"]["reference"]), num(m["ratio_median"]),
-                     "met" if m["bar_met"] else "**not met**", same])
+                     "—" if floor is None else num(floor), "met" if m["bar_met"] else "**not met**", same])
     lines = [sentence(d.get("shared_machine")), "", *table(
-        ["method", "unit of work", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)",
-         f"bar ≤ {next(iter(d['methods'].values()))['bar']}", "outputs"], rows, "llrrrll")]
+        ["method", "unit of work", "vpltool CPU-s", "reference CPU-s", "ratio (median of pairs)", "floor",
+         f"bar ≤ {next(iter(d['methods'].values()))['bar']}", "outputs"], rows, "llrrrrll")]
+    floors = [m["floor"] for m in d["methods"].values() if m.get("floor")]
+    if floors:
+        f = floors[0]
+        lines += ["", f"The floor: {sentence(f['what'])} The fastest rate measured: "
+                  f"{num(f['peak_gflops_per_s'])} GFLOP/s; each method's reference FLOPs a unit: " + "; ".join(
+                      f"{k} {num(v['floor']['reference_gflop'])} GFLOP" for k, v in d["methods"].items()
+                      if v.get("floor")) + "."]
     peaks = {m: v["rss_peak_mib"] for m, v in d["methods"].items() if v.get("rss_peak_mib")}
     if peaks:
         lines += ["", "Peak resident memory of each side's process (MiB, vpltool / reference): " + "; ".join(
@@ -652,6 +660,30 @@ def sam3_footprint_section(d: dict) -> list[str]:
 
 
 
+def outputs_line(out: dict) -> str:
+    """A bench's compared outputs in a few words: the largest difference it recorded and the labels' agreement."""
+    parts = []
+    for key, value in out.items():
+        if key.endswith("abs_diff") and isinstance(value, (int, float)):
+            parts.append(f"{key.removesuffix('_max_abs_diff').removesuffix('_abs_diff')} Δ {num(value, 2)}")
+        elif key == "labels_equal":
+            shares = value if isinstance(value, list) else [value]
+            parts.append(f"labels {min(shares):.2%}")
+    return ", ".join(parts) or "losses not compared (other views)"
+
+
+def units_section(d: dict) -> list[str]:
+    """units_vs_reference.py: every unit of one CPU with its ratio, floor, goal, outputs and both sides' memory."""
+    rows = []
+    for name, u in d["units"].items():
+        mem = u.get("rss_peak_mib") or {}
+        rows.append([name, num(u["ratio"]), num(u["floor"]), num(u["goal"]),
+                     "met" if u["goal_met"] else "**not met**", outputs_line(u["outputs"]),
+                     f"{num(mem.get('vpltool'))} / {num(mem.get('reference'))}", f"`{u['file']}`"])
+    return [sentence(d["what"]), "", *table(["unit", "ratio", "floor", "goal", "", "outputs",
+                                              "peak MiB (vpltool / reference)", "from"], rows, "lrrrllll")]
+
+
 def mode_cost_section(d: dict) -> list[str]:
     """bench_mode_cost.py: reproducible mode's products and pipeline beside fast mode's (fp32 both)."""
     rows = [["x".join(map(str, p["shape"])), num(p["fast_gflop_per_s"]), num(p["reproducible_gflop_per_s"]),
@@ -692,13 +724,16 @@ SECTIONS = {"demo": ("make demo: time per stage, and with its setup where measur
                              sam3_classes_section),
             "sam3-footprint": ("SAM 3 in bf16 on the CPU: footprint and distance from fp32 (bench_sam3_footprint.py)",
                                sam3_footprint_section),
+            "units-vs-reference": ("Every unit against its reference's own code, one CPU (units_vs_reference.py)",
+                                   units_section),
             "mode-cost": ("What reproducible mode costs: its products and the demo pipeline beside fast mode's "
                           "(bench_mode_cost.py)", mode_cost_section)}
 
 
 # results whose figures hold for the CPU they ran on alone (the two CPU libraries' speeds differ by CPU): their title
 # names it, so that each machine has its own table
-PER_CPU = ("vs-reference", "radseg-vs-reference", "textregion-vs-reference", "cpu_linear", "mode-cost")
+PER_CPU = ("vs-reference", "radseg-vs-reference", "textregion-vs-reference", "cpu_linear", "mode-cost",
+           "units-vs-reference")
 
 
 def cpu_label(data: dict) -> str:

@@ -41,7 +41,9 @@ hands ``postprocess_result``), ``logits`` ``[1, Q, H0, W0]`` (what its softmax r
 ``region_logit_scale``), ``probs`` ``[1, C, H0, W0]`` and ``pred`` ``[H0, W0]`` (what ``postprocess_result``
 returns) and ``pred_argmax`` (its ``postprocess_result`` again with ``prob_thd`` 0). ``meta.json`` also holds each
 photo's ``predict`` CPU-seconds (its masks handed over at once: ``bench/bench_textregion.py`` reads them) and the
-process's peak resident memory (``rss_peak_mib``: Linux's ``VmHWM``, its building included).
+process's peak resident memory (``rss_peak_mib``: Linux's ``VmHWM``, its building included). ``--count-flops``: each
+photo's ``predict`` once more after its outputs are saved, untimed, under torch's FLOP counter
+(``bench/sidebyside.py``'s ``count_flops``): ``predict_gflop``, the arithmetic the bench's floor is made of.
 """
 
 from __future__ import annotations
@@ -249,6 +251,14 @@ def run(args) -> None:
             shapes.append({"file": path.name, "ori_shape": list(ori), "input_shape": list(x.shape[-2:]),
                            "regions_fed": int(len(seg.sam2_generator.current)),
                            "regions_kept": int(len(seen["region_logits"])), "predict_cpu_seconds": round(cpu, 3)})
+            if args.count_flops:  # after the outputs are saved: the same predict again, untimed, counted
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+                from sidebyside import count_flops
+
+                again = Sample({"ori_shape": ori, "img_shape": tuple(x.shape[-2:]), "img_path": str(path)})
+                again.ori_shape = ori
+                with torch.no_grad(), cuda_to_cpu():
+                    shapes[-1]["predict_gflop"] = round(count_flops(lambda: seg.predict(x, [again]))[1]["gflop"], 3)
     meta = {"kwargs": {k: (dict(v) if isinstance(v, dict) else v) for k, v in kwargs.items()},
             "resize_scale": list(cfg["scale"]), "query_words": list(words), "query_idx": [int(i) for i in idx],
             "photos": shapes, "stubbed": STUBBED,
@@ -278,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", default="", help="JSON [long, short]: the Resize scale in place of the config's")
     ap.add_argument("--overrides", default="{}", help="JSON: segmentor keyword arguments over the config's")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--count-flops", action="store_true",
+                    help="each photo's predict once more, untimed, under torch's FLOP counter (predict_gflop)")
     run(ap.parse_args(argv))
 
 

@@ -57,6 +57,46 @@ def test_two_workers_alternate_and_their_prints_stay_off_the_protocol(tmp_path):
     assert first.proc.returncode == 0 and second.proc.returncode == 0
 
 
+COUNTED = """
+import sys
+sys.path.insert(0, {bench!r})
+import sidebyside, torch
+sidebyside.claim_stdout()
+x, w, calls = torch.ones(4, 8), torch.ones(8, 3), []
+
+def unit():
+    calls.append(1)
+    return {{"out": x @ w, "calls": len(calls)}}
+
+sidebyside.serve(unit)
+"""
+
+
+def test_a_worker_counts_one_more_unit_untimed_and_the_floor_is_its_flops_at_the_fastest_rate(tmp_path):
+    """``flops``: one more unit under torch's FLOP counter (2 x 4 x 8 x 3 multiply-adds), answered as a count, the
+    unit run (the saved output after it is that unit's); bench_vs_reference's floor: those FLOPs at the fastest
+    probe (or the roofline's shape where faster), over the reference's median CPU-seconds."""
+    side = sidebyside.Side("ref", [sys.executable, "-c", COUNTED.format(bench=str(ROOT / "bench"))],
+                           tmp_path / "ref.log", {**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        side.run()
+        counted = side.ask("flops")
+        side.save(tmp_path / "out.pt")
+    finally:
+        side.close()
+    assert counted["gflop"] * 1e9 == 2 * 4 * 8 * 3 and counted["by_op_gflop"] == {"aten.mm": 0.0}
+    assert torch.load(tmp_path / "out.pt")["calls"] == 1  # save gives the last timed unit's output, not the count's
+    sys.path.insert(0, str(ROOT / "parity"))
+    import bench_vs_reference as bv
+
+    result = {"reference_flops": {"gflop": 30.0}, "cpu_seconds_median": {"reference": 2.0, "vpltool": 1.5}}
+    probes = {"shape": "914x768x3072", "mkl_gflops": 50.0, "onednn_gflops": 60.0}
+    floor = bv.floor_of(result, probes)
+    assert floor["peak_gflops_per_s"] == 60.0 and floor["floor_seconds"] == 0.5
+    assert floor["floor_over_reference"] == 0.25
+    assert bv.floor_of(result, probes, roofline_peak=100.0)["floor_over_reference"] == 0.15
+
+
 def test_the_page_shows_each_recorded_ratio_and_its_bar():
     sys.path.insert(0, str(ROOT / "docgen"))
     import make_table
@@ -66,3 +106,37 @@ def test_the_page_shows_each_recorded_ratio_and_its_bar():
     for method, m in recorded["methods"].items():
         row = next(line for line in lines.splitlines() if line.startswith(f"| {method} |"))
         assert make_table.num(m["ratio_median"]) in row and ("**not met**" in row) != m["bar_met"]
+
+
+def _result(tmp_path: Path, name: str, cpu_model: int, **fields) -> Path:
+    identity = {"vendor": "AuthenticAMD", "family": 25, "model": cpu_model, "stepping": 1, "generation": "Zen 4"}
+    path = tmp_path / name
+    path.write_text(json.dumps({"machine": {"cpu_identity": identity}, **fields}))
+    return path
+
+
+def test_one_cpu_s_units_merge_with_their_floors_and_goals_and_another_cpu_is_refused(tmp_path):
+    """units_vs_reference.py: each bench's units with ratio, floor, outputs and both sides' memory; the goal is 0.8
+    where the floor is at most 0.8, else the floor + 0.1; a file of another CPU, or naming none, is refused."""
+    import pytest
+    import units_vs_reference as uv
+
+    vs = _result(tmp_path, "vs.json", 17, benchmark="vs-reference", command="python bench/bench_vs_reference.py",
+                 methods={"corrclip": {"unit": "one photo", "ratio_median": 0.7, "outputs": {"labels_equal": 1.0},
+                                       "rss_peak_mib": {"vpltool": 2000.0, "reference": 2400.0},
+                                       "floor": {"floor_over_reference": 0.85}}})
+    sam = _result(tmp_path, "sam.json", 17, benchmark="sam3-vs-reference", model="full-size SAM 3", unit="a photo",
+                  ratio_median=0.82, outputs={"labels_equal": 1.0}, floor={"floor_over_reference_median": 0.6},
+                  unit_rss_peak_mib_max={"vpltool": 5000.0, "reference": 6000.0})
+    merged = uv.merge([vs, sam])
+    corr, full = merged["units"]["corrclip"], merged["units"]["sam3 (full)"]
+    assert (corr["floor"], corr["goal"], corr["goal_met"]) == (0.85, 0.95, True)  # the floor is above 0.8
+    assert (full["floor"], full["goal"], full["goal_met"]) == (0.6, 0.8, False)
+    assert full["rss_peak_mib"] == {"vpltool": 5000.0, "reference": 6000.0} and full["file"] == "sam.json"
+    other = _result(tmp_path, "other.json", 1, benchmark="radseg-vs-reference", ratio_median=0.9, outputs={})
+    with pytest.raises(SystemExit, match="other.json: another CPU.*model 1 vs 17"):
+        uv.merge([vs, other])
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"benchmark": "vs-reference", "machine": {"cpu": "AMD EPYC"}, "methods": {}}))
+    with pytest.raises(SystemExit, match="bare.json: records no CPU family"):
+        uv.merge([bare])
