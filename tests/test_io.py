@@ -107,6 +107,28 @@ def test_tensors_round_trip_with_metadata(tmp_path):
         f["not_there"]
 
 
+def test_safetensors_are_read_into_aligned_memory_of_their_own(tmp_path):
+    """Each tensor its own 64-byte-aligned allocation (torch's), whatever its offset in the file (here 8-byte
+    ones, a header of odd length before them): the library's values, dtypes and shapes, no view of a shared buffer."""
+    from safetensors.torch import load_file, save_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(3, generator=gen), "b": torch.randn(5, 7, generator=gen),
+               "c": torch.arange(3, dtype=torch.int64), "d": torch.randn(2, 3, generator=gen).bfloat16(),
+               "empty": torch.empty(0, 4), "flag": torch.tensor([True, False])}
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, str(path), metadata={"pad": "x" * 13})
+    offsets = [e["data_offsets"][0] for k, e in json.loads(path.read_bytes()[8:8 + int.from_bytes(
+        path.read_bytes()[:8], "little")]).items() if k != "__metadata__"]
+    assert any(o % 64 for o in offsets)  # the file places some tensor off a 64-byte line
+    got, want = io.read_safetensors(path), load_file(str(path))
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and torch.equal(got[name], value)
+        assert got[name].numel() == 0 or got[name].data_ptr() % 64 == 0
+    assert len({t.untyped_storage().data_ptr() for t in got.values() if t.numel()}) == 5  # no shared buffer
+
+
 def test_wrong_kind_is_refused_naming_the_file(tmp_path):
     path = _write(tmp_path / "a.safetensors", kind="cam")
     with pytest.raises(ContractError) as e:

@@ -171,34 +171,40 @@ def _entry(name: str, entry: dict, data_bytes: int) -> tuple[Any, list[int], int
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """A safetensors file's tensors in this process's own memory: the file read once into one buffer, each tensor
-    a view of it. ``safetensors.torch.load_file`` maps the file instead, so a model that keeps its tensors (a load
-    with ``assign``) computes with the file's pages: a file rewritten in place during a run changed the weights
-    under it, and one cut short killed the run with SIGBUS. A file this reader cannot make sense of (cut short, a
-    header it does not know) is handed to the library, whose error says what is wrong."""
+    """A safetensors file's tensors in this process's own memory, each read straight from the file into its own
+    allocation (torch's, 64-byte aligned), the whole file read once. ``safetensors.torch.load_file`` maps the file
+    instead, so a model that keeps its tensors (a load with ``assign``) computes with the file's pages: a file
+    rewritten in place during a run changed the weights under it, and one cut short killed the run with SIGBUS.
+    Each tensor aligned, not a view at its file offset (a multiple of 8 bytes): MKL's product of a one-row input
+    (its matrix-vector kernel) gave other bits for a weight off a 64-byte line than for an aligned one on an AMD
+    Zen 4, so a loaded model and its copy, or one file and the same weights saved with a longer header, computed
+    apart. A file this reader cannot make sense of (cut short, a header it does not know) is handed to the library,
+    whose error says what is wrong."""
     import torch
 
+    from .pages import CutShort
+
     path = Path(path)
-    if sys.byteorder != "little":  # the format's byte order is this machine's: views need no swap
+    if sys.byteorder != "little":  # the format's byte order is this machine's: no swap to make
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    with open(path, "rb") as fh:  # not zero-filled first (bytearray's doubled the cost), nor in huge pages
-        buffer = read_buffer(os.fstat(fh.fileno()).st_size)
-        got = fh.readinto(memoryview(buffer))
     try:
-        size = int.from_bytes(buffer[:8].tobytes(), "little")
-        header = json.loads(buffer[8:8 + size].tobytes()) if got == len(buffer) and 8 + size <= got else None
-        start, out = 8 + size, {}
-        for name, entry in (header or {}).items():
-            if name == "__metadata__":
-                continue
-            dtype, shape, count, begin, _ = _entry(name, entry, got - start)
-            out[name] = (torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin).reshape(shape)
-                         if count else torch.empty(shape, dtype=dtype))
-        if header is not None:
+        with open(path, "rb") as fh:
+            total = os.fstat(fh.fileno()).st_size
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size <= total - 8:
+                raise ValueError(path)
+            header, start, out = json.loads(fh.read(size)), 8 + size, {}
+            for name, entry in header.items():
+                if name == "__metadata__":
+                    continue
+                dtype, shape, count, begin, end = _entry(name, entry, total - start)
+                out[name] = torch.empty(shape, dtype=dtype)  # not zero-filled: every byte is read in
+                if count:
+                    read_at(fh, start + begin, memoryview(out[name].reshape(-1).view(torch.uint8).numpy()))
             return out
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, CutShort):
         pass
     from safetensors.torch import load_file
 
