@@ -324,14 +324,19 @@ def compare(method: str, ours: dict, ref: dict) -> dict:
             "labels_equal": float((ours["pred"].reshape(-1) == ref["pred"].reshape(-1)).float().mean())}
 
 
+def worker_env(threads: str) -> dict:
+    """The environment of both sides' worker processes: ``threads`` threads, no GPU, no xformers, no warnings."""
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore",
+            "CUDA_VISIBLE_DEVICES": "", "XFORMERS_DISABLED": "1"}
+
+
 def measure(method: str, args) -> dict:
     import torch
 
     work = (args.work / method).resolve()
     work.mkdir(parents=True, exist_ok=True)
     threads = str(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore",
-           "CUDA_VISIBLE_DEVICES": "", "XFORMERS_DISABLED": "1"}
+    env = worker_env(threads)
     load_before = round(os.getloadavg()[0], 2)
     start = time.perf_counter()
     ours = Side("vpltool", [sys.executable, __file__, "--worker", method, "--work", work, "--refs", args.refs,
@@ -473,8 +478,7 @@ def floor_from(path: Path, args) -> dict:
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"--floor-from {path}: not a result of this script ({e})") from None
     threads = str(earlier.get("threads", args.threads))
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore",
-           "CUDA_VISIBLE_DEVICES": "", "XFORMERS_DISABLED": "1"}
+    env = worker_env(threads)
     for method, result in methods.items():
         work = (args.work / method).resolve()
         if not (work / "inputs.json").is_file():

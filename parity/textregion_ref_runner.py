@@ -184,6 +184,10 @@ def run(args) -> None:
     import numpy as np
     import torch
 
+    if args.count_flops:  # the bench's FLOP counter (bench/sidebyside.py: no vpltool import), imported once
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+        from sidebyside import count_flops
+
     torch.set_num_threads(args.threads)
     install_openmmlab_stubs()
     install_pkg_resources_stub()
@@ -252,9 +256,6 @@ def run(args) -> None:
                            "regions_fed": int(len(seg.sam2_generator.current)),
                            "regions_kept": int(len(seen["region_logits"])), "predict_cpu_seconds": round(cpu, 3)})
             if args.count_flops:  # after the outputs are saved: the same predict again, untimed, counted
-                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-                from sidebyside import count_flops
-
                 again = Sample({"ori_shape": ori, "img_shape": tuple(x.shape[-2:]), "img_path": str(path)})
                 again.ori_shape = ori
                 with torch.no_grad(), cuda_to_cpu():

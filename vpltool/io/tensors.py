@@ -170,6 +170,16 @@ def _entry(name: str, entry: dict, data_bytes: int) -> tuple[Any, list[int], int
     return dtype, shape, count, begin, end
 
 
+def _header(fh) -> tuple[dict, int, int]:
+    """An open safetensors file's JSON header, the byte where its data starts and the file's size; ValueError where
+    the header's stated length does not fit in the file."""
+    total = os.fstat(fh.fileno()).st_size
+    size = int.from_bytes(fh.read(8), "little")
+    if not 0 < size <= total - 8:
+        raise ValueError(fh.name)
+    return json.loads(fh.read(size)), 8 + size, total
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
     """A safetensors file's tensors in this process's own memory, each read straight from the file into its own
     allocation (torch's, 64-byte aligned), the whole file read once. ``safetensors.torch.load_file`` maps the file
@@ -191,15 +201,12 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
         return load_file(str(path))
     try:
         with open(path, "rb") as fh:
-            total = os.fstat(fh.fileno()).st_size
-            size = int.from_bytes(fh.read(8), "little")
-            if not 0 < size <= total - 8:
-                raise ValueError(path)
-            header, start, out = json.loads(fh.read(size)), 8 + size, {}
+            header, start, total = _header(fh)
+            out = {}
             for name, entry in header.items():
                 if name == "__metadata__":
                     continue
-                dtype, shape, count, begin, end = _entry(name, entry, total - start)
+                dtype, shape, count, begin, _ = _entry(name, entry, total - start)
                 out[name] = torch.empty(shape, dtype=dtype)  # not zero-filled: every byte is read in
                 if count:
                     read_at(fh, start + begin, memoryview(out[name].reshape(-1).view(torch.uint8).numpy()))
@@ -222,12 +229,10 @@ def read_safetensors_as(path: str | os.PathLike, dtypes: Mapping[str, Any]) -> d
 
     path = Path(path)
     try:
+        if sys.byteorder != "little":
+            raise ValueError(path)
         with open(path, "rb") as fh:
-            total = os.fstat(fh.fileno()).st_size
-            size = int.from_bytes(fh.read(8), "little")
-            if sys.byteorder != "little" or not 0 < size <= total - 8:
-                raise ValueError(path)
-            header, start = json.loads(fh.read(size)), 8 + size
+            header, start, total = _header(fh)
             out, buffer = {}, read_buffer(0)
             for name, want in dtypes.items():
                 dtype, shape, count, begin, end = _entry(name, header[name], total - start)
