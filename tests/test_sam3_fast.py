@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from transformers.models.sam3 import modeling_sam3 as hf
 
 from vpltool.models import load_model
-from vpltool.models.backbones import sam3_fast
+from vpltool.models.backbones import onednn, sam3_fast
 from vpltool.models.backbones.sam3 import Sam3, Sam3Spec
 from vpltool.models.backbones.sam3_files import write_tiny
+from vpltool.runtime.numerics import reproducible_asked
 
 PROMPTS = ["a red square", "a blue circle", "stripes"]
 FAST = (sam3_fast.ComplexRoPEAttention, sam3_fast.LayoutDetrDecoder, sam3_fast.FusedReluMLP,
@@ -56,6 +57,12 @@ def test_the_model_loads_with_the_cpu_layouts_in_place(model):
     assert sam3_fast.speed_up(_transformers_own(model).model) == sum(isinstance(m, FAST) for m in model.model.modules())
     assert not any(type(m) is hf.Sam3MLP and isinstance(m.activation_fn, torch.nn.ReLU)
                    for m in model.model.modules())
+    # the ViT's linear layers, and only its, take oneDNN's route (none in reproducible mode or without oneDNN)
+    (vit,) = [m for m in model.model.modules() if isinstance(m, hf.Sam3ViTModel)]
+    routed = {id(m) for m in model.model.modules() if isinstance(m, onednn.OneDnnLinear)}
+    want = onednn.available() and not reproducible_asked()
+    assert routed == ({id(m) for m in vit.modules() if isinstance(m, torch.nn.Linear)} if want else set())
+    assert not want or len(routed) > 4
     photo = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     image = model.encode_image(model.prepare(photo))
     assert model.head_conv == "channels_last"

@@ -141,17 +141,10 @@ class Sam3:
     :data:`.sam3_fast.HEAD_CONVS`)."""
 
     def __init__(self, model, device: torch.device, spec: Sam3Spec | None = None):
-        from transformers.models.sam3 import modeling_sam3 as hf
-
-        from .onednn import use_onednn
         from .sam3_fast import speed_up
 
         self.model, self.spec, self.device = model.eval().requires_grad_(False).to(device), spec, device
         speed_up(self.model)  # the same sums laid out for the CPU (sam3_fast; transformers' own in reproducible mode)
-        # the ViT's fp32 linear layers (over half of a full-size photo) through the library this CPU runs faster, per
-        # shape with margin (onednn.py's route; MKL's in reproducible mode): on an AMD Zen 4 oneDNN ran its products
-        # at 95-107 GFLOP/s against MKL's 87-92, one thread
-        use_onednn(*(m for m in self.model.modules() if isinstance(m, hf.Sam3ViTModel)))
         cfg = model.config
         self.vit_config = cfg.vision_config.backbone_config
         self.image_size = int(self.vit_config.image_size)
