@@ -68,7 +68,8 @@ def test_reproducible_mode_pins_torch_and_numpy_before_they_load():
     got = _fresh(PROBE, {numerics.MODE_ENV: "1", "OMP_NUM_THREADS": "2"})
     assert got.returncode == 0, got.stderr
     record, capability, threads, branch = json.loads(got.stdout)
-    assert record == {"dtype": "fp32", "precision": "auto", "mode": "reproducible", "isa": "AVX2", "threads": 1}
+    assert record == {"dtype": "fp32", "precision": "auto", "mode": "reproducible", "isa": "AVX2", "threads": 1,
+                      "linear": "openblas-haswell"}  # its products' library (vpltool.runtime.products)
     assert (capability, threads) == ("AVX2", 1)  # ATen's kernels and torch's threads as pinned
     # MKL's vendor-neutral branch as MKL reports it (its AVX2 branch is Intel's alone: an AMD CPU ran AUTO there)
     assert branch in ("COMPATIBLE", None), branch

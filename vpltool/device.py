@@ -18,6 +18,22 @@ from .runtime import numerics
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _pin_products() -> None:
+    """Reproducible mode's CPU matrix products through the pinned OpenBLAS (:mod:`.runtime.products`), installed
+    when this module loads: before any stage, model or method multiplies (each imports this module)."""
+    try:
+        effect = numerics.reproducible_in_effect()
+    except VplError:  # a value that is no switch: refused in one line where the command reads its switches
+        return
+    if effect:
+        from .runtime.products import pin
+
+        pin()
+
+
+_pin_products()
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> torch.device; 'auto' falls back to CPU.
 

@@ -50,6 +50,9 @@ MODES = ("fast", "reproducible")
 # (the default: each product measured once on this CPU and kept in the user's cache), "mkl" or "onednn"
 CPU_LINEAR_ENV = "VPLTOOL_CPU_LINEAR"
 CPU_LINEAR_ROUTES = ("auto", "mkl", "onednn")
+# the library of reproducible mode's CPU matrix products (runtime.products: numpy's OpenBLAS at its Haswell kernels),
+# recorded as a fast run's route is (linear_mismatch: a folder made by one never joined by the other)
+REPRODUCIBLE_LINEAR = "openblas-haswell"
 PINNED_ISA = "AVX2"  # the widest level every x86-64 CPU of the last decade has
 THREADS = 1
 
@@ -117,6 +120,12 @@ def reproducible_asked() -> bool:
     """Whether this process was asked for reproducible mode (``VPLTOOL_REPRODUCIBLE=1``, ``true``, ``yes``, ``on``);
     another value that is no switch is one line (:func:`switch`)."""
     return bool(switch(MODE_ENV))
+
+
+def reproducible_in_effect() -> bool:
+    """Whether this process runs reproducible mode as asked: asked, and every library that loaded took its pins
+    (:func:`_not_pinned` finds nothing)."""
+    return reproducible_asked() and not _not_pinned()
 
 
 def cpu_linear_asked() -> str:
@@ -246,8 +255,12 @@ def run_numerics(dtype: Any = None, precision: str | None = None, device: Any = 
         record["device"] = getattr(device, "type", str(device))
     why = _not_pinned() if reproducible_asked() else []
     if reproducible_asked() and not why:
+        if "torch" in sys.modules:  # torch's CPU products through the pinned OpenBLAS from here on (products.pin)
+            from .products import pin
+
+            pin()
         return {**record, "mode": "reproducible", "isa": PINNED_ISA if x86() else platform.machine(),
-                "threads": THREADS}
+                "threads": THREADS, "linear": REPRODUCIBLE_LINEAR}
     if why and not _state["warned"]:
         _state["warned"] = True
         from ..errors import VplWarning
@@ -271,9 +284,12 @@ def linear_mismatch(found: Mapping[str, Any] | None, own: Mapping[str, Any]) -> 
     """Why a folder's items made with numerics ``found`` must not be joined by a run with ``own`` (a resume, another
     shard): their fp32 CPU products took another library (``linear``: ``VPLTOOL_CPU_LINEAR`` as asked, recorded by
     :func:`run_numerics` in fast mode), whose last bits differ, so one folder would mix two routes' items. None where
-    either has no route recorded (reproducible mode, CUDA, a file made before it was recorded)."""
+    either has no route recorded (CUDA, a file made before it was recorded) and where either is reproducible, whose
+    one library (:data:`REPRODUCIBLE_LINEAR`) is recorded for the reader: :func:`mismatch` tells the modes apart."""
     made = found.get("linear") if isinstance(found, Mapping) else None
     runs = own.get("linear")
+    if "reproducible" in (found.get("mode") if made is not None else None, own.get("mode")):
+        return None
     if made is None or runs is None or made == runs:
         return None
     return (f"with {CPU_LINEAR_ENV}={made}, this run with {runs} (the library of the fp32 CPU products, whose last "
@@ -313,5 +329,6 @@ def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
 
 __all__ = ["ON_WORDS", "OFF_WORDS", "switch", "check_switches", "ASSUME_AMX_ENV", "CPU_LINEAR_ENV",
            "CPU_LINEAR_ROUTES", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
-           "ask_reproducible", "cpu_flags", "cpu_linear_asked", "describe", "dtype_name", "linear_mismatch", "mismatch",
-           "pinned_environment", "reproducible_asked", "run_numerics"]
+           "REPRODUCIBLE_LINEAR", "ask_reproducible", "cpu_flags", "cpu_linear_asked", "describe", "dtype_name",
+           "linear_mismatch", "mismatch", "pinned_environment", "reproducible_asked", "reproducible_in_effect",
+           "run_numerics"]
