@@ -155,7 +155,7 @@ def test_sgc_text_crf_masks_at_least_caas_on_val(demo_metrics):
 
 
 @pytest.mark.xfail(strict=True, reason="not met: decoder 56.8 on val on this test's world (TEST_WORLD), the caa one "
-                   "chosen on train by issue 37's rule (58.6 on train against none's 57.9); on the demo world 69.8, "
+                   "chosen on train by issue 37's rule (58.6 on train against none's 57.9); on the demo world 69.9, "
                    "the caa one (bar 75; 71.9 with the previous toy; 73.4 with an earlier one, on which vision CAMs "
                    "lost to text CAMs); `make sam`'s decoder on SAM's masks gives 77.7")
 def test_decoder_prediction_on_val(demo_metrics):
