@@ -286,9 +286,11 @@ def floor_of(flops: list[dict], rows: list[dict], files: list[Path], probes: dic
     (``probes``: :func:`gemm_probes`), all other work 0, over the reference's CPU-seconds on that unit. Pair ``i``
     timed photo ``(i + 1) % len(files)`` on both sides (a warm-up unit each, the photos in turn); a pair whose
     photo was not counted (``--floor-from`` with fewer ``--images``) has None, the median is over the others."""
-    rates = {f"{shape}_{k[:-7]}": v for shape, r in probes.items() for k, v in r.items() if k.endswith("_gflops")}
-    peak = max(rates.values())
+    import benchlib
+
+    rates = {k: v for shape, r in probes.items() for k, v in benchlib.probe_rates(r, f"{shape}_{{library}}").items()}
     gflop = {f["photo"]: f["gflop"] for f in flops}
+    peak = max(rates.values())
     per_pair = [gflop[files[(i + 1) % len(files)].name] / peak / row["reference"]["cpu"]
                 if files[(i + 1) % len(files)].name in gflop else None for i, row in enumerate(rows)]
     known = [f for f in per_pair if f is not None]

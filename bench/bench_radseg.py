@@ -232,16 +232,18 @@ def floor_of(table: dict, linear: dict) -> dict:
     """The floor under a unit on this CPU: the reference's product and attention FLOPs (from its profile) at the
     fastest fp32 rate measured in this run (the GEMM probe through either library, or any side's product total in
     its profile), over the reference's CPU-seconds; the rest of the unit (softmax, norms, resizes) counts 0."""
+    import benchlib
+
     ref = table["totals"]["reference"]
     flop = (ref["gemm"]["gflop"] + ref["attention"]["gflop"]) * 1e9
-    rates = {f"{k[:-7]}_probe": v for k, v in linear.items() if k.endswith("_gflops")}
+    rates = benchlib.probe_rates(linear, "{library}_probe")
     profiled = {f"{side}_{part}": t[part]["gflops_per_s"] for side, t in table["totals"].items()
                 for part in ("gemm", "attention")}
-    peak = max([r for r in rates.values() if r] + [r for r in profiled.values() if r]) * 1e9
+    peak, seconds = benchlib.at_fastest(flop / 1e9, {**rates, **{k: v for k, v in profiled.items() if v}})
     return {"what": "the reference's GEMM and attention FLOPs at the fastest fp32 rate measured here (the probes "
                     "of benchlib.gemm_rates, or a side's products or attention in its profile), all else 0",
             "gflop": round(flop / 1e9, 3), "rates_gflops_per_s": {**rates, **profiled},
-            "peak_gflops_per_s": round(peak / 1e9, 1), "floor_s": round(flop / peak, 4)}
+            "peak_gflops_per_s": round(peak, 1), "floor_s": round(seconds, 4)}
 
 
 def compare(ours: dict, ref: dict) -> dict:

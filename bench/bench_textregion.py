@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     ratio = statistics.median(r["ratio"] for r in rounds)
     gflop = [p.get("predict_gflop") for p in ref_meta["photos"]]  # the last round's count
     probes = benchlib.gemm_rates()
-    peak = max(v for k, v in probes.items() if k.endswith("_gflops"))
+    peak = max(benchlib.probe_rates(probes).values())
     floor = None if None in gflop else {
         "what": "the reference's GEMM, convolution and attention FLOPs on the photos (torch's FlopCounterMode over "
                 "each photo's predict once more, untimed) at the fastest fp32 rate measured here (benchlib.gemm_rates"

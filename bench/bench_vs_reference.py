@@ -439,12 +439,11 @@ def floor_of(result: dict, probes: dict, roofline_peak: float | None = None) -> 
     at the fastest fp32 rate measured here (``probes``: :func:`benchlib.gemm_rates`; ``roofline_peak``: unit (a)'s
     roofline's fastest shape, GFLOP/s, where it ran), all other work free, over the reference's median CPU-seconds:
     the least ratio that arithmetic allows on this CPU."""
-    rates = {k[:-7]: v for k, v in probes.items() if k.endswith("_gflops")}
+    rates = benchlib.probe_rates(probes)
     if roofline_peak:
         rates["roofline"] = roofline_peak
-    peak = max(rates.values())
     gflop = result["reference_flops"]["gflop"]
-    seconds = gflop / peak
+    peak, seconds = benchlib.at_fastest(gflop, rates)
     return {"what": "the reference's GEMM, convolution and attention FLOPs on a unit (torch's FlopCounterMode over "
                     "one more unit of its worker, untimed) at the fastest fp32 rate measured here (benchlib.gemm_rates"
                     "' probes and, for (a), its roofline's shapes; one thread), all else free, over the reference's "

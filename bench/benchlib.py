@@ -294,6 +294,19 @@ def gemm_rates(rows: int = 914, k: int = 768, n: int = 3072, repeats: int = 5) -
     return out
 
 
+def probe_rates(probes: dict, name: str = "{library}") -> dict[str, float]:
+    """The GFLOP/s of one :func:`gemm_rates` result by library (its ``<library>_gflops`` keys), each named by
+    ``name`` (``"{library}_probe"``, ``"vit_{library}"``); a library that measured nothing is left out."""
+    return {name.format(library=k[:-len("_gflops")]): v for k, v in probes.items() if k.endswith("_gflops") and v}
+
+
+def at_fastest(gflop: float, rates: dict[str, float]) -> tuple[float, float]:
+    """The floor's arithmetic (issue 79's rule), for every side-by-side bench: ``gflop`` of work at the fastest of
+    ``rates`` (GFLOP/s, any names) -> (that rate, the seconds it would take)."""
+    peak = max(rates.values())
+    return peak, gflop / peak
+
+
 def machine_line(m: dict) -> str:
     """One readable line from :func:`machine`'s dict (used by make_table.py): the CPU by its generation where
     the record names its family and model (:func:`cpu_name`), else as recorded, with "generation not recorded"."""

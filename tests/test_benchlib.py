@@ -256,3 +256,12 @@ def test_cpu_name_reads_a_record_s_stepping_by_the_table_now():
            "model_name": "Intel(R) Xeon(R) Processor @ 2.50GHz"}
     assert benchlib.cpu_name(old).startswith("Intel Cascade Lake (")
     assert benchlib.cpu_name({**old, "stepping": None}).startswith("Intel Skylake-X (")
+
+
+def test_every_floor_takes_the_same_rates_and_arithmetic():
+    """probe_rates and at_fastest: the one place the side-by-side benches read a probe's rates and put work at the
+    fastest of them."""
+    probes = {"shape": "914x768x3072", "mkl_gflops": 97.1, "onednn_gflops": 107.0, "mkl_packed_gflops": 0.0}
+    assert benchlib.probe_rates(probes) == {"mkl": 97.1, "onednn": 107.0}  # a library that measured nothing: out
+    assert benchlib.probe_rates(probes, "vit_{library}") == {"vit_mkl": 97.1, "vit_onednn": 107.0}
+    assert benchlib.at_fastest(1298.5, {"mkl": 97.1, "onednn": 107.0, "roofline": 100.0}) == (107.0, 1298.5 / 107.0)
