@@ -8,8 +8,10 @@ Two measurements, each in fast mode (fp32 on every CPU: ``VPLTOOL_ASSUME_AMX=0``
 
 * ``products``: the fp32 matrix products of the demo's heaviest stages (:data:`SHAPES`: the decoder's layers and its
   upsampling, learn-prototypes' pixels against W), one thread, in a new process per mode (each library reads its
-  pins when it loads), CPU-seconds per product and GFLOP/s. Reproducible mode pins MKL to its COMPATIBLE code path
-  (:data:`vpltool.runtime.numerics.ISA_PINS`), the one branch every x86-64 CPU runs alike;
+  pins when it loads), CPU-seconds per product and GFLOP/s, each taken as the stages take it (the probe imports
+  ``vpltool.device``): reproducible mode runs them through numpy's OpenBLAS pinned to its Haswell kernels
+  (:mod:`vpltool.runtime.products`; before, MKL's COMPATIBLE code path, the one branch of MKL every x86-64 CPU runs
+  alike, about a third of OpenBLAS's rate);
 * ``pipeline``: tests/test_demo_quality.py's world and targets (the demo world with 160 train scenes, each decoder
   60 iterations, one view), ``make RUN/metrics.json``, each command a process of its own, in alternating pairs of
   the two modes; the CPU-seconds of each run, and every mIoU figure of the two tables compared.
@@ -56,6 +58,7 @@ import vpltool.runtime.numerics as numerics
 if numerics.reproducible_asked():
     numerics.ask_reproducible()
 import torch
+import vpltool.device  # the mode's products as every stage runs them (vpltool.runtime.products, when in effect)
 torch.set_num_threads(1)
 out = []
 for m, k, n in json.loads(sys.argv[1]):
