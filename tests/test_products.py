@@ -98,3 +98,14 @@ def test_the_kernels_follow_torch_s_definitions():
 @pytest.mark.parametrize("op", products.OPERATORS)
 def test_every_operator_has_its_kernel(op):
     assert callable(products.KERNELS[op]) and hasattr(torch.ops.aten, op)
+
+
+def test_only_an_x86_process_with_numpy_on_openblas_takes_the_kernels(monkeypatch):
+    import platform
+
+    assert products.applies() == (platform.machine().lower() in ("x86_64", "amd64"))  # this suite's numpy: OpenBLAS
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    assert not products.applies()  # beyond reproducible mode's promise (x86-64), and no Haswell kernels to pin
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(np.__config__, "CONFIG", {"Build Dependencies": {"blas": {"name": "mkl-sdl"}}})
+    assert not products.applies()  # a numpy on MKL: torch's own products, pinned to MKL's COMPATIBLE branch

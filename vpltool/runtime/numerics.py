@@ -255,12 +255,14 @@ def run_numerics(dtype: Any = None, precision: str | None = None, device: Any = 
         record["device"] = getattr(device, "type", str(device))
     why = _not_pinned() if reproducible_asked() else []
     if reproducible_asked() and not why:
+        linear = {}
         if "torch" in sys.modules:  # torch's CPU products through the pinned OpenBLAS from here on (products.pin)
-            from .products import pin
+            from . import products
 
-            pin()
+            products.pin()
+            linear = {"linear": REPRODUCIBLE_LINEAR} if products.pinned() else {}
         return {**record, "mode": "reproducible", "isa": PINNED_ISA if x86() else platform.machine(),
-                "threads": THREADS, "linear": REPRODUCIBLE_LINEAR}
+                "threads": THREADS, **linear}
     if why and not _state["warned"]:
         _state["warned"] = True
         from ..errors import VplWarning
