@@ -20,12 +20,14 @@ train rows only pick the candidate, whichever they pick). Half the val scenes is
 over chance holds by 2.6 points on the 200 (24.9 against 22.3) and fails on the first 100 (22.2 against 22.4).
 
 In which numeric mode: fast, in fp32 on every CPU (the suite's VPLTOOL_ASSUME_AMX=0), not `make demo`'s reproducible
-mode, which pins MKL to its COMPATIBLE code path (vpltool/runtime/numerics.py): on a Cascade Lake Xeon its fp32
-products of the decoder's and learn-prototypes' shapes ran 7 to 13 times slower than fast mode's, and this test's
-pipeline, each command a process, cost 319.1 CPU-s against 261.2 (medians of 3 alternating pairs; with the fork
-server this test went from 274.5 to 192.9 CPU-s). Its 17 figures were at most 8.9e-6 of mIoU apart in the two modes
-(0.0009 points), the decoder's included (`python bench/bench_mode_cost.py --pairs 3`,
-bench/results/mode_cost_intel_cascade_lake.json). The smallest margin of a bar here is 2.6 points, 2,900 times that.
+mode. Chosen when reproducible mode's products ran MKL's COMPATIBLE code path: on a Cascade Lake Xeon they ran the
+decoder's and learn-prototypes' shapes 7 to 13 times slower than fast mode, and this test's pipeline, each command a
+process, cost 319.1 CPU-s against 261.2 (medians of 3 alternating pairs; with the fork server this test went from
+274.5 to 192.9 CPU-s), its 17 figures at most 8.9e-6 of mIoU apart (`python bench/bench_mode_cost.py --pairs 3`,
+bench/results/mode_cost_intel_cascade_lake.json). Since the mode's products run numpy's pinned OpenBLAS
+(vpltool/runtime/products.py) the pipeline costs the same in both modes on an AMD Zen 4 (147.1 CPU-s against 146.1,
+figures within 5.9e-6: bench/results/mode_cost_amd_zen_4.json). The smallest margin of a bar here is 2.6 points,
+over 2,900 times those differences.
 That reproducible mode gives the same bytes on every CPU is tests/test_reproducible_run.py's to show, and the
 README's table to the printed 0.1 bench/bench_demo.py's.
 """
