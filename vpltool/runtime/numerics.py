@@ -60,13 +60,14 @@ THREADS = 1
 ISA_PINS = {
     "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's ATen kernels (torch.backends.cpu.get_cpu_capability() says AVX2)
     "DNNL_MAX_CPU_ISA": "AVX2",  # oneDNN, inside torch: convolutions (CLIP's patch embedding), some matmuls
-    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL, inside torch: fp32 matrix products
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL, inside torch: what torch's C++ multiplies itself (SDPA's fused kernel)
     # MKL's conditional numerical reproducibility: one code path for every CPU. Its ISA branches (AVX2, AVX512) are
     # Intel's: on an AMD CPU MKL takes its AUTO branch in their place (oneMKL's CNR guide), which moved one cell of
     # the README's reproducible table (CASS, 35.2 on an AMD EPYC, 35.0 on an Intel Xeon). COMPATIBLE (SSE2 without
-    # rcpps/rsqrtps) is the branch every x86-64 CPU runs alike; its fp32 products run at a third of AVX2's
+    # rcpps/rsqrtps) is the branch every x86-64 CPU runs alike; its fp32 products run at a third of AVX2's, so
+    # torch's matrix operators take numpy's OpenBLAS in this mode instead (runtime.products)
     "MKL_CBWR": "COMPATIBLE",
-    "OPENBLAS_CORETYPE": "Haswell",  # the OpenBLAS of numpy and scipy: its AVX2 kernels
+    "OPENBLAS_CORETYPE": "Haswell",  # the OpenBLAS of numpy and scipy (and the mode's torch products): AVX2 kernels
     # numpy's dispatched SIMD loops above AVX2 (numpy >= 2.4 names; a name this CPU lacks is skipped silently)
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
 }
