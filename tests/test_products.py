@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpltool.runtime import products
+from vpltool.runtime import numerics, products
 
 # run in a fresh reproducible process: the kernels are installed when vpltool.device loads
 CHILD = r"""
@@ -92,7 +92,7 @@ def test_the_kernels_follow_torch_s_definitions():
     ints = torch.arange(6).view(2, 3)
     assert torch.equal(products.mm(ints, ints.T), ints @ ints.T)
     t = products.mm(a, b)
-    assert t.is_contiguous() and np.shares_memory(t.numpy(), t.numpy()) and t.numpy().flags.writeable
+    assert t.is_contiguous() and t.numpy().flags.writeable
 
 
 @pytest.mark.parametrize("op", products.OPERATORS)
@@ -101,11 +101,14 @@ def test_every_operator_has_its_kernel(op):
 
 
 def test_only_an_x86_process_with_numpy_on_openblas_takes_the_kernels(monkeypatch):
-    import platform
-
-    assert products.applies() == (platform.machine().lower() in ("x86_64", "amd64"))  # this suite's numpy: OpenBLAS
-    monkeypatch.setattr(platform, "machine", lambda: "arm64")
-    assert not products.applies()  # beyond reproducible mode's promise (x86-64), and no Haswell kernels to pin
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    """numerics.pin_products decides where the kernels apply (this fast process: it must install nothing)."""
+    pinned = []
+    monkeypatch.setattr(products, "pin", lambda: pinned.append(True))
+    monkeypatch.setattr(numerics, "x86", lambda: False)
+    assert not numerics.pin_products() and not pinned  # beyond reproducible mode's promise, no Haswell kernels
+    monkeypatch.setattr(numerics, "x86", lambda: True)
     monkeypatch.setattr(np.__config__, "CONFIG", {"Build Dependencies": {"blas": {"name": "mkl-sdl"}}})
-    assert not products.applies()  # a numpy on MKL: torch's own products, pinned to MKL's COMPATIBLE branch
+    assert not numerics.pin_products() and not pinned  # a numpy on MKL: torch's own products, MKL's pinned branch
+    monkeypatch.setattr(np.__config__, "CONFIG", {"Build Dependencies": {"blas": {"name": "scipy-openblas"}}})
+    numerics.pin_products()
+    assert pinned == [True]  # an x86 CPU with numpy on OpenBLAS: installed

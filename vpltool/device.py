@@ -26,9 +26,7 @@ def _pin_products() -> None:
     except VplError:  # a value that is no switch: refused in one line where the command reads its switches
         return
     if effect:
-        from .runtime.products import pin
-
-        pin()
+        numerics.pin_products()
 
 
 _pin_products()

@@ -129,6 +129,29 @@ def reproducible_in_effect() -> bool:
     return reproducible_asked() and not _not_pinned()
 
 
+def pin_products() -> bool:
+    """Reproducible mode's matrix products (:mod:`.products`: torch's ``mm``, ``addmm``, ``bmm``, ``baddbmm`` through
+    numpy's OpenBLAS, pinned to its Haswell kernels) installed in this process where they apply: an x86 CPU (the
+    mode's promise, and the core ``OPENBLAS_CORETYPE`` names) and a numpy built on OpenBLAS (the wheels'
+    ``scipy-openblas``; a numpy on MKL or Accelerate keeps torch's own products, on MKL's pinned branch); whether they
+    are installed. Its callers call it where :func:`reproducible_in_effect` alone; loads torch."""
+    from . import products
+
+    if not products.pinned() and x86() and _numpy_on_openblas():
+        products.pin()
+    return products.pinned()
+
+
+def _numpy_on_openblas() -> bool:
+    import numpy as np
+
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
+    except (AttributeError, KeyError, TypeError):  # a numpy without its build record
+        return False
+    return "openblas" in str(blas).lower()
+
+
 def cpu_linear_asked() -> str:
     """The library asked for the frozen towers' fp32 linear layers on the CPU (``VPLTOOL_CPU_LINEAR``): ``auto``
     (unset or empty), ``mkl`` or ``onednn``; one line for another value. Reproducible mode takes MKL's whatever this
@@ -256,12 +279,8 @@ def run_numerics(dtype: Any = None, precision: str | None = None, device: Any = 
         record["device"] = getattr(device, "type", str(device))
     why = _not_pinned() if reproducible_asked() else []
     if reproducible_asked() and not why:
-        linear = {}
-        if "torch" in sys.modules:  # torch's CPU products through the pinned OpenBLAS from here on (products.pin)
-            from . import products
-
-            products.pin()
-            linear = {"linear": REPRODUCIBLE_LINEAR} if products.pinned() else {}
+        # torch's CPU products through the pinned OpenBLAS from here on, where they apply (pin_products)
+        linear = {"linear": REPRODUCIBLE_LINEAR} if "torch" in sys.modules and pin_products() else {}
         return {**record, "mode": "reproducible", "isa": PINNED_ISA if x86() else platform.machine(),
                 "threads": THREADS, **linear}
     if why and not _state["warned"]:
@@ -291,9 +310,7 @@ def linear_mismatch(found: Mapping[str, Any] | None, own: Mapping[str, Any]) -> 
     one library (:data:`REPRODUCIBLE_LINEAR`) is recorded for the reader: :func:`mismatch` tells the modes apart."""
     made = found.get("linear") if isinstance(found, Mapping) else None
     runs = own.get("linear")
-    if "reproducible" in (found.get("mode") if made is not None else None, own.get("mode")):
-        return None
-    if made is None or runs is None or made == runs:
+    if made is None or runs is None or made == runs or "reproducible" in (found.get("mode"), own.get("mode")):
         return None
     return (f"with {CPU_LINEAR_ENV}={made}, this run with {runs} (the library of the fp32 CPU products, whose last "
             f"bits differ); set {CPU_LINEAR_ENV}={made}")
@@ -333,5 +350,5 @@ def describe(numerics: Mapping[str, Any], what: str = "both") -> str:
 __all__ = ["ON_WORDS", "OFF_WORDS", "switch", "check_switches", "ASSUME_AMX_ENV", "CPU_LINEAR_ENV",
            "CPU_LINEAR_ROUTES", "DTYPES", "ISA_PINS", "MODES", "MODE_ENV", "PINNED_ISA", "THREADS", "THREAD_PINS",
            "REPRODUCIBLE_LINEAR", "ask_reproducible", "cpu_flags", "cpu_linear_asked", "describe", "dtype_name",
-           "linear_mismatch", "mismatch", "pinned_environment", "reproducible_asked", "reproducible_in_effect",
-           "run_numerics"]
+           "linear_mismatch", "mismatch", "pin_products", "pinned_environment", "reproducible_asked",
+           "reproducible_in_effect", "run_numerics"]

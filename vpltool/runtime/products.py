@@ -17,9 +17,9 @@ complex numbers as numpy multiplies them. torch's checks of shapes and dtypes ar
 each). The operators torch runs inside its C++ without the dispatcher (SDPA's fused CPU kernel, convolutions' im2col)
 keep their own, pinned by the caps of :mod:`.numerics`.
 
-Installed once per process by :func:`pin`, which :mod:`vpltool.device` calls when it loads (and
-:func:`.numerics.run_numerics` when a run records its mode), only in reproducible mode that is in effect
-(:func:`.numerics.reproducible_in_effect`); fast mode never changes. A process that forks (the
+Installed once per process by :func:`pin`, through :func:`.numerics.pin_products`, which :mod:`vpltool.device` calls
+when it loads (and :func:`.numerics.run_numerics` when a run records its mode), only in reproducible mode that is in
+effect, on an x86 CPU whose numpy is built on OpenBLAS; fast mode never changes. A process that forks (the
 fork server, a DataLoader's workers) passes the kernels on.
 """
 
@@ -120,31 +120,15 @@ def baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, beta: Any =
 KERNELS = {"mm": mm, "addmm": addmm, "bmm": bmm, "baddbmm": baddbmm}
 
 
-def applies() -> bool:
-    """Whether this process can take these kernels: an x86-64 CPU (reproducible mode's promise, and the one
-    ``OPENBLAS_CORETYPE=Haswell`` names) and a numpy built on OpenBLAS (the wheels' ``scipy-openblas``; a numpy on
-    another BLAS, MKL's or Accelerate, keeps torch's own products, pinned as :mod:`.numerics` pins MKL)."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
-    except (AttributeError, KeyError, TypeError):  # a numpy without its build record
-        return False
-    return "openblas" in str(blas).lower()
-
-
 def pinned() -> bool:
     """Whether this process's CPU products run through :data:`KERNELS`."""
     return _state["library"] is not None
 
 
 def pin() -> None:
-    """Install :data:`KERNELS` for torch's CPU products in this process, once (idempotent), where :func:`applies`.
-    Its callers call it where reproducible mode is in effect alone (:func:`.numerics.reproducible_in_effect`): fast
-    mode never changes."""
-    if _state["library"] is None and applies():
+    """Install :data:`KERNELS` for torch's CPU products in this process, once (idempotent). Called through
+    :func:`.numerics.pin_products` alone, which decides where they apply: fast mode never changes."""
+    if _state["library"] is None:
         library = torch.library.Library("aten", "IMPL")
         with warnings.catch_warnings():  # "overriding a previously registered kernel": the point of it
             warnings.simplefilter("ignore")
@@ -153,4 +137,4 @@ def pin() -> None:
         _state["library"] = library  # kept alive: the registrations last as long as the Library object
 
 
-__all__ = ["KERNELS", "OPERATORS", "addmm", "applies", "baddbmm", "bmm", "mm", "pin", "pinned"]
+__all__ = ["KERNELS", "OPERATORS", "addmm", "baddbmm", "bmm", "mm", "pin", "pinned"]
