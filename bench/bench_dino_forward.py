@@ -1,0 +1,193 @@
+"""Where a DINOv2 ViT-B forward's CPU-seconds go on this CPU, and what other routes of its products and attention
+would give: Talk2DINO's unit (a) of ``bench_vs_reference.py`` (6 photos at 448 px, 1,029 tokens each, random
+weights in the reference's layout), one thread, fp32; prints ONE JSON object.
+
+    python bench/bench_dino_forward.py [--pairs 3] [--work DIR]
+
+* ``by_op``: one forward on the ``auto`` route under torch's profiler, the costliest ops' self CPU-seconds and, for
+  the products and the fused attention, their GFLOP/s.
+* ``routes``: the forward's CPU-seconds on each route of its linear layers, alternated in one process
+  (``VPLTOOL_CPU_LINEAR`` is read per call): ``mkl``, ``onednn``, ``auto`` (this machine's verdicts), and
+  ``onednn-packed``, every layer's weights laid out for oneDNN once (``torch.ops.mkldnn._reorder_linear_weight``,
+  held beside the weights). The last is no vpltool route: it is measured to size what it would save and what it
+  would hold (``packed_mib``). Medians of the pairs, each route's ratio to ``mkl`` (the median of the per-pair
+  ratios) and its tokens' largest difference from ``mkl``'s.
+* ``attention``: one photo's ``[1, 12, 1029, 64]`` heads, SDPA's fused CPU kernel (what DINOv2's own code calls)
+  against ``softmax((q kᵀ) s) v`` written out by blocks of query rows (:func:`..dino_attention.written_attention`'s
+  way, 128 and 256 rows): GFLOP/s, medians of alternating rounds, and each one's largest difference from SDPA's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "parity"))
+
+ROUTES = ("mkl", "onednn", "auto", "onednn-packed")
+SIDE, PHOTOS = 448, 6  # Talk2DINO's train view; the parity photos' count (bench_vs_reference's T2D_SIDE)
+
+
+def _dino(work: Path):
+    """The DINOv2 ViT-B/14 with 4 registers, 12 blocks, seeded random weights (bench_vs_reference's DINO_B)."""
+    import talk2dino_parity as tp
+    from bench_vs_reference import DINO_B
+
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
+
+    path, _ = tp.dino_weights(work, DINO_B)
+    return load_dino(DinoSpec(DINO_B["timm"], str(path), "bicubic-antialias"), img_size=DINO_B["img_size"],
+                     depth=DINO_B["depth"], init_values=1.0)
+
+
+def _forward(dino, x):
+    import torch
+
+    with torch.no_grad():
+        return dino.tokens_and_last_qkv(x)[0]
+
+
+def _flop(name: str, shapes: list) -> float:
+    """The FLOPs of one call of a product or the fused attention, from the profiler's input shapes (0 for others)."""
+    import math
+
+    if name in ("aten::addmm", "aten::mm"):  # [M, K] @ [K, N] (+ bias)
+        a, b = shapes[-2:] if name == "aten::mm" else shapes[1:3]
+        return 2.0 * a[0] * a[1] * b[1]
+    if name == "mkldnn::_linear_pointwise":  # x [..., K], weight [N, K]
+        return 2.0 * math.prod(shapes[0]) * shapes[1][0]
+    if "scaled_dot_product" in name:  # q [B, H, N, d], k [B, H, N', d]: q kᵀ and its product with v
+        q, k = shapes[0], shapes[1]
+        return 4.0 * math.prod(q) * k[-2]
+    return 0.0
+
+
+def by_op(dino, x) -> dict:
+    """One forward under torch's profiler: the costliest ops by name and input shapes (self CPU-seconds, calls,
+    GFLOP/s of the products and the attention)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        _forward(dino, x)
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    ops = []
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
+        row = {"op": e.key, "shapes": [list(s) for s in e.input_shapes if s], "calls": e.count,
+               "self_cpu_s": round(e.self_cpu_time_total / 1e6, 3)}
+        flop = _flop(e.key, [list(s) for s in e.input_shapes]) * e.count
+        if flop and e.self_cpu_time_total:
+            row["gflops_per_s"] = round(flop / e.self_cpu_time_total / 1e3, 1)
+        ops.append(row)
+    return {"total_cpu_s": round(total, 3), "ops": ops}
+
+
+def routes(dino, x, pairs: int) -> dict:
+    """The forward on each route of :data:`ROUTES`, alternated in one process (module docstring)."""
+    import torch
+
+    from vpltool.models.backbones import onednn
+
+    layers = [m for m in dino.model.modules() if isinstance(m, onednn.OneDnnLinear)]
+    plain = onednn.OneDnnLinear.forward
+    rows = x.shape[-2] // dino.patch_size * (x.shape[-1] // dino.patch_size) + dino.n_prefix
+    packed = {id(m): torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows) for m in layers}
+
+    def packed_forward(self, h):
+        return torch.ops.mkldnn._linear_pointwise(h, packed[id(self)], self.bias, "none", [], "")
+
+    def run(route: str):
+        os.environ["VPLTOOL_CPU_LINEAR"] = "onednn" if route == "onednn-packed" else route
+        onednn.OneDnnLinear.forward = packed_forward if route == "onednn-packed" else plain
+        try:
+            start = time.process_time()
+            out = _forward(dino, x)
+            return time.process_time() - start, out
+        finally:
+            onednn.OneDnnLinear.forward = plain
+
+    outs = {r: run(r)[1] for r in ROUTES}  # each route's first call (oneDNN's kernels, auto's calibrations)
+    times: dict[str, list[float]] = {r: [] for r in ROUTES}
+    for p in range(pairs):
+        for r in (ROUTES if p % 2 == 0 else ROUTES[::-1]):
+            times[r].append(run(r)[0])
+    os.environ.pop("VPLTOOL_CPU_LINEAR", None)
+    return {"cpu_s": {r: [round(t, 2) for t in ts] for r, ts in times.items()},
+            "cpu_s_median": {r: round(statistics.median(ts), 2) for r, ts in times.items()},
+            "over_mkl": {r: round(statistics.median(a / b for a, b in zip(times[r], times["mkl"])), 3)
+                         for r in ROUTES},
+            "tokens_max_abs_diff_from_mkl": {r: float((outs[r] - outs["mkl"]).abs().max()) for r in ROUTES},
+            "packed_mib": round(sum(p.numel() for p in packed.values()) * 4 / 2**20, 1)}
+
+
+def attention(rounds: int) -> dict:
+    """One photo's heads through SDPA and written out by query blocks (module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    from vpltool.models.backbones import dino_attention as da
+
+    n, heads, hd = (SIDE // 14) ** 2 + 5, 12, 64  # 1,024 patches, the class token, 4 registers
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(1, n, 3, heads, hd, generator=g).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    s = hd ** -0.5
+
+    def written(rows: int):
+        def run():
+            own, da.ROWS = da.ROWS, rows
+            try:
+                return da.written_attention(q, k, v, s)
+            finally:
+                da.ROWS = own
+        return run
+
+    sides = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, scale=s), "written_128": written(128),
+             "written_256": written(256)}
+    ref = sides["sdpa"]()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
+            start = time.process_time()
+            for _ in range(4):
+                sides[name]()
+            times[name].append((time.process_time() - start) / 4)
+    flop = 4 * heads * n * n * hd
+    return {"shape": [1, heads, n, hd],
+            "gflops_per_s": {name: round(flop / statistics.median(t) / 1e9, 1) for name, t in times.items()},
+            "max_abs_diff_from_sdpa": {name: float((f() - ref).abs().max()) for name, f in sides.items()}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=3, help="alternating rounds of the four routes")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_dino_forward"), help="the random weights' file")
+    args = ap.parse_args(argv)
+    import torch
+
+    import benchlib
+
+    torch.set_num_threads(1)
+    args.work.mkdir(parents=True, exist_ok=True)
+    dino = _dino(args.work)
+    x = torch.randn(PHOTOS, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    _forward(dino, x)  # auto's calibrations and each library's first call, outside the profile
+    result = {"benchmark": "dino-forward",
+              "what": f"a DINOv2 ViT-B/14 reg4 forward of {PHOTOS} photos at {SIDE} px (Talk2DINO's unit (a)), "
+                      "one thread, fp32: by op, by route of its linear layers, and its attention by kernel",
+              "command": " ".join(["python", "bench/bench_dino_forward.py", *(argv or sys.argv[1:])]),
+              "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
+              "machine": benchlib.machine("cpu"), "by_op": by_op(dino, x), "routes": routes(dino, x, args.pairs),
+              "attention": attention(5)}
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
