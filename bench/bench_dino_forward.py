@@ -11,7 +11,8 @@ weights in the reference's layout), one thread, fp32; prints ONE JSON object.
   ``onednn-packed``, every layer's weights laid out for oneDNN once (``torch.ops.mkldnn._reorder_linear_weight``,
   held beside the weights). The last is no vpltool route: it is measured to size what it would save and what it
   would hold (``packed_mib``). Medians of the pairs, each route's ratio to ``mkl`` (the median of the per-pair
-  ratios) and its tokens' largest difference from ``mkl``'s.
+  ratios), its tokens' largest difference from ``mkl``'s, and whether the packed layers' tokens are the plain oneDNN
+  call's bit for bit.
 * ``attention``: one photo's ``[1, 12, 1029, 64]`` heads, SDPA's fused CPU kernel (what DINOv2's own code calls)
   against ``softmax((q kᵀ) s) v`` written out by blocks of query rows (:func:`..dino_attention.written_attention`'s
   way, 128 and 256 rows): GFLOP/s, medians of alternating rounds, and each one's largest difference from SDPA's.
@@ -124,6 +125,7 @@ def routes(dino, x, pairs: int) -> dict:
             "over_mkl": {r: round(statistics.median(a / b for a, b in zip(times[r], times["mkl"])), 3)
                          for r in ROUTES},
             "tokens_max_abs_diff_from_mkl": {r: float((outs[r] - outs["mkl"]).abs().max()) for r in ROUTES},
+            "packed_equal_to_onednn": bool(torch.equal(outs["onednn-packed"], outs["onednn"])),
             "packed_mib": round(sum(p.numel() for p in packed.values()) * 4 / 2**20, 1)}
 
 

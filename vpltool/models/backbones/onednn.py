@@ -86,9 +86,10 @@ MIN_ROWS = 4
 # a product of R rows is decided at the largest of these at most R (its calibration runs that many rows)
 BUCKETS = (4, 16, 64, 256, 1024)
 # oneDNN is taken where its CPU-seconds were at most this share of MKL's (the median of the pairs): a smaller win is
-# left to MKL, torch's default and the references' library. 0.9 left most of a ViT-B's layers with MKL on a Zen 4
-# where oneDNN won every pair by 7-9 % (768x768, 768x2304, 3072x768 at 1,024 rows), and a DINOv2 ViT-B forward
-# with every layer through oneDNN took 0.919 of MKL's CPU-seconds there (4 alternating pairs, Talk2DINO's 6 photos)
+# left to MKL, torch's default and the references' library. 0.9 left three of a ViT-B's four layer shapes with MKL
+# on a Zen 4 where oneDNN won every pair by less than 10 % (768x768, 768x2304, 3072x768 at 1,024 rows), and a
+# DINOv2 ViT-B forward with every layer through oneDNN took 0.937 of MKL's CPU-seconds there
+# (bench/results/dino_forward_amd_zen_4.json)
 CLEAR_WIN = 0.95
 PAIRS = 7  # alternating pairs of a calibration: its spread (the slowest pair) is known, not one reading
 SIDE_S = 0.004  # each side's timed stretch of a pair: at least this many CPU-seconds of calls (one call at most)
