@@ -265,3 +265,16 @@ def test_every_floor_takes_the_same_rates_and_arithmetic():
     assert benchlib.probe_rates(probes) == {"mkl": 97.1, "onednn": 107.0}  # a library that measured nothing: out
     assert benchlib.probe_rates(probes, "vit_{library}") == {"vit_mkl": 97.1, "vit_onednn": 107.0}
     assert benchlib.at_fastest(1298.5, {"mkl": 97.1, "onednn": 107.0, "roofline": 100.0}) == (107.0, 1298.5 / 107.0)
+
+
+def test_the_dino_forward_bench_counts_a_call_s_flops_from_its_input_shapes():
+    """bench_dino_forward's GFLOP/s by op: a linear layer's (oneDNN's op, MKL's addmm) and the fused attention's
+    FLOPs from the profiler's input shapes; 0 for an op it does not count."""
+    import bench_dino_forward as bd
+
+    assert bd._flop("mkldnn::_linear_pointwise", [[1, 1029, 768], [3072, 768], [3072]]) == 2 * 1029 * 768 * 3072
+    assert bd._flop("aten::addmm", [[768], [1029, 768], [768, 768]]) == 2 * 1029 * 768 * 768
+    assert bd._flop("aten::mm", [[1029, 64], [64, 1029]]) == 2 * 1029 * 64 * 1029
+    q = [1, 12, 1029, 64]
+    assert bd._flop("aten::_scaled_dot_product_flash_attention_for_cpu", [q, q, q, []]) == 4 * 12 * 1029 * 1029 * 64
+    assert bd._flop("aten::gelu", [[1, 1029, 3072], []]) == 0
