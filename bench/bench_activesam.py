@@ -48,7 +48,9 @@ the unit (its process's own, the peak reset before each unit:
 is closed, then vpltool's (``sidebyside.one_at_a_time``); the JSON says ``"sides": "one at a time, not alternated"``.
 ``--reference-from JSON`` (with ``--one-at-a-time``): vpltool's side alone, the reference's units taken from an
 earlier result of the same settings, class set, photos, pairs and reference commit (:func:`reference_rows`; one line
-where any differs) and its outputs from the ``reference_out.pt`` that run left in ``--work``: the reference's code
+where any differs) and its outputs from the ``reference_out.pt`` that run left in ``--work``, refused where the
+record beside it names other worker arguments (another method's or settings' run in the same ``--work``:
+``sidebyside.check_outputs``): the reference's code
 does not change between vpltool's commits, and its side is half the run. The JSON names the file and its load.
 ``--worker SIDE --profile N`` (the driver's arguments otherwise, ``--overrides`` the reference's JSON): that side's
 first unit with each aten operator's and module class's CPU-seconds (:func:`cpu_profile`), its N costliest to

@@ -199,6 +199,32 @@ def alternate(first: Side, second: Side, pairs: int) -> list[dict]:
     return rows
 
 
+def _made_by(path: Path) -> Path:
+    """Where the worker arguments that made a side's saved outputs ``path`` are recorded (beside them)."""
+    return path.with_name(path.stem + ".args.json")
+
+
+def save_outputs(side: Side, path: Path, common: list) -> None:
+    """``side``'s outputs saved to ``path``, and beside them the worker arguments that made them (method, settings,
+    photos, model: ``common``), which a later run that reads them checks (:func:`check_outputs`)."""
+    side.save(path)
+    _made_by(path).write_text(json.dumps([str(a) for a in common]))
+
+
+def check_outputs(path: Path, common: list) -> None:
+    """That the outputs saved at ``path`` were made with the worker arguments ``common`` (:func:`save_outputs`);
+    one line naming the file otherwise (another method's or settings' outputs in the same ``--work`` would be
+    compared with this run's)."""
+    record = _made_by(path)
+    if not path.is_file():
+        raise SystemExit(f"{path} missing: no earlier run's outputs to compare with; run both sides")
+    made = json.loads(record.read_text()) if record.is_file() else None
+    if made != [str(a) for a in common]:
+        why = "no record of the run that made them" if made is None else \
+            "made by a run with other arguments: " + ", ".join(sorted(set(made) ^ {str(a) for a in common}))[:200]
+        raise SystemExit(f"{path}: {why}; run both sides (leave --reference-from out)")
+
+
 def race(script: str, common: list, work: Path, env: dict, pairs: int,
          after: dict[str, Callable[[Side], None]] | None = None) -> tuple[list[dict], object, object]:
     """A side-by-side bench's two workers (``script --worker vpltool|reference *common``, their logs in ``work``)
@@ -212,8 +238,8 @@ def race(script: str, common: list, work: Path, env: dict, pairs: int,
     ref = Side("reference", [sys.executable, script, "--worker", "reference", *common], work / "reference.log", env)
     try:
         rows = alternate(ref, ours, pairs)
-        ours.save(work / "vpltool_out.pt")
-        ref.save(work / "reference_out.pt")
+        for side in (ours, ref):
+            save_outputs(side, work / f"{side.name}_out.pt", common)
         for side in (ref, ours):
             (after or {}).get(side.name, lambda _: None)(side)
     finally:
@@ -229,9 +255,12 @@ def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int,
     the reference's worker does its warm-up unit and ``pairs`` units, then is closed, then vpltool's the same. The
     sides do not alternate: a drift of the machine's load falls on one side alone (say so beside the figure).
     ``names`` without ``"reference"``: vpltool's side alone, the reference's outputs read from ``work`` as an
-    earlier run left them (its rows are the caller's). ``after``: as :func:`race`'s, before that side is closed."""
+    earlier run of the same worker arguments left them (:func:`check_outputs`; its rows are the caller's). ``after``:
+    as :func:`race`'s, before that side is closed."""
     import torch
 
+    if "reference" not in names:  # before vpltool's side runs: outputs of another run would be compared silently
+        check_outputs(work / "reference_out.pt", common)
     rows: list[dict] = [{} for _ in range(pairs)]
     for name in names:
         side = Side(name, [sys.executable, script, "--worker", name, *common], work / f"{name}.log", env)
@@ -240,7 +269,7 @@ def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int,
             for row in rows:
                 row[name] = side.run()
                 print(json.dumps({"unit": name, **row[name]}), file=sys.stderr, flush=True)
-            side.save(work / f"{name}_out.pt")
+            save_outputs(side, work / f"{name}_out.pt", common)
             (after or {}).get(name, lambda _: None)(side)
         finally:
             side.close()
@@ -248,4 +277,4 @@ def one_at_a_time(script: str, common: list, work: Path, env: dict, pairs: int,
 
 
 __all__ = ["claim_stdout", "peak_rss_mib", "reset_peak", "trim_heap", "serve", "Side", "alternate", "race",
-           "one_at_a_time"]
+           "one_at_a_time", "save_outputs", "check_outputs"]

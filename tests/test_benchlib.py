@@ -196,6 +196,30 @@ def test_bench_activesam_reuses_the_reference_of_an_earlier_run_of_the_same_sett
         ba.reference_rows(argparse.Namespace(**{**vars(args), "one_at_a_time": False}), settings, unit)
 
 
+def test_a_side_s_saved_outputs_are_compared_only_by_a_run_of_the_same_worker_arguments(tmp_path):
+    """sidebyside.save_outputs records the worker arguments beside a side's outputs; check_outputs (a later run that
+    reuses them: --reference-from) refuses in one line outputs another method or setting made in the same --work, or
+    that carry no record, instead of comparing them with this run's."""
+    import sidebyside
+
+    class FakeSide:  # a worker that writes its outputs where it is told
+        def save(self, path):
+            path.write_bytes(b"outputs")
+
+    out = tmp_path / "reference_out.pt"
+    sam3 = ["--method", "sam3", "--work", tmp_path, "--overrides", '{"prob_thd": 0.1}']
+    with pytest.raises(SystemExit, match="reference_out.pt missing"):
+        sidebyside.check_outputs(out, sam3)
+    out.write_bytes(b"an older run's")
+    with pytest.raises(SystemExit, match="reference_out.pt: no record of the run that made them"):
+        sidebyside.check_outputs(out, sam3)
+    sidebyside.save_outputs(FakeSide(), out, sam3)
+    sidebyside.check_outputs(out, sam3)  # the same arguments: reused
+    activesam = [a if a != "sam3" else "activesam" for a in sam3]
+    with pytest.raises(SystemExit, match=r"reference_out.pt: made by a run with other arguments: activesam, sam3; "):
+        sidebyside.check_outputs(out, activesam)
+
+
 def test_bench_activesam_floor_counts_the_products_convolutions_and_attention_at_the_fastest_rate(monkeypatch):
     """count_flops: 2 x the multiply-adds of a linear layer, a CPU attention (torch's table leaves its fused op
     out), a convolution and a batched product, by hand; a worker counts its warm-up unit's photo, then on ``flops``
