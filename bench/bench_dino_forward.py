@@ -32,20 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "parity"))
 
+from bench_radseg import op_flop  # noqa: E402  (a product's or the attention's FLOPs from its profiled shapes)
+from bench_vs_reference import T2D_SIDE as SIDE  # noqa: E402  (Talk2DINO's train view)
+from bench_vs_reference import t2d_dino  # noqa: E402
+
 ROUTES = ("mkl", "onednn", "auto", "onednn-packed")
-SIDE, PHOTOS = 448, 6  # Talk2DINO's train view; the parity photos' count (bench_vs_reference's T2D_SIDE)
-
-
-def _dino(work: Path):
-    """The DINOv2 ViT-B/14 with 4 registers, 12 blocks, seeded random weights (bench_vs_reference's DINO_B)."""
-    import talk2dino_parity as tp
-    from bench_vs_reference import DINO_B
-
-    from vpltool.models.backbones.dino import DinoSpec, load_dino
-
-    path, _ = tp.dino_weights(work, DINO_B)
-    return load_dino(DinoSpec(DINO_B["timm"], str(path), "bicubic-antialias"), img_size=DINO_B["img_size"],
-                     depth=DINO_B["depth"], init_values=1.0)
+PHOTOS = 6  # the parity photos' count
 
 
 def _forward(dino, x):
@@ -53,21 +45,6 @@ def _forward(dino, x):
 
     with torch.no_grad():
         return dino.tokens_and_last_qkv(x)[0]
-
-
-def _flop(name: str, shapes: list) -> float:
-    """The FLOPs of one call of a product or the fused attention, from the profiler's input shapes (0 for others)."""
-    import math
-
-    if name in ("aten::addmm", "aten::mm"):  # [M, K] @ [K, N] (+ bias)
-        a, b = shapes[-2:] if name == "aten::mm" else shapes[1:3]
-        return 2.0 * a[0] * a[1] * b[1]
-    if name == "mkldnn::_linear_pointwise":  # x [..., K], weight [N, K]
-        return 2.0 * math.prod(shapes[0]) * shapes[1][0]
-    if "scaled_dot_product" in name:  # q [B, H, N, d], k [B, H, N', d]: q kᵀ and its product with v
-        q, k = shapes[0], shapes[1]
-        return 4.0 * math.prod(q) * k[-2]
-    return 0.0
 
 
 def by_op(dino, x) -> dict:
@@ -83,7 +60,7 @@ def by_op(dino, x) -> dict:
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
         row = {"op": e.key, "shapes": [list(s) for s in e.input_shapes if s], "calls": e.count,
                "self_cpu_s": round(e.self_cpu_time_total / 1e6, 3)}
-        flop = _flop(e.key, [list(s) for s in e.input_shapes]) * e.count
+        flop = op_flop(e.key, [list(s) for s in e.input_shapes]) * e.count
         if flop and e.self_cpu_time_total:
             row["gflops_per_s"] = round(flop / e.self_cpu_time_total / 1e3, 1)
         ops.append(row)
@@ -178,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
-    dino = _dino(args.work)
+    dino = t2d_dino(args.work)[2]  # bench_vs_reference's DINO of unit (a)
     x = torch.randn(PHOTOS, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
     _forward(dino, x)  # auto's calibrations and each library's first call, outside the profile
     result = {"benchmark": "dino-forward",

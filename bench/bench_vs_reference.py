@@ -93,21 +93,31 @@ def query_rows(path: Path) -> tuple[list[str], list[int]]:
 
 
 # ------------------------------------------------------------------------------------------------ vpltool's side
+def t2d_dino(work: Path) -> tuple:
+    """Talk2DINO's DINO (:data:`DINO_B`, seeded random weights in the reference's layout, written in ``work``): (the
+    weights file, the hub state dict the reference loads, vpltool's ``DinoBackbone`` over the file)."""
+    import talk2dino_parity as tp
+
+    from vpltool.models.backbones.dino import DinoSpec, load_dino
+
+    dino_file, hub_state = tp.dino_weights(work, DINO_B)
+    dino = load_dino(DinoSpec(DINO_B["timm"], str(dino_file), "bicubic-antialias"), img_size=DINO_B["img_size"],
+                     depth=DINO_B["depth"], init_values=1.0)
+    return dino_file, hub_state, dino
+
+
 def _t2d_setup(work: Path, refs: Path) -> tuple:
     """What the three Talk2DINO units share: the photos, the DINO file, the model over the DINO and the toy CLIP,
     the captions' tokens; the reference's inputs written (``inputs.pt``, ``inputs.json``)."""
     import talk2dino_parity as tp
     import torch
 
-    from vpltool.models.backbones.dino import DinoSpec, load_dino
     from vpltool.models.backbones.loading import ModelSpec
     from vpltool.models.registry import load_model
     from vpltool.models.text.talk2dino import build_model, config_for
 
     files = tp.photos(work / "photos")
-    dino_file, hub_state = tp.dino_weights(work, DINO_B)
-    dino = load_dino(DinoSpec(DINO_B["timm"], str(dino_file), "bicubic-antialias"), img_size=DINO_B["img_size"],
-                     depth=DINO_B["depth"], init_values=1.0)
+    dino_file, hub_state, dino = t2d_dino(work)
     clip = load_model("clip", ModelSpec("vpltool-toy"), "cpu")
     model = build_model(config_for(dino, clip, resize_dim=T2D_SIDE), seed=0, backbones=(dino, clip))
     table = {c: clip.tokenizer([c])[0] for c in tp.CAPTIONS}

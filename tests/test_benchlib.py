@@ -293,12 +293,15 @@ def test_every_floor_takes_the_same_rates_and_arithmetic():
 
 def test_the_dino_forward_bench_counts_a_call_s_flops_from_its_input_shapes():
     """bench_dino_forward's GFLOP/s by op: a linear layer's (oneDNN's op, MKL's addmm) and the fused attention's
-    FLOPs from the profiler's input shapes; 0 for an op it does not count."""
+    FLOPs from the profiler's input shapes (bench_radseg's op_flop, the one count of the profiling benches); 0 for an
+    op it does not count."""
     import bench_dino_forward as bd
+    import bench_radseg as br
 
-    assert bd._flop("mkldnn::_linear_pointwise", [[1, 1029, 768], [3072, 768], [3072]]) == 2 * 1029 * 768 * 3072
-    assert bd._flop("aten::addmm", [[768], [1029, 768], [768, 768]]) == 2 * 1029 * 768 * 768
-    assert bd._flop("aten::mm", [[1029, 64], [64, 1029]]) == 2 * 1029 * 64 * 1029
+    assert bd.op_flop is br.op_flop
+    assert bd.op_flop("mkldnn::_linear_pointwise", [[1, 1029, 768], [3072, 768], [3072]]) == 2 * 1029 * 768 * 3072
+    assert bd.op_flop("aten::addmm", [[768], [1029, 768], [768, 768]]) == 2 * 1029 * 768 * 768
+    assert bd.op_flop("aten::mm", [[1029, 64], [64, 1029]]) == 2 * 1029 * 64 * 1029
     q = [1, 12, 1029, 64]
-    assert bd._flop("aten::_scaled_dot_product_flash_attention_for_cpu", [q, q, q, []]) == 4 * 12 * 1029 * 1029 * 64
-    assert bd._flop("aten::gelu", [[1, 1029, 3072], []]) == 0
+    assert bd.op_flop("aten::_scaled_dot_product_flash_attention_for_cpu", [q, q, q, []]) == 4 * 12 * 1029 * 1029 * 64
+    assert bd.op_flop("aten::gelu", [[1, 1029, 3072], []]) == 0
