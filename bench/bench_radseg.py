@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     import radseg_parity as rp
     import torch
+    from bench_vs_reference import cpu_linear
 
     import benchlib
 
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
                                for side in ("vpltool", "reference")},
         "rss_peak_mib": {**{side: max(r[side]["rss_peak_mib"] or 0 for r in rows)
                             for side in ("vpltool", "reference")}, "driver": peak_rss_mib()},
-        "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear, **profiled,
+        "goal": GOAL, "goal_met": bool(ratio <= GOAL), "outputs": outputs, "linear": linear,
+        "cpu_linear": cpu_linear(1), **profiled,
         "load_average_1min": {"before": load_before, "after": round(os.getloadavg()[0], 2)},
         **({"beside": os.environ["VSREF_BESIDE"]} if os.environ.get("VSREF_BESIDE") else {}),
         "seconds": round(time.perf_counter() - start, 1)}, indent=1))

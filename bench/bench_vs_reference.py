@@ -525,8 +525,15 @@ def cpu_linear(threads: int) -> dict:
 
     route = cpu_linear_asked()
     table = onednn.kept_verdicts(threads) if route == "auto" else {}
-    return {"route": route, "onednn_products": sorted(k for k, v in table.get("products", {}).items() if v["onednn"]),
-            "mkl_products": sorted(k for k, v in table.get("products", {}).items() if not v["onednn"]),
+    products = {k: v for k, v in table.get("products", {}).items() if "/" not in k}
+    packings = {k: {f: v.get(f) for f in ("onednn", "ratio", "slowest", "pairs")}
+                for k, v in table.get("products", {}).items() if "/" in k}
+    return {"route": route, "onednn_products": sorted(k for k, v in products.items() if v["onednn"]),
+            "mkl_products": sorted(k for k, v in products.items() if not v["onednn"]),
+            "packings": {"what": "KxN@rows/packed: onednn true where oneDNN's plain call beat MKL's packed product "
+                                 "(mkl_packed.packed_over_onednn); KxN@rows/onednn-packed: onednn true where oneDNN's "
+                                 "own packing was taken (mkl_packed.onednn_packing); ratio: the contender's time "
+                                 "over its rival's", **packings},
             "libraries": {k: table[k] for k in ("mkl", "onednn") if k in table}}
 
 

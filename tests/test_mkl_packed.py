@@ -1,7 +1,7 @@
 """MKL's packed product for fp32 linear layers (``vpltool.models.backbones.mkl_packed``): ``F.linear``'s outputs,
 packed for the first rows or as a caller prepares, packed again for weights loaded in place, not taken where the
 route takes oneDNN (unless packed it ran faster at the prepared rows), in reproducible mode, inside the references'
-library or with gradients."""
+library or with gradients; where the route takes oneDNN, oneDNN's own packing, by a contest run in the forwards."""
 
 from __future__ import annotations
 
@@ -30,13 +30,13 @@ def test_mkl_s_packed_product_is_f_linear_s_for_the_rows_packed_and_plain_mkl_fo
     x, y = torch.randn(2, 5, 64, generator=gen), torch.randn(7, 64, generator=gen)
     with torch.no_grad():
         assert torch.allclose(layer(x), plain(x), rtol=1e-5, atol=1e-6)
-        assert layer.__dict__["_mkl_packed"][0][0] == 10  # packed for the first forward's 10 rows
+        assert layer.__dict__["_packing"][0][0] == 10  # packed for the first forward's 10 rows
         assert torch.allclose(layer(y), plain(y), rtol=1e-5, atol=1e-6)  # 7 rows: MKL's plain product
-        assert layer.__dict__["_mkl_packed"][0][0] == 10
+        assert layer.__dict__["_packing"][0][0] == 10
         layer.prepare(7)  # once: the packing kept (sizes in turn keep one)
-        assert layer.__dict__["_mkl_packed"][0][0] == 10
+        assert layer.__dict__["_packing"][0][0] == 10
         layer.prepare(7)  # twice in a row: packed for 7 rows, before the forward
-        assert layer.__dict__["_mkl_packed"][0][0] == 7 and layer.packed(7) is not None
+        assert layer.__dict__["_packing"][0][0] == 7 and layer.packed(7) is not None
         assert torch.allclose(layer(y), plain(y), rtol=1e-5, atol=1e-6)
         layer.load_state_dict({"weight": plain.weight * 2, "bias": plain.bias})  # in place: packed again
         assert layer.packed(7) is None
@@ -44,7 +44,7 @@ def test_mkl_s_packed_product_is_f_linear_s_for_the_rows_packed_and_plain_mkl_fo
         assert layer.packed(7) is not None
     x = y
     for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):  # without the packing, made again
-        assert "_mkl_packed" not in twin.__dict__
+        assert "_packing" not in twin.__dict__
         with torch.no_grad():
             assert torch.equal(twin(x), layer(x))
     out = layer(x).sum()  # a gradient asked of the weights: F.linear and its backward
@@ -61,13 +61,13 @@ def test_the_packed_product_leaves_the_onednn_route_reproducible_mode_and_the_re
     calls = _counted(monkeypatch)
     with torch.no_grad():
         layer(x)  # the suite's route: oneDNN (conftest)
-        assert calls == [(9, 64)] and "_mkl_packed" not in layer.__dict__
+        assert calls == [(9, 64)] and "_packing" not in layer.__dict__
         monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")
         with onednn.references_library():
             assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
         monkeypatch.setenv("VPLTOOL_REPRODUCIBLE", "1")
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
-    assert "_mkl_packed" not in layer.__dict__ and mkl_packed.use_packed_mkl(nn.Linear(4, 4)) == 0
+    assert "_packing" not in layer.__dict__ and mkl_packed.use_packed_mkl(nn.Linear(4, 4)) == 0
 
 
 @pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN linear op")
@@ -82,6 +82,8 @@ def test_a_packed_layer_takes_the_packed_product_where_it_beats_the_route_s_oned
     monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(onednn, "_DECIDED", {})
     monkeypatch.setattr(mkl_packed, "_OVER_ONEDNN", {})
+    monkeypatch.setattr(mkl_packed, "_ONEDNN_PACKED", {})
+    monkeypatch.setattr(mkl_packed, "_CONTESTS", {})
     monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.5] * onednn.PAIRS)  # the route: oneDNN
     share = {96: 1.1, 64: 0.5}  # oneDNN's time over the packed product's, by the product's outputs
     timed = []
@@ -105,7 +107,7 @@ def test_a_packed_layer_takes_the_packed_product_where_it_beats_the_route_s_oned
         assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
         assert calls == []  # the packed product, not oneDNN's
         other.prepare(300)
-        assert other.packed(300) is None and "_mkl_packed" not in other.__dict__
+        assert other.packed(300) is None and other.packed(300, "onednn") is not None  # oneDNN's own: its contest
         calls.clear()
         other(layer(x))
         assert calls == [(300, 96)]  # oneDNN's, as the route says
@@ -116,3 +118,53 @@ def test_a_packed_layer_takes_the_packed_product_where_it_beats_the_route_s_oned
     assert mkl_packed.packed_over_onednn(64, 96, 300) and len(timed) == 2
     monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "onednn")
     assert not mkl_packed.packed_over_onednn(64, 96, 300)
+
+
+@pytest.mark.skipif(not mkl_packed.HAS_ONEDNN_PACK, reason="this torch has no oneDNN weight packing")
+@pytest.mark.parametrize("packed_share", [0.9, 1.0])
+def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_wins_beyond_the_spread(
+        monkeypatch, tmp_path, packed_share):
+    """Where the route takes oneDNN for a layer's rows and MKL's packed product does not beat it, the layer's calls
+    alternate between oneDNN's plain call and its packed weights, each timed, until :data:`.onednn.PAIRS` pairs of
+    :data:`CONTEST_CALLS` calls a side; the packing is kept where it took at most ``ONEDNN_PACK_WIN`` of the plain
+    calls' time (its copy dropped otherwise), the verdict in the route's cache as ``KxN@rows/onednn-packed`` for the
+    next process. Every call's output is oneDNN's product, within float rounding; a forced route holds no contest."""
+    import json
+
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
+    monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
+    for name in ("_OVER_ONEDNN", "_ONEDNN_PACKED", "_CONTESTS"):
+        monkeypatch.setattr(mkl_packed, name, {})
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.5] * onednn.PAIRS)  # the route: oneDNN
+    monkeypatch.setattr(mkl_packed, "packed_over_onednn", lambda k, n, rows: False)  # MKL's packing refused
+    sides = []
+    real = mkl_packed.contest_call
+
+    def contest_call(k, n, rows, side, seconds):  # each call's time as the share says, whatever the clock read
+        sides.append(side)
+        real(k, n, rows, side, packed_share if side else 1.0)
+
+    monkeypatch.setattr(mkl_packed, "contest_call", contest_call)
+    torch.manual_seed(10)
+    layer = nn.Linear(64, 96)
+    mkl_packed.use_packed_mkl(layer)
+    x = torch.randn(3, 100, 64)
+    want = F.linear(x, layer.weight, layer.bias)
+    calls = 2 * mkl_packed.CONTEST_CALLS * onednn.PAIRS
+    with torch.no_grad():
+        layer.prepare(300)
+        assert layer.packed(300, "onednn") is not None  # packed before the forward: the contest needs it
+        for _ in range(calls):
+            assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6)
+        assert sides == [0, 1] * (calls // 2) and mkl_packed._CONTESTS == {}
+        taken = packed_share <= mkl_packed.ONEDNN_PACK_WIN
+        assert mkl_packed.onednn_packing(64, 96, 300) is taken
+        assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6) and len(sides) == calls  # no contest now
+        assert (layer.packed(300, "onednn") is not None) is taken  # a refused packing's copy dropped
+    (table,) = json.loads((tmp_path / onednn.CACHE_NAME).read_text())["machines"].values()
+    assert table["products"]["64x96@300/onednn-packed"]["onednn"] is taken
+    monkeypatch.setattr(mkl_packed, "_ONEDNN_PACKED", {})  # another process reads the verdict
+    assert mkl_packed.onednn_packing(64, 96, 300) is taken
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "onednn")
+    assert mkl_packed.onednn_packing(64, 96, 300) is False

@@ -1,7 +1,10 @@
 """MKL's packed product for fp32 linear layers on the CPU: the weights laid out for MKL's kernel once
 (``cblas_sgemm_pack``), each call only ``cblas_sgemm_compute`` (``torch.ops.mkl._mkl_linear``, the op torch's own
 compiler emits for a frozen CPU linear), where :mod:`.onednn`'s route takes MKL's product, and where it takes oneDNN's
-but a layer packed for its rows ran faster packed (:func:`packed_over_onednn`, measured once a machine).
+but a layer packed for its rows ran faster packed (:func:`packed_over_onednn`, measured once a machine). Where the
+route keeps oneDNN's, oneDNN's own packing (``torch.ops.mkldnn._reorder_linear_weight``, as torch's compiler packs a
+frozen layer for it) is the contender instead (:func:`onednn_packing`): the same sums (equal bits on a Zen 4), measured
+inside the model's own forwards, where alone a product's timing misjudged it.
 
 ``F.linear``'s ``sgemm`` packs the weights into its kernel's layout on every call; packed once, a ViT-B's products
 of ~900 rows ran faster on an Intel Xeon (Emerald Rapids, no AMX: ``bench/bench_radseg.py`` records both rates,
@@ -15,12 +18,23 @@ and compiled graphs keep :func:`.onednn.f_linear`.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
-from .onednn import MIN_ROWS, OneDnnLinear, applies, f_linear, pinned
+from . import onednn
+from .onednn import HAS_OP, MIN_ROWS, PAIRS, OneDnnLinear, applies, cached_verdict, f_linear, pinned
 
 HAS_MKL_PACK = bool(torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"))
+HAS_ONEDNN_PACK = bool(HAS_OP and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+# oneDNN's packing is taken where packed calls took at most this share of the plain calls' CPU-seconds at the median
+# and less in every pair: one library's same sums either way (no reference's bits at stake, as with MKL against
+# oneDNN, onednn.CLEAR_WIN), so the margin is the pairs' spread. Inside RADSeg's forwards on a Zen 4 the packed
+# calls took 0.95-0.97 of the plain ones' time, while alone, or in a chain of ViT-B products, they took 1.02-1.08
+# (the plain call re-lays its weights out each time; how much that costs depends on what ran before it)
+ONEDNN_PACK_WIN = 0.98
+CONTEST_CALLS = 12  # a contest pair: this many calls of a shape each side (a ViT-B forward's), alternated call by call
 
 
 def packs_mkl(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -44,17 +58,18 @@ class PackedLinear(OneDnnLinear):
     """:class:`OneDnnLinear` whose MKL product, where the route takes MKL's (:func:`packs_mkl`), is MKL's packed
     ``sgemm`` (``cblas_sgemm_pack`` once, ``cblas_sgemm_compute`` per call: ``torch.ops.mkl._mkl_linear``, the op
     torch's own compiler emits for a frozen CPU linear): the weights are laid out for MKL's kernel once, not on
-    every call (module docstring). MKL packs for one row count: the layer keeps one packing beside its weights
-    (its bytes held as long as the layer: :func:`use_packed_mkl`'s caller chooses the layers), made for the first
-    forward's rows or as :meth:`prepare` decides; products of other rows are MKL's plain ones."""
+    every call (module docstring); where the route takes oneDNN's, oneDNN's own packing if :func:`onednn_packing`
+    takes it. Each packs for one row count: the layer keeps one packing beside its weights (its bytes held as long
+    as the layer: :func:`use_packed_mkl`'s caller chooses the layers), made for the first forward's rows or as
+    :meth:`prepare` decides; products of other rows are the plain ones."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not packs_mkl(x, self.weight):
             return f_linear(x, self.weight, self.bias)
         rows = x.numel() // x.shape[-1]
         if applies(x, self.weight) and self.__dict__.get("_mkl_over_onednn") != rows:  # the route's oneDNN
-            return f_linear(x, self.weight, self.bias)
-        packed, kept = self.packed(rows), self.__dict__.get("_mkl_packed")
+            return self._onednn(x, rows)
+        packed, kept = self.packed(rows), self.__dict__.get("_packing")
         if packed is None:
             if kept is not None and kept[0][0] != rows:  # packed for another row count: MKL's plain product
                 return f_linear(x, self.weight, self.bias)
@@ -62,17 +77,43 @@ class PackedLinear(OneDnnLinear):
         bias = None if self.bias is None else self.bias.detach()
         return torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows)
 
+    def _onednn(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """The route's oneDNN product: with the weights in oneDNN's packing where :func:`onednn_packing` takes it
+        (packed for these rows, the same one-packing rule as MKL's), both ways in turn while its contest is open
+        (each call timed for it), the plain call where it is refused."""
+        taken = onednn_packing(self.in_features, self.out_features, rows)
+        kept = self.__dict__.get("_packing")
+        if taken is False or (kept is not None and kept[0][0] != rows):
+            if taken is False and kept is not None and kept[0][3] == "onednn":
+                self.__dict__.pop("_packing")  # a contest's packing, refused
+            return onednn.linear(x, self.weight, self.bias)
+        packed = self.packed(rows, "onednn")
+        if packed is None:
+            packed = self.pack(rows, "onednn")
+        if taken:
+            return onednn.linear(x, packed, self.bias)
+        side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows), _contest())["next"]
+        start = time.process_time()
+        out = onednn.linear(x, packed if side else self.weight, self.bias)
+        contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start)
+        return out
+
     def prepare(self, rows: int) -> None:
-        """Before a forward of ``rows`` fp32 CPU rows: packed for them now where :meth:`forward` will take the
-        packed product and either nothing is packed yet or the last forward prepared had the same rows (packing
-        costs about as much as a ViT-B photo gains from it: photos of sizes in turn keep one packing, and the
-        others' products are MKL's plain ones)."""
+        """Before a forward of ``rows`` fp32 CPU rows: packed for them now where :meth:`forward` will take a packed
+        product (MKL's, or oneDNN's where the route takes oneDNN's and :func:`onednn_packing` does not refuse it)
+        and either nothing is packed yet or the last forward prepared had the same rows (packing costs about as much
+        as a ViT-B photo gains from it: photos of sizes in turn keep one packing, and the others' products are the
+        plain ones)."""
         probe = self.weight.new_empty(1).expand(rows, self.in_features)  # no memory: only its shape is read
-        if self.weight.device.type == "cpu" and packs_mkl(probe, self.weight) and (
-                not applies(probe, self.weight) or self._over_onednn(rows)):
-            if self.packed(rows) is None and ("_mkl_packed" not in self.__dict__ or self.__dict__.get("_mkl_seen")
-                                              == rows):
-                self.pack(rows)
+        kind = None
+        if self.weight.device.type == "cpu" and packs_mkl(probe, self.weight):
+            if not applies(probe, self.weight) or self._over_onednn(rows):
+                kind = "mkl"
+            elif onednn_packing(self.in_features, self.out_features, rows) is not False:
+                kind = "onednn"
+        if kind is not None and self.packed(rows, kind) is None and (
+                "_packing" not in self.__dict__ or self.__dict__.get("_mkl_seen") == rows):
+            self.pack(rows, kind)
         self.__dict__["_mkl_seen"] = rows
 
     def _over_onednn(self, rows: int) -> bool:
@@ -83,28 +124,30 @@ class PackedLinear(OneDnnLinear):
             self.__dict__["_mkl_over_onednn"] = rows
         return self.__dict__.get("_mkl_over_onednn") == rows
 
-    def packed(self, rows: int) -> torch.Tensor | None:
-        """The packing for ``rows`` rows of the current weights, None where there is none."""
-        packed = self.__dict__.get("_mkl_packed")
-        return packed[1] if packed is not None and packed[0] == (rows, id(self.weight), self.weight._version) \
+    def packed(self, rows: int, kind: str = "mkl") -> torch.Tensor | None:
+        """The ``kind`` packing (``"mkl"`` or ``"onednn"``) for ``rows`` rows of the current weights, None where
+        there is none."""
+        packed = self.__dict__.get("_packing")
+        return packed[1] if packed is not None and packed[0] == (rows, id(self.weight), self.weight._version, kind) \
             else None
 
-    def pack(self, rows: int) -> torch.Tensor:
-        """The weights packed for products of ``rows`` rows, kept (the previous packing freed first). A caller that
-        knows the rows of its next forward packs its layers first (:meth:`prepare`): packed among a forward's
-        activations, the copies would leave the heap's freed pages scattered and resident (in RADSeg's worker,
-        about twice the copies' own bytes more resident memory)."""
-        self.__dict__.pop("_mkl_packed", None)
-        key = (rows, id(self.weight), self.weight._version)
-        self.__dict__["_mkl_packed"] = (key, torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows))
-        return self.__dict__["_mkl_packed"][1]
+    def pack(self, rows: int, kind: str = "mkl") -> torch.Tensor:
+        """The weights packed for products of ``rows`` rows by MKL (``kind`` ``"mkl"``) or oneDNN (``"onednn"``),
+        kept (the previous packing freed first). A caller that knows the rows of its next forward packs its layers
+        first (:meth:`prepare`): packed among a forward's activations, the copies would leave the heap's freed pages
+        scattered and resident (in RADSeg's worker, about twice the copies' own bytes more resident memory)."""
+        self.__dict__.pop("_packing", None)
+        weight = self.weight.detach()
+        packed = (torch.ops.mkl._mkl_reorder_linear_weight(weight, rows) if kind == "mkl"
+                  else torch.ops.mkldnn._reorder_linear_weight(weight, rows))
+        self.__dict__["_packing"] = ((rows, id(self.weight), self.weight._version, kind), packed)
+        return packed
 
     def __getstate__(self) -> dict:
         """Pickled and deep-copied without the packing (made again at the copy's first call)."""
         state = super().__getstate__()
-        state.pop("_mkl_packed", None)
-        state.pop("_mkl_seen", None)
-        state.pop("_mkl_over_onednn", None)
+        for name in ("_packing", "_mkl_seen", "_mkl_over_onednn"):
+            state.pop(name, None)
         return state
 
 
@@ -120,7 +163,6 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
     where it wins beyond the pairs' spread), kept in the route's cache as ``KxN@rows/packed``. False where the
     route is forced (``VPLTOOL_CPU_LINEAR`` ``onednn``) or not ``auto``."""
     from ...runtime.numerics import cpu_linear_asked
-    from . import onednn
 
     if cpu_linear_asked() != "auto":
         return False
@@ -135,6 +177,57 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
     if key not in _OVER_ONEDNN:
         _OVER_ONEDNN[key] = not onednn.cached_verdict(f"{k}x{n}@{rows}/packed", ratios)
     return _OVER_ONEDNN[key]
+
+
+_ONEDNN_PACKED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> packing taken, this process's
+_CONTESTS: dict[tuple[int, int, int, int], dict] = {}  # the open contests of oneDNN's packing (onednn_packing)
+
+
+def _key(k: int, n: int, rows: int) -> tuple[int, int, int, int]:
+    return k, n, rows, torch.get_num_threads()
+
+
+def _contest() -> dict:
+    return {"next": 0, "spent": [0.0, 0.0], "calls": [0, 0], "ratios": []}
+
+
+def onednn_packing(k: int, n: int, rows: int) -> bool | None:
+    """Whether a layer of ``k`` inputs and ``n`` outputs whose ``rows``-row product the route takes to oneDNN holds
+    its weights in oneDNN's packing (``torch.ops.mkldnn._reorder_linear_weight``): this process's verdict, else this
+    machine's (the route's cache, ``KxN@rows/onednn-packed``), else None while the contest runs in the model's own
+    forwards (:func:`contest_call`; alone, a product's timing misjudged it: :data:`ONEDNN_PACK_WIN`). False where
+    this torch has no such packing or the route is not ``auto``."""
+    from ...runtime.numerics import cpu_linear_asked
+
+    if not HAS_ONEDNN_PACK or cpu_linear_asked() != "auto":
+        return False
+    key = _key(k, n, rows)
+    if key not in _ONEDNN_PACKED:
+        verdict = cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: None)
+        if verdict is None:
+            return None
+        _ONEDNN_PACKED[key] = verdict
+    return _ONEDNN_PACKED[key]
+
+
+def contest_call(k: int, n: int, rows: int, side: int, seconds: float) -> None:
+    """One call of the open contest for a ``k``-by-``n`` product of ``rows`` rows: ``side`` 0 the plain oneDNN
+    call, 1 the packed one, ``seconds`` its CPU-seconds. The sides alternate call by call; every
+    :data:`CONTEST_CALLS` calls a side make a pair (the packed calls' time over the plain ones'), and after
+    :data:`.onednn.PAIRS` pairs the verdict is :func:`.onednn.decide`'s at :data:`ONEDNN_PACK_WIN`, kept."""
+    key = _key(k, n, rows)
+    contest = _CONTESTS.setdefault(key, _contest())
+    contest["spent"][side] += seconds
+    contest["calls"][side] += 1
+    contest["next"] = 1 - side
+    if min(contest["calls"]) < CONTEST_CALLS:
+        return
+    contest["ratios"].append(contest["spent"][1] / max(contest["spent"][0], 1e-9))
+    contest["spent"], contest["calls"] = [0.0, 0.0], [0, 0]
+    if len(contest["ratios"]) >= PAIRS:
+        _CONTESTS.pop(key)
+        ratios = contest["ratios"]
+        _ONEDNN_PACKED[key] = bool(cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: ratios, ONEDNN_PACK_WIN))
 
 
 def use_packed_mkl(*layers: nn.Module) -> int:
@@ -153,4 +246,5 @@ def use_packed_mkl(*layers: nn.Module) -> int:
     return n
 
 
-__all__ = ["HAS_MKL_PACK", "PackedLinear", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]
+__all__ = ["CONTEST_CALLS", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN", "PackedLinear", "contest_call",
+           "onednn_packing", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]

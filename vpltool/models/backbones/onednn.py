@@ -241,12 +241,13 @@ def time_pairs(sides) -> list[float]:
     return ratios
 
 
-def decide(ratios: list[float]) -> dict:
-    """The verdict of a calibration's pair ratios (oneDNN's time over MKL's, :func:`calibrate`): oneDNN only where
-    it wins beyond their spread, at most :data:`CLEAR_WIN` at the median and below 1 in every pair (the slowest
-    pair is the spread's far end); MKL otherwise. ``{"onednn", "ratio" (the median), "slowest", "pairs"}``."""
+def decide(ratios: list[float], win: float = CLEAR_WIN) -> dict:
+    """The verdict of a calibration's pair ratios (oneDNN's time over MKL's, :func:`calibrate`, or a contender's
+    over its rival's): oneDNN (the contender) only where it wins beyond their spread, at most ``win`` at the median
+    and below 1 in every pair (the slowest pair is the spread's far end); MKL (the rival) otherwise.
+    ``{"onednn", "ratio" (the median), "slowest", "pairs"}``."""
     median, slowest = statistics.median(ratios), max(ratios)
-    return {"onednn": bool(median <= CLEAR_WIN and slowest < 1.0), "ratio": round(median, 3),
+    return {"onednn": bool(median <= win and slowest < 1.0), "ratio": round(median, 3),
             "slowest": round(slowest, 3), "pairs": len(ratios)}
 
 
@@ -313,14 +314,17 @@ def _verdict(k: int, n: int, bucket: int) -> bool:
     return cached_verdict(f"{k}x{n}@{bucket}", lambda: calibrate(k, n, bucket))
 
 
-def cached_verdict(shape: str, ratios: Callable[[], list[float]]) -> bool:
-    """Whether oneDNN is taken for ``shape`` (its name in the cache: ``"KxN@bucket"``, or another contest's, as
-    :func:`.mkl_packed.packed_over_onednn`'s ``"KxN@rows/packed"``): this machine's cached verdict, else
-    :func:`decide` of ``ratios()`` (oneDNN's time over its contender's, :func:`time_pairs`) measured now and kept."""
+def cached_verdict(shape: str, ratios: Callable[[], list[float] | None], win: float = CLEAR_WIN) -> bool | None:
+    """Whether oneDNN (or another contender) is taken for ``shape`` (its name in the cache: ``"KxN@bucket"``, or
+    another contest's, as :func:`.mkl_packed.packed_over_onednn`'s ``"KxN@rows/packed"``): this machine's cached
+    verdict, else :func:`decide` at ``win`` of ``ratios()`` (the contender's time over its rival's,
+    :func:`time_pairs`) measured now and kept; None where ``ratios()`` gives None (a contest still open)."""
     kept = _read_cache().get(machine_key()[0], {}).get("products", {}).get(shape)
     if isinstance(kept, dict) and isinstance(kept.get("onednn"), bool):
         return kept["onednn"]
-    verdict = {**decide(ratios()), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if (measured := ratios()) is None:
+        return None
+    verdict = {**decide(measured, win), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     _keep(shape, verdict)
     return verdict["onednn"]
 

@@ -235,11 +235,11 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
     return out, torch.where(top < prob_threshold, torch.zeros_like(labels), labels)
 
 
-# the blocks' layers whose weights MKL's packed product reads (backbones.mkl_packed.PackedLinear): each keeps a packed
-# copy of its weights beside them (324 MiB at ViT-B: its 12 blocks' four layers). Before the loading and the text
-# tower gave back their file pages (dino_weights._load_mapped, radio.SigLIP2Text.page_out), the projection and second
-# MLP layers were left out: with them the worker peaked 8 MiB above the reference on an Intel Emerald Rapids
-# (bench/results/radseg_four_packed_3photos_intel_emerald_rapids.json)
+# the blocks' layers whose weights a packed product reads, MKL's or oneDNN's (backbones.mkl_packed.PackedLinear):
+# each keeps a packed copy of its weights beside them (324 MiB at ViT-B: its 12 blocks' four layers). Before the
+# loading and the text tower gave back their file pages (dino_weights._load_mapped, radio.SigLIP2Text.page_out), the
+# projection and second MLP layers were left out: with them the worker peaked 8 MiB above the reference on an Intel
+# Emerald Rapids (bench/results/radseg_four_packed_3photos_intel_emerald_rapids.json)
 PACKED = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
@@ -306,7 +306,7 @@ class RadsegBackbone:
         """``[n, 3, h*p, w*p]`` normalised windows -> (``[n, hw, C]`` float32 C-RADIOv3's patch tokens, its last
         block the SCRA, before the feature normaliser; ``(h, w)``)."""
         tokens = (windows.shape[-2] // self.patch_size) * (windows.shape[-1] // self.patch_size)
-        for layer in self.packed:  # MKL's packed weights made before the forward's activations (onednn.PackedLinear)
+        for layer in self.packed:  # packed weights made before the forward's activations (mkl_packed.PackedLinear)
             layer.prepare(len(windows) * (tokens + self.dino.n_prefix))
         _, patches, grid = self.dino.summary_and_patches(windows)
         return patches.float(), grid
