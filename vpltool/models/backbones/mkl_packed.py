@@ -31,8 +31,9 @@ HAS_ONEDNN_PACK = bool(HAS_OP and hasattr(torch.ops.mkldnn, "_reorder_linear_wei
 # oneDNN's packing is taken where packed calls took at most this share of the plain calls' CPU-seconds at the median
 # and less in every pair: one library's same sums either way (no reference's bits at stake, as with MKL against
 # oneDNN, onednn.CLEAR_WIN), so the margin is the pairs' spread. Inside RADSeg's forwards on a Zen 4 the packed
-# calls took 0.95-0.97 of the plain ones' time, while alone, or in a chain of ViT-B products, they took 1.02-1.08
-# (the plain call re-lays its weights out each time; how much that costs depends on what ran before it)
+# calls took 0.94-0.96 of the plain ones' time (the contests' medians, bench/results/radseg_amd_zen_4_onednn_packed
+# .json), while timed alone, or in a chain of a ViT-B's products, they were the slower (the plain call lays its
+# weights out at every call; what that costs depends on what ran before it)
 ONEDNN_PACK_WIN = 0.98
 CONTEST_CALLS = 12  # a contest pair: this many calls of a shape each side (a ViT-B forward's), alternated call by call
 
