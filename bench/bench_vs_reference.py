@@ -530,10 +530,11 @@ def cpu_linear(threads: int) -> dict:
                 for k, v in table.get("products", {}).items() if "/" in k}
     return {"route": route, "onednn_products": sorted(k for k, v in products.items() if v["onednn"]),
             "mkl_products": sorted(k for k, v in products.items() if not v["onednn"]),
-            "packings": {"what": "KxN@rows/packed: onednn true where oneDNN's plain call beat MKL's packed product "
-                                 "(mkl_packed.packed_over_onednn); KxN@rows/onednn-packed: onednn true where oneDNN's "
-                                 "own packing was taken (mkl_packed.onednn_packing); ratio: the contender's time "
-                                 "over its rival's", **packings},
+            "packings": {"what": "KxN@rows/mkl-packed: onednn true where MKL's packed product was taken over "
+                                 "oneDNN's plain call (mkl_packed.packed_over_onednn); KxN@rows/onednn-packed: onednn "
+                                 "true where oneDNN's own packing was taken (mkl_packed.onednn_packing); KxN@rows/"
+                                 "packed: the older rule's (oneDNN's plain call beat MKL's packed product), no longer "
+                                 "read; ratio: the contender's time over its rival's", **packings},
             "libraries": {k: table[k] for k in ("mkl", "onednn") if k in table}}
 
 

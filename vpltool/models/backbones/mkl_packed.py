@@ -36,6 +36,7 @@ HAS_ONEDNN_PACK = bool(HAS_OP and hasattr(torch.ops.mkldnn, "_reorder_linear_wei
 # weights out at every call; what that costs depends on what ran before it)
 ONEDNN_PACK_WIN = 0.98
 CONTEST_CALLS = 12  # a contest pair: this many calls of a shape each side (a ViT-B forward's), alternated call by call
+CONTEST_WARM = 1  # calls a side left untimed first (oneDNN makes its kernel for the packed layout at its first call)
 
 
 def packs_mkl(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -159,10 +160,14 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
     """Whether a layer of ``k`` inputs and ``n`` outputs packed for ``rows`` rows takes MKL's packed product where
     the route (``auto``) takes oneDNN's. The route weighs oneDNN against MKL's plain product at the rows' bucket
     (:func:`.onednn.takes_onednn`: 256 rows for a ViT-B's two 336-pixel windows, 898); the packed product is
-    another contender, at the rows it was packed for. Measured once a machine as the route is (oneDNN's
-    CPU-seconds over the packed product's, :func:`.onednn.time_pairs`, :func:`.onednn.decide`'s rule: oneDNN only
-    where it wins beyond the pairs' spread), kept in the route's cache as ``KxN@rows/packed``. False where the
-    route is forced (``VPLTOOL_CPU_LINEAR`` ``onednn``) or not ``auto``."""
+    another contender, at the rows it was packed for. Measured once a machine as the route is (the packed
+    product's CPU-seconds over oneDNN's, :func:`.onednn.time_pairs`) and by the route's rule for leaving the library
+    it chose: the packed product only where it wins beyond the pairs' spread (:func:`.onednn.decide`), oneDNN
+    otherwise; kept in the route's cache as ``KxN@rows/mkl-packed``. (The older rule, kept as ``KxN@rows/packed``
+    and no longer read, took the packed product unless oneDNN won beyond the spread: on a Zen 4 it gave two of
+    RADSeg's four layers to the packed product where oneDNN's win fell inside the pairs' spread, while the bench's
+    probes ran the packed product at 68-88 GFLOP/s and oneDNN's at 97-101.) False where the route is forced
+    (``VPLTOOL_CPU_LINEAR`` ``onednn``) or not ``auto``."""
     from ...runtime.numerics import cpu_linear_asked
 
     if cpu_linear_asked() != "auto":
@@ -171,12 +176,12 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
         gen = torch.Generator().manual_seed(0)
         x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
         packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-        return onednn.time_pairs((lambda: torch.ops.mkl._mkl_linear(x, packed, w, b, rows),
-                                  lambda: onednn.linear(x, w, b)))
+        return onednn.time_pairs((lambda: onednn.linear(x, w, b),
+                                  lambda: torch.ops.mkl._mkl_linear(x, packed, w, b, rows)))
 
     key = (k, n, rows, torch.get_num_threads())
     if key not in _OVER_ONEDNN:
-        _OVER_ONEDNN[key] = not onednn.cached_verdict(f"{k}x{n}@{rows}/packed", ratios)
+        _OVER_ONEDNN[key] = bool(onednn.cached_verdict(f"{k}x{n}@{rows}/mkl-packed", ratios))
     return _OVER_ONEDNN[key]
 
 
@@ -189,7 +194,7 @@ def _key(k: int, n: int, rows: int) -> tuple[int, int, int, int]:
 
 
 def _contest() -> dict:
-    return {"next": 0, "spent": [0.0, 0.0], "calls": [0, 0], "ratios": []}
+    return {"next": 0, "warm": 2 * CONTEST_WARM, "spent": [0.0, 0.0], "calls": [0, 0], "ratios": []}
 
 
 def onednn_packing(k: int, n: int, rows: int) -> bool | None:
@@ -213,11 +218,16 @@ def onednn_packing(k: int, n: int, rows: int) -> bool | None:
 
 def contest_call(k: int, n: int, rows: int, side: int, seconds: float) -> None:
     """One call of the open contest for a ``k``-by-``n`` product of ``rows`` rows: ``side`` 0 the plain oneDNN
-    call, 1 the packed one, ``seconds`` its CPU-seconds. The sides alternate call by call; every
-    :data:`CONTEST_CALLS` calls a side make a pair (the packed calls' time over the plain ones'), and after
-    :data:`.onednn.PAIRS` pairs the verdict is :func:`.onednn.decide`'s at :data:`ONEDNN_PACK_WIN`, kept."""
+    call, 1 the packed one, ``seconds`` its CPU-seconds. The sides alternate call by call; after
+    :data:`CONTEST_WARM` untimed calls a side, every :data:`CONTEST_CALLS` calls a side make a pair (the packed
+    calls' time over the plain ones'), and after :data:`.onednn.PAIRS` pairs the verdict is
+    :func:`.onednn.decide`'s at :data:`ONEDNN_PACK_WIN`, kept."""
     key = _key(k, n, rows)
     contest = _CONTESTS.setdefault(key, _contest())
+    if contest["warm"] > 0:
+        contest["warm"] -= 1
+        contest["next"] = 1 - side
+        return
     contest["spent"][side] += seconds
     contest["calls"][side] += 1
     contest["next"] = 1 - side
@@ -247,5 +257,5 @@ def use_packed_mkl(*layers: nn.Module) -> int:
     return n
 
 
-__all__ = ["CONTEST_CALLS", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN", "PackedLinear", "contest_call",
-           "onednn_packing", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]
+__all__ = ["CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN", "PackedLinear",
+           "contest_call", "onednn_packing", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]

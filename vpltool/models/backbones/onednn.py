@@ -316,7 +316,7 @@ def _verdict(k: int, n: int, bucket: int) -> bool:
 
 def cached_verdict(shape: str, ratios: Callable[[], list[float] | None], win: float = CLEAR_WIN) -> bool | None:
     """Whether oneDNN (or another contender) is taken for ``shape`` (its name in the cache: ``"KxN@bucket"``, or
-    another contest's, as :func:`.mkl_packed.packed_over_onednn`'s ``"KxN@rows/packed"``): this machine's cached
+    another contest's, as :func:`.mkl_packed.packed_over_onednn`'s ``"KxN@rows/mkl-packed"``): this machine's cached
     verdict, else :func:`decide` at ``win`` of ``ratios()`` (the contender's time over its rival's,
     :func:`time_pairs`) measured now and kept; None where ``ratios()`` gives None (a contest still open)."""
     kept = _read_cache().get(machine_key()[0], {}).get("products", {}).get(shape)
