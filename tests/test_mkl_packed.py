@@ -148,6 +148,14 @@ def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_win
         real(k, n, rows, side, packed_share if side else 1.0)
 
     monkeypatch.setattr(mkl_packed, "contest_call", contest_call)
+    reads = []
+    cached = mkl_packed.cached_verdict
+
+    def counted(shape, ratios, *win):  # the route's cache read for the verdict: once when the contest opens
+        reads.append(shape)
+        return cached(shape, ratios, *win)
+
+    monkeypatch.setattr(mkl_packed, "cached_verdict", counted)
     torch.manual_seed(10)
     layer = nn.Linear(64, 96)
     mkl_packed.use_packed_mkl(layer)
@@ -160,6 +168,7 @@ def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_win
         for _ in range(calls):
             assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6)
         assert sides == [0, 1] * (calls // 2) and mkl_packed._CONTESTS == {}
+        assert reads == ["64x96@300/onednn-packed"] * 2  # opened (nothing kept), decided: not read at every call
         taken = packed_share <= mkl_packed.ONEDNN_PACK_WIN
         assert mkl_packed.onednn_packing(64, 96, 300) is taken
         assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6) and len(sides) == calls  # no contest now

@@ -209,8 +209,11 @@ def onednn_packing(k: int, n: int, rows: int) -> bool | None:
         return False
     key = _key(k, n, rows)
     if key not in _ONEDNN_PACKED:
+        if key in _CONTESTS:  # open in this process: the cache was read once, when it opened (not at every call)
+            return None
         verdict = cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: None)
         if verdict is None:
+            _CONTESTS[key] = _contest()
             return None
         _ONEDNN_PACKED[key] = verdict
     return _ONEDNN_PACKED[key]
