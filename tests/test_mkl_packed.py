@@ -179,3 +179,94 @@ def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_win
     assert mkl_packed.onednn_packing(64, 96, 300) is taken
     monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "onednn")
     assert mkl_packed.onednn_packing(64, 96, 300) is False
+
+
+def _auto_route(monkeypatch, tmp_path, packing: bool | None) -> None:
+    """The route ``auto`` on an empty cache, oneDNN taken for every shape, MKL's packing refused, and oneDNN's
+    packing's verdict ``packing`` for every shape (None: its contest open)."""
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
+    monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
+    for name in ("_OVER_ONEDNN", "_ONEDNN_PACKED", "_CONTESTS"):
+        monkeypatch.setattr(mkl_packed, name, {})
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.5] * onednn.PAIRS)
+    monkeypatch.setattr(mkl_packed, "packed_over_onednn", lambda k, n, rows: False)
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: packing)
+
+
+@pytest.mark.skipif(not mkl_packed.HAS_ONEDNN_PACK, reason="this torch has no oneDNN weight packing")
+def test_onednn_s_packing_serves_every_row_count_and_a_mapped_file_s_pages_go_back_once_it_serves(
+        monkeypatch, tmp_path):
+    """oneDNN's packing, made for one row count, serves products of any rows (its outputs oneDNN's plain call's, no
+    second packing); a layer whose weights a file backs hands the file's pages back once (the packing takes their
+    place), not while its contest is open; the weights stay readable (read again from the file)."""
+    from vpltool.io import pages
+
+    _auto_route(monkeypatch, tmp_path, True)
+    torch.manual_seed(11)
+    torch.save(nn.Linear(64, 96).state_dict(), tmp_path / "w.pt")
+    layer = nn.Linear(64, 96)
+    layer.load_state_dict(torch.load(tmp_path / "w.pt", mmap=True), assign=True)  # the file's pages, not a copy
+    assert pages.file_backed(layer.weight.data_ptr())
+    handed = []
+    real = pages.page_out_tensors
+    monkeypatch.setattr(pages, "page_out_tensors", lambda ts: handed.append([t.data_ptr() for t in ts]) or real(ts))
+    assert mkl_packed.use_packed_mkl(layer, mkl=False) == 1 and type(layer) is mkl_packed.OneDnnPackedLinear
+    gen = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        layer.prepare(300)
+        kept = layer.__dict__["_packing"][1]
+        assert handed == [[layer.weight.data_ptr()]]  # at the packing, before any forward's activations
+        for rows in (300, 7, 1029):
+            x = torch.randn(rows, 64, generator=gen)
+            assert torch.allclose(layer(x), onednn.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+            layer.prepare(rows)
+            assert layer.__dict__["_packing"][1] is kept  # the one packing, whatever the rows
+        assert handed == [[layer.weight.data_ptr()]]  # once a packing
+        monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")  # the route's MKL: MKL's plain product, never its packing
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias)) and layer.__dict__["_packing"][1] is kept
+    other = nn.Linear(64, 96)
+    other.load_state_dict(torch.load(tmp_path / "w.pt", mmap=True), assign=True)
+    mkl_packed.use_packed_mkl(other, mkl=False)
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: None)  # its contest open: both ways in turn
+    handed.clear()
+    with torch.no_grad():
+        other.prepare(300)
+        other(x)
+    assert other.packed(300, "onednn") is not None and handed == []
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: True)  # decided: handed back at its next call
+    with torch.no_grad():
+        other(x)
+        other(x)
+    assert handed == [[other.weight.data_ptr()]]
+
+
+def test_talk2dino_s_dino_holds_its_blocks_weights_in_onednn_s_packing_with_the_same_features(monkeypatch, tmp_path):
+    """A Talk2DINO's frozen DINO packs its blocks' four linear layers for oneDNN (not MKL's packing: its batches'
+    groups of images vary in rows), each forward preparing them first; its features are the unpacked DINO's."""
+    from test_talk2dino import TOY_DINO
+
+    from vpltool.models.backbones.dino import DinoSpec
+    from vpltool.models.registry import load_model
+    from vpltool.models.text.talk2dino import Talk2DINOConfig
+    from vpltool.models.text.talk2dino.net import Talk2DINO
+
+    if not (mkl_packed.HAS_ONEDNN_PACK and onednn.available()):
+        pytest.skip("this torch has no oneDNN weight packing")
+    _auto_route(monkeypatch, tmp_path, True)
+    spec = DinoSpec("test_vit", str(TOY_DINO), "bicubic-antialias")
+    dino, plain = (load_model("dino", spec, "cpu") for _ in range(2))
+    model = Talk2DINO(Talk2DINOConfig(text_dim=64, dino_dim=int(dino.model.embed_dim)), dino, None)
+    layers = mkl_packed.block_linears(dino.model)
+    assert model.dino is dino and dino.packed == layers and len(layers) == 4 * len(dino.model.blocks)
+    assert all(type(m) is mkl_packed.OneDnnPackedLinear for m in layers) and plain.packed == []
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        got = model.dino_features(pixels)
+        want = Talk2DINO(Talk2DINOConfig(text_dim=64, dino_dim=int(dino.model.embed_dim)), None, None)
+        want.backbones = (plain, None)
+        want = want.dino_features(pixels)
+    assert all(m.packed(1, "onednn") is not None for m in layers)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)

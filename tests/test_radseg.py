@@ -262,8 +262,8 @@ def test_radseg_s_models_run_their_linear_layers_through_onednn(files):
     from torch import nn
 
     from vpltool.models.backbones import mkl_packed, onednn
+    from vpltool.models.backbones.mkl_packed import block_linears as packed_layers
     from vpltool.models.dense.method import resolve_method
-    from vpltool.models.dense.radseg import packed_layers
     from vpltool.runtime.numerics import reproducible_asked
 
     if not onednn.available():
@@ -288,7 +288,8 @@ def test_the_packed_layers_are_each_block_s_four_linear_layers_where_it_has_them
 
     from torch import nn
 
-    from vpltool.models.dense.radseg import ScraAttention, packed_layers
+    from vpltool.models.backbones.mkl_packed import block_linears as packed_layers
+    from vpltool.models.dense.radseg import ScraAttention
 
     def attn():
         return SimpleNamespace(qkv=nn.Linear(4, 12), proj=nn.Linear(4, 4))

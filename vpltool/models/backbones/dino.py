@@ -179,6 +179,7 @@ class DinoBackbone:
         self.model = model.eval().requires_grad_(False).to(device)
         use_onednn(self.model)  # its fp32 linear layers through oneDNN on the CPU (onednn.py)
         self.spec, self.device, self.blocks = spec, device, blocks
+        self.packed: list = []  # blocks' layers holding packed weights (a caller's mkl_packed.pack_blocks)
         # timm's own forward for a model whose tokens vpltool's DINO forward does not make (RoPE: DINOv3; its own
         # embedding: C-RADIOv3's NaFlexViT); its blocks must be ones whose mixing timm_blocks repeats
         self.own_forward = timm_forward(model)
@@ -240,6 +241,8 @@ class DinoBackbone:
             return x, qkv, parts[0][2]
         m = self.model
         x, grid = self._dino_tokens(pixels)
+        for layer in self.packed:  # packed for these rows before the blocks' activations (mkl_packed.PackedLinear)
+            layer.prepare(x.shape[0] * x.shape[1])
         qkv, last = None, len(m.blocks) - 1
         for i, blk in enumerate(m.blocks):
             h = blk.norm1(x)

@@ -12,8 +12,12 @@ of ~900 rows ran faster on an Intel Xeon (Emerald Rapids, no AMX: ``bench/bench_
 ``tests/test_mkl_packed.py`` asks them within float rounding). The packed
 copy is held beside the weights (as many bytes), and MKL packs for one row count: a caller chooses which layers
 (:func:`use_packed_mkl`) and, where it knows the rows of its next forward, packs them first
-(:meth:`PackedLinear.prepare`). Reproducible mode, :func:`.onednn.references_library`, gradients, bf16, autocast
-and compiled graphs keep :func:`.onednn.f_linear`.
+(:meth:`PackedLinear.prepare`); oneDNN's packing serves products of any rows (the rows only hint its layout: equal
+bits from 7 to 6,174 rows on a Zen 4). A layer whose weights a file backs (a memory-mapped model: Talk2DINO's DINO
+from its safetensors file) hands the file's pages back once its packing serves its calls (:func:`.io.pages.page_out`:
+read again from the file if a product asks them), so the packing takes their place rather than adding to them.
+Reproducible mode, :func:`.onednn.references_library`, gradients, bf16, autocast and compiled graphs keep
+:func:`.onednn.f_linear`.
 """
 
 from __future__ import annotations
@@ -63,7 +67,10 @@ class PackedLinear(OneDnnLinear):
     every call (module docstring); where the route takes oneDNN's, oneDNN's own packing if :func:`onednn_packing`
     takes it. Each packs for one row count: the layer keeps one packing beside its weights (its bytes held as long
     as the layer: :func:`use_packed_mkl`'s caller chooses the layers), made for the first forward's rows or as
-    :meth:`prepare` decides; products of other rows are the plain ones."""
+    :meth:`prepare` decides; products of other rows are the plain ones (oneDNN's packing serves them all).
+    :class:`OneDnnPackedLinear` never takes MKL's packing."""
+
+    mkl_packing = True  # MKL's packing where the route takes MKL's product (or it beats oneDNN's at the rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not packs_mkl(x, self.weight):
@@ -71,29 +78,34 @@ class PackedLinear(OneDnnLinear):
         rows = x.numel() // x.shape[-1]
         if applies(x, self.weight) and self.__dict__.get("_mkl_over_onednn") != rows:  # the route's oneDNN
             return self._onednn(x, rows)
+        if not self.mkl_packing:
+            return f_linear(x, self.weight, self.bias)
         packed, kept = self.packed(rows), self.__dict__.get("_packing")
         if packed is None:
             if kept is not None and kept[0][0] != rows:  # packed for another row count: MKL's plain product
                 return f_linear(x, self.weight, self.bias)
             packed = self.pack(rows)  # the first forward's rows, or the same rows of weights loaded in place
         bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows)
+        out = torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows)
+        self._hand_back()
+        return out
 
     def _onednn(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """The route's oneDNN product: with the weights in oneDNN's packing where :func:`onednn_packing` takes it
         (packed for these rows, the same one-packing rule as MKL's), both ways in turn while its contest is open
         (each call timed for it), the plain call where it is refused."""
         taken = onednn_packing(self.in_features, self.out_features, rows)
-        kept = self.__dict__.get("_packing")
-        if taken is False or (kept is not None and kept[0][0] != rows):
-            if taken is False and kept is not None and kept[0][3] == "onednn":
-                self.__dict__.pop("_packing")  # a contest's packing, refused
+        kept, packed = self.__dict__.get("_packing"), self.packed(rows, "onednn")
+        if taken is False or (packed is None and kept is not None and kept[0][3] == "mkl" and kept[0][0] != rows):
+            if taken is False and packed is not None and kept[0][0] == rows:
+                self.__dict__.pop("_packing")  # refused at the rows it was made for (kept where others took it)
             return onednn.linear(x, self.weight, self.bias)
-        packed = self.packed(rows, "onednn")
         if packed is None:
             packed = self.pack(rows, "onednn")
         if taken:
-            return onednn.linear(x, packed, self.bias)
+            out = onednn.linear(x, packed, self.bias)
+            self._hand_back()
+            return out
         side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows), _contest())["next"]
         start = time.process_time()
         out = onednn.linear(x, packed if side else self.weight, self.bias)
@@ -109,10 +121,10 @@ class PackedLinear(OneDnnLinear):
         probe = self.weight.new_empty(1).expand(rows, self.in_features)  # no memory: only its shape is read
         kind = None
         if self.weight.device.type == "cpu" and packs_mkl(probe, self.weight):
-            if not applies(probe, self.weight) or self._over_onednn(rows):
+            if applies(probe, self.weight) and not (self.mkl_packing and self._over_onednn(rows)):
+                kind = "onednn" if onednn_packing(self.in_features, self.out_features, rows) is not False else None
+            elif self.mkl_packing:
                 kind = "mkl"
-            elif onednn_packing(self.in_features, self.out_features, rows) is not False:
-                kind = "onednn"
         if kind is not None and self.packed(rows, kind) is None and (
                 "_packing" not in self.__dict__ or self.__dict__.get("_mkl_seen") == rows):
             self.pack(rows, kind)
@@ -127,11 +139,22 @@ class PackedLinear(OneDnnLinear):
         return self.__dict__.get("_mkl_over_onednn") == rows
 
     def packed(self, rows: int, kind: str = "mkl") -> torch.Tensor | None:
-        """The ``kind`` packing (``"mkl"`` or ``"onednn"``) for ``rows`` rows of the current weights, None where
-        there is none."""
+        """The ``kind`` packing (``"mkl"`` or ``"onednn"``) for ``rows`` rows of the current weights (oneDNN's: for
+        any rows), None where there is none."""
         packed = self.__dict__.get("_packing")
-        return packed[1] if packed is not None and packed[0] == (rows, id(self.weight), self.weight._version, kind) \
-            else None
+        if packed is None or packed[0][1:] != (id(self.weight), self.weight._version, kind):
+            return None
+        return packed[1] if packed[0][0] == rows or kind == "onednn" else None
+
+    def _hand_back(self) -> None:
+        """Once a packing serves this layer's calls: the pages of a file that backs its weights handed back to it
+        (module docstring; nothing where none does), once a packing."""
+        from ...io.pages import page_out_tensors
+
+        kept = self.__dict__["_packing"][0]
+        if self.__dict__.get("_handed_back") != kept:
+            self.__dict__["_handed_back"] = kept
+            page_out_tensors([self.weight.detach()])
 
     def pack(self, rows: int, kind: str = "mkl") -> torch.Tensor:
         """The weights packed for products of ``rows`` rows by MKL (``kind`` ``"mkl"``) or oneDNN (``"onednn"``),
@@ -143,14 +166,23 @@ class PackedLinear(OneDnnLinear):
         packed = (torch.ops.mkl._mkl_reorder_linear_weight(weight, rows) if kind == "mkl"
                   else torch.ops.mkldnn._reorder_linear_weight(weight, rows))
         self.__dict__["_packing"] = ((rows, id(self.weight), self.weight._version, kind), packed)
+        if kind == "mkl" or onednn_packing(self.in_features, self.out_features, rows):
+            self._hand_back()  # it serves the calls from now on: a file's pages given back now, not after a forward
         return packed
 
     def __getstate__(self) -> dict:
         """Pickled and deep-copied without the packing (made again at the copy's first call)."""
         state = super().__getstate__()
-        for name in ("_packing", "_mkl_seen", "_mkl_over_onednn"):
+        for name in ("_packing", "_mkl_seen", "_mkl_over_onednn", "_handed_back"):
             state.pop(name, None)
         return state
+
+
+class OneDnnPackedLinear(PackedLinear):
+    """:class:`PackedLinear` with oneDNN's packing only: MKL's plain product where the route takes MKL's (a model
+    whose forwards' rows vary, as a DINO's batch in groups of images does: MKL packs for one row count)."""
+
+    mkl_packing = False
 
 
 _OVER_ONEDNN: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> packed taken, this process's
@@ -244,21 +276,46 @@ def contest_call(k: int, n: int, rows: int, side: int, seconds: float) -> None:
         _ONEDNN_PACKED[key] = bool(cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: ratios, ONEDNN_PACK_WIN))
 
 
-def use_packed_mkl(*layers: nn.Module) -> int:
+def use_packed_mkl(*layers: nn.Module, mkl: bool = True) -> int:
     """Each :class:`OneDnnLinear` or plain ``nn.Linear`` of ``layers`` (the modules themselves) made a
-    :class:`PackedLinear`, in place (idempotent); returns how many (0 where this torch has no MKL packed op or in
-    reproducible mode)."""
+    :class:`PackedLinear` (``mkl`` False: a :class:`OneDnnPackedLinear`), in place (idempotent); returns how many
+    (0 where this torch has no MKL packed op or in reproducible mode)."""
     from ...runtime.numerics import reproducible_asked
 
     if not HAS_MKL_PACK or reproducible_asked():
         return 0
     n = 0
     for m in layers:
-        if type(m) in (nn.Linear, OneDnnLinear, PackedLinear):
-            m.__class__ = PackedLinear
+        if type(m) in (nn.Linear, OneDnnLinear, PackedLinear, OneDnnPackedLinear):
+            m.__class__ = PackedLinear if mkl else OneDnnPackedLinear
             n += 1
     return n
 
 
-__all__ = ["CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN", "PackedLinear",
-           "contest_call", "onednn_packing", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]
+BLOCK_LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")  # a ViT block's linear layers, by their timm names
+
+
+def block_linears(model) -> list[nn.Linear]:
+    """The linear layers :data:`BLOCK_LAYERS` names in each of ``model``'s blocks (an attention that wraps another
+    as its ``inner``, RADSeg's SCRA: the inner one's); a block without one (a gated MLP has no ``fc1``) adds none."""
+    out = []
+    for block in model.blocks:
+        for name in BLOCK_LAYERS:
+            owner, attr = name.split(".")
+            module = getattr(block, owner, None)
+            layer = getattr(getattr(module, "inner", module), attr, None)
+            if isinstance(layer, nn.Linear):
+                out.append(layer)
+    return out
+
+
+def pack_blocks(model, mkl: bool = True) -> list[nn.Module]:
+    """``model``'s :func:`block_linears` made packed layers (:func:`use_packed_mkl`, ``mkl`` as there), for a
+    caller to :meth:`~PackedLinear.prepare` before each forward; ``[]`` where none can be."""
+    layers = block_linears(model)
+    return layers if use_packed_mkl(*layers, mkl=mkl) else []
+
+
+__all__ = ["BLOCK_LAYERS", "CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN",
+           "OneDnnPackedLinear", "PackedLinear", "block_linears", "contest_call", "onednn_packing", "pack_blocks",
+           "packed_over_onednn", "packs_mkl", "use_packed_mkl"]

@@ -38,7 +38,7 @@ from torch import nn
 
 from ....errors import VplError
 from ...backbones.fused_blocks import use_fused_blocks
-from ...backbones.mkl_packed import use_packed_mkl
+from ...backbones.mkl_packed import pack_blocks
 from ..hooks import DenseHooks
 from ..mixing import DenseMixing
 from ..segmentor import slide_windows, stride_multiple_input
@@ -235,28 +235,6 @@ def denoised_labels(probs: torch.Tensor, query_class: torch.Tensor, n_classes: i
     return out, torch.where(top < prob_threshold, torch.zeros_like(labels), labels)
 
 
-# the blocks' layers whose weights a packed product reads, MKL's or oneDNN's (backbones.mkl_packed.PackedLinear):
-# each keeps a packed copy of its weights beside them (324 MiB at ViT-B: its 12 blocks' four layers). Before the
-# loading and the text tower gave back their file pages (dino_weights._load_mapped, radio.SigLIP2Text.page_out), the
-# projection and second MLP layers were left out: with them the worker peaked 8 MiB above the reference on an Intel
-# Emerald Rapids (bench/results/radseg_four_packed_3photos_intel_emerald_rapids.json)
-PACKED = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
-
-
-def packed_layers(model) -> list:
-    """The linear layers :data:`PACKED` names in each of ``model``'s blocks (the SCRA's inner attention's too); a
-    block without one (a gated MLP has no ``fc1``) adds none."""
-    out = []
-    for block in model.blocks:
-        for name in PACKED:
-            owner, attr = name.split(".")
-            module = getattr(block, owner, None)
-            layer = getattr(getattr(module, "inner", module), attr, None)
-            if isinstance(layer, nn.Linear):
-                out.append(layer)
-    return out
-
-
 class RadsegBackbone:
     """The model RADSeg runs (module docstring): C-RADIOv3 (``dino``, a
     :class:`~vpltool.models.backbones.dino.DinoBackbone` whose last block's attention is :class:`ScraAttention`),
@@ -267,7 +245,11 @@ class RadsegBackbone:
         last = self.model.blocks[-1]
         if not isinstance(last.attn, ScraAttention):
             last.attn = ScraAttention(last.attn, scra_scale)
-        self.packed = packed_layers(self.model) if use_packed_mkl(*packed_layers(self.model)) else []
+        # the blocks' four linear layers hold a packed copy of their weights (MKL's or oneDNN's), 324 MiB beside them
+        # at ViT-B: room the loading and the text tower made by giving back their file pages (dino_weights._load_mapped,
+        # radio.SigLIP2Text.page_out; without it the worker had peaked above the reference's with all four packed:
+        # bench/results/radseg_four_packed_3photos_intel_emerald_rapids.json)
+        self.packed = pack_blocks(self.model)
         use_fused_blocks(self.model.blocks)  # residuals added in place outside reproducible mode (fused_blocks)
         self.device = dino.device
         self.head = head.to(self.device)

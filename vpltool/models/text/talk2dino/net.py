@@ -42,6 +42,10 @@ class Talk2DINO(nn.Module):
         self.cfg = cfg
         self.proj = Projection(cfg.text_dim, cfg.dino_dim, cfg.hidden_layers)
         self.backbones = (dino, clip)  # a tuple: nn.Module does not register what is inside it
+        if getattr(dino, "packed", None) == []:  # frozen: its blocks' weights packed once for oneDNN's products
+            from ...backbones.mkl_packed import pack_blocks
+
+            dino.packed = pack_blocks(dino.model, mkl=False)  # (not MKL's: its batch's groups vary in rows)
 
     @property
     def dino(self):
