@@ -4,15 +4,17 @@ weights in the reference's layout), one thread, fp32; prints ONE JSON object.
 
     python bench/bench_dino_forward.py [--pairs 3] [--work DIR]
 
+The DINO is held as Talk2DINO holds it: its blocks' layers in oneDNN's packing where the route takes oneDNN and
+the contest inside the forwards kept it (``mkl_packed.pack_blocks(model, mkl=False)``); forwards run first until no
+contest is open (``packings``: the verdicts, the packed calls' time over the plain ones').
+
 * ``by_op``: one forward on the ``auto`` route under torch's profiler, the costliest ops' self CPU-seconds and, for
   the products and the fused attention, their GFLOP/s.
 * ``routes``: the forward's CPU-seconds on each route of its linear layers, alternated in one process
-  (``VPLTOOL_CPU_LINEAR`` is read per call): ``mkl``, ``onednn``, ``auto`` (this machine's verdicts), and
-  ``onednn-packed``, every layer's weights laid out for oneDNN once (``torch.ops.mkldnn._reorder_linear_weight``,
-  held beside the weights). The last is no vpltool route: it is measured to size what it would save and what it
-  would hold (``packed_mib``). Medians of the pairs, each route's ratio to ``mkl`` (the median of the per-pair
-  ratios), its tokens' largest difference from ``mkl``'s, and whether the packed layers' tokens are the plain oneDNN
-  call's bit for bit.
+  (``VPLTOOL_CPU_LINEAR`` is read per call): ``mkl``, ``onednn`` (both forced: the plain calls, no packing) and
+  ``auto`` (this machine's verdicts, and the packing where they kept it). Medians of the pairs, each route's ratio to
+  ``mkl`` (the median of the per-pair ratios), its tokens' largest difference from ``mkl``'s and from the plain
+  oneDNN call's.
 * ``attention``: one photo's ``[1, 12, 1029, 64]`` heads, SDPA's fused CPU kernel (what DINOv2's own code calls)
   against ``softmax((q kᵀ) s) v`` written out by blocks of query rows (:func:`..dino_attention.written_attention`'s
   way, 128 and 256 rows): GFLOP/s, medians of alternating rounds, and each one's largest difference from SDPA's.
@@ -36,7 +38,8 @@ from bench_radseg import op_flop  # noqa: E402  (a product's or the attention's 
 from bench_vs_reference import T2D_SIDE as SIDE  # noqa: E402  (Talk2DINO's train view)
 from bench_vs_reference import t2d_dino  # noqa: E402
 
-ROUTES = ("mkl", "onednn", "auto", "onednn-packed")
+ROUTES = ("mkl", "onednn", "auto")
+SETTLE = 12  # forwards at most before the profile, until no packing contest is open (3 settle a ViT-B at 6 photos)
 PHOTOS = 6  # the parity photos' count
 
 
@@ -69,27 +72,11 @@ def by_op(dino, x) -> dict:
 
 def routes(dino, x, pairs: int) -> dict:
     """The forward on each route of :data:`ROUTES`, alternated in one process (module docstring)."""
-    import torch
-
-    from vpltool.models.backbones import onednn
-
-    layers = [m for m in dino.model.modules() if isinstance(m, onednn.OneDnnLinear)]
-    plain = onednn.OneDnnLinear.forward
-    rows = x.shape[-2] // dino.patch_size * (x.shape[-1] // dino.patch_size) + dino.n_prefix
-    packed = {id(m): torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows) for m in layers}
-
-    def packed_forward(self, h):
-        return torch.ops.mkldnn._linear_pointwise(h, packed[id(self)], self.bias, "none", [], "")
-
     def run(route: str):
-        os.environ["VPLTOOL_CPU_LINEAR"] = "onednn" if route == "onednn-packed" else route
-        onednn.OneDnnLinear.forward = packed_forward if route == "onednn-packed" else plain
-        try:
-            start = time.process_time()
-            out = _forward(dino, x)
-            return time.process_time() - start, out
-        finally:
-            onednn.OneDnnLinear.forward = plain
+        os.environ["VPLTOOL_CPU_LINEAR"] = route
+        start = time.process_time()
+        out = _forward(dino, x)
+        return time.process_time() - start, out
 
     outs = {r: run(r)[1] for r in ROUTES}  # each route's first call (oneDNN's kernels, auto's calibrations)
     times: dict[str, list[float]] = {r: [] for r in ROUTES}
@@ -102,8 +89,25 @@ def routes(dino, x, pairs: int) -> dict:
             "over_mkl": {r: round(statistics.median(a / b for a, b in zip(times[r], times["mkl"])), 3)
                          for r in ROUTES},
             "tokens_max_abs_diff_from_mkl": {r: float((outs[r] - outs["mkl"]).abs().max()) for r in ROUTES},
-            "packed_equal_to_onednn": bool(torch.equal(outs["onednn-packed"], outs["onednn"])),
-            "packed_mib": round(sum(p.numel() for p in packed.values()) * 4 / 2**20, 1)}
+            "tokens_max_abs_diff_from_onednn": {r: float((outs[r] - outs["onednn"]).abs().max()) for r in ROUTES}}
+
+
+def settle(dino, x) -> dict:
+    """Forwards on the ``auto`` route until no packing contest is open (at most :data:`SETTLE`): the layers that
+    hold oneDNN's packing and the verdicts of this forward's shapes (``onednn``: kept; ``ratio``: the packed calls'
+    time over the plain ones', the median of the pairs)."""
+    from vpltool.models.backbones import mkl_packed, onednn
+
+    os.environ["VPLTOOL_CPU_LINEAR"] = "auto"
+    for forwards in range(1, SETTLE + 1):
+        _forward(dino, x)
+        if not mkl_packed._CONTESTS:
+            break
+    kept = onednn.kept_verdicts(1)["products"]  # this machine's, of this process's shapes (not another model's)
+    verdicts = {f"{k}x{n}@{rows}/onednn-packed": kept.get(f"{k}x{n}@{rows}/onednn-packed")
+                for k, n, rows, _ in mkl_packed._ONEDNN_PACKED}
+    return {"forwards": forwards, "layers": len(dino.packed),
+            "packed_layers": sum(m.packed(1, "onednn") is not None for m in dino.packed), "verdicts": verdicts}
 
 
 def attention(rounds: int) -> dict:
@@ -146,7 +150,7 @@ def attention(rounds: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=3, help="alternating rounds of the four routes")
+    ap.add_argument("--pairs", type=int, default=3, help="alternating rounds of the three routes")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_dino_forward"), help="the random weights' file")
     args = ap.parse_args(argv)
     import torch
@@ -155,15 +159,19 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
+    from vpltool.models.backbones.mkl_packed import pack_blocks
+
     dino = t2d_dino(args.work)[2]  # bench_vs_reference's DINO of unit (a)
+    dino.packed = pack_blocks(dino.model, mkl=False)  # as Talk2DINO holds it (vpltool.models.text.talk2dino.net)
     x = torch.randn(PHOTOS, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
-    _forward(dino, x)  # auto's calibrations and each library's first call, outside the profile
+    packings = settle(dino, x)  # auto's calibrations, its packing contests, each library's first call: unprofiled
     result = {"benchmark": "dino-forward",
               "what": f"a DINOv2 ViT-B/14 reg4 forward of {PHOTOS} photos at {SIDE} px (Talk2DINO's unit (a)), "
                       "one thread, fp32: by op, by route of its linear layers, and its attention by kernel",
               "command": " ".join(["python", "bench/bench_dino_forward.py", *(argv or sys.argv[1:])]),
               "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
-              "machine": benchlib.machine("cpu"), "by_op": by_op(dino, x), "routes": routes(dino, x, args.pairs),
+              "machine": benchlib.machine("cpu"), "packings": packings, "by_op": by_op(dino, x),
+              "routes": routes(dino, x, args.pairs),
               "attention": attention(5)}
     print(json.dumps(result, indent=1))
 

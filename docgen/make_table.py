@@ -90,10 +90,21 @@ def peak_memory(data: dict) -> list[str]:
     return ["Peak memory: not recorded."]
 
 
+# a collapsed field's value is cut after this many characters: the JSON file named above holds it whole (a bench's
+# profile or per-shape record runs to 40,000 characters, half of this page, in one cell nobody reads here)
+FIELD_CHARS = 600
+
+
+def field(value) -> str:
+    """A recorded value as :func:`all_fields` shows it: JSON, cut after :data:`FIELD_CHARS` characters."""
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= FIELD_CHARS else f"{text[:FIELD_CHARS]} … (cut here: the JSON file holds it whole)"
+
+
 def all_fields(data: dict) -> list[str]:
-    """Every recorded field, collapsed: the headline tables above are a view of these."""
-    rows = [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in data.items()
-            if k not in ("machine", "peak_memory")]
+    """Every recorded field, collapsed, each long value cut (:func:`field`): the headline tables above are a view
+    of these."""
+    rows = [[k, field(v)] for k, v in data.items() if k not in ("machine", "peak_memory")]
     return ["<details><summary>all recorded fields</summary>", "", *table(["key", "value"], rows, "ll"), "",
             "</details>"]
 
