@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -609,3 +610,25 @@ def test_a_ctrl_c_the_moment_the_temporary_is_created_leaves_nothing(tmp_path, m
             pass
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stage_folder_a_peer_rank_begins_while_this_one_checks_it_is_that_stage_s(tmp_path, monkeypatch):
+    """The ranks of a stage check its folder as they start; a peer may write its run record (then its items) while
+    this rank reads the folder. The folder is listed before its records are read, so a record written in between is
+    found, and the folder is never taken for a file of no stage's (a node once refused the folder its peer had just
+    begun)."""
+    from vpltool.io import guard
+
+    folder = tmp_path / "cams"
+    folder.mkdir()
+    (folder / ".vpltool.lock").write_text("")  # the peer's lock: the folder still empty
+    listed = os.scandir
+
+    def peer_begins(path):  # the peer writes its run record the moment this rank lists the folder itself
+        if sys._getframe(1).f_code.co_name == "folder_owner" and not (folder / io.RUN_RECORD).exists():
+            io.begin_stage_run(folder, "cam", {"a": 1}, False)
+        return listed(path)
+
+    monkeypatch.setattr(guard.os, "scandir", peer_begins)
+    assert io.folder_owner(folder) == "cam"
+    io.check_outputs("cam", {"--out": (folder, "stage")})  # the same stage: resumed, not refused

@@ -101,6 +101,11 @@ def folder_owner(folder: PathLike) -> str | None:
     """The vpltool stage that made ``folder`` (from its records), None when it is empty (lock and temporary files
     aside), ``""`` when it holds files but no vpltool record (the user's folder)."""
     folder = Path(folder)
+    # listed before the records are read: the ranks of a stage check its folder as they start, and one may write
+    # its run record (then its items) meanwhile; read first, the records missed it, and the listing then showed it
+    # as a file of no stage's (a node refused the folder its peer had just begun)
+    with os.scandir(folder) as entries:
+        held = any(not _hidden_ours(e.name) for e in entries)
     shards = sorted(folder.glob(SHARD_RECORD.format(index="*", count="*")))
     for path in [folder / STAGE_RECORD, folder / RUN_RECORD, *shards]:
         if path.is_file():
@@ -113,8 +118,7 @@ def folder_owner(folder: PathLike) -> str | None:
         # train-pgseg's checkpoints and log have train-decoder's names: its files' kind tells the two apart
         pgseg = any(file_kind(folder / name) in _PGSEG_KINDS for name in ("pgseg.safetensors", _LAST_CHECKPOINT))
         return "train-pgseg" if pgseg else "train-decoder"
-    with os.scandir(folder) as entries:
-        return "" if any(not _hidden_ours(e.name) for e in entries) else None
+    return "" if held else None
 
 
 def _marked_by(folder: Path) -> str | None:

@@ -92,8 +92,9 @@ class PackedLinear(OneDnnLinear):
 
     def _onednn(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """The route's oneDNN product: with the weights in oneDNN's packing where :func:`onednn_packing` takes it
-        (packed for these rows, the same one-packing rule as MKL's), both ways in turn while its contest is open
-        (each call timed for it), the plain call where it is refused."""
+        (one packing, made for the first rows that ask it, serves every row count; none where MKL's, made for other
+        rows, is held), both ways in turn while its contest is open (each call timed for it), the plain call where
+        it is refused."""
         taken = onednn_packing(self.in_features, self.out_features, rows)
         kept, packed = self.__dict__.get("_packing"), self.packed(rows, "onednn")
         if taken is False or (packed is None and kept is not None and kept[0][3] == "mkl" and kept[0][0] != rows):
@@ -117,7 +118,7 @@ class PackedLinear(OneDnnLinear):
         product (MKL's, or oneDNN's where the route takes oneDNN's and :func:`onednn_packing` does not refuse it)
         and either nothing is packed yet or the last forward prepared had the same rows (packing costs about as much
         as a ViT-B photo gains from it: photos of sizes in turn keep one packing, and the others' products are the
-        plain ones)."""
+        plain ones, or oneDNN's packing, which serves any rows)."""
         probe = self.weight.new_empty(1).expand(rows, self.in_features)  # no memory: only its shape is read
         kind = None
         if self.weight.device.type == "cpu" and packs_mkl(probe, self.weight):
