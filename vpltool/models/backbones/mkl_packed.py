@@ -13,9 +13,10 @@ of ~900 rows ran faster on an Intel Xeon (Emerald Rapids, no AMX: ``bench/bench_
 copy is held beside the weights (as many bytes), and MKL packs for one row count: a caller chooses which layers
 (:func:`use_packed_mkl`) and, where it knows the rows of its next forward, packs them first
 (:meth:`PackedLinear.prepare`); oneDNN's packing serves products of any rows (the rows only hint its layout: the
-plain call's outputs at other rows, ``tests/test_mkl_packed.py``). A layer whose weights a file backs (a memory-mapped model: Talk2DINO's DINO
-from its safetensors file) hands the file's pages back once its packing serves its calls (:func:`.io.pages.page_out`:
-read again from the file if a product asks them), so the packing takes their place rather than adding to them.
+plain call's outputs at other rows, ``tests/test_mkl_packed.py``). A layer whose weights a file backs (a
+memory-mapped model: Talk2DINO's DINO from its safetensors file) hands the file's pages back once its packing serves
+its calls (:func:`.io.pages.page_out`: read again from the file if a product asks them), so the packing takes their
+place rather than adding to them.
 Reproducible mode, :func:`.onednn.references_library`, gradients, bf16, autocast and compiled graphs keep
 :func:`.onednn.f_linear`.
 """
