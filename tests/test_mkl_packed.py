@@ -1,9 +1,12 @@
 """MKL's packed product for fp32 linear layers (``vpltool.models.backbones.mkl_packed``): ``F.linear``'s outputs,
 packed for the first rows or as a caller prepares, packed again for weights loaded in place, not taken where the
 route takes oneDNN (unless packed it ran faster at the prepared rows), in reproducible mode, inside the references'
-library or with gradients; where the route takes oneDNN, oneDNN's own packing, by a contest run in the forwards."""
+library or with gradients; where the route takes oneDNN, oneDNN's own packing, by a contest run in the forwards, one
+packing for every row count, a memory-mapped file's pages handed back once it serves; Talk2DINO's DINO packed so."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -195,6 +198,7 @@ def _auto_route(monkeypatch, tmp_path, packing: bool | None) -> None:
 
 
 @pytest.mark.skipif(not mkl_packed.HAS_ONEDNN_PACK, reason="this torch has no oneDNN weight packing")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a mapping's pages are found in /proc/self/maps")
 def test_onednn_s_packing_serves_every_row_count_and_a_mapped_file_s_pages_go_back_once_it_serves(
         monkeypatch, tmp_path):
     """oneDNN's packing, made for one row count, serves products of any rows (its outputs oneDNN's plain call's, no
