@@ -203,7 +203,8 @@ def test_onednn_s_packing_serves_every_row_count_and_a_mapped_file_s_pages_go_ba
         monkeypatch, tmp_path):
     """oneDNN's packing, made for one row count, serves products of any rows (its outputs oneDNN's plain call's, no
     second packing); a layer whose weights a file backs hands the file's pages back once (the packing takes their
-    place), not while its contest is open; the weights stay readable (read again from the file)."""
+    place), not while its contest is open; MKL's packing hands them back when it is made; the weights stay readable
+    (read again from the file)."""
     from vpltool.io import pages
 
     _auto_route(monkeypatch, tmp_path, True)
@@ -244,6 +245,17 @@ def test_onednn_s_packing_serves_every_row_count_and_a_mapped_file_s_pages_go_ba
         other(x)
         other(x)
     assert handed == [[other.weight.data_ptr()]]
+    mkl = nn.Linear(64, 96)  # MKL's packing, where the route takes MKL: handed back when it is made, and only then
+    mkl.load_state_dict(torch.load(tmp_path / "w.pt", mmap=True), assign=True)
+    mkl_packed.use_packed_mkl(mkl)
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")
+    handed.clear()
+    with torch.no_grad():
+        mkl.prepare(300)
+        y = torch.randn(300, 64, generator=gen)
+        for _ in range(2):
+            assert torch.allclose(mkl(y), F.linear(y, mkl.weight, mkl.bias), rtol=1e-5, atol=1e-6)
+    assert mkl.packed(300) is not None and handed == [[mkl.weight.data_ptr()]]
 
 
 def test_talk2dino_s_dino_holds_its_blocks_weights_in_onednn_s_packing_with_the_same_features(monkeypatch, tmp_path):

@@ -87,9 +87,7 @@ class PackedLinear(OneDnnLinear):
                 return f_linear(x, self.weight, self.bias)
             packed = self.pack(rows)  # the first forward's rows, or the same rows of weights loaded in place
         bias = None if self.bias is None else self.bias.detach()
-        out = torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows)
-        self._hand_back()
-        return out
+        return torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows)
 
     def _onednn(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """The route's oneDNN product: with the weights in oneDNN's packing where :func:`onednn_packing` takes it
@@ -106,7 +104,7 @@ class PackedLinear(OneDnnLinear):
             packed = self.pack(rows, "onednn")
         if taken:
             out = onednn.linear(x, packed, self.bias)
-            self._hand_back()
+            self._hand_back()  # a packing made while its contest was open: handed back at its first call after
             return out
         side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows), _contest())["next"]
         start = time.process_time()
@@ -169,7 +167,7 @@ class PackedLinear(OneDnnLinear):
                   else torch.ops.mkldnn._reorder_linear_weight(weight, rows))
         self.__dict__["_packing"] = ((rows, id(self.weight), self.weight._version, kind), packed)
         if kind == "mkl" or onednn_packing(self.in_features, self.out_features, rows):
-            self._hand_back()  # it serves the calls from now on: a file's pages given back now, not after a forward
+            self._hand_back()  # it serves the calls from now on: a file's pages given back now (MKL's always)
         return packed
 
     def __getstate__(self) -> dict:
