@@ -106,6 +106,8 @@ def settle(dino, x) -> dict:
     kept = onednn.kept_verdicts(1)["products"]  # this machine's, of this process's shapes (not another model's)
     verdicts = {f"{k}x{n}@{rows}/onednn-packed": kept.get(f"{k}x{n}@{rows}/onednn-packed")
                 for k, n, rows, _ in mkl_packed._ONEDNN_PACKED}
+    verdicts.update({f"{k}x{n}@{rows}/onednn-packed-over-mkl": kept.get(f"{k}x{n}@{rows}/onednn-packed-over-mkl")
+                     for k, n, rows, *_ in mkl_packed._OVER_MKL})
     return {"forwards": forwards, "layers": len(dino.packed),
             "packed_layers": sum(m.packed(1, "onednn") is not None for m in dino.packed), "verdicts": verdicts}
 

@@ -184,6 +184,57 @@ def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_win
     assert mkl_packed.onednn_packing(64, 96, 300) is False
 
 
+@pytest.mark.skipif(not mkl_packed.HAS_ONEDNN_PACK, reason="this torch has no oneDNN weight packing")
+@pytest.mark.parametrize("packed_share", [0.9, 0.96])
+def test_where_the_route_keeps_mkl_onednn_s_packing_must_beat_mkl_s_plain_product_by_the_route_s_margin(
+        monkeypatch, tmp_path, packed_share):
+    """A oneDNN-packing layer (Talk2DINO's DINO) whose shape the route keeps with MKL (its calibration times oneDNN's
+    plain call) contests oneDNN's packing against MKL's plain product in its forwards, as the packing contest does;
+    the packing is taken only at the route's margin (CLEAR_WIN, kept as ``KxN@rows/onednn-packed-over-mkl``), MKL's
+    plain product otherwise; a layer with MKL's packing holds no such contest; every output is F.linear's within
+    float rounding."""
+    import json
+
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
+    monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
+    for name in ("_OVER_ONEDNN", "_ONEDNN_PACKED", "_OVER_MKL", "_CONTESTS"):
+        monkeypatch.setattr(mkl_packed, name, {})
+    monkeypatch.setattr(onednn, "_DECIDED", {})
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [1.0] * onednn.PAIRS)  # the route: MKL
+    sides, libraries = [], []
+    real = mkl_packed.contest_call
+    monkeypatch.setattr(mkl_packed, "contest_call", lambda k, n, rows, side, seconds, *over: sides.append(over)
+                        or real(k, n, rows, side, packed_share if side else 1.0, *over))
+    inner = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a: libraries.append("onednn") or inner(*a))
+    torch.manual_seed(14)
+    layer, mkl = nn.Linear(64, 96), nn.Linear(64, 96)
+    mkl.load_state_dict(layer.state_dict())
+    mkl_packed.use_packed_mkl(layer, mkl=False)
+    mkl_packed.use_packed_mkl(mkl)
+    x = torch.randn(3, 100, 64)
+    want = F.linear(x, layer.weight, layer.bias)
+    calls = 2 * (mkl_packed.CONTEST_WARM + mkl_packed.CONTEST_CALLS * onednn.PAIRS)
+    with torch.no_grad():
+        layer.prepare(300)
+        assert layer.packed(300, "onednn") is not None
+        for _ in range(calls):
+            assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6)
+        assert sides == [("mkl",)] * calls and libraries == ["onednn"] * (calls // 2) and mkl_packed._CONTESTS == {}
+        taken = packed_share <= onednn.CLEAR_WIN
+        assert mkl_packed.onednn_packing(64, 96, 300, "mkl") is taken
+        assert mkl_packed.onednn_packing(64, 96, 300) is None  # the oneDNN route's contest is another
+        mkl_packed._CONTESTS.clear()
+        libraries.clear()
+        assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6) and len(sides) == calls
+        assert libraries == ["onednn"] * taken and (layer.packed(300, "onednn") is not None) is taken
+        mkl.prepare(300)
+        assert torch.allclose(mkl(x), want, rtol=1e-5, atol=1e-6) and mkl.packed(300) is not None
+    assert len(sides) == calls and mkl_packed._CONTESTS == {}
+    (table,) = json.loads((tmp_path / onednn.CACHE_NAME).read_text())["machines"].values()
+    assert table["products"]["64x96@300/onednn-packed-over-mkl"]["onednn"] is taken
+
+
 def _auto_route(monkeypatch, tmp_path, packing: bool | None) -> None:
     """The route ``auto`` on an empty cache, oneDNN taken for every shape, MKL's packing refused, and oneDNN's
     packing's verdict ``packing`` for every shape (None: its contest open)."""
@@ -194,7 +245,8 @@ def _auto_route(monkeypatch, tmp_path, packing: bool | None) -> None:
     monkeypatch.setattr(onednn, "_DECIDED", {})
     monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.5] * onednn.PAIRS)
     monkeypatch.setattr(mkl_packed, "packed_over_onednn", lambda k, n, rows: False)
-    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: packing)
+    monkeypatch.setattr(mkl_packed, "onednn_packing",
+                        lambda k, n, rows, over="onednn": packing if over == "onednn" else False)
 
 
 @pytest.mark.skipif(not mkl_packed.HAS_ONEDNN_PACK, reason="this torch has no oneDNN weight packing")
@@ -234,13 +286,13 @@ def test_onednn_s_packing_serves_every_row_count_and_a_mapped_file_s_pages_go_ba
     other.load_state_dict(torch.load(tmp_path / "w.pt", mmap=True), assign=True)
     mkl_packed.use_packed_mkl(other, mkl=False)
     monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
-    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: None)  # its contest open: both ways in turn
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows, over="onednn": None)  # its contest open
     handed.clear()
     with torch.no_grad():
         other.prepare(300)
         other(x)
     assert other.packed(300, "onednn") is not None and handed == []
-    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: True)  # decided: handed back at its next call
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows, over="onednn": True)  # decided: handed back
     with torch.no_grad():
         other(x)
         other(x)
@@ -286,3 +338,47 @@ def test_talk2dino_s_dino_holds_its_blocks_weights_in_onednn_s_packing_with_the_
     assert all(m.packed(1, "onednn") is not None for m in layers)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("route", ["onednn", "mkl"])
+def test_fc1_and_its_exact_gelu_are_one_onednn_call_where_the_product_is_onednn_s(monkeypatch, route):
+    """linear_gelu is F.gelu(layer(x)) for every kind of layer: one oneDNN call with its GELU post-op where the
+    route takes oneDNN's product, the GELU after MKL's product otherwise, F.gelu (with its gradient) in training;
+    timm's Mlp in a DINO forward goes through it."""
+    from vpltool.models.backbones.dino_attention import dino_mlp
+
+    if not onednn.available():
+        pytest.skip("this torch has no oneDNN linear op")
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", route)
+    posts = []
+    inner = onednn.linear
+    monkeypatch.setattr(onednn, "linear", lambda *a: posts.append(a[3] if len(a) > 3 else "none") or inner(*a))
+    gen = torch.Generator().manual_seed(4)
+    plain = nn.Linear(24, 40)
+    x = torch.randn(2, 9, 24, generator=gen)
+    want = F.gelu(plain(x)).detach()
+    for kind in ("linear", "onednn", "packed", "onednn-packed"):
+        layer = nn.Linear(24, 40)
+        layer.load_state_dict(plain.state_dict())
+        if kind == "onednn":
+            onednn.use_onednn(layer)
+        elif kind != "linear":
+            mkl_packed.use_packed_mkl(layer, mkl=kind == "packed")
+        posts.clear()
+        with torch.no_grad():
+            got = mkl_packed.linear_gelu(layer, x)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), kind
+        assert posts == ([] if kind == "linear" or route == "mkl" else ["gelu"]), kind
+        y = mkl_packed.linear_gelu(layer, x.requires_grad_())  # gradients recorded: F.gelu's
+        y.sum().backward()
+        assert torch.allclose(y, want, rtol=1e-5, atol=1e-6) and x.grad is not None
+        x = x.detach()
+
+    from timm.layers import Mlp
+
+    mlp = Mlp(24, 40).eval()
+    onednn.use_onednn(mlp)
+    posts.clear()
+    with torch.no_grad():
+        assert torch.allclose(dino_mlp(mlp, x), mlp(x), rtol=1e-5, atol=1e-6)
+    assert posts[:1] == ([] if route == "mkl" else ["gelu"])

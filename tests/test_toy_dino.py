@@ -124,7 +124,7 @@ def test_a_reader_of_the_last_qkv_alone_stops_the_dino_there():
     pixels = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(2))
     calls = []
     last = dino.model.blocks[-1]
-    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in (last.attn.proj, last.mlp,
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in (last.attn.proj, last.mlp.fc2,
                                                                                 dino.model.norm)]
     try:
         with torch.no_grad():

@@ -39,7 +39,7 @@ from ...config import licences
 from ...errors import VplError, install_extra
 from ...io import is_regular_file, not_a_file
 from ..registry import register_family
-from .dino_attention import dino_attention, fused_qkv, layer_scaled, mean_attention_weights, written_attention
+from .dino_attention import dino_attention, dino_mlp, fused_qkv, layer_scaled, mean_attention_weights, written_attention
 from .dino_weights import (
     DINO_WEIGHTS_FIX,
     cached_hub_file,
@@ -251,7 +251,7 @@ class DinoBackbone:
                 if not tokens:
                     return None, qkv, grid
             x = x + layer_scaled(blk.ls1, dino_attention(blk.attn, h, qkv, self.fused))
-            x = x + layer_scaled(blk.ls2, blk.mlp(blk.norm2(x)))
+            x = x + layer_scaled(blk.ls2, dino_mlp(blk.mlp, blk.norm2(x)))
         return m.norm(x)[:, self.n_prefix :], qkv, grid
 
     def _cpu_groups(self, pixels: torch.Tensor) -> int:
@@ -334,7 +334,7 @@ class DinoBackbone:
         x, grid = self._dino_tokens(pixels.to(self.device))
         for blk in self.model.blocks[:-1]:
             x = x + blk.ls1(dino_attention(blk.attn, blk.norm1(x), fused=self.fused))
-            x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+            x = x + blk.ls2(dino_mlp(blk.mlp, blk.norm2(x)))
         return x, grid
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

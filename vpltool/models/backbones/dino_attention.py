@@ -17,6 +17,21 @@ def layer_scaled(layer_scale, y: torch.Tensor) -> torch.Tensor:
     return y.mul_(gamma)
 
 
+def dino_mlp(mlp, x: torch.Tensor) -> torch.Tensor:
+    """A DINO block's ``mlp(x)``, ``[B, N, C]`` -> ``[B, N, C]``: timm's ``Mlp`` with the exact GELU where no
+    dropout is live (``fc1`` and its GELU in one oneDNN call where the product is oneDNN's:
+    :func:`.mkl_packed.linear_gelu`; the same values), any other MLP as it is."""
+    from torch import nn
+
+    from .mkl_packed import linear_gelu
+
+    act = getattr(mlp, "act", None)
+    if type(act) is not nn.GELU or act.approximate != "none" or type(mlp).__name__ != "Mlp" or (
+            mlp.training and (mlp.drop1.p or mlp.drop2.p)):
+        return mlp(x)
+    return mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(linear_gelu(mlp.fc1, x)))))
+
+
 def dino_attention(attn, x: torch.Tensor, qkv: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:
     """DINO's ``Attention.forward`` on timm's ``Attention`` module, ``proj(softmax((q kᵀ) scale) v)`` on ``x``
     ``[B, N, C]`` -> ``[B, N, C]`` (``qkv``: the module's ``qkv(x)`` when the caller has it already). ``fused``:
@@ -68,4 +83,5 @@ def mean_attention_weights(attn, x: torch.Tensor) -> torch.Tensor:
     return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(-1).mean(1)
 
 
-__all__ = ["ROWS", "mean_attention_weights", "dino_attention", "fused_qkv", "layer_scaled", "written_attention"]
+__all__ = ["ROWS", "mean_attention_weights", "dino_attention", "dino_mlp", "fused_qkv", "layer_scaled",
+           "written_attention"]

@@ -37,10 +37,15 @@ def _add_scaled(x: torch.Tensor, y: torch.Tensor, scale: nn.Module, into_x: bool
 
 
 def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """timm's ``Mlp`` (``fc1``, ``act``, ``norm``, ``fc2``; dropouts are identities in eval mode), its exact or tanh
-    GELU in place (``aten.gelu_``: the same values as ``nn.GELU``'s, into ``fc1``'s output)."""
-    h = mlp.fc1(x)
+    """timm's ``Mlp`` (``fc1``, ``act``, ``norm``, ``fc2``; dropouts are identities in eval mode), its tanh GELU in
+    place (``aten.gelu_``: the same values as ``nn.GELU``'s, into ``fc1``'s output), its exact GELU as
+    :func:`.mkl_packed.linear_gelu` runs it (in oneDNN's call where the product is oneDNN's)."""
+    from .mkl_packed import linear_gelu
+
     act = mlp.act
+    if type(act) is nn.GELU and act.approximate == "none":
+        return mlp.fc2(mlp.norm(linear_gelu(mlp.fc1, x)))
+    h = mlp.fc1(x)
     h = torch.ops.aten.gelu_(h, approximate=act.approximate) if type(act) is nn.GELU else act(h)
     return mlp.fc2(mlp.norm(h))
 

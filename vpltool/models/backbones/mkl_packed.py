@@ -4,7 +4,9 @@ compiler emits for a frozen CPU linear), where :mod:`.onednn`'s route takes MKL'
 but a layer packed for its rows ran faster packed (:func:`packed_over_onednn`, measured once a machine). Where the
 route keeps oneDNN's, oneDNN's own packing (``torch.ops.mkldnn._reorder_linear_weight``, as torch's compiler packs a
 frozen layer for it) is the contender instead (:func:`onednn_packing`): the same sums (equal bits on a Zen 4), measured
-inside the model's own forwards, where alone a product's timing misjudged it.
+inside the model's own forwards, where alone a product's timing misjudged it. A layer that holds oneDNN's packing only
+(:class:`OneDnnPackedLinear`) contests it against MKL's plain product where the route keeps MKL's (the route times
+oneDNN's plain call, which lays its weights out at every call), at the route's own margin.
 
 ``F.linear``'s ``sgemm`` packs the weights into its kernel's layout on every call; packed once, a ViT-B's products
 of ~900 rows ran faster on an Intel Xeon (Emerald Rapids, no AMX: ``bench/bench_radseg.py`` records both rates,
@@ -26,6 +28,7 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import onednn
@@ -73,43 +76,56 @@ class PackedLinear(OneDnnLinear):
 
     mkl_packing = True  # MKL's packing where the route takes MKL's product (or it beats oneDNN's at the rows)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """``[..., K]`` -> ``[..., N]``; ``gelu``: its exact GELU (:func:`linear_gelu`)."""
         if not packs_mkl(x, self.weight):
-            return f_linear(x, self.weight, self.bias)
+            return gelu_after(f_linear(x, self.weight, self.bias), gelu)
         rows = x.numel() // x.shape[-1]
         if applies(x, self.weight) and self.__dict__.get("_mkl_over_onednn") != rows:  # the route's oneDNN
-            return self._onednn(x, rows)
-        if not self.mkl_packing:
-            return f_linear(x, self.weight, self.bias)
+            return self._onednn(x, rows, "gelu" if gelu else "none")
+        if not self.mkl_packing:  # the route keeps MKL's: oneDNN's packing may still beat its plain product
+            if self.weight.is_contiguous() and onednn.available():
+                return self._onednn(x, rows, "gelu" if gelu else "none", over="mkl")
+            return gelu_after(f_linear(x, self.weight, self.bias), gelu)
         packed, kept = self.packed(rows), self.__dict__.get("_packing")
         if packed is None:
             if kept is not None and kept[0][0] != rows:  # packed for another row count: MKL's plain product
-                return f_linear(x, self.weight, self.bias)
+                return gelu_after(f_linear(x, self.weight, self.bias), gelu)
             packed = self.pack(rows)  # the first forward's rows, or the same rows of weights loaded in place
         bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows)
+        return gelu_after(torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows), gelu)
 
-    def _onednn(self, x: torch.Tensor, rows: int) -> torch.Tensor:
-        """The route's oneDNN product: with the weights in oneDNN's packing where :func:`onednn_packing` takes it
-        (one packing, made for the first rows that ask it, serves every row count; none where MKL's, made for other
-        rows, is held), both ways in turn while its contest is open (each call timed for it), the plain call where
-        it is refused."""
-        taken = onednn_packing(self.in_features, self.out_features, rows)
+    def _onednn(self, x: torch.Tensor, rows: int, post: str = "none", over: str = "onednn") -> torch.Tensor:
+        """The route's oneDNN product (``post`` as :func:`.onednn.linear`'s): with the weights in oneDNN's packing
+        where :func:`onednn_packing` takes it (one packing, made for the first rows that ask it, serves every row
+        count; none where MKL's, made for other rows, is held), both ways in turn while its contest is open (each
+        call timed for it), the plain call where it is refused. ``over`` ``"mkl"``: where the route keeps MKL's
+        product, oneDNN's packing against MKL's plain product instead (:func:`onednn_packing`'s ``over``)."""
+        taken = onednn_packing(self.in_features, self.out_features, rows, over)
         kept, packed = self.__dict__.get("_packing"), self.packed(rows, "onednn")
+
+        def plain() -> torch.Tensor:
+            if over == "mkl":
+                return gelu_after(F.linear(x, self.weight, self.bias), post == "gelu")
+            return onednn.linear(x, self.weight, self.bias, post)
+
         if taken is False or (packed is None and kept is not None and kept[0][3] == "mkl" and kept[0][0] != rows):
             if taken is False and packed is not None and kept[0][0] == rows:
                 self.__dict__.pop("_packing")  # refused at the rows it was made for (kept where others took it)
-            return onednn.linear(x, self.weight, self.bias)
+            return plain()
         if packed is None:
-            packed = self.pack(rows, "onednn")
+            packed = self.pack(rows, "onednn", over)
         if taken:
-            out = onednn.linear(x, packed, self.bias)
+            out = onednn.linear(x, packed, self.bias, post)
             self._hand_back()  # a packing made while its contest was open: handed back at its first call after
             return out
-        side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows), _contest())["next"]
+        side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows, over), _contest())["next"]
         start = time.process_time()
-        out = onednn.linear(x, packed if side else self.weight, self.bias)
-        contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start)
+        out = onednn.linear(x, packed, self.bias, post) if side else plain()
+        if over == "mkl":
+            contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start, over)
+        else:
+            contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start)
         return out
 
     def prepare(self, rows: int) -> None:
@@ -119,15 +135,19 @@ class PackedLinear(OneDnnLinear):
         as a ViT-B photo gains from it: photos of sizes in turn keep one packing, and the others' products are the
         plain ones, or oneDNN's packing, which serves any rows)."""
         probe = self.weight.new_empty(1).expand(rows, self.in_features)  # no memory: only its shape is read
-        kind = None
+        kind, over = None, "onednn"
         if self.weight.device.type == "cpu" and packs_mkl(probe, self.weight):
             if applies(probe, self.weight) and not (self.mkl_packing and self._over_onednn(rows)):
                 kind = "onednn" if onednn_packing(self.in_features, self.out_features, rows) is not False else None
             elif self.mkl_packing:
                 kind = "mkl"
+            elif self.weight.is_contiguous() and onednn.available():  # as forward's MKL route: oneDNN's contest
+                over = "mkl"
+                kind = "onednn" if onednn_packing(self.in_features, self.out_features, rows, over) is not False \
+                    else None
         if kind is not None and self.packed(rows, kind) is None and (
                 "_packing" not in self.__dict__ or self.__dict__.get("_mkl_seen") == rows):
-            self.pack(rows, kind)
+            self.pack(rows, kind, over)
         self.__dict__["_mkl_seen"] = rows
 
     def _over_onednn(self, rows: int) -> bool:
@@ -156,7 +176,7 @@ class PackedLinear(OneDnnLinear):
             self.__dict__["_handed_back"] = kept
             page_out_tensors([self.weight.detach()])
 
-    def pack(self, rows: int, kind: str = "mkl") -> torch.Tensor:
+    def pack(self, rows: int, kind: str = "mkl", over: str = "onednn") -> torch.Tensor:
         """The weights packed for products of ``rows`` rows by MKL (``kind`` ``"mkl"``) or oneDNN (``"onednn"``),
         kept (the previous packing freed first). A caller that knows the rows of its next forward packs its layers
         first (:meth:`prepare`): packed among a forward's activations, the copies would leave the heap's freed pages
@@ -166,7 +186,7 @@ class PackedLinear(OneDnnLinear):
         packed = (torch.ops.mkl._mkl_reorder_linear_weight(weight, rows) if kind == "mkl"
                   else torch.ops.mkldnn._reorder_linear_weight(weight, rows))
         self.__dict__["_packing"] = ((rows, id(self.weight), self.weight._version, kind), packed)
-        if kind == "mkl" or onednn_packing(self.in_features, self.out_features, rows):
+        if kind == "mkl" or onednn_packing(self.in_features, self.out_features, rows, over):
             self._hand_back()  # it serves the calls from now on: a file's pages given back now (MKL's always)
         return packed
 
@@ -183,6 +203,27 @@ class OneDnnPackedLinear(PackedLinear):
     whose forwards' rows vary, as a DINO's batch in groups of images does: MKL packs for one row count)."""
 
     mkl_packing = False
+
+
+def gelu_after(out: torch.Tensor, gelu: bool = True) -> torch.Tensor:
+    """``out`` (a product's fresh output), its exact GELU where ``gelu``: in place where no gradient is recorded
+    (``aten.gelu_``, ``nn.GELU``'s values), else ``F.gelu``."""
+    if not gelu:
+        return out
+    return F.gelu(out) if torch.is_grad_enabled() and out.requires_grad else torch.ops.aten.gelu_(out)
+
+
+def linear_gelu(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(layer(x))`` (the exact GELU, timm's ``Mlp`` after its ``fc1``) of a linear ``layer``: in the same
+    oneDNN call where the layer's product is oneDNN's (its GELU post-op: aten's bits on a Zen 4, one pass fewer over
+    the ``[..., N]`` output, 0.39 of a DINOv2 ViT-B forward's 14.3 CPU-seconds went to that GELU at 6 photos
+    there: ``bench/results/dino_forward_amd_zen_4_onednn_packed.json``), else after it (:func:`gelu_after`)."""
+    if isinstance(layer, PackedLinear):
+        return layer(x, gelu=True)
+    if isinstance(layer, OneDnnLinear) and applies(x, layer.weight) and (layer.bias is None or
+                                                                        layer.bias.dtype == torch.float32):
+        return onednn.linear(x, layer.weight, layer.bias, "gelu")
+    return gelu_after(layer(x))
 
 
 _OVER_ONEDNN: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> packed taken, this process's
@@ -218,46 +259,61 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
 
 
 _ONEDNN_PACKED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> packing taken, this process's
-_CONTESTS: dict[tuple[int, int, int, int], dict] = {}  # the open contests of oneDNN's packing (onednn_packing)
+_OVER_MKL: dict[tuple, bool] = {}  # (in, out, rows, threads, "mkl") -> packing taken over MKL's product, this process's
+_CONTESTS: dict[tuple, dict] = {}  # the open contests of oneDNN's packing (onednn_packing)
 
 
-def _key(k: int, n: int, rows: int) -> tuple[int, int, int, int]:
-    return k, n, rows, torch.get_num_threads()
+def _key(k: int, n: int, rows: int, over: str = "onednn") -> tuple:
+    return (k, n, rows, torch.get_num_threads()) + (() if over == "onednn" else (over,))
+
+
+def _verdicts(over: str) -> dict:
+    return _ONEDNN_PACKED if over == "onednn" else _OVER_MKL
+
+
+def _shape(k: int, n: int, rows: int, over: str) -> str:
+    """The verdict's name in the route's cache."""
+    return f"{k}x{n}@{rows}/onednn-packed" + ("" if over == "onednn" else f"-over-{over}")
 
 
 def _contest() -> dict:
     return {"next": 0, "warm": 2 * CONTEST_WARM, "spent": [0.0, 0.0], "calls": [0, 0], "ratios": []}
 
 
-def onednn_packing(k: int, n: int, rows: int) -> bool | None:
+def onednn_packing(k: int, n: int, rows: int, over: str = "onednn") -> bool | None:
     """Whether a layer of ``k`` inputs and ``n`` outputs whose ``rows``-row product the route takes to oneDNN holds
     its weights in oneDNN's packing (``torch.ops.mkldnn._reorder_linear_weight``): this process's verdict, else this
     machine's (the route's cache, ``KxN@rows/onednn-packed``), else None while the contest runs in the model's own
     forwards (:func:`contest_call`; alone, a product's timing misjudged it: :data:`ONEDNN_PACK_WIN`). False where
-    this torch has no such packing or the route is not ``auto``."""
+    this torch has no such packing or the route is not ``auto``.
+
+    ``over`` ``"mkl"``: for a :class:`OneDnnPackedLinear` whose shape the route keeps with MKL (its calibration times
+    oneDNN's plain call, which lays the weights out at every call), the packing against MKL's plain product
+    (``KxN@rows/onednn-packed-over-mkl``), taken only at the route's own margin for leaving MKL
+    (:data:`.onednn.CLEAR_WIN`: the references' library and its bits are at stake there)."""
     from ...runtime.numerics import cpu_linear_asked
 
     if not HAS_ONEDNN_PACK or cpu_linear_asked() != "auto":
         return False
-    key = _key(k, n, rows)
-    if key not in _ONEDNN_PACKED:
+    key, verdicts = _key(k, n, rows, over), _verdicts(over)
+    if key not in verdicts:
         if key in _CONTESTS:  # open in this process: the cache was read once, when it opened (not at every call)
             return None
-        verdict = cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: None)
+        verdict = cached_verdict(_shape(k, n, rows, over), lambda: None)
         if verdict is None:
             _CONTESTS[key] = _contest()
             return None
-        _ONEDNN_PACKED[key] = verdict
-    return _ONEDNN_PACKED[key]
+        verdicts[key] = verdict
+    return verdicts[key]
 
 
-def contest_call(k: int, n: int, rows: int, side: int, seconds: float) -> None:
+def contest_call(k: int, n: int, rows: int, side: int, seconds: float, over: str = "onednn") -> None:
     """One call of the open contest for a ``k``-by-``n`` product of ``rows`` rows: ``side`` 0 the plain oneDNN
-    call, 1 the packed one, ``seconds`` its CPU-seconds. The sides alternate call by call; after
-    :data:`CONTEST_WARM` untimed calls a side, every :data:`CONTEST_CALLS` calls a side make a pair (the packed
-    calls' time over the plain ones'), and after :data:`.onednn.PAIRS` pairs the verdict is
-    :func:`.onednn.decide`'s at :data:`ONEDNN_PACK_WIN`, kept."""
-    key = _key(k, n, rows)
+    call (``over`` ``"mkl"``: MKL's), 1 the packed one, ``seconds`` its CPU-seconds. The sides alternate call by
+    call; after :data:`CONTEST_WARM` untimed calls a side, every :data:`CONTEST_CALLS` calls a side make a pair (the
+    packed calls' time over the plain ones'), and after :data:`.onednn.PAIRS` pairs the verdict is
+    :func:`.onednn.decide`'s at :data:`ONEDNN_PACK_WIN` (over MKL's: :data:`.onednn.CLEAR_WIN`), kept."""
+    key = _key(k, n, rows, over)
     contest = _CONTESTS.setdefault(key, _contest())
     if contest["warm"] > 0:
         contest["warm"] -= 1
@@ -272,8 +328,8 @@ def contest_call(k: int, n: int, rows: int, side: int, seconds: float) -> None:
     contest["spent"], contest["calls"] = [0.0, 0.0], [0, 0]
     if len(contest["ratios"]) >= PAIRS:
         _CONTESTS.pop(key)
-        ratios = contest["ratios"]
-        _ONEDNN_PACKED[key] = bool(cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: ratios, ONEDNN_PACK_WIN))
+        ratios, win = contest["ratios"], ONEDNN_PACK_WIN if over == "onednn" else onednn.CLEAR_WIN
+        _verdicts(over)[key] = bool(cached_verdict(_shape(k, n, rows, over), lambda: ratios, win))
 
 
 def use_packed_mkl(*layers: nn.Module, mkl: bool = True) -> int:
@@ -317,5 +373,5 @@ def pack_blocks(model, mkl: bool = True) -> list[nn.Module]:
 
 
 __all__ = ["BLOCK_LAYERS", "CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN",
-           "OneDnnPackedLinear", "PackedLinear", "block_linears", "contest_call", "onednn_packing", "pack_blocks",
-           "packed_over_onednn", "packs_mkl", "use_packed_mkl"]
+           "OneDnnPackedLinear", "PackedLinear", "block_linears", "contest_call", "gelu_after", "linear_gelu",
+           "onednn_packing", "pack_blocks", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]

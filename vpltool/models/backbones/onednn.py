@@ -75,10 +75,11 @@ def available() -> bool:
     return HAS_OP and torch.backends.mkldnn.enabled
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = "none") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` through oneDNN: ``x`` ``[..., K]`` float32 on the CPU, ``weight`` ``[N, K]``
-    contiguous float32, ``bias`` ``[N]`` or None -> ``[..., N]`` float32."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    contiguous float32 (or its oneDNN packing), ``bias`` ``[N]`` or None -> ``[..., N]`` float32; ``post``
+    ``"gelu"``: the exact (erf) GELU of it, in the same call (oneDNN's post-op; aten's bits on a Zen 4)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post, [], "none" if post == "gelu" else "")
 
 
 # fewer rows than this stay with MKL's product (module docstring)
@@ -94,8 +95,7 @@ CLEAR_WIN = 0.95
 PAIRS = 7  # alternating pairs of a calibration: its spread (the slowest pair) is known, not one reading
 SIDE_S = 0.004  # each side's timed stretch of a pair: at least this many CPU-seconds of calls (one call at most)
 CACHE_NAME = "cpu_linear.json"
-# 2: verdicts with margin (:func:`decide`); 3: the margin at CLEAR_WIN 0.95 (was 0.9). An older format's verdicts
-# are measured again
+# 2: verdicts with margin (:func:`decide`); 3: the margin at CLEAR_WIN 0.95 (was 0.9); an older format's, measured again
 _FORMAT = 3
 MAX_MACHINES = 16  # tables kept in the cache file (the latest)
 
