@@ -146,9 +146,9 @@ def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_win
     sides = []
     real = mkl_packed.contest_call
 
-    def contest_call(k, n, rows, side, seconds):  # each call's time as the share says, whatever the clock read
+    def contest_call(k, n, rows, side, seconds, over):  # each call's time as the share says, whatever the clock read
         sides.append(side)
-        real(k, n, rows, side, packed_share if side else 1.0)
+        real(k, n, rows, side, packed_share if side else 1.0, over)
 
     monkeypatch.setattr(mkl_packed, "contest_call", contest_call)
     reads = []
@@ -203,8 +203,8 @@ def test_where_the_route_keeps_mkl_onednn_s_packing_must_beat_mkl_s_plain_produc
     monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [1.0] * onednn.PAIRS)  # the route: MKL
     sides, libraries = [], []
     real = mkl_packed.contest_call
-    monkeypatch.setattr(mkl_packed, "contest_call", lambda k, n, rows, side, seconds, *over: sides.append(over)
-                        or real(k, n, rows, side, packed_share if side else 1.0, *over))
+    monkeypatch.setattr(mkl_packed, "contest_call", lambda k, n, rows, side, seconds, over: sides.append(over)
+                        or real(k, n, rows, side, packed_share if side else 1.0, over))
     inner = onednn.linear
     monkeypatch.setattr(onednn, "linear", lambda *a: libraries.append("onednn") or inner(*a))
     torch.manual_seed(14)
@@ -220,7 +220,7 @@ def test_where_the_route_keeps_mkl_onednn_s_packing_must_beat_mkl_s_plain_produc
         assert layer.packed(300, "onednn") is not None
         for _ in range(calls):
             assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6)
-        assert sides == [("mkl",)] * calls and libraries == ["onednn"] * (calls // 2) and mkl_packed._CONTESTS == {}
+        assert sides == ["mkl"] * calls and libraries == ["onednn"] * (calls // 2) and mkl_packed._CONTESTS == {}
         taken = packed_share <= onednn.CLEAR_WIN
         assert mkl_packed.onednn_packing(64, 96, 300, "mkl") is taken
         assert mkl_packed.onednn_packing(64, 96, 300) is None  # the oneDNN route's contest is another

@@ -122,10 +122,7 @@ class PackedLinear(OneDnnLinear):
         side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows, over), _contest())["next"]
         start = time.process_time()
         out = onednn.linear(x, packed, self.bias, post) if side else plain()
-        if over == "mkl":
-            contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start, over)
-        else:
-            contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start)
+        contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start, over)
         return out
 
     def prepare(self, rows: int) -> None:
