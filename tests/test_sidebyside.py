@@ -133,6 +133,18 @@ def test_one_cpu_s_units_merge_with_their_floors_and_goals_and_another_cpu_is_re
     assert (corr["floor"], corr["goal"], corr["goal_met"]) == (0.85, 0.95, True)  # the floor is above 0.8
     assert (full["floor"], full["goal"], full["goal_met"]) == (0.6, 0.8, False)
     assert full["rss_peak_mib"] == {"vpltool": 5000.0, "reference": 6000.0} and full["file"] == "sam.json"
+    # a run whose probes caught a slow stretch: its floor at the CPU's fastest rate that any run measured
+    slow = _result(tmp_path, "slow.json", 17, benchmark="vs-reference", methods={"talk2dino": {
+        "unit": "a step", "ratio_median": 0.83, "outputs": {}, "cpu_seconds_median": {"reference": 16.0},
+        "floor": {"floor_over_reference": 0.81, "reference_gflop": 1296.0, "peak_gflops_per_s": 100.0}}})
+    fast = _result(tmp_path, "fast.json", 17, benchmark="vs-reference", methods={"talk2dino_run": {
+        "unit": "a run", "ratio_median": 0.84, "outputs": {}, "cpu_seconds_median": {"reference": 20.0},
+        "floor": {"floor_over_reference": 0.59, "reference_gflop": 1296.0, "peak_gflops_per_s": 108.0}}})
+    units = uv.merge([slow, fast])["units"]
+    step = units["talk2dino"]
+    assert (step["floor"], step["floor_as_run"], step["floor_rate_from"]) == (0.75, 0.81, "fast.json")
+    assert (step["goal"], step["goal_met"]) == (0.8, False)  # at its own run's floor the goal would read 0.91, met
+    assert units["talk2dino_run"]["floor"] == 0.59 and "floor_as_run" not in units["talk2dino_run"]
     other = _result(tmp_path, "other.json", 1, benchmark="radseg-vs-reference", ratio_median=0.9, outputs={})
     with pytest.raises(SystemExit, match="other.json: another CPU.*model 1 vs 17"):
         uv.merge([vs, other])
