@@ -212,7 +212,7 @@ def gelu_after(out: torch.Tensor, gelu: bool = True) -> torch.Tensor:
 
 def linear_gelu(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(layer(x))`` (the exact GELU, timm's ``Mlp`` after its ``fc1``) of a linear ``layer``: in the same
-    oneDNN call where the layer's product is oneDNN's (its GELU post-op: aten's bits on a Zen 4, one pass fewer over
+    oneDNN call where the layer's product is oneDNN's (its GELU post-op: aten's values, one pass fewer over
     the ``[..., N]`` output, 0.39 of a DINOv2 ViT-B forward's 14.3 CPU-seconds went to that GELU at 6 photos
     there: ``bench/results/dino_forward_amd_zen_4_onednn_packed.json``), else after it (:func:`gelu_after`)."""
     if isinstance(layer, PackedLinear):

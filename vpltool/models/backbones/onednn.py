@@ -78,7 +78,7 @@ def available() -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = "none") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` through oneDNN: ``x`` ``[..., K]`` float32 on the CPU, ``weight`` ``[N, K]``
     contiguous float32 (or its oneDNN packing), ``bias`` ``[N]`` or None -> ``[..., N]`` float32; ``post``
-    ``"gelu"``: the exact (erf) GELU of it, in the same call (oneDNN's post-op; aten's bits on a Zen 4)."""
+    ``"gelu"``: the exact (erf) GELU of it, in the same call (oneDNN's post-op; aten's values)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post, [], "none" if post == "gelu" else "")
 
 
