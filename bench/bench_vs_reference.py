@@ -540,14 +540,14 @@ def cpu_linear(threads: int) -> dict:
 
 def merge(paths: list[Path]) -> dict:
     """One result from several runs of this script (methods run apart, at other times or at once): the methods of
-    each, in the order given, each keeping its own run's command, commit, machine and note (``run``); the head is
-    the first's."""
+    each, in the order given, each keeping its own run's command, commit, machine and note (``run``: a merged
+    file's methods keep the run they came from); the head is the first's."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     out = {**runs[0], "methods": {}, "merged_from": [Path(p).name for p in paths]}
     for d in runs:
         for method, m in d["methods"].items():
             own = {k: d.get(k) for k in ("command", "vpltool_commit", "machine", "beside", "cpu_linear") if d.get(k)}
-            out["methods"][method] = {**m, "run": own}
+            out["methods"][method] = {**m, "run": m.get("run") or own}
     return out
 
 

@@ -152,3 +152,28 @@ def test_one_cpu_s_units_merge_with_their_floors_and_goals_and_another_cpu_is_re
     bare.write_text(json.dumps({"benchmark": "vs-reference", "machine": {"cpu": "AMD EPYC"}, "methods": {}}))
     with pytest.raises(SystemExit, match="bare.json: records no CPU family"):
         uv.merge([bare])
+
+
+def test_a_merged_result_merged_again_keeps_each_method_s_own_run(tmp_path):
+    """bench_vs_reference.py --merge: each method keeps the command and commit of the run that measured it, also
+    when the file it comes from is itself a merge; later files' methods replace earlier ones; the head is the
+    first's."""
+    import bench_vs_reference as bv
+
+    def run(name, commit, methods):
+        path = tmp_path / name
+        path.write_text(json.dumps({"benchmark": "vs-reference", "command": f"run {commit}",
+                                    "vpltool_commit": commit, "methods": {m: {"ratio_median": r}
+                                                                          for m, r in methods.items()}}))
+        return path
+
+    old = run("old.json", "aaa", {"corrclip": 0.6, "talk2dino": 0.84})
+    step = run("step.json", "bbb", {"talk2dino_step": 0.76})
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps(bv.merge([old, step])))
+    new = run("new.json", "ccc", {"talk2dino": 0.83})
+    merged = bv.merge([first, new])
+    methods = merged["methods"]
+    assert merged["vpltool_commit"] == "aaa" and methods["talk2dino"]["ratio_median"] == 0.83
+    assert {m: v["run"]["vpltool_commit"] for m, v in methods.items()} == {
+        "corrclip": "aaa", "talk2dino": "ccc", "talk2dino_step": "bbb"}
