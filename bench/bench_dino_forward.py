@@ -107,7 +107,7 @@ def settle(dino, x) -> dict:
     verdicts = {f"{k}x{n}@{rows}/onednn-packed": kept.get(f"{k}x{n}@{rows}/onednn-packed")
                 for k, n, rows, _ in mkl_packed._ONEDNN_PACKED}
     verdicts.update({f"{k}x{n}@{rows}/onednn-packed-over-mkl": kept.get(f"{k}x{n}@{rows}/onednn-packed-over-mkl")
-                     for k, n, rows, *_ in mkl_packed._OVER_MKL})
+                     for k, n, rows, _ in mkl_packed._PACKED_OVER_MKL})
     return {"forwards": forwards, "layers": len(dino.packed),
             "packed_layers": sum(m.packed(1, "onednn") is not None for m in dino.packed), "verdicts": verdicts}
 

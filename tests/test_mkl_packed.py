@@ -146,9 +146,9 @@ def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_win
     sides = []
     real = mkl_packed.contest_call
 
-    def contest_call(k, n, rows, side, seconds, over):  # each call's time as the share says, whatever the clock read
+    def contest_call(k, n, rows, side, seconds):  # each call's time as the share says, whatever the clock read
         sides.append(side)
-        real(k, n, rows, side, packed_share if side else 1.0, over)
+        real(k, n, rows, side, packed_share if side else 1.0)
 
     monkeypatch.setattr(mkl_packed, "contest_call", contest_call)
     reads = []
@@ -189,22 +189,20 @@ def test_onednn_s_own_packing_is_taken_by_a_contest_in_the_forwards_where_it_win
 def test_where_the_route_keeps_mkl_onednn_s_packing_must_beat_mkl_s_plain_product_by_the_route_s_margin(
         monkeypatch, tmp_path, packed_share):
     """A oneDNN-packing layer (Talk2DINO's DINO) whose shape the route keeps with MKL (its calibration times oneDNN's
-    plain call) contests oneDNN's packing against MKL's plain product in its forwards, as the packing contest does;
-    the packing is taken only at the route's margin (CLEAR_WIN, kept as ``KxN@rows/onednn-packed-over-mkl``), MKL's
-    plain product otherwise; a layer with MKL's packing holds no such contest; every output is F.linear's within
-    float rounding."""
+    plain call) weighs oneDNN's packing against MKL's plain product once, before its first product, as the route
+    does: the packing is taken only at the route's margin (CLEAR_WIN, kept as ``KxN@rows/onednn-packed-over-mkl``),
+    MKL's plain product otherwise, and every call then takes that one library (never both in turn); a layer with
+    MKL's packing never asks; every output is F.linear's within float rounding; a forced route takes MKL's."""
     import json
 
     monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
     monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
-    for name in ("_OVER_ONEDNN", "_ONEDNN_PACKED", "_OVER_MKL", "_CONTESTS"):
+    for name in ("_OVER_ONEDNN", "_ONEDNN_PACKED", "_PACKED_OVER_MKL", "_CONTESTS"):
         monkeypatch.setattr(mkl_packed, name, {})
     monkeypatch.setattr(onednn, "_DECIDED", {})
     monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [1.0] * onednn.PAIRS)  # the route: MKL
-    sides, libraries = [], []
-    real = mkl_packed.contest_call
-    monkeypatch.setattr(mkl_packed, "contest_call", lambda k, n, rows, side, seconds, over: sides.append(over)
-                        or real(k, n, rows, side, packed_share if side else 1.0, over))
+    timed, libraries = [], []
+    monkeypatch.setattr(onednn, "time_pairs", lambda sides: timed.append(len(sides)) or [packed_share] * onednn.PAIRS)
     inner = onednn.linear
     monkeypatch.setattr(onednn, "linear", lambda *a: libraries.append("onednn") or inner(*a))
     torch.manual_seed(14)
@@ -214,30 +212,29 @@ def test_where_the_route_keeps_mkl_onednn_s_packing_must_beat_mkl_s_plain_produc
     mkl_packed.use_packed_mkl(mkl)
     x = torch.randn(3, 100, 64)
     want = F.linear(x, layer.weight, layer.bias)
-    calls = 2 * (mkl_packed.CONTEST_WARM + mkl_packed.CONTEST_CALLS * onednn.PAIRS)
+    taken = packed_share <= onednn.CLEAR_WIN
     with torch.no_grad():
         layer.prepare(300)
-        assert layer.packed(300, "onednn") is not None
-        for _ in range(calls):
+        assert timed == [2] and (layer.packed(300, "onednn") is not None) is taken  # weighed before any product
+        for _ in range(5):
             assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6)
-        assert sides == ["mkl"] * calls and libraries == ["onednn"] * (calls // 2) and mkl_packed._CONTESTS == {}
-        taken = packed_share <= onednn.CLEAR_WIN
-        assert mkl_packed.onednn_packing(64, 96, 300, "mkl") is taken
-        assert mkl_packed.onednn_packing(64, 96, 300) is None  # the oneDNN route's contest is another
-        mkl_packed._CONTESTS.clear()
-        libraries.clear()
-        assert torch.allclose(layer(x), want, rtol=1e-5, atol=1e-6) and len(sides) == calls
-        assert libraries == ["onednn"] * taken and (layer.packed(300, "onednn") is not None) is taken
+        assert libraries == ["onednn"] * (5 * taken) and timed == [2]  # one library, weighed once
+        assert mkl_packed.onednn_packed_over_mkl(64, 96, 300) is taken and mkl_packed._CONTESTS == {}
         mkl.prepare(300)
         assert torch.allclose(mkl(x), want, rtol=1e-5, atol=1e-6) and mkl.packed(300) is not None
-    assert len(sides) == calls and mkl_packed._CONTESTS == {}
+        assert timed == [2] and libraries == ["onednn"] * (5 * taken)  # MKL's packing: never weighed so
     (table,) = json.loads((tmp_path / onednn.CACHE_NAME).read_text())["machines"].values()
     assert table["products"]["64x96@300/onednn-packed-over-mkl"]["onednn"] is taken
+    monkeypatch.setattr(mkl_packed, "_PACKED_OVER_MKL", {})  # another process reads the verdict
+    assert mkl_packed.onednn_packed_over_mkl(64, 96, 300) is taken and timed == [2]
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "mkl")
+    assert mkl_packed.onednn_packed_over_mkl(64, 96, 300) is False
 
 
 def _auto_route(monkeypatch, tmp_path, packing: bool | None) -> None:
     """The route ``auto`` on an empty cache, oneDNN taken for every shape, MKL's packing refused, and oneDNN's
-    packing's verdict ``packing`` for every shape (None: its contest open)."""
+    packing's verdict ``packing`` for every shape (None: its contest open); oneDNN's packing never weighed against
+    MKL's plain product while ``auto`` takes oneDNN's."""
     monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
     monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
     for name in ("_OVER_ONEDNN", "_ONEDNN_PACKED", "_CONTESTS"):
@@ -245,8 +242,15 @@ def _auto_route(monkeypatch, tmp_path, packing: bool | None) -> None:
     monkeypatch.setattr(onednn, "_DECIDED", {})
     monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [0.5] * onednn.PAIRS)
     monkeypatch.setattr(mkl_packed, "packed_over_onednn", lambda k, n, rows: False)
-    monkeypatch.setattr(mkl_packed, "onednn_packing",
-                        lambda k, n, rows, over="onednn": packing if over == "onednn" else False)
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: packing)
+
+    def never(k, n, rows):  # auto takes oneDNN: MKL's plain product is never weighed against the packing there
+        from vpltool.runtime.numerics import cpu_linear_asked
+
+        assert cpu_linear_asked() != "auto", f"{k}x{n}@{rows}: weighed against MKL's plain product on oneDNN's route"
+        return False
+
+    monkeypatch.setattr(mkl_packed, "onednn_packed_over_mkl", never)
 
 
 @pytest.mark.skipif(not mkl_packed.HAS_ONEDNN_PACK, reason="this torch has no oneDNN weight packing")
@@ -286,13 +290,13 @@ def test_onednn_s_packing_serves_every_row_count_and_a_mapped_file_s_pages_go_ba
     other.load_state_dict(torch.load(tmp_path / "w.pt", mmap=True), assign=True)
     mkl_packed.use_packed_mkl(other, mkl=False)
     monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
-    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows, over="onednn": None)  # its contest open
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: None)  # its contest open: both ways in turn
     handed.clear()
     with torch.no_grad():
         other.prepare(300)
         other(x)
     assert other.packed(300, "onednn") is not None and handed == []
-    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows, over="onednn": True)  # decided: handed back
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: True)  # decided: handed back at its next call
     with torch.no_grad():
         other(x)
         other(x)

@@ -5,8 +5,9 @@ but a layer packed for its rows ran faster packed (:func:`packed_over_onednn`, m
 route keeps oneDNN's, oneDNN's own packing (``torch.ops.mkldnn._reorder_linear_weight``, as torch's compiler packs a
 frozen layer for it) is the contender instead (:func:`onednn_packing`): the same sums (equal bits on a Zen 4), measured
 inside the model's own forwards, where alone a product's timing misjudged it. A layer that holds oneDNN's packing only
-(:class:`OneDnnPackedLinear`) contests it against MKL's plain product where the route keeps MKL's (the route times
-oneDNN's plain call, which lays its weights out at every call), at the route's own margin.
+(:class:`OneDnnPackedLinear`) weighs it against MKL's plain product where the route keeps MKL's (the route times
+oneDNN's plain call, which lays its weights out at every call), measured once a machine before the shape's first
+product, at the route's own margin (:func:`onednn_packed_over_mkl`).
 
 ``F.linear``'s ``sgemm`` packs the weights into its kernel's layout on every call; packed once, a ViT-B's products
 of ~900 rows ran faster on an Intel Xeon (Emerald Rapids, no AMX: ``bench/bench_radseg.py`` records both rates,
@@ -83,9 +84,11 @@ class PackedLinear(OneDnnLinear):
         rows = x.numel() // x.shape[-1]
         if applies(x, self.weight) and self.__dict__.get("_mkl_over_onednn") != rows:  # the route's oneDNN
             return self._onednn(x, rows, "gelu" if gelu else "none")
-        if not self.mkl_packing:  # the route keeps MKL's: oneDNN's packing may still beat its plain product
-            if self.weight.is_contiguous() and onednn.available():
-                return self._onednn(x, rows, "gelu" if gelu else "none", over="mkl")
+        if not self.mkl_packing:  # the route keeps MKL's: oneDNN's packing where it beat MKL's plain product
+            if self._over_mkl(rows):
+                packed = self.packed(rows, "onednn")
+                packed = self.pack(rows, "onednn", over_mkl=True) if packed is None else packed
+                return onednn.linear(x, packed, self.bias, "gelu" if gelu else "none")
             return gelu_after(f_linear(x, self.weight, self.bias), gelu)
         packed, kept = self.packed(rows), self.__dict__.get("_packing")
         if packed is None:
@@ -95,34 +98,27 @@ class PackedLinear(OneDnnLinear):
         bias = None if self.bias is None else self.bias.detach()
         return gelu_after(torch.ops.mkl._mkl_linear(x.contiguous(), packed, self.weight.detach(), bias, rows), gelu)
 
-    def _onednn(self, x: torch.Tensor, rows: int, post: str = "none", over: str = "onednn") -> torch.Tensor:
+    def _onednn(self, x: torch.Tensor, rows: int, post: str = "none") -> torch.Tensor:
         """The route's oneDNN product (``post`` as :func:`.onednn.linear`'s): with the weights in oneDNN's packing
         where :func:`onednn_packing` takes it (one packing, made for the first rows that ask it, serves every row
         count; none where MKL's, made for other rows, is held), both ways in turn while its contest is open (each
-        call timed for it), the plain call where it is refused. ``over`` ``"mkl"``: where the route keeps MKL's
-        product, oneDNN's packing against MKL's plain product instead (:func:`onednn_packing`'s ``over``)."""
-        taken = onednn_packing(self.in_features, self.out_features, rows, over)
+        call timed for it), the plain call where it is refused."""
+        taken = onednn_packing(self.in_features, self.out_features, rows)
         kept, packed = self.__dict__.get("_packing"), self.packed(rows, "onednn")
-
-        def plain() -> torch.Tensor:
-            if over == "mkl":
-                return gelu_after(F.linear(x, self.weight, self.bias), post == "gelu")
-            return onednn.linear(x, self.weight, self.bias, post)
-
         if taken is False or (packed is None and kept is not None and kept[0][3] == "mkl" and kept[0][0] != rows):
             if taken is False and packed is not None and kept[0][0] == rows:
                 self.__dict__.pop("_packing")  # refused at the rows it was made for (kept where others took it)
-            return plain()
+            return onednn.linear(x, self.weight, self.bias, post)
         if packed is None:
-            packed = self.pack(rows, "onednn", over)
+            packed = self.pack(rows, "onednn")
         if taken:
             out = onednn.linear(x, packed, self.bias, post)
             self._hand_back()  # a packing made while its contest was open: handed back at its first call after
             return out
-        side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows, over), _contest())["next"]
+        side = _CONTESTS.setdefault(_key(self.in_features, self.out_features, rows), _contest())["next"]
         start = time.process_time()
-        out = onednn.linear(x, packed, self.bias, post) if side else plain()
-        contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start, over)
+        out = onednn.linear(x, packed if side else self.weight, self.bias, post)
+        contest_call(self.in_features, self.out_features, rows, side, time.process_time() - start)
         return out
 
     def prepare(self, rows: int) -> None:
@@ -132,20 +128,24 @@ class PackedLinear(OneDnnLinear):
         as a ViT-B photo gains from it: photos of sizes in turn keep one packing, and the others' products are the
         plain ones, or oneDNN's packing, which serves any rows)."""
         probe = self.weight.new_empty(1).expand(rows, self.in_features)  # no memory: only its shape is read
-        kind, over = None, "onednn"
+        kind, over_mkl = None, False
         if self.weight.device.type == "cpu" and packs_mkl(probe, self.weight):
             if applies(probe, self.weight) and not (self.mkl_packing and self._over_onednn(rows)):
                 kind = "onednn" if onednn_packing(self.in_features, self.out_features, rows) is not False else None
             elif self.mkl_packing:
                 kind = "mkl"
-            elif self.weight.is_contiguous() and onednn.available():  # as forward's MKL route: oneDNN's contest
-                over = "mkl"
-                kind = "onednn" if onednn_packing(self.in_features, self.out_features, rows, over) is not False \
-                    else None
+            elif self._over_mkl(rows):  # the route keeps MKL's, oneDNN's packing beat it (forward's rule)
+                kind, over_mkl = "onednn", True
         if kind is not None and self.packed(rows, kind) is None and (
                 "_packing" not in self.__dict__ or self.__dict__.get("_mkl_seen") == rows):
-            self.pack(rows, kind, over)
+            self.pack(rows, kind, over_mkl)
         self.__dict__["_mkl_seen"] = rows
+
+    def _over_mkl(self, rows: int) -> bool:
+        """Where the route keeps MKL's plain product for this oneDNN-packing layer's shape: whether oneDNN's packing
+        for ``rows`` rows is taken instead (:func:`onednn_packed_over_mkl`)."""
+        return not self.mkl_packing and self.weight.is_contiguous() and onednn_packed_over_mkl(
+            self.in_features, self.out_features, rows)
 
     def _over_onednn(self, rows: int) -> bool:
         """Where the route takes oneDNN's product for this layer's shape: whether MKL's packed product for ``rows``
@@ -173,17 +173,18 @@ class PackedLinear(OneDnnLinear):
             self.__dict__["_handed_back"] = kept
             page_out_tensors([self.weight.detach()])
 
-    def pack(self, rows: int, kind: str = "mkl", over: str = "onednn") -> torch.Tensor:
+    def pack(self, rows: int, kind: str = "mkl", over_mkl: bool = False) -> torch.Tensor:
         """The weights packed for products of ``rows`` rows by MKL (``kind`` ``"mkl"``) or oneDNN (``"onednn"``),
         kept (the previous packing freed first). A caller that knows the rows of its next forward packs its layers
         first (:meth:`prepare`): packed among a forward's activations, the copies would leave the heap's freed pages
-        scattered and resident (in RADSeg's worker, about twice the copies' own bytes more resident memory)."""
+        scattered and resident (in RADSeg's worker, about twice the copies' own bytes more resident memory).
+        ``over_mkl``: a oneDNN packing taken where the route keeps MKL's (:meth:`_over_mkl`), serving from now on."""
         self.__dict__.pop("_packing", None)
         weight = self.weight.detach()
         packed = (torch.ops.mkl._mkl_reorder_linear_weight(weight, rows) if kind == "mkl"
                   else torch.ops.mkldnn._reorder_linear_weight(weight, rows))
         self.__dict__["_packing"] = ((rows, id(self.weight), self.weight._version, kind), packed)
-        if kind == "mkl" or onednn_packing(self.in_features, self.out_features, rows, over):
+        if kind == "mkl" or over_mkl or onednn_packing(self.in_features, self.out_features, rows):
             self._hand_back()  # it serves the calls from now on: a file's pages given back now (MKL's always)
         return packed
 
@@ -256,61 +257,46 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
 
 
 _ONEDNN_PACKED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> packing taken, this process's
-_OVER_MKL: dict[tuple, bool] = {}  # (in, out, rows, threads, "mkl") -> packing taken over MKL's product, this process's
-_CONTESTS: dict[tuple, dict] = {}  # the open contests of oneDNN's packing (onednn_packing)
+_CONTESTS: dict[tuple[int, int, int, int], dict] = {}  # the open contests of oneDNN's packing (onednn_packing)
 
 
-def _key(k: int, n: int, rows: int, over: str = "onednn") -> tuple:
-    return (k, n, rows, torch.get_num_threads()) + (() if over == "onednn" else (over,))
-
-
-def _verdicts(over: str) -> dict:
-    return _ONEDNN_PACKED if over == "onednn" else _OVER_MKL
-
-
-def _shape(k: int, n: int, rows: int, over: str) -> str:
-    """The verdict's name in the route's cache."""
-    return f"{k}x{n}@{rows}/onednn-packed" + ("" if over == "onednn" else f"-over-{over}")
+def _key(k: int, n: int, rows: int) -> tuple[int, int, int, int]:
+    return k, n, rows, torch.get_num_threads()
 
 
 def _contest() -> dict:
     return {"next": 0, "warm": 2 * CONTEST_WARM, "spent": [0.0, 0.0], "calls": [0, 0], "ratios": []}
 
 
-def onednn_packing(k: int, n: int, rows: int, over: str = "onednn") -> bool | None:
+def onednn_packing(k: int, n: int, rows: int) -> bool | None:
     """Whether a layer of ``k`` inputs and ``n`` outputs whose ``rows``-row product the route takes to oneDNN holds
     its weights in oneDNN's packing (``torch.ops.mkldnn._reorder_linear_weight``): this process's verdict, else this
     machine's (the route's cache, ``KxN@rows/onednn-packed``), else None while the contest runs in the model's own
     forwards (:func:`contest_call`; alone, a product's timing misjudged it: :data:`ONEDNN_PACK_WIN`). False where
-    this torch has no such packing or the route is not ``auto``.
-
-    ``over`` ``"mkl"``: for a :class:`OneDnnPackedLinear` whose shape the route keeps with MKL (its calibration times
-    oneDNN's plain call, which lays the weights out at every call), the packing against MKL's plain product
-    (``KxN@rows/onednn-packed-over-mkl``), taken only at the route's own margin for leaving MKL
-    (:data:`.onednn.CLEAR_WIN`: the references' library and its bits are at stake there)."""
+    this torch has no such packing or the route is not ``auto``."""
     from ...runtime.numerics import cpu_linear_asked
 
     if not HAS_ONEDNN_PACK or cpu_linear_asked() != "auto":
         return False
-    key, verdicts = _key(k, n, rows, over), _verdicts(over)
-    if key not in verdicts:
+    key = _key(k, n, rows)
+    if key not in _ONEDNN_PACKED:
         if key in _CONTESTS:  # open in this process: the cache was read once, when it opened (not at every call)
             return None
-        verdict = cached_verdict(_shape(k, n, rows, over), lambda: None)
+        verdict = cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: None)
         if verdict is None:
             _CONTESTS[key] = _contest()
             return None
-        verdicts[key] = verdict
-    return verdicts[key]
+        _ONEDNN_PACKED[key] = verdict
+    return _ONEDNN_PACKED[key]
 
 
-def contest_call(k: int, n: int, rows: int, side: int, seconds: float, over: str = "onednn") -> None:
+def contest_call(k: int, n: int, rows: int, side: int, seconds: float) -> None:
     """One call of the open contest for a ``k``-by-``n`` product of ``rows`` rows: ``side`` 0 the plain oneDNN
-    call (``over`` ``"mkl"``: MKL's), 1 the packed one, ``seconds`` its CPU-seconds. The sides alternate call by
-    call; after :data:`CONTEST_WARM` untimed calls a side, every :data:`CONTEST_CALLS` calls a side make a pair (the
-    packed calls' time over the plain ones'), and after :data:`.onednn.PAIRS` pairs the verdict is
-    :func:`.onednn.decide`'s at :data:`ONEDNN_PACK_WIN` (over MKL's: :data:`.onednn.CLEAR_WIN`), kept."""
-    key = _key(k, n, rows, over)
+    call, 1 the packed one, ``seconds`` its CPU-seconds. The sides alternate call by call; after
+    :data:`CONTEST_WARM` untimed calls a side, every :data:`CONTEST_CALLS` calls a side make a pair (the packed
+    calls' time over the plain ones'), and after :data:`.onednn.PAIRS` pairs the verdict is
+    :func:`.onednn.decide`'s at :data:`ONEDNN_PACK_WIN`, kept."""
+    key = _key(k, n, rows)
     contest = _CONTESTS.setdefault(key, _contest())
     if contest["warm"] > 0:
         contest["warm"] -= 1
@@ -325,8 +311,38 @@ def contest_call(k: int, n: int, rows: int, side: int, seconds: float, over: str
     contest["spent"], contest["calls"] = [0.0, 0.0], [0, 0]
     if len(contest["ratios"]) >= PAIRS:
         _CONTESTS.pop(key)
-        ratios, win = contest["ratios"], ONEDNN_PACK_WIN if over == "onednn" else onednn.CLEAR_WIN
-        _verdicts(over)[key] = bool(cached_verdict(_shape(k, n, rows, over), lambda: ratios, win))
+        ratios = contest["ratios"]
+        _ONEDNN_PACKED[key] = bool(cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: ratios, ONEDNN_PACK_WIN))
+
+
+_PACKED_OVER_MKL: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> taken, this process's
+
+
+def onednn_packed_over_mkl(k: int, n: int, rows: int) -> bool:
+    """Whether a :class:`OneDnnPackedLinear` of ``k`` inputs and ``n`` outputs whose shape the route (``auto``)
+    keeps with MKL's plain product takes oneDNN's packing (made for ``rows`` rows) instead. The route timed
+    oneDNN's plain call, which lays the weights out at every call; the packed call is the contender here. Measured
+    once a machine as the route is, before the shape's first product (oneDNN's packed call's CPU-seconds over MKL's
+    plain one, :func:`.onednn.time_pairs`), and taken by the route's rule for leaving MKL (:func:`.onednn.decide` at
+    :data:`.onednn.CLEAR_WIN`: the references' library and its bits are at stake); kept in the route's cache as
+    ``KxN@rows/onednn-packed-over-mkl``. Not a contest inside the forwards: its sides are two libraries, whose last
+    bits differ, and the library is chosen before any output, so that a run, its resume and its ranks take one.
+    False where this torch has no such packing or the route is not ``auto``."""
+    from ...runtime.numerics import cpu_linear_asked
+
+    if not (HAS_ONEDNN_PACK and onednn.available()) or cpu_linear_asked() != "auto":
+        return False
+
+    def ratios() -> list[float]:
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        return onednn.time_pairs((lambda: F.linear(x, w, b), lambda: onednn.linear(x, packed, b)))
+
+    key = _key(k, n, rows)
+    if key not in _PACKED_OVER_MKL:
+        _PACKED_OVER_MKL[key] = bool(cached_verdict(f"{k}x{n}@{rows}/onednn-packed-over-mkl", ratios))
+    return _PACKED_OVER_MKL[key]
 
 
 def use_packed_mkl(*layers: nn.Module, mkl: bool = True) -> int:
@@ -371,4 +387,5 @@ def pack_blocks(model, mkl: bool = True) -> list[nn.Module]:
 
 __all__ = ["BLOCK_LAYERS", "CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN",
            "OneDnnPackedLinear", "PackedLinear", "block_linears", "contest_call", "gelu_after", "linear_gelu",
-           "onednn_packing", "pack_blocks", "packed_over_onednn", "packs_mkl", "use_packed_mkl"]
+           "onednn_packed_over_mkl", "onednn_packing", "pack_blocks", "packed_over_onednn", "packs_mkl",
+           "use_packed_mkl"]
