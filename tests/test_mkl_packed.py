@@ -386,3 +386,70 @@ def test_fc1_and_its_exact_gelu_are_one_onednn_call_where_the_product_is_onednn_
     with torch.no_grad():
         assert torch.allclose(dino_mlp(mlp, x), mlp(x), rtol=1e-5, atol=1e-6)
     assert posts[:1] == ([] if route == "mkl" else ["gelu"])
+
+
+@pytest.mark.skipif(not mkl_packed.HAS_ONEDNN_PACK, reason="this torch has no oneDNN weight packing")
+def test_a_stage_folder_records_the_library_a_packing_verdict_took_and_a_changed_verdict_is_refused(
+        monkeypatch, tmp_path):
+    """The two packing verdicts that hand a layer's products to the other library than the route's (MKL's packed
+    product on oneDNN's route, oneDNN's packing on MKL's) are recorded by the stage folder as that library, as the
+    route's own verdicts are; a resume or another shard whose cache now gives those products to the other library
+    is refused in one line naming the verdict, before any product; the cache put back, it completes the folder."""
+    import json
+    from pathlib import Path
+
+    from vpltool import io
+    from vpltool.errors import VplError
+    from vpltool.io.folder_routes import ROUTES
+    from vpltool.runtime.numerics import run_numerics
+
+    monkeypatch.delenv("VPLTOOL_REPRODUCIBLE", raising=False)
+    monkeypatch.setenv("VPLTOOL_CPU_LINEAR", "auto")
+    monkeypatch.setenv("VPLTOOL_CACHE_DIR", str(tmp_path))
+    route = {(64, 96): 0.5, (96, 64): 1.0}  # the route: oneDNN for the first layer's shape, MKL for the second's
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [route[(k, n)]] * onednn.PAIRS)
+    monkeypatch.setattr(onednn, "time_pairs", lambda sides: [0.9] * onednn.PAIRS)  # each contender wins: the other
+    monkeypatch.setattr(mkl_packed, "onednn_packing", lambda k, n, rows: False)  # library takes both layers
+
+    def new_process() -> None:
+        for name in ("_OVER_ONEDNN", "_ONEDNN_PACKED", "_PACKED_OVER_MKL", "_CONTESTS"):
+            monkeypatch.setattr(mkl_packed, name, {})
+        monkeypatch.setattr(onednn, "_DECIDED", {})
+
+    torch.manual_seed(15)
+    first, second = nn.Linear(64, 96), nn.Linear(96, 64)
+    mkl_packed.use_packed_mkl(first)
+    mkl_packed.use_packed_mkl(second, mkl=False)
+    numerics, folder = run_numerics(torch.float32, "auto", torch.device("cpu")), tmp_path / "feats"
+
+    def shard(index: int) -> None:
+        with io.StageFolder(folder, "toy-stage", {"size": 32}, shard=(index, 2), numerics=numerics) as f:
+            with torch.no_grad():
+                first.prepare(300)
+                second.prepare(300)
+                second(first(torch.randn(300, 64)))
+            (folder / f"{'ab'[index]}.txt").write_text("item")
+            f.finish(["a", "b"], lambda out, i: Path(out) / f"{i}.txt")
+
+    new_process()
+    shard(0)
+    assert json.loads((folder / io.RUN_RECORD).read_text())[ROUTES] == {
+        "64x96@256": "onednn", "64x96@300/mkl-packed": "mkl",
+        "96x64@256": "mkl", "96x64@300/onednn-packed-over-mkl": "onednn"}
+    cache_file = tmp_path / onednn.CACHE_NAME
+    for verdict, library in (("64x96@300/mkl-packed", "oneDNN"), ("96x64@300/onednn-packed-over-mkl", "MKL")):
+        cache = json.loads(cache_file.read_text())
+        (table,) = cache["machines"].values()
+        table["products"][verdict]["onednn"] = not table["products"][verdict]["onednn"]  # edited between shards
+        cache_file.write_text(json.dumps(cache))
+        new_process()
+        with pytest.raises(VplError, match=rf"^[^\n]*feats: an interrupted run made with VPLTOOL_CPU_LINEAR=auto "
+                                           rf"taking [A-Za-z]+ for its {verdict} products, where this run takes "
+                                           rf"{library} \(its verdict in the route cache .*--overwrite"):
+            shard(1)
+        assert not (folder / "b.txt").exists() and not (folder / io.STAGE_RECORD).exists()
+        table["products"][verdict]["onednn"] = not table["products"][verdict]["onednn"]  # put back
+        cache_file.write_text(json.dumps(cache))
+    new_process()
+    shard(1)
+    assert len(json.loads((folder / io.STAGE_RECORD).read_text())[ROUTES]) == 4

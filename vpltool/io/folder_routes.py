@@ -7,7 +7,9 @@ resume) may therefore take other libraries for the same products when the cache 
 and measured again, another machine's), and their items differ in their last bits. A record of ``auto`` alone cannot
 tell (the numerics' ``linear``, :func:`vpltool.runtime.numerics.linear_mismatch`, compares the route asked): so the
 folder records the route each shape took, ``{"KxN@bucket": "onednn" | "mkl"}``, as its first product runs, and a run
-that continues the folder is refused, before any model loads, where it would take another for a recorded shape.
+that continues the folder is refused, before any model loads, where it would take another for a recorded shape. So
+too the packing verdicts that hand a packed layer's products to the other library (``"KxN@rows/mkl-packed"``,
+``"KxN@rows/onednn-packed-over-mkl"``: :func:`vpltool.models.backbones.mkl_packed.library_now`).
 """
 
 from __future__ import annotations
@@ -63,10 +65,10 @@ def check_routes(folder: str | os.PathLike, what: str, record: Any, numerics: Ma
     recorded = recorded_routes(record)
     if not recorded or not _auto(numerics):
         return
-    from ..models.backbones import onednn
+    from ..models.backbones import mkl_packed, onednn
 
     for shape, was in sorted(recorded.items()):
-        now = onednn.route_now(shape)
+        now = mkl_packed.library_now(shape) if "/" in shape else onednn.route_now(shape)
         if now is not None and (ONEDNN if now else MKL) != was:
             raise refusal(folder, what, shape, was, ONEDNN if now else MKL)
 

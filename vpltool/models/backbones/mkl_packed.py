@@ -26,6 +26,7 @@ Reproducible mode, :func:`.onednn.references_library`, gradients, bf16, autocast
 
 from __future__ import annotations
 
+import re
 import time
 
 import torch
@@ -252,8 +253,39 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
 
     key = (k, n, rows, torch.get_num_threads())
     if key not in _OVER_ONEDNN:
-        _OVER_ONEDNN[key] = bool(onednn.cached_verdict(f"{k}x{n}@{rows}/mkl-packed", ratios))
+        _OVER_ONEDNN[key] = bool(onednn.cached_verdict(f"{k}x{n}@{rows}/{MKL_PACKED}", ratios))
+    _tell(MKL_PACKED, key, onednn_computes=not _OVER_ONEDNN[key])
     return _OVER_ONEDNN[key]
+
+
+# the verdicts that give a layer shape's products to the other library than the route's, by their names in the
+# route's cache: a stage folder records each as its library (:func:`_tell`), as it records the route's own
+MKL_PACKED, PACKED_OVER_MKL = "mkl-packed", "onednn-packed-over-mkl"
+
+
+def _tell(kind: str, key: tuple[int, int, int, int], onednn_computes: bool) -> None:
+    """The open stage folders told (once a folder, :func:`.onednn.route_watching`) which library computes the
+    products of ``key``'s layer shape and rows by the ``kind`` verdict: ``KxN@rows/kind``, oneDNN or not, so that a
+    resume or another shard whose cache gives them to the other library is refused (:func:`library_now`), as for a
+    route (oneDNN's packing against its plain call is one library's same sums: not recorded)."""
+    told = (kind, *key)
+    if onednn.ROUTE_WATCHERS and told not in onednn._TOLD:
+        onednn._TOLD.add(told)
+        for watcher in list(onednn.ROUTE_WATCHERS):
+            watcher(f"{key[0]}x{key[1]}@{key[2]}/{kind}", onednn_computes)
+
+
+def library_now(shape: str) -> bool | None:
+    """For a verdict a stage folder recorded (``"KxN@rows/mkl-packed"`` or ``"KxN@rows/onednn-packed-over-mkl"``):
+    whether oneDNN computes those products in this process, by this machine's verdict (measured now where there is
+    none, before a model loads); None for a name of no such verdict."""
+    found = re.fullmatch(rf"(\d+)x(\d+)@(\d+)/({MKL_PACKED}|{PACKED_OVER_MKL})", shape)
+    if found is None:
+        return None
+    k, n, rows = (int(g) for g in found.groups()[:3])
+    if found.group(4) == MKL_PACKED:
+        return not packed_over_onednn(k, n, rows)
+    return onednn_packed_over_mkl(k, n, rows)
 
 
 _ONEDNN_PACKED: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> packing taken, this process's
@@ -341,7 +373,8 @@ def onednn_packed_over_mkl(k: int, n: int, rows: int) -> bool:
 
     key = _key(k, n, rows)
     if key not in _PACKED_OVER_MKL:
-        _PACKED_OVER_MKL[key] = bool(cached_verdict(f"{k}x{n}@{rows}/onednn-packed-over-mkl", ratios))
+        _PACKED_OVER_MKL[key] = bool(cached_verdict(f"{k}x{n}@{rows}/{PACKED_OVER_MKL}", ratios))
+    _tell(PACKED_OVER_MKL, key, onednn_computes=_PACKED_OVER_MKL[key])
     return _PACKED_OVER_MKL[key]
 
 
@@ -385,7 +418,7 @@ def pack_blocks(model, mkl: bool = True) -> list[nn.Module]:
     return layers if use_packed_mkl(*layers, mkl=mkl) else []
 
 
-__all__ = ["BLOCK_LAYERS", "CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "ONEDNN_PACK_WIN",
-           "OneDnnPackedLinear", "PackedLinear", "block_linears", "contest_call", "gelu_after", "linear_gelu",
-           "onednn_packed_over_mkl", "onednn_packing", "pack_blocks", "packed_over_onednn", "packs_mkl",
-           "use_packed_mkl"]
+__all__ = ["BLOCK_LAYERS", "CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "MKL_PACKED",
+           "ONEDNN_PACK_WIN", "PACKED_OVER_MKL", "OneDnnPackedLinear", "PackedLinear", "block_linears", "contest_call",
+           "gelu_after", "library_now", "linear_gelu", "onednn_packed_over_mkl", "onednn_packing", "pack_blocks",
+           "packed_over_onednn", "packs_mkl", "use_packed_mkl"]
