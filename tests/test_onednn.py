@@ -197,6 +197,29 @@ def test_a_loaded_pair_keeps_mkl_in_the_auto_route(monkeypatch, auto_route):
                                                                     "pairs": 7, "measured": None}
 
 
+def test_two_processes_that_measure_a_shape_at_once_take_the_verdict_kept_first(monkeypatch, auto_route):
+    """Two stages, shards or ranks of one machine that both calibrate a shape before either has kept its verdict
+    take one library: the later one reads the cache again under its lock and takes the verdict kept first, its own
+    measurement dropped (each had kept and taken its own, so a folder one made was refused on resume for a verdict
+    nobody changed); verdicts of other shapes are kept beside it."""
+    import json
+
+    def calibrate(k, n, rows):  # while this process measures, another one keeps oneDNN for the same shape
+        if (k, n) == (64, 96):
+            monkeypatch.setattr(onednn, "_DECIDED", {})
+            monkeypatch.setattr(onednn, "calibrate", lambda *a: [0.5] * onednn.PAIRS)
+            assert onednn.takes_onednn(300, 64, 96)
+        return [1.2] * onednn.PAIRS  # this process's own: MKL's
+
+    monkeypatch.setattr(onednn, "calibrate", calibrate)
+    assert onednn.takes_onednn(300, 64, 96)  # the other process's verdict, not the one measured here
+    monkeypatch.setattr(onednn, "calibrate", lambda k, n, rows: [1.2] * onednn.PAIRS)
+    assert not onednn.takes_onednn(300, 96, 64)  # a shape nobody else kept: its own
+    (table,) = json.loads(auto_route.read_text())["machines"].values()
+    assert table["products"]["64x96@256"]["onednn"] is True and table["products"]["96x64@256"]["onednn"] is False
+    assert (auto_route.parent / f".{auto_route.name}.lock").is_file()
+
+
 def test_either_library_can_be_forced_and_another_value_is_refused(monkeypatch, auto_route):
     from vpltool.errors import VplError
 

@@ -43,9 +43,11 @@ module's own fast path runs MKL's product inside one kernel).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import platform
 import re
 import secrets
 import statistics
@@ -56,6 +58,8 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ...errors import VplWarning
 
 
 def _has_op() -> bool:
@@ -86,11 +90,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pos
 MIN_ROWS = 4
 # a product of R rows is decided at the largest of these at most R (its calibration runs that many rows)
 BUCKETS = (4, 16, 64, 256, 1024)
-# oneDNN is taken where its CPU-seconds were at most this share of MKL's (the median of the pairs): a smaller win is
-# left to MKL, torch's default and the references' library. 0.9 left three of a ViT-B's four layer shapes with MKL
-# on a Zen 4 where oneDNN won every pair by less than 10 % (768x768, 768x2304, 3072x768 at 1,024 rows), and a
-# DINOv2 ViT-B forward with every layer through oneDNN took 0.937 of MKL's CPU-seconds there
-# (bench/results/dino_forward_amd_zen_4.json)
+# oneDNN is taken where its CPU-seconds were at most this share of MKL's (the pairs' median); a smaller win is left to
+# MKL, the references' library. 0.9 left three of a ViT-B's four layer shapes with MKL on a Zen 4, where a DINOv2 ViT-B
+# forward all through oneDNN took 0.937 of MKL's CPU-seconds (bench/results/dino_forward_amd_zen_4.json)
 CLEAR_WIN = 0.95
 PAIRS = 7  # alternating pairs of a calibration: its spread (the slowest pair) is known, not one reading
 SIDE_S = 0.004  # each side's timed stretch of a pair: at least this many CPU-seconds of calls (one call at most)
@@ -124,8 +126,6 @@ def machine_key() -> tuple[str, dict]:
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
-        import platform
-
         model = platform.processor() or platform.machine()
     flags = hashlib.sha256(" ".join(sorted(cpu_flags())).encode()).hexdigest()[:12]
     what = {"cpu": model, "cpu_flags_sha256": flags, "amx": "amx_bf16" in cpu_flags(), **library_versions(),
@@ -175,35 +175,38 @@ def _ignored(path, why: str) -> dict:
     """``{}``, with one warning per process for ``path`` (a cache file that is ``why``)."""
     if str(path) not in _WARNED:
         _WARNED.add(str(path))
-        from ...errors import VplWarning
-
         warnings.warn(VplWarning(f"{path}: {why}; the CPU linear route's verdicts there are ignored and measured "
                                  "again (the file is written anew; delete it to silence this)"), stacklevel=4)
     return {}
 
 
-def _keep(shape: str, verdict: dict) -> None:
-    """Add one verdict to this machine's table in the cache file (read again first: another process may have
-    written; written atomically). A cache that cannot be written is ignored: it only saves a calibration."""
+def _keep(shape: str, verdict: dict) -> dict:
+    """This machine's verdict for ``shape``: another process's kept first (the cache read again under its lock), else
+    ``verdict``, added (written atomically); so two shards, ranks or stages that measured a shape at once take one
+    library (each had kept its own, and a folder's resume was refused for a verdict nobody changed)."""
     path = _cache_path()
     if path is None:
-        return
+        return verdict
     key, what = machine_key()
     try:
-        machines = _read_cache()
-        entry = machines.pop(key, None) or {**what, "products": {}}
-        entry["products"][shape] = verdict
-        machines[key] = entry  # the latest last; the oldest dropped beyond MAX_MACHINES
-        kept = dict(list(machines.items())[-MAX_MACHINES:])
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            tmp.write_text(json.dumps({"format": _FORMAT, "machines": kept}, indent=1))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # held until the file closes
+            machines = _read_cache()
+            entry = machines.pop(key, None) or {**what, "products": {}}
+            if isinstance(first := entry["products"].get(shape), dict):
+                return first
+            entry["products"][shape] = verdict
+            machines = dict([*machines.items(), (key, entry)][-MAX_MACHINES:])  # the latest last, the oldest dropped
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                tmp.write_text(json.dumps({"format": _FORMAT, "machines": machines}, indent=1))
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
     except OSError:
         pass
+    return verdict
 
 
 def _bucket(rows: int) -> int:
@@ -211,10 +214,9 @@ def _bucket(rows: int) -> int:
 
 
 def calibrate(k: int, n: int, rows: int) -> list[float]:
-    """oneDNN's CPU-seconds over MKL's for an fp32 product ``[rows, k] x [k, n]`` plus a bias, on this process's
-    threads, one ratio per pair of :data:`PAIRS` alternating pairs (the order swapped every pair), each side running
-    the product on random unit-scale inputs for at least :data:`SIDE_S` CPU-seconds (a few ms: well above the
-    clock's resolution, well below a stage's start-up). :func:`decide` reads them."""
+    """oneDNN's CPU-seconds over MKL's for an fp32 product ``[rows, k] x [k, n]`` plus a bias on this process's threads,
+    one ratio per pair of :data:`PAIRS` alternating pairs, each side on random unit-scale inputs for at least
+    :data:`SIDE_S` CPU-seconds (above the clock's resolution, below a stage's start-up). :func:`decide` reads them."""
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
     return time_pairs((lambda: F.linear(x, w, b), lambda: linear(x, w, b)))
@@ -242,10 +244,9 @@ def time_pairs(sides) -> list[float]:
 
 
 def decide(ratios: list[float], win: float = CLEAR_WIN) -> dict:
-    """The verdict of a calibration's pair ratios (oneDNN's time over MKL's, :func:`calibrate`, or a contender's
-    over its rival's): oneDNN (the contender) only where it wins beyond their spread, at most ``win`` at the median
-    and below 1 in every pair (the slowest pair is the spread's far end); MKL (the rival) otherwise.
-    ``{"onednn", "ratio" (the median), "slowest", "pairs"}``."""
+    """The verdict of a calibration's pair ratios (oneDNN's time over MKL's, :func:`calibrate`, or a contender's over
+    its rival's): oneDNN (the contender) only where it wins beyond their spread, at most ``win`` at the median and
+    below 1 in every pair; MKL (the rival) otherwise. ``{"onednn", "ratio" (the median), "slowest", "pairs"}``."""
     median, slowest = statistics.median(ratios), max(ratios)
     return {"onednn": bool(median <= win and slowest < 1.0), "ratio": round(median, 3),
             "slowest": round(slowest, 3), "pairs": len(ratios)}
@@ -318,15 +319,14 @@ def cached_verdict(shape: str, ratios: Callable[[], list[float] | None], win: fl
     """Whether oneDNN (or another contender) is taken for ``shape`` (its name in the cache: ``"KxN@bucket"``, or
     another contest's, as :func:`.mkl_packed.packed_over_onednn`'s ``"KxN@rows/mkl-packed"``): this machine's cached
     verdict, else :func:`decide` at ``win`` of ``ratios()`` (the contender's time over its rival's,
-    :func:`time_pairs`) measured now and kept; None where ``ratios()`` gives None (a contest still open)."""
+    :func:`time_pairs`) measured now and kept (another process's where it kept one first, :func:`_keep`); None where
+    ``ratios()`` gives None (a contest still open)."""
     kept = _read_cache().get(machine_key()[0], {}).get("products", {}).get(shape)
     if isinstance(kept, dict) and isinstance(kept.get("onednn"), bool):
         return kept["onednn"]
     if (measured := ratios()) is None:
         return None
-    verdict = {**decide(measured, win), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _keep(shape, verdict)
-    return verdict["onednn"]
+    return _keep(shape, {**decide(measured, win), "measured": time.strftime("%Y-%m-%d %H:%M:%S")})["onednn"]
 
 
 def kept_verdicts(threads: int = 1) -> dict:
