@@ -17,7 +17,8 @@ contest is open (``packings``: the verdicts, the packed calls' time over the pla
   oneDNN call's.
 * ``attention``: one photo's ``[1, 12, 1029, 64]`` heads, SDPA's fused CPU kernel (what DINOv2's own code calls)
   against ``softmax((q kᵀ) s) v`` written out by blocks of query rows (:func:`..dino_attention.written_attention`'s
-  way, 128 and 256 rows): GFLOP/s, medians of alternating rounds, and each one's largest difference from SDPA's.
+  way, 128 and 256 rows) and against oneDNN Graph's fused attention (:func:`onednn_graph_attention`, measured
+  only): GFLOP/s, medians of alternating rounds, and each one's largest difference from SDPA's.
 """
 
 from __future__ import annotations
@@ -112,6 +113,34 @@ def settle(dino, x) -> dict:
             "packed_layers": sum(m.packed(1, "onednn") is not None for m in dino.packed), "verdicts": verdicts}
 
 
+def onednn_graph_attention(q, k, v, scale: float):
+    """``softmax(q kᵀ scale) v`` as oneDNN Graph's fused partition (TorchScript's oneDNN fuser: a traced function,
+    its first calls profiled, then the matmuls and softmax one oneDNN kernel), its inputs made contiguous in the
+    call as a model's would be; None where this torch has no such fuser. Measured, not used by vpltool: TorchScript
+    is deprecated (``torch.jit.trace`` warns so)."""
+    import warnings
+
+    import torch
+
+    if not hasattr(torch.jit, "enable_onednn_fusion"):
+        return None
+
+    def attend(q, k, v):
+        return torch.matmul(torch.matmul(q, k.transpose(-1, -2)).mul(scale).softmax(-1), v)
+
+    torch.jit.enable_onednn_fusion(True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the deprecation of torch.jit.trace
+        traced = torch.jit.trace(attend, (q.contiguous(), k.contiguous(), v.contiguous()))
+        for _ in range(3):  # profiled, then fused
+            traced(q.contiguous(), k.contiguous(), v.contiguous())
+
+    def run():
+        with torch.no_grad():
+            return traced(q.contiguous(), k.contiguous(), v.contiguous())
+    return run
+
+
 def attention(rounds: int) -> dict:
     """One photo's heads through SDPA and written out by query blocks (module docstring)."""
     import torch
@@ -136,6 +165,9 @@ def attention(rounds: int) -> dict:
 
     sides = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, scale=s), "written_128": written(128),
              "written_256": written(256)}
+    graph = onednn_graph_attention(q, k, v, s)
+    if graph is not None:
+        sides["onednn_graph"] = graph
     ref = sides["sdpa"]()
     times: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(rounds):
@@ -144,6 +176,8 @@ def attention(rounds: int) -> dict:
             for _ in range(4):
                 sides[name]()
             times[name].append((time.process_time() - start) / 4)
+    if graph is not None:
+        torch.jit.enable_onednn_fusion(False)
     flop = 4 * heads * n * n * hd
     return {"shape": [1, heads, n, hd],
             "gflops_per_s": {name: round(flop / statistics.median(t) / 1e9, 1) for name, t in times.items()},
@@ -174,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
               "vpltool_commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip(),
               "machine": benchlib.machine("cpu"), "packings": packings, "by_op": by_op(dino, x),
               "routes": routes(dino, x, args.pairs),
-              "attention": attention(5)}
+              "attention": attention(9)}
     print(json.dumps(result, indent=1))
 
 
