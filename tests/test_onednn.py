@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vpltool.models.backbones import onednn
+from vpltool.models.backbones import onednn, towers
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch has no oneDNN linear op")
 
@@ -122,10 +122,10 @@ def test_self_attention_is_the_module_s_own(masked):
         else None
     with torch.no_grad():
         want = mha(h, h, h, need_weights=False, attn_mask=mask)[0]
-        got = onednn.self_attention(mha, h, mask)
+        got = towers.self_attention(mha, h, mask)
         assert got is not None and got.shape == want.shape and (got - want).abs().max() < 1e-5
-        assert onednn.self_attention(mha, h.bfloat16(), mask) is None  # not fp32: the caller runs the module
-        assert onednn.self_attention(nn.MultiheadAttention(64, 4), h) is None  # sequence-first: the module's own
+        assert towers.self_attention(mha, h.bfloat16(), mask) is None  # not fp32: the caller runs the module
+        assert towers.self_attention(nn.MultiheadAttention(64, 4), h) is None  # sequence-first: the module's own
 
 
 @pytest.fixture

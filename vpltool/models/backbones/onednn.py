@@ -36,8 +36,8 @@ Intel Xeon above, oneDNN's last bits moved 2 of ProxyCLIP's 6.2 million similari
 1.2e-4; MKL's DINO tokens equal the reference's bit for bit).
 
 Where a method calls a layer's weights itself (a packed ``in_proj_weight``, a slice of it), :func:`f_linear` is
-``F.linear`` with the same route; :func:`self_attention` is ``nn.MultiheadAttention``'s inference through it (the
-module's own fast path runs MKL's product inside one kernel).
+``F.linear`` with the same route (:func:`.towers.self_attention`: ``nn.MultiheadAttention``'s inference through it,
+where the module's own fast path runs MKL's product inside one kernel).
 """
 
 from __future__ import annotations
@@ -426,25 +426,7 @@ def use_onednn(*modules: nn.Module, out_proj: bool = False) -> int:
     return n
 
 
-def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor | None = None
-                   ) -> torch.Tensor | None:
-    """``attn(h, h, h, need_weights=False, attn_mask=mask)[0]`` for a batch-first ``[B, L, width]`` float32 ``h``
-    (``mask`` additive ``[L, L]`` or None): the packed ``in_proj``, ``softmax(q kᵀ / sqrt(hd) + mask) v`` per head
-    (fused) and ``out_proj``, both products through :func:`f_linear`. None where :func:`applies` does not (the caller
-    runs the module) or the module is not a plain packed self-attention."""
-    if (not getattr(attn, "batch_first", False) or not getattr(attn, "_qkv_same_embed_dim", False)
-            or attn.bias_k is not None or attn.add_zero_attn or (attn.dropout and attn.training)
-            or not applies(h, attn.in_proj_weight)):
-        return None
-    heads = attn.num_heads
-    b, length, width = h.shape
-    q, k, v = (t.reshape(b, length, heads, width // heads).transpose(1, 2)
-               for t in f_linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return f_linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
-
-
 __all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "time_pairs", "decide",
            "cached_verdict", "f_linear", "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj",
-           "pinned", "references_library", "route_now", "route_watching", "self_attention", "kept_verdicts",
+           "pinned", "references_library", "route_now", "route_watching", "kept_verdicts",
            "takes_onednn", "use_onednn", "verdicts"]

@@ -28,12 +28,31 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...errors import VplError
-from .onednn import self_attention, use_onednn
+from .onednn import applies, f_linear, use_onednn
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def self_attention(attn: nn.MultiheadAttention, h: torch.Tensor, mask: torch.Tensor | None = None
+                   ) -> torch.Tensor | None:
+    """``attn(h, h, h, need_weights=False, attn_mask=mask)[0]`` for a batch-first ``[B, L, width]`` float32 ``h``
+    (``mask`` additive ``[L, L]`` or None): the packed ``in_proj``, ``softmax(q kᵀ / sqrt(hd) + mask) v`` per head
+    (fused) and ``out_proj``, both products through :func:`.onednn.f_linear`. None where :func:`.onednn.applies`
+    does not (the caller runs the module) or the module is not a plain packed self-attention."""
+    if (not getattr(attn, "batch_first", False) or not getattr(attn, "_qkv_same_embed_dim", False)
+            or attn.bias_k is not None or attn.add_zero_attn or (attn.dropout and attn.training)
+            or not applies(h, attn.in_proj_weight)):
+        return None
+    heads = attn.num_heads
+    b, length, width = h.shape
+    q, k, v = (t.reshape(b, length, heads, width // heads).transpose(1, 2)
+               for t in f_linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return f_linear(out.transpose(1, 2).reshape(b, length, width), attn.out_proj.weight, attn.out_proj.bias)
 
 
 class OpenClipTower:
@@ -139,4 +158,4 @@ def image_tower(visual, name: str):
     return OpenClipTower(visual, name)
 
 
-__all__ = ["OPENAI_MEAN", "OPENAI_STD", "OpenClipTower", "image_tower"]
+__all__ = ["OPENAI_MEAN", "OPENAI_STD", "OpenClipTower", "image_tower", "self_attention"]
