@@ -245,13 +245,12 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
     if cpu_linear_asked() != "auto":
         return False
     def ratios() -> list[float]:
-        gen = torch.Generator().manual_seed(0)
-        x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
+        x, w, b = onednn.calibration_inputs(k, n, rows)
         packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
         return onednn.time_pairs((lambda: onednn.linear(x, w, b),
                                   lambda: torch.ops.mkl._mkl_linear(x, packed, w, b, rows)))
 
-    key = (k, n, rows, torch.get_num_threads())
+    key = _key(k, n, rows)
     if key not in _OVER_ONEDNN:
         _OVER_ONEDNN[key] = bool(onednn.cached_verdict(f"{k}x{n}@{rows}/{MKL_PACKED}", ratios))
     _tell(MKL_PACKED, key, onednn_computes=not _OVER_ONEDNN[key])
@@ -264,15 +263,11 @@ MKL_PACKED, PACKED_OVER_MKL = "mkl-packed", "onednn-packed-over-mkl"
 
 
 def _tell(kind: str, key: tuple[int, int, int, int], onednn_computes: bool) -> None:
-    """The open stage folders told (once a folder, :func:`.onednn.route_watching`) which library computes the
-    products of ``key``'s layer shape and rows by the ``kind`` verdict: ``KxN@rows/kind``, oneDNN or not, so that a
-    resume or another shard whose cache gives them to the other library is refused (:func:`library_now`), as for a
-    route (oneDNN's packing against its plain call is one library's same sums: not recorded)."""
-    told = (kind, *key)
-    if onednn.ROUTE_WATCHERS and told not in onednn._TOLD:
-        onednn._TOLD.add(told)
-        for watcher in list(onednn.ROUTE_WATCHERS):
-            watcher(f"{key[0]}x{key[1]}@{key[2]}/{kind}", onednn_computes)
+    """The open stage folders told (:func:`.onednn.tell`) which library computes the products of ``key``'s layer
+    shape and rows by the ``kind`` verdict: ``KxN@rows/kind``, oneDNN or not, so that a resume or another shard whose
+    cache gives them to the other library is refused (:func:`library_now`), as for a route (oneDNN's packing against
+    its plain call is one library's same sums: not recorded)."""
+    onednn.tell((kind, *key), f"{key[0]}x{key[1]}@{key[2]}/{kind}", onednn_computes)
 
 
 def library_now(shape: str) -> bool | None:
@@ -366,8 +361,7 @@ def onednn_packed_over_mkl(k: int, n: int, rows: int) -> bool:
         return False
 
     def ratios() -> list[float]:
-        gen = torch.Generator().manual_seed(0)
-        x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
+        x, w, b = onednn.calibration_inputs(k, n, rows)
         packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
         return onednn.time_pairs((lambda: F.linear(x, w, b), lambda: onednn.linear(x, packed, b)))
 

@@ -217,9 +217,15 @@ def calibrate(k: int, n: int, rows: int) -> list[float]:
     """oneDNN's CPU-seconds over MKL's for an fp32 product ``[rows, k] x [k, n]`` plus a bias on this process's threads,
     one ratio per pair of :data:`PAIRS` alternating pairs, each side on random unit-scale inputs for at least
     :data:`SIDE_S` CPU-seconds (above the clock's resolution, below a stage's start-up). :func:`decide` reads them."""
-    gen = torch.Generator().manual_seed(0)
-    x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
+    x, w, b = calibration_inputs(k, n, rows)
     return time_pairs((lambda: F.linear(x, w, b), lambda: linear(x, w, b)))
+
+
+def calibration_inputs(k: int, n: int, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What every calibration of a ``k``-by-``n`` product of ``rows`` rows times, the route's and the packings'
+    alike: a seeded random ``[rows, k]`` input, ``[n, k]`` weights of unit-scale outputs and a zero bias."""
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen) * k ** -0.5, torch.zeros(n)
 
 
 def time_pairs(sides) -> list[float]:
@@ -270,14 +276,22 @@ def takes_onednn(rows: int, k: int, n: int, measure: bool = True) -> bool:
         if not measure:
             return False
         decided = _DECIDED[key] = _verdict(k, n, key[2])
-    if ROUTE_WATCHERS and measure and key not in _TOLD:  # (not in a trace: no file written there)
-        _TOLD.add(key)
-        for watcher in list(ROUTE_WATCHERS):
-            watcher(f"{k}x{n}@{key[2]}", decided)
+    if measure:  # (not in a trace: no file written there)
+        tell(key, f"{k}x{n}@{key[2]}", decided)
     return decided
 
 
-_TOLD: set[tuple[int, int, int, int]] = set()  # the products the open folders were told of (route_watching)
+_TOLD: set[tuple] = set()  # the products the open folders were told of (route_watching), by their keys
+
+
+def tell(told: tuple, shape: str, onednn: bool) -> None:
+    """Each open stage folder told once (:func:`route_watching`; ``told``: the products' key in this process) that
+    the products ``shape`` names take oneDNN (``onednn``) or MKL: the route's own (``"KxN@bucket"``), or a packing's
+    verdict that hands them to the other library (:func:`.mkl_packed.library_now`)."""
+    if ROUTE_WATCHERS and told not in _TOLD:
+        _TOLD.add(told)
+        for watcher in list(ROUTE_WATCHERS):
+            watcher(shape, onednn)
 
 
 @contextlib.contextmanager
@@ -429,4 +443,4 @@ def use_onednn(*modules: nn.Module, out_proj: bool = False) -> int:
 __all__ = ["BUCKETS", "CLEAR_WIN", "MIN_ROWS", "available", "applies", "calibrate", "time_pairs", "decide",
            "cached_verdict", "f_linear", "library_versions", "linear", "machine_key", "OneDnnLinear", "OneDnnOutProj",
            "pinned", "references_library", "route_now", "route_watching", "kept_verdicts",
-           "takes_onednn", "use_onednn", "verdicts"]
+           "takes_onednn", "tell", "calibration_inputs", "use_onednn", "verdicts"]
