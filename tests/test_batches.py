@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from vpltool.config import LOADER_MIN_IMAGES
 from vpltool.device import shard_from_env
 from vpltool.errors import ContractError, VplError
 from vpltool.runtime.batches import (
@@ -246,6 +247,40 @@ def test_workers_auto_is_one_per_core_up_to_12_on_cuda_and_2_on_a_cpu(monkeypatc
     assert RuntimeConfig(workers=3).loader_workers(torch.device("cuda")) == 3
     monkeypatch.setattr(stages.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
     assert auto.loader_workers(torch.device("cuda")) == 4
+
+
+def test_auto_workers_start_processes_only_for_a_run_of_enough_images(monkeypatch):
+    """The one rule of the loaders and the CRF's processes (config.worker_count): auto is this process for a run of
+    fewer than LOADER_MIN_IMAGES images, CPU_WORKERS (or CUDA's loaders) from there; an explicit count is kept."""
+    from vpltool.config import CPU_WORKERS, RuntimeConfig, stages, worker_count
+
+    monkeypatch.setattr(stages.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert worker_count(None, LOADER_MIN_IMAGES - 1) == 1 and worker_count(None, LOADER_MIN_IMAGES) == CPU_WORKERS
+    assert worker_count(None) == CPU_WORKERS and worker_count(3, 2) == 3 and worker_count(0, 2) == 16
+    auto = RuntimeConfig()
+    assert auto.loader_workers(torch.device("cuda"), LOADER_MIN_IMAGES - 1) == 1
+    assert auto.loader_workers(torch.device("cuda"), LOADER_MIN_IMAGES) == 12
+    assert RuntimeConfig(workers=2).loader_workers(torch.device("cpu"), 1) == 2
+
+
+@pytest.mark.parametrize("workers, images, forks", [(None, LOADER_MIN_IMAGES - 1, 0), (None, LOADER_MIN_IMAGES, 2),
+                                                    (2, 3, 2)])
+def test_auto_loads_a_run_of_a_few_images_in_this_process(workers, images, forks):
+    """A loading process is a fork of the process that holds the model: auto starts none for a run of fewer than
+    LOADER_MIN_IMAGES images (their decoding costs less than its start), the loaders of a longer run as before, and
+    an explicit --workers is kept whatever the run's length."""
+    import os
+
+    from vpltool.config import RuntimeConfig
+    from vpltool.runtime.batches import run_image_batches
+
+    pids, forked = [], []
+    os.register_at_fork(before=lambda: forked.append(1))  # (the hook outlives the test: it appends to its own list)
+    run_image_batches([0] * images, lambda i: pids.append(os.getpid()) or {"i": i}, lambda batch: lambda part: {},
+                      lambda index, t: None, torch.device("cpu"), RuntimeConfig(device="cpu", workers=workers),
+                      str, batch_size=1)
+    assert len(forked) == forks
+    assert pids == ([os.getpid()] * images if forks == 0 else [])  # a worker's appends stay in the worker
 
 
 def test_shard_from_torchrun_environment(monkeypatch):

@@ -57,6 +57,7 @@ from .stages import (
     GPU_WORKERS,
     GRADCAM_CUDA_PRECISION,
     IGNORE_INDEX,
+    LOADER_MIN_IMAGES,
     MAX_LR,
     MAX_TOKENS,
     MIN_IMAGE_SIDE,
@@ -89,7 +90,8 @@ from .stages import (
 __all__ = [
     "APP_MODEL", "APP_PRETRAINED", "AppConfig",
     "IGNORE_INDEX", "DEFAULT_MODEL", "DEFAULT_PRETRAINED", "PARITIES", "CACHES", "MIN_SIDE", "MAX_TOKENS",
-    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "ExtractConfig",
+    "RuntimeConfig", "MIN_IMAGE_SIDE", "worker_count", "CPU_WORKERS", "GPU_WORKERS", "LOADER_MIN_IMAGES",
+    "ExtractConfig",
     "CPU_BATCH", "NOT_COMPARED", "check_tokens",
     "TextPrototypesConfig", "REFINES", "AFFINITIES",
     "DEFAULT_DINO", "CamConfig", "EvalConfig", "ReportConfig", "TARGETS", "REGULARIZATIONS", "MAX_LR",

@@ -34,8 +34,8 @@ class RuntimeConfig:
     # little, CPU_BATCH for extract and one image for cam and predict
     batch_size: int | None = None
     # data-loading processes (extract, cam, predict, diagnose, train-decoder) / CRF processes (crf); 0 = one per CPU
-    # core (every stage, see worker_count); 1 = in this process. None = auto: CPU_WORKERS, and for the loaders on
-    # CUDA one per core up to GPU_WORKERS (loader_workers): a GPU eats ~1,000 images/s, each ~4 ms of a core
+    # core (every stage, see worker_count); 1 = in this process. None = auto: CPU_WORKERS, the loaders on CUDA one per
+    # core up to GPU_WORKERS (a GPU eats ~1,000 images/s, each ~4 ms of a core), a run of a few images this process
     workers: int | None = None
     overwrite: bool = False
 
@@ -51,26 +51,30 @@ class RuntimeConfig:
         """``workers`` resolved by :func:`worker_count`."""
         return worker_count(self.workers)
 
-    def loader_workers(self, device) -> int:
-        """Data-loading processes on ``device``: ``workers``, or (auto) one per core up to ``GPU_WORKERS`` on CUDA,
-        where loading for the GPU is the bottleneck (the cores shared among torchrun's processes on this machine,
-        ``LOCAL_WORLD_SIZE``), and ``CPU_WORKERS`` on a CPU, whose cores run the model."""
-        if self.workers is None and getattr(device, "type", device) == "cuda":
+    def loader_workers(self, device, images: int | None = None) -> int:
+        """Data-loading processes on ``device`` for a run of ``images``: :func:`worker_count`'s, on CUDA (auto) one
+        per core up to ``GPU_WORKERS``, where loading for the GPU is the bottleneck (the cores shared among torchrun's
+        processes on this machine, ``LOCAL_WORLD_SIZE``); ``CPU_WORKERS`` on a CPU, whose cores run the model."""
+        if self.workers is None and getattr(device, "type", device) == "cuda" and worker_count(None, images) > 1:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
             return max(1, min(worker_count(0) // max(1, local), GPU_WORKERS))
-        return self.worker_count
+        return worker_count(self.workers, images)
 
 
 CPU_WORKERS = 2  # auto --workers on a CPU (the old default): the model needs the cores more than the loading
 GPU_WORKERS = 12  # auto --workers on CUDA caps at this many processes (issue 28: 12 cores feed ~1,000 img/s)
+# auto --workers runs a run of fewer images in the command's own process: a loader is a fork of the process that
+# holds the model (0.06-0.17 CPU-s each: bench/bench_loader_start.py), a CRF worker a fresh one (~0.3 CPU-s)
+LOADER_MIN_IMAGES = 32
 
 
-def worker_count(workers: int | None) -> int:
+def worker_count(workers: int | None, images: int | None = None) -> int:
     """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
     affinity mask: under Slurm or taskset that is fewer than the machine's cores), and more than that is capped
-    at it (the CLI says so: a process per batch helps nothing and exhausts memory); None (auto) ``CPU_WORKERS``."""
+    at it (the CLI says so: a process per batch helps nothing and exhausts memory); None (auto) ``CPU_WORKERS``, or
+    1 (this process) for a run of fewer than ``LOADER_MIN_IMAGES`` ``images``."""
     if workers is None:
-        return CPU_WORKERS
+        return 1 if images is not None and images < LOADER_MIN_IMAGES else CPU_WORKERS
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows

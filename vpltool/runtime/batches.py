@@ -313,19 +313,18 @@ def run_image_batches(keys: Sequence[Hashable], load: Callable[[int], dict[str, 
                       describe: Callable[[int], str], advice: str = BatchRunner.advice,
                       on_item: Callable[[int], None] | None = None, *, batch_size: int | None = None,
                       cpu_default: int = 1, workers: int | None = None) -> None:
-    """The batched per-image loop of every image stage, on ``device``: the images ``0..len(keys)-1`` grouped by
-    ``keys`` (each one's network input size, or whatever a batch must share: :func:`plan_batches`) in batches of
-    ``batch_size`` (default ``runtime.batch_size``, :func:`resolve_batch_size` with ``cpu_default`` when auto),
-    loaded ahead by ``workers`` loading processes (default ``runtime.loader_workers(device)``; :func:`load_batches`,
-    ``load(i)`` in a worker), then per batch ``run(batch)`` on the device returns the function of a chunk (a slice
-    of the batch) to its outputs, a dict (tensors on the device, lists of them, or anything else: passed as it is),
-    run in chunks that halve on out-of-memory (:class:`BatchRunner`; an image that fits alone in no chunk is one
-    line: ``describe(i)``, its path and size, and ``advice``). ``write(index, outputs)`` writes a chunk's images
-    (``index``: their positions) on a writer thread from host copies (:class:`BackgroundWriter`), then
-    ``on_item(len(index))``."""
+    """The batched per-image loop of every image stage, on ``device``: the images ``0..len(keys)-1`` grouped by ``keys``
+    (each one's network input size, or whatever a batch must share: :func:`plan_batches`) in batches of ``batch_size``
+    (default ``runtime.batch_size``, :func:`resolve_batch_size` with ``cpu_default`` when auto), loaded ahead by
+    ``workers`` loading processes (default ``runtime.loader_workers(device, len(keys))``; :func:`load_batches`,
+    ``load(i)`` in a worker), then per batch ``run(batch)`` on the device returns the function of a chunk (a slice of
+    the batch) to its outputs, a dict (tensors on the device, lists of them, or anything else: passed as it is), run in
+    chunks that halve on out-of-memory (:class:`BatchRunner`; an image that fits alone in no chunk is one line:
+    ``describe(i)``, its path and size, and ``advice``). ``write(index, outputs)`` writes a chunk's images (``index``:
+    their positions) on a writer thread from host copies (:class:`BackgroundWriter`), then ``on_item(len(index))``."""
     if batch_size is None:
         batch_size = resolve_batch_size(runtime.batch_size, device, cpu_default)
-    workers = runtime.loader_workers(device) if workers is None else workers
+    workers = runtime.loader_workers(device, images=len(keys)) if workers is None else workers
     runner = BatchRunner(batch_size, describe=describe, advice=advice)
     with BackgroundWriter(on_item) as writer:
         for batch in load_batches(len(keys), plan_batches(keys, batch_size), load, workers, device):

@@ -203,9 +203,10 @@ def _run_torch(todo: Todo, cams_dir: Path, out: Path, classes: Sequence[str], cf
             with lock:
                 counts[0], counts[1] = counts[0] + ignored, counts[1] + total
 
+    workers = resolve_workers(runtime.workers, len(todo))  # loaders, on CUDA too (auto: CPU_WORKERS or this process)
     run_image_batches([len(labels) for _, _, labels in todo], load, run, write, device, runtime,
-                      lambda i: todo[i][1], "pass a smaller --batch-size", on_item, workers=runtime.worker_count)
-    return max(1, loader_workers(runtime.worker_count)), *counts
+                      lambda i: todo[i][1], "pass a smaller --batch-size", on_item, workers=workers)
+    return max(1, loader_workers(workers)), *counts
 
 
 @dataclass
@@ -215,9 +216,9 @@ class CrfSummary(io.StageSummary):
     backend: str = "pydensecrf"  # the CRF that ran (torch or pydensecrf)
 
 
-def resolve_workers(workers: int) -> int:
-    """``workers`` 0 means one per CPU core (:func:`vpltool.config.worker_count`)."""
-    return worker_count(workers)
+def resolve_workers(workers: int | None, images: int | None = None) -> int:
+    """``workers`` 0 means one per CPU core, auto 1 for a run of a few ``images`` (:func:`.config.worker_count`)."""
+    return worker_count(workers, images)
 
 
 def with_backend(cfg: CrfConfig, device: str) -> CrfConfig:
@@ -306,7 +307,7 @@ def run_crf(
         if on_torch:
             workers, ignored, total = _run_torch(todo, cams_dir, out, dataset.classes, cfg, runtime, on_item)
         else:
-            workers = resolve_workers(runtime.workers)
+            workers = resolve_workers(runtime.workers, len(todo))  # CRF processes (spawned: ~0.3 CPU-s each)
             chunks = _chunks(todo, workers, pairs=tuple((str(c), str(o)) for c, o in pairs),
                              classes=tuple(dataset.classes), cfg=cfg,
                              starts=tuple(None if s is None else str(s) for s in starts[:len(pairs)]))

@@ -93,13 +93,14 @@ def _params(cfg: SamPseudoConfig, start: str) -> dict[str, Any]:
     return params
 
 
-def _loaders(runtime: RuntimeConfig, device, start_dir: Path | None) -> int:
-    """The loading processes: ``--workers``, or (auto) the runtime's, but none beside this process on a CPU when the
-    start labels are read from a folder: the loaders are there to run the start's CRF beside SAM, and a photo and a
-    PNG a step cost less CPU time here than the processes that would load them and hand them over."""
+def _loaders(runtime: RuntimeConfig, device, start_dir: Path | None, images: int) -> int:
+    """The loading processes of a run of ``images``: ``--workers``, or (auto) the runtime's, but none beside this
+    process on a CPU when the start labels are read from a folder: the loaders are there to run the start's CRF
+    beside SAM, and a photo and a PNG a step cost less CPU time here than the processes that would load them and
+    hand them over."""
     if runtime.workers is None and start_dir is not None and getattr(device, "type", device) != "cuda":
         return 1
-    return runtime.loader_workers(device)
+    return runtime.loader_workers(device, images)
 
 
 def run_sam_pseudo(
@@ -220,7 +221,7 @@ def run_sam_pseudo(
             run_image_batches([sizes[i] for i, _, _ in todo], load, run, write, device, runtime,
                               lambda k: f"{todo[k][1]} ({sizes[todo[k][0]][0]}x{sizes[todo[k][0]][1]})",
                               "SAM runs one image at a time; use a smaller SAM or a GPU", on_item,
-                              batch_size=1, workers=_loaders(runtime, device, start_dir))
+                              batch_size=1, workers=_loaders(runtime, device, start_dir, len(todo)))
         complete = folder.finish(ids, io.mask_path)
     n, pixels = counts["images"], counts["pixels"]
     return SamPseudoSummary(done=len(todo), skipped=len(folder.mine(ids)) - len(todo),

@@ -192,7 +192,7 @@ class _Run:
             self.cache_seconds = time.perf_counter() - t0
             self.cache = cache
             return (tuple(t.to(self.device, non_blocking=True) for t in cache.batch(keys, cfg)) for keys in plan)
-        workers = self.runtime.loader_workers(self.device)  # 1 = load in this process, as crf's 1 = CRF here
+        workers = self.runtime.loader_workers(self.device, len(plan) * cfg.batch_size)  # 1: in this process
         if self.online:  # (pixels, the crops' image labels): the frozen pass runs in the step, with GradCAM
             return labelled_views(LabelledImages(self.pairs, cfg), plan, workers, self.device, self.bb.mean,
                                   self.bb.std)

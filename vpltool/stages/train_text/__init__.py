@@ -384,8 +384,8 @@ def run_train_text(
             batches = pair_batches(
                 data, lambda first, end: GlobalBatches(len(pairs.pairs), cfg.batch_size, world, rank, cfg.seed,
                                                        first, end), per_epoch, start, stop,
-                lambda plan: loader(data, plan, runtime.loader_workers(device.type), pin=device.type == "cuda",
-                                    collate=None if cache is None else as_list))
+                lambda plan: loader(data, plan, runtime.loader_workers(device.type, len(plan) * plan.batch),
+                                    pin=device.type == "cuda", collate=None if cache is None else as_list))
             every = cfg.checkpoint_every or per_epoch
             if rank == 0:  # the log of this run: to its checkpoint (a resume), or none (a fresh start)
                 previous.start(start)
