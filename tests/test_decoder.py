@@ -443,7 +443,7 @@ def test_loading_processes_give_the_weights_of_loading_in_process(gt_pseudo, tex
 def test_auto_workers_one_per_core_up_to_12_on_cuda_two_on_a_cpu(monkeypatch):
     from vpltool.config import stages
 
-    monkeypatch.setattr(stages, "worker_count", lambda w: 16 if w == 0 else (2 if w is None else w))
+    monkeypatch.setattr(stages, "worker_count", lambda w, images=None: 16 if w == 0 else (2 if w is None else w))
     auto = RuntimeConfig()
     assert auto.workers is None and auto.loader_workers(torch.device("cuda")) == 12
     assert auto.loader_workers(torch.device("cpu")) == 2

@@ -548,14 +548,17 @@ def test_the_masks_rles_are_segment_anythings_lists():
 
 def test_a_start_folder_on_a_cpu_loads_in_this_process_unless_workers_are_asked():
     """Auto loaders with ``--start FOLDER`` on a CPU: none beside the process (no CRF to spread over them); asked
-    for, or with the start's CRF to run, or on CUDA, the runtime's own count."""
+    for, or with the start's CRF to run, or on CUDA, the runtime's own count for the run's images (none for a few)."""
     import torch
 
+    from vpltool.config import LOADER_MIN_IMAGES
     from vpltool.stages.sam_pseudo import _loaders
 
-    cpu, cuda, folder = torch.device("cpu"), torch.device("cuda"), Path("start")
+    cpu, cuda, folder, n = torch.device("cpu"), torch.device("cuda"), Path("start"), LOADER_MIN_IMAGES
     auto = RuntimeConfig(device="cpu")
-    assert _loaders(auto, cpu, folder) == 1 and _loaders(auto, cpu, None) == auto.loader_workers(cpu)
+    assert _loaders(auto, cpu, folder, n) == 1 and _loaders(auto, cpu, None, n) == auto.loader_workers(cpu, n) > 1
+    assert _loaders(auto, cpu, None, n - 1) == 1  # a run of a few images: in this process
     asked = RuntimeConfig(device="cpu", workers=2)
-    assert _loaders(asked, cpu, folder) == asked.loader_workers(cpu)  # 2 where the CPU has 2 cores or more
-    assert _loaders(RuntimeConfig(device="cuda"), cuda, folder) == RuntimeConfig(device="cuda").loader_workers(cuda)
+    assert _loaders(asked, cpu, folder, 1) == asked.loader_workers(cpu)  # 2 where the CPU has 2 cores or more
+    cuda_auto = RuntimeConfig(device="cuda")
+    assert _loaders(cuda_auto, cuda, folder, n) == cuda_auto.loader_workers(cuda, n) > 1
