@@ -105,10 +105,11 @@ def settle(dino, x) -> dict:
         if not mkl_packed._CONTESTS:
             break
     kept = onednn.kept_verdicts(1)["products"]  # this machine's, of this process's shapes (not another model's)
-    verdicts = {f"{k}x{n}@{rows}/onednn-packed": kept.get(f"{k}x{n}@{rows}/onednn-packed")
-                for k, n, rows, _ in mkl_packed._ONEDNN_PACKED}
-    verdicts.update({f"{k}x{n}@{rows}/onednn-packed-over-mkl": kept.get(f"{k}x{n}@{rows}/onednn-packed-over-mkl")
-                     for k, n, rows, _ in mkl_packed._PACKED_OVER_MKL})
+    names = [mkl_packed.verdict_name(k, n, rows, kind) for kinds, kind in
+             ((mkl_packed._ONEDNN_PACKED, mkl_packed.ONEDNN_PACKED), (mkl_packed._PACKED_OVER_MKL,
+                                                                      mkl_packed.PACKED_OVER_MKL))
+             for k, n, rows, _ in kinds]
+    verdicts = {name: kept.get(name) for name in names}
     return {"forwards": forwards, "layers": len(dino.packed),
             "packed_layers": sum(m.packed(1, "onednn") is not None for m in dino.packed), "verdicts": verdicts}
 

@@ -23,13 +23,13 @@ def dino_mlp(mlp, x: torch.Tensor) -> torch.Tensor:
     :func:`.mkl_packed.linear_gelu`; the same values), any other MLP as it is."""
     from torch import nn
 
-    from .mkl_packed import linear_gelu
+    from .fused_blocks import mlp_forward
 
     act = getattr(mlp, "act", None)
     if type(act) is not nn.GELU or act.approximate != "none" or type(mlp).__name__ != "Mlp" or (
             mlp.training and (mlp.drop1.p or mlp.drop2.p)):
         return mlp(x)
-    return mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(linear_gelu(mlp.fc1, x)))))
+    return mlp_forward(mlp, x)  # its dropouts are identities here
 
 
 def dino_attention(attn, x: torch.Tensor, qkv: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:

@@ -36,7 +36,7 @@ def _add_scaled(x: torch.Tensor, y: torch.Tensor, scale: nn.Module, into_x: bool
     return x + y if gamma is None else torch.addcmul(x, y, gamma)
 
 
-def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def mlp_forward(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """timm's ``Mlp`` (``fc1``, ``act``, ``norm``, ``fc2``; dropouts are identities in eval mode), its tanh GELU in
     place (``aten.gelu_``: the same values as ``nn.GELU``'s, into ``fc1``'s output), its exact GELU as
     :func:`.mkl_packed.linear_gelu` runs it (in oneDNN's call where the product is oneDNN's)."""
@@ -60,7 +60,7 @@ class FusedBlock(nn.Module):
         if not _fusable(self, x, attn_mask, is_causal):
             return self._timm_class.forward(self, x, attn_mask=attn_mask, is_causal=is_causal)
         x = _add_scaled(x, self.attn(self.norm1(x)), self.ls1, into_x=False)  # the block's input left unchanged
-        return _add_scaled(x, _mlp(self.mlp, self.norm2(x)), self.ls2, into_x=True)  # the block's own tensor
+        return _add_scaled(x, mlp_forward(self.mlp, self.norm2(x)), self.ls2, into_x=True)  # the block's own tensor
 
 
 _CLASSES: dict[type, type] = {}  # timm's block class -> its fused subclass (one class, made once)
@@ -85,4 +85,4 @@ def use_fused_blocks(blocks) -> int:
     return n
 
 
-__all__ = ["FusedBlock", "use_fused_blocks"]
+__all__ = ["FusedBlock", "mlp_forward", "use_fused_blocks"]

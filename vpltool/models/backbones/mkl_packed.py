@@ -219,8 +219,7 @@ def linear_gelu(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     there: ``bench/results/dino_forward_amd_zen_4_onednn_packed.json``), else after it (:func:`gelu_after`)."""
     if isinstance(layer, PackedLinear):
         return layer(x, gelu=True)
-    if isinstance(layer, OneDnnLinear) and applies(x, layer.weight) and (layer.bias is None or
-                                                                        layer.bias.dtype == torch.float32):
+    if isinstance(layer, OneDnnLinear) and applies(x, layer.weight, layer.bias):
         return onednn.linear(x, layer.weight, layer.bias, "gelu")
     return gelu_after(layer(x))
 
@@ -252,14 +251,20 @@ def packed_over_onednn(k: int, n: int, rows: int) -> bool:
 
     key = _key(k, n, rows)
     if key not in _OVER_ONEDNN:
-        _OVER_ONEDNN[key] = bool(onednn.cached_verdict(f"{k}x{n}@{rows}/{MKL_PACKED}", ratios))
+        _OVER_ONEDNN[key] = bool(onednn.cached_verdict(verdict_name(k, n, rows, MKL_PACKED), ratios))
     _tell(MKL_PACKED, key, onednn_computes=not _OVER_ONEDNN[key])
     return _OVER_ONEDNN[key]
 
 
 # the verdicts that give a layer shape's products to the other library than the route's, by their names in the
-# route's cache: a stage folder records each as its library (:func:`_tell`), as it records the route's own
-MKL_PACKED, PACKED_OVER_MKL = "mkl-packed", "onednn-packed-over-mkl"
+# route's cache: a stage folder records each as its library (:func:`_tell`), as it records the route's own; and
+# oneDNN's packing over its own plain call (one library's same sums: not recorded)
+MKL_PACKED, PACKED_OVER_MKL, ONEDNN_PACKED = "mkl-packed", "onednn-packed-over-mkl", "onednn-packed"
+
+
+def verdict_name(k: int, n: int, rows: int, kind: str) -> str:
+    """A packing verdict's name in the route's cache and a folder's record: ``KxN@rows/kind``."""
+    return f"{k}x{n}@{rows}/{kind}"
 
 
 def _tell(kind: str, key: tuple[int, int, int, int], onednn_computes: bool) -> None:
@@ -267,7 +272,7 @@ def _tell(kind: str, key: tuple[int, int, int, int], onednn_computes: bool) -> N
     shape and rows by the ``kind`` verdict: ``KxN@rows/kind``, oneDNN or not, so that a resume or another shard whose
     cache gives them to the other library is refused (:func:`library_now`), as for a route (oneDNN's packing against
     its plain call is one library's same sums: not recorded)."""
-    onednn.tell((kind, *key), f"{key[0]}x{key[1]}@{key[2]}/{kind}", onednn_computes)
+    onednn.tell((kind, *key), verdict_name(*key[:3], kind), onednn_computes)
 
 
 def library_now(shape: str) -> bool | None:
@@ -309,7 +314,7 @@ def onednn_packing(k: int, n: int, rows: int) -> bool | None:
     if key not in _ONEDNN_PACKED:
         if key in _CONTESTS:  # open in this process: the cache was read once, when it opened (not at every call)
             return None
-        verdict = cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: None)
+        verdict = cached_verdict(verdict_name(k, n, rows, ONEDNN_PACKED), lambda: None)
         if verdict is None:
             _CONTESTS[key] = _contest()
             return None
@@ -339,7 +344,8 @@ def contest_call(k: int, n: int, rows: int, side: int, seconds: float) -> None:
     if len(contest["ratios"]) >= PAIRS:
         _CONTESTS.pop(key)
         ratios = contest["ratios"]
-        _ONEDNN_PACKED[key] = bool(cached_verdict(f"{k}x{n}@{rows}/onednn-packed", lambda: ratios, ONEDNN_PACK_WIN))
+        _ONEDNN_PACKED[key] = bool(cached_verdict(verdict_name(k, n, rows, ONEDNN_PACKED), lambda: ratios,
+                                                      ONEDNN_PACK_WIN))
 
 
 _PACKED_OVER_MKL: dict[tuple[int, int, int, int], bool] = {}  # (in, out, rows, threads) -> taken, this process's
@@ -367,7 +373,7 @@ def onednn_packed_over_mkl(k: int, n: int, rows: int) -> bool:
 
     key = _key(k, n, rows)
     if key not in _PACKED_OVER_MKL:
-        _PACKED_OVER_MKL[key] = bool(cached_verdict(f"{k}x{n}@{rows}/{PACKED_OVER_MKL}", ratios))
+        _PACKED_OVER_MKL[key] = bool(cached_verdict(verdict_name(k, n, rows, PACKED_OVER_MKL), ratios))
     _tell(PACKED_OVER_MKL, key, onednn_computes=_PACKED_OVER_MKL[key])
     return _PACKED_OVER_MKL[key]
 
@@ -413,6 +419,6 @@ def pack_blocks(model, mkl: bool = True) -> list[nn.Module]:
 
 
 __all__ = ["BLOCK_LAYERS", "CONTEST_CALLS", "CONTEST_WARM", "HAS_MKL_PACK", "HAS_ONEDNN_PACK", "MKL_PACKED",
-           "ONEDNN_PACK_WIN", "PACKED_OVER_MKL", "OneDnnPackedLinear", "PackedLinear", "block_linears", "contest_call",
-           "gelu_after", "library_now", "linear_gelu", "onednn_packed_over_mkl", "onednn_packing", "pack_blocks",
-           "packed_over_onednn", "packs_mkl", "use_packed_mkl"]
+           "ONEDNN_PACK_WIN", "ONEDNN_PACKED", "PACKED_OVER_MKL", "OneDnnPackedLinear", "PackedLinear",
+           "block_linears", "contest_call", "gelu_after", "library_now", "linear_gelu", "onednn_packed_over_mkl",
+           "onednn_packing", "pack_blocks", "packed_over_onednn", "packs_mkl", "use_packed_mkl", "verdict_name"]

@@ -377,11 +377,13 @@ def pinned() -> bool:
     return _PINNED[0] > 0
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`f_linear` takes oneDNN's product for ``x`` and ``weight``: fp32 both, on the CPU, the weight
-    contiguous, no gradient asked for, no autocast, and the route (:func:`takes_onednn`) says oneDNN for this shape
-    (in a graph torch.compile traces, without measuring one)."""
+def applies(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`f_linear` takes oneDNN's product for ``x``, ``weight`` (and ``bias``): fp32 all, on the CPU, the
+    weight contiguous, no gradient asked for, no autocast, and the route (:func:`takes_onednn`) says oneDNN for this
+    shape (in a graph torch.compile traces, without measuring one)."""
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu":
+        return False
+    if bias is not None and bias.dtype != torch.float32:
         return False
     if weight.device.type != "cpu" or not weight.is_contiguous() or x.dim() < 2 or weight.dim() != 2:
         return False
@@ -400,7 +402,7 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def f_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: ``[..., K]`` -> ``[..., N]``, through oneDNN (:func:`linear`) where
     :func:`applies`, else ``F.linear`` itself."""
-    if applies(x, weight) and (bias is None or bias.dtype == torch.float32):
+    if applies(x, weight, bias):
         return linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
