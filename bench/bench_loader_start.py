@@ -2,7 +2,7 @@
 ``--workers 1`` (in the command's own process), and the start of a DataLoader's two workers by the size of the
 process that forks them; prints ONE JSON object.
 
-    python bench/bench_loader_start.py [--pairs 3] [--images 4,31,64] [--quick]
+    python bench/bench_loader_start.py [--pairs 3] [--images 4,16,31,64] [--quick]
 
 * ``segment``: for each count of ``--images`` (the demo world's val photos as JPEGs, rendered once), the README's
   toy command (``--dense maskclip``, the toy CLIP) as its own process, the two settings alternating pair by pair,
@@ -12,7 +12,7 @@ process that forks them; prints ONE JSON object.
   CPU-seconds (this process and its waited children) of one pass of ``runtime.batches.load_batches`` over 4 tiny
   items with 2 workers, less the same pass in this process; medians over ``--pairs``.
 
-Why: the auto ``--workers`` loads a run of fewer than ``config.LOADER_MIN_IMAGES`` images in the command's own
+Why: the auto ``--workers`` loads a run of fewer than ``config.WORKERS_MIN_IMAGES`` images in the command's own
 process (a loading process is a fork of the process that holds the model).
 """
 
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     benchlib.add_common_args(ap, "2 and 4 photos, one pair, 64 MiB held: a smoke test of the script")
     ap.add_argument("--pairs", type=int, default=3)
-    ap.add_argument("--images", default="4,31,64", help="photo counts of the segment runs, comma-separated")
+    ap.add_argument("--images", default="4,16,31,64", help="photo counts of the segment runs, comma-separated")
     ap.add_argument("--held", default="700,3000", help="MiB the forking process holds, comma-separated")
     args = benchlib.apply_quick(ap.parse_args(argv), QUICK)
-    from vpltool.config import LOADER_MIN_IMAGES
+    from vpltool.config import WORKERS_MIN_IMAGES
 
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     fork = fork_costs([int(m) for m in args.held.split(",")], args.pairs)
     print(json.dumps({"benchmark": "loader-start", "quick": args.quick, "machine": benchlib.machine(),
                       "command": "python bench/bench_loader_start.py " + " ".join(argv or sys.argv[1:]),
-                      "pairs": args.pairs, "loader_min_images": LOADER_MIN_IMAGES, "segment": segment,
+                      "pairs": args.pairs, "workers_min_images": WORKERS_MIN_IMAGES, "segment": segment,
                       "fork": fork, "seconds": round(time.time() - start, 1),
                       "peak_memory": [{"stage": "bench process", "rss_mib": benchlib._rss_peak_mib(),
                                        "cuda_mib": None}]}))

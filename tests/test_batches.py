@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from vpltool.config import LOADER_MIN_IMAGES
+from vpltool.config import WORKERS_MIN_IMAGES
 from vpltool.device import shard_from_env
 from vpltool.errors import ContractError, VplError
 from vpltool.runtime.batches import (
@@ -251,23 +251,23 @@ def test_workers_auto_is_one_per_core_up_to_12_on_cuda_and_2_on_a_cpu(monkeypatc
 
 def test_auto_workers_start_processes_only_for_a_run_of_enough_images(monkeypatch):
     """The one rule of the loaders and the CRF's processes (config.worker_count): auto is this process for a run of
-    fewer than LOADER_MIN_IMAGES images, CPU_WORKERS (or CUDA's loaders) from there; an explicit count is kept."""
+    fewer than WORKERS_MIN_IMAGES images, CPU_WORKERS (or CUDA's loaders) from there; an explicit count is kept."""
     from vpltool.config import CPU_WORKERS, RuntimeConfig, stages, worker_count
 
     monkeypatch.setattr(stages.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert worker_count(None, LOADER_MIN_IMAGES - 1) == 1 and worker_count(None, LOADER_MIN_IMAGES) == CPU_WORKERS
+    assert worker_count(None, WORKERS_MIN_IMAGES - 1) == 1 and worker_count(None, WORKERS_MIN_IMAGES) == CPU_WORKERS
     assert worker_count(None) == CPU_WORKERS and worker_count(3, 2) == 3 and worker_count(0, 2) == 16
     auto = RuntimeConfig()
-    assert auto.loader_workers(torch.device("cuda"), LOADER_MIN_IMAGES - 1) == 1
-    assert auto.loader_workers(torch.device("cuda"), LOADER_MIN_IMAGES) == 12
+    assert auto.loader_workers(torch.device("cuda"), WORKERS_MIN_IMAGES - 1) == 1
+    assert auto.loader_workers(torch.device("cuda"), WORKERS_MIN_IMAGES) == 12
     assert RuntimeConfig(workers=2).loader_workers(torch.device("cpu"), 1) == 2
 
 
-@pytest.mark.parametrize("workers, images, forks", [(None, LOADER_MIN_IMAGES - 1, 0), (None, LOADER_MIN_IMAGES, 2),
+@pytest.mark.parametrize("workers, images, forks", [(None, WORKERS_MIN_IMAGES - 1, 0), (None, WORKERS_MIN_IMAGES, 2),
                                                     (2, 3, 2)])
 def test_auto_loads_a_run_of_a_few_images_in_this_process(workers, images, forks):
     """A loading process is a fork of the process that holds the model: auto starts none for a run of fewer than
-    LOADER_MIN_IMAGES images (their decoding costs less than its start), the loaders of a longer run as before, and
+    WORKERS_MIN_IMAGES images (their decoding costs less than its start), the loaders of a longer run as before, and
     an explicit --workers is kept whatever the run's length."""
     import os
 

@@ -551,10 +551,10 @@ def test_a_start_folder_on_a_cpu_loads_in_this_process_unless_workers_are_asked(
     for, or with the start's CRF to run, or on CUDA, the runtime's own count for the run's images (none for a few)."""
     import torch
 
-    from vpltool.config import LOADER_MIN_IMAGES
+    from vpltool.config import WORKERS_MIN_IMAGES
     from vpltool.stages.sam_pseudo import _loaders
 
-    cpu, cuda, folder, n = torch.device("cpu"), torch.device("cuda"), Path("start"), LOADER_MIN_IMAGES
+    cpu, cuda, folder, n = torch.device("cpu"), torch.device("cuda"), Path("start"), WORKERS_MIN_IMAGES
     auto = RuntimeConfig(device="cpu")
     assert _loaders(auto, cpu, folder, n) == 1 and _loaders(auto, cpu, None, n) == auto.loader_workers(cpu, n) > 1
     assert _loaders(auto, cpu, None, n - 1) == 1  # a run of a few images: in this process

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..config import CPU_WORKERS, GPU_WORKERS, LOADER_MIN_IMAGES, RuntimeConfig
+from ..config import CPU_WORKERS, GPU_WORKERS, WORKERS_MIN_IMAGES, RuntimeConfig
 from ..errors import VplWarning
 
 RUNTIME, MODEL = "Runtime", "Model"
@@ -64,7 +64,7 @@ Shard = Annotated[Optional[str], typer.Option(help="Process shard i of n (i/n) s
 Workers = Annotated[Optional[int], typer.Option(
     help="Parallel image decoders / data-loading processes: 0 = one per CPU core (more are capped at the cores), "
     f"1 = in this process [default: auto: {CPU_WORKERS}; on CUDA one per core up to {GPU_WORKERS} for the loaders of "
-    f"extract, cam, predict, diagnose and train-decoder; a run of fewer than {LOADER_MIN_IMAGES} images runs in this "
+    f"extract, cam, predict, diagnose and train-decoder; a run of fewer than {WORKERS_MIN_IMAGES} images runs in this "
     "process].",
     show_default=False, rich_help_panel=RUNTIME)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Redo finished items instead of skipping them "

@@ -63,18 +63,18 @@ class RuntimeConfig:
 
 CPU_WORKERS = 2  # auto --workers on a CPU (the old default): the model needs the cores more than the loading
 GPU_WORKERS = 12  # auto --workers on CUDA caps at this many processes (issue 28: 12 cores feed ~1,000 img/s)
-# auto --workers runs a run of fewer images in the command's own process: a loader is a fork of the process that
-# holds the model (0.06-0.17 CPU-s each: bench/bench_loader_start.py), a CRF worker a fresh one (~0.3 CPU-s)
-LOADER_MIN_IMAGES = 32
+# auto --workers runs a run of fewer images in this process: a loader is a fork of the process that holds the model
+# (0.07-0.16 CPU-s each), a CRF worker a fresh one (~0.3); with 2 loaders segment took 1.03-1.04 of its CPU time at
+WORKERS_MIN_IMAGES = 24  # 4 and 16 photos, 0.93-1.02 at 31, 0.90-0.94 at 64 (bench/bench_loader_start.py, Zen 4)
 
 
 def worker_count(workers: int | None, images: int | None = None) -> int:
     """How many parallel workers ``--workers`` asks for; 0 means one per CPU core this process may use (its
     affinity mask: under Slurm or taskset that is fewer than the machine's cores), and more than that is capped
     at it (the CLI says so: a process per batch helps nothing and exhausts memory); None (auto) ``CPU_WORKERS``, or
-    1 (this process) for a run of fewer than ``LOADER_MIN_IMAGES`` ``images``."""
+    1 (this process) for a run of fewer than ``WORKERS_MIN_IMAGES`` ``images``."""
     if workers is None:
-        return 1 if images is not None and images < LOADER_MIN_IMAGES else CPU_WORKERS
+        return 1 if images is not None and images < WORKERS_MIN_IMAGES else CPU_WORKERS
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
