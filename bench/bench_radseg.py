@@ -52,6 +52,10 @@ from sidebyside import claim_stdout, peak_rss_mib, race, serve  # noqa: E402
 
 GOAL = 0.8
 SHORT_SIDE = 336  # cfg_voc20.py of mid_res_configs, as the parity runs it
+# the (B, H, N, d) of the units' fused attention calls: C-RADIOv3-B's 12 heads of 64 over a 336-pixel window's 441
+# patches and 8 prefix tokens; vpltool's two windows a forward (radseg.WINDOWS_A_FORWARD), the reference's six (the
+# first photo's windows in one forward)
+ATTENTION_SHAPES = ((2, 12, 449, 64), (6, 12, 449, 64))
 PRE = {"mean": [122.771, 116.746, 104.094], "std": [68.501, 66.632, 70.323], "bgr_to_rgb": True}  # its mmseg one
 
 
@@ -228,10 +232,13 @@ def op_table(sides: dict, top: int = 25) -> dict:
             "ops": rows, "totals": totals}
 
 
-def floor_of(table: dict, linear: dict) -> dict:
+def floor_of(table: dict, linear: dict, attention: dict[str, float] | None = None) -> dict:
     """The floor under a unit on this CPU: the reference's product and attention FLOPs (from its profile) at the
     fastest fp32 rate measured in this run (the GEMM probe through either library, or any side's product total in
-    its profile), over the reference's CPU-seconds; the rest of the unit (softmax, norms, resizes) counts 0."""
+    its profile), over the reference's CPU-seconds; the rest of the unit (softmax, norms, resizes) counts 0. With
+    ``attention`` (torch's fused attention on :data:`ATTENTION_SHAPES`, :func:`benchlib.attention_rates`),
+    ``with_torch_attention``: the same with the reference's fused attention at that kernel's fastest rate instead,
+    or at the rate a side's attention ran in its profile where that was faster (:func:`benchlib.attention_floor`)."""
     import benchlib
 
     ref = table["totals"]["reference"]
@@ -240,10 +247,19 @@ def floor_of(table: dict, linear: dict) -> dict:
     profiled = {f"{side}_{part}": t[part]["gflops_per_s"] for side, t in table["totals"].items()
                 for part in ("gemm", "attention")}
     peak, seconds = benchlib.at_fastest(flop / 1e9, {**rates, **{k: v for k, v in profiled.items() if v}})
-    return {"what": "the reference's GEMM and attention FLOPs at the fastest fp32 rate measured here (the probes "
-                    "of benchlib.gemm_rates, or a side's products or attention in its profile), all else 0",
-            "gflop": round(flop / 1e9, 3), "rates_gflops_per_s": {**rates, **profiled},
-            "peak_gflops_per_s": round(peak, 1), "floor_s": round(seconds, 4)}
+    out = {"what": "the reference's GEMM and attention FLOPs at the fastest fp32 rate measured here (the probes "
+                   "of benchlib.gemm_rates, or a side's products or attention in its profile), all else 0",
+           "gflop": round(flop / 1e9, 3), "rates_gflops_per_s": {**rates, **profiled},
+           "peak_gflops_per_s": round(peak, 1), "floor_s": round(seconds, 4)}
+    if attention and ref["attention"]["gflop"]:
+        fastest = max(*attention.values(), *(t["attention"]["gflops_per_s"] or 0 for t in table["totals"].values()))
+        least = benchlib.attention_floor(flop / 1e9, ref["attention"]["gflop"], peak, fastest)
+        out["with_torch_attention"] = {
+            "what": "the reference's fused attention at the fastest rate torch's own kernel (the one both sides "
+                    "call) reached, on the units' shapes or inside a profiled unit, the rest as above",
+            "attention_gflop": ref["attention"]["gflop"], "attention_gflops_per_s": attention,
+            "attention_peak_gflops_per_s": round(fastest, 1), "floor_s": round(least, 4)}
+    return out
 
 
 def compare(ours: dict, ref: dict) -> dict:
@@ -323,13 +339,17 @@ def main(argv: list[str] | None = None) -> None:
     rows, ours, ref = race(__file__, common, args.work, env, args.pairs)
     outputs = compare(ours, ref)
     linear = benchlib.gemm_rates()  # the backbone's MLP on two 336-pixel windows, each library's fp32 GEMM rate
+    attention = benchlib.attention_rates(ATTENTION_SHAPES)  # torch's fused attention on the units' heads
     ratios = [r["vpltool"]["cpu"] / r["reference"]["cpu"] for r in rows]
     ratio = statistics.median(ratios)
     ref_cpu = statistics.median(r["reference"]["cpu"] for r in rows)
     profiled = {}
     if args.profile:
         table = op_table(profiles(common, args.work, env))
-        floor = floor_of(table, linear)
+        floor = floor_of(table, linear, attention)
+        if "with_torch_attention" in floor:
+            kernel = floor["with_torch_attention"]
+            kernel["floor_over_reference"] = round(kernel["floor_s"] / ref_cpu, 3)
         profiled = {"profile": table, "floor": {**floor, "floor_over_reference": round(floor["floor_s"] / ref_cpu, 3)}}
     print(json.dumps({
         "benchmark": "radseg-vs-reference", "machine": benchlib.machine("cpu", linear), "threads": 1,

@@ -68,6 +68,7 @@ CLONES = {"talk2dino": "Talk2DINO", "dinov2": "dinov2", "corrclip": "CorrCLIP", 
 DINO_B = {"name": "dinov2_vitb14_reg", "width": 768, "heads": 12, "timm": "vit_base_patch14_reg4_dinov2",
           "img_size": 518, "patch_size": 14, "depth": 12, "registers": 4, "antialias": True, "offset": 0.0}
 T2D_SIDE = 448  # Talk2DINO's train view (resize_dim / crop_dim)
+SDPA_OP = "aten._scaled_dot_product_flash_attention_for_cpu"  # torch's fused attention, as its FLOP counter names it
 T2D_STEPS = 20  # (b): training steps a unit, so that a unit's CPU-seconds are well above the clock's noise
 T2D_EPOCHS = 3  # (c): the whole short run's epochs
 SEG = {"short_side": 336, "slide_crop": 336, "slide_stride": 112}  # both references' configs/cfg_voc21.py
@@ -443,37 +444,63 @@ def roofline(cpu: dict, threads: int) -> dict:
             "least_ratio_on_this_arithmetic": round(floor / cpu["reference"], 3)}
 
 
-def floor_of(result: dict, probes: dict, roofline_peak: float | None = None) -> dict:
+def floor_of(result: dict, probes: dict, roofline_peak: float | None = None,
+             attention: dict[str, float] | None = None) -> dict:
     """The floor under one method's unit on this CPU (issue 79's rule): the reference's GEMM, convolution and
     attention FLOPs on a unit (``result["reference_flops"]``: its worker's ``flops``, ``sidebyside.count_flops``)
     at the fastest fp32 rate measured here (``probes``: :func:`benchlib.gemm_rates`; ``roofline_peak``: unit (a)'s
     roofline's fastest shape, GFLOP/s, where it ran), all other work free, over the reference's median CPU-seconds:
-    the least ratio that arithmetic allows on this CPU."""
+    the least ratio that arithmetic allows on this CPU. With ``attention`` (torch's fused attention on the unit's own
+    shapes, :func:`benchlib.attention_rates`) beside it, ``with_torch_attention``: the same with the reference's
+    fused attention at that kernel's fastest rate instead (:func:`benchlib.attention_floor`)."""
     rates = benchlib.probe_rates(probes)
     if roofline_peak:
         rates["roofline"] = roofline_peak
-    gflop = result["reference_flops"]["gflop"]
+    counted = result["reference_flops"]
+    gflop = counted["gflop"]
     peak, seconds = benchlib.at_fastest(gflop, rates)
-    return {"what": "the reference's GEMM, convolution and attention FLOPs on a unit (torch's FlopCounterMode over "
-                    "one more unit of its worker, untimed) at the fastest fp32 rate measured here (benchlib.gemm_rates"
-                    "' probes and, for (a), its roofline's shapes; one thread), all else free, over the reference's "
-                    "median CPU-seconds",
-            "reference_gflop": round(gflop, 3), "rates_gflops_per_s": rates, "peak_gflops_per_s": peak,
-            "floor_seconds": round(seconds, 3),
-            "floor_over_reference": round(seconds / result["cpu_seconds_median"]["reference"], 3)}
+    reference = result["cpu_seconds_median"]["reference"]
+    out = {"what": "the reference's GEMM, convolution and attention FLOPs on a unit (torch's FlopCounterMode over "
+                   "one more unit of its worker, untimed) at the fastest fp32 rate measured here (benchlib.gemm_rates"
+                   "' probes and, for (a), its roofline's shapes; one thread), all else free, over the reference's "
+                   "median CPU-seconds",
+           "reference_gflop": round(gflop, 3), "rates_gflops_per_s": rates, "peak_gflops_per_s": peak,
+           "floor_seconds": round(seconds, 3), "floor_over_reference": round(seconds / reference, 3)}
+    attention_gflop = (counted.get("by_op_gflop") or {}).get(SDPA_OP)
+    if attention and attention_gflop:
+        fastest = max(attention.values())
+        least = benchlib.attention_floor(gflop, attention_gflop, peak, fastest)
+        out["with_torch_attention"] = {
+            "what": "the reference's fused attention at the fastest rate torch's own kernel (the one both sides "
+                    "call) reached on the unit's shapes, the rest of its FLOPs at the fastest GEMM rate as above",
+            "attention_gflop": round(attention_gflop, 3), "attention_gflops_per_s": attention,
+            "floor_seconds": round(least, 3), "floor_over_reference": round(least / reference, 3)}
+    return out
+
+
+def attention_shapes(method: str) -> list[tuple[int, int, int, int]]:
+    """The ``(B, H, N, d)`` shapes of a unit's fused attention calls: the Talk2DINO units' DINO, vpltool's call a
+    photo and the reference's the batch's; none for the others (their floor stays issue 79's alone)."""
+    if not method.startswith("talk2dino"):
+        return []
+    n = 1 + DINO_B["registers"] + (T2D_SIDE // DINO_B["patch_size"]) ** 2
+    return [(b, DINO_B["heads"], n, DINO_B["width"] // DINO_B["heads"]) for b in (1, 6)]
 
 
 def floors(methods: dict, threads: int) -> dict:
-    """:func:`floor_of` for each method that counted its reference's FLOPs, the GEMM probes run once here (after
-    every timed unit, the workers closed); the probes' rates as measured."""
+    """:func:`floor_of` for each method that counted its reference's FLOPs, the GEMM probes and torch's attention on
+    the units' shapes run once here (after every timed unit, the workers closed); the probes' rates as measured."""
     import torch
 
     torch.set_num_threads(threads)
     probes = benchlib.gemm_rates()
     peak = methods.get("talk2dino", {}).get("roofline", {}).get("peak_gflops_per_s")
-    for result in methods.values():
+    shapes = sorted({s for method in methods for s in attention_shapes(method)})
+    rates = benchlib.attention_rates(shapes) if shapes else {}
+    for method, result in methods.items():
         if result.get("reference_flops"):
-            result["floor"] = floor_of(result, probes, peak)
+            own = {f"{b}x{h}x{n}x{d}" for b, h, n, d in attention_shapes(method)}
+            result["floor"] = floor_of(result, probes, peak, {k: v for k, v in rates.items() if k in own})
     return probes
 
 

@@ -294,6 +294,34 @@ def gemm_rates(rows: int = 914, k: int = 768, n: int = 3072, repeats: int = 5) -
     return out
 
 
+def attention_rates(shapes, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of torch's fused attention (``F.scaled_dot_product_attention``: on a CPU its flash kernel; fp32, no
+    mask) on each ``(B, H, N, d)`` shape, the best of ``repeats`` calls in CPU-seconds on this process's threads:
+    ``{"BxHxNxd": rate}``. A call is ``4 B H N² d`` FLOPs, its two products, as torch's FLOP counter counts it."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for b, h, n, d in shapes:
+        q, k, v = (torch.randn(b, h, n, d, generator=gen) for _ in range(3))
+        F.scaled_dot_product_attention(q, k, v)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            F.scaled_dot_product_attention(q, k, v)
+            best = min(best, time.process_time() - start)
+        out[f"{b}x{h}x{n}x{d}"] = round(4 * b * h * n * n * d / best / 1e9, 1)
+    return out
+
+
+def attention_floor(gflop: float, attention_gflop: float, gemm_peak: float, attention_peak: float) -> float:
+    """The least seconds ``gflop`` of a unit's work can take with torch's own attention kernel (beside issue 79's
+    floor, :func:`at_fastest`, which runs the attention at the GEMM rate too): its ``attention_gflop`` at the fastest
+    rate that kernel reached on the unit's shapes (:func:`attention_rates`), the rest at the fastest GEMM rate."""
+    return (gflop - attention_gflop) / gemm_peak + attention_gflop / attention_peak
+
+
 def probe_rates(probes: dict, name: str = "{library}") -> dict[str, float]:
     """The GFLOP/s of one :func:`gemm_rates` result by library (its ``<library>_gflops`` keys), each named by
     ``name`` (``"{library}_probe"``, ``"vit_{library}"``); a library that measured nothing is left out."""

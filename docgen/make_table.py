@@ -87,7 +87,17 @@ def peak_memory(data: dict) -> list[str]:
         return ["Peak memory (MiB):", "", *table(["stage", "host RSS", "CUDA allocator", "scope"], rows, "lrrl")]
     if "peak_rss_mb" in data:
         return [f"Peak memory: {num(data['peak_rss_mb'], 4)} MiB resident (whole process)."]
-    return ["Peak memory: not recorded."]
+    # a result that keeps its peaks elsewhere (a unit's rss_peak_mib, a stage's rss_mib) shows them in its own table
+    # and its fields: "not recorded" under that table would contradict it
+    return [] if records_memory(data) else ["Peak memory: not recorded."]
+
+
+def records_memory(value) -> bool:
+    """Whether a result holds a resident-memory figure anywhere (a key naming RSS or memory, at any depth)."""
+    if isinstance(value, dict):
+        return any(("rss" in str(k) or "memory" in str(k)) and v is not None or records_memory(v)
+                   for k, v in value.items())
+    return isinstance(value, list) and any(records_memory(v) for v in value)
 
 
 # a collapsed field's value is cut after this many characters: the JSON file named above holds it whole (a bench's

@@ -151,6 +151,13 @@ def test_the_radseg_floor_is_the_reference_s_products_at_the_fastest_rate_measur
     assert floor["gflop"] == 105.0 and floor["peak_gflops_per_s"] == 140.0 and floor["floor_s"] == 0.75
     floor = br.floor_of(table, {"mkl_gflops": 100.0})  # a side's products faster than any probe: their rate
     assert floor["peak_gflops_per_s"] == 125.0 and floor["floor_s"] == 0.84
+    # with torch's attention: the reference's 5 GFLOP of it at that kernel's fastest rate (a probe's 80 here, above
+    # the 50 it ran at in the profiles), its 100 of products at 125
+    kernel = br.floor_of(table, {"mkl_gflops": 100.0}, {"2x12x449x64": 80.0, "6x12x449x64": 20.0})
+    assert kernel["with_torch_attention"]["floor_s"] == 0.8625 and kernel["floor_s"] == 0.84
+    slow = br.floor_of(table, {"mkl_gflops": 100.0}, {"2x12x449x64": 40.0})  # the profiled 50 is the faster
+    assert slow["with_torch_attention"]["floor_s"] == 0.9
+    assert "with_torch_attention" not in floor
     # bench/profile_text.py lays the same figures out by kind, each side's op on one line, with the products' rate
     import profile_text
 

@@ -197,3 +197,17 @@ def test_profile_quick_run_summarises_each_stage(quick_results):
         summary = data["stages"][stage]
         assert summary["img_per_s"] > 0 and summary["top_cpu_ops"] and "host_waits" in summary
         assert "device_busy_share" not in summary  # the CPU: no device timeline
+
+
+def test_peak_memory_says_not_recorded_only_where_no_figure_is_recorded():
+    """A result whose units hold their peaks (``rss_peak_mib`` at any depth) shows them in its own table, so the
+    page must not add "not recorded" under it; one with no memory figure at all says so."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_table_probe", MAKE_TABLE)
+    mt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mt)
+    units = {"benchmark": "units-vs-reference", "units": {"radseg": {"ratio": 0.8, "rss_peak_mib": {"vpltool": 1}}}}
+    assert mt.peak_memory(units) == []
+    assert mt.peak_memory({"benchmark": "x", "ratios": [0.8, 0.9]}) == ["Peak memory: not recorded."]
+    assert mt.peak_memory({"benchmark": "x", "rows": [{"rss_mib": None}]}) == ["Peak memory: not recorded."]

@@ -95,6 +95,16 @@ def test_a_worker_counts_one_more_unit_untimed_and_the_floor_is_its_flops_at_the
     assert floor["peak_gflops_per_s"] == 60.0 and floor["floor_seconds"] == 0.5
     assert floor["floor_over_reference"] == 0.25
     assert bv.floor_of(result, probes, roofline_peak=100.0)["floor_over_reference"] == 0.15
+    # with torch's attention: the counted fused attention (10 of the 30 GFLOP) at that kernel's fastest rate (20 here),
+    # the rest at the fastest GEMM rate (60): 1/3 + 1/2 s, over the reference's 2 s
+    result["reference_flops"]["by_op_gflop"] = {bv.SDPA_OP: 10.0, "aten.addmm": 20.0}
+    kernel = bv.floor_of(result, probes, attention={"1x12x1029x64": 20.0, "6x12x1029x64": 10.0})
+    assert kernel["floor_seconds"] == 0.5 and kernel["with_torch_attention"]["floor_seconds"] == 0.833
+    assert kernel["with_torch_attention"]["floor_over_reference"] == 0.417
+    assert bv.attention_shapes("talk2dino") == [(1, 12, 1029, 64), (6, 12, 1029, 64)]
+    assert bv.attention_shapes("corrclip") == []
+    rates = __import__("benchlib").attention_rates([(1, 2, 16, 8)], repeats=1)
+    assert list(rates) == ["1x2x16x8"] and rates["1x2x16x8"] > 0
 
 
 def test_the_page_shows_each_recorded_ratio_and_its_bar():
