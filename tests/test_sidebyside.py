@@ -144,9 +144,12 @@ def test_one_cpu_s_units_merge_with_their_floors_and_goals_and_another_cpu_is_re
     assert (full["floor"], full["goal"], full["goal_met"]) == (0.6, 0.8, False)
     assert full["rss_peak_mib"] == {"vpltool": 5000.0, "reference": 6000.0} and full["file"] == "sam.json"
     # a run whose probes caught a slow stretch: its floor at the CPU's fastest rate that any run measured
+    kernel = {"attention_gflop": 216.0, "attention_gflops_per_s": {"1x12x1029x64": 80.0, "6x12x1029x64": 72.0},
+              "floor_over_reference": 0.844}  # (1080 / 100 + 216 / 80) / 16
     slow = _result(tmp_path, "slow.json", 17, benchmark="vs-reference", methods={"talk2dino": {
         "unit": "a step", "ratio_median": 0.83, "outputs": {}, "cpu_seconds_median": {"reference": 16.0},
-        "floor": {"floor_over_reference": 0.81, "reference_gflop": 1296.0, "peak_gflops_per_s": 100.0}}})
+        "floor": {"floor_over_reference": 0.81, "reference_gflop": 1296.0, "peak_gflops_per_s": 100.0,
+                  "with_torch_attention": kernel}}})
     fast = _result(tmp_path, "fast.json", 17, benchmark="vs-reference", methods={"talk2dino_run": {
         "unit": "a run", "ratio_median": 0.84, "outputs": {}, "cpu_seconds_median": {"reference": 20.0},
         "floor": {"floor_over_reference": 0.59, "reference_gflop": 1296.0, "peak_gflops_per_s": 108.0}}})
@@ -154,7 +157,17 @@ def test_one_cpu_s_units_merge_with_their_floors_and_goals_and_another_cpu_is_re
     step = units["talk2dino"]
     assert (step["floor"], step["floor_as_run"], step["floor_rate_from"]) == (0.75, 0.81, "fast.json")
     assert (step["goal"], step["goal_met"]) == (0.8, False)  # at its own run's floor the goal would read 0.91, met
+    # the floor with torch's attention beside it, its products at the fastest rate too: (1080 / 108 + 216 / 80) / 16;
+    # it does not set the goal
+    assert (step["floor_with_torch_attention"], step["floor_with_torch_attention_as_run"]) == (0.794, 0.844)
+    assert "floor_with_torch_attention" not in units["talk2dino_run"]
     assert units["talk2dino_run"]["floor"] == 0.59 and "floor_as_run" not in units["talk2dino_run"]
+    # RADSeg: its floor at that rate too, and held to 0.8 whatever its floor (a floor + 0.1 would read 0.906, met)
+    radseg = _result(tmp_path, "radseg.json", 17, benchmark="radseg-vs-reference", ratio_median=0.85, outputs={},
+                     cpu_seconds_median={"reference": 6.0}, floor={"gflop": 540.0, "peak_gflops_per_s": 100.0,
+                                                                   "floor_over_reference": 0.9})
+    seg = uv.merge([slow, fast, radseg])["units"]["radseg"]
+    assert (seg["floor"], seg["floor_as_run"], seg["goal"], seg["goal_met"]) == (0.833, 0.9, 0.8, False)
     other = _result(tmp_path, "other.json", 1, benchmark="radseg-vs-reference", ratio_median=0.9, outputs={})
     with pytest.raises(SystemExit, match="other.json: another CPU.*model 1 vs 17"):
         uv.merge([vs, other])
