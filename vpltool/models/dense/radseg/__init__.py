@@ -351,8 +351,9 @@ class Hooks(DenseHooks, method="radseg", preset=PRESET):
         text = certify(SigLIP2Text(folder, device), str(folder), "pass a local folder of "
                        "google/siglip2-giant-opt-patch16-384 (re-download it)")
         check_widths(chk, knobs.adaptor, head, folder, text.dim)  # the loaded config's, defaults included
-        # fp32 on the CPU, the linear layers (~80 % of a photo's time) on oneDNN's route (each shape oneDNN's where this
-        # machine's calibration finds it faster: 2.2 times MKL's rate on bench/results/radseg.json's EPYC, 1.1 on a Zen 4)
+        # fp32 on the CPU, the linear layers (~80 % of a photo's time) on oneDNN's route (each shape oneDNN's where
+        # this machine's calibration finds it faster: 2.2 times MKL's rate on bench/results/radseg.json's EPYC, 1.1
+        # on a Zen 4)
         use_onednn(head, text.model)  # the DINO's: the dino family converts its own (DinoBackbone)
         return RadsegBackbone(dino, head, feature_normalizer(chk), text, self, knobs.scra_scale)
 
