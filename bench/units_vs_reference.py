@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+import benchlib  # bench/, this script's folder: on the path when it runs, as for the tests that import it
+
 GOAL = 0.8
 NEAR_FLOOR = 0.1  # where the floor is above the goal: within this of the floor
 SAME_CPU = ("vendor", "family", "model", "stepping")
@@ -117,12 +119,11 @@ def at_fastest(row: dict, m: dict, fastest: tuple[float, str] | None) -> dict:
     if not (fastest and gflop and seconds) or fastest[0] <= (floor.get("peak_gflops_per_s") or 0):
         return row
     kernel = floor.get("with_torch_attention")
-    if kernel:  # its products at that rate too, its attention at the kernel's own as measured
-        attention = kernel["attention_gflop"]
-        row = {**row, "floor_with_torch_attention": round(
-            ((gflop - attention) / fastest[0] + attention / max(kernel.get("attention_peak_gflops_per_s") or 0,
-                                                                *kernel["attention_gflops_per_s"].values())) / seconds,
-            3), "floor_with_torch_attention_as_run": row["floor_with_torch_attention"]}
+    if kernel:  # its products at that rate too, its attention at the kernel's fastest rate as measured
+        attention_peak = max(kernel.get("attention_peak_gflops_per_s") or 0, *kernel["attention_gflops_per_s"].values())
+        least = benchlib.attention_floor(gflop, kernel["attention_gflop"], fastest[0], attention_peak)
+        row = {**row, "floor_with_torch_attention": round(least / seconds, 3),
+               "floor_with_torch_attention_as_run": row["floor_with_torch_attention"]}
     return {**row, "floor": round(gflop / fastest[0] / seconds, 3), "floor_as_run": row["floor"],
             "floor_rate_gflops_per_s": fastest[0], "floor_rate_from": fastest[1]}
 
